@@ -1,0 +1,564 @@
+//! Audit events and the built-in sinks.
+//!
+//! The guard records exactly one [`AuditEvent`] for every request: completed,
+//! rejected at any stage, output blocked, stream aborted, model failed, admission
+//! dropped, or cancelled while being checked. The event borrows from the guard's
+//! per-request state, so building it costs no copies; sinks that keep it serialize it
+//! ([`AuditEvent::to_json`]).
+//!
+//! # What an event never contains
+//!
+//! Credentials, prompt text, answer text, matched secrets and request metadata. It
+//! holds ids, reason codes, rule ids, categories, byte spans, counts and timings.
+//! Strings that come from callers (route, model, trace id) are escaped by the JSON
+//! serializer, so CR/LF in them cannot forge a record in a JSON Lines log.
+
+use std::cell::OnceCell;
+use std::fmt;
+use std::io::Write;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
+
+use crate::decision::{RateLimitInfo, Rejection, Stage};
+use crate::error::{Error, ErrorKind};
+use crate::finding::Finding;
+use crate::id::RequestId;
+use crate::principal::Principal;
+use crate::response::Usage;
+use crate::stage::AuditSink;
+
+/// The version of the audit event schema; bumped on incompatible changes.
+pub const AUDIT_SCHEMA_VERSION: u32 = 1;
+
+/// How a request ended.
+///
+/// ```
+/// use inference_guard::Outcome;
+/// assert_eq!(Outcome::OutputBlocked.as_str(), "output_blocked");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Admitted and answered; the answer passed validation (possibly redacted).
+    Completed,
+    /// Rejected by a stage before the model was called.
+    Rejected,
+    /// Admitted, but the answer was blocked by output validation.
+    OutputBlocked,
+    /// A streamed answer ended early: blocked mid-stream, or the stream was dropped.
+    StreamAborted,
+    /// Admitted, but the model call failed ([`Admission::fail`](crate::Admission::fail)).
+    ModelFailed,
+    /// Admitted, but the admission was dropped without a response (the task was
+    /// cancelled or the caller forgot to check the response).
+    Abandoned,
+    /// The asynchronous check was cancelled before it decided.
+    Cancelled,
+}
+
+impl Outcome {
+    /// A short, stable name used in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Rejected => "rejected",
+            Self::OutputBlocked => "output_blocked",
+            Self::StreamAborted => "stream_aborted",
+            Self::ModelFailed => "model_failed",
+            Self::Abandoned => "abandoned",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one stage decided.
+///
+/// ```
+/// use inference_guard::StageOutcome;
+/// assert_eq!(StageOutcome::FailedOpen.as_str(), "failed_open");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StageOutcome {
+    /// Passed with no findings.
+    Passed,
+    /// Passed; findings were recorded but did not change anything.
+    Flagged,
+    /// Passed after redacting parts of the text.
+    Redacted,
+    /// Rejected the request or blocked the answer.
+    Rejected,
+    /// Would have rejected or changed something, but the stage is in shadow mode.
+    Shadowed,
+    /// Failed (error or panic); the guard failed closed.
+    FailedClosed,
+    /// Failed (error or panic); the stage is fail-open, so the guard went on.
+    FailedOpen,
+    /// Not configured, or not needed for this request.
+    Skipped,
+}
+
+impl StageOutcome {
+    /// A short, stable name used in audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Flagged => "flagged",
+            Self::Redacted => "redacted",
+            Self::Rejected => "rejected",
+            Self::Shadowed => "shadowed",
+            Self::FailedClosed => "failed_closed",
+            Self::FailedOpen => "failed_open",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// One stage's part in a request: its outcome, its latency, its error kind and how
+/// many findings it made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageRecord {
+    pub(crate) stage: Stage,
+    pub(crate) outcome: StageOutcome,
+    /// The stage's start and end; the latency is computed when it is read, so the
+    /// request path only reads the clock.
+    pub(crate) start: Instant,
+    pub(crate) end: Instant,
+    pub(crate) error: Option<ErrorKind>,
+    pub(crate) findings: u32,
+}
+
+impl StageRecord {
+    /// The stage.
+    pub fn stage(&self) -> Stage {
+        self.stage
+    }
+    /// What it decided.
+    pub fn outcome(&self) -> StageOutcome {
+        self.outcome
+    }
+    /// How long it took.
+    pub fn latency(&self) -> Duration {
+        self.end.saturating_duration_since(self.start)
+    }
+    /// The kind of error, if it failed.
+    pub fn error(&self) -> Option<ErrorKind> {
+        self.error
+    }
+    /// How many findings it made.
+    pub fn findings(&self) -> u32 {
+        self.findings
+    }
+}
+
+/// One audit event, borrowed from the guard's per-request state.
+///
+/// Read it through the accessors, or serialize it ([`to_json`](Self::to_json) or
+/// `serde`) in the documented schema: see the crate's README, "Audit records".
+#[derive(Debug)]
+pub struct AuditEvent<'a> {
+    /// Generated on first use and then stable, so every sink of a fan-out sees the
+    /// same id, and a sink that never reads it costs nothing.
+    pub(crate) event_id: OnceCell<uuid::Uuid>,
+    pub(crate) request_id: RequestId,
+    pub(crate) trace_id: Option<&'a str>,
+    pub(crate) started: SystemTime,
+    pub(crate) ended: SystemTime,
+    pub(crate) principal: Option<&'a Principal>,
+    pub(crate) route: &'a str,
+    pub(crate) model: &'a str,
+    pub(crate) client_addr: Option<IpAddr>,
+    pub(crate) stream: bool,
+    pub(crate) outcome: Outcome,
+    pub(crate) rejection: Option<&'a Rejection>,
+    pub(crate) stages: &'a [StageRecord],
+    pub(crate) input_findings: &'a [Finding],
+    pub(crate) output_findings: &'a [Finding],
+    pub(crate) rate_limit: Option<&'a RateLimitInfo>,
+    pub(crate) estimated_tokens: u64,
+    pub(crate) usage: Option<Usage>,
+}
+
+impl<'a> AuditEvent<'a> {
+    /// The event's id: a UUIDv7 from the time the event was recorded, unique per
+    /// event and the same for every sink that records it.
+    pub fn event_id(&self) -> uuid::Uuid {
+        *self.event_id.get_or_init(|| crate::id::new_v7(self.ended))
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> RequestId {
+        self.request_id
+    }
+    /// How the request ended.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+    /// The principal, once identity was established.
+    pub fn principal(&self) -> Option<&'a Principal> {
+        self.principal
+    }
+    /// The rejection, if the request or answer was rejected.
+    pub fn rejection(&self) -> Option<&'a Rejection> {
+        self.rejection
+    }
+    /// The stage that decided the outcome, when a stage rejected.
+    pub fn decided_by(&self) -> Option<Stage> {
+        self.rejection.and_then(Rejection::stage)
+    }
+    /// Each stage's record, in pipeline order.
+    pub fn stages(&self) -> &'a [StageRecord] {
+        self.stages
+    }
+    /// Findings of the input scanners (spans, never text).
+    pub fn input_findings(&self) -> &'a [Finding] {
+        self.input_findings
+    }
+    /// Findings of the output validators.
+    pub fn output_findings(&self) -> &'a [Finding] {
+        self.output_findings
+    }
+    /// The route.
+    pub fn route(&self) -> &'a str {
+        self.route
+    }
+    /// The model.
+    pub fn model(&self) -> &'a str {
+        self.model
+    }
+    /// When the guard started on the request.
+    pub fn started(&self) -> SystemTime {
+        self.started
+    }
+    /// When the request ended.
+    pub fn ended(&self) -> SystemTime {
+        self.ended
+    }
+    /// Token usage: the settled usage, when the model answered.
+    pub fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+
+    /// The event as one line of JSON (no trailing newline).
+    ///
+    /// ```
+    /// use inference_guard::*;
+    /// let sink = MemorySink::new();
+    /// let mut b = InferenceGuard::builder();
+    /// b.allow_anonymous().authorize_all().audit_sink(sink.clone());
+    /// let guard = b.build()?;
+    /// let adm = guard.check_request(GuardRequest::new("m"))?;
+    /// drop(adm);
+    /// assert!(sink.lines()[0].starts_with("{\"schema\":1,"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| String::from("{}"))
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+struct Stages<'a>(&'a [StageRecord]);
+impl Serialize for Stages<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for r in self.0 {
+            seq.serialize_element(&StageJson(r))?;
+        }
+        seq.end()
+    }
+}
+
+struct StageJson<'a>(&'a StageRecord);
+impl Serialize for StageJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("stage", r.stage.as_str())?;
+        m.serialize_entry("outcome", r.outcome.as_str())?;
+        m.serialize_entry("latency_us", &(r.latency().as_nanos() as f64 / 1000.0))?;
+        if let Some(e) = r.error {
+            m.serialize_entry("error", e.as_str())?;
+        }
+        if r.findings > 0 {
+            m.serialize_entry("findings", &r.findings)?;
+        }
+        m.end()
+    }
+}
+
+struct Findings<'a>(&'a [Finding]);
+impl Serialize for Findings<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for f in self.0 {
+            seq.serialize_element(&FindingJson(f))?;
+        }
+        seq.end()
+    }
+}
+
+struct FindingJson<'a>(&'a Finding);
+impl Serialize for FindingJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let f = self.0;
+        let mut m = s.serialize_map(Some(7))?;
+        m.serialize_entry("rule", f.rule_id())?;
+        m.serialize_entry("category", f.category().as_str())?;
+        m.serialize_entry("severity", f.severity().as_str())?;
+        m.serialize_entry("confidence", &f.confidence())?;
+        m.serialize_entry("action", f.action().as_str())?;
+        m.serialize_entry("location", &f.location().to_string())?;
+        let span = f.span();
+        m.serialize_entry("span", &[span.start, span.end])?;
+        m.end()
+    }
+}
+
+struct PrincipalJson<'a>(&'a Principal);
+impl Serialize for PrincipalJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let p = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", p.id())?;
+        m.serialize_entry("credential", p.kind().as_str())?;
+        if let Some(k) = p.key_id() {
+            m.serialize_entry("key_id", k)?;
+        }
+        if let Some(t) = p.tenant() {
+            m.serialize_entry("tenant", t)?;
+        }
+        m.end()
+    }
+}
+
+struct RejectionJson<'a>(&'a Rejection);
+impl Serialize for RejectionJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("reason", r.reason().as_str())?;
+        m.serialize_entry("status", &r.status())?;
+        m.serialize_entry("code", r.code())?;
+        m.serialize_entry("detail", r.detail())?;
+        if let Some(st) = r.stage() {
+            m.serialize_entry("stage", st.as_str())?;
+        }
+        if let Some(s) = r.retry_after_secs() {
+            m.serialize_entry("retry_after_s", &s)?;
+        }
+        m.end()
+    }
+}
+
+struct RateJson<'a>(&'a RateLimitInfo);
+impl Serialize for RateJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("limit", &r.limit())?;
+        m.serialize_entry("remaining", &r.remaining())?;
+        m.serialize_entry("reset_s", &r.reset().as_secs_f64())?;
+        if let Some(p) = r.policy() {
+            m.serialize_entry("policy", p)?;
+        }
+        m.end()
+    }
+}
+
+impl Serialize for AuditEvent<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("AuditEvent", 20)?;
+        st.serialize_field("schema", &AUDIT_SCHEMA_VERSION)?;
+        st.serialize_field("event_id", &self.event_id().to_string())?;
+        st.serialize_field("request_id", &self.request_id.to_string())?;
+        if let Some(t) = self.trace_id {
+            st.serialize_field("trace_id", t)?;
+        }
+        st.serialize_field("started", &rfc3339(self.started))?;
+        st.serialize_field("ended", &rfc3339(self.ended))?;
+        st.serialize_field("outcome", self.outcome.as_str())?;
+        if let Some(p) = self.principal {
+            st.serialize_field("principal", &PrincipalJson(p))?;
+        }
+        st.serialize_field("route", self.route)?;
+        st.serialize_field("model", self.model)?;
+        if let Some(a) = self.client_addr {
+            st.serialize_field("client_addr", &a.to_string())?;
+        }
+        st.serialize_field("stream", &self.stream)?;
+        if let Some(r) = self.rejection {
+            st.serialize_field("rejection", &RejectionJson(r))?;
+        }
+        st.serialize_field("stages", &Stages(self.stages))?;
+        if !self.input_findings.is_empty() {
+            st.serialize_field("input_findings", &Findings(self.input_findings))?;
+        }
+        if !self.output_findings.is_empty() {
+            st.serialize_field("output_findings", &Findings(self.output_findings))?;
+        }
+        if let Some(r) = self.rate_limit {
+            st.serialize_field("rate_limit", &RateJson(r))?;
+        }
+        st.serialize_field("tokens_estimated", &self.estimated_tokens)?;
+        if let Some(u) = self.usage {
+            st.serialize_field("usage", &u)?;
+        }
+        st.end()
+    }
+}
+
+/// A sink that discards every event. Use it to disable auditing explicitly.
+///
+/// ```
+/// use inference_guard::{InferenceGuard, NoopSink};
+/// let mut b = InferenceGuard::builder();
+/// b.allow_anonymous().authorize_all().audit_sink(NoopSink);
+/// assert!(b.build().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoopSink;
+
+impl AuditSink for NoopSink {
+    fn record(&self, _event: &AuditEvent<'_>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn name(&self) -> &str {
+        "noop"
+    }
+}
+
+/// A sink that keeps every event in memory as a JSON line; for tests and demos.
+///
+/// Clones share the same store.
+///
+/// ```
+/// use inference_guard::MemorySink;
+/// let sink = MemorySink::new();
+/// assert!(sink.is_empty());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MemorySink {
+    lines: std::sync::Arc<Mutex<Vec<String>>>,
+}
+
+impl MemorySink {
+    /// An empty sink.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The events recorded so far, as JSON lines.
+    pub fn lines(&self) -> Vec<String> {
+        self.lock().clone()
+    }
+
+    /// The events recorded so far, parsed.
+    pub fn records(&self) -> Vec<serde_json::Value> {
+        self.lock()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// The number of events recorded.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no event was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Removes and returns the recorded events.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.lines.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl AuditSink for MemorySink {
+    fn record(&self, event: &AuditEvent<'_>) -> Result<(), Error> {
+        let line = event.to_json();
+        self.lock().push(line);
+        Ok(())
+    }
+    fn name(&self) -> &str {
+        "memory"
+    }
+}
+
+/// A sink that writes each event as one line of JSON to a writer.
+///
+/// Each event is serialized first and written with one `write_all`, under a lock, so
+/// lines never interleave. The writer is not flushed per event; call
+/// [`AuditSink::flush`] (wrap a file in a `BufWriter` for throughput).
+///
+/// ```
+/// use inference_guard::JsonLinesSink;
+/// let sink = JsonLinesSink::new(Vec::<u8>::new());
+/// # let _ = sink;
+/// ```
+pub struct JsonLinesSink<W> {
+    writer: Mutex<W>,
+}
+
+impl<W: Write + Send + 'static> JsonLinesSink<W> {
+    /// A sink writing to `writer`.
+    pub fn new(writer: W) -> Self {
+        Self {
+            writer: Mutex::new(writer),
+        }
+    }
+
+    /// Returns the writer.
+    pub fn into_inner(self) -> W {
+        self.writer.into_inner().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl<W> fmt::Debug for JsonLinesSink<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JsonLinesSink")
+    }
+}
+
+impl<W: Write + Send + 'static> AuditSink for JsonLinesSink<W> {
+    fn record(&self, event: &AuditEvent<'_>) -> Result<(), Error> {
+        let mut buf = serde_json::to_vec(event)
+            .map_err(|e| Error::with_source(ErrorKind::Audit, "serialize audit event", e))?;
+        buf.push(b'\n');
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.write_all(&buf)
+            .map_err(|e| Error::with_source(ErrorKind::Audit, "write audit event", e))
+    }
+
+    fn flush(&self) -> Result<(), Error> {
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        w.flush()
+            .map_err(|e| Error::with_source(ErrorKind::Audit, "flush audit log", e))
+    }
+
+    fn name(&self) -> &str {
+        "json_lines"
+    }
+}

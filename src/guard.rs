@@ -1,0 +1,1554 @@
+//! [`InferenceGuard`], its builder, and the request lifecycle.
+
+use std::fmt;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant, SystemTime};
+
+use smallvec::SmallVec;
+
+use crate::audit::{AuditEvent, Outcome, StageOutcome, StageRecord};
+use crate::decision::{RateLimitInfo, RejectReason, Rejection, Stage};
+use crate::error::{BuildError, Error, ErrorKind, StageError};
+use crate::finding::{Action, Category, Enforcement, Finding, Location, Severity, redact};
+use crate::id::RequestId;
+use crate::principal::Principal;
+use crate::request::GuardRequest;
+use crate::response::{GuardResponse, Usage};
+use crate::stage::{
+    AuditSink, Authorizer, IdentityVerifier, InputScanner, OutputContext, OutputValidator, Permit,
+    RateLimiter,
+};
+use crate::step::Step;
+use crate::stream::StreamGuard;
+
+/// Size limits on requests and answers. Requests over a limit are rejected with
+/// `413`; answers over [`max_output_bytes`](Self::max_output_bytes) are blocked.
+///
+/// ```
+/// use inference_guard::RequestLimits;
+/// let limits = RequestLimits::default().max_messages(32).max_request_bytes(256 * 1024);
+/// assert_eq!(limits.messages(), 32);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestLimits {
+    max_message_bytes: usize,
+    max_request_bytes: usize,
+    max_messages: usize,
+    max_output_bytes: usize,
+}
+
+impl Default for RequestLimits {
+    /// 256 KiB per message, 1 MiB per request, 256 messages, 1 MiB of answer.
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 256 * 1024,
+            max_request_bytes: 1024 * 1024,
+            max_messages: 256,
+            max_output_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl RequestLimits {
+    /// Maximum bytes of one message's text.
+    #[must_use]
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.max_message_bytes = n;
+        self
+    }
+    /// Maximum bytes of all messages' text together.
+    #[must_use]
+    pub fn max_request_bytes(mut self, n: usize) -> Self {
+        self.max_request_bytes = n;
+        self
+    }
+    /// Maximum number of messages.
+    #[must_use]
+    pub fn max_messages(mut self, n: usize) -> Self {
+        self.max_messages = n;
+        self
+    }
+    /// Maximum bytes of an answer (text plus tool-call arguments).
+    #[must_use]
+    pub fn max_output_bytes(mut self, n: usize) -> Self {
+        self.max_output_bytes = n;
+        self
+    }
+    /// The per-message limit.
+    pub fn message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+    /// The per-request limit.
+    pub fn request_bytes(&self) -> usize {
+        self.max_request_bytes
+    }
+    /// The message-count limit.
+    pub fn messages(&self) -> usize {
+        self.max_messages
+    }
+    /// The answer limit.
+    pub fn output_bytes(&self) -> usize {
+        self.max_output_bytes
+    }
+}
+
+/// Counters a guard keeps for operators.
+///
+/// ```
+/// # use inference_guard::*;
+/// # let mut b = InferenceGuard::builder();
+/// # b.allow_anonymous().authorize_all().audit_sink(NoopSink);
+/// # let guard = b.build().unwrap();
+/// assert_eq!(guard.stats().audit_failures, 0);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GuardStats {
+    /// Audit events the sink failed to record.
+    pub audit_failures: u64,
+    /// Stage failures that were let through because the stage is fail-open.
+    pub failed_open: u64,
+    /// Stage failures that rejected the request (fail closed).
+    pub failed_closed: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    audit_failures: AtomicU64,
+    failed_open: AtomicU64,
+    failed_closed: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Policy {
+    fail_open: [bool; Stage::ALL.len()],
+    enforcement: [Enforcement; Stage::ALL.len()],
+    /// (pattern, is_prefix, action), most specific first.
+    rule_actions: Vec<(String, bool, Action)>,
+}
+
+impl Policy {
+    fn action_for(&self, rule_id: &str) -> Option<Action> {
+        self.rule_actions.iter().find_map(|(p, prefix, a)| {
+            let hit = if *prefix {
+                rule_id.starts_with(p.as_str())
+            } else {
+                rule_id == p
+            };
+            hit.then_some(*a)
+        })
+    }
+
+    /// Applies rule overrides; returns the strictest action.
+    fn resolve(&self, findings: &mut [Finding]) -> Option<Action> {
+        let mut max = None;
+        for f in findings.iter_mut() {
+            if let Some(a) = self.action_for(f.rule_id()) {
+                f.set_action(a);
+            }
+            max = max.max(Some(f.action()));
+        }
+        max
+    }
+
+    fn shadow(&self, stage: Stage) -> bool {
+        self.enforcement[stage.index()] == Enforcement::Shadow
+    }
+}
+
+struct Inner {
+    identity: Option<Arc<dyn IdentityVerifier>>,
+    allow_anonymous: bool,
+    authorizer: Arc<dyn Authorizer>,
+    rate_limiter: Option<Arc<dyn RateLimiter>>,
+    scanners: Vec<Arc<dyn InputScanner>>,
+    validators: Vec<Arc<dyn OutputValidator>>,
+    sink: Arc<dyn AuditSink>,
+    limits: RequestLimits,
+    policy: Policy,
+    realm: Box<str>,
+    unavailable_retry: Duration,
+    counters: Counters,
+}
+
+/// The guard: one pipeline of stages run around every model call.
+///
+/// Build it once at start-up with [`InferenceGuard::builder`] and share it: it is
+/// `Send + Sync` and cloning it is one reference count.
+///
+/// # Lifecycle
+///
+/// 1. [`check_request`](Self::check_request) (or
+///    [`check_request_async`](Self::check_request_async)) runs identity, limits,
+///    authorization, rate limiting and input scanning. It returns an [`Admission`] or
+///    a [`Rejection`].
+/// 2. The service calls its model with [`Admission::request`] (possibly redacted).
+/// 3. [`Admission::check_response`] validates a whole answer, or
+///    [`Admission::stream`] returns a [`StreamGuard`] for a streamed one. Either
+///    settles the rate-limit reservation and records the audit event.
+///
+/// Every path records exactly one audit event, including rejections, a failed model
+/// call ([`Admission::fail`]), and an admission that is dropped.
+///
+/// ```
+/// use inference_guard::*;
+///
+/// let sink = MemorySink::new();
+/// let mut builder = InferenceGuard::builder();
+/// builder
+///     .identity(verifier_fn(|req| match req.credentials().api_key() {
+///         Some(k) if k.expose() == "demo-key" => {
+///             Ok(Principal::builder("demo", CredentialKind::ApiKey).scope("models:*").build())
+///         }
+///         _ => Err(Rejection::unauthenticated("unknown api key").into()),
+///     }))
+///     .authorizer(authorizer_fn(|p, _req| {
+///         if p.has_scope("models:*") { Ok(()) } else { Err(Rejection::forbidden("scope").into()) }
+///     }))
+///     .audit_sink(sink.clone());
+/// let guard = builder.build()?;
+///
+/// let request = GuardRequest::new("demo-model")
+///     .with_credentials(Credentials::from_api_key("demo-key"))
+///     .with_message(Role::User, "Say hello");
+/// let admission = guard.check_request(request)?;
+/// let answer = GuardResponse::new("Hello!"); // your model call goes here
+/// let checked = admission.check_response(answer)?;
+/// assert_eq!(checked.response().text(), "Hello!");
+///
+/// let denied = guard.check_request(GuardRequest::new("demo-model")).unwrap_err();
+/// assert_eq!(denied.status(), 401);
+/// assert_eq!(sink.len(), 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct InferenceGuard {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for InferenceGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = &self.inner;
+        f.debug_struct("InferenceGuard")
+            .field("identity", &g.identity.as_ref().map(|s| s.name()))
+            .field("allow_anonymous", &g.allow_anonymous)
+            .field("authorizer", &g.authorizer.name())
+            .field("rate_limiter", &g.rate_limiter.as_ref().map(|s| s.name()))
+            .field(
+                "input_scanners",
+                &g.scanners.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
+            .field(
+                "output_validators",
+                &g.validators.iter().map(|s| s.name()).collect::<Vec<_>>(),
+            )
+            .field("audit_sink", &g.sink.name())
+            .field("limits", &g.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`InferenceGuard`]. A non-consuming builder: setters take `&mut self`,
+/// [`build`](Self::build) takes `&self`, validates and can be called again.
+///
+/// # Secure defaults
+///
+/// - An identity verifier is required, unless [`allow_anonymous`](Self::allow_anonymous)
+///   is called.
+/// - An authorizer is required, unless [`authorize_all`](Self::authorize_all) is called.
+/// - An audit sink is required; pass [`NoopSink`](crate::NoopSink) to disable auditing
+///   explicitly.
+/// - Every stage fails closed; [`fail_open`](Self::fail_open) is refused for identity,
+///   limits and authorization.
+/// - Every stage enforces; [shadow mode](Enforcement::Shadow) is allowed for rate
+///   limiting, input scanning and output validation only.
+///
+/// ```
+/// use inference_guard::{InferenceGuard, NoopSink};
+/// let mut b = InferenceGuard::builder();
+/// assert!(b.build().is_err()); // no identity
+/// b.allow_anonymous().authorize_all().audit_sink(NoopSink);
+/// assert!(b.build().is_ok());
+/// ```
+#[derive(Clone, Default)]
+pub struct GuardBuilder {
+    identity: Option<Arc<dyn IdentityVerifier>>,
+    allow_anonymous: bool,
+    authorizer: Option<Arc<dyn Authorizer>>,
+    authorize_all: bool,
+    rate_limiter: Option<Arc<dyn RateLimiter>>,
+    scanners: Vec<Arc<dyn InputScanner>>,
+    validators: Vec<Arc<dyn OutputValidator>>,
+    sink: Option<Arc<dyn AuditSink>>,
+    limits: RequestLimits,
+    fail_open: Vec<Stage>,
+    enforcement: Vec<(Stage, Enforcement)>,
+    rule_actions: Vec<(String, Action)>,
+    realm: Option<String>,
+    unavailable_retry: Option<Duration>,
+}
+
+impl fmt::Debug for GuardBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GuardBuilder")
+            .field("identity", &self.identity.as_ref().map(|s| s.name()))
+            .field("allow_anonymous", &self.allow_anonymous)
+            .field("authorizer", &self.authorizer.as_ref().map(|s| s.name()))
+            .field("authorize_all", &self.authorize_all)
+            .field("fail_open", &self.fail_open)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug)]
+struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn authorize<'a>(
+        &'a self,
+        _principal: &'a Principal,
+        _request: &'a GuardRequest,
+    ) -> Step<'a, Result<(), StageError>> {
+        Step::ready(Ok(()))
+    }
+    fn name(&self) -> &str {
+        "authorize_all"
+    }
+}
+
+impl GuardBuilder {
+    /// Sets the identity verifier.
+    pub fn identity(&mut self, verifier: impl IdentityVerifier) -> &mut Self {
+        self.identity = Some(Arc::new(verifier));
+        self
+    }
+
+    /// Lets callers without credentials through as [`Principal::anonymous`]. Callers
+    /// that present credentials are still verified (when a verifier is set), and
+    /// rejected if the credentials are bad.
+    pub fn allow_anonymous(&mut self) -> &mut Self {
+        self.allow_anonymous = true;
+        self
+    }
+
+    /// Sets the authorizer.
+    pub fn authorizer(&mut self, authorizer: impl Authorizer) -> &mut Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self
+    }
+
+    /// Allows every authenticated principal to make any request. Explicit, because it
+    /// gives every credential every model and tool (OWASP NHI5, over-privileged
+    /// identities).
+    pub fn authorize_all(&mut self) -> &mut Self {
+        self.authorize_all = true;
+        self
+    }
+
+    /// Sets the rate limiter.
+    pub fn rate_limiter(&mut self, limiter: impl RateLimiter) -> &mut Self {
+        self.rate_limiter = Some(Arc::new(limiter));
+        self
+    }
+
+    /// Adds an input scanner. Scanners run in the order they were added.
+    pub fn input_scanner(&mut self, scanner: impl InputScanner) -> &mut Self {
+        self.scanners.push(Arc::new(scanner));
+        self
+    }
+
+    /// Adds an output validator. Validators run in the order they were added.
+    pub fn output_validator(&mut self, validator: impl OutputValidator) -> &mut Self {
+        self.validators.push(Arc::new(validator));
+        self
+    }
+
+    /// Sets the audit sink. For several sinks, pass a `Vec` of them.
+    pub fn audit_sink(&mut self, sink: impl AuditSink) -> &mut Self {
+        self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// Sets the size limits.
+    pub fn limits(&mut self, limits: RequestLimits) -> &mut Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Lets requests through when `stage` fails (an error or a panic) instead of
+    /// answering `503`. The audit record says `failed_open`. Allowed for rate
+    /// limiting, input scanning, output validation and audit.
+    pub fn fail_open(&mut self, stage: Stage) -> &mut Self {
+        if !self.fail_open.contains(&stage) {
+            self.fail_open.push(stage);
+        }
+        self
+    }
+
+    /// Sets whether `stage` enforces its decisions or only records them (shadow).
+    pub fn enforcement(&mut self, stage: Stage, enforcement: Enforcement) -> &mut Self {
+        self.enforcement.push((stage, enforcement));
+        self
+    }
+
+    /// Overrides the action of a rule, by exact id (`"pii.email"`) or by prefix
+    /// ending in `*` (`"pii.*"`). The most specific pattern wins.
+    ///
+    /// ```
+    /// use inference_guard::{Action, InferenceGuard};
+    /// let mut b = InferenceGuard::builder();
+    /// b.rule_action("pii.*", Action::Redact).rule_action("pii.ssn", Action::Block);
+    /// ```
+    pub fn rule_action(&mut self, pattern: impl Into<String>, action: Action) -> &mut Self {
+        self.rule_actions.push((pattern.into(), action));
+        self
+    }
+
+    /// Sets the realm of the `WWW-Authenticate` challenge (default `"inference"`).
+    pub fn realm(&mut self, realm: impl Into<String>) -> &mut Self {
+        self.realm = Some(realm.into());
+        self
+    }
+
+    /// Sets the `Retry-After` sent with `503` when a stage fails closed (default 1 s).
+    pub fn unavailable_retry_after(&mut self, retry_after: Duration) -> &mut Self {
+        self.unavailable_retry = Some(retry_after);
+        self
+    }
+
+    /// Validates the configuration and builds the guard.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] that says what is missing or inconsistent: no identity
+    /// verifier and no `allow_anonymous`; no authorizer and no `authorize_all`; no
+    /// audit sink; fail-open or shadow mode on a stage that refuses it; zero limits; an
+    /// invalid rule pattern or realm.
+    pub fn build(&self) -> Result<InferenceGuard, BuildError> {
+        if self.identity.is_none() && !self.allow_anonymous {
+            return Err(BuildError::new(
+                "no identity verifier: call .identity(..), or .allow_anonymous() to let every caller in as anonymous",
+            ));
+        }
+        let authorizer: Arc<dyn Authorizer> = match (&self.authorizer, self.authorize_all) {
+            (Some(a), false) => a.clone(),
+            (None, true) => Arc::new(AllowAll),
+            (Some(_), true) => {
+                return Err(BuildError::new(
+                    "both .authorizer(..) and .authorize_all() were called: choose one",
+                ));
+            }
+            (None, false) => {
+                return Err(BuildError::new(
+                    "no authorizer: call .authorizer(..), or .authorize_all() to let every authenticated caller use every model and tool",
+                ));
+            }
+        };
+        let Some(sink) = self.sink.clone() else {
+            return Err(BuildError::new(
+                "no audit sink: call .audit_sink(..); pass NoopSink to disable auditing explicitly",
+            ));
+        };
+        let mut policy = Policy {
+            fail_open: [false; Stage::ALL.len()],
+            enforcement: [Enforcement::Enforce; Stage::ALL.len()],
+            rule_actions: Vec::new(),
+        };
+        for &stage in &self.fail_open {
+            if matches!(
+                stage,
+                Stage::Identity | Stage::Limits | Stage::Authorization
+            ) {
+                return Err(BuildError::new(format!(
+                    "stage {stage} cannot fail open: a failure there would let unverified or unauthorized callers through"
+                )));
+            }
+            policy.fail_open[stage.index()] = true;
+        }
+        for &(stage, mode) in &self.enforcement {
+            if mode == Enforcement::Shadow
+                && !matches!(
+                    stage,
+                    Stage::RateLimit | Stage::InputScan | Stage::OutputValidation
+                )
+            {
+                return Err(BuildError::new(format!(
+                    "stage {stage} cannot run in shadow mode; shadow mode is for rate_limit, input_scan and output_validation"
+                )));
+            }
+            policy.enforcement[stage.index()] = mode;
+        }
+        for (pattern, action) in &self.rule_actions {
+            let (body, prefix) = match pattern.strip_suffix('*') {
+                Some(p) => (p, true),
+                None => (pattern.as_str(), false),
+            };
+            if (body.is_empty() && !prefix) || body.contains('*') {
+                return Err(BuildError::new(format!(
+                    "rule pattern {pattern:?}: use an exact rule id or a prefix ending in '*'"
+                )));
+            }
+            policy.rule_actions.push((body.to_owned(), prefix, *action));
+        }
+        // Most specific first: exact ids before prefixes, longer prefixes first; the
+        // last call wins among equal patterns.
+        policy.rule_actions.reverse();
+        policy
+            .rule_actions
+            .sort_by_key(|(p, prefix, _)| (*prefix, std::cmp::Reverse(p.len())));
+        let l = self.limits;
+        if l.max_message_bytes == 0
+            || l.max_request_bytes == 0
+            || l.max_messages == 0
+            || l.max_output_bytes == 0
+        {
+            return Err(BuildError::new("request limits must be greater than zero"));
+        }
+        let realm = self.realm.clone().unwrap_or_else(|| "inference".to_owned());
+        if realm.is_empty()
+            || realm
+                .chars()
+                .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            return Err(BuildError::new(
+                "realm must be non-empty and contain no quotes, backslashes or control characters",
+            ));
+        }
+        Ok(InferenceGuard {
+            inner: Arc::new(Inner {
+                identity: self.identity.clone(),
+                allow_anonymous: self.allow_anonymous,
+                authorizer,
+                rate_limiter: self.rate_limiter.clone(),
+                scanners: self.scanners.clone(),
+                validators: self.validators.clone(),
+                sink,
+                limits: self.limits,
+                policy,
+                realm: realm.into_boxed_str(),
+                unavailable_retry: self.unavailable_retry.unwrap_or(Duration::from_secs(1)),
+                counters: Counters::default(),
+            }),
+        })
+    }
+}
+
+/// Per-request state the guard accumulates for the audit event.
+pub(crate) struct Trace {
+    pub(crate) request_id: RequestId,
+    pub(crate) started: Option<SystemTime>,
+    pub(crate) stages: SmallVec<[StageRecord; 8]>,
+    pub(crate) input_findings: Vec<Finding>,
+    pub(crate) output_findings: Vec<Finding>,
+    pub(crate) rate: Option<RateLimitInfo>,
+    pub(crate) estimated_tokens: u64,
+    /// When the guard started, on the monotonic clock (pairs with `started`).
+    pub(crate) origin: Option<Instant>,
+    /// The last stage boundary: each stage's latency is the time since the previous
+    /// boundary, so a stage costs one clock read.
+    pub(crate) mark: Option<Instant>,
+}
+
+impl Default for Trace {
+    fn default() -> Self {
+        Self {
+            request_id: RequestId::NIL,
+            started: None,
+            stages: SmallVec::new(),
+            input_findings: Vec::new(),
+            output_findings: Vec::new(),
+            rate: None,
+            estimated_tokens: 0,
+            origin: None,
+            mark: None,
+        }
+    }
+}
+
+impl Trace {
+    fn new() -> Self {
+        let (now, origin) = crate::id::now();
+        Self {
+            request_id: RequestId::at(now),
+            started: Some(now),
+            origin: Some(origin),
+            mark: Some(origin),
+            ..Self::default()
+        }
+    }
+
+    /// Starts timing a stage from now (used after the model call).
+    pub(crate) fn reset_mark(&mut self) {
+        self.mark = Some(Instant::now());
+    }
+
+    /// The interval since the last boundary; sets a new boundary.
+    pub(crate) fn lap(&mut self) -> (Instant, Instant) {
+        let now = Instant::now();
+        let start = self.mark.unwrap_or(now);
+        self.mark = Some(now);
+        (start, now)
+    }
+
+    fn push(&mut self, stage: Stage, outcome: StageOutcome, findings: usize) {
+        let (start, end) = self.lap();
+        self.stages.push(StageRecord {
+            stage,
+            outcome,
+            start,
+            end,
+            error: None,
+            findings: u32::try_from(findings).unwrap_or(u32::MAX),
+        });
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop(Rejection),
+}
+
+/// Polls a stage future, turning a panic into an error.
+struct CatchUnwind<'a, T> {
+    step: Step<'a, Result<T, StageError>>,
+    stage: Stage,
+}
+
+impl<T> Future for CatchUnwind<'_, T> {
+    type Output = Result<T, StageError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let step = &mut this.step;
+        match catch_unwind(AssertUnwindSafe(|| Pin::new(step).poll(cx))) {
+            Ok(p) => p,
+            Err(_) => Poll::Ready(Err(Error::panicked(this.stage.as_str()).into())),
+        }
+    }
+}
+
+impl<T> Unpin for CatchUnwind<'_, T> {}
+
+/// Runs one stage call: catches panics, and in synchronous mode refuses a stage that
+/// returned a future.
+pub(crate) async fn call<'a, T>(
+    sync: bool,
+    stage: Stage,
+    f: impl FnOnce() -> Step<'a, Result<T, StageError>>,
+) -> Result<T, StageError> {
+    let Ok(step) = catch_unwind(AssertUnwindSafe(f)) else {
+        return Err(Error::panicked(stage.as_str()).into());
+    };
+    match step.into_ready() {
+        Ok(v) => v,
+        Err(_) if sync => Err(Error::new(
+            ErrorKind::WouldBlock,
+            "stage returned a future; use the _async methods for guards with asynchronous stages",
+        )
+        .into()),
+        Err(step) => CatchUnwind { step, stage }.await,
+    }
+}
+
+/// Drives a future that is expected to complete without waiting; `None` if it did not.
+///
+/// Takes the future pinned where it was built (`poll_once(pin!(..))`), so the
+/// pipeline's state machine is never moved.
+pub(crate) fn poll_once<F: Future>(fut: Pin<&mut F>) -> Option<F::Output> {
+    match fut.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+fn would_block() -> Rejection {
+    Rejection::unavailable(
+        "a stage did not complete synchronously",
+        Duration::from_secs(1),
+    )
+}
+
+fn summarize(findings: &[Finding], action: Action) -> String {
+    let mut ids: SmallVec<[&str; 4]> = findings
+        .iter()
+        .filter(|f| f.action() == action)
+        .map(Finding::rule_id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let more = ids.len().saturating_sub(5);
+    let mut s = String::from("rules: ");
+    s.push_str(&ids[..ids.len().min(5)].join(", "));
+    if more > 0 {
+        s.push_str(&format!(" (+{more} more)"));
+    }
+    s
+}
+
+impl InferenceGuard {
+    /// A builder; see [`GuardBuilder`].
+    pub fn builder() -> GuardBuilder {
+        GuardBuilder::default()
+    }
+
+    /// The guard's counters.
+    pub fn stats(&self) -> GuardStats {
+        let c = &self.inner.counters;
+        GuardStats {
+            audit_failures: c.audit_failures.load(Ordering::Relaxed),
+            failed_open: c.failed_open.load(Ordering::Relaxed),
+            failed_closed: c.failed_closed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The configured limits.
+    pub fn limits(&self) -> RequestLimits {
+        self.inner.limits
+    }
+
+    /// Flushes the audit sink.
+    ///
+    /// # Errors
+    ///
+    /// The sink's error, if it could not flush.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.inner.sink.flush()
+    }
+
+    /// Checks a request before the model call, synchronously.
+    ///
+    /// Use this when every stage is in memory (the built-in ones are). If a stage
+    /// returns a future, the guard does not block on it: that stage fails with
+    /// [`ErrorKind::WouldBlock`] and the guard fails closed (`503`) unless the stage is
+    /// fail-open. Use [`check_request_async`](Self::check_request_async) for guards
+    /// with asynchronous stages.
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejection`] when a stage rejects the request or fails closed.
+    pub fn check_request(&self, request: GuardRequest) -> Result<Admission, Rejection> {
+        poll_once(pin!(self.check(request, true))).unwrap_or_else(|| Err(would_block()))
+    }
+
+    /// Checks a request before the model call, awaiting asynchronous stages.
+    ///
+    /// The future is `Send`. If it is dropped before it completes, the guard records a
+    /// [`Cancelled`](crate::Outcome::Cancelled) audit event and releases what it
+    /// reserved.
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejection`] when a stage rejects the request or fails closed.
+    pub async fn check_request_async(&self, request: GuardRequest) -> Result<Admission, Rejection> {
+        self.check(request, false).await
+    }
+
+    /// Validates a whole answer; the same as [`Admission::check_response`].
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejection`] when the answer is blocked, or a stage or the audit sink fails
+    /// closed.
+    pub fn check_response(
+        &self,
+        admission: Admission,
+        response: GuardResponse,
+    ) -> Result<CheckedResponse, Rejection> {
+        admission.check_response(response)
+    }
+
+    async fn check(&self, request: GuardRequest, sync: bool) -> Result<Admission, Rejection> {
+        // One allocation holds the request's state from here to the audit record; the
+        // pipeline works on it in place and the admission is this box. If this future
+        // is dropped mid-check, the admission's `Drop` records `Cancelled`.
+        let mut admission = Admission {
+            st: Box::new(State {
+                guard: self.clone(),
+                request,
+                principal: None,
+                trace: Trace::new(),
+                permit: None,
+                phase: Phase::Checking,
+            }),
+        };
+        let st = &mut *admission.st;
+        let result = self
+            .admit(
+                &mut st.request,
+                &mut st.trace,
+                &mut st.principal,
+                &mut st.permit,
+                sync,
+            )
+            .await;
+        match result {
+            Ok(()) => {
+                admission.st.phase = Phase::Admitted;
+                Ok(admission)
+            }
+            Err(rejection) => {
+                let st = &mut *admission.st;
+                st.phase = Phase::Finished;
+                drop(st.permit.take()); // refunds anything reserved
+                self.record(&AuditParts {
+                    trace: &st.trace,
+                    request: &st.request,
+                    principal: st.principal.as_ref(),
+                    outcome: Outcome::Rejected,
+                    rejection: Some(&rejection),
+                    usage: None,
+                });
+                Err(rejection)
+            }
+        }
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
+    /// Handles a stage's `Err`: shadow, fail-open, or reject.
+    fn on_error(&self, stage: Stage, err: StageError, trace: &mut Trace) -> Flow {
+        let g = &*self.inner;
+        match err.into_parts() {
+            Ok(mut rejection) => {
+                if g.policy.shadow(stage) {
+                    trace.push(stage, StageOutcome::Shadowed, 0);
+                    return Flow::Continue;
+                }
+                trace.push(stage, StageOutcome::Rejected, 0);
+                rejection.set_stage(stage);
+                if let Some(info) = rejection.rate_limit() {
+                    trace.rate = Some(info.clone());
+                }
+                Flow::Stop(rejection)
+            }
+            Err(error) => {
+                let open = g.policy.fail_open[stage.index()];
+                let (start, end) = trace.lap();
+                trace.stages.push(StageRecord {
+                    stage,
+                    outcome: if open {
+                        StageOutcome::FailedOpen
+                    } else {
+                        StageOutcome::FailedClosed
+                    },
+                    start,
+                    end,
+                    error: Some(error.kind()),
+                    findings: 0,
+                });
+                if open {
+                    self.counters().failed_open.fetch_add(1, Ordering::Relaxed);
+                    Flow::Continue
+                } else {
+                    self.counters()
+                        .failed_closed
+                        .fetch_add(1, Ordering::Relaxed);
+                    let mut r = Rejection::unavailable(
+                        format!("stage {stage} failed: {}", error.kind()),
+                        g.unavailable_retry,
+                    );
+                    r.set_stage(stage);
+                    Flow::Stop(r)
+                }
+            }
+        }
+    }
+
+    async fn admit(
+        &self,
+        request: &mut GuardRequest,
+        trace: &mut Trace,
+        principal_out: &mut Option<Principal>,
+        permit_out: &mut Option<Permit>,
+        sync: bool,
+    ) -> Result<(), Rejection> {
+        let g = &*self.inner;
+
+        // The audit sink must be able to take the event, or we fail closed before the
+        // model is called.
+        let ready = catch_unwind(AssertUnwindSafe(|| g.sink.ready()))
+            .unwrap_or_else(|_| Err(Error::panicked("audit")));
+        if let Err(e) = ready {
+            if let Flow::Stop(r) = self.on_error(Stage::Audit, e.into(), trace) {
+                return Err(r);
+            }
+        }
+
+        // Identity.
+        let principal = match &g.identity {
+            Some(_) if request.credentials().is_empty() && g.allow_anonymous => {
+                trace.push(Stage::Identity, StageOutcome::Skipped, 0);
+                Principal::anonymous()
+            }
+            None => {
+                trace.push(Stage::Identity, StageOutcome::Skipped, 0);
+                Principal::anonymous()
+            }
+            Some(verifier) => {
+                let req: &GuardRequest = request;
+                match call(sync, Stage::Identity, || verifier.verify(req)).await {
+                    Ok(p) => {
+                        trace.push(Stage::Identity, StageOutcome::Passed, 0);
+                        p
+                    }
+                    Err(e) => {
+                        let presented = !req.credentials().is_empty();
+                        let mut r = match self.on_error(Stage::Identity, e, trace) {
+                            Flow::Stop(r) => r,
+                            Flow::Continue => Rejection::unavailable(
+                                "identity stage cannot continue",
+                                g.unavailable_retry,
+                            ),
+                        };
+                        r.ensure_challenge(&g.realm, presented);
+                        return Err(r);
+                    }
+                }
+            }
+        };
+        let principal: &Principal = principal_out.insert(principal);
+
+        // Limits.
+        let l = &g.limits;
+        let too_large = if request.messages().len() > l.max_messages {
+            Some(format!(
+                "{} messages, limit {}",
+                request.messages().len(),
+                l.max_messages
+            ))
+        } else if let Some((i, m)) = request
+            .messages()
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.content().len() > l.max_message_bytes)
+        {
+            Some(format!(
+                "message {i} has {} bytes, limit {}",
+                m.content().len(),
+                l.max_message_bytes
+            ))
+        } else if request.input_bytes() > l.max_request_bytes {
+            Some(format!(
+                "request has {} bytes, limit {}",
+                request.input_bytes(),
+                l.max_request_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(detail) = too_large {
+            trace.push(Stage::Limits, StageOutcome::Rejected, 0);
+            let mut r = Rejection::payload_too_large(detail);
+            r.set_stage(Stage::Limits);
+            return Err(r);
+        }
+        trace.push(Stage::Limits, StageOutcome::Passed, 0);
+
+        // Authorization.
+        {
+            let req: &GuardRequest = request;
+            let p = principal;
+            match call(sync, Stage::Authorization, || {
+                g.authorizer.authorize(p, req)
+            })
+            .await
+            {
+                Ok(()) => trace.push(Stage::Authorization, StageOutcome::Passed, 0),
+                Err(e) => {
+                    return Err(match self.on_error(Stage::Authorization, e, trace) {
+                        Flow::Stop(r) => r,
+                        Flow::Continue => Rejection::unavailable(
+                            "authorization stage cannot continue",
+                            g.unavailable_retry,
+                        ),
+                    });
+                }
+            }
+        }
+
+        // Rate limits and budgets.
+        trace.estimated_tokens =
+            request.estimated_input_tokens() + u64::from(request.max_output_tokens().unwrap_or(0));
+        if let Some(limiter) = &g.rate_limiter {
+            let req: &GuardRequest = request;
+            let p = principal;
+            match call(sync, Stage::RateLimit, || limiter.acquire(p, req)).await {
+                Ok(permit) => {
+                    if let Some(info) = permit.info() {
+                        trace.rate = Some(info.clone());
+                    }
+                    if permit.reserved_tokens() > 0 {
+                        trace.estimated_tokens = permit.reserved_tokens();
+                    }
+                    *permit_out = Some(permit);
+                    trace.push(Stage::RateLimit, StageOutcome::Passed, 0);
+                }
+                Err(e) => {
+                    if let Flow::Stop(r) = self.on_error(Stage::RateLimit, e, trace) {
+                        return Err(r);
+                    }
+                }
+            }
+        }
+
+        // Input scanning: every scanner sees the original text; redactions are
+        // applied after the last one.
+        if !g.scanners.is_empty() {
+            let mut findings: Vec<Finding> = Vec::new();
+            let mut failed: Option<StageError> = None;
+            for scanner in &g.scanners {
+                let req: &GuardRequest = request;
+                match call(sync, Stage::InputScan, || scanner.scan(req)).await {
+                    Ok(mut f) => findings.append(&mut f),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                trace.input_findings = findings;
+                if let Flow::Stop(r) = self.on_error(Stage::InputScan, e, trace) {
+                    return Err(r);
+                }
+            } else {
+                let action = g.policy.resolve(&mut findings);
+                let shadow = g.policy.shadow(Stage::InputScan);
+                let n = findings.len();
+                let outcome = match action {
+                    None => StageOutcome::Passed,
+                    Some(Action::Flag) => StageOutcome::Flagged,
+                    Some(_) if shadow => StageOutcome::Shadowed,
+                    Some(Action::Block) => StageOutcome::Rejected,
+                    Some(_) => StageOutcome::Redacted,
+                };
+                if outcome == StageOutcome::Redacted {
+                    redact_messages(request, &findings);
+                }
+                trace.push(Stage::InputScan, outcome, n);
+                if outcome == StageOutcome::Rejected {
+                    let mut r = Rejection::input_rejected(summarize(&findings, Action::Block));
+                    r.set_stage(Stage::InputScan);
+                    trace.input_findings = findings;
+                    return Err(r);
+                }
+                trace.input_findings = findings;
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the output validators over `response`; redacts or blocks per policy.
+    pub(crate) async fn validate_output(
+        &self,
+        principal: &Principal,
+        request: &GuardRequest,
+        response: &mut GuardResponse,
+        trace: &mut Trace,
+        sync: bool,
+    ) -> Result<(), Rejection> {
+        let g = &*self.inner;
+        trace.reset_mark();
+        let mut findings: Vec<Finding> = Vec::new();
+        let out_bytes = response.text().len()
+            + response
+                .tool_calls()
+                .iter()
+                .map(|c| c.arguments().len())
+                .sum::<usize>();
+        if out_bytes > g.limits.max_output_bytes {
+            findings.push(
+                Finding::new(
+                    "limit.output_bytes",
+                    Category::Limit,
+                    Severity::High,
+                    Location::Output,
+                    0..0,
+                )
+                .with_action(Action::Block),
+            );
+        }
+        if g.validators.is_empty() && findings.is_empty() {
+            return Ok(());
+        }
+        let mut failed: Option<StageError> = None;
+        {
+            let resp: &GuardResponse = response;
+            let cx = OutputContext::new(principal, request);
+            for v in &g.validators {
+                match call(sync, Stage::OutputValidation, || v.validate(cx, resp)).await {
+                    Ok(mut f) => findings.append(&mut f),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = failed {
+            trace.output_findings = findings;
+            return match self.on_error(Stage::OutputValidation, e, trace) {
+                Flow::Continue => Ok(()),
+                Flow::Stop(r) => Err(r),
+            };
+        }
+        self.apply_output_findings(findings, Some(response), trace)
+    }
+
+    /// Applies policy to output findings; redacts `response` when given.
+    pub(crate) fn apply_output_findings(
+        &self,
+        mut findings: Vec<Finding>,
+        response: Option<&mut GuardResponse>,
+        trace: &mut Trace,
+    ) -> Result<(), Rejection> {
+        let g = &*self.inner;
+        let action = g.policy.resolve(&mut findings);
+        let shadow = g.policy.shadow(Stage::OutputValidation);
+        let outcome = match action {
+            None => StageOutcome::Passed,
+            Some(Action::Flag) => StageOutcome::Flagged,
+            Some(_) if shadow => StageOutcome::Shadowed,
+            Some(Action::Block) => StageOutcome::Rejected,
+            Some(_) => StageOutcome::Redacted,
+        };
+        if outcome == StageOutcome::Redacted {
+            if let Some(resp) = response {
+                redact_response(resp, &findings);
+            }
+        }
+        trace.push(Stage::OutputValidation, outcome, findings.len());
+        let result = if outcome == StageOutcome::Rejected {
+            let mut r = Rejection::output_blocked(summarize(&findings, Action::Block));
+            r.set_stage(Stage::OutputValidation);
+            Err(r)
+        } else {
+            Ok(())
+        };
+        trace.output_findings.append(&mut findings);
+        result
+    }
+
+    pub(crate) fn shadow(&self, stage: Stage) -> bool {
+        self.inner.policy.shadow(stage)
+    }
+
+    pub(crate) fn fail_open_output(
+        &self,
+        err: StageError,
+        trace: &mut Trace,
+    ) -> Result<(), Rejection> {
+        match self.on_error(Stage::OutputValidation, err, trace) {
+            Flow::Continue => Ok(()),
+            Flow::Stop(r) => Err(r),
+        }
+    }
+
+    pub(crate) fn validators(&self) -> &[Arc<dyn OutputValidator>] {
+        &self.inner.validators
+    }
+
+    /// Records an audit event. Returns whether the sink accepted it.
+    pub(crate) fn record(&self, parts: &AuditParts<'_>) -> bool {
+        let t = parts.trace;
+        // On paths that end right after a stage, the last stage boundary is "now": the
+        // end time is derived from it instead of reading the clock again.
+        let fresh = matches!(
+            parts.outcome,
+            Outcome::Completed | Outcome::Rejected | Outcome::OutputBlocked
+        );
+        let ended = match (fresh, t.started, t.origin, t.mark) {
+            (true, Some(started), Some(origin), Some(mark)) => {
+                started + mark.saturating_duration_since(origin)
+            }
+            _ => SystemTime::now(),
+        };
+        let event = AuditEvent {
+            event_id: std::cell::OnceCell::new(),
+            request_id: t.request_id,
+            trace_id: parts.request.trace_id(),
+            started: t.started.unwrap_or(SystemTime::UNIX_EPOCH),
+            ended,
+            principal: parts.principal,
+            route: parts.request.route(),
+            model: parts.request.model(),
+            client_addr: parts.request.client_addr(),
+            stream: parts.request.stream(),
+            outcome: parts.outcome,
+            rejection: parts.rejection,
+            stages: &t.stages,
+            input_findings: &t.input_findings,
+            output_findings: &t.output_findings,
+            rate_limit: t.rate.as_ref(),
+            estimated_tokens: t.estimated_tokens,
+            usage: parts.usage,
+        };
+        let ok = catch_unwind(AssertUnwindSafe(|| self.inner.sink.record(&event)))
+            .unwrap_or_else(|_| Err(Error::panicked("audit")))
+            .is_ok();
+        if !ok {
+            self.counters()
+                .audit_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Records the final event of an admitted request. If the sink fails and audit is
+    /// not fail-open, returns a `503` to send instead of the answer.
+    pub(crate) fn record_final(&self, parts: &AuditParts<'_>) -> Result<(), Rejection> {
+        if self.record(parts) {
+            Ok(())
+        } else {
+            self.audit_failed()
+        }
+    }
+
+    /// What to do when the final audit record could not be written.
+    pub(crate) fn audit_failed(&self) -> Result<(), Rejection> {
+        if self.inner.policy.fail_open[Stage::Audit.index()] {
+            Ok(())
+        } else {
+            let mut r = Rejection::unavailable("audit sink failed", self.inner.unavailable_retry);
+            r.set_stage(Stage::Audit);
+            Err(r)
+        }
+    }
+}
+
+pub(crate) struct AuditParts<'a> {
+    pub(crate) trace: &'a Trace,
+    pub(crate) request: &'a GuardRequest,
+    pub(crate) principal: Option<&'a Principal>,
+    pub(crate) outcome: Outcome,
+    pub(crate) rejection: Option<&'a Rejection>,
+    pub(crate) usage: Option<Usage>,
+}
+
+fn redact_messages(request: &mut GuardRequest, findings: &[Finding]) {
+    for (i, m) in request.messages_mut().iter_mut().enumerate() {
+        let mine: SmallVec<[Finding; 4]> = findings
+            .iter()
+            .filter(|f| f.location() == Location::Message(i) && f.action() == Action::Redact)
+            .cloned()
+            .collect();
+        if !mine.is_empty() {
+            let new = redact(m.content(), &mine);
+            m.set_content(new);
+        }
+    }
+}
+
+fn redact_response(response: &mut GuardResponse, findings: &[Finding]) {
+    let text: SmallVec<[Finding; 4]> = findings
+        .iter()
+        .filter(|f| f.location() == Location::Output && f.action() == Action::Redact)
+        .cloned()
+        .collect();
+    if !text.is_empty() {
+        let new = redact(response.text(), &text);
+        response.set_text(new);
+    }
+    let mut drop_calls: SmallVec<[usize; 4]> = findings
+        .iter()
+        .filter_map(|f| match f.location() {
+            Location::ToolCall(i) if f.action() == Action::Redact => Some(i),
+            _ => None,
+        })
+        .collect();
+    if !drop_calls.is_empty() {
+        drop_calls.sort_unstable();
+        drop_calls.dedup();
+        let calls = response.tool_calls_mut();
+        for i in drop_calls.into_iter().rev() {
+            if i < calls.len() {
+                calls.remove(i);
+            }
+        }
+    }
+}
+
+/// An admitted request: the principal, the (possibly redacted) request to send to the
+/// model, the request id, rate-limit state and per-stage timings.
+///
+/// End it with [`check_response`](Self::check_response), [`stream`](Self::stream) or
+/// [`fail`](Self::fail). If it is dropped instead, the guard records an
+/// [`Abandoned`](crate::Outcome::Abandoned) event and refunds the reservation.
+#[must_use = "an admission must end with check_response, stream or fail"]
+pub struct Admission {
+    st: Box<State>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Checking,
+    Admitted,
+    Finished,
+}
+
+struct State {
+    guard: InferenceGuard,
+    request: GuardRequest,
+    principal: Option<Principal>,
+    trace: Trace,
+    permit: Option<Permit>,
+    phase: Phase,
+}
+
+fn anonymous() -> &'static Principal {
+    static ANON: std::sync::OnceLock<Principal> = std::sync::OnceLock::new();
+    ANON.get_or_init(Principal::anonymous)
+}
+
+impl fmt::Debug for Admission {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Admission")
+            .field("request_id", &self.st.trace.request_id)
+            .field("principal", &self.principal().id())
+            .field("model", &self.st.request.model())
+            .field("reserved_tokens", &self.st.trace.estimated_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Admission {
+    /// The request to send to the model (redacted where the input scanners redacted).
+    pub fn request(&self) -> &GuardRequest {
+        &self.st.request
+    }
+
+    /// Who is calling.
+    pub fn principal(&self) -> &Principal {
+        self.st.principal.as_ref().unwrap_or_else(|| anonymous())
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> RequestId {
+        self.st.trace.request_id
+    }
+
+    /// Rate-limit state to report to the caller (for `x-ratelimit-*` headers).
+    pub fn rate_limit(&self) -> Option<&RateLimitInfo> {
+        self.st.trace.rate.as_ref()
+    }
+
+    /// Tokens reserved for this call (the rate limiter's reservation, or the estimate:
+    /// input estimate plus the maximum output tokens).
+    pub fn reserved_tokens(&self) -> u64 {
+        self.st.trace.estimated_tokens
+    }
+
+    /// What the input scanners found (spans into the original messages).
+    pub fn findings(&self) -> &[Finding] {
+        &self.st.trace.input_findings
+    }
+
+    /// How long each stage took.
+    pub fn timings(&self) -> impl Iterator<Item = (Stage, Duration)> + '_ {
+        self.st.trace.stages.iter().map(|s| (s.stage, s.latency()))
+    }
+
+    /// The stage records so far.
+    pub fn stages(&self) -> &[StageRecord] {
+        &self.st.trace.stages
+    }
+
+    /// Validates a whole answer, settles the reservation with its usage, and records
+    /// the audit event. Synchronous; see
+    /// [`InferenceGuard::check_request`] for what happens with asynchronous stages.
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejection`] (`422`) when the output validators block the answer, or `503`
+    /// when a validator or the audit sink fails closed.
+    pub fn check_response(self, response: GuardResponse) -> Result<CheckedResponse, Rejection> {
+        poll_once(pin!(self.respond(response, true))).unwrap_or_else(|| Err(would_block()))
+    }
+
+    /// Validates a whole answer, awaiting asynchronous validators.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_response`](Self::check_response).
+    pub async fn check_response_async(
+        self,
+        response: GuardResponse,
+    ) -> Result<CheckedResponse, Rejection> {
+        self.respond(response, false).await
+    }
+
+    async fn respond(
+        mut self,
+        mut response: GuardResponse,
+        sync: bool,
+    ) -> Result<CheckedResponse, Rejection> {
+        let st = &mut *self.st;
+        let principal = st.principal.as_ref().unwrap_or_else(|| anonymous());
+        let verdict = st
+            .guard
+            .validate_output(principal, &st.request, &mut response, &mut st.trace, sync)
+            .await;
+        let usage = match response.usage() {
+            Some(u) => u,
+            None => response.usage_or_estimate(st.request.estimated_input_tokens()),
+        };
+        if let Some(p) = st.permit.take() {
+            p.settle(Some(usage));
+        }
+        st.phase = Phase::Finished;
+        let outcome = if verdict.is_ok() {
+            Outcome::Completed
+        } else {
+            Outcome::OutputBlocked
+        };
+        let audited = st.guard.record_final(&AuditParts {
+            trace: &st.trace,
+            request: &st.request,
+            principal: st.principal.as_ref(),
+            outcome,
+            rejection: verdict.as_ref().err(),
+            usage: Some(usage),
+        });
+        verdict?;
+        audited?;
+        Ok(CheckedResponse {
+            response,
+            request_id: st.trace.request_id,
+            findings: std::mem::take(&mut st.trace.output_findings),
+            rate: st.trace.rate.take(),
+            usage,
+        })
+    }
+
+    /// Starts validating a streamed answer; see [`StreamGuard`].
+    pub fn stream(self) -> StreamGuard {
+        StreamGuard::new(self)
+    }
+
+    /// Records that the model call failed: refunds the whole reservation and records
+    /// a [`ModelFailed`](crate::Outcome::ModelFailed) event.
+    pub fn fail(mut self) {
+        self.end(Outcome::ModelFailed, None, None);
+    }
+
+    /// Ends the admission: settles (refunds with `None`) and records the event.
+    fn end(
+        &mut self,
+        outcome: Outcome,
+        rejection: Option<&Rejection>,
+        usage: Option<Usage>,
+    ) -> bool {
+        let st = &mut *self.st;
+        st.phase = Phase::Finished;
+        if let Some(p) = st.permit.take() {
+            p.settle(usage);
+        }
+        st.guard.record(&AuditParts {
+            trace: &st.trace,
+            request: &st.request,
+            principal: st.principal.as_ref(),
+            outcome,
+            rejection,
+            usage,
+        })
+    }
+
+    pub(crate) fn guard(&self) -> &InferenceGuard {
+        &self.st.guard
+    }
+
+    pub(crate) fn parts_mut(&mut self) -> (&Principal, &GuardRequest, &mut Trace) {
+        let st = &mut *self.st;
+        let principal = st.principal.as_ref().unwrap_or_else(|| anonymous());
+        (principal, &st.request, &mut st.trace)
+    }
+
+    /// Settles and records the end of a stream. If the sink fails and audit is not
+    /// fail-open, returns the `503` to send instead.
+    pub(crate) fn finish_stream(
+        &mut self,
+        outcome: Outcome,
+        rejection: Option<&Rejection>,
+        usage: Usage,
+    ) -> Result<(), Rejection> {
+        if self.end(outcome, rejection, Some(usage)) {
+            Ok(())
+        } else {
+            self.st.guard.audit_failed()
+        }
+    }
+
+    pub(crate) fn is_finished(&self) -> bool {
+        self.st.phase == Phase::Finished
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        match self.st.phase {
+            Phase::Finished => {}
+            Phase::Checking => {
+                self.end(Outcome::Cancelled, None, None);
+            }
+            Phase::Admitted => {
+                self.end(Outcome::Abandoned, None, None);
+            }
+        }
+    }
+}
+
+/// A validated answer, ready to return to the caller.
+#[derive(Debug)]
+pub struct CheckedResponse {
+    response: GuardResponse,
+    request_id: RequestId,
+    findings: Vec<Finding>,
+    rate: Option<RateLimitInfo>,
+    usage: Usage,
+}
+
+impl CheckedResponse {
+    /// The answer (redacted where the validators redacted).
+    pub fn response(&self) -> &GuardResponse {
+        &self.response
+    }
+
+    /// The answer, by value.
+    pub fn into_response(self) -> GuardResponse {
+        self.response
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> RequestId {
+        self.request_id
+    }
+
+    /// What the output validators found.
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// Rate-limit state to report to the caller.
+    pub fn rate_limit(&self) -> Option<&RateLimitInfo> {
+        self.rate.as_ref()
+    }
+
+    /// The usage the budget was settled with.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<InferenceGuard>();
+    is::<Admission>();
+    is::<RejectReason>();
+}

@@ -1,0 +1,393 @@
+//! [`StreamGuard`]: validating an answer chunk by chunk.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::audit::{Outcome, StageOutcome, StageRecord};
+use crate::decision::{Rejection, Stage};
+use crate::error::ErrorKind;
+use crate::finding::{Action, Category, Finding, Location, Severity, redact};
+use crate::guard::{Admission, poll_once};
+use crate::response::{GuardResponse, Usage};
+use crate::stage::{OutputContext, StreamValidator};
+
+/// Validates a streamed answer as it arrives, releasing text only once it is safe.
+///
+/// Get one from [`Admission::stream`]. Feed it each text delta with
+/// [`push`](Self::push); it returns the text that may be sent to the caller now and
+/// holds back the rest. End it with [`finish`](Self::finish).
+///
+/// Validators that support streaming ([`OutputValidator::stream`]) say how much of the
+/// answer is safe; the guard holds back at most what they hold back. A validator
+/// without streaming support makes the guard hold back the whole answer until
+/// `finish`, where it validates the whole answer: safe, but not streamed.
+///
+/// A block in mid-stream returns a [`Rejection`]; every later call returns it too.
+/// Send the caller an in-band error and end the stream without a clean end marker.
+///
+/// Dropping the guard before `finish` records a
+/// [`StreamAborted`](crate::Outcome::StreamAborted) event and charges what was
+/// streamed.
+///
+/// ```
+/// use inference_guard::*;
+///
+/// let mut b = InferenceGuard::builder();
+/// b.allow_anonymous().authorize_all().audit_sink(NoopSink);
+/// let guard = b.build()?;
+/// let mut stream = guard.check_request(GuardRequest::new("m").with_stream(true))?.stream();
+/// let mut sent = String::new();
+/// for delta in ["Hel", "lo, ", "world"] {
+///     sent.push_str(&stream.push(delta)?);
+/// }
+/// sent.push_str(&stream.finish(None)?);
+/// assert_eq!(sent, "Hello, world");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// [`OutputValidator::stream`]: crate::OutputValidator::stream
+pub struct StreamGuard {
+    admission: Admission,
+    text: String,
+    released: usize,
+    incremental: Vec<Box<dyn StreamValidator>>,
+    whole: Vec<usize>,
+    pending_redactions: Vec<Finding>,
+    blocked: Option<Rejection>,
+    spent: Duration,
+}
+
+impl fmt::Debug for StreamGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StreamGuard")
+            .field("request_id", &self.admission.request_id())
+            .field("received", &self.text.len())
+            .field("released", &self.released)
+            .field("blocked", &self.blocked.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    i = i.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl StreamGuard {
+    pub(crate) fn new(admission: Admission) -> Self {
+        let mut incremental = Vec::new();
+        let mut whole = Vec::new();
+        {
+            let cx = OutputContext::new(admission.principal(), admission.request());
+            for (i, v) in admission.guard().validators().iter().enumerate() {
+                match v.stream(cx) {
+                    Some(s) => incremental.push(s),
+                    None => whole.push(i),
+                }
+            }
+        }
+        Self {
+            admission,
+            text: String::new(),
+            released: 0,
+            incremental,
+            whole,
+            pending_redactions: Vec::new(),
+            blocked: None,
+            spent: Duration::ZERO,
+        }
+    }
+
+    /// Bytes received so far.
+    pub fn received_bytes(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Bytes released to the caller so far.
+    pub fn released_bytes(&self) -> usize {
+        self.released
+    }
+
+    /// Bytes held back.
+    pub fn held_bytes(&self) -> usize {
+        self.text.len() - self.released
+    }
+
+    /// The admission this stream belongs to.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// Adds a text delta; returns the text that is safe to send now (possibly empty,
+    /// possibly redacted).
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejection`] when the answer is blocked (now or earlier).
+    pub fn push(&mut self, delta: &str) -> Result<String, Rejection> {
+        if let Some(r) = &self.blocked {
+            return Err(r.clone());
+        }
+        let t0 = Instant::now();
+        self.text.push_str(delta);
+        let mut findings = Vec::new();
+        if self.text.len() > self.admission.guard().limits().output_bytes() {
+            findings.push(
+                Finding::new(
+                    "limit.output_bytes",
+                    Category::Limit,
+                    Severity::High,
+                    Location::Output,
+                    0..0,
+                )
+                .with_action(Action::Block),
+            );
+        }
+        let mut safe = if self.whole.is_empty() {
+            self.text.len()
+        } else {
+            self.released
+        };
+        for v in &mut self.incremental {
+            match v.advance(&self.text, false) {
+                Ok(verdict) => {
+                    safe = safe.min(verdict.safe_up_to);
+                    findings.extend(verdict.findings);
+                }
+                Err(e) => {
+                    self.spent += t0.elapsed();
+                    return self.stage_failed(e);
+                }
+            }
+        }
+        let out = self.settle_findings(findings, safe, t0)?;
+        Ok(out)
+    }
+
+    /// Ends the stream: runs the end-of-stream checks and whole-answer validators,
+    /// settles the reservation (with `usage` if the model reported it, otherwise an
+    /// estimate) and records the audit event. Returns the rest of the text to send.
+    ///
+    /// # Errors
+    ///
+    /// A [`Rejection`] when the answer is blocked, or a validator or the audit sink
+    /// fails closed.
+    pub fn finish(mut self, usage: Option<Usage>) -> Result<String, Rejection> {
+        if let Some(r) = &self.blocked {
+            return Err(r.clone());
+        }
+        let t0 = Instant::now();
+        let mut out = String::new();
+        let mut findings = Vec::new();
+        let mut failure = None;
+        for v in &mut self.incremental {
+            match v.advance(&self.text, true) {
+                Ok(verdict) => findings.extend(verdict.findings),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() && !self.whole.is_empty() {
+            let response = GuardResponse::new(std::mem::take(&mut self.text));
+            let guard = self.admission.guard().clone();
+            let validators = guard.validators();
+            let cx = OutputContext::new(self.admission.principal(), self.admission.request());
+            for &i in &self.whole {
+                let v = &validators[i];
+                let res = poll_once(std::pin::pin!(crate::guard::call(
+                    true,
+                    Stage::OutputValidation,
+                    || v.validate(cx, &response)
+                )))
+                .unwrap_or_else(|| {
+                    Err(
+                        crate::Error::new(ErrorKind::WouldBlock, "validator did not complete")
+                            .into(),
+                    )
+                });
+                match res {
+                    Ok(f) => findings.extend(f),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+            self.text = response.into_text();
+        }
+        if let Some(e) = failure {
+            self.spent += t0.elapsed();
+            // Fail-open releases everything held; fail-closed blocks.
+            out.push_str(&self.stage_failed(e)?);
+            findings.clear();
+        }
+        let end = self.text.len();
+        out.push_str(&self.settle_findings(findings, end, t0)?);
+        let usage = usage.unwrap_or_else(|| self.estimated_usage());
+        let spent = self.spent;
+        let shadow = self.admission.guard().shadow(Stage::OutputValidation);
+        let (_, _, trace) = self.admission.parts_mut();
+        let found = &trace.output_findings;
+        let outcome = if found.iter().any(|f| f.action() != Action::Flag) && shadow {
+            StageOutcome::Shadowed
+        } else if found.iter().any(|f| f.action() == Action::Redact) {
+            StageOutcome::Redacted
+        } else if found.is_empty() {
+            StageOutcome::Passed
+        } else {
+            StageOutcome::Flagged
+        };
+        if !trace
+            .stages
+            .iter()
+            .any(|s| s.stage == Stage::OutputValidation)
+        {
+            trace.stages.push(StageRecord {
+                stage: Stage::OutputValidation,
+                outcome,
+                start: Instant::now()
+                    .checked_sub(spent)
+                    .unwrap_or_else(Instant::now),
+                end: Instant::now(),
+                error: None,
+                findings: u32::try_from(found.len()).unwrap_or(u32::MAX),
+            });
+        }
+        self.admission
+            .finish_stream(Outcome::Completed, None, usage)?;
+        Ok(out)
+    }
+
+    fn estimated_usage(&self) -> Usage {
+        Usage::new(
+            self.admission.request().estimated_input_tokens(),
+            (self.text.len() as u64).div_ceil(4),
+        )
+    }
+
+    fn stage_failed(&mut self, e: crate::StageError) -> Result<String, Rejection> {
+        let guard = self.admission.guard().clone();
+        let (_, _, trace) = self.admission.parts_mut();
+        trace.reset_mark();
+        match guard.fail_open_output(e, trace) {
+            Ok(()) => {
+                // Fail-open: the failing validators are dropped; release what we hold.
+                self.incremental.clear();
+                self.whole.clear();
+                let end = self.text.len();
+                self.release(end)
+            }
+            Err(r) => Err(self.block(r)),
+        }
+    }
+
+    fn block(&mut self, r: Rejection) -> Rejection {
+        let usage = self.estimated_usage();
+        self.blocked = Some(r.clone());
+        let _ = self
+            .admission
+            .finish_stream(Outcome::StreamAborted, Some(&r), usage);
+        r
+    }
+
+    fn settle_findings(
+        &mut self,
+        mut findings: Vec<Finding>,
+        safe: usize,
+        t0: Instant,
+    ) -> Result<String, Rejection> {
+        if !findings.is_empty() {
+            let guard = self.admission.guard().clone();
+            let (_, _, trace) = self.admission.parts_mut();
+            let shadow = guard.shadow(Stage::OutputValidation);
+            let before = trace.output_findings.len();
+            // apply_output_findings pushes a stage record; we keep one record per
+            // stream, so remove it again and account the time ourselves.
+            let result = guard.apply_output_findings(std::mem::take(&mut findings), None, trace);
+            trace.stages.pop();
+            if !shadow {
+                self.pending_redactions.extend(
+                    trace.output_findings[before..]
+                        .iter()
+                        .filter(|f| {
+                            f.action() == Action::Redact && f.location() == Location::Output
+                        })
+                        .cloned(),
+                );
+            }
+            if let Err(r) = result {
+                self.spent += t0.elapsed();
+                let (_, _, trace) = self.admission.parts_mut();
+                trace.stages.push(StageRecord {
+                    stage: Stage::OutputValidation,
+                    outcome: StageOutcome::Rejected,
+                    start: Instant::now()
+                        .checked_sub(self.spent)
+                        .unwrap_or_else(Instant::now),
+                    end: Instant::now(),
+                    error: None,
+                    findings: u32::try_from(trace.output_findings.len()).unwrap_or(u32::MAX),
+                });
+                return Err(self.block(r));
+            }
+        }
+        let out = self.release(safe);
+        self.spent += t0.elapsed();
+        out
+    }
+
+    fn release(&mut self, safe: usize) -> Result<String, Rejection> {
+        let end = floor_boundary(&self.text, safe);
+        if end <= self.released {
+            return Ok(String::new());
+        }
+        let start = self.released;
+        let segment = &self.text[start..end];
+        let out = if self.pending_redactions.is_empty() {
+            segment.to_owned()
+        } else {
+            let shifted: Vec<Finding> = self
+                .pending_redactions
+                .iter()
+                .filter(|f| f.span().end > start && f.span().start < end)
+                .map(|f| {
+                    let s = f.span();
+                    let mut g = f.clone();
+                    g = Finding::new(
+                        g.rule_id().to_owned(),
+                        g.category().clone(),
+                        g.severity(),
+                        Location::Output,
+                        s.start.max(start) - start..s.end.min(end) - start,
+                    )
+                    .with_action(Action::Redact);
+                    if let Some(r) = f.replacement() {
+                        g = g.with_replacement(r.to_owned());
+                    }
+                    g
+                })
+                .collect();
+            self.pending_redactions.retain(|f| f.span().end > end);
+            redact(segment, &shifted)
+        };
+        self.released = end;
+        Ok(out)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        if self.admission.is_finished() {
+            return;
+        }
+        let usage = self.estimated_usage();
+        let _ = self
+            .admission
+            .finish_stream(Outcome::StreamAborted, None, usage);
+    }
+}
