@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use inference_guard::builtin::{PatternRules, RequestRateLimiter, ScopeAuthorizer, StaticApiKeys};
+use inference_guard::authz::{Grant, PolicyAuthorizer};
+use inference_guard::builtin::{PatternRules, RequestRateLimiter};
+use inference_guard::identity::{ApiKeyFormat, ApiKeys, Authenticator, InMemoryKeyStore};
 use inference_guard::*;
 
 /// The system prompt carries a canary: if it ever shows up in an answer, the system
@@ -35,26 +37,54 @@ fn demo_model(request: &GuardRequest) -> GuardResponse {
     GuardResponse::new(text).with_usage(Usage::new(request.estimated_input_tokens(), out_tokens))
 }
 
-fn build_guard(audit: MemorySink) -> Result<InferenceGuard, Box<dyn std::error::Error>> {
-    // Identity: API keys, stored only as HMAC digests.
-    let mut keys = StaticApiKeys::new(b"demo server secret: use 32+ random bytes")?;
-    keys.insert(
-        "demo-key-analytics",
+/// The demo's API keys, issued at start-up: checksummed, stored only as HMAC digests.
+struct DemoKeys {
+    analytics: Secret,
+    batch: Secret,
+}
+
+fn build_guard(
+    audit: MemorySink,
+) -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Error>> {
+    // Identity: API keys (JWTs work the same way through `Authenticator::jwt`).
+    let store = InMemoryKeyStore::new();
+    let api_keys = ApiKeys::new(
+        b"demo server secret: use 32+ random bytes",
+        ApiKeyFormat::new("igk")?,
+        store.clone(),
+    )?;
+    let (analytics, record) = api_keys.issue(
+        "key_analytics_01",
         Principal::builder("svc-analytics", CredentialKind::ApiKey)
             .tenant("acme")
-            .key_id("key_analytics_01")
-            .scope("model:demo-*")
-            .scope("stream")
+            .scope("chat")
             .build(),
-    );
-    keys.insert(
-        "demo-key-batch",
+        None,
+    )?;
+    store.insert(record);
+    let (batch, record) = api_keys.issue(
+        "key_batch_07",
         Principal::builder("job-nightly-batch", CredentialKind::ApiKey)
             .tenant("acme")
-            .key_id("key_batch_07")
-            .scope("model:demo-small")
             .build(),
-    );
+        None,
+    )?;
+    store.insert(record);
+
+    // Authorization: deny by default; grants name models, tools and streaming.
+    let policy = PolicyAuthorizer::builder()
+        .grant(
+            Grant::to_scope("chat")
+                .models(["demo-*"])
+                .allow_stream()
+                .max_output_tokens(2048),
+        )
+        .grant(
+            Grant::to_principals(["job-nightly-*"])
+                .models(["demo-small"])
+                .max_output_tokens(512),
+        )
+        .build()?;
 
     // Input and output rules (the dedicated scanners go much further).
     let input_rules = PatternRules::builder()
@@ -99,14 +129,14 @@ fn build_guard(audit: MemorySink) -> Result<InferenceGuard, Box<dyn std::error::
 
     let mut builder = InferenceGuard::builder();
     builder
-        .identity(keys)
-        .authorizer(ScopeAuthorizer::new().max_output_tokens(2048))
+        .identity(Authenticator::new().api_keys(api_keys))
+        .authorizer(policy)
         .rate_limiter(RequestRateLimiter::new(7, Duration::from_secs(60)))
         .input_scanner(input_rules)
         .output_validator(output_rules)
         .limits(RequestLimits::default().max_message_bytes(4096))
         .audit_sink(audit);
-    Ok(builder.build()?)
+    Ok((builder.build()?, DemoKeys { analytics, batch }))
 }
 
 fn print_audit(record: &serde_json::Value) {
@@ -152,7 +182,7 @@ fn print_audit(record: &serde_json::Value) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let audit = MemorySink::new();
-    let guard = build_guard(audit.clone())?;
+    let (guard, keys) = build_guard(audit.clone())?;
 
     let user = |key: Option<&str>, model: &str, text: &str| {
         let mut r = GuardRequest::new(model)
@@ -168,8 +198,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         r
     };
-    let analytics = Some("demo-key-analytics");
-    let batch = Some("demo-key-batch");
+    let analytics = Some(keys.analytics.expose());
+    let batch = Some(keys.batch.expose());
 
     let script: Vec<(&str, GuardRequest)> = vec![
         (
@@ -179,7 +209,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("no credentials", user(None, "demo-small", "Hello?")),
         (
             "a wrong API key",
-            user(Some("demo-key-guessed"), "demo-small", "Hello?"),
+            user(
+                Some("igk_guessedkey00000000000000000000000000"),
+                "demo-small",
+                "Hello?",
+            ),
         ),
         (
             "a model outside the key's scopes",

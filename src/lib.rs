@@ -141,12 +141,14 @@
 //! release, and stays at least six months behind the latest stable release.
 
 pub mod audit;
+pub mod authz;
 pub mod builtin;
 mod decision;
 mod error;
 mod finding;
 mod guard;
 mod id;
+pub mod identity;
 pub mod openai;
 mod principal;
 mod request;
