@@ -2,11 +2,17 @@
 //! of requests. Each request prints the decision and its audit record.
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run --example quickstart [-- --audit-dir DIR]
 //! ```
+//!
+//! With `--audit-dir DIR`, the audit trail is also written as a tamper-evident,
+//! signed log to `DIR/audit.jsonl`, and its public key to `DIR/audit.pub`; check it
+//! with `cargo run --example audit_verify -- DIR/audit.jsonl --public-key DIR/audit.pub`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use inference_guard::audit::{AuditSigningKey, ChainedLogSink};
 use inference_guard::authz::{Grant, PolicyAuthorizer};
 use inference_guard::builtin::{PatternRules, RequestRateLimiter};
 use inference_guard::identity::{ApiKeyFormat, ApiKeys, Authenticator, InMemoryKeyStore};
@@ -44,7 +50,7 @@ struct DemoKeys {
 }
 
 fn build_guard(
-    audit: MemorySink,
+    audit: impl AuditSink,
 ) -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Error>> {
     // Identity: API keys (JWTs work the same way through `Authenticator::jwt`).
     let store = InMemoryKeyStore::new();
@@ -182,7 +188,34 @@ fn print_audit(record: &serde_json::Value) {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let audit = MemorySink::new();
-    let (guard, keys) = build_guard(audit.clone())?;
+    let mut args = std::env::args().skip(1);
+    let mut audit_dir = None;
+    while let Some(a) = args.next() {
+        match (a.as_str(), args.next()) {
+            ("--audit-dir", Some(dir)) => audit_dir = Some(std::path::PathBuf::from(dir)),
+            _ => return Err("usage: quickstart [--audit-dir DIR]".into()),
+        }
+    }
+    // With --audit-dir, every event also goes to a chained, signed log.
+    let mut signed_log = None;
+    let (guard, keys) = match &audit_dir {
+        None => build_guard(audit.clone())?,
+        Some(dir) => {
+            std::fs::create_dir_all(dir)?;
+            let log_path = dir.join("audit.jsonl");
+            if log_path.exists() {
+                return Err(
+                    format!("{} exists; choose an empty directory", log_path.display()).into(),
+                );
+            }
+            let key = AuditSigningKey::generate("quickstart-audit-1")?;
+            std::fs::write(dir.join("audit.pub"), key.public_key().to_jwk() + "\n")?;
+            let log = Arc::new(ChainedLogSink::create(&log_path, key)?);
+            signed_log = Some((log.clone(), log_path));
+            let sinks: Vec<Box<dyn AuditSink>> = vec![Box::new(audit.clone()), Box::new(log)];
+            build_guard(sinks)?
+        }
+    };
 
     let user = |key: Option<&str>, model: &str, text: &str| {
         let mut r = GuardRequest::new(model)
@@ -349,5 +382,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         n,
         "every request leaves exactly one audit record"
     );
+    if let Some((log, path)) = signed_log {
+        log.close()?;
+        let pubkey = path.with_file_name("audit.pub");
+        println!("\nsigned audit log: {}", path.display());
+        println!(
+            "verify it with: cargo run --example audit_verify -- {} --public-key {}",
+            path.display(),
+            pubkey.display()
+        );
+    }
     Ok(())
 }

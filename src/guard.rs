@@ -173,6 +173,8 @@ struct Inner {
     policy: Policy,
     realm: Box<str>,
     unavailable_retry: Duration,
+    audit_digest: Option<ring::hmac::Key>,
+    audit_content: bool,
     counters: Counters,
 }
 
@@ -291,6 +293,8 @@ pub struct GuardBuilder {
     rule_actions: Vec<(String, Action)>,
     realm: Option<String>,
     unavailable_retry: Option<Duration>,
+    audit_digest_key: Option<Vec<u8>>,
+    audit_content: bool,
 }
 
 impl fmt::Debug for GuardBuilder {
@@ -421,6 +425,24 @@ impl GuardBuilder {
         self
     }
 
+    /// Adds keyed digests (HMAC-SHA256 under `key`) of the prompt and the answer to
+    /// every audit event, so events can be correlated with content held elsewhere
+    /// without the log holding the content. The prompt digest covers the messages as
+    /// received (before redaction); the answer digest covers the answer as returned,
+    /// or as produced when it was blocked.
+    pub fn audit_digest_key(&mut self, key: &[u8]) -> &mut Self {
+        self.audit_digest_key = Some(key.to_vec());
+        self
+    }
+
+    /// Includes content in audit events: the admitted messages (after input redaction)
+    /// and the answer as returned (after output redaction; never a blocked answer).
+    /// Off by default (OWASP Logging Cheat Sheet: do not log sensitive data).
+    pub fn audit_content(&mut self, enabled: bool) -> &mut Self {
+        self.audit_content = enabled;
+        self
+    }
+
     /// Validates the configuration and builds the guard.
     ///
     /// # Errors
@@ -509,6 +531,11 @@ impl GuardBuilder {
         {
             return Err(BuildError::new("request limits must be greater than zero"));
         }
+        if self.audit_digest_key.as_ref().is_some_and(|k| k.len() < 32) {
+            return Err(BuildError::new(
+                "the audit digest key must be at least 32 bytes",
+            ));
+        }
         let realm = self.realm.clone().unwrap_or_else(|| "inference".to_owned());
         if realm.is_empty()
             || realm
@@ -532,6 +559,11 @@ impl GuardBuilder {
                 policy,
                 realm: realm.into_boxed_str(),
                 unavailable_retry: self.unavailable_retry.unwrap_or(Duration::from_secs(1)),
+                audit_digest: self
+                    .audit_digest_key
+                    .as_ref()
+                    .map(|k| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k)),
+                audit_content: self.audit_content,
                 counters: Counters::default(),
             }),
         })
@@ -547,6 +579,7 @@ pub(crate) struct Trace {
     pub(crate) output_findings: Vec<Finding>,
     pub(crate) rate: Option<RateLimitInfo>,
     pub(crate) estimated_tokens: u64,
+    pub(crate) prompt_digest: Option<[u8; 32]>,
     /// When the guard started, on the monotonic clock (pairs with `started`).
     pub(crate) origin: Option<Instant>,
     /// The last stage boundary: each stage's latency is the time since the previous
@@ -564,6 +597,7 @@ impl Default for Trace {
             output_findings: Vec::new(),
             rate: None,
             estimated_tokens: 0,
+            prompt_digest: None,
             origin: None,
             mark: None,
         }
@@ -801,6 +835,7 @@ impl InferenceGuard {
                     outcome: Outcome::Rejected,
                     rejection: Some(&rejection),
                     usage: None,
+                    answer: None,
                 });
                 Err(rejection)
             }
@@ -869,6 +904,9 @@ impl InferenceGuard {
         sync: bool,
     ) -> Result<(), Rejection> {
         let g = &*self.inner;
+        if let Some(key) = &g.audit_digest {
+            trace.prompt_digest = Some(digest_messages(key, request));
+        }
 
         // The audit sink must be able to take the event, or we fail closed before the
         // model is called.
@@ -1188,6 +1226,19 @@ impl InferenceGuard {
             rate_limit: t.rate.as_ref(),
             estimated_tokens: t.estimated_tokens,
             usage: parts.usage,
+            prompt_digest: t.prompt_digest,
+            answer_digest: match (&self.inner.audit_digest, parts.answer) {
+                (Some(key), Some(a)) => {
+                    let mut out = [0u8; 32];
+                    out.copy_from_slice(ring::hmac::sign(key, a.as_bytes()).as_ref());
+                    Some(out)
+                }
+                _ => None,
+            },
+            content: self.inner.audit_content.then(|| crate::audit::Content {
+                messages: parts.request.messages(),
+                answer: parts.answer.filter(|_| parts.outcome == Outcome::Completed),
+            }),
         };
         let ok = catch_unwind(AssertUnwindSafe(|| self.inner.sink.record(&event)))
             .unwrap_or_else(|_| Err(Error::panicked("audit")))
@@ -1229,6 +1280,21 @@ pub(crate) struct AuditParts<'a> {
     pub(crate) outcome: Outcome,
     pub(crate) rejection: Option<&'a Rejection>,
     pub(crate) usage: Option<Usage>,
+    /// The answer as returned (or as produced, when blocked).
+    pub(crate) answer: Option<&'a str>,
+}
+
+fn digest_messages(key: &ring::hmac::Key, request: &GuardRequest) -> [u8; 32] {
+    let mut ctx = ring::hmac::Context::with_key(key);
+    for m in request.messages() {
+        ctx.update(m.role().as_str().as_bytes());
+        ctx.update(&[0x1f]);
+        ctx.update(m.content().as_bytes());
+        ctx.update(&[0x1e]);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.sign().as_ref());
+    out
 }
 
 fn redact_messages(request: &mut GuardRequest, findings: &[Finding]) {
@@ -1414,6 +1480,7 @@ impl Admission {
             outcome,
             rejection: verdict.as_ref().err(),
             usage: Some(usage),
+            answer: Some(response.text()),
         });
         verdict?;
         audited?;
@@ -1434,7 +1501,7 @@ impl Admission {
     /// Records that the model call failed: refunds the whole reservation and records
     /// a [`ModelFailed`](crate::Outcome::ModelFailed) event.
     pub fn fail(mut self) {
-        self.end(Outcome::ModelFailed, None, None);
+        self.end(Outcome::ModelFailed, None, None, None);
     }
 
     /// Ends the admission: settles (refunds with `None`) and records the event.
@@ -1443,6 +1510,7 @@ impl Admission {
         outcome: Outcome,
         rejection: Option<&Rejection>,
         usage: Option<Usage>,
+        answer: Option<&str>,
     ) -> bool {
         let st = &mut *self.st;
         st.phase = Phase::Finished;
@@ -1456,6 +1524,7 @@ impl Admission {
             outcome,
             rejection,
             usage,
+            answer,
         })
     }
 
@@ -1476,8 +1545,9 @@ impl Admission {
         outcome: Outcome,
         rejection: Option<&Rejection>,
         usage: Usage,
+        answer: &str,
     ) -> Result<(), Rejection> {
-        if self.end(outcome, rejection, Some(usage)) {
+        if self.end(outcome, rejection, Some(usage), Some(answer)) {
             Ok(())
         } else {
             self.st.guard.audit_failed()
@@ -1494,10 +1564,10 @@ impl Drop for Admission {
         match self.st.phase {
             Phase::Finished => {}
             Phase::Checking => {
-                self.end(Outcome::Cancelled, None, None);
+                self.end(Outcome::Cancelled, None, None, None);
             }
             Phase::Admitted => {
-                self.end(Outcome::Abandoned, None, None);
+                self.end(Outcome::Abandoned, None, None, None);
             }
         }
     }

@@ -133,7 +133,9 @@
 //!
 //! # Crate features
 //!
-//! None yet: the core has no optional dependencies and no framework dependency.
+//! - `tracing`: [`audit::TracingSink`], which emits audit events as `tracing` events.
+//!
+//! The core has no web-framework dependency.
 //!
 //! # Minimum supported Rust version
 //!

@@ -259,7 +259,7 @@ impl StreamGuard {
             });
         }
         self.admission
-            .finish_stream(Outcome::Completed, None, usage)?;
+            .finish_stream(Outcome::Completed, None, usage, &self.text)?;
         Ok(out)
     }
 
@@ -291,7 +291,7 @@ impl StreamGuard {
         self.blocked = Some(r.clone());
         let _ = self
             .admission
-            .finish_stream(Outcome::StreamAborted, Some(&r), usage);
+            .finish_stream(Outcome::StreamAborted, Some(&r), usage, &self.text);
         r
     }
 
@@ -388,6 +388,6 @@ impl Drop for StreamGuard {
         let usage = self.estimated_usage();
         let _ = self
             .admission
-            .finish_stream(Outcome::StreamAborted, None, usage);
+            .finish_stream(Outcome::StreamAborted, None, usage, &self.text);
     }
 }

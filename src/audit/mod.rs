@@ -13,6 +13,16 @@
 //! Strings that come from callers (route, model, trace id) are escaped by the JSON
 //! serializer, so CR/LF in them cannot forge a record in a JSON Lines log.
 
+mod chain;
+mod sinks;
+
+pub use chain::{
+    AuditPublicKey, AuditSigningKey, ChainedLogSink, LogReport, LogStatus, verify_log,
+};
+#[cfg(feature = "tracing")]
+pub use sinks::TracingSink;
+pub use sinks::{BackgroundSink, BackgroundStats, Overflow, RotatingFileSink};
+
 use std::cell::OnceCell;
 use std::fmt;
 use std::io::Write;
@@ -28,6 +38,7 @@ use crate::error::{Error, ErrorKind};
 use crate::finding::Finding;
 use crate::id::RequestId;
 use crate::principal::Principal;
+use crate::request::Message;
 use crate::response::Usage;
 use crate::stage::AuditSink;
 
@@ -187,6 +198,17 @@ pub struct AuditEvent<'a> {
     pub(crate) rate_limit: Option<&'a RateLimitInfo>,
     pub(crate) estimated_tokens: u64,
     pub(crate) usage: Option<Usage>,
+    pub(crate) prompt_digest: Option<[u8; 32]>,
+    pub(crate) answer_digest: Option<[u8; 32]>,
+    pub(crate) content: Option<Content<'a>>,
+}
+
+/// Redacted content, in events of guards built with
+/// [`GuardBuilder::audit_content`](crate::GuardBuilder::audit_content).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Content<'a> {
+    pub(crate) messages: &'a [Message],
+    pub(crate) answer: Option<&'a str>,
 }
 
 impl<'a> AuditEvent<'a> {
@@ -247,6 +269,51 @@ impl<'a> AuditEvent<'a> {
     /// Token usage: the settled usage, when the model answered.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+
+    /// Whether the answer was a stream that ended early.
+    pub fn stream_aborted(&self) -> bool {
+        self.outcome == Outcome::StreamAborted
+    }
+
+    /// The keyed digest (HMAC-SHA256) of the prompt, when the guard was built with
+    /// [`GuardBuilder::audit_digest_key`](crate::GuardBuilder::audit_digest_key).
+    pub fn prompt_digest(&self) -> Option<&[u8; 32]> {
+        self.prompt_digest.as_ref()
+    }
+
+    /// The keyed digest of the answer, as for [`prompt_digest`](Self::prompt_digest).
+    pub fn answer_digest(&self) -> Option<&[u8; 32]> {
+        self.answer_digest.as_ref()
+    }
+
+    /// An owned copy, for sinks that keep or hand over the event.
+    pub fn to_record(&self) -> AuditRecord {
+        AuditRecord {
+            event_id: self.event_id(),
+            request_id: self.request_id,
+            trace_id: self.trace_id.map(Into::into),
+            started: self.started,
+            ended: self.ended,
+            principal: self.principal.cloned(),
+            route: self.route.into(),
+            model: self.model.into(),
+            client_addr: self.client_addr,
+            stream: self.stream,
+            outcome: self.outcome,
+            rejection: self.rejection.cloned(),
+            stages: self.stages.iter().copied().collect(),
+            input_findings: self.input_findings.to_vec(),
+            output_findings: self.output_findings.to_vec(),
+            rate_limit: self.rate_limit.cloned(),
+            estimated_tokens: self.estimated_tokens,
+            usage: self.usage,
+            prompt_digest: self.prompt_digest,
+            answer_digest: self.answer_digest,
+            content: self
+                .content
+                .map(|c| (c.messages.to_vec(), c.answer.map(Into::into))),
+        }
     }
 
     /// The event as one line of JSON (no trailing newline).
@@ -381,6 +448,115 @@ impl Serialize for RateJson<'_> {
     }
 }
 
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+struct ContentJson<'a>(&'a Content<'a>);
+impl Serialize for ContentJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Msgs<'a>(&'a [Message]);
+        impl Serialize for Msgs<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut seq = s.serialize_seq(Some(self.0.len()))?;
+                for m in self.0 {
+                    let mut e = std::collections::BTreeMap::new();
+                    e.insert("role", m.role().as_str());
+                    e.insert("content", m.content());
+                    seq.serialize_element(&e)?;
+                }
+                seq.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("messages", &Msgs(self.0.messages))?;
+        if let Some(a) = self.0.answer {
+            m.serialize_entry("answer", a)?;
+        }
+        m.end()
+    }
+}
+
+/// An owned audit event: what a sink keeps or hands to another thread.
+///
+/// [`event`](Self::event) borrows it back as an [`AuditEvent`], so it serializes
+/// exactly as the event it was made from.
+#[derive(Clone, Debug)]
+pub struct AuditRecord {
+    event_id: uuid::Uuid,
+    request_id: RequestId,
+    trace_id: Option<Box<str>>,
+    started: SystemTime,
+    ended: SystemTime,
+    principal: Option<Principal>,
+    route: Box<str>,
+    model: Box<str>,
+    client_addr: Option<IpAddr>,
+    stream: bool,
+    outcome: Outcome,
+    rejection: Option<Rejection>,
+    stages: smallvec::SmallVec<[StageRecord; 8]>,
+    input_findings: Vec<Finding>,
+    output_findings: Vec<Finding>,
+    rate_limit: Option<RateLimitInfo>,
+    estimated_tokens: u64,
+    usage: Option<Usage>,
+    prompt_digest: Option<[u8; 32]>,
+    answer_digest: Option<[u8; 32]>,
+    content: Option<(Vec<Message>, Option<Box<str>>)>,
+}
+
+impl AuditRecord {
+    /// The record as an event (borrowed).
+    pub fn event(&self) -> AuditEvent<'_> {
+        let id = OnceCell::new();
+        let _ = id.set(self.event_id);
+        AuditEvent {
+            event_id: id,
+            request_id: self.request_id,
+            trace_id: self.trace_id.as_deref(),
+            started: self.started,
+            ended: self.ended,
+            principal: self.principal.as_ref(),
+            route: &self.route,
+            model: &self.model,
+            client_addr: self.client_addr,
+            stream: self.stream,
+            outcome: self.outcome,
+            rejection: self.rejection.as_ref(),
+            stages: &self.stages,
+            input_findings: &self.input_findings,
+            output_findings: &self.output_findings,
+            rate_limit: self.rate_limit.as_ref(),
+            estimated_tokens: self.estimated_tokens,
+            usage: self.usage,
+            prompt_digest: self.prompt_digest,
+            answer_digest: self.answer_digest,
+            content: self.content.as_ref().map(|(m, a)| Content {
+                messages: m,
+                answer: a.as_deref(),
+            }),
+        }
+    }
+
+    /// The record as one line of JSON.
+    pub fn to_json(&self) -> String {
+        self.event().to_json()
+    }
+}
+
+impl Serialize for AuditRecord {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.event().serialize(s)
+    }
+}
+
 impl Serialize for AuditEvent<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut st = s.serialize_struct("AuditEvent", 20)?;
@@ -418,6 +594,24 @@ impl Serialize for AuditEvent<'_> {
         st.serialize_field("tokens_estimated", &self.estimated_tokens)?;
         if let Some(u) = self.usage {
             st.serialize_field("usage", &u)?;
+        }
+        if let Some(out) = self
+            .stages
+            .iter()
+            .rev()
+            .find(|s| s.stage == Stage::OutputValidation)
+        {
+            st.serialize_field("output_verdict", out.outcome.as_str())?;
+        }
+        st.serialize_field("stream_aborted", &self.stream_aborted())?;
+        if let Some(d) = &self.prompt_digest {
+            st.serialize_field("prompt_hmac", &hex(d))?;
+        }
+        if let Some(d) = &self.answer_digest {
+            st.serialize_field("answer_hmac", &hex(d))?;
+        }
+        if let Some(c) = &self.content {
+            st.serialize_field("content", &ContentJson(c))?;
         }
         st.end()
     }

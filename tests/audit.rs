@@ -1,0 +1,521 @@
+//! Audit: the event schema, keyed digests and content, the sinks, the tamper-evident
+//! log and its verifier, and crash safety with a real child process.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use inference_guard::audit::*;
+use inference_guard::*;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ig-audit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+const KEY: &str = "sk-audit-test-CREDENTIAL-0123456789";
+
+fn guard_with(sink: impl AuditSink, configure: impl FnOnce(&mut GuardBuilder)) -> InferenceGuard {
+    let rules = builtin::PatternRules::builder()
+        .rule(
+            "pii.email",
+            Category::PersonalData,
+            Severity::Medium,
+            Action::Redact,
+            r"[a-z]+@example\.com",
+        )
+        .rule(
+            "leak.canary",
+            Category::SystemPromptLeak,
+            Severity::Critical,
+            Action::Block,
+            "CANARY-[0-9]+",
+        )
+        .build()
+        .unwrap();
+    let mut b = InferenceGuard::builder();
+    b.identity(verifier_fn(|req| match req.credentials().api_key() {
+        Some(k) if k.expose() == KEY => Ok(Principal::builder("svc-audit", CredentialKind::ApiKey)
+            .key_id("key-7")
+            .tenant("acme")
+            .build()),
+        _ => Err(Rejection::unauthenticated("unknown api key").into()),
+    }))
+    .authorize_all()
+    .rate_limiter(builtin::RequestRateLimiter::new(
+        1000,
+        Duration::from_secs(60),
+    ))
+    .input_scanner(rules.clone())
+    .output_validator(rules)
+    .audit_sink(sink);
+    configure(&mut b);
+    b.build().unwrap()
+}
+
+fn request(text: &str) -> GuardRequest {
+    GuardRequest::new("demo-model")
+        .with_credentials(Credentials::from_api_key(KEY))
+        .with_route("/v1/chat/completions")
+        .with_client_addr("192.0.2.7".parse().unwrap())
+        .with_trace_id("4bf92f3577b34da6a3ce929d0e0e4736")
+        .with_message(Role::User, text)
+}
+
+fn complete(
+    guard: &InferenceGuard,
+    text: &str,
+    answer: &str,
+) -> Result<CheckedResponse, Rejection> {
+    guard
+        .check_request(request(text))?
+        .check_response(GuardResponse::new(answer).with_usage(Usage::new(9, 4)))
+}
+
+#[test]
+fn events_carry_the_documented_schema_and_never_the_credential() {
+    let sink = MemorySink::new();
+    let guard = guard_with(sink.clone(), |_| {});
+    complete(&guard, "mail bob@example.com", "ok").unwrap();
+    let _ = complete(&guard, "hi", "CANARY-42");
+    let recs = sink.records();
+    assert_eq!(recs.len(), 2);
+    let r = &recs[0];
+    assert_eq!(r["schema"], 1);
+    let event_id = r["event_id"].as_str().unwrap();
+    assert_eq!(event_id.len(), 36);
+    assert_eq!(&event_id[14..15], "7", "UUIDv7");
+    assert_ne!(r["event_id"], r["request_id"]);
+    for t in ["started", "ended"] {
+        let s = r[t].as_str().unwrap();
+        assert!(s.ends_with('Z') && s.contains('T'), "RFC 3339 UTC: {s}");
+    }
+    assert_eq!(r["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(r["principal"]["id"], "svc-audit");
+    assert_eq!(r["principal"]["credential"], "api_key");
+    assert_eq!(r["principal"]["key_id"], "key-7");
+    assert_eq!(r["principal"]["tenant"], "acme");
+    assert_eq!(r["client_addr"], "192.0.2.7");
+    assert_eq!(
+        (r["route"].as_str(), r["model"].as_str()),
+        (Some("/v1/chat/completions"), Some("demo-model"))
+    );
+    assert_eq!(r["outcome"], "completed");
+    assert_eq!(r["output_verdict"], "passed");
+    assert_eq!(r["stream_aborted"], false);
+    assert_eq!(r["rate_limit"]["remaining"], 999);
+    assert_eq!(r["tokens_estimated"], 9);
+    assert_eq!(r["usage"]["output_tokens"], 4);
+    assert_eq!(r["input_findings"][0]["rule"], "pii.email");
+    assert_eq!(r["input_findings"][0]["span"], serde_json::json!([5, 20]));
+    for s in r["stages"].as_array().unwrap() {
+        assert!(s["latency_us"].as_f64().unwrap() >= 0.0);
+    }
+    let blocked = &recs[1];
+    assert_eq!(blocked["outcome"], "output_blocked");
+    assert_eq!(blocked["output_verdict"], "rejected");
+    assert_eq!(blocked["rejection"]["stage"], "output_validation");
+    for line in sink.lines() {
+        assert!(!line.contains(KEY));
+        assert!(!line.contains("bob@example.com"), "no prompt text");
+        assert!(!line.contains("CANARY-42"), "no answer text");
+    }
+}
+
+#[test]
+fn keyed_digests_correlate_without_content_and_content_is_opt_in_and_redacted() {
+    let sink = MemorySink::new();
+    let guard = guard_with(sink.clone(), |b| {
+        b.audit_digest_key(&[7u8; 32]);
+    });
+    complete(&guard, "same prompt", "same answer").unwrap();
+    complete(&guard, "same prompt", "same answer").unwrap();
+    complete(&guard, "other prompt", "same answer").unwrap();
+    let r = sink.records();
+    assert_eq!(r[0]["prompt_hmac"], r[1]["prompt_hmac"]);
+    assert_ne!(r[0]["prompt_hmac"], r[2]["prompt_hmac"]);
+    assert_eq!(r[0]["answer_hmac"], r[2]["answer_hmac"]);
+    assert_eq!(r[0]["prompt_hmac"].as_str().unwrap().len(), 64);
+    assert!(r[0].get("content").is_none(), "content is off by default");
+
+    let mut b = InferenceGuard::builder();
+    b.allow_anonymous()
+        .authorize_all()
+        .audit_sink(NoopSink)
+        .audit_digest_key(b"short");
+    assert!(
+        b.build().is_err(),
+        "digest keys shorter than 32 bytes are refused"
+    );
+
+    let sink = MemorySink::new();
+    let guard = guard_with(sink.clone(), |b| {
+        b.audit_content(true);
+    });
+    complete(&guard, "reply to bob@example.com", "done").unwrap();
+    let _ = complete(&guard, "x", "the CANARY-7 leaked");
+    let lines = sink.lines();
+    assert!(lines[0].contains("reply to [REDACTED:PERSONAL_DATA]"));
+    assert!(lines[0].contains(r#""answer":"done""#));
+    assert!(
+        !lines[0].contains("bob@example.com"),
+        "content only after redaction"
+    );
+    assert!(
+        !lines[1].contains("CANARY-7"),
+        "a blocked answer is never logged"
+    );
+}
+
+#[test]
+fn background_sink_flushes_everything_accepted_on_shutdown() {
+    let memory = MemorySink::new();
+    let bg = Arc::new(BackgroundSink::new(memory.clone(), 64, Overflow::Block));
+    let guard = guard_with(bg.clone(), |_| {});
+    for i in 0..500 {
+        complete(&guard, &format!("request {i}"), "ok").unwrap();
+    }
+    bg.shutdown();
+    let stats = bg.stats();
+    assert_eq!(stats.accepted, 500);
+    assert_eq!(stats.written, 500);
+    assert_eq!(stats.dropped, 0);
+    assert_eq!(memory.len(), 500);
+    // After shutdown, events are refused and counted; the guard fails closed.
+    assert_eq!(complete(&guard, "late", "ok").unwrap_err().status(), 503);
+    assert_eq!(bg.stats().dropped, 1);
+}
+
+/// An inner sink that takes its time, so the queue fills.
+#[derive(Clone)]
+struct Slow(MemorySink, Duration);
+impl AuditSink for Slow {
+    fn record(&self, e: &AuditEvent<'_>) -> Result<(), Error> {
+        std::thread::sleep(self.1);
+        self.0.record(e)
+    }
+}
+
+#[test]
+fn background_sink_overflow_policies() {
+    // Drop and count: requests go on, the losses are counted and reported.
+    let memory = MemorySink::new();
+    let bg = Arc::new(BackgroundSink::new(
+        Slow(memory.clone(), Duration::from_millis(20)),
+        2,
+        Overflow::DropAndCount,
+    ));
+    let guard = guard_with(bg.clone(), |_| {});
+    for _ in 0..40 {
+        complete(&guard, "x", "ok").unwrap();
+    }
+    bg.shutdown();
+    let s = bg.stats();
+    assert!(s.dropped > 0, "{s:?}");
+    assert_eq!(s.accepted + s.dropped, 40);
+    assert_eq!(memory.len() as u64, s.accepted);
+
+    // Reject: a full queue refuses new requests before the model is called (503).
+    let memory = MemorySink::new();
+    let bg = Arc::new(BackgroundSink::new(
+        Slow(memory, Duration::from_millis(200)),
+        1,
+        Overflow::Reject,
+    ));
+    let guard = guard_with(bg, |_| {});
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(
+            complete(&guard, "x", "ok")
+                .map(|_| 200)
+                .unwrap_or_else(|r| r.status()),
+        );
+    }
+    assert!(statuses.contains(&503), "{statuses:?}");
+    assert_eq!(statuses[0], 200);
+}
+
+#[test]
+fn rotating_file_sink_keeps_bounded_files() {
+    let dir = temp_dir("rotate");
+    let path = dir.join("audit.jsonl");
+    let sink = Arc::new(RotatingFileSink::new(&path, 4096, 2).unwrap());
+    let guard = guard_with(sink.clone(), |_| {});
+    for i in 0..60 {
+        complete(&guard, &format!("r{i}"), "ok").unwrap();
+    }
+    sink.flush().unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["audit.jsonl", "audit.jsonl.1", "audit.jsonl.2"]);
+    for f in &files {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(text.len() <= 4096 + 2048, "{f:?} has {} bytes", text.len());
+        for l in text.lines() {
+            serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes a sealed log of `n` events with a checkpoint every `every`.
+fn write_log(name: &str, n: usize, every: u64, route: &str) -> (PathBuf, AuditPublicKey) {
+    let dir = temp_dir(name);
+    let path = dir.join("audit.jsonl");
+    let key = AuditSigningKey::generate("audit-test-1").unwrap();
+    let public = key.public_key();
+    let sink = Arc::new(
+        ChainedLogSink::create(&path, key)
+            .unwrap()
+            .checkpoint_every(every),
+    );
+    let guard = guard_with(sink.clone(), |_| {});
+    for i in 0..n {
+        guard
+            .check_request(request(&format!("r{i}")).with_route(route))
+            .unwrap()
+            .check_response(GuardResponse::new("ok"))
+            .unwrap();
+    }
+    sink.close().unwrap();
+    (path, public)
+}
+
+fn verify(path: &PathBuf, key: &AuditPublicKey) -> LogReport {
+    verify_log(
+        std::fs::File::open(path).unwrap(),
+        std::slice::from_ref(key),
+    )
+    .unwrap()
+}
+
+fn lines(path: &PathBuf) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn write_lines(path: &PathBuf, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn an_untouched_log_verifies_as_intact() {
+    let (path, key) = write_log("intact", 25, 10, "/v1/chat/completions");
+    let r = verify(&path, &key);
+    assert!(r.is_intact(), "{r}");
+    assert_eq!(r.events, 25);
+    assert_eq!(r.checkpoints, 3, "two periodic and the final one");
+    assert_eq!(r.unsigned_events, 0);
+}
+
+#[test]
+fn the_verifier_detects_each_kind_of_tampering() {
+    let (path, key) = write_log("tamper", 12, 5, "/v1/chat/completions");
+    let original = lines(&path);
+    let check = |mutate: &dyn Fn(&mut Vec<String>)| {
+        let mut l = original.clone();
+        mutate(&mut l);
+        write_lines(&path, &l);
+        verify(&path, &key)
+    };
+    // Modification of an event (first bad line reported: line 4 of the file).
+    let r = check(&|l| l[3] = l[3].replace(r#""outcome":"completed""#, r#""outcome":"rejected""#));
+    assert_eq!(r.status, LogStatus::Tampered, "{r}");
+    assert_eq!(r.first_bad_line.as_ref().unwrap().0, 4, "{r}");
+    // Deletion, insertion, reordering.
+    let r = check(&|l| {
+        l.remove(2);
+    });
+    assert_eq!(
+        (r.status, r.first_bad_line.unwrap().0),
+        (LogStatus::Tampered, 3)
+    );
+    let r = check(&|l| {
+        let dup = l[1].clone();
+        l.insert(2, dup);
+    });
+    assert_eq!(
+        (r.status, r.first_bad_line.unwrap().0),
+        (LogStatus::Tampered, 3)
+    );
+    let r = check(&|l| l.swap(6, 7));
+    assert_eq!(
+        (r.status, r.first_bad_line.unwrap().0),
+        (LogStatus::Tampered, 7)
+    );
+    // A forged checkpoint: flipping "final", or a made-up signature.
+    let cp = original
+        .iter()
+        .position(|l| l.contains("checkpoint"))
+        .unwrap();
+    let r = check(&|l| l[cp] = l[cp].replace(r#""final":false"#, r#""final":true"#));
+    assert_eq!(r.status, LogStatus::Tampered, "{r}");
+    // Truncation after the last checkpoint: the final checkpoint and the events before
+    // it are cut off.
+    let last_cp = original.len() - 1;
+    let r = check(&|l| l.truncate(last_cp - 1));
+    assert_eq!(r.status, LogStatus::Unsealed, "{r}");
+    assert!(!r.is_intact());
+    // Truncation exactly at a periodic checkpoint is unsealed too.
+    let r = check(&|l| l.truncate(cp + 1));
+    assert_eq!(r.status, LogStatus::Unsealed);
+    assert_eq!(r.unsigned_events, 0);
+    // Lines appended after the final checkpoint.
+    let r = check(&|l| {
+        let extra = l[0].clone();
+        l.push(extra);
+    });
+    assert_eq!(r.status, LogStatus::Tampered);
+    // The wrong public key.
+    write_lines(&path, &original);
+    let other = AuditSigningKey::generate("audit-test-1")
+        .unwrap()
+        .public_key();
+    assert_eq!(verify(&path, &other).status, LogStatus::Tampered);
+    assert!(verify(&path, &key).is_intact());
+}
+
+#[test]
+fn a_partial_last_line_is_reported_as_a_crash_not_tampering() {
+    let (path, key) = write_log("partial", 6, 100, "/v1/chat/completions");
+    let mut l = lines(&path);
+    l.pop(); // the final checkpoint
+    let mut text = l.join("\n");
+    text.push('\n');
+    text.push_str(r#"{"seq":7,"prev":"ab"#);
+    std::fs::write(&path, text).unwrap();
+    let r = verify(&path, &key);
+    assert_eq!(r.status, LogStatus::Unsealed, "{r}");
+    assert!(r.partial_last_line);
+    assert_eq!(r.events, 6);
+    assert!(r.to_string().contains("partial"));
+}
+
+#[test]
+fn control_characters_cannot_forge_records() {
+    let forged_route = "/v1\n{\"seq\":1,\"prev\":\"00\",\"event\":{}}\r\n\u{1b}[2J\u{2028}";
+    let (path, key) = write_log("inject", 3, 100, forged_route);
+    let l = lines(&path);
+    assert_eq!(
+        l.len(),
+        4,
+        "three events and the final checkpoint, one line each"
+    );
+    assert!(verify(&path, &key).is_intact());
+    let v: serde_json::Value = serde_json::from_str(&l[0]).unwrap();
+    assert_eq!(v["event"]["route"], forged_route);
+}
+
+/// The child half of the crash test: writes events through a background sink into a
+/// chained log, and reports each durable count on stdout until it is killed.
+fn crash_child(path: &str) -> ! {
+    let key = AuditSigningKey::generate("crash-test").unwrap();
+    // libtest has printed "test NAME ... " without a newline: start a fresh line.
+    println!("\nkey {}", key.public_key().to_jwk());
+    let chained = ChainedLogSink::create(path, key).unwrap();
+    let bg = BackgroundSink::new(chained, 4096, Overflow::Block);
+    let guard = guard_with(bg, |_| {});
+    let mut n = 0u64;
+    loop {
+        for _ in 0..25 {
+            complete(&guard, "crash test", "ok").unwrap();
+            n += 1;
+        }
+        guard.flush().unwrap();
+        println!("durable {n}");
+        std::io::stdout().flush().unwrap();
+    }
+}
+
+#[test]
+fn sigkill_while_writing_keeps_every_durable_record() {
+    if let Ok(path) = std::env::var("IG_AUDIT_CRASH_CHILD") {
+        crash_child(&path);
+    }
+    let dir = temp_dir("crash");
+    let path = dir.join("audit.jsonl");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "sigkill_while_writing_keeps_every_durable_record",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("IG_AUDIT_CRASH_CHILD", &path)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut key = None;
+    let mut durable = 0u64;
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        if let Some(jwk) = line.find("key {").map(|i| &line[i + 4..]) {
+            key = Some(AuditPublicKey::from_jwk(jwk).unwrap());
+        } else if let Some(n) = line.strip_prefix("durable ") {
+            durable = n.parse().unwrap();
+            if durable >= 400 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let report = verify(&path, &key.unwrap());
+    assert_ne!(report.status, LogStatus::Tampered, "{report}");
+    assert!(
+        !report.is_intact(),
+        "a killed writer leaves an unsealed log"
+    );
+    assert!(
+        report.events >= durable,
+        "verified {} events, {durable} were reported durable: {report}",
+        report.events
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(feature = "tracing")]
+#[test]
+fn tracing_sink_emits_one_event_per_request() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tracing::{Event, Metadata, Subscriber, span};
+
+    struct Count(Arc<AtomicUsize>);
+    impl Subscriber for Count {
+        fn enabled(&self, _: &Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &span::Attributes<'_>) -> span::Id {
+            span::Id::from_u64(1)
+        }
+        fn record(&self, _: &span::Id, _: &span::Record<'_>) {}
+        fn record_follows_from(&self, _: &span::Id, _: &span::Id) {}
+        fn event(&self, e: &Event<'_>) {
+            if e.metadata().target() == "inference_guard::audit" {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        fn enter(&self, _: &span::Id) {}
+        fn exit(&self, _: &span::Id) {}
+    }
+    let n = Arc::new(AtomicUsize::new(0));
+    tracing::subscriber::with_default(Count(n.clone()), || {
+        let guard = guard_with(TracingSink, |_| {});
+        complete(&guard, "hi", "ok").unwrap();
+        assert!(guard.check_request(GuardRequest::new("m")).is_err());
+    });
+    assert_eq!(n.load(Ordering::SeqCst), 2);
+}
