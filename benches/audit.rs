@@ -38,9 +38,8 @@ fn sample_record() -> AuditRecord {
             .build())
     }))
     .authorize_all()
-    .rate_limiter(builtin::RequestRateLimiter::new(
-        1000,
-        Duration::from_secs(60),
+    .rate_limiter(rate_limit::InMemoryRateLimiter::per_principal(
+        rate_limit::Quota::per_minute(1000),
     ))
     .input_scanner(rules)
     .audit_sink(sink_fn(move |e| {

@@ -10,12 +10,12 @@
 //! with `cargo run --example audit_verify -- DIR/audit.jsonl --public-key DIR/audit.pub`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use inference_guard::audit::{AuditSigningKey, ChainedLogSink};
 use inference_guard::authz::{Grant, PolicyAuthorizer};
-use inference_guard::builtin::{PatternRules, RequestRateLimiter};
+use inference_guard::builtin::PatternRules;
 use inference_guard::identity::{ApiKeyFormat, ApiKeys, Authenticator, InMemoryKeyStore};
+use inference_guard::rate_limit::{InMemoryRateLimiter, KeyBy, Limit, Quota};
 use inference_guard::*;
 
 /// The system prompt carries a canary: if it ever shows up in an answer, the system
@@ -137,7 +137,19 @@ fn build_guard(
     builder
         .identity(Authenticator::new().api_keys(api_keys))
         .authorizer(policy)
-        .rate_limiter(RequestRateLimiter::new(7, Duration::from_secs(60)))
+        .rate_limiter(
+            InMemoryRateLimiter::builder()
+                .limit(
+                    Limit::requests("requests-per-principal", Quota::per_minute(7))
+                        .key_by(KeyBy::PRINCIPAL),
+                )
+                .limit(
+                    Limit::tokens("tokens-per-tenant", Quota::per_minute(20_000))
+                        .key_by(KeyBy::TENANT),
+                )
+                .concurrency(KeyBy::PRINCIPAL, 4)
+                .build()?,
+        )
         .input_scanner(input_rules)
         .output_validator(output_rules)
         .limits(RequestLimits::default().max_message_bytes(4096))

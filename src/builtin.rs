@@ -1,26 +1,22 @@
-//! Simple, complete built-in stages: static API keys, a scope authorizer, an
-//! in-memory request-rate limiter and a regular-expression rule set.
+//! Simple, complete built-in stages: static API keys, a scope authorizer and a
+//! regular-expression rule set.
 //!
 //! They are enough to put a guard in front of a model today and they show the shape
 //! of each stage; the dedicated identity, rate-limit and scanner modules go further
-//! (JWT verification, token budgets, secret and injection detectors).
+//! (JWT verification, policies, secret and injection detectors).
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use regex::{Regex, RegexBuilder};
 
-use crate::decision::{RateLimitInfo, Rejection};
+use crate::decision::Rejection;
 use crate::error::{BuildError, StageError};
 use crate::finding::{Action, Category, Finding, Location, Severity};
 use crate::principal::Principal;
 use crate::request::GuardRequest;
 use crate::response::GuardResponse;
-use crate::stage::{
-    Authorizer, IdentityVerifier, InputScanner, OutputContext, OutputValidator, Permit, RateLimiter,
-};
+use crate::stage::{Authorizer, IdentityVerifier, InputScanner, OutputContext, OutputValidator};
 use crate::step::Step;
 
 /// API keys held as keyed digests (HMAC-SHA256 under a server secret): the keys
@@ -212,99 +208,6 @@ impl Authorizer for ScopeAuthorizer {
     }
 }
 
-/// An in-memory request-rate limiter per principal: `burst` requests at once,
-/// refilled at `burst` per `period` (the generic cell rate algorithm).
-///
-/// It tracks at most `max_keys` principals; when full it forgets principals whose
-/// allowance is fully refilled, and refuses new ones (`503` through fail-closed) if
-/// none can be forgotten.
-///
-/// ```
-/// use std::time::Duration;
-/// use inference_guard::builtin::RequestRateLimiter;
-/// let rl = RequestRateLimiter::new(60, Duration::from_secs(60));
-/// # let _ = rl;
-/// ```
-#[derive(Debug)]
-pub struct RequestRateLimiter {
-    burst: u32,
-    period: Duration,
-    interval: Duration,
-    max_keys: usize,
-    epoch: Instant,
-    state: Mutex<HashMap<Box<str>, Duration>>,
-}
-
-impl RequestRateLimiter {
-    /// `burst` requests per `period` for each principal.
-    ///
-    /// # Panics
-    ///
-    /// Never: a zero `burst` is treated as one.
-    pub fn new(burst: u32, period: Duration) -> Self {
-        let burst = burst.max(1);
-        Self {
-            burst,
-            period,
-            interval: period / burst,
-            max_keys: 100_000,
-            epoch: Instant::now(),
-            state: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Sets the maximum number of principals tracked.
-    #[must_use]
-    pub fn max_keys(mut self, n: usize) -> Self {
-        self.max_keys = n.max(1);
-        self
-    }
-
-    fn decide(&self, key: &str, now: Duration) -> Result<Permit, StageError> {
-        let tau = self.period.saturating_sub(self.interval); // burst tolerance
-        let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !map.contains_key(key) && map.len() >= self.max_keys {
-            map.retain(|_, tat| *tat > now);
-            if map.len() >= self.max_keys {
-                return Err(crate::Error::new(
-                    crate::ErrorKind::Backend,
-                    "rate limiter key table full",
-                )
-                .into());
-            }
-        }
-        let tat = map.get(key).copied().unwrap_or(now).max(now);
-        let allow_at = tat.saturating_sub(tau);
-        let policy = format!("{};w={}", self.burst, self.period.as_secs().max(1));
-        if now < allow_at {
-            let wait = allow_at - now;
-            let info = RateLimitInfo::new(u64::from(self.burst), 0, tat - now).with_policy(policy);
-            return Err(Rejection::rate_limited(wait).with_rate_limit(info).into());
-        }
-        let new_tat = tat + self.interval;
-        map.insert(key.into(), new_tat);
-        let used = (new_tat - now).as_nanos() / self.interval.as_nanos().max(1);
-        let remaining = u64::from(self.burst).saturating_sub(used as u64);
-        Ok(Permit::new().with_info(
-            RateLimitInfo::new(u64::from(self.burst), remaining, new_tat - now).with_policy(policy),
-        ))
-    }
-}
-
-impl RateLimiter for RequestRateLimiter {
-    fn acquire<'a>(
-        &'a self,
-        principal: &'a Principal,
-        _request: &'a GuardRequest,
-    ) -> Step<'a, Result<Permit, StageError>> {
-        Step::ready(self.decide(principal.id(), self.epoch.elapsed()))
-    }
-
-    fn name(&self) -> &str {
-        "request_rate_limiter"
-    }
-}
-
 /// One rule of a [`PatternRules`] set.
 #[derive(Clone, Debug)]
 struct Rule {
@@ -478,37 +381,6 @@ impl OutputValidator for PatternRules {
 mod tests {
     use super::*;
     use crate::CredentialKind;
-
-    #[test]
-    fn rate_limiter_admits_burst_then_refuses_with_retry_after() {
-        let rl = RequestRateLimiter::new(3, Duration::from_secs(3));
-        let t = Duration::from_secs(100);
-        for _ in 0..3 {
-            assert!(rl.decide("a", t).is_ok());
-        }
-        let e = rl.decide("a", t).unwrap_err();
-        let r = e.as_rejection().unwrap();
-        assert_eq!(r.status(), 429);
-        assert_eq!(r.retry_after(), Some(Duration::from_secs(1)));
-        // One interval later, one more request conforms.
-        assert!(rl.decide("a", t + Duration::from_secs(1)).is_ok());
-        assert!(rl.decide("a", t + Duration::from_secs(1)).is_err());
-        // Another principal is independent.
-        assert!(rl.decide("b", t).is_ok());
-    }
-
-    #[test]
-    fn rate_limiter_key_table_is_bounded() {
-        let rl = RequestRateLimiter::new(1, Duration::from_secs(10)).max_keys(2);
-        let t = Duration::from_secs(100);
-        assert!(rl.decide("a", t).is_ok());
-        assert!(rl.decide("b", t).is_ok());
-        let e = rl.decide("c", t).unwrap_err();
-        assert!(e.as_error().is_some());
-        // After the allowances refill, old keys are forgotten and new ones fit.
-        assert!(rl.decide("c", t + Duration::from_secs(20)).is_ok());
-        assert!(rl.state.lock().unwrap().len() <= 2);
-    }
 
     #[test]
     fn scope_globs() {

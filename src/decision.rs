@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// A stage of the guard's pipeline, in the order the guard runs them.
@@ -185,7 +186,7 @@ pub struct RateLimitInfo {
     limit: u64,
     remaining: u64,
     reset: Duration,
-    policy: Option<Cow<'static, str>>,
+    policy: Option<Arc<str>>,
 }
 
 impl RateLimitInfo {
@@ -215,7 +216,7 @@ impl RateLimitInfo {
     /// assert_eq!(i.policy(), Some("60;w=60"));
     /// ```
     #[must_use]
-    pub fn with_policy(mut self, policy: impl Into<Cow<'static, str>>) -> Self {
+    pub fn with_policy(mut self, policy: impl Into<Arc<str>>) -> Self {
         self.policy = Some(policy.into());
         self
     }

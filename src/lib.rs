@@ -28,9 +28,9 @@
 //! # Quick start
 //!
 //! ```
-//! use inference_guard::builtin::{PatternRules, RequestRateLimiter, ScopeAuthorizer, StaticApiKeys};
+//! use inference_guard::builtin::{PatternRules, ScopeAuthorizer, StaticApiKeys};
+//! use inference_guard::rate_limit::{InMemoryRateLimiter, Quota};
 //! use inference_guard::*;
-//! use std::time::Duration;
 //!
 //! let mut keys = StaticApiKeys::new(b"a server secret of at least 32 bytes")?;
 //! keys.insert("demo-key", Principal::builder("svc-demo", CredentialKind::ApiKey)
@@ -46,7 +46,7 @@
 //! builder
 //!     .identity(keys)
 //!     .authorizer(ScopeAuthorizer::new())
-//!     .rate_limiter(RequestRateLimiter::new(60, Duration::from_secs(60)))
+//!     .rate_limiter(InMemoryRateLimiter::per_principal(Quota::per_minute(60)))
 //!     .input_scanner(rules)
 //!     .audit_sink(audit.clone());
 //! let guard = builder.build()?;
@@ -153,6 +153,7 @@ mod id;
 pub mod identity;
 pub mod openai;
 mod principal;
+pub mod rate_limit;
 mod request;
 mod response;
 mod stage;

@@ -46,9 +46,8 @@ fn guard_with(sink: impl AuditSink, configure: impl FnOnce(&mut GuardBuilder)) -
         _ => Err(Rejection::unauthenticated("unknown api key").into()),
     }))
     .authorize_all()
-    .rate_limiter(builtin::RequestRateLimiter::new(
-        1000,
-        Duration::from_secs(60),
+    .rate_limiter(rate_limit::InMemoryRateLimiter::per_principal(
+        rate_limit::Quota::per_minute(1000),
     ))
     .input_scanner(rules.clone())
     .output_validator(rules)

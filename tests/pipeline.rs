@@ -273,7 +273,9 @@ fn rate_limited_gets_429_with_retry_after_and_rate_state() {
     let mut b = InferenceGuard::builder();
     b.identity(identity())
         .authorize_all()
-        .rate_limiter(builtin::RequestRateLimiter::new(2, Duration::from_secs(60)))
+        .rate_limiter(rate_limit::InMemoryRateLimiter::per_principal(
+            rate_limit::Quota::per_minute(2),
+        ))
         .audit_sink(sink.clone());
     let guard = b.build().unwrap();
     for _ in 0..2 {
