@@ -77,7 +77,46 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+    redis_bench(c);
 }
+
+/// The Redis-backed decision (one script round trip per limit), for information:
+/// runs only when `REDIS_URL` names a server and the `redis` feature is on.
+#[cfg(feature = "redis")]
+fn redis_bench(c: &mut Criterion) {
+    use inference_guard::rate_limit::{KeyBy, Limit, RedisRateLimiter};
+    use inference_guard::{CredentialKind, GuardRequest, Principal, RateLimiter};
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        println!("rate_limit/redis_decision: skipped (REDIS_URL is not set)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let limiter = rt.block_on(async {
+        RedisRateLimiter::builder()
+            .prefix(format!("igbench-{}", std::process::id()))
+            .limit(
+                Limit::requests("per-principal", Quota::per_second(1_000_000_000))
+                    .key_by(KeyBy::PRINCIPAL),
+            )
+            .connect(&url)
+            .await
+            .unwrap()
+    });
+    let p = Principal::builder("svc-bench", CredentialKind::ApiKey).build();
+    let r = GuardRequest::new("m");
+    let mut g = c.benchmark_group("rate_limit");
+    g.bench_function("redis_decision", |b| {
+        b.iter(|| rt.block_on(async { black_box(limiter.acquire(&p, &r).await.unwrap()) }))
+    });
+    g.finish();
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_bench(_: &mut Criterion) {}
 
 criterion_group!(benches, bench);
 criterion_main!(benches);

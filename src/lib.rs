@@ -134,6 +134,8 @@
 //! # Crate features
 //!
 //! - `tracing`: [`audit::TracingSink`], which emits audit events as `tracing` events.
+//! - `redis`: `rate_limit::RedisRateLimiter`, rate limits shared by all replicas
+//!   through Redis (adds the `redis` and `tokio` crates).
 //!
 //! The core has no web-framework dependency.
 //!

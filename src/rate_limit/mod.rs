@@ -20,6 +20,9 @@
 //! Every limit is a [`KeyedGcra`]: one atomic per key, no background thread, bounded
 //! memory. Time comes from a [`Clock`]; tests drive a [`ManualClock`].
 //!
+//! With the `redis` feature, `RedisRateLimiter` enforces the same limits for all
+//! replicas of a service through Redis.
+//!
 //! ```
 //! use std::time::Duration;
 //! use inference_guard::rate_limit::{InMemoryRateLimiter, KeyBy, Limit, Quota};
@@ -36,6 +39,8 @@
 //! ```
 
 mod gcra;
+#[cfg(feature = "redis")]
+mod shared;
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -44,6 +49,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use gcra::{Decision, KeyedGcra, TableFull};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use shared::{RedisRateLimiter, RedisRateLimiterBuilder};
 
 use smallvec::SmallVec;
 

@@ -1,0 +1,285 @@
+//! The Redis-backed limiter against a real `redis-server` (feature `redis`).
+//!
+//! `.ci/run` starts one on a free loopback port and sets `REDIS_URL`. The stop-and-
+//! restart test starts its own server (`redis-server` on the PATH, or
+//! `REDIS_SERVER`). Without them the tests say so and pass on a developer machine;
+//! under CI (`CI` set) a missing server fails them.
+#![cfg(feature = "redis")]
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use inference_guard::rate_limit::{KeyBy, Limit, Quota, RedisRateLimiter};
+use inference_guard::*;
+
+fn missing(what: &str) -> bool {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what} is required under CI"
+    );
+    eprintln!("skipped: {what} is not available");
+    true
+}
+
+fn redis_url() -> Option<String> {
+    match std::env::var("REDIS_URL") {
+        Ok(u) => Some(u),
+        Err(_) => {
+            missing("REDIS_URL");
+            None
+        }
+    }
+}
+
+/// A prefix no other test run uses.
+fn prefix(test: &str) -> String {
+    format!(
+        "igtest-{test}-{}-{}",
+        std::process::id(),
+        RequestId::generate()
+    )
+}
+
+fn guard(limiter: RedisRateLimiter, sink: MemorySink, fail_open: bool) -> InferenceGuard {
+    let mut b = InferenceGuard::builder();
+    b.identity(verifier_fn(|req| {
+        let who = req
+            .credentials()
+            .api_key()
+            .map(|k| k.expose().to_owned())
+            .unwrap_or_default();
+        Ok(Principal::builder(who, CredentialKind::ApiKey)
+            .tenant("acme")
+            .build())
+    }))
+    .authorize_all()
+    .rate_limiter(limiter)
+    .audit_sink(sink);
+    if fail_open {
+        b.fail_open(Stage::RateLimit);
+    }
+    b.build().unwrap()
+}
+
+fn req(who: &str) -> GuardRequest {
+    GuardRequest::new("m").with_credentials(Credentials::from_api_key(who))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_never_admit_more_than_the_shared_limit() {
+    let Some(url) = redis_url() else { return };
+    let p = prefix("shared");
+    let make = || async {
+        RedisRateLimiter::builder()
+            .prefix(p.clone())
+            .limit(Limit::requests("per-tenant", Quota::per_minute(50)).key_by(KeyBy::TENANT))
+            .connect(&url)
+            .await
+            .unwrap()
+    };
+    // Two guards with their own connections, as two replicas would have.
+    let replicas = [
+        guard(make().await, MemorySink::new(), false),
+        guard(make().await, MemorySink::new(), false),
+    ];
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let g = replicas[t % 2].clone();
+        let (a, r) = (admitted.clone(), refused.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in 0..20 {
+                match g.check_request_async(req(&format!("p{t}-{i}"))).await {
+                    Ok(adm) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        adm.fail();
+                    }
+                    Err(rej) => {
+                        assert_eq!(rej.status(), 429, "{rej:?}");
+                        assert!(rej.retry_after_secs().is_some());
+                        r.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        admitted.load(Ordering::SeqCst),
+        50,
+        "exactly the shared limit"
+    );
+    assert_eq!(refused.load(Ordering::SeqCst), 320 - 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_budgets_settle_through_redis() {
+    let Some(url) = redis_url() else { return };
+    let limiter = RedisRateLimiter::builder()
+        .prefix(prefix("budget"))
+        .limit(Limit::tokens("tokens", Quota::per_minute(1000)).key_by(KeyBy::TENANT))
+        .max_output_reservation(400)
+        .connect(&url)
+        .await
+        .unwrap();
+    let g = guard(limiter.clone(), MemorySink::new(), false);
+    let ask = || {
+        req("a")
+            .with_message(Role::User, "12345678")
+            .with_max_output_tokens(400)
+    }; // reserves 406
+    let a1 = g.check_request_async(ask()).await.unwrap();
+    assert_eq!(a1.reserved_tokens(), 406);
+    let a2 = g.check_request_async(ask()).await.unwrap();
+    assert_eq!(
+        g.check_request_async(ask()).await.unwrap_err().status(),
+        429
+    );
+    // Settling a1 with 106 tokens refunds 300: a third reservation fits again.
+    a1.check_response_async(GuardResponse::new("x").with_usage(Usage::new(6, 100)))
+        .await
+        .unwrap();
+    limiter.settled().await;
+    let a3 = g.check_request_async(ask()).await.unwrap();
+    a3.fail(); // refunded whole
+    limiter.settled().await;
+    // a2 overran: 900 tokens against 406 reserved. 106 + 900 > 1000: the next
+    // request waits out the debt.
+    a2.check_response_async(GuardResponse::new("x").with_usage(Usage::new(6, 894)))
+        .await
+        .unwrap();
+    limiter.settled().await;
+    let r = g
+        .check_request_async(req("a").with_max_output_tokens(1))
+        .await
+        .unwrap_err();
+    assert_eq!(r.status(), 429);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_permits_through_redis() {
+    let Some(url) = redis_url() else { return };
+    let limiter = RedisRateLimiter::builder()
+        .prefix(prefix("conc"))
+        .concurrency(KeyBy::PRINCIPAL, 2, Duration::from_secs(60))
+        .connect(&url)
+        .await
+        .unwrap();
+    let g = guard(limiter.clone(), MemorySink::new(), false);
+    let a = g.check_request_async(req("a")).await.unwrap();
+    let b = g.check_request_async(req("a")).await.unwrap();
+    assert_eq!(
+        g.check_request_async(req("a")).await.unwrap_err().status(),
+        429
+    );
+    drop(a);
+    limiter.settled().await;
+    let c = g.check_request_async(req("a")).await.unwrap();
+    b.fail();
+    c.fail();
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(port: u16) -> Option<Server> {
+    let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let child = Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    // Wait until it accepts connections (at most 5 s).
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(Server(child));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopping_fails_closed_or_open_as_configured_and_recovers() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(server) = start_server(port) else {
+        missing("redis-server");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let limiter = RedisRateLimiter::builder()
+        .prefix(prefix("outage"))
+        .limit(Limit::requests("per-principal", Quota::per_minute(100)))
+        .timeout(Duration::from_millis(200))
+        .connect(&url)
+        .await
+        .unwrap();
+    let closed_sink = MemorySink::new();
+    let open_sink = MemorySink::new();
+    let closed = guard(limiter.clone(), closed_sink.clone(), false);
+    let open = guard(limiter.clone(), open_sink.clone(), true);
+    closed.check_request_async(req("a")).await.unwrap().fail();
+
+    drop(server); // Redis goes away.
+    let r = closed.check_request_async(req("a")).await.unwrap_err();
+    assert_eq!((r.status(), r.stage()), (503, Some(Stage::RateLimit)));
+    assert!(r.retry_after_secs().is_some());
+    let rate_stage = |rec: serde_json::Value| {
+        rec["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["stage"] == "rate_limit")
+            .unwrap()
+            .clone()
+    };
+    let s = rate_stage(closed_sink.records().pop().unwrap());
+    assert_eq!(
+        (s["outcome"].as_str(), s["error"].as_str()),
+        (Some("failed_closed"), Some("backend"))
+    );
+    open.check_request_async(req("a")).await.unwrap().fail();
+    let s = rate_stage(open_sink.records().pop().unwrap());
+    assert_eq!(
+        s["outcome"], "failed_open",
+        "the audit record says the limiter failed open"
+    );
+
+    // Redis comes back (empty: it kept nothing); the limiter reconnects by itself.
+    let _server = start_server(port).expect("restart redis-server");
+    let mut recovered = false;
+    for _ in 0..50 {
+        if let Ok(a) = closed.check_request_async(req("a")).await {
+            a.fail();
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "the limiter did not reconnect");
+}
