@@ -699,6 +699,18 @@ pub(crate) fn poll_once<F: Future>(fut: Pin<&mut F>) -> Option<F::Output> {
     }
 }
 
+/// The finding for an answer over [`RequestLimits::max_output_bytes`].
+pub(crate) fn output_too_large() -> Finding {
+    Finding::new(
+        "limit.output_bytes",
+        Category::Limit,
+        Severity::High,
+        Location::Output,
+        0..0,
+    )
+    .with_action(Action::Block)
+}
+
 fn would_block() -> Rejection {
     Rejection::unavailable(
         "a stage did not complete synchronously",
@@ -1101,16 +1113,7 @@ impl InferenceGuard {
                 .map(|c| c.arguments().len())
                 .sum::<usize>();
         if out_bytes > g.limits.max_output_bytes {
-            findings.push(
-                Finding::new(
-                    "limit.output_bytes",
-                    Category::Limit,
-                    Severity::High,
-                    Location::Output,
-                    0..0,
-                )
-                .with_action(Action::Block),
-            );
+            findings.push(output_too_large());
         }
         if g.validators.is_empty() && findings.is_empty() {
             return Ok(());

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::audit::{Outcome, StageOutcome, StageRecord};
 use crate::decision::{Rejection, Stage};
 use crate::error::ErrorKind;
-use crate::finding::{Action, Category, Finding, Location, Severity, redact};
+use crate::finding::{Action, Finding, Location, redact};
 use crate::guard::{Admission, poll_once};
 use crate::response::{GuardResponse, Usage};
 use crate::stage::{OutputContext, StreamValidator};
@@ -135,16 +135,7 @@ impl StreamGuard {
         self.text.push_str(delta);
         let mut findings = Vec::new();
         if self.text.len() > self.admission.guard().limits().output_bytes() {
-            findings.push(
-                Finding::new(
-                    "limit.output_bytes",
-                    Category::Limit,
-                    Severity::High,
-                    Location::Output,
-                    0..0,
-                )
-                .with_action(Action::Block),
-            );
+            findings.push(crate::guard::output_too_large());
         }
         let mut safe = if self.whole.is_empty() {
             self.text.len()
