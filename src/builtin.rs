@@ -186,11 +186,23 @@ mod tests {
     #[test]
     fn oversized_and_invalid_patterns_are_refused_with_the_rule_id() {
         let huge = PatternRules::builder()
-            .rule("big", Category::custom("x"), Severity::Low, Action::Flag, r"\w{1000}\w{1000}\w{1000}")
+            .rule(
+                "big",
+                Category::custom("x"),
+                Severity::Low,
+                Action::Flag,
+                r"\w{1000}\w{1000}\w{1000}",
+            )
             .build();
         assert!(huge.unwrap_err().to_string().contains("rule big"));
         let bad = PatternRules::builder()
-            .rule("bad", Category::custom("x"), Severity::Low, Action::Flag, "(")
+            .rule(
+                "bad",
+                Category::custom("x"),
+                Severity::Low,
+                Action::Flag,
+                "(",
+            )
             .build();
         assert!(bad.unwrap_err().to_string().contains("rule bad"));
     }

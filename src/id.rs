@@ -2,7 +2,9 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use quanta::Instant;
 
 /// A request's id: a UUIDv7, time-ordered and unique, shown in hyphenated form.
 ///

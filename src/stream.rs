@@ -1,7 +1,9 @@
 //! [`StreamGuard`]: validating an answer chunk by chunk.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use quanta::Instant;
 
 use crate::audit::{Outcome, StageOutcome, StageRecord};
 use crate::decision::{Rejection, Stage};
