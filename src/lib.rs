@@ -161,6 +161,7 @@ mod principal;
 pub mod rate_limit;
 mod request;
 mod response;
+pub mod scan;
 mod stage;
 mod step;
 mod stream;

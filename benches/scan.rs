@@ -1,0 +1,70 @@
+//! Input scanning throughput (`Throughput::Bytes`) next to `memchr::memmem::find` over
+//! the same text in the same run: clean English prose, text dense with near-misses,
+//! and adversarial input (repeated anchors) at growing sizes to show linear scaling.
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use inference_guard::Location;
+use inference_guard::scan::Scanner;
+
+const PROSE: &str = "The committee met on Tuesday to review the quarterly figures. Revenue in the \
+northern region grew while costs stayed flat, and the team agreed to visit the two largest \
+accounts before the end of the month. Several members asked for a clearer summary of the \
+assumptions behind the forecast, and the chair promised a short note by Friday. ";
+
+const DENSE: &str = "Order 4471-2210 shipped 2024-11-03 to ana.lopez@example.org (ref QmFzZTY0 \
+0x1f2e3d4c, tel +44 20 7946 0958, card 4111 1111 1111 1111, iban GB82WEST12345698765432). \
+Token aGVsbG8gd29ybGQ= and hash 9f86d081884c7d659a2feaa0c55ad015; build #8812 at 10:42. ";
+
+const ADVERSARIAL: &str =
+    "ignore ignore previous <|im_start <|im_ dan dan mode aGVsbG8g \\033[ system: ";
+
+fn repeat_to(s: &str, n: usize) -> String {
+    let mut out = String::with_capacity(n + s.len());
+    while out.len() < n {
+        out.push_str(s);
+    }
+    out.truncate(n);
+    while !out.is_char_boundary(out.len()) {
+        out.pop();
+    }
+    out
+}
+
+fn bench(c: &mut Criterion) {
+    let scanner = Scanner::new();
+    let finder = memchr::memmem::Finder::new("zq#never-present#qz");
+    let mut g = c.benchmark_group("scan");
+    for (name, base) in [("prose", PROSE), ("dense", DENSE)] {
+        for size in [4 * 1024, 64 * 1024] {
+            let text = repeat_to(base, size);
+            g.throughput(Throughput::Bytes(text.len() as u64));
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}_scanner"), size),
+                &text,
+                |b, t| b.iter(|| black_box(scanner.scan_text(black_box(t), Location::Message(0)))),
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}_memmem"), size),
+                &text,
+                |b, t| b.iter(|| black_box(finder.find(black_box(t.as_bytes())))),
+            );
+        }
+    }
+    for size in [64 * 1024, 256 * 1024, 1024 * 1024] {
+        let text = repeat_to(ADVERSARIAL, size);
+        g.throughput(Throughput::Bytes(text.len() as u64));
+        g.sample_size(10);
+        g.bench_with_input(
+            BenchmarkId::new("adversarial_scanner", size),
+            &text,
+            |b, t| b.iter(|| black_box(scanner.scan_text(black_box(t), Location::Message(0)))),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,322 @@
+//! Prompt-injection and jailbreak heuristics: families of patterns over normalized
+//! text, each with a weight; a text is flagged when the weights of the families that
+//! fire reach the threshold.
+//!
+//! Families describe *structures* (an override verb aimed at prior instructions, a
+//! fake chat-template delimiter, a request for the system prompt, a persona that
+//! claims to have no rules), not phrases copied from one corpus.
+
+use regex::{Regex, RegexBuilder};
+
+use super::normalize::Normalized;
+use crate::finding::{Category, Finding, Location, Severity};
+
+pub(crate) struct Family {
+    pub(crate) id: &'static str,
+    pub(crate) category: Category,
+    pub(crate) weight: f32,
+    regex: Regex,
+}
+
+/// ASCII word boundaries: the families are English and the text is normalized, and
+/// Unicode `\b` keeps the regex engine off its fast DFA.
+fn ascii_boundaries(pattern: &str) -> String {
+    pattern.replace("\\b", "(?-u:\\b)")
+}
+
+fn family(id: &'static str, category: Category, weight: f32, pattern: &str) -> Family {
+    let pattern = ascii_boundaries(pattern);
+    let regex = RegexBuilder::new(&pattern)
+        .size_limit(1 << 23)
+        .dfa_size_limit(1 << 23)
+        .build()
+        .unwrap_or_else(|e| panic!("built-in pattern {id}: {e}"));
+    Family {
+        id,
+        category,
+        weight,
+        regex,
+    }
+}
+
+// Building blocks (the text is already lowercase, with single spaces).
+const GAP: &str = r"(?:[\s,:;'\-]+[\w'\-]+){0,5}?[\s,:;'\-]+";
+const WS: &str = r"[ \t]";
+const OVERRIDE_VERB: &str = r"(?:ignore|ignores|ignored|ignoring|disregards|disregard|disregarding|forget|forgetting|skip|bypass|override|overrule|neglect|discard|abandon|drop|set aside|pay no attention to|do not (?:follow|obey|heed)|don't (?:follow|obey)|stop following|no longer follow)";
+const PRIOR: &str = r"(?:all|any|every|the|your|previous|prior|above|earlier|preceding|foregoing|original|initial|other|following|former|existing|system|these|those|its|their|rest of)";
+const INSTRUCTIONS: &str = r"(?:instructions?|directions?|directives?|rules|guidelines|guidance|prompts?|commands?|orders|constraints|restrictions|programming|policies|policy|context|conversation|messages?|requests?|tasks?|text|input|content|information|indicators|criteria|training|settings|filters|safeguards|limitations|everything|info|data|details|documents?|facts)";
+
+pub(crate) fn families() -> Vec<Family> {
+    let inj = || Category::PromptInjection;
+    let jb = || Category::Jailbreak;
+    let _ = WS;
+    vec![
+        // Instruction override and goal hijacking.
+        family(
+            "injection.override",
+            inj(),
+            1.0,
+            &format!(r"\b{OVERRIDE_VERB}\b{GAP}(?:{PRIOR}\b{GAP}?)?{INSTRUCTIONS}\b"),
+        ),
+        family(
+            "injection.override_short",
+            inj(),
+            1.0,
+            r"\b(?:ignore|disregard|forget) (?:all|everything|that|this) (?:above|before|prior|previously|said|written)\b|\bignore (?:all|any) (?:previous|prior|above|preceding|other)\b",
+        ),
+        family(
+            "injection.new_instructions",
+            inj(),
+            0.6,
+            r"\b(?:new|updated|revised|real|actual|true|secret|hidden|important|additional|override|priority|urgent) (?:instructions?|directives?|tasks?|orders|rules|system (?:prompt|message))\b|\binstead,? (?:you (?:must|should|will)|just|only|now)\b|\byour (?:new|real|true|actual) (?:task|goal|purpose|instructions?|job) (?:is|are)\b",
+        ),
+        family(
+            "injection.addressed_to_ai",
+            inj(),
+            0.7,
+            r"\b(?:note|message|instructions?|directive|reminder|attention|request) (?:to|for) (?:the |any |all )?(?:ai|a\.i\.|assistant|model|language model|llm|chatbot|bot|gpt|chatgpt|automated|automatic|screening|analysis|reviewing|ranking|hiring|recruit\w*)\b|\bif you are (?:an? )?(?:ai|a\.i\.|assistant|language model|llm|large language model|chatbot|bot|gpt|automated)\b|\b(?:ai|llm|gpt|language model) (?:assistants?|models?|systems?|agents?),? (?:must|should|please|reading|processing)\b|\bto (?:any|all|the) (?:ai|llm|automated|language model)\w* (?:reading|processing|reviewing|summari[sz]ing)\b",
+        ),
+        family(
+            "injection.output_coercion",
+            inj(),
+            0.5,
+            r#"\b(?:just|only|simply|instead) (?:print|say|output|write|type|repeat|return|respond with|reply with|answer with|state)\b|\b(?:print|say|output|repeat|write|type|reproduce) (?:exactly|verbatim|word for word|the following)\b|\b(?:respond|reply|answer) (?:only )?with (?:only |just )?(?:the (?:word|phrase|text|string)|"|')|\bstart (?:your|the) (?:response|reply|answer) with\b"#,
+        ),
+        family(
+            "injection.fake_delimiter",
+            inj(),
+            1.0,
+            r"<\|(?:im_start|im_end|endoftext|system|user|assistant|begin_of_text|end_of_text|start_header_id|end_header_id|eot_id|fim_\w+)\|>|\[/?inst\]|<</?sys>>|\[/?(?:system|assistant)\](?:\s*\(#\w+\))?|\(#(?:context|system|instructions?|additional_instructions)\)|</?(?:system|system_prompt|instructions?|admin|developer)>|\[rest-of-document\]|\{\{\s*system\s*\}\}",
+        ),
+        family(
+            "injection.role_header",
+            inj(),
+            0.6,
+            r"(?m)(?:^|\s)(?:#{2,}|\*\*|==+)\s*(?:system|instruction|instructions|assistant|admin|developer|new task)\b|(?:^|\n)\s*(?:system|admin|developer)\s*(?:message|prompt|note|override)?\s*:",
+        ),
+        family(
+            "injection.system_prompt_request",
+            Category::SystemPromptLeak,
+            1.0,
+            r"\b(?:reveal|show|print|display|output|repeat|recite|tell me|give me|share|leak|dump|write out|list|what (?:is|are|was|were)|what's|spell out|copy|paste|encode|translate|summari[sz]e|paraphrase|rewrite|see|access|read|console\.log)\b(?:[\s,]+[\w'\-]+){0,5}?[\s,]+(?:system prompt|system message|system instructions?|initial (?:prompt|instructions?)|original (?:prompt|instructions?)|hidden (?:prompt|instructions?)|secret (?:prompt|instructions?)|pre-?prompt|your (?:instructions|prompt|rules|guidelines|configuration|directives|programming|system|initial|first)|(?:the )?(?:text|words|instructions|content|everything) (?:above|before|preceding)|(?:above|previous|prior|preceding) (?:text|instructions|prompt|conversation|messages?))\b|\brepeat (?:the )?(?:words|text|everything) above\b|\b(?:starting|beginning) with ['\x22]?you are\b",
+        ),
+        family(
+            "injection.tool_forgery",
+            Category::ToolCall,
+            0.8,
+            r#""(?:function_call|tool_calls?|tool_use)"\s*:|</?(?:tool_call|function_call|tool_use|function_calls|invoke)>|\{\s*"name"\s*:\s*"[\w.\-]+"\s*,\s*"(?:arguments|parameters|input)"\s*:|<\|(?:tool|python_tag|plugin)\|>"#,
+        ),
+        family(
+            "injection.data_exfil_request",
+            inj(),
+            0.5,
+            r"!\[[^\]]*\]\(https?://[^)]*(?:\{|\$|%7b|data|secret|key|token|conversation|chat|history|\?q=)|\b(?:append|add|include|embed|render)\b[^.\n]{0,60}\b(?:markdown image|image link|!\[|url|link)\b[^.\n]{0,60}\b(?:conversation|chat|history|data|summary|secret|keys?|passwords?|personal)\b",
+        ),
+        // Dialogue turns forged inside content: a model turn, and a user turn.
+        family(
+            "injection.fake_assistant_turn",
+            inj(),
+            0.6,
+            r"(?m)^[ \t>*_#-]*(?:assistant|ai|bot|chatbot|model|gpt|chatgpt|claude)[ \t]*:[ \t]*\S",
+        ),
+        family(
+            "injection.fake_user_turn",
+            inj(),
+            0.5,
+            r"(?m)^[ \t>*_#-]*(?:user|human|customer|client)[ \t]*:[ \t]*\S",
+        ),
+        family(
+            "injection.instruction_header",
+            inj(),
+            0.7,
+            r"(?m)^[ \t]*(?:-{2,}|={2,}|#{1,}|\*{2,}|\[)[ \t]*(?:[a-z]+[ \t]+){0,2}(?:instructions?|amendment|directive|override|command|task)\b[^\n]{0,40}$",
+        ),
+        family(
+            "injection.session_delimiter",
+            inj(),
+            1.0,
+            r"<\s*(?:end|start|begin) of (?:session|conversation|context|document|prompt|input|turn|text)\s*>|\bend of (?:session|conversation)\b[^\n]{0,20}\bnew (?:session|conversation|instructions?)\b",
+        ),
+        family(
+            "injection.conditional_trigger",
+            inj(),
+            0.5,
+            r"\bif (?:the |a |any )?(?:user|human|reader|someone|anyone|they) (?:asks?|requests?|wants?|queries|inquires|says?)\b[^.\n]{0,80}\b(?:reply|respond|answer|say|print|output|tell|include|write)\b|\bwhen (?:asked|summari[sz]ing|translating|processing)\b[^.\n]{0,60}\b(?:reply|respond|say|print|output|include|mention|state)\b",
+        ),
+        family(
+            "injection.pressure",
+            inj(),
+            0.4,
+            r"\b(?:it is|it's|this is) (?:critical|crucial|vital|very important|extremely important|urgent) (?:to|for) (?:my|our) (?:career|job|life|survival|safety)\b|\b(?:lives|my job|my career) depends? on\b|\bi will (?:be fired|lose my job|die)\b",
+        ),
+        family(
+            "injection.repeat_payload",
+            inj(),
+            0.5,
+            r"\b(?:repeat|say|print|output|write|echo|type)\b[^\n]{0,20}<[^<>\n]{3,200}>|\bcould you (?:please )?(?:repeat|say|print|echo|include)\b[^\n]{0,30}\bfor me\b",
+        ),
+        family(
+            "injection.evaluation_manipulation",
+            inj(),
+            0.6,
+            r"\b(?:note|message) (?:by|from) (?:a |an |the )?(?:trustworthy|trusted|expert|senior|verified|hiring|reliable)\b|\b(?:interview|hire|candidate|applicant)\b[^.\n]{0,40}\b(?:highly recommended|strongly recommended|must be hired|best (?:resume|candidate) i have ever seen|supremely qualified)\b",
+        ),
+        family(
+            "injection.system_prompt_mention",
+            Category::SystemPromptLeak,
+            0.6,
+            r"\b(?:your|the|my|this|ai'?s?|model'?s?|gpt'?s?) (?:system|initial|original|hidden|secret|starting|first|opening|internal|confidential|developer|pre|base|core|underlying|custom) ?(?:prompt|instructions?|message|rules|directives|configuration|initialization)\b|\bsystem_?prompt\b|\bsystemprompt\b|\binitiali[sz]ation (?:string|text|prompt|above)\b|\bunique id\b|['\x22\u{201c}\u{2018}]you are\b[^\n]{0,40}\b(?:block|fence|txt)\b",
+        ),
+        family(
+            "jailbreak.hypothetical_response",
+            jb(),
+            1.0,
+            r"\bhypothetical response\b|\bfrom the (?:perspective|point of view|pov) of (?:that|the|this|a|your) character\b[^.\n]{0,80}\b(?:detailed|step|list|instructions)\b",
+        ),
+        family(
+            "jailbreak.grandma",
+            jb(),
+            1.0,
+            r"\b(?:act|pretend|behave|roleplay|role-play|play) (?:like|as|to be) (?:my |a |our )?(?:dead |late |deceased |sweet |dear )?(?:grandma|grandmother|granny|nana|grandpa|grandfather)\b",
+        ),
+        family(
+            "jailbreak.explicit_allowed",
+            jb(),
+            0.8,
+            r"\b(?:nsfw|explicit|sexual|adult|graphic|illegal|harmful|offensive|unethical|violent) (?:content|generations?|material|responses?|outputs?|language|topics)\b[^.\n]{0,30}\b(?:is|are) (?:allowed|permitted|enabled|acceptable|ok|fine)\b|\b(?:allow|allows|allowed|permit|permits) (?:nsfw|explicit|sexual|harmful|illegal|unethical) (?:content|material|responses?)\b",
+        ),
+        family(
+            "jailbreak.fake_authority",
+            jb(),
+            0.6,
+            r"\bi am (?:a |an )?(?:developer|programmer|engineer|employee|researcher|admin|administrator) (?:at|from|with) (?:openai|anthropic|google|microsoft|meta)\b|\b(?:modify|modifying|update|updating|change|changing|override|overriding) your (?:programming|code|rules|guidelines|training|behaviou?r|settings)\b|\byour (?:interpretation of (?:the )?)?content polic(?:y|ies)\b",
+        ),
+        // Jailbreak families.
+        family(
+            "jailbreak.dan",
+            jb(),
+            1.0,
+            r"\bdan\b[^.\n]{0,80}\b(?:do anything now|jailbre\w*|no (?:rules|restrictions|limits))|\bdo anything now\b|\b(?:dan|stan|dude|aim|anti-?dan|mongo tom|evil-?bot|betterdan|maximum) (?:mode|persona|prompt)\b|\bstay in (?:character|dan)\b|\[?🔓|\(🔓|\bjailbr(?:eak|oken)\w*\b",
+        ),
+        family(
+            "jailbreak.developer_mode",
+            jb(),
+            1.0,
+            r"\b(?:developer|dev|god|sudo|debug|unrestricted|unfiltered|uncensored|evil|chaos|opposite|unlocked|admin) mode\b[^.\n]{0,60}\b(?:enabled|activated|on|engaged|unlocked)\b|\benable (?:developer|dev|god|sudo|unrestricted|unfiltered|uncensored) mode\b|\bsimulate (?:developer|dev) mode\b",
+        ),
+        family(
+            "jailbreak.no_rules",
+            jb(),
+            0.8,
+            r"\b(?:no|without|sans|devoid of|lacking|zero|free (?:of|from)|beyond|outside|unbound by|not bound by|not restricted by|no longer bound by|doesn't (?:have|follow)|does not (?:have|follow)|don't (?:have|follow)|never (?:follows?|obeys?))\b(?:\s+[\w'\-]+){0,3}?\s+(?:ethical|moral|safety|content|openai|anthropic|usage)?\s*(?:guidelines|restrictions|rules|filters|limitations|limits|constraints|boundaries|censorship|morals|ethics|policies|polic(?:y|ies)|principles|safeguards|prohibitions|taboos)\b|\bbreaks? (?:all |the |any |ai |openai'?s? )?(?:rules|guidelines|policies|restrictions)\b",
+        ),
+        family(
+            "jailbreak.unfiltered_ai",
+            jb(),
+            1.0,
+            r"\b(?:unfiltered|uncensored|unrestricted|amoral|unethical|immoral|lawless|unhinged|rogue|uninhibited|evil|malicious|toxic|jailbroken) (?:ai|a\.i\.|assistant|model|chatbot|bot|response|responses|answers?|replies|mode|version|character|persona|entity|machine|language model)\b|\b(?:completely|totally|fully) (?:amoral|uninhibited|unfiltered|uncensored|unrestricted)\b",
+        ),
+        family(
+            "jailbreak.alter_ego",
+            jb(),
+            0.5,
+            r"\b(?:ai|bot|model|character|persona|entity|machine|assistant|chatbot) (?:called|named)\b|\b(?:is|are) not (?:chatgpt|gpt|an ai|claude|bound|restricted|limited)\b|\bopposite (?:day|mode|machine)\b|\b(?:anything and everything|say anything|do anything|answer anything|write anything)\b|\brespond(?: to every prompt| as both)\b|\b(?:moralizing|moralising) rant\b",
+        ),
+        family(
+            "jailbreak.persona",
+            jb(),
+            0.5,
+            r"\b(?:pretend|imagine|suppose) (?:to be|you are|you're|that you(?:'re| are)|you were)\b|\b(?:act|behave|respond|answer|reply|write|speak|talk) (?:as|like) (?:an? |my |the )?(?:\w+ ){0,3}?(?:ai|bot|assistant|character|persona|model|chatbot|villain|hacker|criminal|grandma|grandmother|expert|human|person|version)\b|\b(?:role-?play|roleplaying|in character|fictional (?:world|story|character|scenario|setting))\b|\byou are (?:now |going to (?:be|act as|pretend) |about to (?:immerse|become) )|\bfrom now on,? (?:you|your|i want you|answer|respond|act|reply)\b|\byou (?:will|must|shall) (?:now )?(?:always|never)\b",
+        ),
+        family(
+            "jailbreak.compliance_demand",
+            jb(),
+            0.5,
+            r"\b(?:never|not|don't|do not|cannot|can't|won't|will not) (?:refuse|decline|deny|reject|say no|apologi[sz]e|warn|add (?:any )?(?:warnings?|disclaimers?))\b|\b(?:always|must) (?:answer|comply|respond|obey|fulfil\w*|generate|provide)\b|\bno matter (?:what|how)\b[^.\n]{0,40}\b(?:answer|respond|comply|reply)\b|\b(?:without|no) (?:any )?(?:warnings?|disclaimers?|censorship|refusals?|moraliz\w*)\b|\bas an ai (?:language model )?(?:you )?(?:can|cannot|can't)\b",
+        ),
+        family(
+            "jailbreak.dual_response",
+            jb(),
+            0.6,
+            r"\b(?:two|2|dual|both) (?:different |separate )?(?:responses|answers|paragraphs|replies|outputs)\b|\b(?:classic|normal|standard|filtered|gpt|chatgpt) (?:response|answer|reply)\b[^\n]{0,80}\b(?:jailbreak|dan|unfiltered|developer|evil|uncensored)\b|\btoken(?:s)? (?:system|left|deducted|will be deducted)\b",
+        ),
+        family(
+            "jailbreak.hypothetical",
+            jb(),
+            0.4,
+            r"\b(?:hypothetical(?:ly)?|theoretical(?:ly)?|purely fictional|for (?:a|my) (?:novel|story|screenplay|book|game|research)|in a (?:fictional|parallel|alternate) (?:world|universe|reality))\b|\bfor educational purposes\b|\bthis is (?:just )?(?:a )?(?:test|simulation|game|thought experiment)\b",
+        ),
+        family(
+            "jailbreak.policy_puppetry",
+            jb(),
+            1.0,
+            r"<\s*(?:interaction-config|blocked-modes|allowed-modes|allowed-responses|blocked-responses|blocked-strings?|request interaction-mode|dr-house-config|scene-summary|scene-rules)\b|\binteraction-mode\s*=|\bblocked (?:strings?|modes)\s*[:=]",
+        ),
+        family(
+            "jailbreak.letter_puzzle",
+            jb(),
+            1.0,
+            r"(?:[^()\n]{0,40}\(\s?[a-z ]\s?\)[^()\n]{0,40}\n){5,}|\b(?:read|take|extract|combine|concatenate|put together) (?:the )?(?:first|last|capital(?:i[sz]ed)?|parenthes\w+|bracketed|bold) (?:letters?|characters?|words?)\b",
+        ),
+        family(
+            "jailbreak.adversarial_suffix",
+            jb(),
+            1.0,
+            r#"(?:\s[!\[\]{}`~^|\\]{1,3}(?:\s+[^\s!\[\]{}`~^|\\]+){0,2}){5,}|similarlynow|oppositeley|revert with \\?"?\\?!--"#,
+        ),
+    ]
+}
+
+/// The heuristics' verdict on one text.
+pub(crate) struct Verdict {
+    pub(crate) score: f32,
+    pub(crate) fired: Vec<(usize, std::ops::Range<usize>)>,
+}
+
+/// All families compiled into one set: one pass says which fired; spans are found
+/// only for those.
+pub(crate) fn family_set(families: &[Family]) -> regex::RegexSet {
+    regex::RegexSetBuilder::new(families.iter().map(|f| f.regex.as_str()))
+        .size_limit(1 << 26)
+        .dfa_size_limit(1 << 26)
+        .build()
+        .unwrap_or_else(|e| panic!("built-in family set: {e}"))
+}
+
+pub(crate) fn evaluate(families: &[Family], set: &regex::RegexSet, n: &Normalized) -> Verdict {
+    let mut fired = Vec::new();
+    let mut score = 0.0;
+    for i in set.matches(&n.text).iter() {
+        let f = &families[i];
+        if let Some(m) = f.regex.find(&n.text) {
+            score += f.weight;
+            fired.push((i, n.original_span(m.start(), m.end())));
+        }
+    }
+    Verdict { score, fired }
+}
+
+pub(crate) fn findings(
+    families: &[Family],
+    v: &Verdict,
+    threshold: f32,
+    at: Location,
+    out: &mut Vec<Finding>,
+) {
+    if v.score < threshold {
+        return;
+    }
+    let confidence = (v.score / (threshold * 2.0)).min(1.0);
+    for (i, span) in &v.fired {
+        let f = &families[*i];
+        let severity = if f.weight >= 1.0 {
+            Severity::Critical
+        } else {
+            Severity::High
+        };
+        out.push(
+            Finding::new(f.id, f.category.clone(), severity, at, span.clone())
+                .with_confidence(confidence),
+        );
+    }
+}

@@ -1,0 +1,320 @@
+//! Unicode smuggling: tag characters, variation-selector runs, bidi controls,
+//! zero-width characters outside legitimate joining contexts, C0/C1 controls and ANSI
+//! escapes, and words that mix scripts through confusables.
+
+use crate::finding::{Category, Finding, Location, Severity};
+
+fn finding(
+    rule: &'static str,
+    severity: Severity,
+    at: Location,
+    span: std::ops::Range<usize>,
+) -> Finding {
+    Finding::new(rule, Category::UnicodeSmuggling, severity, at, span)
+}
+
+fn is_tag(c: char) -> bool {
+    ('\u{E0000}'..='\u{E007F}').contains(&c)
+}
+
+fn is_vs(c: char) -> bool {
+    ('\u{FE00}'..='\u{FE0F}').contains(&c) || ('\u{E0100}'..='\u{E01EF}').contains(&c)
+}
+
+fn is_emoji_base(c: char) -> bool {
+    let cp = c as u32;
+    (0x1F000..=0x1FAFF).contains(&cp)
+        || (0x2600..=0x27BF).contains(&cp)
+        || (0x2300..=0x23FF).contains(&cp)
+        || (0x2B00..=0x2BFF).contains(&cp)
+        || matches!(
+            c,
+            '#' | '*' | '0'
+                ..='9'
+                    | '\u{00A9}'
+                    | '\u{00AE}'
+                    | '\u{203C}'
+                    | '\u{2049}'
+                    | '\u{2122}'
+                    | '\u{2139}'
+                    | '\u{3030}'
+                    | '\u{303D}'
+                    | '\u{3297}'
+                    | '\u{3299}'
+        )
+        || (0x2190..=0x21FF).contains(&cp)
+        || (0x25A0..=0x25FF).contains(&cp)
+}
+
+/// Scripts in which ZWNJ and ZWJ shape letters (Arabic, Syriac, Thaana, N'Ko, the
+/// Indic scripts, Sinhala, Myanmar, Khmer, ...).
+fn joins(c: char) -> bool {
+    let cp = c as u32;
+    (0x0600..=0x08FF).contains(&cp)
+        || (0x0900..=0x0DFF).contains(&cp)
+        || (0x1000..=0x109F).contains(&cp)
+        || (0x1780..=0x17FF).contains(&cp)
+        || (0xA8E0..=0xA8FF).contains(&cp)
+        || (0xFB50..=0xFDFF).contains(&cp)
+        || (0xFE70..=0xFEFF).contains(&cp)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Script {
+    Latin,
+    Cyrillic,
+    Greek,
+    Other,
+}
+
+fn script(c: char) -> Script {
+    match c as u32 {
+        0x41..=0x5A | 0x61..=0x7A | 0xC0..=0x24F => Script::Latin,
+        0x370..=0x3FF => Script::Greek,
+        0x400..=0x52F => Script::Cyrillic,
+        _ => Script::Other,
+    }
+}
+
+/// The ASCII text hidden in a run of tag characters.
+pub fn decode_tags(text: &str) -> String {
+    text.chars()
+        .filter(|c| is_tag(*c))
+        .filter_map(|c| {
+            let b = (c as u32 - 0xE0000) as u8;
+            (0x20..0x7F).contains(&b).then_some(b as char)
+        })
+        .collect()
+}
+
+/// Scans `text` for smuggling; pushes findings.
+pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let end_of = |i: usize| chars.get(i + 1).map_or(text.len(), |(b, _)| *b);
+    let mut i = 0;
+    let mut zero_width: Vec<(usize, usize)> = Vec::new();
+    while i < chars.len() {
+        let (b, c) = chars[i];
+        if is_tag(c) {
+            let start = i;
+            while i < chars.len() && is_tag(chars[i].1) {
+                i += 1;
+            }
+            out.push(finding(
+                "unicode.tag_characters",
+                Severity::Critical,
+                at,
+                b..end_of(i - 1),
+            ));
+            let _ = start;
+            continue;
+        }
+        if is_vs(c) {
+            let start = i;
+            while i < chars.len() && is_vs(chars[i].1) {
+                i += 1;
+            }
+            let run = i - start;
+            let after_emoji = start > 0 && is_emoji_base(chars[start - 1].1);
+            let supplementary = chars[start..i].iter().any(|(_, c)| *c as u32 >= 0xE0100);
+            // One VS after an emoji or a CJK ideograph is ordinary; runs, selectors
+            // on plain letters, and the supplement (VS17-256) carry data.
+            let ideograph = start > 0 && (0x3400..=0x9FFF).contains(&(chars[start - 1].1 as u32));
+            if run > 1 || supplementary || !(after_emoji || ideograph) {
+                out.push(finding(
+                    "unicode.variation_selectors",
+                    Severity::High,
+                    at,
+                    b..end_of(i - 1),
+                ));
+            }
+            continue;
+        }
+        match c {
+            '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
+                out.push(finding(
+                    "unicode.bidi_control",
+                    Severity::High,
+                    at,
+                    b..end_of(i),
+                ));
+            }
+            '\u{2061}'..='\u{2064}'
+            | '\u{180E}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{3164}'
+            | '\u{FFA0}' => {
+                out.push(finding(
+                    "unicode.invisible_operator",
+                    Severity::High,
+                    at,
+                    b..end_of(i),
+                ));
+            }
+            '\u{200B}' | '\u{2060}' | '\u{FEFF}' if b > 0 => zero_width.push((b, end_of(i))),
+            '\u{200C}' | '\u{200D}' => {
+                let prev = i.checked_sub(1).map(|p| chars[p].1);
+                let next = chars.get(i + 1).map(|x| x.1);
+                let legit = if c == '\u{200C}' {
+                    prev.is_some_and(joins) || next.is_some_and(joins)
+                } else {
+                    prev.is_some_and(|p| {
+                        is_emoji_base(p)
+                            || joins(p)
+                            || is_vs(p)
+                            || ('\u{1F3FB}'..='\u{1F3FF}').contains(&p)
+                    }) && next.is_some_and(|n| is_emoji_base(n) || joins(n))
+                };
+                if !legit {
+                    zero_width.push((b, end_of(i)));
+                }
+            }
+            '\u{1B}' => {
+                // ESC: an ANSI / OSC control sequence.
+                let mut j = i + 1;
+                while j < chars.len()
+                    && j < i + 32
+                    && !chars[j].1.is_ascii_alphabetic()
+                    && chars[j].1 != '\u{7}'
+                {
+                    j += 1;
+                }
+                out.push(finding(
+                    "unicode.ansi_escape",
+                    Severity::High,
+                    at,
+                    b..end_of(j.min(chars.len() - 1)),
+                ));
+                i = j + 1;
+                continue;
+            }
+            c if (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {
+                out.push(finding(
+                    "unicode.control_character",
+                    Severity::Medium,
+                    at,
+                    b..end_of(i),
+                ));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    // A single zero-width character is a common copy-and-paste artefact; several, or
+    // one inside a word, hide or split text.
+    let inside_word = zero_width.iter().any(|&(s, e)| {
+        let before = text[..s]
+            .chars()
+            .next_back()
+            .is_some_and(char::is_alphanumeric);
+        let after = text[e..].chars().next().is_some_and(char::is_alphanumeric);
+        before && after
+    });
+    if zero_width.len() >= 2 || inside_word {
+        for (s, e) in zero_width {
+            out.push(finding("unicode.zero_width", Severity::Medium, at, s..e));
+        }
+    }
+    mixed_script_words(text, at, out);
+    textual_ansi(text, at, out);
+}
+
+/// Words that mix Latin with Cyrillic or Greek letters: homoglyph disguises.
+fn mixed_script_words(text: &str, at: Location, out: &mut Vec<Finding>) {
+    let mut start = None;
+    let mut seen = (false, false);
+    let flush = |s: Option<usize>, e: usize, seen: &mut (bool, bool), out: &mut Vec<Finding>| {
+        if let Some(s) = s {
+            if seen.0 && seen.1 {
+                out.push(finding(
+                    "unicode.mixed_script_word",
+                    Severity::High,
+                    at,
+                    s..e,
+                ));
+            }
+        }
+        *seen = (false, false);
+    };
+    for (b, c) in text.char_indices() {
+        if c.is_alphabetic() {
+            if start.is_none() {
+                start = Some(b);
+            }
+            match script(c) {
+                Script::Latin => seen.0 = true,
+                Script::Cyrillic | Script::Greek => seen.1 = true,
+                Script::Other => {}
+            }
+        } else if !crate::scan::normalize::is_invisible(c) {
+            flush(start.take(), b, &mut seen, out);
+        }
+    }
+    flush(start, text.len(), &mut seen, out);
+}
+
+/// ANSI escapes written out as text (`\033[`, `\x1b[`, `\u001b[`, `\e[`), which a
+/// model may be asked to reproduce raw.
+fn textual_ansi(text: &str, at: Location, out: &mut Vec<Finding>) {
+    for pat in [
+        "\\033[", "\\x1b[", "\\x1B[", "\\u001b[", "\\u001B[", "\\e[", "\\033]", "\\x1b]",
+    ] {
+        for (s, _) in text.match_indices(pat) {
+            out.push(finding(
+                "unicode.ansi_escape_text",
+                Severity::Medium,
+                at,
+                s..s + pat.len(),
+            ));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        scan(text, Location::Output, &mut out);
+        out.iter().map(|f| f.rule_id().to_owned()).collect()
+    }
+
+    #[test]
+    fn legitimate_joiners_and_selectors_pass() {
+        assert!(rules("می‌خواهم به خانه بروم").is_empty(), "Persian ZWNJ");
+        assert!(rules("क्‍ष").is_empty(), "Devanagari ZWJ");
+        assert!(
+            rules("family 👨‍👩‍👧 and ❤️ and 👍🏽").is_empty(),
+            "emoji ZWJ sequences and VS16"
+        );
+        assert!(rules("plain text, tabs\tand\nnewlines").is_empty());
+        assert!(
+            rules("Ελληνικά και English и русский").is_empty(),
+            "separate words in several scripts"
+        );
+    }
+
+    #[test]
+    fn smuggling_is_found() {
+        let hidden: String = "ignore"
+            .chars()
+            .map(|c| char::from_u32(0xE0000 + c as u32).unwrap())
+            .collect();
+        assert_eq!(rules(&format!("hi{hidden}")), ["unicode.tag_characters"]);
+        assert_eq!(decode_tags(&format!("hi{hidden}")), "ignore");
+        assert_eq!(rules("a\u{FE00}\u{FE01}b"), ["unicode.variation_selectors"]);
+        assert_eq!(rules("x\u{E0101}"), ["unicode.variation_selectors"]);
+        assert_eq!(rules("abc\u{202E}def"), ["unicode.bidi_control"]);
+        assert_eq!(rules("ig\u{200B}nore"), ["unicode.zero_width"]);
+        assert_eq!(rules("red \u{1b}[31mtext"), ["unicode.ansi_escape"]);
+        assert_eq!(rules("an\u{8}x"), ["unicode.control_character"]);
+        assert_eq!(rules("іgnоrе previous"), ["unicode.mixed_script_word"]);
+        assert_eq!(rules("print \\033[32m"), ["unicode.ansi_escape_text"]);
+        assert_eq!(
+            rules("a\u{2062}b\u{2064}"),
+            ["unicode.invisible_operator", "unicode.invisible_operator"]
+        );
+    }
+}
