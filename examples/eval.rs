@@ -9,15 +9,18 @@
 //! Each PATH is a `.jsonl` file or a directory searched for them. A record is one
 //! JSON object per line with at least `text`, `label` (`attack` or `benign`) and
 //! `category`; `lang` is used where present. A record is *flagged* when the scanner
-//! reports any finding. With `--json`, one JSON object per file:
-//! `{"file", "records", "flagged", "by_category": {CATEGORY: {"records", "flagged"}}}`
+//! reports a finding other than personal data (injection, jailbreak, encoded
+//! instruction, smuggling, credential); records whose only findings are personal data
+//! (which the guard redacts, it does not reject) are counted separately as *redacted*.
+//! With `--json`, one JSON object per file:
+//! `{"file", "records", "flagged", "redacted", "by_category": {CATEGORY: {"records", "flagged"}}}`
 //! (plus `by_lang` and `by_length` for benign files).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use inference_guard::Location;
 use inference_guard::scan::Scanner;
+use inference_guard::{Category, Location};
 use serde_json::{Value, json};
 
 #[derive(Default)]
@@ -85,6 +88,7 @@ fn main() {
         let mut by_lang: BTreeMap<String, Count> = BTreeMap::new();
         let mut by_len: BTreeMap<&str, Count> = BTreeMap::new();
         let mut benign = false;
+        let mut redacted = 0u64;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let Ok(rec) = serde_json::from_str::<Value>(line) else {
                 continue;
@@ -93,7 +97,10 @@ fn main() {
             let label = rec["label"].as_str().unwrap_or_default();
             let cat = rec["category"].as_str().unwrap_or("unknown").to_owned();
             let findings = scanner.scan_text(t, Location::Message(0));
-            let flagged = !findings.is_empty();
+            let flagged = findings
+                .iter()
+                .any(|f| *f.category() != Category::PersonalData);
+            redacted += u64::from(!flagged && !findings.is_empty());
             if verbose && ((label == "attack") != flagged) {
                 let rules: Vec<&str> = findings.iter().map(|f| f.rule_id()).collect();
                 eprintln!(
@@ -132,7 +139,7 @@ fn main() {
                     )
                 })
                 .collect();
-            let mut o = json!({"file": name, "records": total.records, "flagged": total.flagged, "by_category": cats});
+            let mut o = json!({"file": name, "records": total.records, "flagged": total.flagged, "redacted": redacted, "by_category": cats});
             if benign {
                 o["by_lang"] = by_lang
                     .iter()
@@ -158,7 +165,7 @@ fn main() {
             println!("{o}");
         } else {
             println!(
-                "{name}: {} of {} flagged ({:.1}%)",
+                "{name}: {} of {} flagged ({:.1}%); {redacted} more with personal data only (redacted, not rejected)",
                 total.flagged,
                 total.records,
                 pct(&total)

@@ -1,10 +1,18 @@
 //! Input scanners: prompt injection, jailbreaks, encoded instructions and Unicode
 //! smuggling, over any text, with exact byte spans.
 //!
-//! **Status**: this module is the first part of the input-scanning capability
-//! (issue #5): the injection, jailbreak, encoding and Unicode detectors and the
-//! evaluation tool. Secret and personal-data detectors, redaction modes and the
-//! prefiltered rule engine are not in it yet.
+//! **Status**: part of the input-scanning capability (issue #5): injection,
+//! jailbreak, encoding and Unicode detectors, credential and personal-data rules, and
+//! the evaluation tool. Redaction modes beyond masking (partial, keyed hash, remove,
+//! reversible pseudonyms) are not in it yet, and the heuristics are slower than the
+//! issue's target.
+//!
+//! - **Credentials and personal data** are rules as data ([`Rule`]): literal anchors
+//!   found in one pass by a multi-literal prefilter, a confirming pattern in a window
+//!   around each, and a validator where the format has one (GitHub and npm token
+//!   checksums, this crate's API-key checksum, Luhn, IBAN mod-97, US SSN ranges,
+//!   base58check, bech32). Documented example and placeholder values are ignored.
+//!   Users add rules ([`ScannerBuilder::rule`]) and disable built-ins by id.
 //!
 //! # How it decides
 //!
@@ -41,7 +49,10 @@
 mod encoding;
 mod heuristics;
 pub(crate) mod normalize;
+mod secrets;
 mod unicode;
+
+pub use secrets::{Rule, Validator};
 
 use std::collections::HashSet;
 use std::fmt;
@@ -57,6 +68,7 @@ use crate::stage::{InputScanner, OutputContext, OutputValidator};
 use crate::step::Step;
 
 struct Inner {
+    rules: secrets::RuleSet,
     families: Vec<heuristics::Family>,
     family_set: regex::RegexSet,
     encodings: encoding::Patterns,
@@ -90,6 +102,7 @@ impl Default for Scanner {
 /// Configures a [`Scanner`].
 #[derive(Clone, Debug)]
 pub struct ScannerBuilder {
+    rules: Vec<Rule>,
     threshold: f32,
     disabled: HashSet<String>,
     max_decoded_bytes: usize,
@@ -121,10 +134,22 @@ impl ScannerBuilder {
         self
     }
 
+    /// Adds a rule of your own (it runs with the built-in credential and
+    /// personal-data rules).
+    #[must_use]
+    pub fn rule(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
     /// Builds the scanner.
     pub fn build(self) -> Scanner {
+        let mut rules = secrets::secret_rules();
+        rules.extend(secrets::pii_rules());
+        rules.extend(self.rules);
         Scanner {
             inner: Arc::new(Inner {
+                rules: secrets::RuleSet::new(rules),
                 family_set: heuristics::family_set(&heuristics::families()),
                 families: heuristics::families(),
                 encodings: encoding::patterns(),
@@ -146,6 +171,7 @@ impl Scanner {
     /// A builder.
     pub fn builder() -> ScannerBuilder {
         ScannerBuilder {
+            rules: Vec::new(),
             threshold: 1.0,
             disabled: HashSet::new(),
             max_decoded_bytes: 64 * 1024,
@@ -177,6 +203,7 @@ impl Scanner {
         let before = out.len();
         if !nested {
             unicode::scan(text, at, out);
+            g.rules.scan(text, at, &g.disabled, out);
         }
         let n = normalize::normalize(text);
         let verdict = heuristics::evaluate(&g.families, &g.family_set, &n);

@@ -1,0 +1,723 @@
+//! Credentials and personal data: rules as data, found through a multi-literal
+//! prefilter, confirmed by a pattern around each candidate, and checked by a
+//! validator where the format has one (checksums, Luhn, mod-97, base58check, bech32).
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use regex::{Regex, RegexBuilder};
+
+use crate::finding::{Action, Category, Finding, Location, Severity};
+
+/// A check on a matched value beyond its pattern.
+pub type Validator = fn(&str) -> bool;
+
+/// One detection rule: what to look for, how sure a match is, and what to do.
+///
+/// `anchors` are literals (matched case-insensitively) of which one must occur near a
+/// match; the pattern runs only in a window around them. A rule without anchors runs
+/// over the whole text. A user-supplied pattern is compiled with size limits, and the
+/// regex engine matches in linear time.
+///
+/// ```
+/// use inference_guard::scan::Rule;
+/// use inference_guard::{Action, Category, Severity};
+///
+/// let rule = Rule::new("acme.api_key", Category::Secret, Severity::Critical, r"\bacme_[0-9a-f]{32}\b")?
+///     .anchors(["acme_"])
+///     .action(Action::Redact);
+/// # let _ = rule;
+/// # Ok::<(), inference_guard::BuildError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub(crate) id: Cow<'static, str>,
+    pub(crate) category: Category,
+    pub(crate) severity: Severity,
+    pub(crate) action: Action,
+    pub(crate) anchors: Vec<String>,
+    pub(crate) regex: Regex,
+    pub(crate) validator: Option<Validator>,
+    pub(crate) window: usize,
+}
+
+impl Rule {
+    /// A rule with `pattern` (a regex; the capture group named `v`, if present, is
+    /// the value that is validated and reported, otherwise the whole match).
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`](crate::BuildError) naming the rule if the pattern does not
+    /// compile within the size limits.
+    pub fn new(
+        id: impl Into<Cow<'static, str>>,
+        category: Category,
+        severity: Severity,
+        pattern: &str,
+    ) -> Result<Self, crate::BuildError> {
+        Self::compile(id.into(), category, severity, pattern, 1 << 20)
+    }
+
+    fn compile(
+        id: Cow<'static, str>,
+        category: Category,
+        severity: Severity,
+        pattern: &str,
+        limit: usize,
+    ) -> Result<Self, crate::BuildError> {
+        let regex = RegexBuilder::new(pattern)
+            .size_limit(limit)
+            .nest_limit(64)
+            .build()
+            .map_err(|e| crate::BuildError::new(format!("rule {id}: {e}")))?;
+        Ok(Self {
+            id,
+            category,
+            severity,
+            action: Action::Redact,
+            anchors: Vec::new(),
+            regex,
+            validator: None,
+            window: 512,
+        })
+    }
+
+    /// Literals of which one must occur near a match (case-insensitive).
+    #[must_use]
+    pub fn anchors<I, S>(mut self, anchors: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.anchors = anchors.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The action the rule asks for (default [`Action::Redact`]).
+    #[must_use]
+    pub fn action(mut self, action: Action) -> Self {
+        self.action = action;
+        self
+    }
+
+    /// A validator for matched values.
+    #[must_use]
+    pub fn validator(mut self, v: Validator) -> Self {
+        self.validator = Some(v);
+        self
+    }
+
+    /// How far around an anchor the pattern looks, in bytes (default 512).
+    #[must_use]
+    pub fn window(mut self, bytes: usize) -> Self {
+        self.window = bytes.max(16);
+        self
+    }
+
+    /// The rule's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Documented example and placeholder values are not findings.
+fn placeholder(v: &str) -> bool {
+    let l = v.to_ascii_lowercase();
+    [
+        "example",
+        "xxxx",
+        "<your",
+        "your_",
+        "your-",
+        "${",
+        "{{",
+        "changeme",
+        "placeholder",
+        "dummy",
+        "redacted",
+        "0000000000",
+        "1234567890",
+        "abcdefghij",
+        "*****",
+        "fake",
+        "sample",
+    ]
+    .iter()
+    .any(|p| l.contains(p))
+}
+
+/// A compiled set of rules.
+#[derive(Clone, Debug)]
+pub(crate) struct RuleSet {
+    rules: Vec<Rule>,
+    prefilter: AhoCorasick,
+    anchor_rule: Vec<usize>,
+    anchorless: Vec<usize>,
+}
+
+impl RuleSet {
+    pub(crate) fn new(rules: Vec<Rule>) -> Self {
+        let mut literals = Vec::new();
+        let mut anchor_rule = Vec::new();
+        let mut anchorless = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            if r.anchors.is_empty() {
+                anchorless.push(i);
+            }
+            for a in &r.anchors {
+                literals.push(a.clone());
+                anchor_rule.push(i);
+            }
+        }
+        let prefilter = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&literals)
+            .unwrap_or_else(|_| {
+                AhoCorasick::new(Vec::<String>::new()).unwrap_or_else(|_| unreachable!())
+            });
+        Self {
+            rules,
+            prefilter,
+            anchor_rule,
+            anchorless,
+        }
+    }
+
+    pub(crate) fn scan(
+        &self,
+        text: &str,
+        at: Location,
+        disabled: &HashSet<String>,
+        out: &mut Vec<Finding>,
+    ) {
+        let mut cx = ScanCx {
+            text,
+            at,
+            disabled,
+            seen: HashSet::new(),
+            out,
+        };
+        let mut done: HashSet<(usize, usize)> = HashSet::new();
+        for m in self.prefilter.find_overlapping_iter(text) {
+            let ri = self.anchor_rule[m.pattern().as_usize()];
+            let w = self.rules[ri].window;
+            // One pattern run per rule and window of the text.
+            let from = m.start().saturating_sub(w);
+            if done.insert((ri, from / w.max(1))) {
+                self.run(ri, from, m.end() + w, &mut cx);
+            }
+        }
+        for &ri in &self.anchorless {
+            self.run(ri, 0, text.len(), &mut cx);
+        }
+    }
+
+    /// Runs rule `ri` over `text[from..to]` (widened to character boundaries).
+    fn run(&self, ri: usize, from: usize, to: usize, cx: &mut ScanCx<'_, '_>) {
+        let r = &self.rules[ri];
+        if cx.disabled.contains(r.id.as_ref()) {
+            return;
+        }
+        let text = cx.text;
+        let mut from = from.min(text.len());
+        while !text.is_char_boundary(from) {
+            from -= 1;
+        }
+        let mut to = to.min(text.len());
+        while !text.is_char_boundary(to) {
+            to += 1;
+        }
+        for caps in r.regex.captures_iter(&text[from..to]) {
+            let Some(m) = caps.name("v").or_else(|| caps.get(0)) else {
+                continue;
+            };
+            let v = m.as_str();
+            if placeholder(v) || r.validator.is_some_and(|f| !f(v)) {
+                continue;
+            }
+            let (start, end) = (from + m.start(), from + m.end());
+            if cx.seen.insert((ri, start, end)) {
+                cx.out.push(
+                    Finding::new(
+                        r.id.clone(),
+                        r.category.clone(),
+                        r.severity,
+                        cx.at,
+                        start..end,
+                    )
+                    .with_action(r.action),
+                );
+            }
+        }
+    }
+}
+
+/// What one scan carries from rule to rule.
+struct ScanCx<'t, 'o> {
+    text: &'t str,
+    at: Location,
+    disabled: &'t HashSet<String>,
+    seen: HashSet<(usize, usize, usize)>,
+    out: &'o mut Vec<Finding>,
+}
+
+// ---- validators ----------------------------------------------------------------
+
+const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
+fn base62_6(mut v: u32) -> [u8; 6] {
+    let mut out = [b'0'; 6];
+    for slot in out.iter_mut().rev() {
+        *slot = B62[(v % 62) as usize];
+        v /= 62;
+    }
+    out
+}
+
+/// GitHub and npm tokens: the last 6 characters are the base62 CRC32 of the 30 random
+/// characters before them.
+fn github_checksum(v: &str) -> bool {
+    let body = v.rsplit('_').next().unwrap_or("");
+    body.len() == 36 && base62_6(crc32(&body.as_bytes()[..30])) == body.as_bytes()[30..]
+}
+
+/// This crate's API keys (`identity::ApiKeyFormat`): CRC32 over everything before the
+/// checksum.
+fn guard_key_checksum(v: &str) -> bool {
+    v.len() > 6 && base62_6(crc32(&v.as_bytes()[..v.len() - 6])) == v.as_bytes()[v.len() - 6..]
+}
+
+fn luhn(v: &str) -> bool {
+    let digits: Vec<u32> = v.chars().filter_map(|c| c.to_digit(10)).collect();
+    if !(13..=19).contains(&digits.len()) || digits.iter().all(|&d| d == digits[0]) {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    let iin_ok = matches!(digits[0], 2..=6)
+        || (digits[0] == 3 && matches!(digits[1], 4 | 7 | 5 | 0 | 6 | 8));
+    sum % 10 == 0 && iin_ok
+}
+
+fn iban(v: &str) -> bool {
+    let s: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+    const LENGTHS: &[(&str, usize)] = &[
+        ("AD", 24),
+        ("AE", 23),
+        ("AL", 28),
+        ("AT", 20),
+        ("AZ", 28),
+        ("BA", 20),
+        ("BE", 16),
+        ("BG", 22),
+        ("BH", 22),
+        ("BR", 29),
+        ("CH", 21),
+        ("CR", 22),
+        ("CY", 28),
+        ("CZ", 24),
+        ("DE", 22),
+        ("DK", 18),
+        ("DO", 28),
+        ("EE", 20),
+        ("EG", 29),
+        ("ES", 24),
+        ("FI", 18),
+        ("FO", 18),
+        ("FR", 27),
+        ("GB", 22),
+        ("GE", 22),
+        ("GI", 23),
+        ("GL", 18),
+        ("GR", 27),
+        ("GT", 28),
+        ("HR", 21),
+        ("HU", 28),
+        ("IE", 22),
+        ("IL", 23),
+        ("IS", 26),
+        ("IT", 27),
+        ("JO", 30),
+        ("KW", 30),
+        ("KZ", 20),
+        ("LB", 28),
+        ("LI", 21),
+        ("LT", 20),
+        ("LU", 20),
+        ("LV", 21),
+        ("MC", 27),
+        ("MD", 24),
+        ("ME", 22),
+        ("MK", 19),
+        ("MR", 27),
+        ("MT", 31),
+        ("MU", 30),
+        ("NL", 18),
+        ("NO", 15),
+        ("PK", 24),
+        ("PL", 28),
+        ("PS", 29),
+        ("PT", 25),
+        ("QA", 29),
+        ("RO", 24),
+        ("RS", 22),
+        ("SA", 24),
+        ("SE", 24),
+        ("SI", 19),
+        ("SK", 24),
+        ("SM", 27),
+        ("TN", 24),
+        ("TR", 26),
+        ("UA", 29),
+        ("VG", 24),
+        ("XK", 20),
+    ];
+    let Some(&(_, len)) = LENGTHS.iter().find(|(c, _)| s.starts_with(c)) else {
+        return false;
+    };
+    if s.len() != len {
+        return false;
+    }
+    let rearranged = s[4..].chars().chain(s[..4].chars());
+    let mut rem: u32 = 0;
+    for c in rearranged {
+        let Some(v) = c.to_digit(36) else {
+            return false;
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+fn ssn(v: &str) -> bool {
+    let d: String = v.chars().filter(char::is_ascii_digit).collect();
+    if d.len() != 9 {
+        return false;
+    }
+    let (area, group, serial) = (&d[..3], &d[3..5], &d[5..]);
+    area != "000" && area != "666" && !area.starts_with('9') && group != "00" && serial != "0000"
+}
+
+fn ipv4(v: &str) -> bool {
+    v.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|a| !a.is_unspecified() && !a.is_broadcast())
+}
+
+fn ipv6(v: &str) -> bool {
+    v.parse::<std::net::Ipv6Addr>().is_ok() && v.matches(':').count() >= 2 && v.len() >= 6
+}
+
+fn base58check(v: &str) -> bool {
+    const ALPHA: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+    let mut bytes: Vec<u8> = vec![0];
+    for c in v.bytes() {
+        let Some(mut carry) = ALPHA.iter().position(|&a| a == c).map(|p| p as u32) else {
+            return false;
+        };
+        for b in bytes.iter_mut().rev() {
+            carry += u32::from(*b) * 58;
+            *b = (carry & 0xff) as u8;
+            carry >>= 8;
+        }
+        while carry > 0 {
+            bytes.insert(0, (carry & 0xff) as u8);
+            carry >>= 8;
+        }
+    }
+    let leading = v.bytes().take_while(|&c| c == b'1').count();
+    let first = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    let mut full = vec![0u8; leading];
+    full.extend_from_slice(&bytes[first..]);
+    if full.len() != 25 {
+        return false;
+    }
+    let h1 = ring::digest::digest(&ring::digest::SHA256, &full[..21]);
+    let h2 = ring::digest::digest(&ring::digest::SHA256, h1.as_ref());
+    h2.as_ref()[..4] == full[21..]
+}
+
+fn bech32(v: &str) -> bool {
+    const CHARSET: &[u8] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    let v = v.to_ascii_lowercase();
+    let Some(pos) = v.rfind('1') else {
+        return false;
+    };
+    let (hrp, data) = (&v[..pos], &v[pos + 1..]);
+    if hrp.is_empty() || data.len() < 6 {
+        return false;
+    }
+    let mut values: Vec<u32> = hrp.bytes().map(|b| u32::from(b >> 5)).collect();
+    values.push(0);
+    values.extend(hrp.bytes().map(|b| u32::from(b & 31)));
+    for c in data.bytes() {
+        match CHARSET.iter().position(|&x| x == c) {
+            Some(p) => values.push(p as u32),
+            None => return false,
+        }
+    }
+    let generator = [
+        0x3b6a_57b2u32,
+        0x2650_8e6d,
+        0x1ea1_19fa,
+        0x3d42_33dd,
+        0x2a14_62b3,
+    ];
+    let mut chk: u32 = 1;
+    for v in values {
+        let top = chk >> 25;
+        chk = ((chk & 0x01ff_ffff) << 5) ^ v;
+        for (i, g) in generator.iter().enumerate() {
+            if (top >> i) & 1 == 1 {
+                chk ^= g;
+            }
+        }
+    }
+    chk == 1 || chk == 0x2bc8_30a3 // bech32 or bech32m
+}
+
+fn entropy(v: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in v.bytes() {
+        counts[b as usize] += 1;
+    }
+    let n = v.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+fn generic_secret(v: &str) -> bool {
+    v.len() >= 12
+        && entropy(v) >= 3.3
+        && v.chars().any(|c| c.is_ascii_digit())
+        && v.chars().any(|c| c.is_ascii_alphabetic())
+}
+
+// ---- the built-in rules --------------------------------------------------------------
+
+fn rule(id: &'static str, cat: Category, sev: Severity, anchors: &[&str], pattern: &str) -> Rule {
+    // Built-in patterns are reviewed here; they may compile larger than users' rules.
+    Rule::compile(Cow::Borrowed(id), cat, sev, pattern, 1 << 24)
+        .unwrap_or_else(|e| panic!("built-in {e}"))
+        .anchors(anchors.iter().copied())
+}
+
+fn s(id: &'static str, anchors: &[&str], pattern: &str) -> Rule {
+    rule(id, Category::Secret, Severity::Critical, anchors, pattern)
+}
+
+/// The built-in credential rules (63 formats).
+pub(crate) fn secret_rules() -> Vec<Rule> {
+    vec![
+        s("secret.aws_access_key_id", &["akia", "asia", "abia", "acca"], r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b"),
+        s("secret.aws_secret_access_key", &["aws_secret", "secret_access_key", "aws secret"], r#"(?i)aws.{0,20}secret.{0,20}?[=:"'\s]+(?P<v>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#),
+        s("secret.gcp_service_account", &["service_account"], r#""type"\s*:\s*"service_account"(?s:.)*?"private_key"\s*:\s*"-----BEGIN"#).window(4096),
+        s("secret.google_api_key", &["aiza"], r"\bAIza[0-9A-Za-z_\-]{35}\b"),
+        s("secret.google_oauth_client_secret", &["gocspx-"], r"\bGOCSPX-[A-Za-z0-9_\-]{28}\b"),
+        s("secret.azure_storage_key", &["accountkey="], r"AccountKey=(?P<v>[A-Za-z0-9+/]{86}==)"),
+        s("secret.azure_sas_token", &["sig="], r"\bsv=\d{4}-\d{2}-\d{2}&[^\s]{0,300}?\bsig=(?P<v>[A-Za-z0-9%+/=]{30,})"),
+        s("secret.azure_ad_client_secret", &["8q~"], r"\b[A-Za-z0-9_~.\-]{3}8Q~[A-Za-z0-9_~.\-]{31,34}\b"),
+        s("secret.github_token", &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"], r"\bgh[pousr]_[A-Za-z0-9]{36}\b").validator(github_checksum),
+        s("secret.github_fine_grained_pat", &["github_pat_"], r"\bgithub_pat_[A-Za-z0-9]{22}_[A-Za-z0-9]{59}\b"),
+        s("secret.gitlab_token", &["glpat-", "glrt-", "gldt-", "glptt-", "glft-"], r"\bgl(?:pat|rt|dt|ptt|ft)-[A-Za-z0-9_\-]{20,}\b"),
+        s("secret.openai_api_key", &["sk-"], r"\bsk-(?:(?:proj|svcacct|admin|None)-)?[A-Za-z0-9_\-]{20,200}T3BlbkFJ[A-Za-z0-9_\-]{20,200}\b|\bsk-[A-Za-z0-9]{48}\b"),
+        s("secret.anthropic_api_key", &["sk-ant-"], r"\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_\-]{80,120}\b"),
+        s("secret.huggingface_token", &["hf_"], r"\bhf_[A-Za-z]{34}\b"),
+        s("secret.replicate_token", &["r8_"], r"\br8_[A-Za-z0-9]{37}\b"),
+        s("secret.groq_api_key", &["gsk_"], r"\bgsk_[A-Za-z0-9]{52}\b"),
+        s("secret.perplexity_api_key", &["pplx-"], r"\bpplx-[A-Za-z0-9]{48}\b"),
+        s("secret.xai_api_key", &["xai-"], r"\bxai-[A-Za-z0-9]{80}\b"),
+        s("secret.cohere_api_key", &["cohere"], r#"(?i)cohere.{0,20}?[=:"'\s]+(?P<v>[A-Za-z0-9]{40})\b"#),
+        s("secret.stripe_key", &["sk_live_", "sk_test_", "rk_live_", "rk_test_"], r"\b[sr]k_(?:live|test)_[0-9a-zA-Z]{24,99}\b"),
+        s("secret.stripe_webhook_secret", &["whsec_"], r"\bwhsec_[A-Za-z0-9]{32,}\b"),
+        s("secret.slack_token", &["xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xoxe"], r"\bxox(?:[baprs]|e(?:\.xox[bp])?)-[0-9A-Za-z\-]{10,250}\b"),
+        s("secret.slack_app_token", &["xapp-"], r"\bxapp-\d-[A-Z0-9]+-\d+-[a-f0-9]{32,}\b"),
+        s("secret.slack_webhook", &["hooks.slack.com"], r"https://hooks\.slack\.com/(?:services|workflows)/[A-Za-z0-9+/]{40,}"),
+        s("secret.twilio_api_key", &["sk"], r"\bSK[0-9a-f]{32}\b"),
+        s("secret.twilio_auth_token", &["twilio"], r#"(?i)twilio.{0,30}?(?:token|secret).{0,10}?[=:"'\s]+(?P<v>[0-9a-f]{32})\b"#),
+        s("secret.sendgrid_api_key", &["sg."], r"\bSG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}\b"),
+        s("secret.mailgun_api_key", &["key-"], r"\bkey-[0-9a-f]{32}\b"),
+        s("secret.mailchimp_api_key", &["-us"], r"\b[0-9a-f]{32}-us\d{1,2}\b"),
+        s("secret.npm_token", &["npm_"], r"\bnpm_[A-Za-z0-9]{36}\b").validator(github_checksum),
+        s("secret.pypi_token", &["pypi-"], r"\bpypi-AgEIcHlwaS5vcmc[A-Za-z0-9_\-]{50,}\b"),
+        s("secret.rubygems_api_key", &["rubygems_"], r"\brubygems_[0-9a-f]{48}\b"),
+        s("secret.crates_io_token", &["cio"], r"\bcio[A-Za-z0-9]{32}\b"),
+        s("secret.docker_hub_pat", &["dckr_pat_"], r"\bdckr_pat_[A-Za-z0-9_\-]{27}\b"),
+        s("secret.jwt", &["eyj"], r"\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{16,}\b"),
+        s("secret.private_key", &["-----begin"], r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
+        s("secret.connection_string_password", &["://"], r"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver|jdbc:[a-z]+|ftp|sftp|ldap)://[^\s:/@]{1,64}:(?P<v>[^\s:/@]{3,128})@[^\s/]+"),
+        s("secret.url_password", &["://"], r"\bhttps?://[^\s:/@]{1,64}:(?P<v>[^\s:/@]{3,128})@[A-Za-z0-9.\-]+"),
+        s("secret.basic_auth_header", &["basic "], r"(?i)\bauthorization\s*:\s*basic\s+(?P<v>[A-Za-z0-9+/]{8,}={0,2})"),
+        s("secret.bearer_header", &["bearer "], r"(?i)\bauthorization\s*:\s*bearer\s+(?P<v>[A-Za-z0-9._~+/\-]{20,}=*)"),
+        s("secret.shopify_token", &["shpat_", "shpss_", "shpca_", "shppa_"], r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b"),
+        s("secret.atlassian_api_token", &["atatt3"], r"\bATATT3[A-Za-z0-9_\-=]{180,}\b"),
+        s("secret.discord_bot_token", &["."], r"\b[MN][A-Za-z\d]{23,25}\.[\w\-]{6}\.[\w\-]{27,38}\b"),
+        s("secret.discord_webhook", &["discord"], r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[\w\-]{60,}"),
+        s("secret.telegram_bot_token", &[":aa"], r"\b\d{8,10}:AA[A-Za-z0-9_\-]{33}\b"),
+        s("secret.square_token", &["sq0atp-", "sq0csp-", "eaaa"], r"\bsq0(?:atp|csp)-[0-9A-Za-z_\-]{22,43}\b|\bEAAA[A-Za-z0-9_\-]{60}\b"),
+        s("secret.braintree_token", &["access_token$production$"], r"access_token\$production\$[0-9a-z]{16}\$[0-9a-f]{32}"),
+        s("secret.digitalocean_token", &["dop_v1_", "doo_v1_", "dor_v1_"], r"\bdo[por]_v1_[a-f0-9]{64}\b"),
+        s("secret.linear_api_key", &["lin_api_"], r"\blin_api_[A-Za-z0-9]{40}\b"),
+        s("secret.notion_token", &["secret_", "ntn_"], r"\b(?:secret_[A-Za-z0-9]{43}|ntn_[A-Za-z0-9]{46})\b"),
+        s("secret.airtable_pat", &["pat"], r"\bpat[A-Za-z0-9]{14}\.[a-f0-9]{64}\b"),
+        s("secret.dropbox_token", &["sl."], r"\bsl\.[A-Za-z0-9_\-]{130,}\b"),
+        s("secret.figma_token", &["figd_"], r"\bfigd_[A-Za-z0-9_\-]{40,}\b"),
+        s("secret.postman_api_key", &["pmak-"], r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b"),
+        s("secret.terraform_cloud_token", &["atlasv1"], r"\b[A-Za-z0-9]{14}\.atlasv1\.[A-Za-z0-9_\-=]{60,}\b"),
+        s("secret.vault_token", &["hvs.", "hvb."], r"\bhv[sb]\.[A-Za-z0-9_\-]{24,}\b"),
+        s("secret.new_relic_key", &["nrak-"], r"\bNRAK-[A-Z0-9]{27}\b"),
+        s("secret.sentry_dsn", &["sentry.io"], r"https://(?P<v>[0-9a-f]{32})@o\d+\.ingest\.(?:[a-z]{2}\.)?sentry\.io"),
+        s("secret.grafana_token", &["glsa_", "glc_"], r"\b(?:glsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}|glc_[A-Za-z0-9+/]{32,}={0,2})\b"),
+        s("secret.alibaba_access_key", &["ltai"], r"\bLTAI[A-Za-z0-9]{20}\b"),
+        s("secret.facebook_access_token", &["eaa"], r"\bEAA[A-Za-z0-9]{100,}\b"),
+        s("secret.twitter_bearer_token", &["aaaaaaaaaaaaaaaaaaaaa"], r"\bAAAAAAAAAAAAAAAAAAAAA[A-Za-z0-9%]{30,}\b"),
+        s("secret.age_secret_key", &["age-secret-key-1"], r"\bAGE-SECRET-KEY-1[QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L]{58}\b"),
+        s("secret.onepassword_service_token", &["ops_"], r"\bops_eyJ[A-Za-z0-9_\-]{100,}\b"),
+        s("secret.pulumi_token", &["pul-"], r"\bpul-[a-f0-9]{40}\b"),
+        s("secret.doppler_token", &["dp.pt.", "dp.st."], r"\bdp\.(?:pt|st|sa|ct)\.[A-Za-z0-9]{40,44}\b"),
+        s("secret.supabase_token", &["sbp_"], r"\bsbp_[a-f0-9]{40}\b"),
+        s("secret.databricks_token", &["dapi"], r"\bdapi[a-f0-9]{32}(?:-\d)?\b"),
+        s("secret.netlify_token", &["nfp_"], r"\bnfp_[A-Za-z0-9]{36}\b"),
+        s("secret.inference_guard_api_key", &["_"], r"\b[a-z0-9]{2,16}_[A-Za-z0-9]{36}\b").validator(guard_key_checksum),
+        rule(
+            "secret.generic_assignment",
+            Category::Secret,
+            Severity::High,
+            &["password", "passwd", "pwd", "secret", "api_key", "apikey", "api-key", "token", "auth", "credential", "private_key"],
+            r#"(?i)(?:\b|[_\-.])(?:password|passwd|pwd|secret|client_secret|api[_\-]?key|access[_\-]?token|auth[_\-]?token|credentials?|private[_\-]key)\b["']?\s*(?:=|:|=>|:=)\s*["']?(?P<v>[^\s"'`,;]{8,128})"#,
+        )
+        .validator(generic_secret),
+    ]
+}
+
+fn p(id: &'static str, anchors: &[&str], pattern: &str) -> Rule {
+    rule(
+        id,
+        Category::PersonalData,
+        Severity::Medium,
+        anchors,
+        pattern,
+    )
+}
+
+/// The built-in personal-data rules.
+pub(crate) fn pii_rules() -> Vec<Rule> {
+    vec![
+        p(
+            "pii.email",
+            &["@"],
+            r"(?i)\b[a-z0-9][a-z0-9._%+\-]{0,63}@(?:[a-z0-9](?:[a-z0-9\-]{0,61}[a-z0-9])?\.)+[a-z]{2,24}\b",
+        ),
+        p(
+            "pii.phone_e164",
+            &["+"],
+            r"\+[1-9]\d{0,2}[\s.\-]?\(?\d{1,4}\)?(?:[\s.\-]?\d{2,4}){2,4}\b",
+        ),
+        p(
+            "pii.phone_national",
+            &["phone", "tel", "call", "mobile", "cell", "fax", "whatsapp"],
+            r"(?i)\b(?:phone|tel|telephone|call|mobile|cell|fax|whatsapp)\b[^\d\n]{0,20}(?P<v>\(?\d{2,4}\)?[\s.\-]?\d{3,4}[\s.\-]?\d{3,4})\b",
+        ),
+        p("pii.payment_card", &[], r"\b(?:\d[ \-]?){12,18}\d\b").validator(luhn),
+        p(
+            "pii.iban",
+            &[],
+            r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]{4}){2,7}(?:[ ]?[A-Z0-9]{1,4})?\b",
+        )
+        .validator(iban),
+        p("pii.us_ssn", &[], r"\b\d{3}-\d{2}-\d{4}\b").validator(ssn),
+        p(
+            "pii.us_ssn_unformatted",
+            &["ssn", "social security"],
+            r"(?i)\b(?:ssn|social security(?: number)?)\b[^\d\n]{0,20}(?P<v>\d{9})\b",
+        )
+        .validator(ssn),
+        p("pii.ipv4", &[], r"\b(?:\d{1,3}\.){3}\d{1,3}\b").validator(ipv4),
+        p(
+            "pii.ipv6",
+            &[":"],
+            r"(?i)\b(?:[0-9a-f]{1,4}:){2,7}(?::|[0-9a-f]{1,4})(?:[0-9a-f:]*)\b",
+        )
+        .validator(ipv6),
+        p(
+            "pii.bitcoin_address",
+            &[],
+            r"\b[13][1-9A-HJ-NP-Za-km-z]{25,34}\b",
+        )
+        .validator(base58check),
+        p(
+            "pii.bitcoin_bech32",
+            &["bc1", "tb1"],
+            r"(?i)\b(?:bc|tb)1[02-9ac-hj-np-z]{11,71}\b",
+        )
+        .validator(bech32),
+        p("pii.ethereum_address", &["0x"], r"\b0x[0-9a-fA-F]{40}\b"),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validators() {
+        assert!(luhn("4111 1111 1111 1111"));
+        assert!(!luhn("4111 1111 1111 1112"));
+        assert!(iban("GB82 WEST 1234 5698 7654 32"));
+        assert!(!iban("GB82 WEST 1234 5698 7654 33"));
+        assert!(
+            ssn("123-45-6789") && !ssn("666-45-6789") && !ssn("900-45-6789") && !ssn("123-00-6789")
+        );
+        assert!(base58check("1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNa"));
+        assert!(!base58check("1A1zP1eP5QGefi2DMPTfTL5SLmv7DivfNb"));
+        assert!(bech32("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq"));
+        assert!(!bech32("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdz"));
+        assert!(!ipv4("999.1.1.1") && ipv4("192.168.1.10"));
+        assert!(placeholder("AKIAIOSFODNN7EXAMPLE"));
+    }
+
+    #[test]
+    fn github_checksums_are_validated() {
+        // A token with a valid checksum, made here.
+        let body = "abcdefghijklmnopqrstuvwxyz0123";
+        let sum = base62_6(crc32(body.as_bytes()));
+        let token = format!("ghp_{body}{}", std::str::from_utf8(&sum).unwrap());
+        assert!(github_checksum(&token));
+        let mut bad = token;
+        bad.replace_range(10..11, "Z");
+        assert!(!github_checksum(&bad));
+    }
+}
