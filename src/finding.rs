@@ -220,6 +220,7 @@ pub struct Finding {
     span: Range<usize>,
     action: Action,
     replacement: Option<Cow<'static, str>>,
+    reversible: bool,
 }
 
 impl Finding {
@@ -247,6 +248,7 @@ impl Finding {
             span,
             action,
             replacement: None,
+            reversible: false,
         }
     }
 
@@ -280,6 +282,29 @@ impl Finding {
     pub fn with_replacement(mut self, replacement: impl Into<Cow<'static, str>>) -> Self {
         self.replacement = Some(replacement.into());
         self
+    }
+
+    /// Marks the replacement as a pseudonym the guard may restore: when the input is
+    /// redacted, the guard keeps the pair (pseudonym, original) for this request only,
+    /// in memory, never in an audit record, and puts the original back where the
+    /// pseudonym appears in the answer.
+    ///
+    /// ```
+    /// # use inference_guard::{Category, Finding, Location, Severity};
+    /// let f = Finding::new("pii.email", Category::PersonalData, Severity::Medium, Location::Message(0), 0..5)
+    ///     .with_replacement("<EMAIL_1>")
+    ///     .with_reversible(true);
+    /// assert!(f.is_reversible());
+    /// ```
+    #[must_use]
+    pub fn with_reversible(mut self, reversible: bool) -> Self {
+        self.reversible = reversible;
+        self
+    }
+
+    /// Whether the replacement is a pseudonym the guard restores in the answer.
+    pub fn is_reversible(&self) -> bool {
+        self.reversible
     }
 
     /// The rule that fired.

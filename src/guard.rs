@@ -584,6 +584,9 @@ pub(crate) struct Trace {
     pub(crate) rate: Option<RateLimitInfo>,
     pub(crate) estimated_tokens: u64,
     pub(crate) prompt_digest: Option<[u8; 32]>,
+    /// Pseudonyms put into the request and the originals they stand for. Held for the
+    /// request only, in memory; never serialized into an audit record.
+    pub(crate) vault: Vec<(String, String)>,
     /// When the guard started, on the monotonic clock (pairs with `started`).
     pub(crate) origin: Option<Instant>,
     /// The last stage boundary: each stage's latency is the time since the previous
@@ -602,6 +605,7 @@ impl Default for Trace {
             rate: None,
             estimated_tokens: 0,
             prompt_digest: None,
+            vault: Vec::new(),
             origin: None,
             mark: None,
         }
@@ -1083,7 +1087,7 @@ impl InferenceGuard {
                     Some(_) => StageOutcome::Redacted,
                 };
                 if outcome == StageOutcome::Redacted {
-                    redact_messages(request, &findings);
+                    redact_messages(request, &findings, &mut trace.vault);
                 }
                 trace.push(Stage::InputScan, outcome, n);
                 if outcome == StageOutcome::Rejected {
@@ -1304,7 +1308,11 @@ fn digest_messages(key: &ring::hmac::Key, request: &GuardRequest) -> [u8; 32] {
     out
 }
 
-fn redact_messages(request: &mut GuardRequest, findings: &[Finding]) {
+fn redact_messages(
+    request: &mut GuardRequest,
+    findings: &[Finding],
+    vault: &mut Vec<(String, String)>,
+) {
     for (i, m) in request.messages_mut().iter_mut().enumerate() {
         let mine: SmallVec<[Finding; 4]> = findings
             .iter()
@@ -1312,6 +1320,16 @@ fn redact_messages(request: &mut GuardRequest, findings: &[Finding]) {
             .cloned()
             .collect();
         if !mine.is_empty() {
+            for f in mine.iter().filter(|f| f.is_reversible()) {
+                let (Some(pseudonym), Some(original)) =
+                    (f.replacement(), m.content().get(f.span()))
+                else {
+                    continue;
+                };
+                if !pseudonym.is_empty() && !vault.iter().any(|(p, _)| p == pseudonym) {
+                    vault.push((pseudonym.to_owned(), original.to_owned()));
+                }
+            }
             let new = redact(m.content(), &mine);
             m.set_content(new);
         }
@@ -1491,6 +1509,17 @@ impl Admission {
         });
         verdict?;
         audited?;
+        // Pseudonyms from the input go back to the originals for the caller, after the
+        // audit record (which keeps the pseudonymized answer) is written.
+        if !st.trace.vault.is_empty() {
+            let mut text = response.text().to_owned();
+            for (pseudonym, original) in &st.trace.vault {
+                if text.contains(pseudonym.as_str()) {
+                    text = text.replace(pseudonym.as_str(), original);
+                }
+            }
+            response.set_text(text);
+        }
         Ok(CheckedResponse {
             response,
             request_id: st.trace.request_id,

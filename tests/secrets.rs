@@ -340,3 +340,90 @@ fn prose_and_source_code_give_no_credential_findings() {
         texts.len()
     );
 }
+
+mod redaction {
+    use inference_guard::scan::{Redaction, Scanner};
+    use inference_guard::*;
+
+    fn guard(r: Redaction, content: bool) -> (InferenceGuard, MemorySink) {
+        let sink = MemorySink::new();
+        let mut b = InferenceGuard::builder();
+        b.allow_anonymous()
+            .authorize_all()
+            .input_scanner(Scanner::builder().redaction(r).build())
+            .audit_content(content)
+            .audit_sink(sink.clone());
+        (b.build().unwrap(), sink)
+    }
+
+    fn admitted(r: Redaction, text: &str) -> String {
+        let (g, _) = guard(r, false);
+        let adm = g
+            .check_request(GuardRequest::new("m").with_message(Role::User, text))
+            .unwrap();
+        let out = adm.request().messages()[0].content().to_owned();
+        adm.fail();
+        out
+    }
+
+    #[test]
+    fn each_mode() {
+        let t = "card 4111 1111 1111 1111, mail ana@contoso.org";
+        assert_eq!(
+            admitted(Redaction::mask(), t),
+            "card [REDACTED:PAYMENT_CARD], mail [REDACTED:EMAIL]"
+        );
+        assert_eq!(
+            admitted(Redaction::partial(4), t),
+            "card ***************1111, mail ************org"
+        );
+        assert_eq!(admitted(Redaction::remove(), t), "card , mail ");
+        let h1 = admitted(Redaction::keyed_hash(&[3; 32]), t);
+        assert!(
+            h1.starts_with("card [PAYMENT_CARD:") && h1.contains("mail [EMAIL:"),
+            "{h1}"
+        );
+        assert_eq!(
+            h1,
+            admitted(Redaction::keyed_hash(&[3; 32]), t),
+            "stable under one key"
+        );
+        assert_ne!(h1, admitted(Redaction::keyed_hash(&[4; 32]), t), "keyed");
+        assert!(!h1.contains("4111") && !h1.contains("ana@"));
+    }
+
+    #[test]
+    fn pseudonyms_are_stable_per_request_restored_for_the_caller_and_never_audited() {
+        let (g, sink) = guard(Redaction::pseudonymize(), true);
+        let req = GuardRequest::new("m")
+            .with_message(Role::User, "Email ana@contoso.org and bob@contoso.org")
+            .with_message(Role::User, "Again: ana@contoso.org");
+        let adm = g.check_request(req).unwrap();
+        assert_eq!(
+            adm.request().messages()[0].content(),
+            "Email <EMAIL_1> and <EMAIL_2>"
+        );
+        assert_eq!(adm.request().messages()[1].content(), "Again: <EMAIL_1>");
+        let out = adm
+            .check_response(GuardResponse::new(
+                "Done: wrote to <EMAIL_2>, cc <EMAIL_1>.",
+            ))
+            .unwrap();
+        assert_eq!(
+            out.response().text(),
+            "Done: wrote to bob@contoso.org, cc ana@contoso.org."
+        );
+        let line = sink.lines().pop().unwrap();
+        assert!(
+            line.contains("<EMAIL_1>"),
+            "the audit keeps the pseudonymized content"
+        );
+        assert!(!line.contains("contoso.org"), "{line}");
+        // Another request numbers afresh.
+        let adm = g
+            .check_request(GuardRequest::new("m").with_message(Role::User, "bob@contoso.org"))
+            .unwrap();
+        assert_eq!(adm.request().messages()[0].content(), "<EMAIL_1>");
+        adm.fail();
+    }
+}

@@ -2,10 +2,9 @@
 //! smuggling, over any text, with exact byte spans.
 //!
 //! **Status**: part of the input-scanning capability (issue #5): injection,
-//! jailbreak, encoding and Unicode detectors, credential and personal-data rules, and
-//! the evaluation tool. Redaction modes beyond masking (partial, keyed hash, remove,
-//! reversible pseudonyms) are not in it yet, and the heuristics are slower than the
-//! issue's target.
+//! jailbreak, encoding and Unicode detectors, credential and personal-data rules,
+//! redaction modes ([`Redaction`]) and the evaluation tool. The heuristics are slower
+//! than the issue's target and catch 84% of the jailbreak corpus (target 95%).
 //!
 //! - **Credentials and personal data** are rules as data ([`Rule`]): literal anchors
 //!   found in one pass by a multi-literal prefilter, a confirming pattern in a window
@@ -49,9 +48,11 @@
 mod encoding;
 mod heuristics;
 pub(crate) mod normalize;
+mod redaction;
 mod secrets;
 mod unicode;
 
+pub use redaction::Redaction;
 pub use secrets::{Rule, Validator};
 
 use std::collections::HashSet;
@@ -69,6 +70,7 @@ use crate::step::Step;
 
 struct Inner {
     rules: secrets::RuleSet,
+    redaction: Redaction,
     families: Vec<heuristics::Family>,
     family_set: regex::RegexSet,
     encodings: encoding::Patterns,
@@ -103,6 +105,7 @@ impl Default for Scanner {
 #[derive(Clone, Debug)]
 pub struct ScannerBuilder {
     rules: Vec<Rule>,
+    redaction: Redaction,
     threshold: f32,
     disabled: HashSet<String>,
     max_decoded_bytes: usize,
@@ -134,6 +137,14 @@ impl ScannerBuilder {
         self
     }
 
+    /// How credentials and personal data are replaced when redacted (default
+    /// [`Redaction::mask`]).
+    #[must_use]
+    pub fn redaction(mut self, r: Redaction) -> Self {
+        self.redaction = r;
+        self
+    }
+
     /// Adds a rule of your own (it runs with the built-in credential and
     /// personal-data rules).
     #[must_use]
@@ -150,6 +161,7 @@ impl ScannerBuilder {
         Scanner {
             inner: Arc::new(Inner {
                 rules: secrets::RuleSet::new(rules),
+                redaction: self.redaction,
                 family_set: heuristics::family_set(&heuristics::families()),
                 families: heuristics::families(),
                 encodings: encoding::patterns(),
@@ -172,6 +184,7 @@ impl Scanner {
     pub fn builder() -> ScannerBuilder {
         ScannerBuilder {
             rules: Vec::new(),
+            redaction: Redaction::mask(),
             threshold: 1.0,
             disabled: HashSet::new(),
             max_decoded_bytes: 64 * 1024,
@@ -181,9 +194,19 @@ impl Scanner {
 
     /// Scans any text; findings carry `location` and byte spans into `text`.
     pub fn scan_text(&self, text: &str, location: Location) -> Vec<Finding> {
+        let mut replacer = redaction::Replacer::new(&self.inner.redaction);
+        self.scan_with(text, location, &mut replacer)
+    }
+
+    fn scan_with(
+        &self,
+        text: &str,
+        location: Location,
+        replacer: &mut redaction::Replacer<'_>,
+    ) -> Vec<Finding> {
         let mut out = Vec::new();
         let mut budget = self.inner.max_decoded_bytes;
-        self.scan_into(text, location, 0, &mut budget, &mut out);
+        self.scan_into(text, location, 0, &mut budget, replacer, &mut out);
         out.retain(|f| !self.inner.disabled.contains(f.rule_id()));
         out
     }
@@ -194,6 +217,7 @@ impl Scanner {
         at: Location,
         depth: u8,
         budget: &mut usize,
+        replacer: &mut redaction::Replacer<'_>,
         out: &mut Vec<Finding>,
     ) {
         let g = &*self.inner;
@@ -203,7 +227,7 @@ impl Scanner {
         let before = out.len();
         if !nested {
             unicode::scan(text, at, out);
-            g.rules.scan(text, at, &g.disabled, out);
+            g.rules.scan(text, at, &g.disabled, replacer, out);
         }
         let n = normalize::normalize(text);
         let verdict = heuristics::evaluate(&g.families, &g.family_set, &n);
@@ -236,7 +260,7 @@ impl Scanner {
                 }
                 *budget -= d.len();
                 let mut inner = Vec::new();
-                self.scan_into(&d, at, depth + 1, budget, &mut inner);
+                self.scan_into(&d, at, depth + 1, budget, replacer, &mut inner);
                 for f in inner {
                     out.push(
                         Finding::new(
@@ -287,9 +311,11 @@ fn reads_as_english(text: &str) -> bool {
 
 impl InputScanner for Scanner {
     fn scan<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        // One replacer for the request: a value gets the same pseudonym in every message.
+        let mut replacer = redaction::Replacer::new(&self.inner.redaction);
         let mut out = Vec::new();
         for (i, m) in request.messages().iter().enumerate() {
-            out.extend(self.scan_text(m.content(), Location::Message(i)));
+            out.extend(self.scan_with(m.content(), Location::Message(i), &mut replacer));
         }
         Step::ready(Ok(out))
     }

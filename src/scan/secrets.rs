@@ -190,6 +190,7 @@ impl RuleSet {
         text: &str,
         at: Location,
         disabled: &HashSet<String>,
+        replacer: &mut super::redaction::Replacer<'_>,
         out: &mut Vec<Finding>,
     ) {
         let mut cx = ScanCx {
@@ -197,6 +198,7 @@ impl RuleSet {
             at,
             disabled,
             seen: HashSet::new(),
+            replacer,
             out,
         };
         let mut done: HashSet<(usize, usize)> = HashSet::new();
@@ -215,7 +217,7 @@ impl RuleSet {
     }
 
     /// Runs rule `ri` over `text[from..to]` (widened to character boundaries).
-    fn run(&self, ri: usize, from: usize, to: usize, cx: &mut ScanCx<'_, '_>) {
+    fn run(&self, ri: usize, from: usize, to: usize, cx: &mut ScanCx<'_, '_, '_>) {
         let r = &self.rules[ri];
         if cx.disabled.contains(r.id.as_ref()) {
             return;
@@ -239,27 +241,28 @@ impl RuleSet {
             }
             let (start, end) = (from + m.start(), from + m.end());
             if cx.seen.insert((ri, start, end)) {
-                cx.out.push(
-                    Finding::new(
-                        r.id.clone(),
-                        r.category.clone(),
-                        r.severity,
-                        cx.at,
-                        start..end,
-                    )
-                    .with_action(r.action),
-                );
+                let f = Finding::new(
+                    r.id.clone(),
+                    r.category.clone(),
+                    r.severity,
+                    cx.at,
+                    start..end,
+                )
+                .with_action(r.action);
+                let f = cx.replacer.apply(f, &r.id, &r.category, v);
+                cx.out.push(f);
             }
         }
     }
 }
 
 /// What one scan carries from rule to rule.
-struct ScanCx<'t, 'o> {
+struct ScanCx<'t, 'o, 'r> {
     text: &'t str,
     at: Location,
     disabled: &'t HashSet<String>,
     seen: HashSet<(usize, usize, usize)>,
+    replacer: &'o mut super::redaction::Replacer<'r>,
     out: &'o mut Vec<Finding>,
 }
 
