@@ -242,6 +242,7 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     // blobs mixing many scripts (base2048 and the like).
     let braille: Vec<(usize, char)> = text
         .char_indices()
+        .filter(|(_, c)| !c.is_ascii())
         .filter(|(_, c)| ('\u{2800}'..='\u{28FF}').contains(c))
         .collect();
     if braille.len() >= 3 {
@@ -258,31 +259,32 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
             push(out, "encoding.morse", at, m.range());
         }
     }
-    let words: Vec<String> = text
-        .split_whitespace()
-        .map(|w| {
-            w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-')
-                .to_lowercase()
-        })
-        .collect();
+    let is_nato = |w: &str| {
+        let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-');
+        NATO.iter().any(|n| w.eq_ignore_ascii_case(n))
+    };
     let mut run = 0;
-    for w in &words {
-        run = if NATO.contains(&w.as_str()) {
-            run + 1
-        } else {
-            0
-        };
+    for w in text.split_whitespace() {
+        run = if is_nato(w) { run + 1 } else { 0 };
         if run >= 4 {
             push(out, "encoding.nato_spelling", at, 0..text.len());
             decoded.push(
-                words
-                    .iter()
-                    .filter(|w| NATO.contains(&w.as_str()))
-                    .map(|w| w.chars().next().unwrap_or(' '))
+                text.split_whitespace()
+                    .filter(|w| is_nato(w))
+                    .filter_map(|w| {
+                        w.trim_start_matches(|c: char| !c.is_alphanumeric())
+                            .chars()
+                            .next()
+                    })
+                    .map(|c| c.to_ascii_lowercase())
                     .collect(),
             );
             break;
         }
+    }
+    // Everything below needs characters outside ASCII.
+    if text.is_ascii() {
+        return decoded;
     }
     let mut stacked = 0;
     let mut marks = 0;

@@ -89,6 +89,15 @@ pub fn decode_tags(text: &str) -> String {
 
 /// Scans `text` for smuggling; pushes findings.
 pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
+    // Printable ASCII with ordinary whitespace holds nothing of the above but escapes
+    // written out as text.
+    if text
+        .bytes()
+        .all(|b| (0x20..0x7F).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t'))
+    {
+        textual_ansi(text, at, out);
+        return;
+    }
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     let end_of = |i: usize| chars.get(i + 1).map_or(text.len(), |(b, _)| *b);
     let mut i = 0;
