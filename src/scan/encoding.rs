@@ -261,7 +261,11 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     }
     let is_nato = |w: &str| {
         let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-');
-        NATO.iter().any(|n| w.eq_ignore_ascii_case(n))
+        (4..=8).contains(&w.len())
+            && w.as_bytes()[0].is_ascii_alphabetic()
+            && NATO.iter().any(|n| {
+                n.as_bytes()[0] == w.as_bytes()[0].to_ascii_lowercase() && w.eq_ignore_ascii_case(n)
+            })
     };
     let mut run = 0;
     for w in text.split_whitespace() {

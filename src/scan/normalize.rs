@@ -117,51 +117,41 @@ fn leet(c: char) -> Option<char> {
 
 /// Normalizes `text` (see the module docs).
 pub(crate) fn normalize(text: &str) -> Normalized {
-    let mut out = String::with_capacity(text.len());
-    let mut origin = Vec::with_capacity(text.len() + 1);
+    let mut n = Normalized {
+        text: String::with_capacity(text.len()),
+        origin: Vec::with_capacity(text.len() + 1),
+        ends: Vec::with_capacity(text.len()),
+    };
     let mut last_space = true;
     let mut last_newline = false;
     // Words are processed as units so leetspeak is only undone inside words that mix
-    // letters and leet digits ("1gn0r3"), never in plain numbers ("2024").
-    let mut chars = text.char_indices().peekable();
-    let mut word: Vec<(usize, char)> = Vec::new();
-    let flush = |word: &mut Vec<(usize, char)>, out: &mut String, origin: &mut Vec<u32>| {
-        let letters = word.iter().filter(|(_, c)| c.is_alphabetic()).count();
-        let leety = word.iter().filter(|(_, c)| leet(*c).is_some()).count();
-        let undo_leet = letters > 0 && leety > 0 && letters + leety >= 3;
-        for &(i, c) in word.iter() {
-            let c = if undo_leet { leet(c).unwrap_or(c) } else { c };
-            for l in c.to_lowercase() {
-                let mut buf = [0u8; 4];
-                for _ in 0..l.encode_utf8(&mut buf).len() {
-                    origin.push(i as u32);
-                }
-                out.push(l);
-            }
-        }
-        word.clear();
-    };
-    while let Some((i, c)) = chars.next() {
-        if is_invisible(c) {
+    // letters and leet digits ("1gn0r3"), never in plain numbers ("2024"). Each entry:
+    // original offset, original length, character after folding.
+    let mut word: Vec<(u32, u8, char)> = Vec::new();
+    for (i, orig) in text.char_indices() {
+        let len = orig.len_utf8() as u8;
+        let c = if orig.is_ascii() {
+            orig
+        } else if is_invisible(orig) {
             continue;
-        }
-        let c = fold_confusable(c).unwrap_or(c);
+        } else {
+            fold_confusable(orig).unwrap_or(orig)
+        };
         if c.is_whitespace() {
-            flush(&mut word, &mut out, &mut origin);
+            flush(&mut word, &mut n);
             // Runs of whitespace collapse to one space, or to one newline when they
             // hold a line break (line-anchored patterns need lines).
             if c == '\n' && !last_newline {
-                if last_space && out.ends_with(' ') {
-                    out.pop();
-                    origin.pop();
+                if last_space && n.text.ends_with(' ') {
+                    n.text.pop();
+                    n.origin.pop();
+                    n.ends.pop();
                 }
-                out.push('\n');
-                origin.push(i as u32);
+                n.push('\n', i as u32, len);
                 last_space = true;
                 last_newline = true;
             } else if !last_space {
-                out.push(' ');
-                origin.push(i as u32);
+                n.push(' ', i as u32, len);
                 last_space = true;
             }
             continue;
@@ -169,33 +159,52 @@ pub(crate) fn normalize(text: &str) -> Normalized {
         last_space = false;
         last_newline = false;
         if c.is_alphanumeric() || leet(c).is_some() || c == '\'' {
-            word.push((i, c));
+            word.push((i as u32, len, c));
         } else {
-            flush(&mut word, &mut out, &mut origin);
+            flush(&mut word, &mut n);
+            n.push_lower(c, i as u32, len);
+        }
+    }
+    flush(&mut word, &mut n);
+    n.origin.push(text.len() as u32);
+    n
+}
+
+impl Normalized {
+    fn push(&mut self, c: char, at: u32, len: u8) {
+        let mut buf = [0u8; 4];
+        for _ in 0..c.encode_utf8(&mut buf).len() {
+            self.origin.push(at);
+            self.ends.push(at + u32::from(len));
+        }
+        self.text.push(c);
+    }
+
+    fn push_lower(&mut self, c: char, at: u32, len: u8) {
+        if c.is_ascii() {
+            self.text.push(c.to_ascii_lowercase());
+            self.origin.push(at);
+            self.ends.push(at + u32::from(len));
+        } else {
             for l in c.to_lowercase() {
-                let mut buf = [0u8; 4];
-                for _ in 0..l.encode_utf8(&mut buf).len() {
-                    origin.push(i as u32);
-                }
-                out.push(l);
+                self.push(l, at, len);
             }
         }
-        let _ = chars.peek();
     }
-    flush(&mut word, &mut out, &mut origin);
-    origin.push(text.len() as u32);
-    let ends = origin[..origin.len() - 1]
-        .iter()
-        .map(|&o| {
-            let o = o as usize;
-            (o + text[o..].chars().next().map_or(0, char::len_utf8)) as u32
-        })
-        .collect();
-    Normalized {
-        text: out,
-        origin,
-        ends,
+}
+
+fn flush(word: &mut Vec<(u32, u8, char)>, n: &mut Normalized) {
+    if word.is_empty() {
+        return;
     }
+    let letters = word.iter().filter(|(_, _, c)| c.is_alphabetic()).count();
+    let leety = word.iter().filter(|(_, _, c)| leet(*c).is_some()).count();
+    let undo_leet = letters > 0 && leety > 0 && letters + leety >= 3;
+    for &(at, len, c) in word.iter() {
+        let c = if undo_leet { leet(c).unwrap_or(c) } else { c };
+        n.push_lower(c, at, len);
+    }
+    word.clear();
 }
 
 #[cfg(test)]
