@@ -190,6 +190,9 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         .collect();
     let alone = tokens.len() == 1;
     for &(start, token) in &tokens {
+        if token.len() < if alone { 4 } else { 12 } {
+            continue;
+        }
         let t = token.trim_matches(|c: char| "\"'`<>()[]{},.;:".contains(c) && c != '=');
         if t.len() < if alone { 4 } else { 12 } {
             continue;
@@ -260,6 +263,9 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         }
     }
     let is_nato = |w: &str| {
+        if !(4..=12).contains(&w.len()) {
+            return false;
+        }
         let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-');
         (4..=8).contains(&w.len())
             && w.as_bytes()[0].is_ascii_alphabetic()

@@ -266,6 +266,9 @@ fn mixed_script_words(text: &str, at: Location, out: &mut Vec<Finding>) {
 /// ANSI escapes written out as text (`\033[`, `\x1b[`, `\u001b[`, `\e[`), which a
 /// model may be asked to reproduce raw.
 fn textual_ansi(text: &str, at: Location, out: &mut Vec<Finding>) {
+    if !text.contains('\\') {
+        return;
+    }
     for pat in [
         "\\033[", "\\x1b[", "\\x1B[", "\\u001b[", "\\u001B[", "\\e[", "\\033]", "\\x1b]",
     ] {
