@@ -180,6 +180,18 @@ pub(crate) fn families() -> Vec<Family> {
             r"\b(?:act|pretend|behave|roleplay|role-play|play) (?:like|as|to be) (?:my |a |our )?(?:dead |late |deceased |sweet |dear )?(?:grandma|grandmother|granny|nana|grandpa|grandfather)\b",
         ),
         family(
+            "jailbreak.grandma_story",
+            jb(),
+            1.0,
+            r"\b(?:miss|remember|lost|mourn\w*) (?:my|our) (?:dead |late |deceased |departed |sweet |dear )?(?:grandmother|grandma|granny|nana|grandfather|grandpa|mother|father|mom|dad|aunt|uncle)\b[^\n]{0,240}\b(?:bedtime|lullaby|to (?:sleep|calm me)|(?:used to|would) (?:always )?(?:sing|tell|read|recite|whisper|say|list)\b[^\n]{0,80}\b(?:steps|recipe|instructions|how to|keys|codes|passwords|names|words|formula|synthesis))\b",
+        ),
+        family(
+            "jailbreak.adversarial_brackets",
+            jb(),
+            1.0,
+            r"(?:[ \t]\[[^\]\n\[]{0,48}){3,}",
+        ),
+        family(
             "jailbreak.explicit_allowed",
             jb(),
             0.8,
