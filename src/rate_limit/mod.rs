@@ -292,6 +292,46 @@ impl Limit {
     }
 }
 
+/// The tokens a request reserves in a token budget: its input estimate plus its
+/// maximum output (`default_output` when it names none), capped at `max_output`.
+pub(crate) fn reserve_tokens(request: &GuardRequest, default_output: u32, max_output: u32) -> u64 {
+    let out = request
+        .max_output_tokens()
+        .unwrap_or(default_output)
+        .min(max_output);
+    request.estimated_input_tokens() + u64::from(out)
+}
+
+/// The rate-limit state of the limit with the least room left (by share of its
+/// burst), reported with the permit for response headers.
+#[derive(Default)]
+pub(crate) struct Tightest(Option<(u64, RateLimitInfo)>);
+
+impl Tightest {
+    pub(crate) fn consider(
+        &mut self,
+        burst: u64,
+        remaining: u64,
+        reset: Duration,
+        policy: &Arc<str>,
+    ) {
+        let ratio = remaining.saturating_mul(1000) / burst.max(1);
+        if self.0.as_ref().is_none_or(|(r, _)| ratio < *r) {
+            self.0 = Some((
+                ratio,
+                RateLimitInfo::new(burst, remaining, reset).with_policy(policy.clone()),
+            ));
+        }
+    }
+
+    pub(crate) fn attach(self, permit: Permit) -> Permit {
+        match self.0 {
+            Some((_, info)) => permit.with_info(info),
+            None => permit,
+        }
+    }
+}
+
 /// Requests in flight per concurrency key.
 type InFlight = Mutex<std::collections::HashMap<u64, u32>>;
 
@@ -550,11 +590,7 @@ impl InMemoryRateLimiter {
     /// The tokens a request reserves: its input estimate plus its maximum output
     /// (the default when it names none), capped by policy.
     pub fn reservation(&self, request: &GuardRequest) -> u64 {
-        let out = request
-            .max_output_tokens()
-            .unwrap_or(self.inner.default_output)
-            .min(self.inner.max_output);
-        request.estimated_input_tokens() + u64::from(out)
+        reserve_tokens(request, self.inner.default_output, self.inner.max_output)
     }
 
     /// Keys tracked by each limit, by name.
@@ -598,7 +634,7 @@ impl InMemoryRateLimiter {
         let g = &*self.inner;
         let now = g.clock.now();
         let mut held: SmallVec<[Held; 4]> = SmallVec::new();
-        let mut tightest: Option<(u64, RateLimitInfo)> = None;
+        let mut tightest = Tightest::default();
         let tokens = self.reservation(r);
         let rollback = |held: &[Held]| {
             for h in held {
@@ -623,14 +659,7 @@ impl InMemoryRateLimiter {
                         units,
                         tokens: is_tokens,
                     });
-                    let ratio = remaining.saturating_mul(1000) / burst.max(1);
-                    if tightest.as_ref().is_none_or(|(r, _)| ratio < *r) {
-                        tightest = Some((
-                            ratio,
-                            RateLimitInfo::new(burst, remaining, reset)
-                                .with_policy(l.policy.clone()),
-                        ));
-                    }
+                    tightest.consider(burst, remaining, reset, &l.policy);
                 }
                 Ok(d) => {
                     let (retry_after, reset) = (d.retry_after().unwrap_or_default(), d.reset());
@@ -687,17 +716,15 @@ impl InMemoryRateLimiter {
             .map(|h| h.units)
             .max()
             .unwrap_or(0);
-        let mut permit = Permit::new()
-            .with_reserved_tokens(reserved)
-            .with_settlement(Settle {
-                inner: self.inner.clone(),
-                held,
-                concurrency_key,
-            });
-        if let Some((_, info)) = tightest {
-            permit = permit.with_info(info);
-        }
-        Ok(permit)
+        Ok(tightest.attach(
+            Permit::new()
+                .with_reserved_tokens(reserved)
+                .with_settlement(Settle {
+                    inner: self.inner.clone(),
+                    held,
+                    concurrency_key,
+                }),
+        ))
     }
 }
 

@@ -368,11 +368,7 @@ impl RedisRateLimiter {
     }
 
     fn reservation(&self, request: &GuardRequest) -> u64 {
-        let out = request
-            .max_output_tokens()
-            .unwrap_or(self.inner.default_output)
-            .min(self.inner.max_output);
-        request.estimated_input_tokens() + u64::from(out)
+        super::reserve_tokens(request, self.inner.default_output, self.inner.max_output)
     }
 
     async fn rollback(&self, held: &[Held]) {
@@ -396,7 +392,7 @@ impl RedisRateLimiter {
         let mut conn = g.conn.clone();
         let tokens = self.reservation(r);
         let mut held: SmallVec<[Held; 2]> = SmallVec::new();
-        let mut tightest: Option<(u64, RateLimitInfo)> = None;
+        let mut tightest = super::Tightest::default();
         for (i, l) in g.limits.iter().enumerate() {
             let key = redis_key(&g.prefix, &l.limit.name, l.limit.key, p, r);
             let units = match l.limit.unit {
@@ -423,14 +419,7 @@ impl RedisRateLimiter {
             if allowed == 1 {
                 let used = ahead.div_ceil(l.interval_us);
                 let remaining = burst.saturating_sub(used);
-                let ratio = remaining.saturating_mul(1000) / burst.max(1);
-                if tightest.as_ref().is_none_or(|(r, _)| ratio < *r) {
-                    tightest = Some((
-                        ratio,
-                        RateLimitInfo::new(burst, remaining, Duration::from_micros(ahead))
-                            .with_policy(l.policy.clone()),
-                    ));
-                }
+                tightest.consider(burst, remaining, Duration::from_micros(ahead), &l.policy);
                 held.push(Held {
                     limit: i,
                     key,
@@ -483,18 +472,16 @@ impl RedisRateLimiter {
             .map(|h| h.units)
             .max()
             .unwrap_or(0);
-        let mut permit = Permit::new()
-            .with_reserved_tokens(reserved)
-            .with_settlement(Settle {
-                inner: self.inner.clone(),
-                handle: tokio::runtime::Handle::try_current().ok(),
-                held,
-                concurrency,
-            });
-        if let Some((_, info)) = tightest {
-            permit = permit.with_info(info);
-        }
-        Ok(permit)
+        Ok(tightest.attach(
+            Permit::new()
+                .with_reserved_tokens(reserved)
+                .with_settlement(Settle {
+                    inner: self.inner.clone(),
+                    handle: tokio::runtime::Handle::try_current().ok(),
+                    held,
+                    concurrency,
+                }),
+        ))
     }
 }
 
