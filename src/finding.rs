@@ -412,7 +412,7 @@ pub fn redact(text: &str, findings: &[Finding]) -> String {
 
 type SmallSpans<'a> = smallvec::SmallVec<[(usize, usize, &'a Finding); 4]>;
 
-fn floor_boundary(text: &str, i: usize) -> usize {
+pub(crate) fn floor_boundary(text: &str, i: usize) -> usize {
     let mut i = i.min(text.len());
     while !text.is_char_boundary(i) {
         i -= 1;
@@ -420,7 +420,7 @@ fn floor_boundary(text: &str, i: usize) -> usize {
     i
 }
 
-fn ceil_boundary(text: &str, i: usize) -> usize {
+pub(crate) fn ceil_boundary(text: &str, i: usize) -> usize {
     let mut i = i.min(text.len());
     while !text.is_char_boundary(i) {
         i += 1;

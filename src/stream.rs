@@ -8,7 +8,7 @@ use quanta::Instant;
 use crate::audit::{Outcome, StageOutcome, StageRecord};
 use crate::decision::{Rejection, Stage};
 use crate::error::ErrorKind;
-use crate::finding::{Action, Finding, Location, redact};
+use crate::finding::{Action, Finding, Location, floor_boundary, redact};
 use crate::guard::{Admission, poll_once};
 use crate::response::{GuardResponse, Usage};
 use crate::stage::{OutputContext, StreamValidator};
@@ -68,14 +68,6 @@ impl fmt::Debug for StreamGuard {
             .field("blocked", &self.blocked.is_some())
             .finish_non_exhaustive()
     }
-}
-
-fn floor_boundary(text: &str, mut i: usize) -> usize {
-    i = i.min(text.len());
-    while !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
 }
 
 impl StreamGuard {

@@ -18,8 +18,9 @@ const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmn
 const RANDOM_LEN: usize = 30;
 const CHECKSUM_LEN: usize = 6;
 
-/// CRC-32 (IEEE 802.3), as GitHub's token format uses.
-fn crc32(data: &[u8]) -> u32 {
+/// CRC-32 (IEEE 802.3), as GitHub's token format uses. Shared with the secret
+/// scanner, which validates such checksums.
+pub(crate) fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
         crc ^= u32::from(b);
@@ -31,7 +32,7 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-fn base62_fixed(mut v: u32) -> [u8; CHECKSUM_LEN] {
+pub(crate) fn base62_fixed(mut v: u32) -> [u8; CHECKSUM_LEN] {
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = ALPHABET[(v % 62) as usize];

@@ -23,7 +23,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod api_key;
+pub(crate) mod api_key;
 pub(crate) mod json;
 mod jwt;
 mod keys;

@@ -223,14 +223,8 @@ impl RuleSet {
             return;
         }
         let text = cx.text;
-        let mut from = from.min(text.len());
-        while !text.is_char_boundary(from) {
-            from -= 1;
-        }
-        let mut to = to.min(text.len());
-        while !text.is_char_boundary(to) {
-            to += 1;
-        }
+        let from = crate::finding::floor_boundary(text, from);
+        let to = crate::finding::ceil_boundary(text, to);
         for caps in r.regex.captures_iter(&text[from..to]) {
             let Some(m) = caps.name("v").or_else(|| caps.get(0)) else {
                 continue;
@@ -268,27 +262,7 @@ struct ScanCx<'t, 'o, 'r> {
 
 // ---- validators ----------------------------------------------------------------
 
-const B62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-        }
-    }
-    !crc
-}
-
-fn base62_6(mut v: u32) -> [u8; 6] {
-    let mut out = [b'0'; 6];
-    for slot in out.iter_mut().rev() {
-        *slot = B62[(v % 62) as usize];
-        v /= 62;
-    }
-    out
-}
+use crate::identity::api_key::{base62_fixed as base62_6, crc32};
 
 /// GitHub and npm tokens: the last 6 characters are the base62 CRC32 of the 30 random
 /// characters before them.
