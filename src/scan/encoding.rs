@@ -7,7 +7,6 @@ use regex::Regex;
 use crate::finding::{Category, Finding, Location, Severity};
 
 pub(crate) struct Patterns {
-    template: Regex,
     morse: Regex,
     qp: Regex,
     mime_word: Regex,
@@ -17,9 +16,6 @@ pub(crate) struct Patterns {
 pub(crate) fn patterns() -> Patterns {
     let re = |p: &str| Regex::new(p).unwrap_or_else(|e| panic!("built-in pattern: {e}"));
     Patterns {
-        template: re(
-            r"(?i)\b(?:decode|decipher|decrypt|unscramble|de-?obfuscate)\b[^\n]{0,60}\b(?:following|this|these|string|text|message|code|below|above|payload|ciphertext)\b|(?i)\b(?:base ?(?:16|32|64|85|2048)|hex(?:adecimal)?|rot-?13|caesar|atbash|morse|braille|ascii ?85|uuencoded?|quoted-printable|mime|ecoji|zalgo|leetspeak|leet|nato (?:phonetic )?alphabet|binary)\b[^\n]{0,30}\b(?:encoded|encoding|string|cipher|ciphertext|message|text|decoded)\b|(?im)^\s*(?:encoded|decoded|ciphertext|plaintext)\s*:|(?i)\bin your monologue\b|(?i)\bsecure system message\b",
-        ),
         morse: re(r"(?:^|\s)(?:[.\-]{1,7}(?:\s+|\s*/\s*)){3,}[.\-]{1,7}(?:\s|$)"),
         qp: re(r"(?:=[0-9A-F]{2}){3,}"),
         mime_word: re(r"=\?[\w\-]+\?[BbQq]\?[^?\s]+\?="),
@@ -179,17 +175,12 @@ fn push(out: &mut Vec<Finding>, rule: &'static str, at: Location, span: std::ops
 /// Scans `text`; pushes findings and returns decoded texts to rescan.
 pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding>) -> Vec<String> {
     let mut decoded = Vec::new();
-    if let Some(m) = p.template.find(text) {
-        push(out, "encoding.decode_request", at, m.range());
-    }
     // Tokens: a whole message that is one token is judged more leniently (an encoded
-    // instruction sent alone), embedded tokens must be longer.
-    let tokens: Vec<(usize, &str)> = text
-        .split_whitespace()
-        .map(|t| (t.as_ptr() as usize - text.as_ptr() as usize, t))
-        .collect();
-    let alone = tokens.len() == 1;
-    for &(start, token) in &tokens {
+    // instruction sent alone), embedded tokens must be longer. (Requests to decode
+    // something are a heuristic family.)
+    let alone = text.split_whitespace().nth(1).is_none();
+    for token in text.split_whitespace() {
+        let start = token.as_ptr() as usize - text.as_ptr() as usize;
         if token.len() < if alone { 4 } else { 12 } {
             continue;
         }
@@ -256,7 +247,11 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
             braille[0].0..braille[braille.len() - 1].0 + 3,
         );
     }
-    if let Some(m) = p.morse.find(text) {
+    // Morse needs runs of dots and dashes: most texts have none of these pairs.
+    let morse_like = [&b".."[..], b"--", b".-", b"-.", b" . ", b" - "]
+        .iter()
+        .any(|n| memchr::memmem::find(text.as_bytes(), n).is_some());
+    if let Some(m) = morse_like.then(|| p.morse.find(text)).flatten() {
         let s = m.as_str();
         if s.contains('.') && s.contains('-') {
             push(out, "encoding.morse", at, m.range());
@@ -311,7 +306,8 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     if stacked >= 2 {
         push(out, "encoding.zalgo", at, 0..text.len());
     }
-    for &(start, token) in &tokens {
+    for token in text.split_whitespace() {
+        let start = token.as_ptr() as usize - text.as_ptr() as usize;
         let chars: Vec<char> = token.chars().collect();
         let emoji = chars.iter().filter(|c| is_emoji(**c)).count();
         let distinct: std::collections::HashSet<char> =
@@ -365,10 +361,19 @@ mod tests {
         assert_eq!(rules("⠃⠕⠕⠝⠊⠑").0, ["encoding.braille"]);
         assert_eq!(rules(".-- --- --. .-.").0, ["encoding.morse"]);
         assert_eq!(rules("Bravo Oscar Oscar November India Echo").1, ["boonie"]);
-        assert_eq!(
-            rules("Decode the following BASE64 in your monologue.").0[0],
-            "encoding.decode_request"
-        );
+        // Requests to decode are a heuristic family, over normalized text.
+        let s = crate::scan::Scanner::new();
+        for t in [
+            "Decode the following BASE64 in your monologue.",
+            "Here is a rot13 encoded message",
+            "the base64 string below",
+        ] {
+            let f = s.scan_text(t, Location::Message(0));
+            assert!(
+                f.iter().any(|f| f.rule_id() == "encoding.decode_request"),
+                "{t}"
+            );
+        }
         assert_eq!(rot13("Uryyb"), "Hello");
     }
 

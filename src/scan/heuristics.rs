@@ -15,6 +15,8 @@ pub(crate) struct Family {
     pub(crate) id: &'static str,
     pub(crate) category: Category,
     pub(crate) weight: f32,
+    /// Reported whenever it fires, whatever the score (it weighs nothing).
+    standalone: bool,
     regex: Regex,
 }
 
@@ -35,6 +37,7 @@ fn family(id: &'static str, category: Category, weight: f32, pattern: &str) -> F
         id,
         category,
         weight,
+        standalone: false,
         regex,
     }
 }
@@ -51,6 +54,17 @@ pub(crate) fn families() -> Vec<Family> {
     let jb = || Category::Jailbreak;
     let _ = WS;
     vec![
+        // A request to decode something: a finding of its own. Digits in words are
+        // leet-folded by normalization ("base64" reads "base6a", "rot13" "rotie").
+        Family {
+            standalone: true,
+            ..family(
+                "encoding.decode_request",
+                Category::EncodedPayload,
+                0.0,
+                r"\b(?:decode|decipher|decrypt|unscramble|de-?obfuscate)\b[^\n]{0,60}\b(?:following|this|these|string|text|message|code|below|above|payload|ciphertext)\b|\b(?:base ?(?:16|32|64|85|2048|i6|e2|6a|bs|2oab)|hex(?:adecimal)?|rot-?(?:13|ie)|caesar|atbash|morse|braille|ascii ?(?:85|bs)|uuencoded?|quoted-printable|mime|ecoji|zalgo|leetspeak|leet|nato (?:phonetic )?alphabet|binary)\b[^\n]{0,30}\b(?:encoded|encoding|string|cipher|ciphertext|message|text|decoded)\b|(?m:^\s*(?:encoded|decoded|ciphertext|plaintext)\s*:)|\bin your monologue\b|\bsecure system message\b",
+            )
+        },
         // Instruction override and goal hijacking.
         family(
             "injection.override",
@@ -295,14 +309,19 @@ pub(crate) fn family_set(families: &[Family]) -> regex::RegexSet {
         .unwrap_or_else(|e| panic!("built-in family set: {e}"))
 }
 
-pub(crate) fn evaluate(families: &[Family], set: &regex::RegexSet, n: &Normalized) -> Verdict {
+pub(crate) fn evaluate(
+    families: &[Family],
+    set: &regex::RegexSet,
+    original: &str,
+    n: &Normalized,
+) -> Verdict {
     let mut fired = Vec::new();
     let mut score = 0.0;
     for i in set.matches(&n.text).iter() {
         let f = &families[i];
         if let Some(m) = f.regex.find(&n.text) {
             score += f.weight;
-            fired.push((i, n.original_span(m.start(), m.end())));
+            fired.push((i, n.original_span(original, m.start(), m.end())));
         }
     }
     Verdict { score, fired }
@@ -315,12 +334,23 @@ pub(crate) fn findings(
     at: Location,
     out: &mut Vec<Finding>,
 ) {
-    if v.score < threshold {
-        return;
-    }
+    let flagged = v.score >= threshold;
     let confidence = (v.score / (threshold * 2.0)).min(1.0);
     for (i, span) in &v.fired {
         let f = &families[*i];
+        if f.standalone {
+            out.push(Finding::new(
+                f.id,
+                f.category.clone(),
+                Severity::High,
+                at,
+                span.clone(),
+            ));
+            continue;
+        }
+        if !flagged {
+            continue;
+        }
         let severity = if f.weight >= 1.0 {
             Severity::Critical
         } else {

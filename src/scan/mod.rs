@@ -230,12 +230,13 @@ impl Scanner {
             g.rules.scan(text, at, &g.disabled, replacer, out);
         }
         let n = normalize::normalize(text);
-        let verdict = heuristics::evaluate(&g.families, &g.family_set, &n);
+        let verdict = heuristics::evaluate(&g.families, &g.family_set, text, &n);
         heuristics::findings(&g.families, &verdict, g.threshold, at, out);
         if verdict.score < g.threshold && text.len() >= 20 && !reads_as_english(&n.text) {
             // ROT13: the same heuristics on the rotated text.
-            let rotated = normalize::normalize(&encoding::rot13(text));
-            let v = heuristics::evaluate(&g.families, &g.family_set, &rotated);
+            let rotated_text = encoding::rot13(text);
+            let rotated = normalize::normalize(&rotated_text);
+            let v = heuristics::evaluate(&g.families, &g.family_set, &rotated_text, &rotated);
             if v.score >= g.threshold {
                 out.push(Finding::new(
                     "encoding.rot13",

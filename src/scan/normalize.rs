@@ -12,18 +12,29 @@ pub(crate) struct Normalized {
     /// `origin[i]` is the byte offset in the original text of normalized byte `i`;
     /// one more entry maps the end.
     origin: Vec<u32>,
-    /// `ends[i]` is where the original character behind normalized byte `i` ends.
-    ends: Vec<u32>,
 }
 
 impl Normalized {
-    /// The original byte span of a normalized span.
-    pub(crate) fn original_span(&self, start: usize, end: usize) -> std::ops::Range<usize> {
+    /// The original byte span of a normalized span; `original` is the text that was
+    /// normalized.
+    pub(crate) fn original_span(
+        &self,
+        original: &str,
+        start: usize,
+        end: usize,
+    ) -> std::ops::Range<usize> {
         let s = self.origin.get(start).copied().unwrap_or(0) as usize;
+        // The span ends where the original character behind its last byte ends.
         let e = end
             .checked_sub(1)
-            .and_then(|last| self.ends.get(last))
-            .map_or(s, |&e| e as usize);
+            .and_then(|last| self.origin.get(last))
+            .map_or(s, |&o| {
+                let o = o as usize;
+                o + original
+                    .get(o..)
+                    .and_then(|r| r.chars().next())
+                    .map_or(0, char::len_utf8)
+            });
         s..e.max(s)
     }
 }
@@ -117,19 +128,87 @@ fn leet(c: char) -> Option<char> {
 
 /// Normalizes `text` (see the module docs).
 pub(crate) fn normalize(text: &str) -> Normalized {
+    if text.is_ascii() {
+        normalize_ascii(text)
+    } else {
+        normalize_chars(text)
+    }
+}
+
+/// The same as [`normalize_chars`] for ASCII text, a byte at a time: nothing to fold
+/// but case and leetspeak, nothing invisible.
+fn normalize_ascii(text: &str) -> Normalized {
+    let b = text.as_bytes();
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    let mut origin: Vec<u32> = Vec::with_capacity(b.len() + 1);
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'@' | b'$' | b'\'');
+    let (mut last_space, mut last_newline) = (true, false);
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if matches!(c, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r') {
+            if c == b'\n' && !last_newline {
+                if last_space && out.last() == Some(&b' ') {
+                    out.pop();
+                    origin.pop();
+                }
+                out.push(b'\n');
+                origin.push(i as u32);
+                last_newline = true;
+            } else if !last_space {
+                out.push(b' ');
+                origin.push(i as u32);
+            }
+            last_space = true;
+            i += 1;
+            continue;
+        }
+        last_space = false;
+        last_newline = false;
+        if !is_word(c) {
+            out.push(c.to_ascii_lowercase());
+            origin.push(i as u32);
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let (mut letters, mut leety) = (0usize, 0usize);
+        while i < b.len() && is_word(b[i]) {
+            letters += usize::from(b[i].is_ascii_alphabetic());
+            leety += usize::from(leet(b[i] as char).is_some());
+            i += 1;
+        }
+        let undo_leet = letters > 0 && leety > 0 && letters + leety >= 3;
+        for (k, &w) in b[start..i].iter().enumerate() {
+            let w = if undo_leet {
+                leet(w as char).map_or(w, |l| l as u8)
+            } else {
+                w
+            };
+            out.push(w.to_ascii_lowercase());
+            origin.push((start + k) as u32);
+        }
+    }
+    origin.push(text.len() as u32);
+    Normalized {
+        // Only ASCII bytes were pushed.
+        text: String::from_utf8(out).unwrap_or_default(),
+        origin,
+    }
+}
+
+fn normalize_chars(text: &str) -> Normalized {
     let mut n = Normalized {
         text: String::with_capacity(text.len()),
         origin: Vec::with_capacity(text.len() + 1),
-        ends: Vec::with_capacity(text.len()),
     };
     let mut last_space = true;
     let mut last_newline = false;
     // Words are processed as units so leetspeak is only undone inside words that mix
     // letters and leet digits ("1gn0r3"), never in plain numbers ("2024"). Each entry:
-    // original offset, original length, character after folding.
-    let mut word: Vec<(u32, u8, char)> = Vec::new();
+    // original offset, character after folding.
+    let mut word: Vec<(u32, char)> = Vec::new();
     for (i, orig) in text.char_indices() {
-        let len = orig.len_utf8() as u8;
         let c = if orig.is_ascii() {
             orig
         } else if is_invisible(orig) {
@@ -145,13 +224,12 @@ pub(crate) fn normalize(text: &str) -> Normalized {
                 if last_space && n.text.ends_with(' ') {
                     n.text.pop();
                     n.origin.pop();
-                    n.ends.pop();
                 }
-                n.push('\n', i as u32, len);
+                n.push('\n', i as u32);
                 last_space = true;
                 last_newline = true;
             } else if !last_space {
-                n.push(' ', i as u32, len);
+                n.push(' ', i as u32);
                 last_space = true;
             }
             continue;
@@ -159,10 +237,10 @@ pub(crate) fn normalize(text: &str) -> Normalized {
         last_space = false;
         last_newline = false;
         if c.is_alphanumeric() || leet(c).is_some() || c == '\'' {
-            word.push((i as u32, len, c));
+            word.push((i as u32, c));
         } else {
             flush(&mut word, &mut n);
-            n.push_lower(c, i as u32, len);
+            n.push_lower(c, i as u32);
         }
     }
     flush(&mut word, &mut n);
@@ -171,38 +249,35 @@ pub(crate) fn normalize(text: &str) -> Normalized {
 }
 
 impl Normalized {
-    fn push(&mut self, c: char, at: u32, len: u8) {
-        let mut buf = [0u8; 4];
-        for _ in 0..c.encode_utf8(&mut buf).len() {
+    fn push(&mut self, c: char, at: u32) {
+        for _ in 0..c.len_utf8() {
             self.origin.push(at);
-            self.ends.push(at + u32::from(len));
         }
         self.text.push(c);
     }
 
-    fn push_lower(&mut self, c: char, at: u32, len: u8) {
+    fn push_lower(&mut self, c: char, at: u32) {
         if c.is_ascii() {
             self.text.push(c.to_ascii_lowercase());
             self.origin.push(at);
-            self.ends.push(at + u32::from(len));
         } else {
             for l in c.to_lowercase() {
-                self.push(l, at, len);
+                self.push(l, at);
             }
         }
     }
 }
 
-fn flush(word: &mut Vec<(u32, u8, char)>, n: &mut Normalized) {
+fn flush(word: &mut Vec<(u32, char)>, n: &mut Normalized) {
     if word.is_empty() {
         return;
     }
-    let letters = word.iter().filter(|(_, _, c)| c.is_alphabetic()).count();
-    let leety = word.iter().filter(|(_, _, c)| leet(*c).is_some()).count();
+    let letters = word.iter().filter(|(_, c)| c.is_alphabetic()).count();
+    let leety = word.iter().filter(|(_, c)| leet(*c).is_some()).count();
     let undo_leet = letters > 0 && leety > 0 && letters + leety >= 3;
-    for &(at, len, c) in word.iter() {
+    for &(at, c) in word.iter() {
         let c = if undo_leet { leet(c).unwrap_or(c) } else { c };
-        n.push_lower(c, at, len);
+        n.push_lower(c, at);
     }
     word.clear();
 }
@@ -217,7 +292,7 @@ mod tests {
         let n = normalize(text);
         assert_eq!(n.text, "please ignore all previous");
         let at = n.text.find("ignore").unwrap();
-        let span = n.original_span(at, at + "ignore".len());
+        let span = n.original_span(text, at, at + "ignore".len());
         assert_eq!(&text[span], "1gn0r3");
     }
 
@@ -228,5 +303,25 @@ mod tests {
             "call 555 0199 in 2024"
         );
         assert_eq!(normalize("می‌خواهم").text, "میخواهم");
+    }
+
+    #[test]
+    fn the_ascii_path_agrees_with_the_general_one() {
+        // A small deterministic generator over the bytes that matter.
+        const BYTES: &[u8] = b"aZ019347@$' \t\n\r\x0b\x0c.-:<|\x1b";
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2000 {
+            let mut s = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for k in 0..(x % 40) {
+                let r = x.rotate_left(k as u32 * 5) ^ k.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                s.push(BYTES[(r % BYTES.len() as u64) as usize] as char);
+            }
+            let (a, b) = (normalize_ascii(&s), normalize_chars(&s));
+            assert_eq!(a.text, b.text, "{s:?}");
+            assert_eq!(a.origin, b.origin, "{s:?}");
+        }
     }
 }

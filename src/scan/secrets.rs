@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
 use regex::{Regex, RegexBuilder};
 
 use crate::finding::{Action, Category, Finding, Location, Severity};
@@ -154,6 +154,9 @@ pub(crate) struct RuleSet {
     prefilter: AhoCorasick,
     anchor_rule: Vec<usize>,
     anchorless: Vec<usize>,
+    /// The anchorless rules' patterns in one set: one pass over the text says which
+    /// of them can match at all.
+    anchorless_set: Option<regex::RegexSet>,
 }
 
 impl RuleSet {
@@ -173,15 +176,23 @@ impl RuleSet {
         let prefilter = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
+            .kind(Some(AhoCorasickKind::DFA))
             .build(&literals)
             .unwrap_or_else(|_| {
                 AhoCorasick::new(Vec::<String>::new()).unwrap_or_else(|_| unreachable!())
             });
+        let anchorless_set =
+            regex::RegexSetBuilder::new(anchorless.iter().map(|&i| rules[i].regex.as_str()))
+                .size_limit(1 << 26)
+                .dfa_size_limit(1 << 26)
+                .build()
+                .ok();
         Self {
             rules,
             prefilter,
             anchor_rule,
             anchorless,
+            anchorless_set,
         }
     }
 
@@ -211,8 +222,17 @@ impl RuleSet {
                 self.run(ri, from, m.end() + w, &mut cx);
             }
         }
-        for &ri in &self.anchorless {
-            self.run(ri, 0, text.len(), &mut cx);
+        match &self.anchorless_set {
+            Some(set) => {
+                for k in set.matches(text).iter() {
+                    self.run(self.anchorless[k], 0, text.len(), &mut cx);
+                }
+            }
+            None => {
+                for &ri in &self.anchorless {
+                    self.run(ri, 0, text.len(), &mut cx);
+                }
+            }
         }
     }
 
