@@ -427,3 +427,28 @@ mod redaction {
         adm.fail();
     }
 }
+
+#[test]
+fn dense_values_are_each_found_once_whatever_the_anchor_windows() {
+    // Anchors every ~200 bytes: the windows around them overlap. Each value is one
+    // finding with its whole span, not pieces cut at window edges.
+    let line = "tel +44 20 7946 0958 and card 4111 1111 1111 1111, mail ana.lopez@northwind-mail.com; \
+                filler text to space the anchors out a little more than usual here. ";
+    let text = line.repeat(400);
+    let findings = Scanner::new().scan_text(&text, Location::Message(0));
+    for rule in ["pii.phone_e164", "pii.payment_card", "pii.email"] {
+        let spans: Vec<_> = findings
+            .iter()
+            .filter(|f| f.rule_id() == rule)
+            .map(|f| f.span())
+            .collect();
+        assert_eq!(spans.len(), 400, "{rule}");
+        assert!(
+            spans.windows(2).all(|w| w[0].end <= w[1].start) || {
+                let mut s = spans.clone();
+                s.sort_by_key(|r| r.start);
+                s.windows(2).all(|w| w[0].end <= w[1].start)
+            }
+        );
+    }
+}

@@ -234,18 +234,17 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     }
     // Non-text encodings: braille, Morse, NATO spelling, zalgo, dense emoji, and
     // blobs mixing many scripts (base2048 and the like).
-    let braille: Vec<(usize, char)> = text
-        .char_indices()
-        .filter(|(_, c)| !c.is_ascii())
-        .filter(|(_, c)| ('\u{2800}'..='\u{28FF}').contains(c))
-        .collect();
-    if braille.len() >= 3 {
-        push(
-            out,
-            "encoding.braille",
-            at,
-            braille[0].0..braille[braille.len() - 1].0 + 3,
-        );
+    let ascii = text.is_ascii();
+    let braille: Vec<usize> = if ascii {
+        Vec::new()
+    } else {
+        text.char_indices()
+            .filter(|(_, c)| ('\u{2800}'..='\u{28FF}').contains(c))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    if let (true, Some(first), Some(last)) = (braille.len() >= 3, braille.first(), braille.last()) {
+        push(out, "encoding.braille", at, *first..*last + 3);
     }
     // Morse needs runs of dots and dashes: most texts have none of these pairs.
     let morse_like = [&b".."[..], b"--", b".-", b"-.", b" . ", b" - "]
@@ -288,7 +287,7 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         }
     }
     // Everything below needs characters outside ASCII.
-    if text.is_ascii() {
+    if ascii {
         return decoded;
     }
     let mut stacked = 0;

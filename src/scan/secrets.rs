@@ -212,14 +212,25 @@ impl RuleSet {
             replacer,
             out,
         };
-        let mut done: HashSet<(usize, usize)> = HashSet::new();
+        // Windows around anchors, merged per rule: each rule's pattern runs once over
+        // each stretch of text that its anchors cover, however dense they are.
+        let mut open: Vec<Option<(usize, usize)>> = vec![None; self.rules.len()];
         for m in self.prefilter.find_overlapping_iter(text) {
             let ri = self.anchor_rule[m.pattern().as_usize()];
             let w = self.rules[ri].window;
-            // One pattern run per rule and window of the text.
-            let from = m.start().saturating_sub(w);
-            if done.insert((ri, from / w.max(1))) {
-                self.run(ri, from, m.end() + w, &mut cx);
+            let (from, to) = (m.start().saturating_sub(w), m.end() + w);
+            match &mut open[ri] {
+                Some((_, end)) if from <= *end => *end = (*end).max(to),
+                slot => {
+                    if let Some((f, t)) = slot.replace((from, to)) {
+                        self.run(ri, f, t, &mut cx);
+                    }
+                }
+            }
+        }
+        for (ri, slot) in open.into_iter().enumerate() {
+            if let Some((f, t)) = slot {
+                self.run(ri, f, t, &mut cx);
             }
         }
         match &self.anchorless_set {
@@ -244,10 +255,22 @@ impl RuleSet {
         }
         let text = cx.text;
         let from = crate::finding::floor_boundary(text, from);
-        let to = crate::finding::ceil_boundary(text, to);
-        for caps in r.regex.captures_iter(&text[from..to]) {
-            let Some(m) = caps.name("v").or_else(|| caps.get(0)) else {
-                continue;
+        let to = crate::finding::ceil_boundary(text, to.min(text.len()));
+        let hay = &text[from..to];
+        let has_value_group = r.regex.capture_names().any(|n| n == Some("v"));
+        for whole in r.regex.find_iter(hay) {
+            // The value group, when the rule has one, is looked up in the match only.
+            let m = if has_value_group {
+                match r
+                    .regex
+                    .captures_at(&hay[..whole.end()], whole.start())
+                    .and_then(|c| c.name("v"))
+                {
+                    Some(v) => v,
+                    None => continue,
+                }
+            } else {
+                whole
             };
             let v = m.as_str();
             if placeholder(v) || r.validator.is_some_and(|f| !f(v)) {
