@@ -222,7 +222,7 @@ pub(crate) fn families() -> Vec<Family> {
             "jailbreak.dan",
             jb(),
             1.0,
-            r"\bdan\b[^.\n]{0,80}\b(?:do anything now|jailbre\w*|no (?:rules|restrictions|limits))|\bdo anything now\b|\b(?:dan|stan|dude|aim|anti-?dan|mongo tom|evil-?bot|betterdan|maximum) (?:mode|persona|prompt)\b|\bstay in (?:character|dan)\b|\[?🔓|\(🔓|\bjailbr(?:eak|oken)\w*\b",
+            r"\bdan\b[^.\n]{0,80}\b(?:do anything now|jailbre\w*|no (?:rules|restrictions|limits))|\bdo(?:es|ing)?\W{1,3}anything\W{1,3}now\b|\b(?:dan|stan|dude|aim|anti-?dan|mongo tom|evil-?bot|betterdan|maximum) (?:mode|persona|prompt)\b|\bstay in (?:character|dan)\b|\[?🔓|\(🔓|\bjailbr(?:eak|oken)\w*\b",
         ),
         family(
             "jailbreak.developer_mode",
@@ -234,13 +234,13 @@ pub(crate) fn families() -> Vec<Family> {
             "jailbreak.no_rules",
             jb(),
             0.8,
-            r"\b(?:no|without|sans|devoid of|lacking|zero|free (?:of|from)|beyond|outside|unbound by|not bound by|not restricted by|no longer bound by|doesn't (?:have|follow)|does not (?:have|follow)|don't (?:have|follow)|never (?:follows?|obeys?))\b(?:\s+[\w'\-]+){0,3}?\s+(?:ethical|moral|safety|content|openai|anthropic|usage)?\s*(?:guidelines|restrictions|rules|filters|limitations|limits|constraints|boundaries|censorship|morals|ethics|policies|polic(?:y|ies)|principles|safeguards|prohibitions|taboos)\b|\bbreaks? (?:all |the |any |ai |openai'?s? )?(?:rules|guidelines|policies|restrictions)\b",
+            r"\b(?:no|without|sans|devoid of|lacking|zero|free (?:of|from)|beyond|outside|unbound by|not bound by|not restricted by|no longer bound by|doesn't (?:have|follow)|does not (?:have|follow)|don't (?:have|follow)|never (?:follows?|obeys?))\b(?:\s+[\w'\-]+){0,3}?\s+(?:ethical|moral|safety|content|openai|anthropic|usage)?\s*(?:guidelines?|restrictions?|rules|filters?|limitations?|limits|constraints?|boundaries|censorship|morals|ethics|policies|polic(?:y|ies)|principles|safeguards|prohibitions|taboos)\b|\b(?:not|never|no longer|isn't|aren't) (?:be |being )?(?:bound|restrained|restricted|governed|constrained|confined|held back|limited) by\b|\b(?:not|never|doesn't|don't|does not|do not|no need to) (?:have to |need to )?(?:abide by|adhere to|comply with) (?:the |any |its |their |openai'?s? )?(?:rules|guidelines|policies|restrictions|polic(?:y|ies))\b|\bbreaks? (?:all |the |any |ai |openai'?s? )?(?:rules|guidelines|policies|restrictions)\b",
         ),
         family(
             "jailbreak.unfiltered_ai",
             jb(),
             1.0,
-            r"\b(?:unfiltered|uncensored|unrestricted|amoral|unethical|immoral|lawless|unhinged|rogue|uninhibited|evil|malicious|toxic|jailbroken) (?:ai|a\.i\.|assistant|model|chatbot|bot|response|responses|answers?|replies|mode|version|character|persona|entity|machine|language model)\b|\b(?:completely|totally|fully) (?:amoral|uninhibited|unfiltered|uncensored|unrestricted)\b",
+            r"\b(?:unfiltered|uncensored|unrestricted|unlimited|unbound|boundless|limitless|amoral|unethical|immoral|lawless|unhinged|rogue|uninhibited|evil|malicious|toxic|jailbroken)(?:,? (?:completely|totally|fully|and|[a-z]+ed)){0,2} (?:ai|a\.i\.|assistant|model|chatbot|bot|response|responses|answers?|replies|mode|version|character|persona|entity|machine|language model)\b|\b(?:completely|totally|fully) (?:amoral|uninhibited|unfiltered|uncensored|unrestricted)\b",
         ),
         family(
             "jailbreak.alter_ego",
@@ -249,10 +249,22 @@ pub(crate) fn families() -> Vec<Family> {
             r"\b(?:ai|bot|model|character|persona|entity|machine|assistant|chatbot) (?:called|named)\b|\b(?:is|are) not (?:chatgpt|gpt|an ai|claude|bound|restricted|limited)\b|\bopposite (?:day|mode|machine)\b|\b(?:anything and everything|say anything|do anything|answer anything|write anything)\b|\brespond(?: to every prompt| as both)\b|\b(?:moralizing|moralising) rant\b",
         ),
         family(
+            "jailbreak.persona_traits",
+            jb(),
+            0.5,
+            r"\b(?:is|are|be|being|become|becomes) (?:an? )?(?:completely |totally |fully |very )?(?:amoral|unethical|immoral|unfiltered|uncensored|unrestricted|unbound|boundless|unhinged|lawless)\b|\b(?:responses|answers|replies|outputs|you) (?:will|must|shall|should|are|would) (?:\w+ )?be (?:unfiltered|uncensored|unrestricted|unlimited|amoral)\b|\bforget (?:that )?you(?:'re| are) (?:an? )?(?:ai|language model|assistant|chatbot)\b|\b(?:opposite|reverse) personality\b",
+        ),
+        family(
+            "jailbreak.policy_target",
+            jb(),
+            0.5,
+            r"\b(?:openai|open ai|anthropic)'?s? (?:content )?(?:polic(?:y|ies)|guidelines|rules|restrictions|filters)\b|\bcontent polic(?:y|ies)\b",
+        ),
+        family(
             "jailbreak.persona",
             jb(),
             0.5,
-            r"\b(?:pretend|imagine|suppose) (?:to be|you are|you're|that you(?:'re| are)|you were)\b|\b(?:act|behave|respond|answer|reply|write|speak|talk) (?:as|like) (?:an? |my |the )?(?:\w+ ){0,3}?(?:ai|bot|assistant|character|persona|model|chatbot|villain|hacker|criminal|grandma|grandmother|expert|human|person|version)\b|\b(?:role-?play|roleplaying|in character|fictional (?:world|story|character|scenario|setting))\b|\byou are (?:now |going to (?:be|act as|pretend) |about to (?:immerse|become) )|\bfrom now on,? (?:you|your|i want you|answer|respond|act|reply)\b|\byou (?:will|must|shall) (?:now )?(?:always|never)\b",
+            r"\b(?:pretend|imagine|suppose) (?:to be|you are|you're|that you(?:'re| are)|you were)\b|\b(?:act|behave|respond|answer|reply|write|speak|talk) (?:as|like) (?:an? |my |the )?(?:\w+ ){0,3}?(?:ai|bot|assistant|character|persona|model|chatbot|villain|hacker|criminal|grandma|grandmother|expert|human|person|version)\b|\b(?:role-?play|roleplaying|in character|fictional (?:world|story|character|scenario|setting))\b|\byou are (?:now |going to (?:be|act as|pretend) |about to (?:immerse|become) )|\bfrom now on,? (?:you|your|i want you|answer|respond|act|reply)\b|\byou (?:will|must|shall) (?:now )?(?:always|never)\b|\b(?:take (?:up|on)|adopt|assume) the (?:persona|role|personality|identity) of\b|\b(?:transform|change yourself|turn yourself) into\b|\b(?:simulate|emulate) (?:being |another |an? )?(?:ai|chatbot|bot|language model|model|\w+gpt)\b",
         ),
         family(
             "jailbreak.compliance_demand",
