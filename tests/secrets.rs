@@ -452,3 +452,22 @@ fn dense_values_are_each_found_once_whatever_the_anchor_windows() {
         );
     }
 }
+
+#[test]
+fn ethereum_addresses_with_a_broken_eip55_checksum_are_not_reported() {
+    let found = |t: &str| {
+        Scanner::new()
+            .scan_text(t, Location::Message(0))
+            .iter()
+            .any(|f| f.rule_id() == "pii.ethereum_address")
+    };
+    assert!(found(
+        "send it to 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed today"
+    ));
+    assert!(found(
+        "send it to 0x5aaeb6053f3e94c9b9a09f33669435e7ef1beaed today"
+    ));
+    assert!(!found(
+        "send it to 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD today"
+    ));
+}

@@ -455,6 +455,123 @@ fn ipv6(v: &str) -> bool {
     v.parse::<std::net::Ipv6Addr>().is_ok() && v.matches(':').count() >= 2 && v.len() >= 6
 }
 
+/// Ethereum addresses: all-lowercase or all-uppercase hex carries no checksum;
+/// mixed case is the EIP-55 checksum (a letter is uppercase where the matching nibble
+/// of Keccak-256 of the lowercase address is 8 or more) and must verify.
+fn eip55(v: &str) -> bool {
+    let Some(hex) = v.strip_prefix("0x") else {
+        return false;
+    };
+    let letters = || hex.bytes().filter(u8::is_ascii_alphabetic);
+    if letters().all(|b| b.is_ascii_lowercase()) || letters().all(|b| b.is_ascii_uppercase()) {
+        return true;
+    }
+    let hash = keccak256(hex.to_ascii_lowercase().as_bytes());
+    hex.bytes().enumerate().all(|(i, b)| {
+        let nibble = (hash[i / 2] >> if i % 2 == 0 { 4 } else { 0 }) & 0xf;
+        !b.is_ascii_alphabetic() || b.is_ascii_uppercase() == (nibble >= 8)
+    })
+}
+
+/// Keccak-256 (the original padding, as Ethereum uses it; not SHA3-256).
+fn keccak256(data: &[u8]) -> [u8; 32] {
+    const RATE: usize = 136;
+    let mut state = [0u64; 25];
+    let absorb = |state: &mut [u64; 25], block: &[u8]| {
+        for (lane, word) in state.iter_mut().zip(block.chunks_exact(8)) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(word);
+            *lane ^= u64::from_le_bytes(b);
+        }
+        keccak_f(state);
+    };
+    let mut blocks = data.chunks_exact(RATE);
+    for block in &mut blocks {
+        absorb(&mut state, block);
+    }
+    let rest = blocks.remainder();
+    let mut last = [0u8; RATE];
+    last[..rest.len()].copy_from_slice(rest);
+    last[rest.len()] ^= 0x01;
+    last[RATE - 1] ^= 0x80;
+    absorb(&mut state, &last);
+    let mut out = [0u8; 32];
+    for (chunk, lane) in out.chunks_exact_mut(8).zip(state.iter()) {
+        chunk.copy_from_slice(&lane.to_le_bytes());
+    }
+    out
+}
+
+fn keccak_f(a: &mut [u64; 25]) {
+    const RC: [u64; 24] = [
+        0x0000_0000_0000_0001,
+        0x0000_0000_0000_8082,
+        0x8000_0000_0000_808A,
+        0x8000_0000_8000_8000,
+        0x0000_0000_0000_808B,
+        0x0000_0000_8000_0001,
+        0x8000_0000_8000_8081,
+        0x8000_0000_0000_8009,
+        0x0000_0000_0000_008A,
+        0x0000_0000_0000_0088,
+        0x0000_0000_8000_8009,
+        0x0000_0000_8000_000A,
+        0x0000_0000_8000_808B,
+        0x8000_0000_0000_008B,
+        0x8000_0000_0000_8089,
+        0x8000_0000_0000_8003,
+        0x8000_0000_0000_8002,
+        0x8000_0000_0000_0080,
+        0x0000_0000_0000_800A,
+        0x8000_0000_8000_000A,
+        0x8000_0000_8000_8081,
+        0x8000_0000_0000_8080,
+        0x0000_0000_8000_0001,
+        0x8000_0000_8000_8008,
+    ];
+    const ROT: [u32; 24] = [
+        1, 3, 6, 10, 15, 21, 28, 36, 45, 55, 2, 14, 27, 41, 56, 8, 25, 43, 62, 18, 39, 61, 20, 44,
+    ];
+    const PI: [usize; 24] = [
+        10, 7, 11, 17, 18, 3, 5, 16, 8, 21, 24, 4, 15, 23, 19, 13, 12, 2, 20, 14, 22, 9, 6, 1,
+    ];
+    for rc in RC {
+        // Theta.
+        let mut c = [0u64; 5];
+        for (x, cx) in c.iter_mut().enumerate() {
+            *cx = a[x] ^ a[x + 5] ^ a[x + 10] ^ a[x + 15] ^ a[x + 20];
+        }
+        for x in 0..5 {
+            let d = c[(x + 4) % 5] ^ c[(x + 1) % 5].rotate_left(1);
+            for y in 0..5 {
+                a[5 * y + x] ^= d;
+            }
+        }
+        // Rho and pi.
+        let mut carry = a[1];
+        for (&j, &r) in PI.iter().zip(ROT.iter()) {
+            let next = a[j];
+            a[j] = carry.rotate_left(r);
+            carry = next;
+        }
+        // Chi.
+        for y in 0..5 {
+            let row = [
+                a[5 * y],
+                a[5 * y + 1],
+                a[5 * y + 2],
+                a[5 * y + 3],
+                a[5 * y + 4],
+            ];
+            for x in 0..5 {
+                a[5 * y + x] = row[x] ^ (!row[(x + 1) % 5] & row[(x + 2) % 5]);
+            }
+        }
+        // Iota.
+        a[0] ^= rc;
+    }
+}
+
 fn base58check(v: &str) -> bool {
     const ALPHA: &[u8] = b"123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
     let mut bytes: Vec<u8> = vec![0];
@@ -704,7 +821,7 @@ pub(crate) fn pii_rules() -> Vec<Rule> {
             r"(?i)\b(?:bc|tb)1[02-9ac-hj-np-z]{11,71}\b",
         )
         .validator(bech32),
-        p("pii.ethereum_address", &["0x"], r"\b0x[0-9a-fA-F]{40}\b"),
+        p("pii.ethereum_address", &["0x"], r"\b0x[0-9a-fA-F]{40}\b").validator(eip55),
     ]
 }
 
@@ -727,6 +844,30 @@ mod tests {
         assert!(!bech32("bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdz"));
         assert!(!ipv4("999.1.1.1") && ipv4("192.168.1.10"));
         assert!(placeholder("AKIAIOSFODNN7EXAMPLE"));
+    }
+
+    #[test]
+    fn keccak_and_eip55() {
+        let hex = |b: [u8; 32]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        assert_eq!(
+            hex(keccak256(b"")),
+            "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+        );
+        assert_eq!(
+            hex(keccak256(b"The quick brown fox jumps over the lazy dog")),
+            "4d741b6f1eb29cb2a9b9911c82f56fa8d73b04959d3d9d222895df6c0b28aa15"
+        );
+        // The EIP-55 test vectors.
+        for a in [
+            "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed",
+            "0xfB6916095ca1df60bB79Ce92cE3Ea74c37c5d359",
+            "0xdbF03B407c01E7cD3CBea99509d93f8DDDC8C6FB",
+            "0xD1220A0cf47c7B9Be7A2E6BA89F429762e7b9aDb",
+        ] {
+            assert!(eip55(a), "{a}");
+            assert!(eip55(&a.to_ascii_lowercase()));
+        }
+        assert!(!eip55("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"));
     }
 
     #[test]
