@@ -332,6 +332,13 @@ impl Finding {
         self.location
     }
 
+    /// The same finding at another span (validators that check a window of a
+    /// text shift spans to the whole text).
+    pub(crate) fn with_span(mut self, span: Range<usize>) -> Self {
+        self.span = span;
+        self
+    }
+
     /// The byte span in that text.
     pub fn span(&self) -> Range<usize> {
         self.span.clone()

@@ -157,6 +157,7 @@ mod guard;
 mod id;
 pub mod identity;
 pub mod openai;
+pub mod output;
 mod principal;
 pub mod rate_limit;
 mod request;

@@ -315,6 +315,14 @@ impl ChatCompletionRequest {
                     Some("json_object" | "json_schema")
                 )
             }));
+        if let Some(schema) = self
+            .response_format
+            .as_ref()
+            .and_then(|f| f.get("json_schema"))
+            .and_then(|j| j.get("schema"))
+        {
+            req = req.with_json_schema(schema.clone());
+        }
         if let Some(n) = self.max_completion_tokens.or(self.max_tokens) {
             req = req.with_max_output_tokens(n);
         }

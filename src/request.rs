@@ -333,6 +333,7 @@ pub struct GuardRequest {
     max_output_tokens: Option<u32>,
     stream: bool,
     json_response: bool,
+    json_schema: Option<serde_json::Value>,
     trace_id: Option<String>,
     metadata: BTreeMap<String, String>,
 }
@@ -401,6 +402,27 @@ impl GuardRequest {
     pub fn with_json_response(mut self, json: bool) -> Self {
         self.json_response = json;
         self
+    }
+
+    /// Asks for a JSON answer that matches `schema` (a JSON Schema, as in OpenAI's
+    /// `response_format: {"type": "json_schema"}`); implies
+    /// [`with_json_response`](Self::with_json_response).
+    ///
+    /// ```
+    /// # use inference_guard::GuardRequest;
+    /// let r = GuardRequest::new("m").with_json_schema(serde_json::json!({"type": "object"}));
+    /// assert!(r.json_response() && r.json_schema().is_some());
+    /// ```
+    #[must_use]
+    pub fn with_json_schema(mut self, schema: serde_json::Value) -> Self {
+        self.json_response = true;
+        self.json_schema = Some(schema);
+        self
+    }
+
+    /// The JSON Schema the answer must match, if one was given.
+    pub fn json_schema(&self) -> Option<&serde_json::Value> {
+        self.json_schema.as_ref()
     }
 
     /// Sets a trace id (for example from `traceparent`), copied into the audit record.

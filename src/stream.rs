@@ -10,7 +10,7 @@ use crate::decision::{Rejection, Stage};
 use crate::error::ErrorKind;
 use crate::finding::{Action, Finding, Location, floor_boundary, redact};
 use crate::guard::{Admission, poll_once};
-use crate::response::{GuardResponse, Usage};
+use crate::response::{GuardResponse, ToolCall, Usage};
 use crate::stage::{OutputContext, StreamValidator};
 
 /// Validates a streamed answer as it arrives, releasing text only once it is safe.
@@ -57,6 +57,10 @@ pub struct StreamGuard {
     pending_redactions: Vec<Finding>,
     blocked: Option<Rejection>,
     spent: Duration,
+    /// A validator failed open: the others no longer run.
+    failed_open: bool,
+    /// `finish` is running: nothing more will arrive, hold nothing back.
+    finishing: bool,
 }
 
 impl fmt::Debug for StreamGuard {
@@ -92,6 +96,8 @@ impl StreamGuard {
             pending_redactions: Vec::new(),
             blocked: None,
             spent: Duration::ZERO,
+            failed_open: false,
+            finishing: false,
         }
     }
 
@@ -160,9 +166,31 @@ impl StreamGuard {
     ///
     /// A [`Rejection`] when the answer is blocked, or a validator or the audit sink
     /// fails closed.
-    pub fn finish(mut self, usage: Option<Usage>) -> Result<String, Rejection> {
+    pub fn finish(self, usage: Option<Usage>) -> Result<String, Rejection> {
+        self.finish_with_tool_calls(usage, Vec::new())
+            .map(|(text, _)| text)
+    }
+
+    /// Ends a stream whose answer also asked for tool calls (assembled from the
+    /// stream's deltas): like [`finish`](Self::finish), and the tool calls are
+    /// validated as in a whole answer. Returns the rest of the text and the tool
+    /// calls that may be sent (a call with a `Redact` finding is removed).
+    ///
+    /// # Errors
+    ///
+    /// As [`finish`](Self::finish); a `Block` finding on a tool call blocks.
+    pub fn finish_with_tool_calls(
+        mut self,
+        usage: Option<Usage>,
+        tool_calls: Vec<ToolCall>,
+    ) -> Result<(String, Vec<ToolCall>), Rejection> {
         if let Some(r) = &self.blocked {
             return Err(r.clone());
+        }
+        self.finishing = true;
+        let mut calls = GuardResponse::new(String::new());
+        for c in tool_calls {
+            calls = calls.with_tool_call(c);
         }
         let t0 = Instant::now();
         let mut out = String::new();
@@ -177,17 +205,35 @@ impl StreamGuard {
                 }
             }
         }
-        if failure.is_none() && !self.whole.is_empty() {
-            let response = GuardResponse::new(std::mem::take(&mut self.text));
+        // Whole-answer validators see the text and the tool calls; incremental ones
+        // have seen the text and now see the tool calls alone.
+        let has_calls = !calls.tool_calls().is_empty();
+        if failure.is_none() && (!self.whole.is_empty() || has_calls) {
+            let mut response = GuardResponse::new(std::mem::take(&mut self.text));
+            for c in calls.tool_calls() {
+                response = response.with_tool_call(c.clone());
+            }
             let guard = self.admission.guard().clone();
             let validators = guard.validators();
             let cx = OutputContext::new(self.admission.principal(), self.admission.request());
-            for &i in &self.whole {
+            let plan: Vec<(usize, bool)> = (0..validators.len())
+                .filter_map(|i| {
+                    if self.whole.contains(&i) {
+                        Some((i, true))
+                    } else if has_calls && !self.failed_open {
+                        Some((i, false))
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            for (i, whole) in plan {
                 let v = &validators[i];
+                let subject = if whole { &response } else { &calls };
                 let res = poll_once(std::pin::pin!(crate::guard::call(
                     true,
                     Stage::OutputValidation,
-                    || v.validate(cx, &response)
+                    || v.validate(cx, subject)
                 )))
                 .unwrap_or_else(|| {
                     Err(
@@ -205,6 +251,7 @@ impl StreamGuard {
             }
             self.text = response.into_text();
         }
+        let before = self.admission.parts_mut().2.output_findings.len();
         if let Some(e) = failure {
             self.spent += t0.elapsed();
             // Fail-open releases everything held; fail-closed blocks.
@@ -213,6 +260,26 @@ impl StreamGuard {
         }
         let end = self.text.len();
         out.push_str(&self.settle_findings(findings, end, t0)?);
+        // Tool calls with a Redact finding are removed.
+        let mut tool_calls = calls.tool_calls().to_vec();
+        if !self.admission.guard().shadow(Stage::OutputValidation) {
+            let (_, _, trace) = self.admission.parts_mut();
+            let mut drop: Vec<usize> = trace.output_findings
+                [before.min(trace.output_findings.len())..]
+                .iter()
+                .filter_map(|f| match f.location() {
+                    Location::ToolCall(i) if f.action() == Action::Redact => Some(i),
+                    _ => None,
+                })
+                .collect();
+            drop.sort_unstable();
+            drop.dedup();
+            for i in drop.into_iter().rev() {
+                if i < tool_calls.len() {
+                    tool_calls.remove(i);
+                }
+            }
+        }
         let usage = usage.unwrap_or_else(|| self.estimated_usage());
         let spent = self.spent;
         let shadow = self.admission.guard().shadow(Stage::OutputValidation);
@@ -245,7 +312,7 @@ impl StreamGuard {
         }
         self.admission
             .finish_stream(Outcome::Completed, None, usage, &self.text)?;
-        Ok(out)
+        Ok((out, tool_calls))
     }
 
     fn estimated_usage(&self) -> Usage {
@@ -264,6 +331,7 @@ impl StreamGuard {
                 // Fail-open: the failing validators are dropped; release what we hold.
                 self.incremental.clear();
                 self.whole.clear();
+                self.failed_open = true;
                 let end = self.text.len();
                 self.release(end)
             }
@@ -327,7 +395,19 @@ impl StreamGuard {
     }
 
     fn release(&mut self, safe: usize) -> Result<String, Rejection> {
-        let end = floor_boundary(&self.text, safe);
+        let mut end = floor_boundary(&self.text, safe);
+        let restoring = !self.admission.parts_mut().2.vault.is_empty();
+        if restoring && !self.finishing {
+            // Never cut a pseudonym placeholder (`<EMAIL_1>`) in two: hold back an
+            // unclosed `<` near the end.
+            let tail_from = end.saturating_sub(64).max(self.released);
+            let tail_from = floor_boundary(&self.text, tail_from);
+            if let Some(lt) = self.text[tail_from..end].rfind('<') {
+                if !self.text[tail_from + lt..end].contains('>') {
+                    end = tail_from + lt;
+                }
+            }
+        }
         if end <= self.released {
             return Ok(String::new());
         }
@@ -361,6 +441,18 @@ impl StreamGuard {
             redact(segment, &shifted)
         };
         self.released = end;
+        if restoring {
+            // Pseudonyms from the input go back to the originals for the caller; the
+            // audit record keeps the pseudonymized answer.
+            let (_, _, trace) = self.admission.parts_mut();
+            let mut out = out;
+            for (pseudonym, original) in &trace.vault {
+                if out.contains(pseudonym.as_str()) {
+                    out = out.replace(pseudonym.as_str(), original);
+                }
+            }
+            return Ok(out);
+        }
         Ok(out)
     }
 }

