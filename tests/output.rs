@@ -109,10 +109,7 @@ fn canaries_are_found_in_every_disguise() {
     assert!(ok.is_ok());
     // A deployment canary configured on the validator works without it.
     let (g, _) = guard_with(
-        AnswerValidator::builder()
-            .canary(canary)
-            .build()
-            .unwrap(),
+        AnswerValidator::builder().canary(canary).build().unwrap(),
         |_| {},
     );
     assert!(check(&g, request(None), GuardResponse::new(format!("x {t} y"))).is_err());

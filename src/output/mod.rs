@@ -5,7 +5,7 @@
 //! answer:
 //!
 //! - **leaks**: the credential and personal-data rules of the input
-//!   [`Scanner`](crate::scan::Scanner) (masked by default; their actions apply);
+//!   [`Scanner`] (masked by default; their actions apply);
 //! - **system prompt leakage**: [`Canary`] tokens, found also when encoded (base64,
 //!   hex, ROT13), spelled out with separators, split by formatting or reversed; and
 //!   overlap with the system prompt (shared runs of six words above a threshold);

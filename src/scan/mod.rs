@@ -1,10 +1,11 @@
 //! Input scanners: prompt injection, jailbreaks, encoded instructions and Unicode
 //! smuggling, over any text, with exact byte spans.
 //!
-//! **Status**: part of the input-scanning capability (issue #5): injection,
-//! jailbreak, encoding and Unicode detectors, credential and personal-data rules,
-//! redaction modes ([`Redaction`]) and the evaluation tool. The heuristics are slower
-//! than the issue's target and catch 86% of the jailbreak corpus (target 95%).
+//! Known limits: the heuristics flag 88% of the jailbreak corpus we evaluate on (most
+//! misses are role-play prompts without a rule-breaking clause), and scan English
+//! prose at about 86 MiB/s on our machines. The output stage
+//! ([`AnswerValidator`](crate::output::AnswerValidator)) reuses the credential and
+//! personal-data rules on answers.
 //!
 //! - **Credentials and personal data** are rules as data ([`Rule`]): literal anchors
 //!   found in one pass by a multi-literal prefilter, a confirming pattern in a window

@@ -1,0 +1,119 @@
+//! Output validation: whole-answer throughput next to input scanning of the same text,
+//! and a 4 KiB answer streamed in 16-byte deltas next to the same answer validated
+//! whole, through the guard, in the same run.
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use inference_guard::output::AnswerValidator;
+use inference_guard::scan::Scanner;
+use inference_guard::*;
+
+const ANSWER: &str = "Thanks for reaching out! Your order **#4421** shipped on Tuesday with the \
+standard carrier and should arrive within three to five business days. You can follow it on \
+the [tracking page](https://docs.northwind.test/track) at any time.\n\n\
+1. Keep the original packaging until the item arrives.\n\
+2. If something is missing, reply to this message with a photo.\n\
+3. Returns are free within thirty days; see `returns.md` for the steps.\n\n\
+```python\nfor item in order.items:\n    print(item.name, item.quantity)\n```\n\n\
+Is there anything else I can help you with today? ";
+
+fn repeat_to(s: &str, n: usize) -> String {
+    let mut out = String::with_capacity(n + s.len());
+    while out.len() < n {
+        out.push_str(s);
+    }
+    out.truncate(n);
+    while !out.is_char_boundary(out.len()) {
+        out.pop();
+    }
+    out
+}
+
+fn guard() -> InferenceGuard {
+    let v = AnswerValidator::builder()
+        .allow_hosts(["docs.northwind.test"])
+        .build()
+        .unwrap();
+    let mut b = InferenceGuard::builder();
+    b.allow_anonymous()
+        .authorize_all()
+        .audit_sink(NoopSink)
+        .output_validator(v);
+    b.build().unwrap()
+}
+
+fn request() -> GuardRequest {
+    GuardRequest::new("m")
+        .with_message(
+            Role::System,
+            "You are the support assistant of Northwind Traders.",
+        )
+        .with_message(Role::User, "Where is my order?")
+}
+
+fn bench(c: &mut Criterion) {
+    let g = guard();
+    let validator = AnswerValidator::builder()
+        .allow_hosts(["docs.northwind.test"])
+        .build()
+        .unwrap();
+    let scanner = Scanner::new();
+    let principal = Principal::anonymous();
+    let req = request();
+    let mut grp = c.benchmark_group("output");
+    for size in [4 * 1024, 64 * 1024] {
+        let text = repeat_to(ANSWER, size);
+        let response = GuardResponse::new(text.clone());
+        grp.throughput(Throughput::Bytes(text.len() as u64));
+        grp.bench_with_input(
+            BenchmarkId::new("validate_whole", size),
+            &response,
+            |b, r| {
+                b.iter(|| {
+                    let cx = OutputContext::new(&principal, &req);
+                    black_box(validator.validate(cx, black_box(r)).into_ready())
+                })
+            },
+        );
+        grp.bench_with_input(
+            BenchmarkId::new("input_scan_same_text", size),
+            &text,
+            |b, t| b.iter(|| black_box(scanner.scan_text(black_box(t), Location::Output))),
+        );
+    }
+    // Through the guard: one 4 KiB answer, whole versus 16-byte deltas.
+    let text = repeat_to(ANSWER, 4 * 1024);
+    grp.throughput(Throughput::Bytes(text.len() as u64));
+    grp.bench_function("guard_whole_4096", |b| {
+        b.iter(|| {
+            let adm = g.check_request(request()).unwrap();
+            black_box(adm.check_response(GuardResponse::new(text.clone())).is_ok())
+        })
+    });
+    grp.bench_function("guard_stream_16B_deltas_4096", |b| {
+        b.iter(|| {
+            let mut s = g
+                .check_request(request().with_stream(true))
+                .unwrap()
+                .stream();
+            let mut sent = 0;
+            let mut at = 0;
+            while at < text.len() {
+                let mut end = (at + 16).min(text.len());
+                while !text.is_char_boundary(end) {
+                    end += 1;
+                }
+                sent += s.push(&text[at..end]).unwrap().len();
+                at = end;
+            }
+            sent += s.finish(None).unwrap().len();
+            black_box(sent)
+        })
+    });
+    grp.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
