@@ -257,6 +257,22 @@ impl PolicyAuthorizerBuilder {
 }
 
 impl PolicyAuthorizer {
+    /// The model and tool patterns granted to `p`, and whether it may stream (the
+    /// union of the grants that apply to it).
+    pub(crate) fn granted(&self, p: &Principal) -> (Vec<String>, Vec<String>, bool) {
+        let (mut models, mut tools, mut stream) = (Vec::new(), Vec::new(), false);
+        for g in self.grants.iter().filter(|g| g.applies_to(p)) {
+            models.extend(g.models.iter().cloned());
+            tools.extend(g.tools.iter().cloned());
+            stream |= g.stream;
+        }
+        models.sort();
+        models.dedup();
+        tools.sort();
+        tools.dedup();
+        (models, tools, stream)
+    }
+
     /// A builder.
     pub fn builder() -> PolicyAuthorizerBuilder {
         PolicyAuthorizerBuilder::default()

@@ -180,6 +180,10 @@ struct Inner {
     audit_digest: Option<ring::hmac::Key>,
     audit_content: bool,
     counters: Counters,
+    abuse: Option<crate::respond::AbuseMonitor>,
+    inventory: Option<crate::inventory::Inventory>,
+    receipts: Option<crate::receipt::ReceiptSigner>,
+    policy_version: Box<str>,
 }
 
 /// The guard: one pipeline of stages run around every model call.
@@ -299,6 +303,10 @@ pub struct GuardBuilder {
     unavailable_retry: Option<Duration>,
     audit_digest_key: Option<Vec<u8>>,
     audit_content: bool,
+    abuse: Option<crate::respond::AbuseMonitor>,
+    inventory: Option<crate::inventory::Inventory>,
+    receipts: Option<crate::receipt::ReceiptSigner>,
+    policy_version: Option<String>,
 }
 
 impl fmt::Debug for GuardBuilder {
@@ -379,6 +387,33 @@ impl GuardBuilder {
     /// Sets the audit sink. For several sinks, pass a `Vec` of them.
     pub fn audit_sink(&mut self, sink: impl AuditSink) -> &mut Self {
         self.sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// Responds to abuse: principals and addresses that keep getting rejected are
+    /// throttled, then suspended (see [`respond`](crate::respond)).
+    pub fn abuse_monitor(&mut self, monitor: crate::respond::AbuseMonitor) -> &mut Self {
+        self.abuse = Some(monitor);
+        self
+    }
+
+    /// Keeps usage facts of every principal (see [`inventory`](crate::inventory)).
+    pub fn inventory(&mut self, inventory: crate::inventory::Inventory) -> &mut Self {
+        self.inventory = Some(inventory);
+        self
+    }
+
+    /// Issues a signed receipt for every validated answer (see
+    /// [`receipt`](crate::receipt)).
+    pub fn receipts(&mut self, signer: crate::receipt::ReceiptSigner) -> &mut Self {
+        self.receipts = Some(signer);
+        self
+    }
+
+    /// The version of the policy this guard enforces, bound into receipts (default
+    /// `unversioned`).
+    pub fn policy_version(&mut self, version: impl Into<String>) -> &mut Self {
+        self.policy_version = Some(version.into());
         self
     }
 
@@ -569,6 +604,14 @@ impl GuardBuilder {
                     .map(|k| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, k)),
                 audit_content: self.audit_content,
                 counters: Counters::default(),
+                abuse: self.abuse.clone(),
+                inventory: self.inventory.clone(),
+                receipts: self.receipts.clone(),
+                policy_version: self
+                    .policy_version
+                    .as_deref()
+                    .unwrap_or("unversioned")
+                    .into(),
             }),
         })
     }
@@ -938,6 +981,14 @@ impl InferenceGuard {
             }
         }
 
+        // Addresses refused for abuse (credential stuffing) never reach identity.
+        if let Some(m) = &g.abuse {
+            if let Err(r) = m.check_address(request.client_addr()) {
+                trace.push(Stage::Identity, StageOutcome::Rejected, 0);
+                return Err(r);
+            }
+        }
+
         // Identity.
         let principal = match &g.identity {
             Some(_) if request.credentials().is_empty() && g.allow_anonymous => {
@@ -971,6 +1022,12 @@ impl InferenceGuard {
             }
         };
         let principal: &Principal = principal_out.insert(principal);
+        if let Some(m) = &g.abuse {
+            if let Err(r) = m.check_principal(principal) {
+                trace.push(Stage::Authorization, StageOutcome::Rejected, 0);
+                return Err(r);
+            }
+        }
 
         // Limits.
         let l = &g.limits;
@@ -1199,6 +1256,62 @@ impl InferenceGuard {
         }
     }
 
+    /// A signed receipt for a validated answer whose caller receives `text`.
+    pub(crate) fn issue_receipt(
+        &self,
+        principal: Option<&Principal>,
+        request: &GuardRequest,
+        trace: &Trace,
+        text: &[u8],
+    ) -> Option<String> {
+        let signer = self.inner.receipts.as_ref()?;
+        Some(self.sign_receipt(
+            signer,
+            principal,
+            request,
+            trace,
+            crate::receipt::digest(text),
+        ))
+    }
+
+    pub(crate) fn sign_receipt(
+        &self,
+        signer: &crate::receipt::ReceiptSigner,
+        principal: Option<&Principal>,
+        request: &GuardRequest,
+        trace: &Trace,
+        output_digest: String,
+    ) -> String {
+        let verdict = trace
+            .stages
+            .iter()
+            .rev()
+            .find(|s| s.stage == Stage::OutputValidation)
+            .map_or("passed", |s| s.outcome.as_str());
+        let mut claims = serde_json::json!({
+            "v": 1,
+            "rid": trace.request_id.to_string(),
+            "sub": principal.map_or("anonymous", Principal::id),
+            "model": request.model(),
+            "pol": &*self.inner.policy_version,
+            "in": crate::receipt::input_digest(request),
+            "out": output_digest,
+            "verdict": verdict,
+            "findings": {
+                "input": crate::receipt::summary(&trace.input_findings),
+                "output": crate::receipt::summary(&trace.output_findings),
+            },
+        });
+        if let Some(t) = principal.and_then(Principal::tenant) {
+            claims["ten"] = serde_json::Value::from(t);
+        }
+        signer.sign_claims(claims, SystemTime::now())
+    }
+
+    pub(crate) fn receipt_signer(&self) -> Option<&crate::receipt::ReceiptSigner> {
+        self.inner.receipts.as_ref()
+    }
+
     pub(crate) fn validators(&self) -> &[Arc<dyn OutputValidator>] {
         &self.inner.validators
     }
@@ -1206,6 +1319,23 @@ impl InferenceGuard {
     /// Records an audit event. Returns whether the sink accepted it.
     pub(crate) fn record(&self, parts: &AuditParts<'_>) -> bool {
         let t = parts.trace;
+        let abuse = self.inner.abuse.as_ref().and_then(|m| {
+            m.observe(
+                parts.principal,
+                parts.request.client_addr(),
+                parts.outcome,
+                parts.rejection,
+            )
+        });
+        if let (Some(inv), Some(p)) = (&self.inner.inventory, parts.principal) {
+            inv.observe(
+                p,
+                parts.request,
+                parts.outcome,
+                parts.rejection,
+                SystemTime::now(),
+            );
+        }
         // On paths that end right after a stage, the last stage boundary is "now": the
         // end time is derived from it instead of reading the clock again.
         let fresh = matches!(
@@ -1250,6 +1380,7 @@ impl InferenceGuard {
                 messages: parts.request.messages(),
                 answer: parts.answer.filter(|_| parts.outcome == Outcome::Completed),
             }),
+            abuse: abuse.as_ref(),
         };
         let ok = catch_unwind(AssertUnwindSafe(|| self.inner.sink.record(&event)))
             .unwrap_or_else(|_| Err(Error::panicked("audit")))
@@ -1520,12 +1651,19 @@ impl Admission {
             }
             response.set_text(text);
         }
+        let receipt = st.guard.issue_receipt(
+            st.principal.as_ref(),
+            &st.request,
+            &st.trace,
+            response.text().as_bytes(),
+        );
         Ok(CheckedResponse {
             response,
             request_id: st.trace.request_id,
             findings: std::mem::take(&mut st.trace.output_findings),
             rate: st.trace.rate.take(),
             usage,
+            receipt,
         })
     }
 
@@ -1617,9 +1755,16 @@ pub struct CheckedResponse {
     findings: Vec<Finding>,
     rate: Option<RateLimitInfo>,
     usage: Usage,
+    receipt: Option<String>,
 }
 
 impl CheckedResponse {
+    /// The signed receipt, when the guard issues receipts (see
+    /// [`receipt`](crate::receipt)); adapters send it as `x-inference-receipt`.
+    pub fn receipt(&self) -> Option<&str> {
+        self.receipt.as_deref()
+    }
+
     /// The answer (redacted where the validators redacted).
     pub fn response(&self) -> &GuardResponse {
         &self.response

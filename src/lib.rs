@@ -156,11 +156,14 @@ mod finding;
 mod guard;
 mod id;
 pub mod identity;
+pub mod inventory;
 pub mod openai;
 pub mod output;
 mod principal;
 pub mod rate_limit;
+pub mod receipt;
 mod request;
+pub mod respond;
 mod response;
 pub mod scan;
 mod stage;
@@ -186,7 +189,7 @@ pub use stage::{
     rate_limiter_fn, scanner_fn, sink_fn, validator_fn, verifier_fn,
 };
 pub use step::{BoxFuture, Step};
-pub use stream::StreamGuard;
+pub use stream::{StreamEnd, StreamGuard};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -61,6 +61,29 @@ pub struct StreamGuard {
     failed_open: bool,
     /// `finish` is running: nothing more will arrive, hold nothing back.
     finishing: bool,
+    /// SHA-256 of everything released to the caller, for the receipt.
+    sent: ring::digest::Context,
+}
+
+/// How a stream ended: the rest of the text, the tool calls that may be sent, and the
+/// signed receipt when the guard issues receipts.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct StreamEnd {
+    /// The rest of the text to send.
+    pub text: String,
+    /// The validated tool calls.
+    pub tool_calls: Vec<ToolCall>,
+    /// The receipt (over all the text the caller received), when the guard issues
+    /// receipts (see [`receipt`](crate::receipt)).
+    pub receipt: Option<String>,
+}
+
+impl StreamEnd {
+    /// The receipt, if any.
+    pub fn receipt(&self) -> Option<&str> {
+        self.receipt.as_deref()
+    }
 }
 
 impl fmt::Debug for StreamGuard {
@@ -98,6 +121,7 @@ impl StreamGuard {
             spent: Duration::ZERO,
             failed_open: false,
             finishing: false,
+            sent: ring::digest::Context::new(&ring::digest::SHA256),
         }
     }
 
@@ -180,10 +204,25 @@ impl StreamGuard {
     ///
     /// As [`finish`](Self::finish); a `Block` finding on a tool call blocks.
     pub fn finish_with_tool_calls(
-        mut self,
+        self,
         usage: Option<Usage>,
         tool_calls: Vec<ToolCall>,
     ) -> Result<(String, Vec<ToolCall>), Rejection> {
+        self.end(usage, tool_calls).map(|e| (e.text, e.tool_calls))
+    }
+
+    /// Ends the stream like [`finish_with_tool_calls`](Self::finish_with_tool_calls)
+    /// and also returns the signed receipt over everything the caller received,
+    /// when the guard issues receipts.
+    ///
+    /// # Errors
+    ///
+    /// As [`finish`](Self::finish).
+    pub fn end(
+        mut self,
+        usage: Option<Usage>,
+        tool_calls: Vec<ToolCall>,
+    ) -> Result<StreamEnd, Rejection> {
         if let Some(r) = &self.blocked {
             return Err(r.clone());
         }
@@ -312,7 +351,21 @@ impl StreamGuard {
         }
         self.admission
             .finish_stream(Outcome::Completed, None, usage, &self.text)?;
-        Ok((out, tool_calls))
+        let guard = self.admission.guard().clone();
+        let receipt = guard.receipt_signer().map(|signer| {
+            let digest = format!(
+                "sha256:{}",
+                crate::audit::hex(self.sent.clone().finish().as_ref())
+            );
+            let principal = self.admission.principal().clone();
+            let (_, request, trace) = self.admission.parts_mut();
+            guard.sign_receipt(signer, Some(&principal), request, trace, digest)
+        });
+        Ok(StreamEnd {
+            text: out,
+            tool_calls,
+            receipt,
+        })
     }
 
     fn estimated_usage(&self) -> Usage {
@@ -441,18 +494,18 @@ impl StreamGuard {
             redact(segment, &shifted)
         };
         self.released = end;
+        let mut out = out;
         if restoring {
             // Pseudonyms from the input go back to the originals for the caller; the
             // audit record keeps the pseudonymized answer.
             let (_, _, trace) = self.admission.parts_mut();
-            let mut out = out;
             for (pseudonym, original) in &trace.vault {
                 if out.contains(pseudonym.as_str()) {
                     out = out.replace(pseudonym.as_str(), original);
                 }
             }
-            return Ok(out);
         }
+        self.sent.update(out.as_bytes());
         Ok(out)
     }
 }

@@ -93,7 +93,12 @@ impl AuditSigningKey {
     }
 
     fn sign(&self, msg: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.pair.sign(msg.as_bytes()).as_ref())
+        URL_SAFE_NO_PAD.encode(self.sign_bytes(msg.as_bytes()))
+    }
+
+    /// An Ed25519 signature of `msg`.
+    pub(crate) fn sign_bytes(&self, msg: &[u8]) -> Vec<u8> {
+        self.pair.sign(msg).as_ref().to_vec()
     }
 }
 
@@ -114,6 +119,13 @@ pub struct AuditPublicKey {
 }
 
 impl AuditPublicKey {
+    /// Whether `sig` is this key's Ed25519 signature of `msg`.
+    pub(crate) fn verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
+        signature::UnparsedPublicKey::new(&signature::ED25519, &self.key)
+            .verify(msg, sig)
+            .is_ok()
+    }
+
     /// The key id.
     pub fn kid(&self) -> &str {
         &self.kid
@@ -165,11 +177,9 @@ impl AuditPublicKey {
     }
 
     fn verify(&self, msg: &str, sig_b64: &str) -> bool {
-        URL_SAFE_NO_PAD.decode(sig_b64).is_ok_and(|sig| {
-            signature::UnparsedPublicKey::new(&signature::ED25519, self.key)
-                .verify(msg.as_bytes(), &sig)
-                .is_ok()
-        })
+        URL_SAFE_NO_PAD
+            .decode(sig_b64)
+            .is_ok_and(|sig| self.verifies(msg.as_bytes(), &sig))
     }
 }
 

@@ -203,6 +203,7 @@ pub struct AuditEvent<'a> {
     pub(crate) prompt_digest: Option<[u8; 32]>,
     pub(crate) answer_digest: Option<[u8; 32]>,
     pub(crate) content: Option<Content<'a>>,
+    pub(crate) abuse: Option<&'a crate::respond::AbuseAction>,
 }
 
 /// Redacted content, in events of guards built with
@@ -315,7 +316,13 @@ impl<'a> AuditEvent<'a> {
             content: self
                 .content
                 .map(|c| (c.messages.to_vec(), c.answer.map(Into::into))),
+            abuse: self.abuse.cloned(),
         }
+    }
+
+    /// The abuse response this request triggered, if any.
+    pub fn abuse(&self) -> Option<&'a crate::respond::AbuseAction> {
+        self.abuse
     }
 
     /// The event as one line of JSON (no trailing newline).
@@ -512,6 +519,7 @@ pub struct AuditRecord {
     prompt_digest: Option<[u8; 32]>,
     answer_digest: Option<[u8; 32]>,
     content: Option<(Vec<Message>, Option<Box<str>>)>,
+    abuse: Option<crate::respond::AbuseAction>,
 }
 
 impl AuditRecord {
@@ -544,6 +552,7 @@ impl AuditRecord {
                 messages: m,
                 answer: a.as_deref(),
             }),
+            abuse: self.abuse.as_ref(),
         }
     }
 
@@ -614,6 +623,26 @@ impl Serialize for AuditEvent<'_> {
         }
         if let Some(c) = &self.content {
             st.serialize_field("content", &ContentJson(c))?;
+        }
+        if let Some(a) = self.abuse {
+            st.serialize_field("abuse", &AbuseJson(a))?;
+        }
+        st.end()
+    }
+}
+
+struct AbuseJson<'a>(&'a crate::respond::AbuseAction);
+
+impl Serialize for AbuseJson<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let a = self.0;
+        let mut st = s.serialize_struct("Abuse", 5)?;
+        st.serialize_field("subject", &a.subject().to_string())?;
+        st.serialize_field("level", a.level().as_str())?;
+        st.serialize_field("score", &((a.score() * 100.0).round() / 100.0))?;
+        st.serialize_field("shadow", &a.shadow())?;
+        if let Some(u) = a.until() {
+            st.serialize_field("until", &rfc3339(u))?;
         }
         st.end()
     }

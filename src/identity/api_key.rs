@@ -406,11 +406,20 @@ impl<S: ApiKeyStore> ApiKeys<S> {
         for (k, v) in principal.attributes() {
             b = b.attribute(k.clone(), v.clone());
         }
+        let created = SystemTime::now();
+        // The key's creation time, for the machine-identity inventory.
+        b = b.attribute(
+            "credential_created",
+            created
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string(),
+        );
         let record = ApiKeyRecord {
             digest: self.digest(key.expose()),
             id,
             principal: b.build(),
-            created: SystemTime::now(),
+            created,
             expires,
             revoked: false,
         };

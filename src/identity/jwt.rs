@@ -652,6 +652,10 @@ impl JwtVerifier {
         if let Some(c) = client_id {
             builder = builder.attribute("client_id", c);
         }
+        if let Some(iat) = iat.filter(|t| t.is_finite() && *t >= 0.0) {
+            // The credential's creation time, for the machine-identity inventory.
+            builder = builder.attribute("iat", format!("{}", iat as u64));
+        }
         if let Some(t) = string(&claims, &g.tenant_claim).map_err(|_| TokenError::BAD_CLAIM)? {
             builder = builder.tenant(t);
         }

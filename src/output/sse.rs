@@ -29,6 +29,8 @@ struct CallParts {
 ///   validated and sent in one chunk, then the finish reason, usage and `[DONE]`.
 /// - Usage reported in the stream settles the budget; without it, usage is counted
 ///   from the text.
+/// - When the guard issues receipts, an `event: inference_receipt` event after
+///   `[DONE]` carries the receipt over all the text sent.
 /// - A block ends the stream with an in-band error event in the OpenAI error shape
 ///   (`data: {"error": {...}}`) and **no** `[DONE]`, so clients see a truncation.
 /// - An upstream that ends without `[DONE]` ([`close`](Self::close)) is an aborted
@@ -267,8 +269,9 @@ impl SseGuard {
             .filter(|c| !c.name.is_empty() || !c.arguments.is_empty())
             .map(|c| ToolCall::new(c.id, c.name, c.arguments))
             .collect();
-        match stream.finish_with_tool_calls(self.usage, calls) {
-            Ok((rest, calls)) => {
+        match stream.end(self.usage, calls) {
+            Ok(end) => {
+                let (rest, calls, receipt) = (end.text, end.tool_calls, end.receipt);
                 if !rest.is_empty() {
                     self.emit(out, None, Some(rest), None, None);
                 }
@@ -298,6 +301,13 @@ impl SseGuard {
                     event(out, &serde_json::to_string(&c).unwrap_or_default());
                 }
                 event(out, "[DONE]");
+                // The receipt comes last, as its own event type: clients that stop
+                // at `[DONE]` (the OpenAI SDKs) never see it.
+                if let Some(r) = receipt {
+                    out.extend_from_slice(b"event: inference_receipt\ndata: ");
+                    out.extend_from_slice(r.as_bytes());
+                    out.extend_from_slice(b"\n\n");
+                }
                 self.ended = true;
             }
             Err(r) => self.fail(r, out),
