@@ -446,14 +446,19 @@ impl Inventory {
                             );
                         }
                     }
-                    if let Some(age) = k.age_at_last_use().filter(|a| *a >= policy.rotate_after) {
+                    // Its age now when its creation is known, else at its last use.
+                    let age = k
+                        .created
+                        .and_then(|c| now.duration_since(c).ok())
+                        .or_else(|| k.age_at_last_use());
+                    if let Some(age) = age.filter(|a| *a >= policy.rotate_after) {
                         flag(
                             &mut flags,
                             FlagKind::LongLivedKey,
                             &p.principal,
                             Some(kid),
                             format!(
-                                "{} days old at last use, rotation policy {} days",
+                                "{} days old, rotation policy {} days",
                                 days(age),
                                 days(policy.rotate_after)
                             ),
