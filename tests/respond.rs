@@ -238,7 +238,7 @@ fn operators_lift_and_suspend() {
 fn state_is_bounded_and_suspensions_are_kept_longest() {
     let clock = ManualClock::new();
     let m = AbuseMonitor::builder()
-        .clock(clock.clone())
+        .clock(clock)
         .max_subjects(32)
         .build()
         .unwrap();
