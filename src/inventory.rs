@@ -398,17 +398,18 @@ impl Inventory {
                 Some(u) => now.duration_since(u.last_seen).ok(),
             };
             if idle.is_some_and(|d| d >= policy.unused_after) {
-                let what = if used.is_none() {
-                    "never used"
+                let n = days(idle.unwrap_or_default());
+                let detail = if used.is_none() {
+                    format!("never used since it was issued {n} days ago")
                 } else {
-                    "not used"
+                    format!("not used for {n} days")
                 };
                 flag(
                     &mut flags,
                     FlagKind::UnusedKey,
                     &k.principal,
                     Some(&k.key_id),
-                    format!("{what} for {} days", days(idle.unwrap_or_default())),
+                    detail,
                 );
             }
             if now
