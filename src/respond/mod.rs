@@ -23,6 +23,12 @@
 //! ([`AbuseMonitorBuilder::max_subjects`]): idle subjects are evicted first,
 //! suspended ones last.
 //!
+//! With the `redis` feature, `AbuseMonitor::share_via_redis` shares strikes and
+//! responses between replicas: decisions stay local and synchronous, a background
+//! task keeps each subject's score on the Redis server's clock, and a suspension
+//! reached through any replica is enforced by all of them within the sync interval;
+//! operator lifts and suspensions propagate the same way.
+//!
 //! ```
 //! use std::time::Duration;
 //! use inference_guard::respond::{AbuseMonitor, Level, Subject};
@@ -51,6 +57,11 @@
 //! assert_eq!(guard.check_request(attack()).unwrap_err().status(), 422);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+
+#[cfg(feature = "redis")]
+mod shared;
+#[cfg(feature = "redis")]
+pub use shared::SharedAbuse;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -207,6 +218,9 @@ struct Inner {
     /// Wall-clock time at clock zero, for `until` in actions.
     epoch: SystemTime,
     shards: Vec<Mutex<HashMap<Subject, State>>>,
+    /// Where strikes and operator actions go to be shared (feature `redis`).
+    #[cfg(feature = "redis")]
+    share: Mutex<Option<shared::Outbox>>,
 }
 
 /// The abuse monitor; see the [module docs](self). Cheap to clone; clones share
@@ -363,6 +377,8 @@ impl AbuseMonitorBuilder {
                 clock,
                 epoch,
                 shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                #[cfg(feature = "redis")]
+                share: Mutex::new(None),
             }),
         })
     }
@@ -452,6 +468,8 @@ impl AbuseMonitor {
         if w <= 0.0 {
             return None;
         }
+        #[cfg(feature = "redis")]
+        self.share(shared::Op::Strike(subject.clone(), w));
         let now = i.clock.now();
         let mut map = self
             .shard(subject)
@@ -612,6 +630,8 @@ impl AbuseMonitor {
     /// Lifts every response on a subject and forgets its strikes. Returns whether
     /// it was tracked.
     pub fn lift(&self, subject: &Subject) -> bool {
+        #[cfg(feature = "redis")]
+        self.share(shared::Op::Lift(subject.clone()));
         self.shard(subject)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -621,6 +641,8 @@ impl AbuseMonitor {
 
     /// Suspends a subject now, for `duration` (an operator's decision).
     pub fn suspend(&self, subject: &Subject, duration: Duration) -> AbuseAction {
+        #[cfg(feature = "redis")]
+        self.share(shared::Op::Suspend(subject.clone(), duration));
         let now = self.inner.clock.now();
         let mut map = self
             .shard(subject)
@@ -646,6 +668,70 @@ impl AbuseMonitor {
             hook(&a);
         }
         a
+    }
+
+    /// Takes what another replica (through Redis) knows of a subject: its score
+    /// and how much longer it is suspended. Local state only grows.
+    #[cfg(feature = "redis")]
+    pub(crate) fn merge(&self, subject: &Subject, score: f64, suspended_for: Option<Duration>) {
+        let i = &*self.inner;
+        let now = i.clock.now();
+        let mut map = self
+            .shard(subject)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if !map.contains_key(subject) && map.len() >= i.max_per_shard && !self.evict(&mut map, now)
+        {
+            return;
+        }
+        let st = map.entry(subject.clone()).or_insert(State {
+            score: 0.0,
+            at: now,
+            level: Level::Normal,
+            suspended_until: None,
+            tat: 0,
+        });
+        let before = self.level_now(st, now);
+        let local = self.decayed(st, now);
+        if score > local {
+            st.score = score;
+            st.at = now;
+        }
+        if let Some(left) = suspended_for {
+            let until = now + left;
+            if st.suspended_until.is_none_or(|u| u < until) {
+                st.suspended_until = Some(until);
+            }
+        }
+        let level = self.level_now(st, now);
+        st.level = level;
+        let action =
+            (level > before).then(|| self.action(subject, level, st.score, st.suspended_until));
+        drop(map);
+        if let (Some(a), Some(hook)) = (&action, &i.alert) {
+            hook(a);
+        }
+    }
+
+    /// Forgets a subject that an operator lifted on another replica.
+    #[cfg(feature = "redis")]
+    pub(crate) fn forget(&self, subject: &Subject) {
+        self.shard(subject)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(subject);
+    }
+
+    #[cfg(feature = "redis")]
+    fn share(&self, op: shared::Op) {
+        if let Some(out) = &*self.inner.share.lock().unwrap_or_else(|e| e.into_inner()) {
+            out.send(op);
+        }
+    }
+
+    pub(crate) fn settings(&self) -> (Duration, f64, Duration) {
+        let i = &*self.inner;
+        (i.half_life, i.suspend_at, i.suspend_for)
     }
 
     /// How many subjects are tracked.

@@ -1,0 +1,281 @@
+//! Strikes and responses shared by all replicas through Redis (feature `redis`).
+//!
+//! Each replica keeps deciding on its own state, on the request path, without a
+//! network call. A background task sends every strike and operator action to Redis,
+//! where one Lua script per strike keeps the subject's decayed score on the server's
+//! clock and starts suspensions; the task writes what the server knows back into the
+//! local state, and every `sync_every` it pulls the set of active suspensions (and
+//! drops the ones an operator lifted elsewhere). A suspension reached on one replica
+//! is enforced by all of them within `sync_every`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::{AbuseMonitor, Level, Subject};
+use crate::error::{Error, ErrorKind};
+
+pub(crate) enum Op {
+    Strike(Subject, f64),
+    Lift(Subject),
+    Suspend(Subject, Duration),
+}
+
+pub(crate) struct Outbox {
+    tx: tokio::sync::mpsc::Sender<Op>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    pub(crate) fn send(&self, op: Op) {
+        if self.tx.try_send(op).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Adds a strike on the server's clock; starts a suspension at the threshold.
+/// Returns `{score, microseconds of suspension left}` as strings.
+const STRIKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local w = tonumber(ARGV[1])
+local half = tonumber(ARGV[2])
+local suspend_at = tonumber(ARGV[3])
+local suspend_for = tonumber(ARGV[4])
+local v = redis.call('HMGET', KEYS[1], 'score', 'at', 'until')
+local score = tonumber(v[1] or '0')
+local at = tonumber(v[2] or '0')
+local untl = tonumber(v[3] or '0')
+if at > 0 then score = score * math.pow(0.5, (now - at) / half) end
+score = score + w
+if score >= suspend_at and untl <= now then
+  untl = now + suspend_for
+  redis.call('ZADD', KEYS[2], untl, ARGV[5])
+end
+redis.call('HSET', KEYS[1], 'score', tostring(score), 'at', string.format('%.0f', now), 'until', string.format('%.0f', untl))
+redis.call('PEXPIRE', KEYS[1], math.ceil(math.max(untl - now, 20 * half) / 1000))
+return {tostring(score), string.format('%.0f', math.max(untl - now, 0))}
+";
+
+/// An operator's suspension.
+const SUSPEND: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local untl = now + tonumber(ARGV[1])
+redis.call('HSET', KEYS[1], 'until', string.format('%.0f', untl))
+redis.call('HSETNX', KEYS[1], 'score', '0')
+redis.call('HSETNX', KEYS[1], 'at', string.format('%.0f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((untl - now) / 1000) + 1000)
+redis.call('ZADD', KEYS[2], untl, ARGV[2])
+return 1
+";
+
+/// The active suspensions: `{member, microseconds left, ...}`.
+const ACTIVE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local r = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. string.format('%.0f', now), '+inf', 'WITHSCORES')
+local out = {}
+for i = 1, #r, 2 do
+  out[#out + 1] = r[i]
+  out[#out + 1] = string.format('%.0f', tonumber(r[i + 1]) - now)
+end
+return out
+";
+
+fn member(s: &Subject) -> String {
+    match s {
+        Subject::Principal(p) => format!("p:{p}"),
+        Subject::Address(a) => format!("a:{a}"),
+    }
+}
+
+fn subject(m: &str) -> Option<Subject> {
+    if let Some(p) = m.strip_prefix("p:") {
+        Some(Subject::Principal(p.to_owned()))
+    } else {
+        m.strip_prefix("a:")
+            .and_then(|a| a.parse().ok())
+            .map(Subject::Address)
+    }
+}
+
+/// The handle of a monitor shared through Redis; see
+/// [`AbuseMonitor::share_via_redis`].
+#[derive(Clone)]
+pub struct SharedAbuse {
+    monitor: AbuseMonitor,
+    conn: ConnectionManager,
+    prefix: Arc<str>,
+    tx: tokio::sync::mpsc::Sender<Op>,
+    dropped: Arc<AtomicU64>,
+    errors: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for SharedAbuse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedAbuse")
+            .field("prefix", &self.prefix)
+            .field("pending", &self.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedAbuse {
+    /// Operations waiting to be sent to Redis.
+    pub fn pending(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Operations dropped because the queue was full (Redis slow or unreachable).
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Redis errors so far (the local state keeps deciding meanwhile).
+    pub fn errors(&self) -> u64 {
+        self.errors.load(Ordering::Relaxed)
+    }
+
+    /// Pulls the active suspensions now (the background task does it every
+    /// `sync_every`).
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] of kind `Backend` when Redis cannot be reached.
+    pub async fn sync(&self) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        let reply: Vec<String> = Script::new(ACTIVE)
+            .key(format!("{{{}}}:active", self.prefix))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        let mut active = std::collections::HashSet::new();
+        for pair in reply.chunks(2) {
+            let (Some(m), Some(left)) = (pair.first(), pair.get(1)) else {
+                continue;
+            };
+            let (Some(s), Ok(left)) = (subject(m), left.parse::<u64>()) else {
+                continue;
+            };
+            self.monitor
+                .merge(&s, 0.0, Some(Duration::from_micros(left)));
+            active.insert(s);
+        }
+        // Suspensions lifted elsewhere.
+        for (s, st) in self.monitor.responding() {
+            if st.level() == Level::Suspended && !active.contains(&s) {
+                self.monitor.forget(&s);
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply(&self, op: Op) -> Result<(), Error> {
+        let mut conn = self.conn.clone();
+        let (half, suspend_at, suspend_for) = self.monitor.settings();
+        let key = |s: &Subject| format!("{{{}}}:s:{}", self.prefix, member(s));
+        let active = format!("{{{}}}:active", self.prefix);
+        match op {
+            Op::Strike(s, w) => {
+                let (score, left): (String, String) = Script::new(STRIKE)
+                    .key(key(&s))
+                    .key(&active)
+                    .arg(w)
+                    .arg(u64::try_from(half.as_micros()).unwrap_or(u64::MAX))
+                    .arg(suspend_at)
+                    .arg(u64::try_from(suspend_for.as_micros()).unwrap_or(u64::MAX))
+                    .arg(member(&s))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                let score = score.parse::<f64>().unwrap_or(0.0);
+                let left = left.parse::<u64>().unwrap_or(0);
+                self.monitor
+                    .merge(&s, score, (left > 0).then(|| Duration::from_micros(left)));
+            }
+            Op::Lift(s) => {
+                redis::pipe()
+                    .del(key(&s))
+                    .zrem(&active, member(&s))
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+            Op::Suspend(s, d) => {
+                Script::new(SUSPEND)
+                    .key(key(&s))
+                    .key(&active)
+                    .arg(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+                    .arg(member(&s))
+                    .invoke_async::<i64>(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(e: redis::RedisError) -> Error {
+    Error::with_source(ErrorKind::Backend, "abuse monitor: redis", e)
+}
+
+impl AbuseMonitor {
+    /// Shares strikes and responses with every replica that uses the same Redis
+    /// and `prefix` (feature `redis`); see the `shared` notes in the
+    /// [module docs](crate::respond). Spawns a task on the current Tokio runtime;
+    /// call it once per monitor, at start-up.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] when the URL is invalid or Redis cannot be reached.
+    pub async fn share_via_redis(
+        &self,
+        url: &str,
+        prefix: &str,
+        sync_every: Duration,
+    ) -> Result<SharedAbuse, Error> {
+        let client = redis::Client::open(url)
+            .map_err(|e| Error::with_source(ErrorKind::Internal, "abuse monitor: redis url", e))?;
+        let conn = ConnectionManager::new(client).await.map_err(unavailable)?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let shared = SharedAbuse {
+            monitor: self.clone(),
+            conn,
+            prefix: prefix.into(),
+            tx: tx.clone(),
+            dropped: dropped.clone(),
+            errors: Arc::new(AtomicU64::new(0)),
+        };
+        *self.inner.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(Outbox { tx, dropped });
+        let worker = shared.clone();
+        tokio::spawn(async move {
+            let mut next_sync = tokio::time::Instant::now();
+            loop {
+                let wait = next_sync.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(wait, rx.recv()).await {
+                    Ok(Some(op)) => {
+                        if worker.apply(op).await.is_err() {
+                            worker.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        if worker.sync().await.is_err() {
+                            worker.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                        next_sync = tokio::time::Instant::now() + sync_every;
+                    }
+                }
+            }
+        });
+        Ok(shared)
+    }
+}
