@@ -147,6 +147,7 @@
 //! Rust 1.85 (edition 2024). The MSRV may rise in a minor release, never in a patch
 //! release, and stays at least six months behind the latest stable release.
 
+pub mod adapter;
 pub mod audit;
 pub mod authz;
 pub mod builtin;

@@ -729,6 +729,7 @@ impl AbuseMonitor {
         }
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn settings(&self) -> (Duration, f64, Duration) {
         let i = &*self.inner;
         (i.half_life, i.suspend_at, i.suspend_for)
