@@ -170,6 +170,9 @@ pub mod scan;
 mod stage;
 mod step;
 mod stream;
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub mod tower;
 
 pub use audit::{
     AuditEvent, JsonLinesSink, MemorySink, NoopSink, Outcome, StageOutcome, StageRecord,
