@@ -160,6 +160,9 @@ pub mod identity;
 pub mod inventory;
 pub mod openai;
 pub mod output;
+#[cfg(feature = "policy")]
+#[cfg_attr(docsrs, doc(cfg(feature = "policy")))]
+pub mod policy;
 mod principal;
 pub mod rate_limit;
 pub mod receipt;

@@ -184,6 +184,53 @@ pub struct ApiKeyRecord {
 }
 
 impl ApiKeyRecord {
+    /// A record for a key known only by its keyed digest (as [`digest`](Self::digest)
+    /// returns it when the key is issued), for stores and policy files that keep
+    /// digests, never keys. `created` is when the key was issued.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use inference_guard::identity::ApiKeyRecord;
+    /// use inference_guard::{CredentialKind, Principal};
+    /// let p = Principal::builder("svc", CredentialKind::ApiKey).build();
+    /// let r = ApiKeyRecord::from_digest("key_1", p, [7; 32], SystemTime::now(), None);
+    /// assert_eq!(r.principal().key_id(), Some("key_1"));
+    /// ```
+    pub fn from_digest(
+        id: impl Into<String>,
+        principal: Principal,
+        digest: [u8; 32],
+        created: SystemTime,
+        expires: Option<SystemTime>,
+    ) -> Self {
+        let id = id.into();
+        let mut b = Principal::builder(principal.id(), principal.kind()).key_id(id.clone());
+        if let Some(t) = principal.tenant() {
+            b = b.tenant(t);
+        }
+        for s in principal.scopes() {
+            b = b.scope(s);
+        }
+        for (k, v) in principal.attributes() {
+            b = b.attribute(k.clone(), v.clone());
+        }
+        b = b.attribute(
+            "credential_created",
+            created
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+                .to_string(),
+        );
+        Self {
+            id,
+            principal: b.build(),
+            created,
+            expires,
+            revoked: false,
+            digest,
+        }
+    }
+
     /// The key's id (not secret; shown in audit records).
     pub fn id(&self) -> &str {
         &self.id

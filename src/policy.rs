@@ -1,0 +1,860 @@
+//! A policy file: one TOML document that configures every built-in stage and builds
+//! a guard (feature `policy`).
+//!
+//! Unknown fields are errors; a malformed file gets an error naming the line and
+//! the field. Secrets are never in the file: it names the environment variables or
+//! files that hold them (`*_env`, `*_file`), and API keys appear only as their keyed
+//! digests.
+//!
+//! ```toml
+//! version = "2026-11-27.1"          # bound into receipts and audit
+//!
+//! [identity]
+//! allow_anonymous = false
+//! api_key_prefix = "igk"
+//! api_key_secret_env = "GUARD_API_KEY_SECRET"   # the HMAC key for key digests
+//!
+//! [[identity.api_keys]]
+//! id = "key_reporting_01"
+//! principal = "svc-reporting"
+//! tenant = "acme"
+//! scopes = ["chat"]
+//! digest = "9f0c...64 hex digits"           # from `issue-key`, never the key
+//!
+//! [[identity.jwt]]
+//! issuer = "https://idp.example.com"
+//! audience = "inference"
+//! jwks_file = "/etc/guard/jwks.json"
+//!
+//! [[grants]]
+//! scopes = ["chat"]                 # or principals = ["svc-*"]
+//! models = ["gpt-4o-mini", "llama-3.*"]
+//! tools = ["search"]
+//! stream = true
+//! max_output_tokens = 2048
+//!
+//! [[rate_limits]]
+//! name = "requests-per-principal"
+//! unit = "requests"                 # or "tokens"
+//! amount = 60
+//! per = "minute"                    # "second", "minute" or "hour"
+//! key_by = ["principal"]            # principal, tenant, model, route; [] for global
+//!
+//! [concurrency]
+//! per_principal = 4
+//!
+//! [limits]
+//! max_message_bytes = 65536
+//!
+//! [input]
+//! redaction = "pseudonymize"        # mask, partial, remove, pseudonymize
+//! disable = ["jailbreak.hypothetical"]
+//!
+//! [output]
+//! allow_hosts = ["docs.example.com"]
+//! html = "escape"                   # escape, strip, block
+//! canary_env = "GUARD_CANARY"
+//!
+//! [[actions]]
+//! rule = "secret.*"
+//! action = "block"                  # block, redact, flag
+//!
+//! [audit]
+//! sink = "jsonl"                    # stdout, jsonl, chained, none
+//! path = "/var/log/guard/audit.jsonl"
+//!
+//! [receipts]
+//! signing_key_file = "/etc/guard/receipt.pk8"   # Ed25519 PKCS#8 (DER)
+//! kid = "receipts-2026-11"
+//!
+//! [abuse]
+//! enabled = true
+//! ```
+//!
+//! ```
+//! use inference_guard::policy::Policy;
+//!
+//! let p = Policy::from_toml("version = \"1\"\n[identity]\nallow_anonymous = true\n[[grants]]\nprincipals = [\"*\"]\nmodels = [\"demo-*\"]\n[audit]\nsink = \"none\"\n")?;
+//! let guard = p.build()?;
+//! # let _ = guard;
+//! let err = Policy::from_toml("version = \"1\"\n[identity]\nalow_anonymous = true\n").unwrap_err();
+//! assert!(err.to_string().contains("line 3") && err.to_string().contains("alow_anonymous"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::audit::{AuditSigningKey, ChainedLogSink, JsonLinesSink, NoopSink};
+use crate::authz::{Grant, PolicyAuthorizer};
+use crate::finding::Action;
+use crate::guard::{GuardBuilder, InferenceGuard, RequestLimits};
+use crate::identity::{
+    ApiKeyFormat, ApiKeyRecord, ApiKeys, Authenticator, InMemoryKeyStore, JwtVerifier, KeySet,
+};
+use crate::output::{AnswerValidator, Canary, MarkupMode};
+use crate::principal::{CredentialKind, Principal};
+use crate::rate_limit::{InMemoryRateLimiter, KeyBy, Limit, Quota};
+use crate::receipt::ReceiptSigner;
+use crate::respond::AbuseMonitor;
+use crate::scan::{Redaction, Scanner};
+
+/// Why a policy was refused: the line and field for a malformed file, the field
+/// path for a value that does not make sense, the variable or file for a secret
+/// that could not be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyError(String);
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+fn err(field: &str, why: impl fmt::Display) -> PolicyError {
+    PolicyError(format!("policy: {field}: {why}"))
+}
+
+/// A parsed policy; [`build`](Self::build) turns it into a guard.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    version: String,
+    #[serde(default)]
+    identity: Identity,
+    #[serde(default)]
+    grants: Vec<GrantSpec>,
+    #[serde(default)]
+    rate_limits: Vec<RateLimitSpec>,
+    #[serde(default)]
+    concurrency: Option<Concurrency>,
+    #[serde(default)]
+    limits: Option<Limits>,
+    #[serde(default)]
+    input: Input,
+    #[serde(default)]
+    output: Output,
+    #[serde(default)]
+    actions: Vec<ActionSpec>,
+    audit: Audit,
+    #[serde(default)]
+    receipts: Option<Receipts>,
+    #[serde(default)]
+    abuse: Option<Abuse>,
+    /// Where relative paths are resolved (the file's directory).
+    #[serde(skip)]
+    base: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Identity {
+    #[serde(default)]
+    allow_anonymous: bool,
+    #[serde(default)]
+    api_key_prefix: Option<String>,
+    #[serde(default)]
+    api_key_secret_env: Option<String>,
+    #[serde(default)]
+    api_key_secret_file: Option<String>,
+    #[serde(default)]
+    api_keys: Vec<KeySpec>,
+    #[serde(default)]
+    jwt: Vec<JwtSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeySpec {
+    id: String,
+    principal: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    digest: String,
+    /// Unix seconds.
+    #[serde(default)]
+    created: Option<u64>,
+    /// Unix seconds.
+    #[serde(default)]
+    expires: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwtSpec {
+    issuer: String,
+    audience: String,
+    jwks_file: String,
+    #[serde(default)]
+    max_lifetime_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantSpec {
+    #[serde(default)]
+    principals: Vec<String>,
+    #[serde(default)]
+    scopes: Vec<String>,
+    models: Vec<String>,
+    #[serde(default)]
+    tools: Vec<String>,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    max_output_tokens: Option<u32>,
+    #[serde(default)]
+    max_input_bytes: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum UnitSpec {
+    Requests,
+    Tokens,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Per {
+    Second,
+    Minute,
+    Hour,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum KeyPart {
+    Principal,
+    Tenant,
+    Model,
+    Route,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitSpec {
+    name: String,
+    unit: UnitSpec,
+    amount: u32,
+    per: Per,
+    #[serde(default)]
+    key_by: Vec<KeyPart>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Concurrency {
+    per_principal: u32,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    max_message_bytes: Option<usize>,
+    max_request_bytes: Option<usize>,
+    max_messages: Option<usize>,
+    max_output_bytes: Option<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum RedactionSpec {
+    Mask,
+    Partial,
+    Remove,
+    Pseudonymize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    threshold: Option<f32>,
+    #[serde(default)]
+    disable: Vec<String>,
+    #[serde(default)]
+    redaction: Option<RedactionSpec>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+impl Default for Input {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            threshold: None,
+            disable: Vec::new(),
+            redaction: None,
+            shadow: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Markup {
+    Escape,
+    Strip,
+    Block,
+}
+
+impl From<Markup> for MarkupMode {
+    fn from(m: Markup) -> Self {
+        match m {
+            Markup::Escape => Self::Escape,
+            Markup::Strip => Self::Strip,
+            Markup::Block => Self::Block,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Output {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    allow_hosts: Vec<String>,
+    #[serde(default)]
+    strict_links: bool,
+    #[serde(default)]
+    html: Option<Markup>,
+    #[serde(default)]
+    ansi: Option<Markup>,
+    #[serde(default)]
+    canary_env: Option<String>,
+    #[serde(default)]
+    system_prompt_file: Option<String>,
+    #[serde(default)]
+    overlap_threshold: Option<f32>,
+}
+
+impl Default for Output {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            allow_hosts: Vec::new(),
+            strict_links: false,
+            html: None,
+            ansi: None,
+            canary_env: None,
+            system_prompt_file: None,
+            overlap_threshold: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ActionName {
+    Block,
+    Redact,
+    Flag,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionSpec {
+    rule: String,
+    action: ActionName,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum SinkKind {
+    Stdout,
+    Jsonl,
+    Chained,
+    None,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Audit {
+    sink: SinkKind,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    signing_key_file: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Receipts {
+    signing_key_file: String,
+    kid: String,
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Abuse {
+    #[serde(default = "yes")]
+    enabled: bool,
+    #[serde(default)]
+    shadow: bool,
+}
+
+/// A secret from an environment variable or a file.
+fn secret(
+    field: &str,
+    env: Option<&String>,
+    file: Option<PathBuf>,
+) -> Result<Vec<u8>, PolicyError> {
+    match (env, file) {
+        (Some(var), None) => {
+            // A value that is not a variable name may be the secret itself: never
+            // echo it.
+            if var.is_empty()
+                || !var
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(err(
+                    field,
+                    "must name an environment variable (A-Z, 0-9, _), not hold the secret",
+                ));
+            }
+            std::env::var(var)
+                .map(String::into_bytes)
+                .map_err(|_| err(field, format!("environment variable {var} is not set")))
+        }
+        (None, Some(path)) => std::fs::read(&path)
+            .map(|mut b| {
+                while b.last().is_some_and(u8::is_ascii_whitespace) {
+                    b.pop();
+                }
+                b
+            })
+            .map_err(|e| err(field, format!("{}: {e}", path.display()))),
+        (Some(_), Some(_)) => Err(err(
+            field,
+            "give the secret's environment variable or its file, not both",
+        )),
+        (None, None) => Err(err(
+            field,
+            "the secret's environment variable or file is required",
+        )),
+    }
+}
+
+fn hex32(field: &str, s: &str) -> Result<[u8; 32], PolicyError> {
+    let s = s.trim();
+    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(err(field, "must be 64 hex digits"));
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| err(field, "must be hex"))?;
+    }
+    Ok(out)
+}
+
+impl Policy {
+    /// Parses a policy.
+    ///
+    /// # Errors
+    ///
+    /// A [`PolicyError`] naming the line and the field of what is malformed or
+    /// unknown.
+    pub fn from_toml(text: &str) -> Result<Self, PolicyError> {
+        // The parser's own message quotes the offending line, which may hold a
+        // secret pasted where it does not belong: only its position and its
+        // message are kept.
+        toml::from_str::<Self>(text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start.min(text.len()));
+            let before = text.get(..at).unwrap_or("");
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            // The key on that line names the field (its value is not repeated).
+            let key = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split_once('='))
+                .map(|(k, _)| k.trim().trim_matches('"'))
+                .filter(|k| !k.is_empty() && !k.starts_with('#'));
+            let field = key.map(|k| format!(" (field `{k}`)")).unwrap_or_default();
+            // "invalid type: string \"...\"" would repeat a value: keep the type only.
+            let message = e.message();
+            let message = match message.find("string \"") {
+                Some(i) => match message[i + 8..].find('"') {
+                    Some(j) => format!("{}a string{}", &message[..i], &message[i + 9 + j..]),
+                    None => message.to_owned(),
+                },
+                None => message.to_owned(),
+            };
+            PolicyError(format!(
+                "policy: line {line}, column {column}: {message}{field}"
+            ))
+        })
+    }
+
+    /// Reads and parses a policy file; relative paths in it are resolved from its
+    /// directory.
+    ///
+    /// # Errors
+    ///
+    /// A [`PolicyError`] for a file that cannot be read or parsed.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError(format!("policy: {}: {e}", path.display())))?;
+        let mut p = Self::from_toml(&text)
+            .map_err(|e| PolicyError(format!("{}: {}", path.display(), e.0)))?;
+        p.base = path.parent().map(Path::to_path_buf);
+        Ok(p)
+    }
+
+    /// The policy's version.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        let p = PathBuf::from(p);
+        match &self.base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        }
+    }
+
+    /// Configures a builder with everything the policy says (add stages of your
+    /// own to it before building).
+    ///
+    /// # Errors
+    ///
+    /// A [`PolicyError`] naming the field whose value cannot be used, or the
+    /// variable or file of a secret that cannot be read.
+    pub fn configure(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
+        b.policy_version(self.version.clone());
+        self.identity(b)?;
+        // Authorization.
+        if self.grants.is_empty() {
+            return Err(err(
+                "grants",
+                "at least one grant is required (deny by default)",
+            ));
+        }
+        let mut authz = PolicyAuthorizer::builder();
+        for (i, g) in self.grants.iter().enumerate() {
+            let field = format!("grants[{i}]");
+            // A grant to principals, or one grant per scope.
+            let heads: Vec<Grant> = match (g.principals.is_empty(), g.scopes.is_empty()) {
+                (false, true) => vec![Grant::to_principals(g.principals.iter().cloned())],
+                (true, false) => g
+                    .scopes
+                    .iter()
+                    .map(|s| Grant::to_scope(s.clone()))
+                    .collect(),
+                _ => return Err(err(&field, "give principals or scopes (one of the two)")),
+            };
+            for head in heads {
+                let mut grant = head
+                    .models(g.models.iter().cloned())
+                    .tools(g.tools.iter().cloned());
+                if g.stream {
+                    grant = grant.allow_stream();
+                }
+                if let Some(n) = g.max_output_tokens {
+                    grant = grant.max_output_tokens(n);
+                }
+                if let Some(n) = g.max_input_bytes {
+                    grant = grant.max_input_bytes(n);
+                }
+                authz = authz.grant(grant);
+            }
+        }
+        b.authorizer(authz.build().map_err(|e| err("grants", e))?);
+        // Rate limits.
+        if !self.rate_limits.is_empty() || self.concurrency.is_some() {
+            let mut rl = InMemoryRateLimiter::builder();
+            for (i, r) in self.rate_limits.iter().enumerate() {
+                if r.amount == 0 {
+                    return Err(err(
+                        &format!("rate_limits[{i}].amount"),
+                        "must be at least 1",
+                    ));
+                }
+                let quota = match r.per {
+                    Per::Second => Quota::per_second(r.amount),
+                    Per::Minute => Quota::per_minute(r.amount),
+                    Per::Hour => Quota::per_hour(r.amount),
+                };
+                let mut key = KeyBy::GLOBAL;
+                for k in &r.key_by {
+                    key = key
+                        | match k {
+                            KeyPart::Principal => KeyBy::PRINCIPAL,
+                            KeyPart::Tenant => KeyBy::TENANT,
+                            KeyPart::Model => KeyBy::MODEL,
+                            KeyPart::Route => KeyBy::ROUTE,
+                        };
+                }
+                let limit = match r.unit {
+                    UnitSpec::Requests => Limit::requests(r.name.clone(), quota),
+                    UnitSpec::Tokens => Limit::tokens(r.name.clone(), quota),
+                };
+                rl = rl.limit(limit.key_by(key));
+            }
+            if let Some(c) = &self.concurrency {
+                rl = rl.concurrency(KeyBy::PRINCIPAL, c.per_principal);
+            }
+            b.rate_limiter(rl.build().map_err(|e| err("rate_limits", e))?);
+        }
+        if let Some(l) = &self.limits {
+            let mut limits = RequestLimits::default();
+            if let Some(n) = l.max_message_bytes {
+                limits = limits.max_message_bytes(n);
+            }
+            if let Some(n) = l.max_request_bytes {
+                limits = limits.max_request_bytes(n);
+            }
+            if let Some(n) = l.max_messages {
+                limits = limits.max_messages(n);
+            }
+            if let Some(n) = l.max_output_bytes {
+                limits = limits.max_output_bytes(n);
+            }
+            b.limits(limits);
+        }
+        // Input scanning.
+        if self.input.enabled {
+            let mut s = Scanner::builder();
+            if let Some(t) = self.input.threshold {
+                s = s.threshold(t);
+            }
+            for d in &self.input.disable {
+                s = s.disable(d.clone());
+            }
+            s = s.redaction(match self.input.redaction {
+                None | Some(RedactionSpec::Mask) => Redaction::mask(),
+                Some(RedactionSpec::Partial) => Redaction::partial(4),
+                Some(RedactionSpec::Remove) => Redaction::remove(),
+                Some(RedactionSpec::Pseudonymize) => Redaction::pseudonymize(),
+            });
+            b.input_scanner(s.build());
+            if self.input.shadow {
+                b.enforcement(crate::Stage::InputScan, crate::Enforcement::Shadow);
+            }
+        }
+        // Output validation.
+        if self.output.enabled {
+            let mut v = AnswerValidator::builder()
+                .allow_hosts(self.output.allow_hosts.iter().cloned())
+                .strict_links(self.output.strict_links);
+            if let Some(m) = self.output.html {
+                v = v.html(m.into());
+            }
+            if let Some(m) = self.output.ansi {
+                v = v.ansi(m.into());
+            }
+            if let Some(t) = self.output.overlap_threshold {
+                v = v.overlap_threshold(t);
+            }
+            if let Some(var) = &self.output.canary_env {
+                let token = std::env::var(var).map_err(|_| {
+                    err(
+                        "output.canary_env",
+                        format!("environment variable {var} is not set"),
+                    )
+                })?;
+                v = v.canary(Canary::new(token).map_err(|e| err("output.canary_env", e))?);
+            }
+            if let Some(f) = &self.output.system_prompt_file {
+                let path = self.path(f);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    err(
+                        "output.system_prompt_file",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+                v = v.system_prompt(text);
+            }
+            b.output_validator(v.build().map_err(|e| err("output", e))?);
+        }
+        for a in &self.actions {
+            b.rule_action(
+                a.rule.clone(),
+                match a.action {
+                    ActionName::Block => Action::Block,
+                    ActionName::Redact => Action::Redact,
+                    ActionName::Flag => Action::Flag,
+                },
+            );
+        }
+        self.audit(b)?;
+        if let Some(r) = &self.receipts {
+            let path = self.path(&r.signing_key_file);
+            let der = std::fs::read(&path).map_err(|e| {
+                err(
+                    "receipts.signing_key_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let key = AuditSigningKey::from_pkcs8(r.kid.clone(), &der)
+                .map_err(|e| err("receipts.signing_key_file", e))?;
+            let mut signer = ReceiptSigner::new(key);
+            if let Some(t) = r.ttl_secs {
+                signer = signer.ttl(Duration::from_secs(t));
+            }
+            b.receipts(signer);
+        }
+        if let Some(a) = self.abuse.as_ref().filter(|a| a.enabled) {
+            let m = AbuseMonitor::builder()
+                .shadow(a.shadow)
+                .build()
+                .map_err(|e| err("abuse", e))?;
+            b.abuse_monitor(m);
+        }
+        Ok(())
+    }
+
+    fn identity(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
+        let id = &self.identity;
+        if id.allow_anonymous {
+            b.allow_anonymous();
+        }
+        let mut auth = Authenticator::new();
+        for (i, j) in id.jwt.iter().enumerate() {
+            let field = format!("identity.jwt[{i}]");
+            let path = self.path(&j.jwks_file);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    &format!("{field}.jwks_file"),
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            let keys =
+                KeySet::from_jwks(&text).map_err(|e| err(&format!("{field}.jwks_file"), e))?;
+            let mut v = JwtVerifier::builder()
+                .issuer(j.issuer.clone())
+                .audience(j.audience.clone())
+                .keys(keys);
+            if let Some(s) = j.max_lifetime_secs {
+                v = v.max_lifetime(Duration::from_secs(s));
+            }
+            auth = auth.jwt(v.build().map_err(|e| err(&field, e))?);
+        }
+        if id.api_keys.is_empty() && id.jwt.is_empty() {
+            if !id.allow_anonymous {
+                return Err(err(
+                    "identity",
+                    "no api_keys and no jwt issuers: nobody could call (set allow_anonymous to mean it)",
+                ));
+            }
+            return Ok(());
+        }
+        if id.api_keys.is_empty() {
+            b.identity(auth);
+            return Ok(());
+        }
+        let secret = secret(
+            "identity.api_key_secret",
+            id.api_key_secret_env.as_ref(),
+            id.api_key_secret_file.as_deref().map(|f| self.path(f)),
+        )?;
+        let store = InMemoryKeyStore::new();
+        let format = ApiKeyFormat::new(id.api_key_prefix.as_deref().unwrap_or("igk"))
+            .map_err(|e| err("identity.api_key_prefix", e))?;
+        let keys = ApiKeys::new(&secret, format, store.clone())
+            .map_err(|e| err("identity.api_key_secret", e))?;
+        for (i, k) in id.api_keys.iter().enumerate() {
+            let field = format!("identity.api_keys[{i}]");
+            let mut p = Principal::builder(k.principal.clone(), CredentialKind::ApiKey);
+            if let Some(t) = &k.tenant {
+                p = p.tenant(t.clone());
+            }
+            for s in &k.scopes {
+                p = p.scope(s.clone());
+            }
+            let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+            store.insert(ApiKeyRecord::from_digest(
+                k.id.clone(),
+                p.build(),
+                hex32(&format!("{field}.digest"), &k.digest)?,
+                k.created.map_or_else(SystemTime::now, at),
+                k.expires.map(at),
+            ));
+        }
+        b.identity(auth.api_keys(keys));
+        Ok(())
+    }
+
+    fn audit(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
+        let a = &self.audit;
+        match a.sink {
+            SinkKind::None => {
+                b.audit_sink(NoopSink);
+            }
+            SinkKind::Stdout => {
+                b.audit_sink(JsonLinesSink::new(std::io::stdout()));
+            }
+            SinkKind::Jsonl => {
+                let path = a
+                    .path
+                    .as_deref()
+                    .ok_or_else(|| err("audit.path", "required for sink = \"jsonl\""))?;
+                let path = self.path(path);
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| err("audit.path", format!("{}: {e}", path.display())))?;
+                b.audit_sink(JsonLinesSink::new(f));
+            }
+            SinkKind::Chained => {
+                let path = a
+                    .path
+                    .as_deref()
+                    .ok_or_else(|| err("audit.path", "required for sink = \"chained\""))?;
+                let key_file = a.signing_key_file.as_deref().ok_or_else(|| {
+                    err("audit.signing_key_file", "required for sink = \"chained\"")
+                })?;
+                let key_path = self.path(key_file);
+                let der = std::fs::read(&key_path).map_err(|e| {
+                    err(
+                        "audit.signing_key_file",
+                        format!("{}: {e}", key_path.display()),
+                    )
+                })?;
+                let key = AuditSigningKey::from_pkcs8(
+                    a.kid.clone().unwrap_or_else(|| "audit".into()),
+                    &der,
+                )
+                .map_err(|e| err("audit.signing_key_file", e))?;
+                let sink = ChainedLogSink::create(self.path(path), key)
+                    .map_err(|e| err("audit.path", e))?;
+                b.audit_sink(sink);
+            }
+        }
+        Ok(())
+    }
+
+    /// Builds the guard.
+    ///
+    /// # Errors
+    ///
+    /// As [`configure`](Self::configure), and the guard builder's own checks.
+    pub fn build(&self) -> Result<InferenceGuard, PolicyError> {
+        let mut b = InferenceGuard::builder();
+        self.configure(&mut b)?;
+        b.build().map_err(|e| err("guard", e))
+    }
+}

@@ -1,0 +1,198 @@
+//! The policy file: a full policy builds a working guard; malformed files get errors
+//! naming the line and the field; secrets come from the environment or files only.
+#![cfg(feature = "policy")]
+
+use inference_guard::identity::{ApiKeyFormat, ApiKeys, InMemoryKeyStore};
+use inference_guard::policy::Policy;
+use inference_guard::*;
+
+fn issued_key(secret: &[u8]) -> (String, String) {
+    let store = InMemoryKeyStore::new();
+    let keys = ApiKeys::new(secret, ApiKeyFormat::new("igk").unwrap(), store).unwrap();
+    let (key, record) = keys
+        .issue(
+            "key_demo_01",
+            Principal::builder("svc-demo", CredentialKind::ApiKey).build(),
+            None,
+        )
+        .unwrap();
+    let digest: String = record.digest().iter().map(|b| format!("{b:02x}")).collect();
+    (key.expose().to_owned(), digest)
+}
+
+fn full_policy(digest: &str, dir: &std::path::Path) -> String {
+    format!(
+        r#"
+version = "test-7"
+
+[identity]
+api_key_prefix = "igk"
+api_key_secret_file = "api_key_secret"
+
+[[identity.api_keys]]
+id = "key_demo_01"
+principal = "svc-demo"
+tenant = "acme"
+scopes = ["chat"]
+digest = "{digest}"
+
+[[grants]]
+scopes = ["chat"]
+models = ["demo-*"]
+stream = true
+max_output_tokens = 512
+
+[[rate_limits]]
+name = "requests-per-principal"
+unit = "requests"
+amount = 2
+per = "minute"
+key_by = ["principal"]
+
+[concurrency]
+per_principal = 2
+
+[limits]
+max_message_bytes = 2048
+
+[input]
+redaction = "pseudonymize"
+
+[output]
+allow_hosts = ["docs.example.com"]
+html = "strip"
+
+[[actions]]
+rule = "secret.*"
+action = "block"
+
+[audit]
+sink = "jsonl"
+path = "{}"
+"#,
+        dir.join("audit.jsonl").display()
+    )
+}
+
+#[test]
+fn a_full_policy_builds_a_working_guard() {
+    let secret = b"policy test secret of 32 bytes or more";
+    let (key, digest) = issued_key(secret);
+    let dir = std::env::temp_dir().join(format!("igpolicy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The secret lives in a file next to the policy (relative paths resolve there).
+    std::fs::write(dir.join("api_key_secret"), secret).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, full_policy(&digest, &dir)).unwrap();
+    let guard = Policy::load(&path).unwrap().build().unwrap();
+    let req = |text: &str| {
+        GuardRequest::new("demo-small")
+            .with_credentials(Credentials::from_api_key(key.clone()))
+            .with_message(Role::User, text)
+    };
+    let adm = guard
+        .check_request(req("Mail ana@northwind-mail.com"))
+        .unwrap();
+    assert_eq!(adm.principal().id(), "svc-demo");
+    assert_eq!(adm.principal().tenant(), Some("acme"));
+    assert!(adm.request().messages()[0].content().contains("<EMAIL_1>"));
+    let c = adm
+        .check_response(GuardResponse::new("Hi <script>x</script>"))
+        .unwrap();
+    assert_eq!(c.response().text(), "Hi x");
+    // A credential pasted into the prompt is blocked by the rule action.
+    assert_eq!(
+        guard
+            .check_request(req("AKIAZ4QW7RTY2UIOPL3M"))
+            .unwrap_err()
+            .status(),
+        422
+    );
+    // Two requests a minute.
+    assert_eq!(guard.check_request(req("hello")).unwrap_err().status(), 429);
+    // The model is outside the grant; the key is unknown.
+    let other = GuardRequest::new("gpt-x").with_credentials(Credentials::from_api_key(key.clone()));
+    assert!(guard.check_request(other).is_err());
+    let audit = std::fs::read_to_string(dir.join("audit.jsonl")).unwrap();
+    assert!(audit.lines().count() >= 3);
+    assert!(!audit.contains(&key));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn malformed_policies_name_the_line_and_the_field() {
+    let cases = [
+        (
+            "version = \"1\"\n[identity]\nallow_anonymous = true\nallow_anonimous = true\n",
+            "line 4",
+            "allow_anonimous",
+        ),
+        (
+            "version = \"1\"\n[audit]\nsink = \"syslog\"\n",
+            "line 3",
+            "syslog",
+        ),
+        (
+            "version = \"1\"\n[[rate_limits]]\nname = \"r\"\nunit = \"requests\"\namount = \"ten\"\nper = \"minute\"\n[audit]\nsink = \"none\"\n",
+            "line 5",
+            "amount",
+        ),
+        // A secret in the file itself is an unknown field.
+        (
+            "version = \"1\"\n[identity]\napi_key_secret = \"hunter2\"\n[audit]\nsink = \"none\"\n",
+            "line 3",
+            "api_key_secret",
+        ),
+        ("[audit]\nsink = \"none\"\n", "", "version"),
+    ];
+    for (text, line, field) in cases {
+        let e = Policy::from_toml(text).unwrap_err().to_string();
+        assert!(e.contains(line) && e.contains(field), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("ten"), "{e}");
+    }
+}
+
+#[test]
+fn values_that_cannot_be_used_name_their_field() {
+    let base = "version = \"1\"\n[audit]\nsink = \"none\"\n";
+    let e = Policy::from_toml(base)
+        .unwrap()
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("identity"), "{e}");
+    let text = format!(
+        "{base}[identity]\napi_key_secret_env = \"IG_POLICY_TEST_UNSET\"\n[[identity.api_keys]]\nid = \"k\"\nprincipal = \"p\"\ndigest = \"00\"\n[[grants]]\nprincipals = [\"p\"]\nmodels = [\"m\"]\n"
+    );
+    let e = Policy::from_toml(&text)
+        .unwrap()
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("IG_POLICY_TEST_UNSET"), "{e}");
+    let text = format!(
+        "{base}[identity]\napi_key_secret_env = \"s3cr3t-value\"\n[[identity.api_keys]]\nid = \"k\"\nprincipal = \"p\"\ndigest = \"00\"\n[[grants]]\nprincipals = [\"p\"]\nmodels = [\"m\"]\n"
+    );
+    let e = Policy::from_toml(&text)
+        .unwrap()
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("api_key_secret") && !e.contains("s3cr3t"), "{e}");
+    let text = format!("{base}[identity]\nallow_anonymous = true\n");
+    let e = Policy::from_toml(&text)
+        .unwrap()
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("grants"), "{e}");
+    let text = format!(
+        "{base}[identity]\nallow_anonymous = true\n[[grants]]\nprincipals = [\"*\"]\nscopes = [\"x\"]\nmodels = [\"m\"]\n"
+    );
+    let e = Policy::from_toml(&text)
+        .unwrap()
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("grants[0]"), "{e}");
+}
