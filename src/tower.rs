@@ -105,6 +105,18 @@ impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for GuardContext {
     }
 }
 
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum_core::extract::OptionalFromRequestParts<S> for GuardContext {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        Ok(parts.extensions.get::<Self>().cloned())
+    }
+}
+
 /// The layer; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct GuardLayer {
