@@ -94,6 +94,15 @@ pub type DemoKeys = Vec<(&'static str, String)>;
 /// `limited`: `demo-small` only, no streaming), 30 requests a minute per principal,
 /// every scanner, the answer validator, abuse responses and an audit log on stderr.
 pub fn demo_guard() -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Error>> {
+    demo_guard_with(Quota::per_minute(30), true)
+}
+
+/// The demo policy with another per-principal request quota, audit records on
+/// stderr or not (the load run uses a quota it never reaches and no audit output).
+pub fn demo_guard_with(
+    quota: Quota,
+    audit_to_stderr: bool,
+) -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Error>> {
     let store = InMemoryKeyStore::new();
     let mut secret = [0u8; 32];
     ring_fill(&mut secret);
@@ -130,10 +139,7 @@ pub fn demo_guard() -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Er
         .authorizer(authz)
         .rate_limiter(
             InMemoryRateLimiter::builder()
-                .limit(
-                    Limit::requests("requests-per-principal", Quota::per_minute(30))
-                        .key_by(KeyBy::PRINCIPAL),
-                )
+                .limit(Limit::requests("requests-per-principal", quota).key_by(KeyBy::PRINCIPAL))
                 .concurrency(KeyBy::PRINCIPAL, 16)
                 .build()?,
         )
@@ -150,8 +156,12 @@ pub fn demo_guard() -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Er
         )
         .abuse_monitor(AbuseMonitor::new()?)
         .rule_action("secret.*", Action::Block)
-        .policy_version("demo-1")
-        .audit_sink(JsonLinesSink::new(std::io::stderr()));
+        .policy_version("demo-1");
+    if audit_to_stderr {
+        b.audit_sink(JsonLinesSink::new(std::io::stderr()));
+    } else {
+        b.audit_sink(NoopSink);
+    }
     Ok((b.build()?, keys))
 }
 
@@ -484,3 +494,6 @@ pub fn issue_key(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     );
     Ok(())
 }
+
+#[cfg(feature = "axum")]
+pub mod axum_app;
