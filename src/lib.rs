@@ -138,9 +138,17 @@
 //!
 //! - `tracing`: [`audit::TracingSink`], which emits audit events as `tracing` events.
 //! - `redis`: `rate_limit::RedisRateLimiter`, rate limits shared by all replicas
-//!   through Redis (adds the `redis` and `tokio` crates).
+//!   through Redis, and `respond::AbuseMonitor::share_via_redis` (adds the `redis`
+//!   and `tokio` crates).
+//! - `tower`: `tower::GuardLayer`, a tower `Layer`/`Service` for axum, tonic and
+//!   hyper (adds `tower-layer`, `tower-service`, `http`, `http-body`,
+//!   `http-body-util`, `bytes` and `tokio`'s timer).
+//! - `axum`: the axum extractor for `tower::GuardContext` (adds `axum-core`).
+//! - `policy`: `policy::Policy`, a TOML policy file that configures every built-in
+//!   stage (adds `toml`).
 //!
-//! The core has no web-framework dependency.
+//! The core has no web-framework dependency: [`adapter`] holds the framework-neutral
+//! half of an HTTP adapter (the actix-web gateway example builds on it).
 //!
 //! # Minimum supported Rust version
 //!
