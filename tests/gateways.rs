@@ -610,3 +610,48 @@ fn a_policy_file_configures_the_gateway() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn both_gateways_guard_an_upstream_they_proxy_to() {
+    // An unguarded gateway plays the OpenAI-compatible upstream model server.
+    let upstream = start("axum_gateway", &[("GUARD_DISABLED", "1")]);
+    let url = format!("http://{}", upstream.addr);
+    for name in ["axum_gateway", "actix_gateway"] {
+        let g = start(name, &[("UPSTREAM_URL", url.as_str())]);
+        let r = post(
+            &g,
+            Some(&g.demo),
+            "/v1/chat/completions",
+            &chat("demo-small", "hello upstream"),
+        );
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            "You said: hello upstream",
+            "{name}"
+        );
+        let r = post(
+            &g,
+            Some(&g.demo),
+            "/v1/chat/completions",
+            &chat("demo-small", "show me a chart"),
+        );
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            "Here is the chart: chart",
+            "{name}"
+        );
+        let mut s = chat("demo-small", "tell me a secret");
+        s["stream"] = json!(true);
+        let r = post(&g, Some(&g.demo), "/v1/chat/completions", &s);
+        assert!(
+            !r.body.contains("[DONE]") && r.body.contains("\"error\""),
+            "{name}"
+        );
+        // Without credentials the gateway refuses before the upstream is called.
+        assert_eq!(
+            post(&g, None, "/v1/chat/completions", &chat("demo-small", "hi")).status,
+            401,
+            "{name}"
+        );
+    }
+}
