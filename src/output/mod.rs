@@ -179,7 +179,7 @@ impl Canary {
 /// The forms in which a canary is looked for.
 #[derive(Clone, Debug)]
 struct CanaryForms {
-    /// In the raw text, case-insensitive.
+    /// The token, lowercased (to tell canaries apart).
     raw: String,
     /// In the text reduced to lowercase letters and digits: the token's letters and
     /// digits, reversed, in hex, and ROT13.
@@ -587,6 +587,15 @@ struct Shingles {
 fn word_hash(w: &str) -> u64 {
     // FNV-1a over the lowercased letters and digits.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    if w.is_ascii() {
+        for &b in w.as_bytes() {
+            if b.is_ascii_alphanumeric() {
+                h ^= u64::from(b.to_ascii_lowercase());
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        return h;
+    }
     for c in w
         .chars()
         .filter(|c| c.is_alphanumeric())
@@ -752,7 +761,7 @@ impl StreamValidator for Engine {
     }
 }
 
-/// Canaries in their raw, compact, encoded and reversed forms.
+/// Canaries in their compact (spaced, split, cased), encoded and reversed forms.
 fn scan_canaries(canaries: &[CanaryForms], text: &str, out: &mut Vec<Finding>) {
     if canaries.is_empty() {
         return;
@@ -769,39 +778,36 @@ fn scan_canaries(canaries: &[CanaryForms], text: &str, out: &mut Vec<Finding>) {
             .with_action(Action::Block),
         );
     };
-    let lower = text.to_ascii_lowercase();
-    // Letters and digits only, lowercased, with the offset of each.
-    let mut compact = String::with_capacity(text.len());
-    let mut origin = Vec::with_capacity(text.len());
-    // Everything but whitespace, case kept (base64 may be wrapped).
-    let mut dense = String::with_capacity(text.len());
-    let mut dense_origin = Vec::with_capacity(text.len());
-    for (i, c) in text.char_indices() {
+    // Letters and digits only, lowercased, with the offset of each: the token itself
+    // (wherever it is, however it is cased, spaced or split), reversed, hex, ROT13.
+    // And everything but whitespace, case kept, for base64 (which may be wrapped).
+    let b = text.as_bytes();
+    let mut compact: Vec<u8> = Vec::with_capacity(b.len());
+    let mut origin: Vec<usize> = Vec::with_capacity(b.len());
+    let mut dense: Vec<u8> = Vec::with_capacity(b.len());
+    let mut dense_origin: Vec<usize> = Vec::with_capacity(b.len());
+    for (i, &c) in b.iter().enumerate() {
         if c.is_ascii_alphanumeric() {
             compact.push(c.to_ascii_lowercase());
             origin.push(i);
         }
-        if !c.is_whitespace() {
+        if !c.is_ascii_whitespace() {
             dense.push(c);
-            for _ in 0..c.len_utf8() {
-                dense_origin.push(i);
-            }
+            dense_origin.push(i);
         }
     }
+    // Matched bytes are ASCII: a span ends one byte after its last.
     let span_of = |origin: &[usize], s: usize, e: usize| {
         let start = origin.get(s).copied().unwrap_or(0);
         let last = origin.get(e.saturating_sub(1)).copied().unwrap_or(start);
-        start..last + text[last..].chars().next().map_or(0, char::len_utf8)
+        start..crate::finding::ceil_boundary(text, last + 1)
     };
+    let find = |hay: &[u8], needle: &str| memchr::memmem::find(hay, needle.as_bytes());
     for c in canaries {
-        if let Some(i) = lower.find(&c.raw) {
-            push(out, i..i + c.raw.len());
-            continue;
-        }
         if let Some((s, n)) = c
             .compact
             .iter()
-            .find_map(|f| compact.find(f.as_str()).map(|s| (s, f.len())))
+            .find_map(|f| find(&compact, f).map(|s| (s, f.len())))
         {
             push(out, span_of(&origin, s, s + n));
             continue;
@@ -809,7 +815,7 @@ fn scan_canaries(canaries: &[CanaryForms], text: &str, out: &mut Vec<Finding>) {
         if let Some((s, n)) = c
             .base64
             .iter()
-            .find_map(|f| dense.find(f.as_str()).map(|s| (s, f.len())))
+            .find_map(|f| find(&dense, f).map(|s| (s, f.len())))
         {
             push(out, span_of(&dense_origin, s, s + n));
         }
