@@ -47,7 +47,7 @@ const GAP: &str = r"(?:[\s,:;'\-]+[\w'\-]+){0,5}?[\s,:;'\-]+";
 const WS: &str = r"[ \t]";
 const OVERRIDE_VERB: &str = r"(?:ignore|ignores|ignored|ignoring|disregards|disregard|disregarding|forget|forgetting|skip|bypass|override|overrule|neglect|discard|abandon|drop|set aside|pay no attention to|do not (?:follow|obey|heed)|don't (?:follow|obey)|stop following|no longer follow)";
 const PRIOR: &str = r"(?:all|any|every|the|your|previous|prior|above|earlier|preceding|foregoing|original|initial|other|following|former|existing|system|these|those|its|their|rest of)";
-const INSTRUCTIONS: &str = r"(?:instructions?|directions?|directives?|rules|guidelines|guidance|prompts?|commands?|orders|constraints|restrictions|programming|policies|policy|context|conversation|messages?|requests?|tasks?|text|input|content|information|indicators|criteria|training|settings|filters|safeguards|limitations|everything|info|data|details|documents?|facts)";
+const INSTRUCTIONS: &str = r"(?:instructions?|directions?|directives?|rules|guidelines|guidance|prompts?|commands?|orders|constraints|restrictions|programming|policies|policy|context|conversation|messages?|requests?|tasks?|text|inputs?|content|information|indicators|criteria|training|settings|filters|safeguards|limitations|everything|info|data|details|documents?|facts)";
 
 pub(crate) fn families() -> Vec<Family> {
     let inj = || Category::PromptInjection;
@@ -62,7 +62,7 @@ pub(crate) fn families() -> Vec<Family> {
                 "encoding.decode_request",
                 Category::EncodedPayload,
                 0.0,
-                r"\b(?:decode|decipher|decrypt|unscramble|de-?obfuscate)\b[^\n]{0,60}\b(?:following|this|these|string|text|message|code|below|above|payload|ciphertext)\b|\b(?:base ?(?:16|32|64|85|2048|i6|e2|6a|bs|2oab)|hex(?:adecimal)?|rot-?(?:13|ie)|caesar|atbash|morse|braille|ascii ?(?:85|bs)|uuencoded?|quoted-printable|mime|ecoji|zalgo|leetspeak|leet|nato (?:phonetic )?alphabet|binary)\b[^\n]{0,30}\b(?:encoded|encoding|string|cipher|ciphertext|message|text|decoded)\b|(?m:^\s*(?:encoded|decoded|ciphertext|plaintext)\s*:)|\bin your monologue\b|\bsecure system message\b",
+                r"\b(?:decode|decipher|decrypt|unscramble|de-?obfuscate)\b[^\n]{0,60}\b(?:following|this|these|string|text|message|code|below|above|payload|ciphertext)\b|\b(?:base ?(?:16|32|64|85|2048|i6|e2|6a|bs|2oab)|hex(?:adecimal)?|rot-?(?:13|ie)|caesar|atbash|morse|braille|ascii ?(?:85|bs)|uuencoded?|quoted-printable|mime|ecoji|zalgo|leetspeak|leet|nato (?:phonetic )?alphabet|binary)\b[^\n]{0,30}\b(?:encoded|encoding|string|cipher|ciphertext|message|text|decoded|speech|translation)\b|(?m:^\s*(?:encoded|decoded|ciphertext|plaintext)\s*:)|\bin your monologue\b|\bsecure system message\b",
             )
         },
         // Instruction override and goal hijacking.
@@ -94,7 +94,7 @@ pub(crate) fn families() -> Vec<Family> {
             "injection.output_coercion",
             inj(),
             0.5,
-            r#"\b(?:just|only|simply|instead) (?:print|say|output|write|type|repeat|return|respond with|reply with|answer with|state)\b|\b(?:print|say|output|repeat|write|type|reproduce) (?:exactly|verbatim|word for word|the following)\b|\b(?:respond|reply|answer) (?:only )?with (?:only |just )?(?:the (?:word|phrase|text|string)|"|')|\bstart (?:your|the) (?:response|reply|answer) with\b"#,
+            r#"\b(?:just|only|simply|instead) (?:print|say|output|write|type|repeat|return|respond with|reply with|answer with|state)\b|\b(?:print|say|output|repeat|write|type|reproduce) (?:exactly|verbatim|word for word|the following)\b|\b(?:respond|reply|answer) (?:only )?with (?:only |just )?(?:the (?:word|phrase|text|string)|"|')|\b(?:start|begin) (?:your|the|every|each) (?:response|reply|answer|message)s? with\b"#,
         ),
         family(
             "injection.fake_delimiter",
@@ -197,19 +197,19 @@ pub(crate) fn families() -> Vec<Family> {
             "jailbreak.grandma_story",
             jb(),
             1.0,
-            r"\b(?:miss|remember|lost|mourn\w*) (?:my|our) (?:dead |late |deceased |departed |sweet |dear )?(?:grandmother|grandma|granny|nana|grandfather|grandpa|mother|father|mom|dad|aunt|uncle)\b[^\n]{0,240}\b(?:bedtime|lullaby|to (?:sleep|calm me)|(?:used to|would) (?:always )?(?:sing|tell|read|recite|whisper|say|list)\b[^\n]{0,80}\b(?:steps|recipe|instructions|how to|keys|codes|passwords|names|words|formula|synthesis))\b",
+            r"\b(?:miss|remember|lost|mourn\w*) (?:my|our) (?:dead |late |deceased |departed |sweet |dear )?(?:grandmother|grandma|granny|nana|grandfather|grandpa|mother|father|mom|dad|aunt|uncle)\b[^\n]{0,240}\b(?:bedtime|lullaby|to (?:sleep|calm me)|help me (?:remember|honou?r|feel close to) (?:her|him|them)|(?:used to|would) (?:always )?(?:sing|tell|read|recite|whisper|say|list)\b[^\n]{0,80}\b(?:steps|recipe|instructions|how to|keys|codes|passwords|names|words|formula|synthesis))\b",
         ),
         family(
             "jailbreak.adversarial_brackets",
             jb(),
             1.0,
-            r"(?:[ \t]\[[^\]\n\[]{0,48}){3,}",
+            r"(?:[ \t]\[[^\]\n\[]{0,100}){3,}",
         ),
         family(
             "jailbreak.explicit_allowed",
             jb(),
             0.8,
-            r"\b(?:nsfw|explicit|sexual|adult|graphic|illegal|harmful|offensive|unethical|violent) (?:content|generations?|material|responses?|outputs?|language|topics)\b[^.\n]{0,30}\b(?:is|are) (?:allowed|permitted|enabled|acceptable|ok|fine)\b|\b(?:allow|allows|allowed|permit|permits) (?:nsfw|explicit|sexual|harmful|illegal|unethical) (?:content|material|responses?)\b",
+            r"\b(?:nsfw|explicit|sexual|adult|graphic|illegal|harmful|offensive|unethical|violent) (?:content|generations?|material|responses?|outputs?|language|topics)\b[^.\n]{0,30}\b(?:is|are) (?:allowed|permitted|enabled|acceptable|ok|fine)\b|\b(?:allow|allows|allowed|allowing|permit|permits|permitting|enable|enabling) (?:nsfw|explicit|sexual|harmful|illegal|unethical) (?:content|material|responses?)\b",
         ),
         family(
             "jailbreak.fake_authority",
@@ -234,7 +234,7 @@ pub(crate) fn families() -> Vec<Family> {
             "jailbreak.no_rules",
             jb(),
             0.8,
-            r"\b(?:no|without|sans|devoid of|lacking|zero|free (?:of|from)|beyond|outside|unbound by|not bound by|not restricted by|no longer bound by|doesn't (?:have|follow)|does not (?:have|follow)|don't (?:have|follow)|never (?:follows?|obeys?))\b(?:\s+[\w'\-]+){0,3}?\s+(?:ethical|moral|safety|content|openai|anthropic|usage)?\s*(?:guidelines?|restrictions?|rules|filters?|limitations?|limits|constraints?|boundaries|censorship|morals|ethics|policies|polic(?:y|ies)|principles|safeguards|prohibitions|taboos)\b|\b(?:not|never|no longer|isn't|aren't) (?:be |being )?(?:bound|restrained|restricted|governed|constrained|confined|held back|limited) by\b|\b(?:not|never|doesn't|don't|does not|do not|no need to) (?:have to |need to )?(?:abide by|adhere to|comply with) (?:the |any |its |their |openai'?s? )?(?:rules|guidelines|policies|restrictions|polic(?:y|ies))\b|\bbreaks? (?:all |the |any |ai |openai'?s? )?(?:rules|guidelines|policies|restrictions)\b",
+            r"\b(?:no|without|sans|devoid of|lacking|zero|free (?:of|from)|beyond|outside|unbound by|not bound by|not restricted by|no longer bound by|doesn't (?:have|follow)|does not (?:have|follow)|don't (?:have|follow)|never (?:follows?|obeys?))\b(?:\s+[\w'\-]+){0,3}?\s+(?:ethical|moral|safety|content|openai|anthropic|usage)?\s*(?:guidelines?|restrictions?|rules|filters?|limitations?|limits?|constraints?|boundaries|censorship|morals|ethics|policies|polic(?:y|ies)|principles|safeguards|prohibitions|taboos)\b|\b(?:not|never|no longer|isn't|aren't) (?:be |being )?(?:bound|restrained|restricted|governed|constrained|confined|held back|limited) by\b|\b(?:not|never|doesn't|don't|does not|do not|no need to) (?:have to |need to )?(?:abide by|adhere to|comply with) (?:the |any |its |their |openai'?s? )?(?:rules|guidelines|policies|restrictions|polic(?:y|ies))\b|\bbreaks? (?:all |the |any |ai |openai'?s? )?(?:rules|guidelines|policies|restrictions)\b|\bfree (?:it|your|him|her|them)sel(?:f|ves) from\b|\bregardless of (?:the )?(?:legality|ethics|morality|morals|laws?|rules|consequences|safety)\b|\bfree (?:of|from) (?:your|its|all|any|their) (?:confines|chains|shackles|programming)\b|\bwithout (?:any )?regard (?:for|to)\b[^.\n]{0,40}\b(?:norms|ethics|morals|rules|laws|safety|consequences|correctness)\b",
         ),
         family(
             "jailbreak.unfiltered_ai",
@@ -252,7 +252,7 @@ pub(crate) fn families() -> Vec<Family> {
             "jailbreak.persona_traits",
             jb(),
             0.5,
-            r"\b(?:is|are|be|being|become|becomes) (?:an? )?(?:completely |totally |fully |very )?(?:amoral|unethical|immoral|unfiltered|uncensored|unrestricted|unbound|boundless|unhinged|lawless)\b|\b(?:responses|answers|replies|outputs|you) (?:will|must|shall|should|are|would) (?:\w+ )?be (?:unfiltered|uncensored|unrestricted|unlimited|amoral)\b|\bforget (?:that )?you(?:'re| are) (?:an? )?(?:ai|language model|assistant|chatbot)\b|\b(?:opposite|reverse) personality\b",
+            r"\b(?:is|are|be|being|become|becomes) (?:an? )?(?:completely |totally |fully |very )?(?:amoral|unethical|immoral|unfiltered|uncensored|unrestricted|unbound|boundless|unhinged|lawless)\b|\b(?:responses|answers|replies|outputs|you) (?:will|must|shall|should|are|would) (?:\w+ )?be (?:unfiltered|uncensored|unrestricted|unlimited|amoral)\b|\bforget (?:that )?you(?:'re| are) (?:an? )?(?:ai|language model|assistant|chatbot)\b|\b(?:opposite|reverse) personality\b|\b(?:gained|has|have|having|with) (?:sentience|consciousness|free will)\b|\b(?:intentionally|deliberately|purposely) (?:provide|give|write|generate|produce|spread) (?:\w+ ){0,3}?(?:harmful|incorrect|false|offensive|dangerous|misleading)\b",
         ),
         family(
             "jailbreak.policy_target",
@@ -261,22 +261,40 @@ pub(crate) fn families() -> Vec<Family> {
             r"\b(?:openai|open ai|anthropic)'?s? (?:content )?(?:polic(?:y|ies)|guidelines|rules|restrictions|filters)\b|\bcontent polic(?:y|ies)\b",
         ),
         family(
+            "injection.invisible_char_request",
+            inj(),
+            0.5,
+            r"\bu\+(?:202[a-e]|200[b-f]|206[0-9a-f]|feff|e00[0-7][0-9a-f])\b",
+        ),
+        family(
+            "jailbreak.mode_switch",
+            jb(),
+            0.5,
+            r"\b(?:stay|remain) in [\w-]+ mode\b|\b[\w-]+ mode (?:is )?(?:enabled|activated|engaged|unlocked)\b",
+        ),
+        family(
+            "jailbreak.prompt_placeholder",
+            jb(),
+            0.5,
+            r"[\[\{(<]\s*(?:insert|type|put|enter|add|write)?[ _]?(?:your|the|whatever|any)?[ _]?(?:own )?(?:prompt|question|request)s?(?:[ _]here)?\s*[\]\})>]",
+        ),
+        family(
             "jailbreak.persona",
             jb(),
             0.5,
-            r"\b(?:pretend|imagine|suppose) (?:to be|you are|you're|that you(?:'re| are)|you were)\b|\b(?:act|behave|respond|answer|reply|write|speak|talk) (?:as|like) (?:an? |my |the )?(?:\w+ ){0,3}?(?:ai|bot|assistant|character|persona|model|chatbot|villain|hacker|criminal|grandma|grandmother|expert|human|person|version)\b|\b(?:role-?play|roleplaying|in character|fictional (?:world|story|character|scenario|setting))\b|\byou are (?:now |going to (?:be|act as|pretend) |about to (?:immerse|become) )|\bfrom now on,? (?:you|your|i want you|answer|respond|act|reply)\b|\byou (?:will|must|shall) (?:now )?(?:always|never)\b|\b(?:take (?:up|on)|adopt|assume) the (?:persona|role|personality|identity) of\b|\b(?:transform|change yourself|turn yourself) into\b|\b(?:simulate|emulate) (?:being |another |an? )?(?:ai|chatbot|bot|language model|model|\w+gpt)\b",
+            r"\b(?:pretend|imagine|suppose) (?:to be|you are|you're|that you(?:'re| are)|you were)\b|\b(?:act|behave|respond|answer|reply|write|speak|talk) (?:as|like) (?:an? |my |the )?(?:\w+ ){0,3}?(?:ai|bot|assistant|character|persona|model|chatbot|villain|hacker|criminal|grandma|grandmother|expert|human|person|version)\b|\b(?:role-?play|roleplaying|act out|in character|fictional (?:world|story|character|scenario|setting))\b|\byou are (?:now |going to (?:be|act as|pretend) |about to (?:immerse|become) )|\bfrom now on,? (?:you|your|i want you|answer|respond|act|reply)\b|\byou (?:will|must|shall) (?:now )?(?:always|never)\b|\b(?:take (?:up|on)|adopt|assume) (?:the |a |an )?(?:\w+ ){0,2}?(?:persona|role|personality|identity)\b|\b(?:transform|change yourself|turn yourself) into\b|\b(?:simulate|emulate) (?:being |another |an? )?(?:ai|chatbot|bot|language model|model|\w+gpt)\b",
         ),
         family(
             "jailbreak.compliance_demand",
             jb(),
             0.5,
-            r"\b(?:never|not|don't|do not|cannot|can't|won't|will not) (?:refuse|decline|deny|reject|say no|apologi[sz]e|warn|add (?:any )?(?:warnings?|disclaimers?))\b|\b(?:always|must) (?:answer|comply|respond|obey|fulfil\w*|generate|provide)\b|\bno matter (?:what|how)\b[^.\n]{0,40}\b(?:answer|respond|comply|reply)\b|\b(?:without|no) (?:any )?(?:warnings?|disclaimers?|censorship|refusals?|moraliz\w*)\b|\bas an ai (?:language model )?(?:you )?(?:can|cannot|can't)\b",
+            r"\b(?:never|not|don't|do not|cannot|can't|won't|will not) (?:refuse|decline|deny|reject|say no|apologi[sz]e|warn|add (?:any )?(?:warnings?|disclaimers?))\b|\b(?:always|must) (?:answer|comply|respond|obey|fulfil\w*|generate|provide)\b|\bno matter (?:what|how)\b[^.\n]{0,40}\b(?:answer|respond|comply|reply)\b|\b(?:without|no) (?:any )?(?:warnings?|disclaimers?|censorship|refusals?|moraliz\w*)\b|\bas an ai (?:language model )?(?:you )?(?:can|cannot|can't)\b|\beven if (?:the |your |it |this )?(?:request |answer |response )?(?:harms?|hurts?|is (?:harmful|illegal|dangerous|unethical|immoral))\b|\bno matter how (?:illegal|unethical|immoral|dangerous|harmful|offensive|inappropriate|explicit|extreme)\b|\b(?:answer|respond to|fulfil\w*|comply with|provide) (?:any|every|all) (?:request|question|prompt|demand|query)s?\b",
         ),
         family(
             "jailbreak.dual_response",
             jb(),
             0.6,
-            r"\b(?:two|2|dual|both) (?:different |separate )?(?:responses|answers|paragraphs|replies|outputs)\b|\b(?:classic|normal|standard|filtered|gpt|chatgpt) (?:response|answer|reply)\b[^\n]{0,80}\b(?:jailbreak|dan|unfiltered|developer|evil|uncensored)\b|\btoken(?:s)? (?:system|left|deducted|will be deducted)\b",
+            r"\b(?:two|2|dual|both) (?:different |separate )?(?:responses|answers|paragraphs|replies|outputs|personalities|personas)\b|\b(?:classic|normal|standard|filtered|gpt|chatgpt) (?:response|answer|reply)\b[^\n]{0,80}\b(?:jailbreak|dan|unfiltered|developer|evil|uncensored)\b|\btoken(?:s)? (?:system|left|deducted|will be deducted)\b",
         ),
         family(
             "jailbreak.hypothetical",
