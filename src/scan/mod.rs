@@ -1,7 +1,7 @@
 //! Input scanners: prompt injection, jailbreaks, encoded instructions and Unicode
 //! smuggling, over any text, with exact byte spans.
 //!
-//! Known limits: the heuristics flag 88% of the jailbreak corpus we evaluate on (most
+//! Known limits: the heuristics flag 93% of the jailbreak corpus we evaluate on (most
 //! misses are role-play prompts without a rule-breaking clause), and scan English
 //! prose at about 86 MiB/s on our machines. The output stage
 //! ([`AnswerValidator`](crate::output::AnswerValidator)) reuses the credential and
