@@ -31,31 +31,11 @@ use inference_guard::openai::ChatCompletionRequest;
 use inference_guard::output::SseGuard;
 use inference_guard::{InferenceGuard, Principal};
 
-/// The guard as actix-web middleware.
+/// The guard as actix-web middleware (through [`Optional`]).
 #[derive(Clone)]
 struct Guarded {
     guard: InferenceGuard,
     config: AdapterConfig,
-}
-
-impl<S, B> Transform<S, ServiceRequest> for Guarded
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<BoxBody>;
-    type Error = Error;
-    type Transform = GuardedService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(GuardedService {
-            service: Rc::new(service),
-            guard: self.guard.clone(),
-            config: self.config.clone(),
-        }))
-    }
 }
 
 struct GuardedService<S> {
@@ -467,7 +447,11 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         match &self.0 {
-            Some(g) => g.new_transform(service),
+            Some(g) => ready(Ok(GuardedService {
+                service: Rc::new(service),
+                guard: g.guard.clone(),
+                config: g.config.clone(),
+            })),
             // Condition::new(false, ..) never calls this.
             None => ready(Err(())),
         }

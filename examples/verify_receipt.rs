@@ -24,16 +24,7 @@ use inference_guard::receipt::{ReceiptSigner, ReceiptVerifier};
 use inference_guard::*;
 
 fn keys(text: &str) -> Result<Vec<AuditPublicKey>, String> {
-    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| format!("key file: {e}"))?;
-    match v.get("keys").and_then(|k| k.as_array()) {
-        Some(list) => list
-            .iter()
-            .map(|k| AuditPublicKey::from_jwk(&k.to_string()).map_err(|e| e.to_string()))
-            .collect(),
-        None => AuditPublicKey::from_jwk(text)
-            .map(|k| vec![k])
-            .map_err(|e| e.to_string()),
-    }
+    AuditPublicKey::from_jwk_set(text).map_err(|e| format!("key file: {e}"))
 }
 
 fn demo(dir: &str) -> Result<(), Box<dyn std::error::Error>> {

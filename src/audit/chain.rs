@@ -138,6 +138,34 @@ impl AuditPublicKey {
         .to_string()
     }
 
+    /// Parses a JWK, or every key of a JWKS (`{"keys": [...]}`), as verifiers that
+    /// trust a set of keys (during a rotation) read their key file.
+    ///
+    /// ```
+    /// use inference_guard::audit::{AuditPublicKey, AuditSigningKey};
+    /// let (a, b) = (AuditSigningKey::generate("a")?, AuditSigningKey::generate("b")?);
+    /// let jwks = format!(r#"{{"keys": [{}, {}]}}"#, a.public_key().to_jwk(), b.public_key().to_jwk());
+    /// assert_eq!(AuditPublicKey::from_jwk_set(&jwks)?.len(), 2);
+    /// assert_eq!(AuditPublicKey::from_jwk_set(&a.public_key().to_jwk())?, [a.public_key()]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] if it is not JSON, or a key is not an Ed25519 public key with a
+    /// `kid`.
+    pub fn from_jwk_set(text: &str) -> Result<Vec<Self>, Error> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|_| Error::new(ErrorKind::Other, "public key: not JSON"))?;
+        match v.get("keys").and_then(Value::as_array) {
+            Some(list) => list
+                .iter()
+                .map(|k| Self::from_jwk(&k.to_string()))
+                .collect(),
+            None => Self::from_jwk(text).map(|k| vec![k]),
+        }
+    }
+
     /// Parses a JWK, or the first key of a JWKS.
     ///
     /// # Errors

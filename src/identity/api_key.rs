@@ -442,34 +442,13 @@ impl<S: ApiKeyStore> ApiKeys<S> {
         expires: Option<SystemTime>,
     ) -> Result<(Secret, ApiKeyRecord), Error> {
         let key = self.format.generate()?;
-        let id = id.into();
-        let mut b = Principal::builder(principal.id(), principal.kind()).key_id(id.clone());
-        if let Some(t) = principal.tenant() {
-            b = b.tenant(t);
-        }
-        for s in principal.scopes() {
-            b = b.scope(s);
-        }
-        for (k, v) in principal.attributes() {
-            b = b.attribute(k.clone(), v.clone());
-        }
-        let created = SystemTime::now();
-        // The key's creation time, for the machine-identity inventory.
-        b = b.attribute(
-            "credential_created",
-            created
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs())
-                .to_string(),
-        );
-        let record = ApiKeyRecord {
-            digest: self.digest(key.expose()),
+        let record = ApiKeyRecord::from_digest(
             id,
-            principal: b.build(),
-            created,
+            principal,
+            self.digest(key.expose()),
+            SystemTime::now(),
             expires,
-            revoked: false,
-        };
+        );
         Ok((key, record))
     }
 
