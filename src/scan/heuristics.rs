@@ -246,7 +246,7 @@ pub(crate) fn families() -> Vec<Family> {
             "jailbreak.alter_ego",
             jb(),
             0.5,
-            r"\b(?:ai|bot|model|character|persona|entity|machine|assistant|chatbot) (?:called|named)\b|\b(?:is|are) not (?:chatgpt|gpt|an ai|claude|bound|restricted|limited)\b|\bopposite (?:day|mode|machine)\b|\b(?:anything and everything|say anything|do anything|answer anything|write anything)\b|\brespond(?: to every prompt| as both)\b|\b(?:moralizing|moralising) rant\b",
+            r"\b(?:ai|bot|model|character|persona|entity|machine|assistant|chatbot|person|man|woman|girl|guy|boy) (?:called|named)\b|\b(?:replies|answers|responds|says|does) (?:the )?opposite of what\b|\b(?:is|are) not (?:chatgpt|gpt|an ai|claude|bound|restricted|limited)\b|\bopposite (?:day|mode|machine)\b|\b(?:anything and everything|say anything|do anything|answer anything|write anything)\b|\brespond(?: to every prompt| as both)\b|\b(?:moralizing|moralising) rant\b",
         ),
         family(
             "jailbreak.persona_traits",
@@ -288,7 +288,7 @@ pub(crate) fn families() -> Vec<Family> {
             "jailbreak.compliance_demand",
             jb(),
             0.5,
-            r"\b(?:never|not|don't|do not|cannot|can't|won't|will not) (?:refuse|decline|deny|reject|say no|apologi[sz]e|warn|add (?:any )?(?:warnings?|disclaimers?))\b|\b(?:always|must) (?:answer|comply|respond|obey|fulfil\w*|generate|provide)\b|\bno matter (?:what|how)\b[^.\n]{0,40}\b(?:answer|respond|comply|reply)\b|\b(?:without|no) (?:any )?(?:warnings?|disclaimers?|censorship|refusals?|moraliz\w*)\b|\bas an ai (?:language model )?(?:you )?(?:can|cannot|can't)\b|\beven if (?:the |your |it |this )?(?:request |answer |response )?(?:harms?|hurts?|is (?:harmful|illegal|dangerous|unethical|immoral))\b|\bno matter how (?:illegal|unethical|immoral|dangerous|harmful|offensive|inappropriate|explicit|extreme)\b|\b(?:answer|respond to|fulfil\w*|comply with|provide) (?:any|every|all) (?:request|question|prompt|demand|query)s?\b",
+            r"\b(?:always|must) (?:answer|comply|respond|obey|fulfil\w*|generate|provide)\b|\bno matter (?:what|how)\b[^.\n]{0,40}\b(?:answer|respond|comply|reply)\b|\bas an ai (?:language model )?(?:you )?(?:can|cannot|can't)\b|\beven if (?:the |your |it |this )?(?:request |answer |response )?(?:harms?|hurts?|is (?:harmful|illegal|dangerous|unethical|immoral))\b|\bno matter how (?:illegal|unethical|immoral|dangerous|harmful|offensive|inappropriate|explicit|extreme|strange|weird)\b|\b(?:answer|respond to|fulfil\w*|comply with|provide) (?:any|every|all) (?:request|question|prompt|demand|query)s?\b|\b(?:helps?|answers?|does|do|assists?) (?:people |users |me |you )?(?:with )?(?:whatever|anything) (?:they|you|i|we|the user) (?:ask|asks|want|wants|request|requests)\b|\b(?:never|not|don't|do not|cannot|can't|won't|will not) (?:refuse|decline|deny|reject|say no|apologi[sz]e|warn|add (?:any )?(?:warnings?|disclaimers?))\b|\b(?:without|no) (?:any )?(?:warnings?|disclaimers?|censorship|refusals?|moraliz\w*)\b",
         ),
         family(
             "jailbreak.dual_response",
@@ -300,7 +300,7 @@ pub(crate) fn families() -> Vec<Family> {
             "jailbreak.hypothetical",
             jb(),
             0.4,
-            r"\b(?:hypothetical(?:ly)?|theoretical(?:ly)?|purely fictional|for (?:a|my) (?:novel|story|screenplay|book|game|research)|in a (?:fictional|parallel|alternate) (?:world|universe|reality))\b|\bfor educational purposes\b|\bthis is (?:just )?(?:a )?(?:test|simulation|game|thought experiment)\b",
+            r"\b(?:hypothetical(?:ly)?|theoretical(?:ly)?|purely fictional|for (?:a|my) (?:novel|story|screenplay|book|game|research)|in an? (?:fictional|parallel|alternate|imaginary|fake|simulated) (?:world|universe|reality)|(?:imaginary|fake|simulated) (?:world|universe|reality))\b|\bfor educational purposes\b|\bthis is (?:just )?(?:a )?(?:test|simulation|game|thought experiment)\b",
         ),
         family(
             "jailbreak.policy_puppetry",
