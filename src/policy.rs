@@ -48,6 +48,7 @@
 //!
 //! [input]
 //! redaction = "pseudonymize"        # mask, partial, remove, pseudonymize
+//! scan_instructions = false         # heuristics on system/developer messages too
 //! disable = ["jailbreak.hypothetical"]
 //!
 //! [output]
@@ -286,6 +287,8 @@ struct Input {
     redaction: Option<RedactionSpec>,
     #[serde(default)]
     shadow: bool,
+    #[serde(default)]
+    scan_instructions: bool,
 }
 
 impl Default for Input {
@@ -296,6 +299,7 @@ impl Default for Input {
             disable: Vec::new(),
             redaction: None,
             shadow: false,
+            scan_instructions: false,
         }
     }
 }
@@ -643,6 +647,7 @@ impl Policy {
             for d in &self.input.disable {
                 s = s.disable(d.clone());
             }
+            s = s.scan_instructions(self.input.scan_instructions);
             s = s.redaction(match self.input.redaction {
                 None | Some(RedactionSpec::Mask) => Redaction::mask(),
                 Some(RedactionSpec::Partial) => Redaction::partial(4),
