@@ -124,6 +124,14 @@ where
                 Ok(c) => c,
                 Err(e) => return reject(req, &e),
             };
+            if creds.is_empty() && guard.requires_credentials() {
+                // No credentials: refused at identity (and audited) before the body
+                // is read.
+                let bare = inference_guard::GuardRequest::new("").with_route(req.path());
+                if let Err(r) = guard.check_request_async(bare).await {
+                    return reject(req, &ErrorResponse::from_rejection(&r));
+                }
+            }
             let length = req
                 .headers()
                 .get(header::CONTENT_LENGTH)

@@ -807,6 +807,21 @@ impl InferenceGuard {
         self.inner.limits
     }
 
+    /// Whether a request without credentials is always refused at identity (an
+    /// identity stage is configured and anonymous callers are not allowed). HTTP
+    /// adapters use it to answer `401` before reading a body.
+    ///
+    /// ```
+    /// use inference_guard::*;
+    /// let mut b = InferenceGuard::builder();
+    /// b.allow_anonymous().authorize_all().audit_sink(NoopSink);
+    /// assert!(!b.build()?.requires_credentials());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn requires_credentials(&self) -> bool {
+        self.inner.identity.is_some() && !self.inner.allow_anonymous
+    }
+
     /// Flushes the audit sink.
     ///
     /// # Errors

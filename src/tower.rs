@@ -195,14 +195,8 @@ pub fn error_response(e: &ErrorResponse) -> Response<GuardBody> {
     r
 }
 
-fn preflight(
-    headers: &HeaderMap,
-    config: &AdapterConfig,
-) -> Result<crate::Credentials, ErrorResponse> {
-    let creds = credentials(
-        headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-        config,
-    )?;
+/// The body's headers: its declared length against the limit, and its type.
+fn check_body_headers(headers: &HeaderMap, config: &AdapterConfig) -> Result<(), ErrorResponse> {
     let length = headers
         .get(header::CONTENT_LENGTH)
         .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
@@ -223,8 +217,7 @@ fn preflight(
         }
         _ => {}
     }
-    check_content_type(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes))?;
-    Ok(creds)
+    check_content_type(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes))
 }
 
 async fn read_body<B>(body: B, config: &AdapterConfig) -> Result<Bytes, ErrorResponse>
@@ -305,10 +298,26 @@ where
         return inner.call(req).await.map(|r| r.map(boxed));
     };
     let (mut parts, body) = req.into_parts();
-    let creds = match preflight(&parts.headers, &config) {
+    let creds = match credentials(
+        parts
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes())),
+        &config,
+    ) {
         Ok(c) => c,
         Err(e) => return Ok(error_response(&e)),
     };
+    if creds.is_empty() && guard.requires_credentials() {
+        // No credentials: refused at identity (and audited) before the body is read.
+        let bare = crate::GuardRequest::new("").with_route(parts.uri.path());
+        if let Err(r) = guard.check_request_async(bare).await {
+            return Ok(error_response(&ErrorResponse::from_rejection(&r)));
+        }
+    }
+    if let Err(e) = check_body_headers(&parts.headers, &config) {
+        return Ok(error_response(&e));
+    }
     let bytes = match read_body(body, &config).await {
         Ok(b) => b,
         Err(e) => return Ok(error_response(&e)),

@@ -546,6 +546,34 @@ fn bad_http_input_gets_the_right_4xx() {
             None,
         );
         assert!((400..500).contains(&code), "{n}: {code}");
+        // Without credentials: 401 first, whatever is wrong with the body.
+        assert_eq!(
+            raw(
+                &g,
+                &req(
+                    &format!(
+                        "content-type: application/json\r\ncontent-length: {}\r\n",
+                        bad.len()
+                    ),
+                    bad
+                ),
+                None
+            ),
+            401,
+            "{n}"
+        );
+        assert_eq!(
+            raw(
+                &g,
+                &req(
+                    "content-type: text/plain\r\ncontent-length: 10000000\r\n",
+                    b""
+                ),
+                None
+            ),
+            401,
+            "{n}"
+        );
         // Still serving, and no key in the log.
         let r = post(
             &g,
