@@ -137,7 +137,7 @@ impl ErrorResponse {
         if let Some(info) = r.rate_limit() {
             headers.extend(rate_limit_headers(info));
         }
-        let mut body: Value = serde_json::from_str(&r.to_openai_error_json()).unwrap_or_default();
+        let mut body = r.openai_error();
         body["error"]["param"] = Value::Null;
         Self {
             status: r.status(),
@@ -229,18 +229,10 @@ pub fn credentials<'a>(
         let v = text(v)?;
         let (scheme, token) = v.split_once(' ').unwrap_or((v.as_str(), ""));
         if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
-            let mut e = ErrorResponse::new(
-                401,
-                "invalid_token",
-                "the Authorization header must be 'Bearer <token>'",
-            );
-            e.body =
-                json!({"error": {"message": "the Authorization header must be 'Bearer <token>'",
-                "type": "authentication_error", "code": "invalid_token", "param": null}})
-                .to_string();
-            e.headers
-                .push(("www-authenticate", "Bearer realm=\"inference\"".to_owned()));
-            return Err(e);
+            let r = Rejection::unauthenticated("authorization scheme is not Bearer")
+                .with_message("the Authorization header must be 'Bearer <token>'")
+                .with_challenge("Bearer realm=\"inference\"");
+            return Err(ErrorResponse::from_rejection(&r));
         }
         creds = creds.with_bearer(token.trim());
     }

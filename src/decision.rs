@@ -558,6 +558,11 @@ impl Rejection {
     /// assert!(body.contains("\"code\":\"insufficient_scope\""));
     /// ```
     pub fn to_openai_error_json(&self) -> String {
+        self.openai_error().to_string()
+    }
+
+    /// The OpenAI error object, for adapters that add to it.
+    pub(crate) fn openai_error(&self) -> serde_json::Value {
         let kind = match self.0.reason {
             RejectReason::Unauthenticated => "authentication_error",
             RejectReason::Forbidden | RejectReason::Suspended => "permission_error",
@@ -569,7 +574,6 @@ impl Rejection {
         serde_json::json!({
             "error": { "message": self.0.message, "type": kind, "code": self.0.code }
         })
-        .to_string()
     }
 }
 

@@ -231,7 +231,8 @@ struct Inner {
     scanner: Option<Scanner>,
     canaries: Vec<CanaryForms>,
     request_canaries: bool,
-    system_prompts: Vec<String>,
+    /// The configured system prompts' shingles, hashed once at build.
+    system_shingles: Arc<HashSet<u64>>,
     overlap_from_request: bool,
     overlap_threshold: f32,
     allow_hosts: Vec<String>,
@@ -256,7 +257,7 @@ impl fmt::Debug for AnswerValidator {
         f.debug_struct("AnswerValidator")
             .field("leaks", &i.scanner.is_some())
             .field("canaries", &i.canaries.len())
-            .field("system_prompts", &i.system_prompts.len())
+            .field("system_prompt_shingles", &i.system_shingles.len())
             .field("overlap_threshold", &i.overlap_threshold)
             .field("allow_hosts", &i.allow_hosts)
             .field("strict_links", &i.strict_links)
@@ -423,7 +424,13 @@ impl AnswerValidatorBuilder {
                     .map(|c| CanaryForms::new(c.token()))
                     .collect(),
                 request_canaries: self.request_canaries,
-                system_prompts: self.system_prompts.clone(),
+                system_shingles: Arc::new({
+                    let mut set = HashSet::new();
+                    for p in &self.system_prompts {
+                        add_shingles(&mut set, p);
+                    }
+                    set
+                }),
                 overlap_from_request: self.overlap_from_request,
                 overlap_threshold: self.overlap_threshold,
                 allow_hosts: self.allow_hosts.clone(),
@@ -467,7 +474,8 @@ impl AnswerValidator {
 
     fn engine(&self, request: &GuardRequest) -> Engine {
         let i = &*self.inner;
-        let mut canaries = i.canaries.clone();
+        // Canaries of this request only; the deployment's stay in `Inner`.
+        let mut canaries: Vec<CanaryForms> = Vec::new();
         let system_texts = || {
             request
                 .messages()
@@ -478,16 +486,14 @@ impl AnswerValidator {
         if i.request_canaries {
             for text in system_texts() {
                 for token in canary_tokens(text) {
-                    if !canaries.iter().any(|c| c.raw == token.to_ascii_lowercase()) {
+                    let lower = token.to_ascii_lowercase();
+                    if !i.canaries.iter().chain(&canaries).any(|c| c.raw == lower) {
                         canaries.push(CanaryForms::new(token));
                     }
                 }
             }
         }
-        let mut reference = Shingles::default();
-        for p in &i.system_prompts {
-            reference.add_reference(p);
-        }
+        let mut reference = Shingles::new(i.system_shingles.clone());
         if i.overlap_from_request {
             for text in system_texts() {
                 reference.add_reference(text);
@@ -496,7 +502,7 @@ impl AnswerValidator {
         Engine {
             v: self.inner.clone(),
             canaries,
-            overlap: (!reference.reference.is_empty()).then_some(reference),
+            overlap: (reference.reference_len() > 0).then_some(reference),
             done: 0,
             cursor: 0,
             json: i.json && request.json_response(),
@@ -571,10 +577,11 @@ impl OutputValidator for AnswerValidator {
 }
 
 /// Shared runs of words with a system prompt.
-#[derive(Default)]
 struct Shingles {
-    /// Hashes of the reference's shingles.
-    reference: HashSet<u64>,
+    /// Hashes of the configured system prompts' shingles (shared by every answer).
+    base: Arc<HashSet<u64>>,
+    /// Hashes of the request's own system messages' shingles not in `base`.
+    extra: HashSet<u64>,
     /// Those seen in the answer.
     seen: HashSet<u64>,
     /// The answer's last words (hashes), and where the oldest of them started.
@@ -622,12 +629,36 @@ fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .map(move |w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
 }
 
+/// Adds the shingles of `text` to `set`.
+fn add_shingles(set: &mut HashSet<u64>, text: &str) {
+    let hashes: Vec<u64> = words(text).map(|(_, w)| word_hash(w)).collect();
+    for win in hashes.windows(SHINGLE) {
+        set.insert(shingle_hash(win.iter().copied()));
+    }
+}
+
 impl Shingles {
-    fn add_reference(&mut self, text: &str) {
-        let hashes: Vec<u64> = words(text).map(|(_, w)| word_hash(w)).collect();
-        for win in hashes.windows(SHINGLE) {
-            self.reference.insert(shingle_hash(win.iter().copied()));
+    fn new(base: Arc<HashSet<u64>>) -> Self {
+        Self {
+            base,
+            extra: HashSet::new(),
+            seen: HashSet::new(),
+            window: std::collections::VecDeque::new(),
+            first: None,
+            reported: false,
         }
+    }
+
+    fn add_reference(&mut self, text: &str) {
+        let mut set = HashSet::new();
+        add_shingles(&mut set, text);
+        let base = &self.base;
+        self.extra
+            .extend(set.into_iter().filter(|h| !base.contains(h)));
+    }
+
+    fn reference_len(&self) -> usize {
+        self.base.len() + self.extra.len()
     }
 
     /// Takes the words of `text[start..end]` (which begins and ends at word
@@ -646,12 +677,13 @@ impl Shingles {
             }
             if self.window.len() == SHINGLE {
                 let h = shingle_hash(self.window.iter().map(|(h, _)| *h));
-                if self.reference.contains(&h) && self.seen.insert(h) && self.first.is_none() {
+                let shared = self.base.contains(&h) || self.extra.contains(&h);
+                if shared && self.seen.insert(h) && self.first.is_none() {
                     self.first = self.window.front().map(|(_, s)| *s);
                 }
             }
         }
-        let share = self.seen.len() as f32 / self.reference.len().max(1) as f32;
+        let share = self.seen.len() as f32 / self.reference_len().max(1) as f32;
         if !self.reported && !self.seen.is_empty() && share >= threshold {
             self.reported = true;
             return Some(self.first.unwrap_or(0)..end);
@@ -663,6 +695,8 @@ impl Shingles {
 /// The per-answer state: where the last segment ended, and what accumulates.
 struct Engine {
     v: Arc<Inner>,
+    /// Canaries found in this request's system messages (the deployment's are in
+    /// `v`).
     canaries: Vec<CanaryForms>,
     overlap: Option<Shingles>,
     /// The end of the last checked segment.
@@ -728,7 +762,7 @@ impl Engine {
         }
         links::scan(&v.links, &v.allow_hosts, v.strict_links, window, &mut found);
         markup::scan(&v.markup, v.html, v.ansi, window, &mut found);
-        scan_canaries(&self.canaries, window, &mut found);
+        scan_canaries(&v.canaries, &self.canaries, window, &mut found);
         let fresh = start - ctx;
         for f in found {
             if f.span().end > fresh || (f.span().is_empty() && f.span().start >= fresh) {
@@ -762,8 +796,13 @@ impl StreamValidator for Engine {
 }
 
 /// Canaries in their compact (spaced, split, cased), encoded and reversed forms.
-fn scan_canaries(canaries: &[CanaryForms], text: &str, out: &mut Vec<Finding>) {
-    if canaries.is_empty() {
+fn scan_canaries(
+    deployment: &[CanaryForms],
+    request: &[CanaryForms],
+    text: &str,
+    out: &mut Vec<Finding>,
+) {
+    if deployment.is_empty() && request.is_empty() {
         return;
     }
     let push = |out: &mut Vec<Finding>, span: std::ops::Range<usize>| {
@@ -803,7 +842,7 @@ fn scan_canaries(canaries: &[CanaryForms], text: &str, out: &mut Vec<Finding>) {
         start..crate::finding::ceil_boundary(text, last + 1)
     };
     let find = |hay: &[u8], needle: &str| memchr::memmem::find(hay, needle.as_bytes());
-    for c in canaries {
+    for c in deployment.iter().chain(request) {
         if let Some((s, n)) = c
             .compact
             .iter()

@@ -217,7 +217,7 @@ impl Scanner {
     /// Scans any text; findings carry `location` and byte spans into `text`.
     pub fn scan_text(&self, text: &str, location: Location) -> Vec<Finding> {
         let mut replacer = redaction::Replacer::new(&self.inner.redaction);
-        self.scan_with(text, location, &mut replacer)
+        self.scan_with(text, location, &mut replacer, true)
     }
 
     /// Credentials and personal data only, masked: the output stage's leak check.
@@ -225,17 +225,8 @@ impl Scanner {
         let mask = Redaction::mask();
         let mut replacer = redaction::Replacer::new(&mask);
         let g = &*self.inner;
-        let before = out.len();
+        // Rules disabled by id stay disabled on answers too: the rule set skips them.
         g.rules.scan(text, at, &g.disabled, &mut replacer, out);
-        // Rules disabled by id stay disabled on answers too.
-        let mut i = before;
-        while i < out.len() {
-            if g.disabled.contains(out[i].rule_id()) {
-                out.swap_remove(i);
-            } else {
-                i += 1;
-            }
-        }
     }
 
     fn scan_with(
@@ -243,10 +234,18 @@ impl Scanner {
         text: &str,
         location: Location,
         replacer: &mut redaction::Replacer<'_>,
+        heuristics: bool,
     ) -> Vec<Finding> {
         let mut out = Vec::new();
         let mut budget = self.inner.max_decoded_bytes;
-        self.scan_into(text, location, 0, &mut budget, replacer, &mut out);
+        // Credentials, personal data and smuggling are judged on the raw text, once.
+        unicode::scan(text, location, &mut out);
+        let g = &*self.inner;
+        g.rules
+            .scan(text, location, &g.disabled, replacer, &mut out);
+        if heuristics {
+            self.scan_into(text, location, 0, &mut budget, &mut out);
+        }
         out.retain(|f| !self.inner.disabled.contains(f.rule_id()));
         out
     }
@@ -257,7 +256,6 @@ impl Scanner {
         at: Location,
         depth: u8,
         budget: &mut usize,
-        replacer: &mut redaction::Replacer<'_>,
         out: &mut Vec<Finding>,
     ) {
         let g = &*self.inner;
@@ -265,10 +263,6 @@ impl Scanner {
         // spans of the original.
         let nested = depth > 0;
         let before = out.len();
-        if !nested {
-            unicode::scan(text, at, out);
-            g.rules.scan(text, at, &g.disabled, replacer, out);
-        }
         let n = normalize::normalize(text);
         let verdict = heuristics::evaluate(&g.families, &g.family_set, text, &n);
         heuristics::findings(&g.families, &verdict, g.threshold, at, out);
@@ -301,7 +295,7 @@ impl Scanner {
                 }
                 *budget -= d.len();
                 let mut inner = Vec::new();
-                self.scan_into(&d, at, depth + 1, budget, replacer, &mut inner);
+                self.scan_into(&d, at, depth + 1, budget, &mut inner);
                 for f in inner {
                     out.push(
                         Finding::new(
@@ -357,19 +351,10 @@ impl InputScanner for Scanner {
         let mut out = Vec::new();
         for (i, m) in request.messages().iter().enumerate() {
             let at = Location::Message(i);
+            // The operator's own instructions: leaks and smuggling only, by default.
             let instructions = matches!(m.role(), Role::System | Role::Developer);
-            if instructions && !self.inner.scan_instructions {
-                // The operator's own instructions: leaks and smuggling only.
-                let g = &*self.inner;
-                let mut found = Vec::new();
-                unicode::scan(m.content(), at, &mut found);
-                g.rules
-                    .scan(m.content(), at, &g.disabled, &mut replacer, &mut found);
-                found.retain(|f| !g.disabled.contains(f.rule_id()));
-                out.extend(found);
-            } else {
-                out.extend(self.scan_with(m.content(), at, &mut replacer));
-            }
+            let heuristics = !instructions || self.inner.scan_instructions;
+            out.extend(self.scan_with(m.content(), at, &mut replacer, heuristics));
         }
         Step::ready(Ok(out))
     }

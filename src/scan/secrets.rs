@@ -38,6 +38,8 @@ pub struct Rule {
     pub(crate) action: Action,
     pub(crate) anchors: Vec<String>,
     pub(crate) regex: Regex,
+    /// Whether the pattern has the value group `v` (read once, at compile time).
+    value_group: bool,
     pub(crate) validator: Option<Validator>,
     pub(crate) window: usize,
 }
@@ -77,6 +79,7 @@ impl Rule {
             severity,
             action: Action::Redact,
             anchors: Vec::new(),
+            value_group: regex.capture_names().any(|n| n == Some("v")),
             regex,
             validator: None,
             window: 512,
@@ -257,10 +260,9 @@ impl RuleSet {
         let from = crate::finding::floor_boundary(text, from);
         let to = crate::finding::ceil_boundary(text, to.min(text.len()));
         let hay = &text[from..to];
-        let has_value_group = r.regex.capture_names().any(|n| n == Some("v"));
         for whole in r.regex.find_iter(hay) {
             // The value group, when the rule has one, is looked up in the match only.
-            let m = if has_value_group {
+            let m = if r.value_group {
                 match r
                     .regex
                     .captures_at(&hay[..whole.end()], whole.start())
