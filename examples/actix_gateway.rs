@@ -18,30 +18,20 @@ use std::task::{Context, Poll};
 
 use actix_web::body::{BodyStream, BoxBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
-use actix_web::http::{Method, StatusCode};
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{App, Error, HttpMessage, HttpRequest, HttpResponse, HttpServer};
 use futures_util::StreamExt;
-use inference_guard::adapter::{
-    AdapterConfig, Endpoint, ErrorResponse, OpenAiAnswer, OpenAiCall, check_content_type,
-    credentials, rate_limit_headers,
-};
+use inference_guard::exchange::{ErrorResponse, Exchange, ExchangeConfig, SseRelay};
 use inference_guard::openai::ChatCompletionRequest;
-use inference_guard::output::SseGuard;
-use inference_guard::{InferenceGuard, Principal};
+use inference_guard::Principal;
 
-/// The guard as actix-web middleware (through [`Optional`]).
-#[derive(Clone)]
-struct Guarded {
-    guard: InferenceGuard,
-    config: AdapterConfig,
-}
-
+/// The guard as actix-web middleware: glue around the library's [`Exchange`],
+/// which makes every decision (the same one the axum gateway's tower layer uses).
 struct GuardedService<S> {
     service: Rc<S>,
-    guard: InferenceGuard,
-    config: AdapterConfig,
+    exchange: Exchange,
 }
 
 fn error_http(e: &ErrorResponse) -> HttpResponse {
@@ -57,7 +47,7 @@ fn error_http(e: &ErrorResponse) -> HttpResponse {
 
 async fn read_payload(
     mut payload: Payload,
-    config: &AdapterConfig,
+    config: &ExchangeConfig,
 ) -> Result<Bytes, ErrorResponse> {
     let limit = config.body_limit();
     let read = async {
@@ -101,91 +91,46 @@ where
 
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let service = self.service.clone();
-        let guard = self.guard.clone();
-        let config = self.config.clone();
+        let exchange = self.exchange.clone();
         Box::pin(async move {
-            let endpoint = (req.method() == Method::POST)
-                .then(|| Endpoint::from_path(req.path()))
-                .flatten();
-            let Some(endpoint) = endpoint else {
-                return service
-                    .call(req)
-                    .await
-                    .map(ServiceResponse::map_into_boxed_body);
-            };
             let reject =
                 |req: ServiceRequest, e: &ErrorResponse| Ok(req.into_response(error_http(e)));
-            let creds = match credentials(
+            // The raw path (actix routes on a decoded one: the exchange refuses any
+            // path whose two readings could differ).
+            let begun = exchange.begin(
+                req.method().as_str(),
+                req.uri().path(),
                 req.headers()
                     .iter()
                     .map(|(n, v)| (n.as_str(), v.as_bytes())),
-                &config,
-            ) {
-                Ok(c) => c,
-                Err(e) => return reject(req, &e),
-            };
-            if creds.is_empty() && guard.requires_credentials() {
-                // No credentials: refused at identity (and audited) before the body
-                // is read.
-                let bare = inference_guard::GuardRequest::new("").with_route(req.path());
-                if let Err(r) = guard.check_request_async(bare).await {
-                    return reject(req, &ErrorResponse::from_rejection(&r));
+            );
+            let pending = match begun {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    return service
+                        .call(req)
+                        .await
+                        .map(ServiceResponse::map_into_boxed_body);
                 }
-            }
-            let length = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok());
-            if length.is_some_and(|n| n > config.body_limit() as u64) {
-                let e =
-                    ErrorResponse::new(413, "request_too_large", "the body is larger than allowed");
-                return reject(req, &e);
-            }
-            if let Err(e) = check_content_type(
-                req.headers()
-                    .get(header::CONTENT_TYPE)
-                    .map(HeaderValue::as_bytes),
-            ) {
-                return reject(req, &e);
-            }
-            let bytes = match read_payload(req.take_payload(), &config).await {
-                Ok(b) => b,
                 Err(e) => return reject(req, &e),
             };
-            let mut call = match OpenAiCall::parse(endpoint, &bytes) {
-                Ok(c) => c,
-                Err(e) => return reject(req, &e),
-            };
-            let mut greq = call.to_guard_request(creds, req.path());
-            if let Some(a) = req.peer_addr() {
-                greq = greq.with_client_addr(a.ip());
-            }
-            if let Some(ua) = req
-                .headers()
-                .get(header::USER_AGENT)
-                .and_then(|v| v.to_str().ok())
-            {
-                greq = greq.with_metadata("user_agent", ua);
-            }
-            let admission = match guard.check_request_async(greq).await {
+            let body = read_payload(req.take_payload(), exchange.config());
+            let addr = req.peer_addr().map(|a| a.ip());
+            let admitted = match exchange.admit(pending, body, addr).await {
                 Ok(a) => a,
-                Err(r) => return reject(req, &ErrorResponse::from_rejection(&r)),
+                Err(e) => return reject(req, &e),
             };
-            call.apply(admission.request());
-            let body = call.to_json();
-            req.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-            req.set_payload(Payload::from(Bytes::from(body)));
-            req.extensions_mut().insert(admission.principal().clone());
-            let rate = admission
-                .rate_limit()
-                .map(rate_limit_headers)
-                .unwrap_or_default();
+            req.headers_mut().insert(
+                header::CONTENT_LENGTH,
+                HeaderValue::from(admitted.body().len()),
+            );
+            req.set_payload(Payload::from(Bytes::copy_from_slice(admitted.body())));
+            req.extensions_mut().insert(admitted.principal().clone());
+            let rate = admitted.rate_limit_headers();
             let res = match service.call(req).await {
                 Ok(r) => r,
                 Err(e) => {
-                    admission.fail();
+                    admitted.upstream_failed();
                     return Err(e);
                 }
             };
@@ -196,7 +141,7 @@ where
                 }
             }
             if !res.status().is_success() {
-                admission.fail();
+                admitted.upstream_failed();
                 return Ok(res);
             }
             let sse = res
@@ -205,67 +150,45 @@ where
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("text/event-stream"));
             if sse {
-                let guard = SseGuard::new(admission.stream());
+                let relay = admitted.relay();
                 return Ok(res.map_body(move |_, body| {
-                    BoxBody::new(BodyStream::new(SseStream {
-                        body,
-                        sse: Some(guard),
-                    }))
+                    BoxBody::new(BodyStream::new(SseStream { body, relay }))
                 }));
             }
             let (req, res) = res.into_parts();
             let status = res.status();
             let headers = res.headers().clone();
             let read =
-                actix_web::body::to_bytes_limited(res.into_body(), config.answer_limit()).await;
+                actix_web::body::to_bytes_limited(res.into_body(), exchange.config().answer_limit())
+                    .await;
             let Ok(Ok(bytes)) = read else {
-                admission.fail();
-                let e = ErrorResponse::new(
-                    502,
-                    "bad_upstream_response",
-                    "the model's answer could not be read",
-                );
+                let e = admitted.answer_unreadable();
                 return Ok(ServiceResponse::new(req, error_http(&e)));
             };
-            let mut answer = match OpenAiAnswer::parse(endpoint, &bytes) {
-                Ok(a) => a,
-                Err(e) => {
-                    admission.fail();
-                    return Ok(ServiceResponse::new(req, error_http(&e)));
-                }
-            };
-            match admission
-                .check_response_async(answer.to_guard_response())
-                .await
-            {
-                Err(r) => Ok(ServiceResponse::new(
-                    req,
-                    error_http(&ErrorResponse::from_rejection(&r)),
-                )),
-                Ok(checked) => {
+            match admitted.answer(&bytes).await {
+                Err(e) => Ok(ServiceResponse::new(req, error_http(&e))),
+                Ok(answer) => {
                     let mut out = HttpResponse::build(status);
                     for (n, v) in &headers {
-                        if n != header::CONTENT_LENGTH {
+                        if n != header::CONTENT_LENGTH && n != header::CONTENT_TYPE {
                             out.insert_header((n.clone(), v.clone()));
                         }
                     }
-                    if let Some(r) = checked
-                        .receipt()
-                        .and_then(|r| HeaderValue::from_str(r).ok())
-                    {
+                    out.insert_header((header::CONTENT_TYPE, "application/json"));
+                    if let Some(r) = answer.receipt().and_then(|r| HeaderValue::from_str(r).ok()) {
                         out.insert_header(("x-inference-receipt", r));
                     }
-                    Ok(ServiceResponse::new(req, out.body(answer.apply(&checked))))
+                    Ok(ServiceResponse::new(req, out.body(answer.into_body())))
                 }
             }
         })
     }
 }
 
-/// A streamed answer passed through an [`SseGuard`] chunk by chunk.
+/// A streamed answer passed through the exchange's [`SseRelay`] chunk by chunk.
 struct SseStream {
     body: BoxBody,
-    sse: Option<SseGuard>,
+    relay: SseRelay,
 }
 
 impl futures_util::Stream for SseStream {
@@ -273,31 +196,10 @@ impl futures_util::Stream for SseStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        loop {
-            let Some(sse) = this.sse.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if sse.is_ended() {
-                this.sse = None;
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.body).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(data))) => {
-                    let out = sse.push(&data);
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Bytes::from(out))));
-                    }
-                }
-                Poll::Ready(Some(Err(_)) | None) => {
-                    let out = this.sse.take().map(SseGuard::close).unwrap_or_default();
-                    if out.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Ok(Bytes::from(out))));
-                }
-            }
-        }
+        let body = &mut this.body;
+        this.relay
+            .poll_relay(cx, |cx| Pin::new(&mut *body).poll_next(cx))
+            .map(|out| out.map(|b| Ok(Bytes::from(b))))
     }
 }
 
@@ -408,12 +310,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client: reqwest::Client::new(),
     };
     // Built once, outside HttpServer::new: every worker shares the same guard.
-    let guarded = cfg.guard.clone().map(|guard| Guarded {
-        guard,
-        config: common::adapter_config(),
-    });
-    // The adapter bounds bodies itself; actix's own limit must not be lower.
-    let body_limit = common::adapter_config().body_limit();
+    let guarded = cfg
+        .guard
+        .clone()
+        .map(|guard| Exchange::new(guard, common::exchange_config()));
+    // The exchange bounds bodies itself; actix's own limit must not be lower.
+    let body_limit = common::exchange_config().body_limit();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))
@@ -438,9 +340,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// `Guarded` when configured, a pass-through otherwise (for `GUARD_DISABLED=1`).
+/// The guard when configured, a pass-through otherwise (for `GUARD_DISABLED=1`).
 #[derive(Clone)]
-struct Optional(Option<Guarded>);
+struct Optional(Option<Exchange>);
 
 impl<S, B> Transform<S, ServiceRequest> for Optional
 where
@@ -455,10 +357,9 @@ where
 
     fn new_transform(&self, service: S) -> Self::Future {
         match &self.0 {
-            Some(g) => ready(Ok(GuardedService {
+            Some(exchange) => ready(Ok(GuardedService {
                 service: Rc::new(service),
-                guard: g.guard.clone(),
-                config: g.config.clone(),
+                exchange: exchange.clone(),
             })),
             // Condition::new(false, ..) never calls this.
             None => ready(Err(())),

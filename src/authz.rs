@@ -9,6 +9,19 @@ use crate::request::GuardRequest;
 use crate::stage::Authorizer;
 use crate::step::Step;
 
+/// Whether a principal pattern (`id-glob` or `namespace-glob|id-glob`) matches.
+fn principal_match(pattern: &str, p: &Principal) -> bool {
+    match pattern.split_once('|') {
+        Some((ns, id)) => {
+            let (pns, pid) = p.qualified_id().split_once('|').unwrap_or(("", p.id()));
+            glob_match(ns, pns) && glob_match(id, pid)
+        }
+        None => {
+            !p.namespace().starts_with("jwt:") && glob_match(pattern, p.id())
+        }
+    }
+}
+
 /// Matches `text` against a glob with `*` wildcards (any run of characters).
 pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
     let (p, t) = (pattern.as_bytes(), text.as_bytes());
@@ -59,6 +72,12 @@ pub struct Grant {
 
 impl Grant {
     /// A grant to principals whose id matches one of `patterns` (globs with `*`).
+    ///
+    /// A pattern `namespace|id` names the namespace too (both globs): for token
+    /// principals write `jwt:<issuer>|<sub>` (or `jwt:*|<sub>` to mean any configured
+    /// issuer). A pattern without `|` matches ids in the namespaces the operator
+    /// controls (API keys, client certificates, custom verifiers) and never a token's
+    /// subject, which an issuer chooses: two issuers cannot collide on one grant.
     pub fn to_principals<I, P>(patterns: I) -> Self
     where
         I: IntoIterator<Item = P>,
@@ -122,7 +141,7 @@ impl Grant {
     }
 
     fn applies_to(&self, p: &Principal) -> bool {
-        self.principals.iter().any(|g| glob_match(g, p.id()))
+        self.principals.iter().any(|g| principal_match(g, p))
             || self.scopes.iter().any(|s| p.has_scope(s))
     }
 
@@ -311,6 +330,15 @@ impl Authorizer for PolicyAuthorizer {
         request: &'a GuardRequest,
     ) -> Step<'a, Result<(), StageError>> {
         Step::ready(self.check(principal, request).map_err(Into::into))
+    }
+
+    /// The `max_output_tokens` of the first grant that allows the request (`None`
+    /// when that grant sets no ceiling).
+    fn output_ceiling(&self, principal: &Principal, request: &GuardRequest) -> Option<u32> {
+        self.grants
+            .iter()
+            .find(|g| g.applies_to(principal) && g.denial(request).is_none())
+            .and_then(|g| g.max_output_tokens)
     }
 
     fn name(&self) -> &str {

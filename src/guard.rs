@@ -996,14 +996,6 @@ impl InferenceGuard {
             }
         }
 
-        // Addresses refused for abuse (credential stuffing) never reach identity.
-        if let Some(m) = &g.abuse {
-            if let Err(r) = m.check_address(request.client_addr()) {
-                trace.push(Stage::Identity, StageOutcome::Rejected, 0);
-                return Err(r);
-            }
-        }
-
         // Identity.
         let principal = match &g.identity {
             Some(_) if request.credentials().is_empty() && g.allow_anonymous => {
@@ -1031,6 +1023,14 @@ impl InferenceGuard {
                             ),
                         };
                         r.ensure_challenge(&g.realm, presented);
+                        // An address throttled for failed credentials (credential
+                        // stuffing) is answered with its throttle; a credential that
+                        // verifies is served whatever its address (NAT, proxies).
+                        if let Some(m) = &g.abuse {
+                            if let Err(a) = m.check_address(req.client_addr()) {
+                                return Err(a);
+                            }
+                        }
                         return Err(r);
                     }
                 }
@@ -1038,6 +1038,13 @@ impl InferenceGuard {
         };
         let principal: &Principal = principal_out.insert(principal);
         if let Some(m) = &g.abuse {
+            // Anonymous callers have no strikes of their own: their address does.
+            if principal.is_anonymous() {
+                if let Err(r) = m.check_address(request.client_addr()) {
+                    trace.push(Stage::Identity, StageOutcome::Rejected, 0);
+                    return Err(r);
+                }
+            }
             if let Err(r) = m.check_principal(principal) {
                 trace.push(Stage::Authorization, StageOutcome::Rejected, 0);
                 return Err(r);
@@ -1046,7 +1053,13 @@ impl InferenceGuard {
 
         // Limits.
         let l = &g.limits;
-        let too_large = if request.messages().len() > l.max_messages {
+        let too_large = if request.model().len() > crate::request::MAX_RECORDED_BYTES {
+            Some(format!(
+                "model name has {} bytes, limit {}",
+                request.model().len(),
+                crate::request::MAX_RECORDED_BYTES
+            ))
+        } else if request.messages().len() > l.max_messages {
             Some(format!(
                 "{} messages, limit {}",
                 request.messages().len(),
@@ -1089,7 +1102,15 @@ impl InferenceGuard {
             })
             .await
             {
-                Ok(()) => trace.push(Stage::Authorization, StageOutcome::Passed, 0),
+                Ok(()) => {
+                    trace.push(Stage::Authorization, StageOutcome::Passed, 0);
+                    // The grant's output ceiling becomes the request's (an exchange
+                    // forwards it), whether or not the caller named a maximum.
+                    if let Some(c) = g.authorizer.output_ceiling(p, req) {
+                        let m = req.max_output_tokens().map_or(c, |m| m.min(c));
+                        request.set_max_output_tokens(Some(m));
+                    }
+                }
                 Err(e) => {
                     return Err(match self.on_error(Stage::Authorization, e, trace) {
                         Flow::Stop(r) => r,
@@ -1103,8 +1124,8 @@ impl InferenceGuard {
         }
 
         // Rate limits and budgets.
-        trace.estimated_tokens =
-            request.estimated_input_tokens() + u64::from(request.max_output_tokens().unwrap_or(0));
+        trace.estimated_tokens = request.estimated_input_tokens()
+            + u64::from(request.max_output_tokens().unwrap_or(0)) * u64::from(request.choices());
         if let Some(limiter) = &g.rate_limiter {
             let req: &GuardRequest = request;
             let p = principal;
@@ -1115,6 +1136,15 @@ impl InferenceGuard {
                     }
                     if permit.reserved_tokens() > 0 {
                         trace.estimated_tokens = permit.reserved_tokens();
+                        // The reservation caps the output too: what it holds for
+                        // output, per choice, is the most the model may produce.
+                        let per_choice = permit
+                            .reserved_tokens()
+                            .saturating_sub(request.estimated_input_tokens())
+                            / u64::from(request.choices());
+                        let cap = u32::try_from(per_choice).unwrap_or(u32::MAX).max(1);
+                        let m = request.max_output_tokens().map_or(cap, |m| m.min(cap));
+                        request.set_max_output_tokens(Some(m));
                     }
                     *permit_out = Some(permit);
                     trace.push(Stage::RateLimit, StageOutcome::Passed, 0);
@@ -1174,52 +1204,96 @@ impl InferenceGuard {
         Ok(())
     }
 
-    /// Runs the output validators over `response`; redacts or blocks per policy.
-    pub(crate) async fn validate_output(
+    /// Runs the output validators over every part of an answer (each choice, each
+    /// text-bearing field) and decides once: one stage record, the strongest action
+    /// of any part, each part redacted with its own findings.
+    pub(crate) async fn validate_outputs(
         &self,
         principal: &Principal,
         request: &GuardRequest,
-        response: &mut GuardResponse,
+        responses: &mut [GuardResponse],
         trace: &mut Trace,
         sync: bool,
     ) -> Result<(), Rejection> {
         let g = &*self.inner;
         trace.reset_mark();
-        let mut findings: Vec<Finding> = Vec::new();
-        let out_bytes = response.text().len()
-            + response
-                .tool_calls()
-                .iter()
-                .map(|c| c.arguments().len())
-                .sum::<usize>();
+        let out_bytes: usize = responses
+            .iter()
+            .map(|r| {
+                r.text().len()
+                    + r.tool_calls()
+                        .iter()
+                        .map(|c| c.arguments().len() + c.name().len())
+                        .sum::<usize>()
+            })
+            .sum();
+        let mut all: Vec<Finding> = Vec::new();
         if out_bytes > g.limits.max_output_bytes {
-            findings.push(output_too_large());
+            all.push(output_too_large());
         }
-        if g.validators.is_empty() && findings.is_empty() {
+        if g.validators.is_empty() && all.is_empty() {
             return Ok(());
         }
+        // Findings per part (spans are into that part's text).
+        let mut per_part: Vec<Vec<Finding>> = Vec::with_capacity(responses.len());
         let mut failed: Option<StageError> = None;
-        {
-            let resp: &GuardResponse = response;
-            let cx = OutputContext::new(principal, request);
+        let cx = OutputContext::new(principal, request);
+        'parts: for resp in responses.iter() {
+            let mut findings = Vec::new();
             for v in &g.validators {
                 match call(sync, Stage::OutputValidation, || v.validate(cx, resp)).await {
                     Ok(mut f) => findings.append(&mut f),
                     Err(e) => {
                         failed = Some(e);
-                        break;
+                        break 'parts;
                     }
                 }
             }
+            per_part.push(findings);
         }
         if let Some(e) = failed {
-            trace.output_findings = findings;
+            for mut f in per_part {
+                all.append(&mut f);
+            }
+            trace.output_findings = all;
             return match self.on_error(Stage::OutputValidation, e, trace) {
                 Flow::Continue => Ok(()),
                 Flow::Stop(r) => Err(r),
             };
         }
-        self.apply_output_findings(findings, Some(response), trace)
+        if let [only] = responses {
+            let mut f = per_part.pop().unwrap_or_default();
+            all.append(&mut f);
+            return self.apply_output_findings(all, Some(only), trace);
+        }
+        // Several parts: resolve each, redact each with its own findings, record once.
+        let shadow = g.policy.shadow(Stage::OutputValidation);
+        for (resp, mut findings) in responses.iter_mut().zip(per_part) {
+            let action = g.policy.resolve(&mut findings);
+            if matches!(action, Some(Action::Redact)) && !shadow {
+                redact_response(resp, &findings);
+            }
+            all.append(&mut findings);
+        }
+        let mut decided = std::mem::take(&mut all);
+        let action = g.policy.resolve(&mut decided);
+        let outcome = match action {
+            None => StageOutcome::Passed,
+            Some(Action::Flag) => StageOutcome::Flagged,
+            Some(_) if shadow => StageOutcome::Shadowed,
+            Some(Action::Block) => StageOutcome::Rejected,
+            Some(_) => StageOutcome::Redacted,
+        };
+        trace.push(Stage::OutputValidation, outcome, decided.len());
+        let result = if outcome == StageOutcome::Rejected {
+            let mut r = Rejection::output_blocked(summarize(&decided, Action::Block));
+            r.set_stage(Stage::OutputValidation);
+            Err(r)
+        } else {
+            Ok(())
+        };
+        trace.output_findings.append(&mut decided);
+        result
     }
 
     /// Applies policy to output findings; redacts `response` when given.
@@ -1366,12 +1440,16 @@ impl InferenceGuard {
         let event = AuditEvent {
             event_id: std::cell::OnceCell::new(),
             request_id: t.request_id,
-            trace_id: parts.request.trace_id(),
+            // Caller-supplied strings are bounded before they are stored.
+            trace_id: parts
+                .request
+                .trace_id()
+                .map(|t| crate::request::cap(t, crate::request::MAX_RECORDED_BYTES)),
             started: t.started.unwrap_or(SystemTime::UNIX_EPOCH),
             ended,
             principal: parts.principal,
-            route: parts.request.route(),
-            model: parts.request.model(),
+            route: crate::request::cap(parts.request.route(), crate::request::MAX_RECORDED_BYTES),
+            model: crate::request::cap(parts.request.model(), crate::request::MAX_RECORDED_BYTES),
             client_addr: parts.request.client_addr(),
             stream: parts.request.stream(),
             outcome: parts.outcome,
@@ -1516,7 +1594,8 @@ fn redact_response(response: &mut GuardResponse, findings: &[Finding]) {
 ///
 /// End it with [`check_response`](Self::check_response), [`stream`](Self::stream) or
 /// [`fail`](Self::fail). If it is dropped instead, the guard records an
-/// [`Abandoned`](crate::Outcome::Abandoned) event and refunds the reservation.
+/// [`Abandoned`](crate::Outcome::Abandoned) event and charges the reservation (the
+/// model may have answered a caller that went away).
 #[must_use = "an admission must end with check_response, stream or fail"]
 pub struct Admission {
     st: Box<State>,
@@ -1625,16 +1704,107 @@ impl Admission {
         mut response: GuardResponse,
         sync: bool,
     ) -> Result<CheckedResponse, Rejection> {
+        let reported = response.usage();
+        let (usage, receipt) = self
+            .settle_answer(std::slice::from_mut(&mut response), reported, sync)
+            .await?;
+        let st = &mut *self.st;
+        Ok(CheckedResponse {
+            response,
+            request_id: st.trace.request_id,
+            findings: std::mem::take(&mut st.trace.output_findings),
+            rate: st.trace.rate.take(),
+            usage,
+            receipt,
+        })
+    }
+
+    /// Validates an answer made of several parts: every choice of an `n > 1` call,
+    /// and every text-bearing field of a choice (content, refusal, reasoning),
+    /// each as its own [`GuardResponse`]. One decision for all of them: a part that
+    /// is blocked blocks the answer; each part is redacted with its own findings.
+    /// `usage` is what the model reported for the whole answer (estimated from the
+    /// parts when `None`). The receipt binds the parts' texts joined by newlines.
+    ///
+    /// ```
+    /// use inference_guard::output::AnswerValidator;
+    /// use inference_guard::*;
+    ///
+    /// let mut b = InferenceGuard::builder();
+    /// b.allow_anonymous().authorize_all().audit_sink(NoopSink).output_validator(AnswerValidator::new());
+    /// let guard = b.build()?;
+    /// let admission = guard.check_request(GuardRequest::new("m").with_choices(2))?;
+    /// let key = format!("AKIA{}", "Z4QW7RTY2UIOPL3M"); // an access key id, in choice 1
+    /// let checked = admission.check_responses(
+    ///     vec![GuardResponse::new("first"), GuardResponse::new(format!("key {key}"))],
+    ///     Some(Usage::new(10, 8)),
+    /// )?;
+    /// assert_eq!(checked.responses()[0].text(), "first");
+    /// assert!(!checked.responses()[1].text().contains(&key));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`check_response`](Self::check_response).
+    pub fn check_responses(
+        self,
+        parts: Vec<GuardResponse>,
+        usage: Option<Usage>,
+    ) -> Result<CheckedResponses, Rejection> {
+        poll_once(pin!(self.respond_parts(parts, usage, true))).unwrap_or_else(|| Err(would_block()))
+    }
+
+    /// [`check_responses`](Self::check_responses), awaiting asynchronous validators.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_response`](Self::check_response).
+    pub async fn check_responses_async(
+        self,
+        parts: Vec<GuardResponse>,
+        usage: Option<Usage>,
+    ) -> Result<CheckedResponses, Rejection> {
+        self.respond_parts(parts, usage, false).await
+    }
+
+    async fn respond_parts(
+        mut self,
+        mut parts: Vec<GuardResponse>,
+        usage: Option<Usage>,
+        sync: bool,
+    ) -> Result<CheckedResponses, Rejection> {
+        let (usage, receipt) = self.settle_answer(&mut parts, usage, sync).await?;
+        let st = &mut *self.st;
+        Ok(CheckedResponses {
+            responses: parts,
+            findings: std::mem::take(&mut st.trace.output_findings),
+            rate: st.trace.rate.take(),
+            usage,
+            receipt,
+        })
+    }
+
+    /// Validates the parts of an answer, settles the budget, records the event,
+    /// restores pseudonyms and signs the receipt: the one path for whole answers.
+    async fn settle_answer(
+        &mut self,
+        parts: &mut [GuardResponse],
+        reported: Option<Usage>,
+        sync: bool,
+    ) -> Result<(Usage, Option<String>), Rejection> {
         let st = &mut *self.st;
         let principal = st.principal.as_ref().unwrap_or_else(|| anonymous());
         let verdict = st
             .guard
-            .validate_output(principal, &st.request, &mut response, &mut st.trace, sync)
+            .validate_outputs(principal, &st.request, parts, &mut st.trace, sync)
             .await;
-        let usage = match response.usage() {
-            Some(u) => u,
-            None => response.usage_or_estimate(st.request.estimated_input_tokens()),
-        };
+        let input = st.request.estimated_input_tokens();
+        let usage = reported.unwrap_or_else(|| {
+            parts.iter().fold(Usage::new(input, 0), |u, p| {
+                Usage::new(input, u.output_tokens + p.usage_or_estimate(input).output_tokens)
+            })
+        });
         if let Some(p) = st.permit.take() {
             p.settle(Some(usage));
         }
@@ -1644,6 +1814,13 @@ impl Admission {
         } else {
             Outcome::OutputBlocked
         };
+        let joined;
+        let answer = if let [one] = &*parts {
+            one.text()
+        } else {
+            joined = join_texts(parts);
+            joined.as_str()
+        };
         let audited = st.guard.record_final(&AuditParts {
             trace: &st.trace,
             request: &st.request,
@@ -1651,35 +1828,39 @@ impl Admission {
             outcome,
             rejection: verdict.as_ref().err(),
             usage: Some(usage),
-            answer: Some(response.text()),
+            answer: Some(answer),
         });
         verdict?;
         audited?;
         // Pseudonyms from the input go back to the originals for the caller, after the
         // audit record (which keeps the pseudonymized answer) is written.
         if !st.trace.vault.is_empty() {
-            let mut text = response.text().to_owned();
-            for (pseudonym, original) in &st.trace.vault {
-                if text.contains(pseudonym.as_str()) {
-                    text = text.replace(pseudonym.as_str(), original);
+            for part in parts.iter_mut() {
+                let mut text = part.text().to_owned();
+                for (pseudonym, original) in &st.trace.vault {
+                    if text.contains(pseudonym.as_str()) {
+                        text = text.replace(pseudonym.as_str(), original);
+                    }
                 }
+                part.set_text(text);
             }
-            response.set_text(text);
         }
-        let receipt = st.guard.issue_receipt(
-            st.principal.as_ref(),
-            &st.request,
-            &st.trace,
-            response.text().as_bytes(),
-        );
-        Ok(CheckedResponse {
-            response,
-            request_id: st.trace.request_id,
-            findings: std::mem::take(&mut st.trace.output_findings),
-            rate: st.trace.rate.take(),
-            usage,
-            receipt,
-        })
+        let receipt = if let [one] = &*parts {
+            st.guard.issue_receipt(
+                st.principal.as_ref(),
+                &st.request,
+                &st.trace,
+                one.text().as_bytes(),
+            )
+        } else {
+            st.guard.issue_receipt(
+                st.principal.as_ref(),
+                &st.request,
+                &st.trace,
+                join_texts(parts).as_bytes(),
+            )
+        };
+        Ok((usage, receipt))
     }
 
     /// Starts validating a streamed answer; see [`StreamGuard`].
@@ -1691,6 +1872,22 @@ impl Admission {
     /// a [`ModelFailed`](crate::Outcome::ModelFailed) event.
     pub fn fail(mut self) {
         self.end(Outcome::ModelFailed, None, None, None);
+    }
+
+    /// Records that the model answered but the guard could not take the answer (it
+    /// was unreadable, or over the size limit): the budget is settled with the usage
+    /// the model reported, or charged the whole reservation when it reported none
+    /// (the model did the work), and an [`AnswerFailed`](crate::Outcome::AnswerFailed)
+    /// event is recorded.
+    pub fn abort(mut self, reported: Option<Usage>) {
+        let usage = reported.unwrap_or_else(|| self.reservation());
+        self.end(Outcome::AnswerFailed, None, Some(usage), None);
+    }
+
+    /// The reservation as a usage: the input estimate and the rest as output.
+    fn reservation(&self) -> Usage {
+        let input = self.st.request.estimated_input_tokens();
+        Usage::new(input, self.st.trace.estimated_tokens.saturating_sub(input))
     }
 
     /// Ends the admission: settles (refunds with `None`) and records the event.
@@ -1756,7 +1953,10 @@ impl Drop for Admission {
                 self.end(Outcome::Cancelled, None, None, None);
             }
             Phase::Admitted => {
-                self.end(Outcome::Abandoned, None, None, None);
+                // The model may well have done the work (a caller that went away
+                // while it answered): charge the reservation rather than refund it.
+                let usage = self.reservation();
+                self.end(Outcome::Abandoned, None, Some(usage), None);
             }
         }
     }
@@ -1808,6 +2008,59 @@ impl CheckedResponse {
     /// The usage the budget was settled with.
     pub fn usage(&self) -> Usage {
         self.usage
+    }
+}
+
+fn join_texts(parts: &[GuardResponse]) -> String {
+    let mut out = String::new();
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(p.text());
+    }
+    out
+}
+
+/// A validated answer of several parts ([`Admission::check_responses`]).
+#[derive(Debug)]
+pub struct CheckedResponses {
+    responses: Vec<GuardResponse>,
+    findings: Vec<Finding>,
+    rate: Option<RateLimitInfo>,
+    usage: Usage,
+    receipt: Option<String>,
+}
+
+impl CheckedResponses {
+    /// The parts, in the order given, redacted where the validators redacted.
+    pub fn responses(&self) -> &[GuardResponse] {
+        &self.responses
+    }
+
+    /// The parts, by value.
+    pub fn into_responses(self) -> Vec<GuardResponse> {
+        self.responses
+    }
+
+    /// What the output validators found (spans are into the part they came from).
+    pub fn findings(&self) -> &[Finding] {
+        &self.findings
+    }
+
+    /// Rate-limit state to report to the caller.
+    pub fn rate_limit(&self) -> Option<&RateLimitInfo> {
+        self.rate.as_ref()
+    }
+
+    /// The usage the budget was settled with.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// The signed receipt, when the guard issues receipts.
+    pub fn receipt(&self) -> Option<&str> {
+        self.receipt.as_deref()
     }
 }
 

@@ -62,6 +62,8 @@ pub struct Counts {
 
 impl Counts {
     fn add(&mut self, key: &str, max: usize) {
+        // Caller-supplied strings (models, tools, user agents) are bounded.
+        let key = crate::request::cap(key, crate::request::MAX_RECORDED_BYTES);
         if let Some(n) = self.counts.get_mut(key) {
             *n += 1;
         } else if self.counts.len() < max {
@@ -139,6 +141,7 @@ fn unix<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
 #[derive(Clone, Debug, Serialize)]
 pub struct PrincipalFacts {
     principal: String,
+    namespace: String,
     tenant: Option<String>,
     #[serde(serialize_with = "unix")]
     first_seen: SystemTime,
@@ -160,6 +163,11 @@ impl PrincipalFacts {
     /// The principal's id.
     pub fn principal(&self) -> &str {
         &self.principal
+    }
+    /// The namespace of its id ([`Principal::namespace`]): facts are kept per
+    /// namespace and id, so a token subject never shares an API key's facts.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
     }
     /// Its tenant.
     pub fn tenant(&self) -> Option<&str> {
@@ -279,16 +287,17 @@ impl Inventory {
         }
         let max = self.inner.max_values;
         let mut map = self.inner.map.lock().unwrap_or_else(|e| e.into_inner());
-        if !map.contains_key(principal.id()) && map.len() >= self.inner.max_principals {
+        if !map.contains_key(principal.qualified_id()) && map.len() >= self.inner.max_principals {
             self.inner
                 .dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let f = map
-            .entry(principal.id().to_owned())
+            .entry(principal.qualified_id().to_owned())
             .or_insert_with(|| PrincipalFacts {
                 principal: principal.id().to_owned(),
+                namespace: principal.namespace().to_owned(),
                 tenant: principal.tenant().map(str::to_owned),
                 first_seen: now,
                 last_seen: now,
@@ -356,13 +365,12 @@ impl Inventory {
         }
     }
 
-    /// The facts of one principal.
+    /// The facts of one principal, by [qualified id](Principal::qualified_id)
+    /// (`jwt:https://idp.example|svc-a`), or by plain id for an API key's principal.
     pub fn facts(&self, principal: &str) -> Option<PrincipalFacts> {
-        self.inner
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(principal)
+        let map = self.inner.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(principal)
+            .or_else(|| map.get(&format!("api_key|{principal}")))
             .cloned()
     }
 
@@ -391,7 +399,7 @@ impl Inventory {
         for k in &policy.known_keys {
             let used = principals
                 .iter()
-                .find(|p| p.principal == k.principal)
+                .find(|p| p.namespace == "api_key" && p.principal == k.principal)
                 .and_then(|p| p.keys.get(&k.key_id));
             let idle = match used {
                 None => now.duration_since(k.created).ok(),

@@ -147,15 +147,17 @@
 //! - `policy`: `policy::Policy`, a TOML policy file that configures every built-in
 //!   stage (adds `toml`).
 //!
-//! The core has no web-framework dependency: [`adapter`] holds the framework-neutral
-//! half of an HTTP adapter (the actix-web gateway example builds on it).
+//! The core has no web-framework dependency: [`exchange`] is the framework-neutral
+//! HTTP exchange (routes, allow-listed requests and answers, the SSE relay, error
+//! bodies) that the `tower` layer and the actix-web gateway example are thin glue
+//! around.
 //!
 //! # Minimum supported Rust version
 //!
 //! Rust 1.85 (edition 2024). The MSRV may rise in a minor release, never in a patch
 //! release, and stays at least six months behind the latest stable release.
 
-pub mod adapter;
+pub mod exchange;
 pub mod audit;
 pub mod authz;
 pub mod builtin;
@@ -192,7 +194,7 @@ pub use decision::{RateLimitInfo, RejectReason, Rejection, Stage};
 pub use error::{BuildError, Error, ErrorKind, StageError};
 pub use finding::{Action, Category, Enforcement, Finding, Location, Severity, redact};
 pub use guard::{
-    Admission, CheckedResponse, GuardBuilder, GuardStats, InferenceGuard, RequestLimits,
+    Admission, CheckedResponse, CheckedResponses, GuardBuilder, GuardStats, InferenceGuard, RequestLimits,
 };
 pub use id::RequestId;
 pub use principal::{CredentialKind, Principal, PrincipalBuilder};

@@ -48,6 +48,8 @@ impl fmt::Display for CredentialKind {
 struct Inner {
     id: Box<str>,
     kind: CredentialKind,
+    namespace: Box<str>,
+    qualified: Box<str>,
     tenant: Option<Box<str>>,
     key_id: Option<Box<str>>,
     scopes: SmallVec<[Box<str>; 4]>,
@@ -82,6 +84,8 @@ impl Principal {
         PrincipalBuilder(Inner {
             id: id.into().into_boxed_str(),
             kind,
+            namespace: kind.as_str().into(),
+            qualified: Box::default(),
             tenant: None,
             key_id: None,
             scopes: SmallVec::new(),
@@ -102,6 +106,30 @@ impl Principal {
     /// The principal's id.
     pub fn id(&self) -> &str {
         &self.0.id
+    }
+
+    /// Where its id comes from: `api_key`, `client_certificate`, `anonymous`,
+    /// `jwt:<issuer>` for tokens, or what the verifier set
+    /// ([`PrincipalBuilder::namespace`]). Two principals with the same id in
+    /// different namespaces are different callers.
+    ///
+    /// ```
+    /// # use inference_guard::{CredentialKind, Principal};
+    /// let p = Principal::builder("svc-a", CredentialKind::ApiKey).build();
+    /// assert_eq!(p.namespace(), "api_key");
+    /// assert_eq!(p.qualified_id(), "api_key|svc-a");
+    /// let t = Principal::builder("svc-a", CredentialKind::BearerToken).namespace("jwt:https://idp.example").build();
+    /// assert_ne!(p.qualified_id(), t.qualified_id());
+    /// ```
+    pub fn namespace(&self) -> &str {
+        &self.0.namespace
+    }
+
+    /// `namespace|id` (a `|` or `%` in the namespace is percent-escaped, so the
+    /// first `|` always ends it): the key under which rate limits, budgets, abuse
+    /// strikes and the inventory count this principal.
+    pub fn qualified_id(&self) -> &str {
+        &self.0.qualified
     }
 
     /// How it authenticated.
@@ -186,8 +214,18 @@ impl PrincipalBuilder {
         self
     }
 
+    /// Sets the namespace its id belongs to (default: the credential kind's name;
+    /// the JWT verifier sets `jwt:<issuer>`). See [`Principal::namespace`].
+    #[must_use]
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.0.namespace = namespace.into().into_boxed_str();
+        self
+    }
+
     /// Finishes the principal.
-    pub fn build(self) -> Principal {
+    pub fn build(mut self) -> Principal {
+        let ns = self.0.namespace.replace('%', "%25").replace('|', "%7C");
+        self.0.qualified = format!("{ns}|{}", self.0.id).into_boxed_str();
         Principal(Arc::new(self.0))
     }
 }

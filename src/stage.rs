@@ -71,6 +71,16 @@ pub trait Authorizer: Send + Sync + 'static {
         request: &'a GuardRequest,
     ) -> Step<'a, Result<(), StageError>>;
 
+    /// The most output tokens the principal may ask for in this (allowed) request, if
+    /// the policy sets a ceiling. The guard lowers the request's maximum output to
+    /// it, and an HTTP exchange writes it into the body it forwards, so a caller that
+    /// names no maximum does not get the model's default. `None` (the default): no
+    /// ceiling from authorization.
+    fn output_ceiling(&self, principal: &Principal, request: &GuardRequest) -> Option<u32> {
+        let _ = (principal, request);
+        None
+    }
+
     /// A name for diagnostics.
     fn name(&self) -> &str {
         std::any::type_name::<Self>()
@@ -371,6 +381,9 @@ macro_rules! forward_impls {
         impl<T: Authorizer + ?Sized> Authorizer for $wrapper {
             fn authorize<'a>(&'a self, principal: &'a Principal, request: &'a GuardRequest) -> Step<'a, Result<(), StageError>> {
                 (**self).authorize(principal, request)
+            }
+            fn output_ceiling(&self, principal: &Principal, request: &GuardRequest) -> Option<u32> {
+                (**self).output_ceiling(principal, request)
             }
             fn name(&self) -> &str { (**self).name() }
         }

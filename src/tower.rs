@@ -1,27 +1,25 @@
 //! A tower [`Layer`] and [`Service`] that put the guard in front of an
 //! OpenAI-compatible handler: for axum, tonic and hyper users (feature `tower`).
 //!
-//! For `POST` requests to `/v1/chat/completions`, `/v1/completions` and
-//! `/v1/embeddings` the service:
+//! It is thin glue around the framework-neutral [`Exchange`](crate::exchange):
 //!
-//! 1. takes credentials from `Authorization: Bearer` and `x-api-key` (see
-//!    [`AdapterConfig`]); a credential header sent twice is a `400`;
-//! 2. refuses a body whose `Content-Length` is over the limit before reading it
-//!    (`413`), then reads it with the limit and a timeout (`413`, `408`), and
-//!    requires `application/json` (`415`) that parses (`400`);
-//! 3. runs [`InferenceGuard::check_request_async`] (rate limits reject here, in
-//!    `call`; readiness is never used for them) and answers rejections with their
-//!    status, `WWW-Authenticate`, `Retry-After`, rate-limit headers and an OpenAI
-//!    error body;
-//! 4. forwards the admitted (possibly redacted) request, with a [`GuardContext`]
-//!    (the principal and the request id) in its extensions;
-//! 5. validates a JSON answer ([`Admission::check_response_async`]) and sends the
-//!    receipt, when the guard issues them, as `x-inference-receipt`; or wraps a
-//!    streamed (`text/event-stream`) answer in an [`SseGuard`] without buffering
-//!    the stream.
-//!
-//! Other routes pass through untouched. An upstream error status (`4xx`/`5xx`) is
-//! passed through and recorded as a failed model call.
+//! 1. the route is decided on the raw path ([`Route`]): the OpenAI endpoints are
+//!    guarded, other paths under the guarded prefix (`/v1` by default) are refused
+//!    (`404`) unless public, ambiguous encodings are a `400`, other methods a `405`;
+//!    paths outside the prefix pass through untouched;
+//! 2. credentials come from `Authorization: Bearer` and `x-api-key`; a request
+//!    without credentials is refused before its body is read; a body over the limit
+//!    is a `413` before it is read, a slow one a `408`; non-JSON a `415`;
+//! 3. the body is allow-listed and checked ([`InferenceGuard::check_request_async`]);
+//!    rejections are answered with their status, `WWW-Authenticate`, `Retry-After`,
+//!    rate-limit headers and an OpenAI error body;
+//! 4. the admitted body (redacted, allow-listed, with the enforced output ceiling)
+//!    is forwarded, with a [`GuardContext`] (the principal and the request id) in
+//!    its extensions;
+//! 5. a JSON answer is validated choice by choice and rebuilt from the validated
+//!    parts (receipt as `x-inference-receipt`); a streamed (`text/event-stream`)
+//!    answer goes through the [`SseRelay`] without being buffered. An upstream
+//!    error status is passed through and recorded as a failed model call.
 //!
 //! The client address is taken from a [`ClientAddr`] extension (insert it from
 //! your server's connection info) or a `std::net::SocketAddr` extension.
@@ -45,20 +43,18 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::adapter::{
-    AdapterConfig, Endpoint, ErrorResponse, OpenAiAnswer, OpenAiCall, check_content_type,
-    credentials, rate_limit_headers,
-};
-use crate::guard::{Admission, InferenceGuard};
+use crate::exchange::{Admitted, ErrorResponse, Exchange, ExchangeConfig, SseRelay};
+#[cfg(doc)]
+use crate::exchange::Route;
+use crate::guard::InferenceGuard;
 use crate::id::RequestId;
-use crate::output::SseGuard;
 use crate::principal::Principal;
 
 /// Errors of bodies in and out of the service.
@@ -120,24 +116,28 @@ impl<S: Send + Sync> axum_core::extract::OptionalFromRequestParts<S> for GuardCo
 /// The layer; see the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct GuardLayer {
-    guard: InferenceGuard,
-    config: AdapterConfig,
+    exchange: Exchange,
 }
 
 impl GuardLayer {
-    /// A layer for `guard` with the default [`AdapterConfig`].
+    /// A layer for `guard` with the default [`ExchangeConfig`].
     pub fn new(guard: InferenceGuard) -> Self {
         Self {
-            guard,
-            config: AdapterConfig::default(),
+            exchange: Exchange::new(guard, ExchangeConfig::default()),
         }
     }
 
-    /// Sets what the adapter accepts.
+    /// A layer around an exchange (its guard and configuration).
+    pub fn from_exchange(exchange: Exchange) -> Self {
+        Self { exchange }
+    }
+
+    /// Sets what the exchange accepts.
     #[must_use]
-    pub fn config(mut self, config: AdapterConfig) -> Self {
-        self.config = config;
-        self
+    pub fn config(self, config: ExchangeConfig) -> Self {
+        Self {
+            exchange: Exchange::new(self.exchange.guard().clone(), config),
+        }
     }
 }
 
@@ -147,8 +147,7 @@ impl<S> Layer<S> for GuardLayer {
     fn layer(&self, inner: S) -> GuardService<S> {
         GuardService {
             inner,
-            guard: self.guard.clone(),
-            config: self.config.clone(),
+            exchange: self.exchange.clone(),
         }
     }
 }
@@ -157,14 +156,13 @@ impl<S> Layer<S> for GuardLayer {
 #[derive(Clone)]
 pub struct GuardService<S> {
     inner: S,
-    guard: InferenceGuard,
-    config: AdapterConfig,
+    exchange: Exchange,
 }
 
 impl<S> fmt::Debug for GuardService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GuardService")
-            .field("config", &self.config)
+            .field("config", self.exchange.config())
             .finish_non_exhaustive()
     }
 }
@@ -187,40 +185,11 @@ where
 pub fn error_response(e: &ErrorResponse) -> Response<GuardBody> {
     let mut r = Response::new(full(e.body().to_owned()));
     *r.status_mut() = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
-    for (name, value) in e.headers() {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            r.headers_mut().insert(HeaderName::from_static(name), v);
-        }
-    }
+    set_headers(r.headers_mut(), e.headers());
     r
 }
 
-/// The body's headers: its declared length against the limit, and its type.
-fn check_body_headers(headers: &HeaderMap, config: &AdapterConfig) -> Result<(), ErrorResponse> {
-    let length = headers
-        .get(header::CONTENT_LENGTH)
-        .map(|v| v.to_str().ok().and_then(|s| s.parse::<u64>().ok()));
-    match length {
-        Some(None) => {
-            return Err(ErrorResponse::new(
-                400,
-                "invalid_header",
-                "Content-Length is malformed",
-            ));
-        }
-        Some(Some(n)) if n > config.body_limit() as u64 => {
-            return Err(ErrorResponse::new(
-                413,
-                "request_too_large",
-                "the body is larger than allowed",
-            ));
-        }
-        _ => {}
-    }
-    check_content_type(headers.get(header::CONTENT_TYPE).map(HeaderValue::as_bytes))
-}
-
-async fn read_body<B>(body: B, config: &AdapterConfig) -> Result<Bytes, ErrorResponse>
+async fn read_body<B>(body: B, config: &ExchangeConfig) -> Result<Bytes, ErrorResponse>
 where
     B: Body + Send,
     B::Error: Into<BoxError>,
@@ -272,16 +241,13 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let guard = self.guard.clone();
-        let config = self.config.clone();
-        Box::pin(guarded(inner, guard, config, req))
+        Box::pin(guarded(inner, self.exchange.clone(), req))
     }
 }
 
 async fn guarded<S, B, RB>(
     mut inner: S,
-    guard: InferenceGuard,
-    config: AdapterConfig,
+    exchange: Exchange,
     req: Request<B>,
 ) -> Result<Response<GuardBody>, S::Error>
 where
@@ -291,95 +257,52 @@ where
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
-    let endpoint = (req.method() == Method::POST)
-        .then(|| Endpoint::from_path(req.uri().path()))
-        .flatten();
-    let Some(endpoint) = endpoint else {
-        return inner.call(req).await.map(|r| r.map(boxed));
-    };
-    let (mut parts, body) = req.into_parts();
-    let creds = match credentials(
-        parts
-            .headers
+    let begun = exchange.begin(
+        req.method().as_str(),
+        req.uri().path(),
+        req.headers()
             .iter()
             .map(|(n, v)| (n.as_str(), v.as_bytes())),
-        &config,
-    ) {
-        Ok(c) => c,
+    );
+    let pending = match begun {
+        Ok(Some(p)) => p,
+        Ok(None) => return inner.call(req).await.map(|r| r.map(boxed)),
         Err(e) => return Ok(error_response(&e)),
     };
-    if creds.is_empty() && guard.requires_credentials() {
-        // No credentials: refused at identity (and audited) before the body is read.
-        let bare = crate::GuardRequest::new("").with_route(parts.uri.path());
-        if let Err(r) = guard.check_request_async(bare).await {
-            return Ok(error_response(&ErrorResponse::from_rejection(&r)));
-        }
-    }
-    if let Err(e) = check_body_headers(&parts.headers, &config) {
-        return Ok(error_response(&e));
-    }
-    let bytes = match read_body(body, &config).await {
-        Ok(b) => b,
-        Err(e) => return Ok(error_response(&e)),
-    };
-    let mut call = match OpenAiCall::parse(endpoint, &bytes) {
-        Ok(c) => c,
-        Err(e) => return Ok(error_response(&e)),
-    };
-    let mut greq = call.to_guard_request(creds, parts.uri.path());
+    let (mut parts, body) = req.into_parts();
     let addr = parts
         .extensions
         .get::<ClientAddr>()
         .map(|a| a.0)
         .or_else(|| parts.extensions.get::<SocketAddr>().map(SocketAddr::ip));
-    if let Some(a) = addr {
-        greq = greq.with_client_addr(a);
-    }
-    if let Some(ua) = parts
-        .headers
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
+    let admitted = match exchange
+        .admit(pending, read_body(body, exchange.config()), addr)
+        .await
     {
-        greq = greq.with_metadata("user_agent", ua);
-    }
-    if let Some(tp) = parts
-        .headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-    {
-        greq = greq.with_trace_id(tp);
-    }
-    let admission = match guard.check_request_async(greq).await {
         Ok(a) => a,
-        Err(r) => return Ok(error_response(&ErrorResponse::from_rejection(&r))),
+        Err(e) => return Ok(error_response(&e)),
     };
-    call.apply(admission.request());
-    let body = call.to_json();
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts
         .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(admitted.body().len()));
     parts.extensions.insert(GuardContext {
-        principal: admission.principal().clone(),
-        request_id: admission.request_id(),
+        principal: admitted.principal().clone(),
+        request_id: admitted.request_id(),
     });
-    let rate = admission.rate_limit().cloned();
-    let resp = match inner
-        .call(Request::from_parts(parts, B::from(Bytes::from(body))))
-        .await
-    {
+    let rate = admitted.rate_limit_headers();
+    let forward = Bytes::copy_from_slice(admitted.body());
+    let resp = match inner.call(Request::from_parts(parts, B::from(forward))).await {
         Ok(r) => r,
         Err(e) => {
-            admission.fail();
+            admitted.upstream_failed();
             return Err(e);
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
-    if let Some(info) = &rate {
-        set_headers(&mut rparts.headers, &rate_limit_headers(info));
-    }
+    set_headers(&mut rparts.headers, &rate);
     if !rparts.status.is_success() {
-        admission.fail();
+        admitted.upstream_failed();
         return Ok(Response::from_parts(rparts, boxed(rbody)));
     }
     let sse = rparts
@@ -391,11 +314,11 @@ where
         rparts.headers.remove(header::CONTENT_LENGTH);
         let body = SseBody {
             inner: boxed(rbody),
-            sse: Some(SseGuard::new(admission.stream())),
+            relay: admitted.relay(),
         };
         return Ok(Response::from_parts(rparts, body.boxed_unsync()));
     }
-    validate_whole(endpoint, admission, rparts, rbody, &config).await
+    Ok(validate_whole(admitted, rparts, rbody, exchange.config()).await)
 }
 
 fn set_headers(headers: &mut HeaderMap, pairs: &[(&'static str, String)]) {
@@ -406,60 +329,42 @@ fn set_headers(headers: &mut HeaderMap, pairs: &[(&'static str, String)]) {
     }
 }
 
-async fn validate_whole<S, RB>(
-    endpoint: Endpoint,
-    admission: Admission,
+async fn validate_whole<RB>(
+    admitted: Admitted,
     mut rparts: http::response::Parts,
     rbody: RB,
-    config: &AdapterConfig,
-) -> Result<Response<GuardBody>, S>
+    config: &ExchangeConfig,
+) -> Response<GuardBody>
 where
     RB: Body<Data = Bytes> + Send + 'static,
     RB::Error: Into<BoxError>,
 {
     let bytes = match Limited::new(rbody, config.answer_limit()).collect().await {
         Ok(c) => c.to_bytes(),
-        Err(_) => {
-            admission.fail();
-            return Ok(error_response(&ErrorResponse::new(
-                502,
-                "bad_upstream_response",
-                "the model's answer could not be read",
-            )));
-        }
+        Err(_) => return error_response(&admitted.answer_unreadable()),
     };
-    let mut answer = match OpenAiAnswer::parse(endpoint, &bytes) {
-        Ok(a) => a,
-        Err(e) => {
-            admission.fail();
-            return Ok(error_response(&e));
-        }
-    };
-    match admission
-        .check_response_async(answer.to_guard_response())
-        .await
-    {
-        Err(r) => Ok(error_response(&ErrorResponse::from_rejection(&r))),
-        Ok(checked) => {
-            let body = answer.apply(&checked);
+    match admitted.answer(&bytes).await {
+        Err(e) => error_response(&e),
+        Ok(answer) => {
+            if let Some(r) = answer.receipt().and_then(|r| HeaderValue::from_str(r).ok()) {
+                rparts.headers.insert("x-inference-receipt", r);
+            }
+            let body = answer.into_body();
+            rparts
+                .headers
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             rparts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-            if let Some(r) = checked
-                .receipt()
-                .and_then(|r| HeaderValue::from_str(r).ok())
-            {
-                rparts.headers.insert("x-inference-receipt", r);
-            }
-            Ok(Response::from_parts(rparts, full(body)))
+            Response::from_parts(rparts, full(body))
         }
     }
 }
 
-/// A streamed answer passed through an [`SseGuard`], frame by frame.
+/// A streamed answer passed through the exchange's [`SseRelay`], frame by frame.
 struct SseBody {
     inner: GuardBody,
-    sse: Option<SseGuard>,
+    relay: SseRelay,
 }
 
 impl Body for SseBody {
@@ -471,40 +376,17 @@ impl Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        loop {
-            let Some(sse) = this.sse.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if sse.is_ended() {
-                // Nothing more is sent once the stream is over (or blocked); dropping
-                // the upstream body closes it.
-                this.sse = None;
-                return Poll::Ready(None);
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        let out = sse.push(&data);
-                        if !out.is_empty() {
-                            return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(_)) | None) => {
-                    // The upstream ended (or failed): without `[DONE]` this is an
-                    // aborted stream, recorded as such.
-                    let out = this.sse.take().map(SseGuard::close).unwrap_or_default();
-                    if out.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
-                }
-            }
-        }
+        let inner = &mut this.inner;
+        this.relay
+            .poll_relay(cx, |cx| {
+                Pin::new(&mut *inner).poll_frame(cx).map(|f| {
+                    f.map(|r| r.map(|frame| frame.into_data().unwrap_or_default()))
+                })
+            })
+            .map(|out| out.map(|b| Ok(Frame::data(Bytes::from(b)))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.sse.is_none()
+        self.relay.is_done()
     }
 }

@@ -1010,7 +1010,8 @@ fn authenticator_routes_credentials_and_guard_answers_401_with_challenge() {
             PolicyAuthorizer::builder()
                 .grant(Grant::to_scope("chat").models(["gpt-4o-mini"]))
                 .grant(
-                    Grant::to_principals(["svc-batch"])
+                    // Token subjects are named with their issuer's namespace.
+                    Grant::to_principals([format!("jwt:{ISS}|svc-batch")])
                         .models(["gpt-4o*"])
                         .allow_stream(),
                 )
@@ -1096,4 +1097,83 @@ fn credentials_never_appear_in_debug_or_errors() {
         assert!(!text.contains(&sig), "{text}");
     }
     assert!(!format!("{:?}", s.keys()).contains("5a5a"));
+}
+
+#[test]
+fn each_key_signs_for_its_own_issuer_and_principals_are_namespaced() {
+    let s = signers();
+    const OTHER: &str = "https://partner.example";
+    let mut partner = KeySet::new();
+    partner
+        .add_raw_public_key("partner-ed", Algorithm::EdDSA, s.ed.public_key().as_ref())
+        .unwrap();
+    let mut ours = KeySet::new();
+    ours.add_hmac("HS256", Algorithm::HS256, &HMAC_SECRET[..32])
+        .unwrap();
+    let v = JwtVerifier::builder()
+        .issuer_keys(ISS, ours)
+        .issuer_keys(OTHER, partner)
+        .audience(AUD)
+        .build()
+        .unwrap();
+    // The partner's key, a token claiming to be ours: refused.
+    let forged = token_with(&s, "EdDSA", json!({"kid": "partner-ed"}), claims());
+    assert_eq!(code(&v, &forged), "key_issuer_mismatch");
+    // The partner's key for the partner's issuer: accepted, in its own namespace.
+    let mut c = claims();
+    c["iss"] = json!(OTHER);
+    let theirs = token_with(&s, "EdDSA", json!({"kid": "partner-ed"}), c);
+    let p = v.verify_token(&theirs).unwrap();
+    assert_eq!(p.id(), "svc-batch");
+    assert_eq!(p.namespace(), format!("jwt:{OTHER}"));
+    let ours = v.verify_token(&token(&s, "HS256")).unwrap();
+    assert_ne!(ours.qualified_id(), p.qualified_id());
+    // Unbound keys with several issuers do not build.
+    assert!(
+        JwtVerifier::builder()
+            .issuer(ISS)
+            .issuer(OTHER)
+            .audience(AUD)
+            .keys(s.keys())
+            .build()
+            .is_err()
+    );
+    // Grants: a bare id pattern never matches a token subject; a namespaced one does.
+    let policy = PolicyAuthorizer::builder()
+        .grant(Grant::to_principals(["svc-batch"]).models(["m"]))
+        .grant(Grant::to_principals([format!("jwt:{ISS}|svc-*")]).models(["ours"]))
+        .build()
+        .unwrap();
+    let req = |m: &str| GuardRequest::new(m);
+    assert!(policy.check(&p, &req("m")).is_err());
+    assert!(policy.check(&p, &req("ours")).is_err());
+    assert!(policy.check(&ours, &req("ours")).is_ok());
+    let key_owner = Principal::builder("svc-batch", CredentialKind::ApiKey).build();
+    assert!(policy.check(&key_owner, &req("m")).is_ok());
+    // An authenticator with one verifier per issuer sends each token to its own.
+    let a = JwtVerifier::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .keys(s.keys())
+        .build()
+        .unwrap();
+    let mut pk = KeySet::new();
+    pk.add_raw_public_key("partner-ed", Algorithm::EdDSA, s.ed.public_key().as_ref())
+        .unwrap();
+    let b = JwtVerifier::builder()
+        .issuer(OTHER)
+        .audience(AUD)
+        .keys(pk)
+        .build()
+        .unwrap();
+    let auth = Authenticator::new().jwt(a).jwt(b);
+    let mut g = InferenceGuard::builder();
+    g.identity(auth).authorize_all().audit_sink(NoopSink);
+    let guard = g.build().unwrap();
+    let with = |t: &str| GuardRequest::new("m").with_credentials(Credentials::from_bearer(t));
+    let adm = guard.check_request(with(&theirs)).unwrap();
+    assert_eq!(adm.principal().namespace(), format!("jwt:{OTHER}"));
+    drop(adm);
+    assert!(guard.check_request(with(&token(&s, "ES256"))).is_ok());
+    assert_eq!(guard.check_request(with(&forged)).unwrap_err().status(), 401);
 }

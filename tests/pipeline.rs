@@ -439,13 +439,29 @@ fn model_failure_refunds_and_records_once() {
 }
 
 #[test]
-fn dropped_admission_refunds_and_records_once() {
+fn dropped_admission_is_charged_and_recorded_once() {
     let fx = fixture();
     let adm = fx.guard.check_request(request(PROMPT)).unwrap();
+    let reserved = adm.reserved_tokens();
     drop(adm);
     let rec = only_record(&fx.sink);
     assert_eq!(rec["outcome"], "abandoned");
-    assert_eq!(fx.ledger.entries(), vec![None]);
+    // The caller went away, the model may have answered: the reservation is charged.
+    assert_eq!(fx.ledger.entries(), vec![Some(reserved)]);
+}
+
+#[test]
+fn an_unreadable_answer_settles_with_reported_usage_or_the_reservation() {
+    let fx = fixture();
+    let adm = fx.guard.check_request(request(PROMPT)).unwrap();
+    let reserved = adm.reserved_tokens();
+    adm.abort(None);
+    assert_eq!(only_record(&fx.sink)["outcome"], "answer_failed");
+    assert_eq!(fx.ledger.entries(), vec![Some(reserved)]);
+    let fx = fixture();
+    let adm = fx.guard.check_request(request(PROMPT)).unwrap();
+    adm.abort(Some(Usage::new(7, 5)));
+    assert_eq!(fx.ledger.entries(), vec![Some(12)]);
 }
 
 #[test]

@@ -193,7 +193,7 @@ fn token_budgets_reserve_then_settle() {
     // A failed call refunds everything.
     a3.fail();
     let a4 = g.check_request(ask(400)).unwrap();
-    drop(a4); // abandoned: refunded too
+    drop(a4); // abandoned: charged (the model may have answered a caller that left)
     // An overrun becomes debt: a2 used 900 tokens although it reserved 406.
     a2.check_response(GuardResponse::new("x").with_usage(Usage::new(6, 894)))
         .unwrap();
@@ -203,6 +203,64 @@ fn token_budgets_reserve_then_settle() {
     );
     clock.advance(Duration::from_secs(60));
     g.check_request(ask(1)).unwrap().fail();
+}
+
+#[test]
+fn debt_is_carried_in_full_not_forgiven() {
+    let clock = ManualClock::new();
+    let limiter = InMemoryRateLimiter::builder()
+        .limit(Limit::tokens("tokens", Quota::per_minute(100)).key_by(KeyBy::PRINCIPAL))
+        .max_output_reservation(50)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let g = guard(limiter, MemorySink::new());
+    let a = g.check_request(req("a").with_max_output_tokens(50)).unwrap();
+    // 5,000 tokens used against a 100-a-minute budget: fifty minutes of debt.
+    a.check_response(GuardResponse::new("x").with_usage(Usage::new(0, 5000)))
+        .unwrap();
+    clock.advance(Duration::from_secs(20 * 60));
+    assert!(g.check_request(req("a").with_max_output_tokens(1)).is_err(), "debt forgiven after ten bursts");
+    clock.advance(Duration::from_secs(31 * 60));
+    g.check_request(req("a").with_max_output_tokens(1)).unwrap().fail();
+}
+
+#[test]
+fn the_reservation_and_the_grant_cap_the_output_the_model_is_asked_for() {
+    let limiter = InMemoryRateLimiter::builder()
+        .limit(Limit::tokens("tokens", Quota::per_minute(100_000)).key_by(KeyBy::PRINCIPAL))
+        .max_output_reservation(700)
+        .build()
+        .unwrap();
+    let mut b = InferenceGuard::builder();
+    b.allow_anonymous()
+        .authorizer(
+            inference_guard::authz::PolicyAuthorizer::builder()
+                .grant(
+                    inference_guard::authz::Grant::to_principals(["*"])
+                        .models(["small"])
+                        .max_output_tokens(512),
+                )
+                .grant(inference_guard::authz::Grant::to_principals(["*"]).models(["big"]))
+                .build()
+                .unwrap(),
+        )
+        .rate_limiter(limiter)
+        .audit_sink(NoopSink);
+    let g = b.build().unwrap();
+    // No maximum named: the grant's ceiling becomes the request's.
+    let a = g.check_request(GuardRequest::new("small")).unwrap();
+    assert_eq!(a.request().max_output_tokens(), Some(512));
+    a.fail();
+    // No grant ceiling: the reservation's output share is the ceiling.
+    let a = g.check_request(GuardRequest::new("big")).unwrap();
+    assert_eq!(a.request().max_output_tokens(), Some(700));
+    a.fail();
+    let a = g
+        .check_request(GuardRequest::new("big").with_max_output_tokens(10))
+        .unwrap();
+    assert_eq!(a.request().max_output_tokens(), Some(10));
+    a.fail();
 }
 
 #[test]

@@ -79,7 +79,7 @@ fn status(s: &Setup, key: &str, text: &str) -> (u16, String) {
 #[test]
 fn strikes_throttle_then_suspend_with_alerts_and_audit() {
     let s = setup(false);
-    let svc_a = Subject::Principal("svc-a".into());
+    let svc_a = Subject::Principal("api_key|svc-a".into());
     assert_eq!(status(&s, "good-key-a", ATTACK).0, 422);
     assert_eq!(s.monitor.status(&svc_a).unwrap().level(), Level::Normal);
     assert_eq!(status(&s, "good-key-a", ATTACK).0, 422);
@@ -88,7 +88,7 @@ fn strikes_throttle_then_suspend_with_alerts_and_audit() {
     assert_eq!(s.alerts.lock().unwrap()[0].level(), Level::Throttled);
     let rec = s.sink.records().pop().unwrap();
     assert_eq!(rec["abuse"]["level"], "throttled");
-    assert_eq!(rec["abuse"]["subject"], "principal:svc-a");
+    assert_eq!(rec["abuse"]["subject"], "principal:api_key|svc-a");
     // The reduced quota: two a minute, then 429 with Retry-After.
     assert_eq!(status(&s, "good-key-a", "hello").0, 200);
     assert_eq!(status(&s, "good-key-a", "hello").0, 200);
@@ -136,7 +136,7 @@ fn strikes_throttle_then_suspend_with_alerts_and_audit() {
 #[test]
 fn strikes_decay_and_suspensions_end() {
     let s = setup(false);
-    let svc_a = Subject::Principal("svc-a".into());
+    let svc_a = Subject::Principal("api_key|svc-a".into());
     for _ in 0..4 {
         status(&s, "good-key-a", ATTACK);
     }
@@ -152,14 +152,14 @@ fn strikes_decay_and_suspensions_end() {
     s.clock.advance(Duration::from_secs(3600));
     status(&s, "good-key-b", ATTACK);
     status(&s, "good-key-b", ATTACK);
-    let svc_b = Subject::Principal("svc-b".into());
+    let svc_b = Subject::Principal("api_key|svc-b".into());
     assert_eq!(s.monitor.status(&svc_b).unwrap().level(), Level::Throttled);
     s.clock.advance(Duration::from_secs(600));
     assert_eq!(s.monitor.status(&svc_b).unwrap().level(), Level::Normal);
 }
 
 #[test]
-fn credential_stuffing_throttles_the_address_before_identity() {
+fn credential_stuffing_throttles_the_address_for_failed_credentials_only() {
     let s = setup(false);
     let addr = Subject::Address("198.51.100.7".parse().unwrap());
     for i in 0..6 {
@@ -183,15 +183,60 @@ fn credential_stuffing_throttles_the_address_before_identity() {
         n += 1;
         assert!(n <= 12, "not suspended after {n} more failures");
     }
-    let before = s.identity_calls.load(Ordering::Relaxed);
+    // A suspended address: failed credentials get its 429 (not a 401 that would
+    // confirm each guess), and no strike is counted for them.
     assert_eq!(
-        status(&s, "good-key-a", "hi"),
+        status(&s, "guess-d", "hi"),
         (429, "address_throttled".to_owned())
     );
-    assert_eq!(s.identity_calls.load(Ordering::Relaxed), before);
+    // A credential that verifies is served from the same address (the others
+    // behind one NAT are not locked out by one bad client); identity ran for it.
+    let before = s.identity_calls.load(Ordering::Relaxed);
+    assert_eq!(status(&s, "good-key-a", "hi").0, 200);
+    assert!(s.identity_calls.load(Ordering::Relaxed) > before);
     // Another address is fine.
-    let other = req("good-key-a", "hi").with_client_addr("203.0.113.1".parse().unwrap());
-    assert!(s.guard.check_request(other).is_ok());
+    let other = req("guess-e", "hi").with_client_addr("203.0.113.1".parse().unwrap());
+    assert_eq!(s.guard.check_request(other).unwrap_err().status(), 401);
+}
+
+#[test]
+fn ipv6_addresses_are_counted_per_64_and_a_full_table_still_tracks_newcomers() {
+    let clock = ManualClock::new();
+    let monitor = AbuseMonitor::builder()
+        .clock(clock.clone())
+        .max_subjects(16)
+        .build()
+        .unwrap();
+    let mut b = InferenceGuard::builder();
+    b.identity(verifier_fn(|_: &GuardRequest| {
+        Err(Rejection::unauthenticated("bad key").into())
+    }))
+    .authorize_all()
+    .audit_sink(NoopSink)
+    .abuse_monitor(monitor.clone());
+    let guard = b.build().unwrap();
+    // Hosts of one /64 rotating their interface ids are one subject.
+    for i in 0..8u16 {
+        let addr = format!("2001:db8:1:2::{i:x}").parse().unwrap();
+        let r = GuardRequest::new("m")
+            .with_credentials(Credentials::from_api_key("guess"))
+            .with_client_addr(addr);
+        let _ = guard.check_request(r);
+    }
+    let subject = monitor.address_subject("2001:db8:1:2::ffff".parse().unwrap());
+    assert_eq!(subject, Subject::Address("2001:db8:1:2::".parse().unwrap()));
+    assert_ne!(monitor.status(&subject).unwrap().level(), Level::Normal);
+    assert!(monitor.status(&monitor.address_subject("2001:db8:1:3::1".parse().unwrap())).is_none());
+    // Fill the table with suspended subjects: a new one is still tracked.
+    for i in 0..64u8 {
+        monitor.suspend(
+            &Subject::Address(std::net::IpAddr::from([192, 0, 2, i])),
+            Duration::from_secs(600),
+        );
+    }
+    let newcomer = Subject::Address("198.51.100.200".parse().unwrap());
+    monitor.strike(&newcomer, Offense::AuthFailure);
+    assert!(monitor.status(&newcomer).is_some());
 }
 
 #[test]
@@ -202,7 +247,7 @@ fn shadow_mode_refuses_nothing_but_records_and_alerts() {
     }
     let st = s
         .monitor
-        .status(&Subject::Principal("svc-a".into()))
+        .status(&Subject::Principal("api_key|svc-a".into()))
         .unwrap();
     assert_eq!(st.level(), Level::Suspended);
     assert_eq!(status(&s, "good-key-a", "hello").0, 200);
@@ -220,7 +265,7 @@ fn shadow_mode_refuses_nothing_but_records_and_alerts() {
 #[test]
 fn operators_lift_and_suspend() {
     let s = setup(false);
-    let svc_b = Subject::Principal("svc-b".into());
+    let svc_b = Subject::Principal("api_key|svc-b".into());
     let a = s.monitor.suspend(&svc_b, Duration::from_secs(60));
     assert_eq!(a.level(), Level::Suspended);
     assert_eq!(

@@ -447,10 +447,11 @@ pub fn latency() -> Duration {
     )
 }
 
-/// What the adapter accepts: `GUARD_MAX_BODY_BYTES` (default 1 MiB) and
-/// `GUARD_READ_TIMEOUT_MS` (default 10 s).
-pub fn adapter_config() -> inference_guard::adapter::AdapterConfig {
-    let mut c = inference_guard::adapter::AdapterConfig::default();
+/// What the exchange accepts: `GUARD_MAX_BODY_BYTES` (default 1 MiB) and
+/// `GUARD_READ_TIMEOUT_MS` (default 10 s). Everything under `/v1` is guarded;
+/// `GET /v1/models` is public.
+pub fn exchange_config() -> inference_guard::exchange::ExchangeConfig {
+    let mut c = inference_guard::exchange::ExchangeConfig::default().public_route("GET", "/v1/models");
     if let Some(n) = std::env::var("GUARD_MAX_BODY_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -66,6 +66,10 @@ pub enum Outcome {
     StreamAborted,
     /// Admitted, but the model call failed ([`Admission::fail`](crate::Admission::fail)).
     ModelFailed,
+    /// Admitted and the model answered, but the guard could not take the answer
+    /// (unreadable, over the size limit): [`Admission::abort`](crate::Admission::abort).
+    /// The budget is charged (the model did the work).
+    AnswerFailed,
     /// Admitted, but the admission was dropped without a response (the task was
     /// cancelled or the caller forgot to check the response).
     Abandoned,
@@ -82,6 +86,7 @@ impl Outcome {
             Self::OutputBlocked => "output_blocked",
             Self::StreamAborted => "stream_aborted",
             Self::ModelFailed => "model_failed",
+            Self::AnswerFailed => "answer_failed",
             Self::Abandoned => "abandoned",
             Self::Cancelled => "cancelled",
         }

@@ -41,6 +41,7 @@ use crate::step::Step;
 /// | `missing_claim` | `iss`, `sub`, `aud`, `exp` (or a profile's claim) is missing |
 /// | `bad_claim` | a claim has the wrong type |
 /// | `bad_issuer` | `iss` is not a configured issuer |
+/// | `key_issuer_mismatch` | the key that signed the token belongs to another issuer than its `iss` (or is bound to none while several issuers are configured) |
 /// | `bad_audience` | `aud` does not contain the guard's audience |
 /// | `expired` | `exp` is past (beyond the leeway) |
 /// | `not_yet_valid` | `nbf` is in the future (beyond the leeway) |
@@ -87,6 +88,7 @@ codes! {
     MISSING_CLAIM = "missing_claim", BAD_CLAIM = "bad_claim", BAD_ISSUER = "bad_issuer",
     BAD_AUDIENCE = "bad_audience", EXPIRED = "expired", NOT_YET_VALID = "not_yet_valid",
     FUTURE_IAT = "issued_in_future", LIFETIME = "lifetime_too_long",
+    KEY_ISSUER = "key_issuer_mismatch",
     BAD_SPIFFE = "bad_spiffe_id", TRUST_DOMAIN = "untrusted_trust_domain", REPLAYED = "replayed",
 }
 
@@ -207,11 +209,45 @@ impl fmt::Debug for JwtVerifierBuilder {
 }
 
 impl JwtVerifierBuilder {
-    /// The trusted keys.
+    /// The trusted keys. With one issuer they sign for it; with several, bind
+    /// each key to its issuer ([`issuer_keys`](Self::issuer_keys) or
+    /// [`KeySet::bound_to`]), or the verifier does not build.
     #[must_use]
     pub fn keys(mut self, keys: KeySet) -> Self {
-        self.keys = Some(keys);
+        match &mut self.keys {
+            Some(existing) => existing.keys.extend(keys.keys),
+            None => self.keys = Some(keys),
+        }
         self
+    }
+
+    /// Adds an accepted issuer and the keys that sign for it, and for it only: a
+    /// token that claims another issuer is refused (`key_issuer_mismatch`) even when
+    /// one of these keys signed it.
+    ///
+    /// ```
+    /// use inference_guard::identity::{Algorithm, JwtVerifier, KeySet};
+    /// let mut a = KeySet::new();
+    /// a.add_hmac("a1", Algorithm::HS256, &[1u8; 32])?;
+    /// let mut b = KeySet::new();
+    /// b.add_hmac("b1", Algorithm::HS256, &[2u8; 32])?;
+    /// let v = JwtVerifier::builder()
+    ///     .issuer_keys("https://a.example", a)
+    ///     .issuer_keys("https://b.example", b)
+    ///     .audience("inference")
+    ///     .build()?;
+    /// # let _ = v;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn issuer_keys(self, issuer: impl Into<String>, keys: KeySet) -> Self {
+        let issuer = issuer.into();
+        let keys = keys.bound_to(&issuer);
+        let mut b = self.keys(keys);
+        if !b.issuers.contains(&issuer) {
+            b.issuers.push(issuer);
+        }
+        b
     }
     /// Adds an accepted issuer (`iss`). At least one is required.
     #[must_use]
@@ -311,6 +347,11 @@ impl JwtVerifierBuilder {
         let keys = self.keys.unwrap_or_default();
         if keys.is_empty() && self.refresh.is_none() {
             return Err(BuildError::new("JWT verifier: no keys and no refresh hook"));
+        }
+        if self.issuers.len() > 1 && keys.keys.iter().any(|k| k.issuer.is_none()) {
+            return Err(BuildError::new(
+                "JWT verifier: with several issuers every key must be bound to one (issuer_keys)",
+            ));
         }
         let leeway = self.leeway.unwrap_or(Duration::from_secs(30));
         if leeway > Duration::from_secs(300) {
@@ -457,6 +498,11 @@ impl JwtVerifier {
         }
     }
 
+    /// Whether `issuer` is one of this verifier's issuers.
+    pub(crate) fn accepts_issuer(&self, issuer: &str) -> bool {
+        self.inner.issuers.iter().any(|i| i == issuer)
+    }
+
     /// Verifies a token now.
     ///
     /// # Errors
@@ -581,6 +627,15 @@ impl JwtVerifier {
         if !g.issuers.iter().any(|i| i == iss) {
             return Err(TokenError::BAD_ISSUER.into());
         }
+        // Each key signs for one issuer: bound keys for theirs, unbound keys only
+        // when the verifier has a single issuer.
+        let key_ok = match &key.issuer {
+            Some(bound) => **bound == *iss,
+            None => g.issuers.len() == 1,
+        };
+        if !key_ok {
+            return Err(TokenError::KEY_ISSUER.into());
+        }
         match claims.get("aud") {
             None => return Err(TokenError::MISSING_CLAIM.into()),
             Some(Value::String(a)) if *a == g.audience => {}
@@ -645,7 +700,9 @@ impl JwtVerifier {
         }
 
         let mut builder =
-            Principal::builder(sub, CredentialKind::BearerToken).attribute("iss", iss);
+            Principal::builder(sub, CredentialKind::BearerToken)
+                .namespace(format!("jwt:{iss}"))
+                .attribute("iss", iss);
         if let Some(k) = kid {
             builder = builder.key_id(k);
         }
@@ -737,4 +794,16 @@ impl IdentityVerifier for JwtVerifier {
     fn name(&self) -> &str {
         "jwt"
     }
+}
+
+/// The `iss` claim of a token, read without verifying anything (to pick the
+/// verifier that then verifies it). `None` for anything malformed.
+pub(crate) fn peek_issuer(token: &str) -> Option<String> {
+    let payload = token.split('.').nth(1)?;
+    if payload.len() > 64 * 1024 {
+        return None;
+    }
+    let bytes = b64(payload).ok()?;
+    let claims = object(&bytes).ok()?;
+    string(&claims, "iss").ok().flatten().map(str::to_owned)
 }

@@ -127,6 +127,8 @@ enum Material {
 #[derive(Clone)]
 pub(crate) struct VerifyingKey {
     pub(crate) kid: Option<String>,
+    /// The one issuer this key signs for, when bound.
+    pub(crate) issuer: Option<std::sync::Arc<str>>,
     pub(crate) alg: Algorithm,
     material: Material,
 }
@@ -208,6 +210,19 @@ impl KeySet {
     /// Whether there are no keys.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// Binds every key of the set to `issuer`: a token whose `iss` is another
+    /// issuer is refused (`key_issuer_mismatch`) even when one of these keys signed
+    /// it. A verifier with several issuers needs every key bound
+    /// ([`JwtVerifierBuilder::issuer_keys`](super::JwtVerifierBuilder::issuer_keys)).
+    #[must_use]
+    pub fn bound_to(mut self, issuer: &str) -> Self {
+        let iss: std::sync::Arc<str> = issuer.into();
+        for k in &mut self.keys {
+            k.issuer = Some(iss.clone());
+        }
+        self
     }
 
     /// The key ids, in order.
@@ -330,6 +345,7 @@ impl KeySet {
                     point.extend_from_slice(&y);
                     VerifyingKey {
                         kid,
+                        issuer: None,
                         alg,
                         material: Material::Point(point),
                     }
@@ -348,6 +364,7 @@ impl KeySet {
                     }
                     VerifyingKey {
                         kid,
+                        issuer: None,
                         alg,
                         material: Material::Point(x),
                     }
@@ -443,6 +460,7 @@ impl KeySet {
             return Err(BuildError::new(format!("raw key does not fit {alg}")));
         }
         self.push(VerifyingKey {
+            issuer: None,
             kid: Some(kid.into()),
             alg,
             material: Material::Point(key.to_vec()),
@@ -518,6 +536,7 @@ fn hmac_key(kid: Option<String>, alg: Algorithm, secret: &[u8]) -> Result<Verify
     }
     Ok(VerifyingKey {
         kid,
+        issuer: None,
         alg,
         material: Material::Hmac(ring::hmac::Key::new(ring_alg, secret)),
     })
@@ -540,6 +559,7 @@ fn rsa_key(
     }
     Ok(VerifyingKey {
         kid,
+        issuer: None,
         alg,
         material: Material::Rsa { n, e },
     })
@@ -598,6 +618,7 @@ fn spki_key(kid: Option<String>, alg: Algorithm, der: &[u8]) -> Result<Verifying
             }
             Ok(VerifyingKey {
                 kid,
+                issuer: None,
                 alg,
                 material: Material::Point(key.to_vec()),
             })

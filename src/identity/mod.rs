@@ -53,7 +53,7 @@ use crate::step::Step;
 /// - A client-certificate identity alone: rejected unless
 ///   [`client_certificates`](Self::client_certificates) allows it.
 pub struct Authenticator<S = InMemoryKeyStore> {
-    jwt: Option<JwtVerifier>,
+    jwt: Vec<JwtVerifier>,
     api_keys: Option<ApiKeys<S>>,
     client_cert_domains: Vec<String>,
 }
@@ -61,7 +61,7 @@ pub struct Authenticator<S = InMemoryKeyStore> {
 impl<S> fmt::Debug for Authenticator<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
-            .field("jwt", &self.jwt.is_some())
+            .field("jwt", &self.jwt.len())
             .field("api_keys", &self.api_keys.is_some())
             .finish_non_exhaustive()
     }
@@ -77,7 +77,7 @@ impl Authenticator<InMemoryKeyStore> {
     /// An authenticator that accepts nothing until verifiers are added.
     pub fn new() -> Self {
         Self {
-            jwt: None,
+            jwt: Vec::new(),
             api_keys: None,
             client_cert_domains: Vec::new(),
         }
@@ -85,10 +85,11 @@ impl Authenticator<InMemoryKeyStore> {
 }
 
 impl<S: ApiKeyStore> Authenticator<S> {
-    /// Accepts JWTs verified by `verifier`.
+    /// Accepts JWTs verified by `verifier`. Call it once per verifier: a token
+    /// goes to the verifier that lists its `iss` (with one verifier, to that one).
     #[must_use]
     pub fn jwt(mut self, verifier: JwtVerifier) -> Self {
-        self.jwt = Some(verifier);
+        self.jwt.push(verifier);
         self
     }
 
@@ -116,15 +117,25 @@ impl<S: ApiKeyStore> IdentityVerifier for Authenticator<S> {
     fn verify<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Principal, StageError>> {
         let c = request.credentials();
         let reject = |d: &'static str| Step::ready(Err(Rejection::unauthenticated(d).into()));
-        match (c.bearer_token(), c.api_key(), &self.api_keys, &self.jwt) {
+        match (c.bearer_token(), c.api_key(), &self.api_keys, self.jwt.as_slice()) {
             (Some(_), Some(_), _, _) => reject("ambiguous credentials: bearer token and API key"),
             (None, Some(_), Some(keys), _) => IdentityVerifier::verify(keys, request),
             (None, Some(_), None, _) => reject("API keys are not accepted"),
             (Some(b), None, Some(keys), _) if keys.format().looks_like_key(b.expose()) => {
                 IdentityVerifier::verify(keys, request)
             }
-            (Some(_), None, _, Some(jwt)) => IdentityVerifier::verify(jwt, request),
-            (Some(_), None, _, None) => reject("bearer tokens are not accepted"),
+            (Some(_), None, _, [jwt]) => IdentityVerifier::verify(jwt, request),
+            (Some(_), None, _, []) => reject("bearer tokens are not accepted"),
+            (Some(b), None, _, several) => {
+                let iss = jwt::peek_issuer(b.expose());
+                match several
+                    .iter()
+                    .find(|v| iss.as_deref().is_some_and(|i| v.accepts_issuer(i)))
+                {
+                    Some(v) => IdentityVerifier::verify(v, request),
+                    None => reject("token from an issuer that is not configured"),
+                }
+            }
             (None, None, _, _) => match c.client_certificate_identity() {
                 Some(id) => {
                     let ok = jwt::spiffe_trust_domain(id)

@@ -227,29 +227,42 @@ impl KeyedGcra {
     }
 
     /// Gives back `cost` units (a refund) or takes `extra` more (a debt, which the next
-    /// decisions for the key have to wait out; capped at ten bursts).
+    /// decisions for the key have to wait out in full: debt is carried, never
+    /// forgiven). A debt on a key that went idle and was evicted starts it again.
     pub(crate) fn adjust_hashed(&self, key: u64, refund: u64, extra: u64, now: Duration) {
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let shard = &self.shards[(key >> 32) as usize % SHARDS];
-        let table = shard.read().unwrap_or_else(|p| p.into_inner());
-        let Some(tat) = table.get(&key) else {
-            return; // already idle and evicted: nothing to refund
-        };
         let down = refund.saturating_mul(self.interval);
         let up = extra.saturating_mul(self.interval);
-        let cap = now.saturating_add(self.burst_ns.saturating_mul(10));
-        let mut current = tat.load(Ordering::Acquire);
-        loop {
-            let new = current
-                .saturating_sub(down)
-                .max(now.min(current))
-                .saturating_add(up)
-                .min(cap.max(current));
-            match tat.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(actual) => current = actual,
+        let apply = |tat: &AtomicU64| {
+            let mut current = tat.load(Ordering::Acquire);
+            loop {
+                let new = current
+                    .saturating_sub(down)
+                    .max(now.min(current))
+                    .max(if up > 0 { now } else { 0 })
+                    .saturating_add(up);
+                match tat.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => return,
+                    Err(actual) => current = actual,
+                }
+            }
+        };
+        {
+            let table = shard.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(tat) = table.get(&key) {
+                apply(tat);
+                return;
             }
         }
+        if up == 0 {
+            return; // already idle and evicted: nothing to refund
+        }
+        // A debt outlives eviction (a full table still takes it: the key was
+        // admitted a moment ago, so its slot is owed).
+        let mut table = shard.write().unwrap_or_else(|p| p.into_inner());
+        apply(table.entry(key).or_insert_with(|| AtomicU64::new(0)));
     }
 
     /// Forgets every key that is fully replenished at `now` (such keys behave exactly

@@ -293,13 +293,14 @@ impl Limit {
 }
 
 /// The tokens a request reserves in a token budget: its input estimate plus its
-/// maximum output (`default_output` when it names none), capped at `max_output`.
+/// maximum output (`default_output` when it names none), capped at `max_output`,
+/// once per choice it asks for.
 pub(crate) fn reserve_tokens(request: &GuardRequest, default_output: u32, max_output: u32) -> u64 {
     let out = request
         .max_output_tokens()
         .unwrap_or(default_output)
         .min(max_output);
-    request.estimated_input_tokens() + u64::from(out)
+    request.estimated_input_tokens() + u64::from(out) * u64::from(request.choices())
 }
 
 /// The rate-limit state of the limit with the least room left (by share of its
@@ -500,10 +501,10 @@ fn key_hash(
     let mut h = hasher.build_hasher();
     salt.hash(&mut h);
     if key.contains(KeyBy::PRINCIPAL) {
-        p.id().hash(&mut h);
+        p.qualified_id().hash(&mut h);
     }
     if key.contains(KeyBy::TENANT) {
-        p.tenant().unwrap_or(p.id()).hash(&mut h);
+        p.tenant().unwrap_or(p.qualified_id()).hash(&mut h);
     }
     if key.contains(KeyBy::MODEL) {
         r.model().hash(&mut h);

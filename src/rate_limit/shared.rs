@@ -36,19 +36,19 @@ redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - no
 return {1, new - now, base - now}
 ";
 
-/// Moves a key's TAT: back by a refund (not below now), forward by a debt (capped at
-/// ten bursts ahead).
+/// Moves a key's TAT: back by a refund (not below now), forward by a debt (carried in
+/// full, from now when the key had gone idle).
 const ADJUST: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local d = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
+-- ARGV[2] (the burst) is no longer used: debt is not capped.
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local new
 if d < 0 then
   new = math.max(tat + d, math.min(now, tat))
 else
-  new = math.min(tat + d, math.max(now + 10 * burst, tat))
+  new = math.max(tat, now) + d
 end
 if new > now then
   redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1000)
@@ -265,10 +265,10 @@ fn redis_key(prefix: &str, name: &str, key: KeyBy, p: &Principal, r: &GuardReque
         ctx.update(s.as_bytes());
     };
     if key.contains(KeyBy::PRINCIPAL) {
-        feed(p.id());
+        feed(p.qualified_id());
     }
     if key.contains(KeyBy::TENANT) {
-        feed(p.tenant().unwrap_or(p.id()));
+        feed(p.tenant().unwrap_or(p.qualified_id()));
     }
     if key.contains(KeyBy::MODEL) {
         feed(r.model());

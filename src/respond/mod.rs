@@ -14,14 +14,20 @@
 //!   with `429` (code `address_throttled`).
 //!
 //! Bursts of invalid credentials from one address (credential stuffing) throttle and
-//! then suspend that address before its requests reach the identity stage.
+//! then suspend that address **for failed credentials only**: a request from a
+//! throttled address whose credential does not verify gets the address's `429`
+//! (not a `401`), while a credential that verifies is served (its principal has its
+//! own strikes), so one bad client behind a shared NAT or load balancer does not
+//! lock out everyone behind it. IPv6 addresses are counted per /64
+//! ([`AbuseMonitorBuilder::ipv6_prefix`]); IPv4-mapped IPv6 addresses as IPv4.
 //!
 //! Every escalation calls the alert hook ([`AbuseMonitorBuilder::on_alert`]) and is
 //! written into the audit record of the request that caused it (`abuse`). In shadow
 //! mode nothing is refused; the records say what would have been. An operator lifts
 //! a response with [`AbuseMonitor::lift`]. State is bounded
-//! ([`AbuseMonitorBuilder::max_subjects`]): idle subjects are evicted first,
-//! suspended ones last.
+//! ([`AbuseMonitorBuilder::max_subjects`]): the lowest score is evicted first,
+//! suspended subjects last; a table full of suspended subjects still takes new ones
+//! (the suspended one with the lowest score makes room).
 //!
 //! With the `redis` feature, `AbuseMonitor::share_via_redis` shares strikes and
 //! responses between replicas: decisions stay local and synchronous, a background
@@ -80,7 +86,8 @@ use crate::rate_limit::{Clock, Quota, SystemClock};
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Subject {
-    /// A principal, by id.
+    /// A principal, by [qualified id](crate::Principal::qualified_id)
+    /// (`namespace|id`, for example `api_key|svc-demo`).
     Principal(String),
     /// A client address.
     Address(IpAddr),
@@ -214,6 +221,7 @@ struct Inner {
     alert: Option<AlertHook>,
     shadow: bool,
     max_per_shard: usize,
+    ipv6_prefix: u8,
     clock: Arc<dyn Clock>,
     /// Wall-clock time at clock zero, for `until` in actions.
     epoch: SystemTime,
@@ -255,6 +263,7 @@ pub struct AbuseMonitorBuilder {
     alert: Option<AlertHook>,
     shadow: bool,
     max_subjects: usize,
+    ipv6_prefix: u8,
     clock: Option<Arc<dyn Clock>>,
 }
 
@@ -268,6 +277,15 @@ impl fmt::Debug for AbuseMonitorBuilder {
 }
 
 impl AbuseMonitorBuilder {
+    /// How many leading bits of an IPv6 client address make one address subject
+    /// (default 64: one host usually holds a whole /64, so counting per /128 would
+    /// let it rotate addresses at will). IPv4 addresses are counted whole.
+    #[must_use]
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits;
+        self
+    }
+
     /// How fast strikes decay: a strike weighs half as much after this long
     /// (default ten minutes).
     #[must_use]
@@ -350,6 +368,9 @@ impl AbuseMonitorBuilder {
         if self.weights.values().any(|w| !w.is_finite() || *w < 0.0) {
             return Err(BuildError::new("offense weights must be zero or positive"));
         }
+        if !(1..=128).contains(&self.ipv6_prefix) {
+            return Err(BuildError::new("the IPv6 prefix length must be 1 to 128"));
+        }
         if self.half_life.is_zero() || self.suspend_for.is_zero() {
             return Err(BuildError::new(
                 "the half-life and the suspension must be longer than zero",
@@ -374,6 +395,7 @@ impl AbuseMonitorBuilder {
                 alert: self.alert.clone(),
                 shadow: self.shadow,
                 max_per_shard: self.max_subjects.div_ceil(SHARDS).max(1),
+                ipv6_prefix: self.ipv6_prefix,
                 clock,
                 epoch,
                 shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -415,6 +437,7 @@ impl AbuseMonitor {
             alert: None,
             shadow: false,
             max_subjects: 100_000,
+            ipv6_prefix: 64,
             clock: None,
         }
     }
@@ -477,7 +500,7 @@ impl AbuseMonitor {
             .unwrap_or_else(|e| e.into_inner());
         if !map.contains_key(subject) && map.len() >= i.max_per_shard && !self.evict(&mut map, now)
         {
-            // Full of suspended subjects: the newcomer is not tracked.
+            // Only when the table cannot hold one entry at all.
             return None;
         }
         let st = map.entry(subject.clone()).or_insert(State {
@@ -505,19 +528,41 @@ impl AbuseMonitor {
         action
     }
 
-    /// Evicts one entry to make room: an idle one, else the lowest score that is not
-    /// suspended. Returns whether room was made.
+    /// Evicts one entry to make room: the lowest score that is not suspended, else
+    /// (a table full of suspended subjects) the suspended one with the lowest score,
+    /// so that new subjects are always tracked. Returns whether room was made.
     fn evict(&self, map: &mut HashMap<Subject, State>, now: Duration) -> bool {
         let victim = map
             .iter()
-            .filter(|(_, s)| self.level_now(s, now) != Level::Suspended)
             .min_by(|a, b| {
-                self.decayed(a.1, now)
-                    .partial_cmp(&self.decayed(b.1, now))
-                    .unwrap_or(std::cmp::Ordering::Equal)
+                let key = |s: &State| (self.level_now(s, now) == Level::Suspended, self.decayed(s, now));
+                let (sa, da) = key(a.1);
+                let (sb, db) = key(b.1);
+                sa.cmp(&sb)
+                    .then(da.partial_cmp(&db).unwrap_or(std::cmp::Ordering::Equal))
             })
             .map(|(k, _)| k.clone());
         victim.is_some_and(|k| map.remove(&k).is_some())
+    }
+
+    /// The subject an address is counted as: IPv6 addresses by their prefix.
+    pub fn address_subject(&self, addr: IpAddr) -> Subject {
+        Subject::Address(match addr {
+            IpAddr::V6(v6) => {
+                if let Some(v4) = v6.to_ipv4_mapped() {
+                    IpAddr::V4(v4)
+                } else {
+                    let bits = u32::from(self.inner.ipv6_prefix);
+                    let mask = if bits >= 128 {
+                        u128::MAX
+                    } else {
+                        !(u128::MAX >> bits)
+                    };
+                    IpAddr::V6((u128::from(v6) & mask).into())
+                }
+            }
+            v4 => v4,
+        })
     }
 
     /// Whether a subject may go on now: `Ok` or the rejection its level calls for.
@@ -747,7 +792,7 @@ impl AbuseMonitor {
     /// Before identity: is this address refused?
     pub(crate) fn check_address(&self, addr: Option<IpAddr>) -> Result<(), Rejection> {
         match addr {
-            Some(a) => self.admit(&Subject::Address(a)).map_err(|mut r| {
+            Some(a) => self.admit(&self.address_subject(a)).map_err(|mut r| {
                 r.set_stage(Stage::Identity);
                 r
             }),
@@ -760,7 +805,7 @@ impl AbuseMonitor {
         if p.is_anonymous() {
             return Ok(());
         }
-        self.admit(&Subject::Principal(p.id().to_owned()))
+        self.admit(&Subject::Principal(p.qualified_id().to_owned()))
             .map_err(|mut r| {
                 r.set_stage(Stage::Authorization);
                 r
@@ -794,8 +839,10 @@ impl AbuseMonitor {
             _ => return None,
         };
         let subject = match principal.filter(|p| !p.is_anonymous()) {
-            Some(p) if offense != Offense::AuthFailure => Subject::Principal(p.id().to_owned()),
-            _ => Subject::Address(addr?),
+            Some(p) if offense != Offense::AuthFailure => {
+                Subject::Principal(p.qualified_id().to_owned())
+            }
+            _ => self.address_subject(addr?),
         };
         self.strike(&subject, offense)
     }
