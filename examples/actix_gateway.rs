@@ -23,9 +23,9 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::web::{self, Bytes, BytesMut};
 use actix_web::{App, Error, HttpMessage, HttpRequest, HttpResponse, HttpServer};
 use futures_util::StreamExt;
+use inference_guard::Principal;
 use inference_guard::exchange::{ErrorResponse, Exchange, ExchangeConfig, SseRelay};
 use inference_guard::openai::ChatCompletionRequest;
-use inference_guard::Principal;
 
 /// The guard as actix-web middleware: glue around the library's [`Exchange`],
 /// which makes every decision (the same one the axum gateway's tower layer uses).
@@ -158,9 +158,11 @@ where
             let (req, res) = res.into_parts();
             let status = res.status();
             let headers = res.headers().clone();
-            let read =
-                actix_web::body::to_bytes_limited(res.into_body(), exchange.config().answer_limit())
-                    .await;
+            let read = actix_web::body::to_bytes_limited(
+                res.into_body(),
+                exchange.config().answer_limit(),
+            )
+            .await;
             let Ok(Ok(bytes)) = read else {
                 let e = admitted.answer_unreadable();
                 return Ok(ServiceResponse::new(req, error_http(&e)));
@@ -313,9 +315,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let guarded = cfg
         .guard
         .clone()
-        .map(|guard| Exchange::new(guard, common::exchange_config()));
+        .map(|guard| Exchange::new(guard, cfg.exchange.clone()));
     // The exchange bounds bodies itself; actix's own limit must not be lower.
-    let body_limit = common::exchange_config().body_limit();
+    let body_limit = cfg.exchange.body_limit();
     let server = HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(state.clone()))

@@ -104,6 +104,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         guard: Some(guard),
         keys: Vec::new(),
         policy: String::new(),
+        exchange: common::demo_exchange(),
     })
     .await?;
     let off = serve(common::Config {
@@ -113,6 +114,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         guard: None,
         keys: Vec::new(),
         policy: String::new(),
+        exchange: common::demo_exchange(),
     })
     .await?;
     let sentence = "The quarterly review covered revenue by region, the hiring plan for the \

@@ -16,9 +16,7 @@ fn principal_match(pattern: &str, p: &Principal) -> bool {
             let (pns, pid) = p.qualified_id().split_once('|').unwrap_or(("", p.id()));
             glob_match(ns, pns) && glob_match(id, pid)
         }
-        None => {
-            !p.namespace().starts_with("jwt:") && glob_match(pattern, p.id())
-        }
+        None => !p.namespace().starts_with("jwt:") && glob_match(pattern, p.id()),
     }
 }
 

@@ -1752,7 +1752,8 @@ impl Admission {
         parts: Vec<GuardResponse>,
         usage: Option<Usage>,
     ) -> Result<CheckedResponses, Rejection> {
-        poll_once(pin!(self.respond_parts(parts, usage, true))).unwrap_or_else(|| Err(would_block()))
+        poll_once(pin!(self.respond_parts(parts, usage, true)))
+            .unwrap_or_else(|| Err(would_block()))
     }
 
     /// [`check_responses`](Self::check_responses), awaiting asynchronous validators.
@@ -1802,7 +1803,10 @@ impl Admission {
         let input = st.request.estimated_input_tokens();
         let usage = reported.unwrap_or_else(|| {
             parts.iter().fold(Usage::new(input, 0), |u, p| {
-                Usage::new(input, u.output_tokens + p.usage_or_estimate(input).output_tokens)
+                Usage::new(
+                    input,
+                    u.output_tokens + p.usage_or_estimate(input).output_tokens,
+                )
             })
         });
         if let Some(p) = st.permit.take() {

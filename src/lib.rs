@@ -157,12 +157,12 @@
 //! Rust 1.85 (edition 2024). The MSRV may rise in a minor release, never in a patch
 //! release, and stays at least six months behind the latest stable release.
 
-pub mod exchange;
 pub mod audit;
 pub mod authz;
 pub mod builtin;
 mod decision;
 mod error;
+pub mod exchange;
 mod finding;
 mod guard;
 mod id;
@@ -194,7 +194,8 @@ pub use decision::{RateLimitInfo, RejectReason, Rejection, Stage};
 pub use error::{BuildError, Error, ErrorKind, StageError};
 pub use finding::{Action, Category, Enforcement, Finding, Location, Severity, redact};
 pub use guard::{
-    Admission, CheckedResponse, CheckedResponses, GuardBuilder, GuardStats, InferenceGuard, RequestLimits,
+    Admission, CheckedResponse, CheckedResponses, GuardBuilder, GuardStats, InferenceGuard,
+    RequestLimits,
 };
 pub use id::RequestId;
 pub use principal::{CredentialKind, Principal, PrincipalBuilder};

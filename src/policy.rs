@@ -70,7 +70,18 @@
 //!
 //! [abuse]
 //! enabled = true
+//!
+//! [http]                            # the HTTP exchange (Policy::exchange_config)
+//! unknown_fields = "refuse"         # refuse (400 naming the field) or strip
+//! operator_system_prompt_file = "/etc/guard/system-prompt.txt"  # injected first
+//! pinned_system_prompt_sha256 = ["3b1f...64 hex digits"]        # exempt if sent
+//! public_routes = ["GET /v1/models"]
+//! max_choices = 4
+//! max_body_bytes = 1048576
 //! ```
+//!
+//! Several `[[identity.jwt]]` entries configure several issuers; each entry's keys
+//! sign for its issuer only.
 //!
 //! ```
 //! use inference_guard::policy::Policy;
@@ -147,6 +158,8 @@ pub struct Policy {
     receipts: Option<Receipts>,
     #[serde(default)]
     abuse: Option<Abuse>,
+    #[serde(default)]
+    http: Http,
     /// Where relative paths are resolved (the file's directory).
     #[serde(skip)]
     base: Option<PathBuf>,
@@ -407,6 +420,25 @@ struct Receipts {
     ttl_secs: Option<u64>,
 }
 
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Http {
+    #[serde(default)]
+    unknown_fields: Option<String>,
+    #[serde(default)]
+    operator_system_prompt_file: Option<String>,
+    #[serde(default)]
+    pinned_system_prompt_sha256: Vec<String>,
+    #[serde(default)]
+    public_routes: Vec<String>,
+    #[serde(default)]
+    max_choices: Option<u32>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+    #[serde(default)]
+    prefix: Option<String>,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Abuse {
@@ -537,6 +569,75 @@ impl Policy {
             Some(b) if p.is_relative() => b.join(p),
             _ => p,
         }
+    }
+
+    /// The HTTP exchange's configuration from the `[http]` section (defaults
+    /// without one).
+    ///
+    /// ```
+    /// use inference_guard::policy::Policy;
+    /// let p = Policy::from_toml("version = \"1\"\n[identity]\nallow_anonymous = true\n[[grants]]\nprincipals = [\"*\"]\nmodels = [\"m\"]\n[audit]\nsink = \"none\"\n[http]\nunknown_fields = \"strip\"\npublic_routes = [\"GET /v1/models\"]\n")?;
+    /// let cfg = p.exchange_config()?;
+    /// # let _ = cfg;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// A [`PolicyError`] naming the field whose value cannot be used.
+    pub fn exchange_config(&self) -> Result<crate::exchange::ExchangeConfig, PolicyError> {
+        use crate::exchange::{ExchangeConfig, UnknownFields};
+        let h = &self.http;
+        let mut c = ExchangeConfig::default();
+        match h.unknown_fields.as_deref() {
+            None | Some("refuse") => {}
+            Some("strip") => c = c.unknown_fields(UnknownFields::Strip),
+            Some(_) => return Err(err("http.unknown_fields", "must be refuse or strip")),
+        }
+        if let Some(f) = &h.operator_system_prompt_file {
+            let path = self.path(f);
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    "http.operator_system_prompt_file",
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            c = c.operator_system_prompt(text.trim_end_matches('\n'));
+        }
+        for (i, d) in h.pinned_system_prompt_sha256.iter().enumerate() {
+            if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err(
+                    &format!("http.pinned_system_prompt_sha256[{i}]"),
+                    "must be 64 hex digits",
+                ));
+            }
+            c = c.pin_system_prompt_digest(d);
+        }
+        for (i, r) in h.public_routes.iter().enumerate() {
+            let Some((m, p)) = r
+                .split_once(' ')
+                .filter(|(m, p)| !m.is_empty() && p.starts_with('/'))
+            else {
+                return Err(err(
+                    &format!("http.public_routes[{i}]"),
+                    "must be 'METHOD /path'",
+                ));
+            };
+            c = c.public_route(m, p.trim());
+        }
+        if let Some(p) = &h.prefix {
+            c = c.prefix(p.clone());
+        }
+        if let Some(n) = h.max_choices {
+            c = c.max_choices(n);
+        }
+        if let Some(n) = h.max_body_bytes {
+            if n == 0 {
+                return Err(err("http.max_body_bytes", "must be positive"));
+            }
+            c = c.max_body_bytes(n);
+        }
+        Ok(c)
     }
 
     /// Configures a builder with everything the policy says (add stages of your
@@ -739,6 +840,9 @@ impl Policy {
         let mut auth = Authenticator::new();
         for (i, j) in id.jwt.iter().enumerate() {
             let field = format!("identity.jwt[{i}]");
+            if id.jwt[..i].iter().any(|o| o.issuer == j.issuer) {
+                return Err(err(&format!("{field}.issuer"), "the same issuer twice"));
+            }
             let path = self.path(&j.jwks_file);
             let text = std::fs::read_to_string(&path).map_err(|e| {
                 err(

@@ -50,9 +50,9 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::exchange::{Admitted, ErrorResponse, Exchange, ExchangeConfig, SseRelay};
 #[cfg(doc)]
 use crate::exchange::Route;
+use crate::exchange::{Admitted, ErrorResponse, Exchange, ExchangeConfig, SseRelay};
 use crate::guard::InferenceGuard;
 use crate::id::RequestId;
 use crate::principal::Principal;
@@ -283,16 +283,20 @@ where
         Err(e) => return Ok(error_response(&e)),
     };
     parts.headers.remove(header::TRANSFER_ENCODING);
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(admitted.body().len()));
+    parts.headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(admitted.body().len()),
+    );
     parts.extensions.insert(GuardContext {
         principal: admitted.principal().clone(),
         request_id: admitted.request_id(),
     });
     let rate = admitted.rate_limit_headers();
     let forward = Bytes::copy_from_slice(admitted.body());
-    let resp = match inner.call(Request::from_parts(parts, B::from(forward))).await {
+    let resp = match inner
+        .call(Request::from_parts(parts, B::from(forward)))
+        .await
+    {
         Ok(r) => r,
         Err(e) => {
             admitted.upstream_failed();
@@ -350,9 +354,10 @@ where
                 rparts.headers.insert("x-inference-receipt", r);
             }
             let body = answer.into_body();
-            rparts
-                .headers
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            rparts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             rparts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -379,9 +384,9 @@ impl Body for SseBody {
         let inner = &mut this.inner;
         this.relay
             .poll_relay(cx, |cx| {
-                Pin::new(&mut *inner).poll_frame(cx).map(|f| {
-                    f.map(|r| r.map(|frame| frame.into_data().unwrap_or_default()))
-                })
+                Pin::new(&mut *inner)
+                    .poll_frame(cx)
+                    .map(|f| f.map(|r| r.map(|frame| frame.into_data().unwrap_or_default())))
             })
             .map(|out| out.map(|b| Ok(Frame::data(Bytes::from(b)))))
     }

@@ -1175,5 +1175,8 @@ fn each_key_signs_for_its_own_issuer_and_principals_are_namespaced() {
     assert_eq!(adm.principal().namespace(), format!("jwt:{OTHER}"));
     drop(adm);
     assert!(guard.check_request(with(&token(&s, "ES256"))).is_ok());
-    assert_eq!(guard.check_request(with(&forged)).unwrap_err().status(), 401);
+    assert_eq!(
+        guard.check_request(with(&forged)).unwrap_err().status(),
+        401
+    );
 }

@@ -196,3 +196,102 @@ fn values_that_cannot_be_used_name_their_field() {
         .to_string();
     assert!(e.contains("grants[0]"), "{e}");
 }
+
+fn hs256_token(secret: &[u8], kid: &str, iss: &str) -> String {
+    use base64::Engine;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#);
+    let claims = format!(
+        r#"{{"iss":"{iss}","aud":"inference","sub":"svc-x","iat":{now},"exp":{}}}"#,
+        now + 300
+    );
+    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let sig = ring::hmac::sign(&key, input.as_bytes());
+    format!("{input}.{}", b64(sig.as_ref()))
+}
+
+#[test]
+fn several_issuers_and_the_http_section() {
+    use base64::Engine;
+    let dir = std::env::temp_dir().join(format!("igpolicy-jwt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b) = ([7u8; 32], [9u8; 32]);
+    for (name, kid, secret) in [("a.json", "ka", a), ("b.json", "kb", b)] {
+        let k = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
+        std::fs::write(
+            dir.join(name),
+            format!(r#"{{"keys":[{{"kty":"oct","kid":"{kid}","alg":"HS256","k":"{k}"}}]}}"#),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.join("prompt.txt"),
+        "You are the operator's assistant.\n",
+    )
+    .unwrap();
+    let policy = r#"
+version = "jwt-2"
+[[identity.jwt]]
+issuer = "https://a.example"
+audience = "inference"
+jwks_file = "a.json"
+[[identity.jwt]]
+issuer = "https://b.example"
+audience = "inference"
+jwks_file = "b.json"
+[[grants]]
+principals = ["jwt:*|svc-*"]
+models = ["m"]
+[audit]
+sink = "none"
+[http]
+unknown_fields = "strip"
+operator_system_prompt_file = "prompt.txt"
+public_routes = ["GET /v1/models"]
+max_choices = 2
+"#;
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let p = Policy::load(&path).unwrap();
+    let guard = p.build().unwrap();
+    let with = |t: String| GuardRequest::new("m").with_credentials(Credentials::from_bearer(t));
+    // Both issuers are kept (not only the last entry), each in its own namespace.
+    let adm = guard
+        .check_request(with(hs256_token(&a, "ka", "https://a.example")))
+        .unwrap();
+    assert_eq!(adm.principal().namespace(), "jwt:https://a.example");
+    adm.fail();
+    let adm = guard
+        .check_request(with(hs256_token(&b, "kb", "https://b.example")))
+        .unwrap();
+    assert_eq!(adm.principal().namespace(), "jwt:https://b.example");
+    adm.fail();
+    // One issuer's key cannot sign for the other.
+    assert_eq!(
+        guard
+            .check_request(with(hs256_token(&a, "ka", "https://b.example")))
+            .unwrap_err()
+            .status(),
+        401
+    );
+    let exchange = inference_guard::exchange::Exchange::new(guard, p.exchange_config().unwrap());
+    assert!(matches!(
+        exchange.route("GET", "/v1/models"),
+        inference_guard::exchange::Route::Pass
+    ));
+    // The same issuer twice is an error naming the field.
+    let twice = policy.replace("https://b.example", "https://a.example");
+    std::fs::write(&path, twice).unwrap();
+    let e = Policy::load(&path)
+        .unwrap()
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("identity.jwt[1].issuer"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -215,14 +215,21 @@ fn debt_is_carried_in_full_not_forgiven() {
         .build()
         .unwrap();
     let g = guard(limiter, MemorySink::new());
-    let a = g.check_request(req("a").with_max_output_tokens(50)).unwrap();
+    let a = g
+        .check_request(req("a").with_max_output_tokens(50))
+        .unwrap();
     // 5,000 tokens used against a 100-a-minute budget: fifty minutes of debt.
     a.check_response(GuardResponse::new("x").with_usage(Usage::new(0, 5000)))
         .unwrap();
     clock.advance(Duration::from_secs(20 * 60));
-    assert!(g.check_request(req("a").with_max_output_tokens(1)).is_err(), "debt forgiven after ten bursts");
+    assert!(
+        g.check_request(req("a").with_max_output_tokens(1)).is_err(),
+        "debt forgiven after ten bursts"
+    );
     clock.advance(Duration::from_secs(31 * 60));
-    g.check_request(req("a").with_max_output_tokens(1)).unwrap().fail();
+    g.check_request(req("a").with_max_output_tokens(1))
+        .unwrap()
+        .fail();
 }
 
 #[test]

@@ -226,7 +226,11 @@ fn ipv6_addresses_are_counted_per_64_and_a_full_table_still_tracks_newcomers() {
     let subject = monitor.address_subject("2001:db8:1:2::ffff".parse().unwrap());
     assert_eq!(subject, Subject::Address("2001:db8:1:2::".parse().unwrap()));
     assert_ne!(monitor.status(&subject).unwrap().level(), Level::Normal);
-    assert!(monitor.status(&monitor.address_subject("2001:db8:1:3::1".parse().unwrap())).is_none());
+    assert!(
+        monitor
+            .status(&monitor.address_subject("2001:db8:1:3::1".parse().unwrap()))
+            .is_none()
+    );
     // Fill the table with suspended subjects: a new one is still tracked.
     for i in 0..64u8 {
         monitor.suspend(

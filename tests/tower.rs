@@ -180,3 +180,84 @@ async fn receipts_and_rate_limit_headers_come_back() {
     assert_eq!(status, 401);
     assert!(headers.get("www-authenticate").is_some());
 }
+
+/// A handler that would serve anything: a fallback proxy, an `any()` route.
+async fn open_door() -> &'static str {
+    "reached the handler unguarded"
+}
+
+#[tokio::test]
+async fn fallbacks_nested_routers_and_any_routes_are_mediated() {
+    let sink = MemorySink::new();
+    let mut b = InferenceGuard::builder();
+    b.identity(verifier_fn(|r: &GuardRequest| {
+        match r.credentials().bearer_token() {
+            Some(_) => Ok(Principal::builder("svc-t", CredentialKind::BearerToken).build()),
+            None => Err(Rejection::unauthenticated("no token").into()),
+        }
+    }))
+    .authorize_all()
+    .audit_sink(sink.clone());
+    let guard = b.build().unwrap();
+    let api = Router::new().route("/v1/chat/completions", axum::routing::any(echo));
+    let app = Router::new()
+        .nest("/api", api)
+        .route("/v1/chat/completions", axum::routing::any(open_door))
+        .fallback(open_door)
+        .layer(GuardLayer::new(guard));
+    let call = |method: &'static str, path: &'static str, token: bool| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path)
+                .header("content-type", "application/json");
+            if token {
+                req = req.header("authorization", "Bearer t0k3n");
+            }
+            let resp = app
+                .oneshot(req.body(Body::from(chat("hi").to_string())).unwrap())
+                .await
+                .unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    // Unknown paths under /v1 never reach the fallback.
+    let (status, body) = call("POST", "/v1/files", true).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // Other methods on an `any()` endpoint are refused.
+    assert_eq!(
+        call("GET", "/v1/chat/completions", true).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    assert_eq!(
+        call("DELETE", "/v1/chat/completions", true).await.0,
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+    // A router nested under a prefix: its endpoint is still guarded.
+    assert_eq!(
+        call("POST", "/api/v1/chat/completions", false).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (status, body) = call("POST", "/api/v1/chat/completions", true).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("svc-t asked: hi"));
+    // Merged slashes are guarded like the endpoint; encoded ones refused.
+    assert_eq!(
+        call("POST", "//v1/chat/completions", false).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call("POST", "/v1/chat/%63ompletions", true).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Outside the prefix, the fallback is the application's business.
+    assert_eq!(call("GET", "/static/app.js", false).await.0, StatusCode::OK);
+    assert!(
+        sink.records()
+            .iter()
+            .all(|r| r["outcome"] != "completed" || r["principal"]["id"] == "svc-t")
+    );
+}

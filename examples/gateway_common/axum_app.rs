@@ -136,7 +136,7 @@ pub fn router(cfg: &super::Config) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .with_state(app);
     if let Some(guard) = cfg.guard.clone() {
-        router = router.layer(GuardLayer::new(guard).config(common::exchange_config()));
+        router = router.layer(GuardLayer::new(guard).config(cfg.exchange.clone()));
     }
     router.layer(axum::middleware::map_request(client_addr))
 }

@@ -42,6 +42,9 @@ pub struct Config {
     pub guard: Option<InferenceGuard>,
     pub keys: DemoKeys,
     pub policy: String,
+    /// The HTTP exchange's configuration (the policy's `[http]` section, or the
+    /// demo's), with the environment's overrides.
+    pub exchange: inference_guard::exchange::ExchangeConfig,
 }
 
 /// Reads `GUARD_ADDR`, `GUARD_POLICY`, `UPSTREAM_URL`, `UPSTREAM_API_KEY` and
@@ -58,6 +61,7 @@ pub fn config() -> Result<Config, Box<dyn std::error::Error>> {
             guard: None,
             keys: Vec::new(),
             policy: "none (GUARD_DISABLED=1)".to_owned(),
+            exchange: exchange_config(demo_exchange()),
         });
     }
     match std::env::var("GUARD_POLICY") {
@@ -71,6 +75,7 @@ pub fn config() -> Result<Config, Box<dyn std::error::Error>> {
                 guard: Some(guard),
                 keys: Vec::new(),
                 policy: format!("{path} (version {})", policy.version()),
+                exchange: exchange_config(policy.exchange_config()?),
             })
         }
         Err(_) => {
@@ -82,6 +87,7 @@ pub fn config() -> Result<Config, Box<dyn std::error::Error>> {
                 guard: Some(guard),
                 keys,
                 policy: "built-in demo policy".to_owned(),
+                exchange: exchange_config(demo_exchange()),
             })
         }
     }
@@ -447,11 +453,18 @@ pub fn latency() -> Duration {
     )
 }
 
-/// What the exchange accepts: `GUARD_MAX_BODY_BYTES` (default 1 MiB) and
-/// `GUARD_READ_TIMEOUT_MS` (default 10 s). Everything under `/v1` is guarded;
-/// `GET /v1/models` is public.
-pub fn exchange_config() -> inference_guard::exchange::ExchangeConfig {
-    let mut c = inference_guard::exchange::ExchangeConfig::default().public_route("GET", "/v1/models");
+/// The demo's exchange: everything under `/v1` is guarded; `GET /v1/models` is
+/// public.
+pub fn demo_exchange() -> inference_guard::exchange::ExchangeConfig {
+    inference_guard::exchange::ExchangeConfig::default().public_route("GET", "/v1/models")
+}
+
+/// The environment's overrides: `GUARD_MAX_BODY_BYTES` (default 1 MiB) and
+/// `GUARD_READ_TIMEOUT_MS` (default 10 s).
+pub fn exchange_config(
+    base: inference_guard::exchange::ExchangeConfig,
+) -> inference_guard::exchange::ExchangeConfig {
+    let mut c = base;
     if let Some(n) = std::env::var("GUARD_MAX_BODY_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -54,7 +54,10 @@ impl Parsed {
         };
         let usage = obj.get("usage").and_then(|u| {
             let p = u.get("prompt_tokens")?.as_u64()?;
-            let c = u.get("completion_tokens").and_then(Value::as_u64).unwrap_or(0);
+            let c = u
+                .get("completion_tokens")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
             Some((p, c))
         });
         let fail = || usage.map(|(p, c)| Usage::new(p, c));
@@ -83,9 +86,9 @@ impl Parsed {
                 let e = d.get("embedding").cloned().unwrap_or(Value::Null);
                 let ok = match &e {
                     Value::Array(a) => a.iter().all(Value::is_number),
-                    Value::String(s) => s.bytes().all(|b| {
-                        b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')
-                    }),
+                    Value::String(s) => s
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')),
                     _ => false,
                 };
                 if !ok {
@@ -201,7 +204,10 @@ impl Parsed {
                 out.insert("data".into(), Value::Array(data));
                 out.remove("id");
                 if let Some((p, _)) = self.usage {
-                    out.insert("usage".into(), json!({"prompt_tokens": p, "total_tokens": p}));
+                    out.insert(
+                        "usage".into(),
+                        json!({"prompt_tokens": p, "total_tokens": p}),
+                    );
                 }
             }
             Endpoint::Completions => {
@@ -325,11 +331,20 @@ mod tests {
         )
         .unwrap();
         assert!(e.take_parts().0.is_empty());
-        assert!(Parsed::parse(Endpoint::Embeddings, br#"{"data":[{"embedding":"<script>"}]}"#).is_err());
+        assert!(
+            Parsed::parse(
+                Endpoint::Embeddings,
+                br#"{"data":[{"embedding":"<script>"}]}"#
+            )
+            .is_err()
+        );
         assert!(Parsed::parse(Endpoint::ChatCompletions, b"[]").is_err());
         assert_eq!(
-            Parsed::parse(Endpoint::ChatCompletions, br#"{"usage":{"prompt_tokens":5,"completion_tokens":6}}"#)
-                .unwrap_err(),
+            Parsed::parse(
+                Endpoint::ChatCompletions,
+                br#"{"usage":{"prompt_tokens":5,"completion_tokens":6}}"#
+            )
+            .unwrap_err(),
             Some(Usage::new(5, 6))
         );
     }

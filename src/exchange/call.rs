@@ -7,7 +7,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{Endpoint, ErrorResponse, ExchangeConfig, MAX_MODEL_BYTES, MAX_TOOL_NAME_BYTES, UnknownFields};
+use super::{
+    Endpoint, ErrorResponse, ExchangeConfig, MAX_MODEL_BYTES, MAX_TOOL_NAME_BYTES, UnknownFields,
+};
 use crate::openai::{ChatCompletionRequest, ChatContent, ChatContentPart};
 use crate::request::{Credentials, GuardRequest, Message, Role, ToolSpec};
 
@@ -57,7 +59,14 @@ const EMBEDDING_FIELDS: &[&str] = &["model", "input", "encoding_format", "dimens
 /// Fields a chat message may carry besides the typed ones.
 const MESSAGE_EXTRA: &[&str] = &["function_call", "refusal"];
 const PART_KINDS: &[&str] = &["text", "image_url", "input_audio", "file", "refusal"];
-const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
 
 /// Where a slot's text lives in the wire request.
 #[derive(Clone, Debug)]
@@ -138,10 +147,14 @@ fn check_plain(field: &str, v: &Value) -> Result<(), ErrorResponse> {
         "stop" => match v {
             Value::Null => true,
             Value::String(s) => s.len() <= 256,
-            Value::Array(a) => a.len() <= 4 && a.iter().all(|s| s.as_str().is_some_and(|s| s.len() <= 256)),
+            Value::Array(a) => {
+                a.len() <= 4 && a.iter().all(|s| s.as_str().is_some_and(|s| s.len() <= 256))
+            }
             _ => false,
         },
-        "logit_bias" => v.as_object().is_some_and(|m| m.len() <= 1024 && m.values().all(Value::is_number)),
+        "logit_bias" => v
+            .as_object()
+            .is_some_and(|m| m.len() <= 1024 && m.values().all(Value::is_number)),
         "user" => v.as_str().is_some_and(|s| s.len() <= 256),
         "parallel_tool_calls" | "echo" => v.is_boolean(),
         "reasoning_effort" => v.as_str().is_some_and(|s| s.len() <= 32),
@@ -180,7 +193,12 @@ fn prompt_slots(
             Some(hook) => hook(ids).ok_or_else(|| bad(field, "the token ids could not be decoded")),
         }
     };
-    let shape = || bad(field, &format!("'{field}' must be a string, a list of strings, or token ids"));
+    let shape = || {
+        bad(
+            field,
+            &format!("'{field}' must be a string, a list of strings, or token ids"),
+        )
+    };
     match v {
         Value::String(s) => Ok((vec![(text(None), s.clone())], 0)),
         Value::Array(a) if a.is_empty() => Err(shape()),
@@ -199,7 +217,10 @@ fn prompt_slots(
             let mut slots = Vec::with_capacity(a.len());
             let mut n = 0u64;
             for inner in a {
-                let ids = inner.as_array().and_then(|x| token_ids(x)).ok_or_else(shape)?;
+                let ids = inner
+                    .as_array()
+                    .and_then(|x| token_ids(x))
+                    .ok_or_else(shape)?;
                 n += ids.len() as u64;
                 slots.push((tokens.clone(), detokenize(&ids)?));
             }
@@ -252,7 +273,10 @@ impl Call {
         }
     }
 
-    fn chat(mut chat: ChatCompletionRequest, config: &ExchangeConfig) -> Result<Self, ErrorResponse> {
+    fn chat(
+        mut chat: ChatCompletionRequest,
+        config: &ExchangeConfig,
+    ) -> Result<Self, ErrorResponse> {
         if chat.model.len() > MAX_MODEL_BYTES {
             return Err(bad("model", "'model' is too long"));
         }
@@ -279,10 +303,14 @@ impl Call {
                 }
                 "stream_options" => {
                     let ok = v.as_object().is_some_and(|o| {
-                        o.iter().all(|(name, x)| name == "include_usage" && x.is_boolean())
+                        o.iter()
+                            .all(|(name, x)| name == "include_usage" && x.is_boolean())
                     });
                     if !ok {
-                        return Err(bad("stream_options", "'stream_options' may only set include_usage"));
+                        return Err(bad(
+                            "stream_options",
+                            "'stream_options' may only set include_usage",
+                        ));
                     }
                 }
                 // Token-level output cannot be validated: not asked for.
@@ -292,11 +320,16 @@ impl Call {
                 "functions" => {
                     let ok = v.as_array().is_some_and(|a| {
                         a.iter().all(|f| {
-                            f.get("name").and_then(Value::as_str).is_some_and(tool_name_ok)
+                            f.get("name")
+                                .and_then(Value::as_str)
+                                .is_some_and(tool_name_ok)
                         })
                     });
                     if !ok {
-                        return Err(bad("functions", "'functions' must be a list of named functions"));
+                        return Err(bad(
+                            "functions",
+                            "'functions' must be a list of named functions",
+                        ));
                     }
                 }
                 "function_call" | "tool_choice" => {
@@ -328,7 +361,10 @@ impl Call {
                 return Err(bad("tools", "only function tools are supported"));
             }
             if !tool_name_ok(&t.function.name) {
-                return Err(bad("tools", "a tool name is empty, too long or has characters other than letters, digits, '_' and '-'"));
+                return Err(bad(
+                    "tools",
+                    "a tool name is empty, too long or has characters other than letters, digits, '_' and '-'",
+                ));
             }
         }
         // Messages.
@@ -340,7 +376,10 @@ impl Call {
             if !ROLES.contains(&m.role.as_str()) {
                 return Err(bad("messages", "a message has an unknown role"));
             }
-            if m.name.as_ref().is_some_and(|n| n.len() > MAX_TOOL_NAME_BYTES) {
+            if m.name
+                .as_ref()
+                .is_some_and(|n| n.len() > MAX_TOOL_NAME_BYTES)
+            {
                 return Err(bad("messages", "a message name is too long"));
             }
             let extra: Vec<String> = m.extra.keys().cloned().collect();
@@ -360,7 +399,10 @@ impl Call {
                     known
                 });
                 if let Some(k) = bad_kind {
-                    unknown(config, &format!("messages[{i}].content[type={}]", super::cap(&k, 32)))?;
+                    unknown(
+                        config,
+                        &format!("messages[{i}].content[type={}]", super::cap(&k, 32)),
+                    )?;
                 }
             }
             if let Some(c) = &m.content {
@@ -412,7 +454,10 @@ impl Call {
             .and_then(Value::as_str)
             .is_some_and(|m| m.len() <= MAX_MODEL_BYTES);
         if !model_ok {
-            return Err(bad("model", "'model' must be a string of at most 256 bytes"));
+            return Err(bad(
+                "model",
+                "'model' must be a string of at most 256 bytes",
+            ));
         }
         let allowed = if endpoint == Endpoint::Completions {
             COMPLETION_FIELDS
@@ -439,7 +484,10 @@ impl Call {
                 }
                 "stream" => {
                     if v.as_bool() == Some(true) {
-                        return Err(bad("stream", "streaming is supported on chat completions only"));
+                        return Err(bad(
+                            "stream",
+                            "streaming is supported on chat completions only",
+                        ));
                     }
                 }
                 "logprobs" => {
@@ -548,11 +596,13 @@ impl Call {
         for (slot, text) in &self.slots {
             let role = match slot {
                 Slot::Operator => Role::System,
-                Slot::Content(i) | Slot::ToolArgs(i, _) | Slot::FunctionArgs(i) | Slot::Refusal(i) => {
-                    self.chat
-                        .as_ref()
-                        .map_or(Role::User, |c| Role::from_name(&c.messages[*i].role))
-                }
+                Slot::Content(i)
+                | Slot::ToolArgs(i, _)
+                | Slot::FunctionArgs(i)
+                | Slot::Refusal(i) => self
+                    .chat
+                    .as_ref()
+                    .map_or(Role::User, |c| Role::from_name(&c.messages[*i].role)),
                 _ => Role::User,
             };
             let operator = match slot {
@@ -622,7 +672,9 @@ impl Call {
                     }
                 }
                 (Slot::Refusal(i), Some(chat)) => {
-                    chat.messages[*i].extra.insert("refusal".into(), Value::from(new));
+                    chat.messages[*i]
+                        .extra
+                        .insert("refusal".into(), Value::from(new));
                 }
                 (Slot::Prompt(i), None) => set_text(&mut self.other, "prompt", *i, new),
                 (Slot::Input(i), None) => set_text(&mut self.other, "input", *i, new),
@@ -678,7 +730,9 @@ impl Call {
                 serde_json::to_vec(&self.other)
             }
         };
-        body.map_err(|_| ErrorResponse::new(500, "internal_error", "the request could not be forwarded"))
+        body.map_err(|_| {
+            ErrorResponse::new(500, "internal_error", "the request could not be forwarded")
+        })
     }
 }
 
@@ -706,10 +760,22 @@ mod tests {
     #[test]
     fn unknown_fields_are_refused_by_name_or_stripped() {
         for (field, body) in [
-            ("n_predict", r#"{"model":"m","messages":[],"n_predict":99999}"#),
-            ("max_new_tokens", r#"{"model":"m","messages":[],"max_new_tokens":99999}"#),
-            ("options", r#"{"model":"m","messages":[],"options":{"num_predict":99999}}"#),
-            ("messages[0].x-vendor", r#"{"model":"m","messages":[{"role":"user","content":"hi","x-vendor":1}]}"#),
+            (
+                "n_predict",
+                r#"{"model":"m","messages":[],"n_predict":99999}"#,
+            ),
+            (
+                "max_new_tokens",
+                r#"{"model":"m","messages":[],"max_new_tokens":99999}"#,
+            ),
+            (
+                "options",
+                r#"{"model":"m","messages":[],"options":{"num_predict":99999}}"#,
+            ),
+            (
+                "messages[0].x-vendor",
+                r#"{"model":"m","messages":[{"role":"user","content":"hi","x-vendor":1}]}"#,
+            ),
         ] {
             let (status, body) = err(Endpoint::ChatCompletions, body);
             assert_eq!(status, 400);
@@ -722,23 +788,60 @@ mod tests {
             &strip,
         )
         .unwrap();
-        let r = c.to_guard_request(Credentials::none(), "/", &strip).unwrap();
+        let r = c
+            .to_guard_request(Credentials::none(), "/", &strip)
+            .unwrap();
         let out = String::from_utf8(c.forward(&r).unwrap()).unwrap();
-        assert!(!out.contains("n_predict") && out.contains("temperature"), "{out}");
-        assert_eq!(err(Endpoint::Completions, r#"{"model":"m","prompt":"p","options":{}}"#).0, 400);
-        assert_eq!(err(Endpoint::Embeddings, r#"{"model":"m","input":"p","truncate":true}"#).0, 400);
+        assert!(
+            !out.contains("n_predict") && out.contains("temperature"),
+            "{out}"
+        );
+        assert_eq!(
+            err(
+                Endpoint::Completions,
+                r#"{"model":"m","prompt":"p","options":{}}"#
+            )
+            .0,
+            400
+        );
+        assert_eq!(
+            err(
+                Endpoint::Embeddings,
+                r#"{"model":"m","input":"p","truncate":true}"#
+            )
+            .0,
+            400
+        );
     }
 
     #[test]
     fn enforced_parameters() {
         let c = ExchangeConfig::default();
-        assert_eq!(err(Endpoint::ChatCompletions, r#"{"model":"m","messages":[],"n":99}"#).0, 400);
         assert_eq!(
-            err(Endpoint::ChatCompletions, r#"{"model":"m","messages":[],"n":2,"stream":true}"#).0,
+            err(
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":[],"n":99}"#
+            )
+            .0,
+            400
+        );
+        assert_eq!(
+            err(
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":[],"n":2,"stream":true}"#
+            )
+            .0,
             400
         );
         assert_eq!(err(Endpoint::ChatCompletions, r#"{"model":"m","messages":[],"tools":[{"type":"web_search","function":{"name":"x"}}]}"#).0, 400);
-        assert_eq!(err(Endpoint::ChatCompletions, r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).0, 400);
+        assert_eq!(
+            err(
+                Endpoint::ChatCompletions,
+                r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#
+            )
+            .0,
+            400
+        );
         let long = format!(r#"{{"model":"{}","messages":[]}}"#, "m".repeat(300));
         assert_eq!(err(Endpoint::ChatCompletions, &long).0, 400);
         // logprobs are not asked for; streams always report usage; n counts choices.
@@ -785,17 +888,26 @@ mod tests {
         r.messages_mut()[4].set_content("[REDACTED]".into());
         let out: Value = serde_json::from_slice(&call.forward(&r).unwrap()).unwrap();
         assert_eq!(out["messages"][0]["content"], "Operator rules.");
-        assert_eq!(out["messages"][3]["tool_calls"][0]["function"]["arguments"], "{}");
+        assert_eq!(
+            out["messages"][3]["tool_calls"][0]["function"]["arguments"],
+            "{}"
+        );
         assert_eq!(out["messages"][4]["content"][0]["text"], "[REDACTED]");
         assert_eq!(out["messages"][4]["content"][1]["type"], "image_url");
     }
 
     #[test]
     fn token_ids_need_a_tokenizer_and_count_for_estimates() {
-        let (status, body) = err(Endpoint::Completions, r#"{"model":"m","prompt":[[23993,682,11]]}"#);
+        let (status, body) = err(
+            Endpoint::Completions,
+            r#"{"model":"m","prompt":[[23993,682,11]]}"#,
+        );
         assert_eq!(status, 400);
         assert!(body.contains("token_input_not_supported"));
-        assert_eq!(err(Endpoint::Embeddings, r#"{"model":"m","input":[1,2,3]}"#).0, 400);
+        assert_eq!(
+            err(Endpoint::Embeddings, r#"{"model":"m","input":[1,2,3]}"#).0,
+            400
+        );
         let c = ExchangeConfig::default().tokenizer(|ids| Some(format!("{} tokens", ids.len())));
         let mut call = Call::parse(
             Endpoint::Completions,
@@ -820,7 +932,11 @@ mod tests {
         r.set_max_output_tokens(Some(512));
         let out: Value = serde_json::from_slice(&call.forward(&r).unwrap()).unwrap();
         assert_eq!(out["max_tokens"], 512);
-        let mut call = parse(Endpoint::Completions, r#"{"model":"m","prompt":"p","max_tokens":9000}"#).unwrap();
+        let mut call = parse(
+            Endpoint::Completions,
+            r#"{"model":"m","prompt":"p","max_tokens":9000}"#,
+        )
+        .unwrap();
         let mut r = call.to_guard_request(Credentials::none(), "/", &c).unwrap();
         r.set_max_output_tokens(Some(100));
         let out: Value = serde_json::from_slice(&call.forward(&r).unwrap()).unwrap();

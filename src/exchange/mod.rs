@@ -67,8 +67,8 @@ use crate::decision::Rejection;
 use crate::guard::{Admission, InferenceGuard};
 use crate::id::RequestId;
 use crate::principal::Principal;
-use crate::request::{Credentials, GuardRequest};
 pub(crate) use crate::request::cap;
+use crate::request::{Credentials, GuardRequest};
 
 /// The longest `model` name accepted (`400` above it).
 pub const MAX_MODEL_BYTES: usize = 256;
@@ -174,8 +174,10 @@ impl ExchangeConfig {
         self.max_answer_bytes = n;
         self
     }
-    /// Where the OpenAI API is mounted (default `/v1`). The endpoints are
-    /// recognised under it and at the root (`/chat/completions`).
+    /// Where the OpenAI API is mounted (default `/v1`): with
+    /// [`guard_prefix`](Self::guard_prefix), every path under it is the guard's.
+    /// The endpoints themselves are recognised by their last segments wherever
+    /// they are mounted (`/api/v1/chat/completions` is guarded too).
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         let p = prefix.into();
@@ -231,7 +233,10 @@ impl ExchangeConfig {
         if h.len() == 64 {
             let mut d = [0u8; 32];
             let ok = h.chunks(2).zip(d.iter_mut()).all(|(pair, out)| {
-                match (char::from(pair[0]).to_digit(16), char::from(pair[1]).to_digit(16)) {
+                match (
+                    char::from(pair[0]).to_digit(16),
+                    char::from(pair[1]).to_digit(16),
+                ) {
                     (Some(a), Some(b)) => {
                         *out = u8::try_from(a * 16 + b).unwrap_or(0);
                         true
@@ -249,7 +254,10 @@ impl ExchangeConfig {
     /// of token ids) are turned into text for scanning. Without one they are a
     /// `400`. Their length counts towards limits and estimates either way.
     #[must_use]
-    pub fn tokenizer(mut self, hook: impl Fn(&[u32]) -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn tokenizer(
+        mut self,
+        hook: impl Fn(&[u32]) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         self.tokenizer = Some(Arc::new(hook));
         self
     }
@@ -322,8 +330,9 @@ impl ErrorResponse {
         Self {
             status,
             headers: vec![("content-type", "application/json".to_owned())],
-            body: json!({"error": {"message": message, "type": kind, "code": code, "param": param}})
-                .to_string(),
+            body:
+                json!({"error": {"message": message, "type": kind, "code": code, "param": param}})
+                    .to_string(),
         }
     }
 
@@ -416,21 +425,24 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// The endpoint of a path (normalized first; with or without the `/v1` prefix).
+    /// The endpoint of a path (normalized first), by its last segments:
+    /// `/v1/chat/completions`, `/chat/completions` and `/api/v1/chat/completions`
+    /// are all chat completions.
     pub fn from_path(path: &str) -> Option<Self> {
         Self::from_normalized(&normalize_path(path), "/v1")
     }
 
-    fn from_normalized(p: &str, prefix: &str) -> Option<Self> {
-        let rest = p
-            .strip_prefix(prefix)
-            .filter(|r| r.starts_with('/'))
-            .unwrap_or(p);
-        match rest {
-            "/chat/completions" => Some(Self::ChatCompletions),
-            "/completions" => Some(Self::Completions),
-            "/embeddings" => Some(Self::Embeddings),
-            _ => None,
+    /// Recognised by the path's last segments, wherever the API is mounted (a
+    /// router nested under `/api` still has its endpoints guarded).
+    fn from_normalized(p: &str, _prefix: &str) -> Option<Self> {
+        if p.ends_with("/chat/completions") {
+            Some(Self::ChatCompletions)
+        } else if p.ends_with("/completions") {
+            Some(Self::Completions)
+        } else if p.ends_with("/embeddings") {
+            Some(Self::Embeddings)
+        } else {
+            None
         }
     }
 
@@ -550,7 +562,10 @@ impl<'a> Seen<'a> {
     /// The body's declared length against the limit, and its type.
     fn check_body(&self, config: &ExchangeConfig) -> Result<(), ErrorResponse> {
         if let Some(v) = self.length {
-            match std::str::from_utf8(v).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            match std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+            {
                 None => {
                     return Err(ErrorResponse::new(
                         400,
@@ -925,7 +940,9 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            check_content_type(Some(b"text/plain")).unwrap_err().status(),
+            check_content_type(Some(b"text/plain"))
+                .unwrap_err()
+                .status(),
             415
         );
     }

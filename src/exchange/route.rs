@@ -143,12 +143,8 @@ pub(super) fn decide(
     if let Some(e) = endpoint {
         if !method.eq_ignore_ascii_case("POST") {
             return Route::Refuse(
-                ErrorResponse::new(
-                    405,
-                    "method_not_allowed",
-                    "this endpoint accepts POST only",
-                )
-                .with_header("allow", "POST"),
+                ErrorResponse::new(405, "method_not_allowed", "this endpoint accepts POST only")
+                    .with_header("allow", "POST"),
             );
         }
         return Route::Guard(e);
@@ -211,11 +207,18 @@ mod tests {
             "/v1/x/../chat/completions",
             "/chat/completions",
             "/v1/chat/completions?x=1",
+            "/api/v1/chat/completions",
         ] {
             assert_eq!(d("POST", p), Route::Guard(Endpoint::ChatCompletions), "{p}");
         }
-        assert_eq!(d("POST", "/v1/embeddings"), Route::Guard(Endpoint::Embeddings));
-        assert_eq!(d("post", "/v1/completions"), Route::Guard(Endpoint::Completions));
+        assert_eq!(
+            d("POST", "/v1/embeddings"),
+            Route::Guard(Endpoint::Embeddings)
+        );
+        assert_eq!(
+            d("post", "/v1/completions"),
+            Route::Guard(Endpoint::Completions)
+        );
     }
 
     #[test]

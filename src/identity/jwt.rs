@@ -699,10 +699,9 @@ impl JwtVerifier {
             seen.insert(jti.to_owned(), exp);
         }
 
-        let mut builder =
-            Principal::builder(sub, CredentialKind::BearerToken)
-                .namespace(format!("jwt:{iss}"))
-                .attribute("iss", iss);
+        let mut builder = Principal::builder(sub, CredentialKind::BearerToken)
+            .namespace(format!("jwt:{iss}"))
+            .attribute("iss", iss);
         if let Some(k) = kid {
             builder = builder.key_id(k);
         }

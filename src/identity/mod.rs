@@ -117,7 +117,12 @@ impl<S: ApiKeyStore> IdentityVerifier for Authenticator<S> {
     fn verify<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Principal, StageError>> {
         let c = request.credentials();
         let reject = |d: &'static str| Step::ready(Err(Rejection::unauthenticated(d).into()));
-        match (c.bearer_token(), c.api_key(), &self.api_keys, self.jwt.as_slice()) {
+        match (
+            c.bearer_token(),
+            c.api_key(),
+            &self.api_keys,
+            self.jwt.as_slice(),
+        ) {
             (Some(_), Some(_), _, _) => reject("ambiguous credentials: bearer token and API key"),
             (None, Some(_), Some(keys), _) => IdentityVerifier::verify(keys, request),
             (None, Some(_), None, _) => reject("API keys are not accepted"),

@@ -242,8 +242,7 @@ impl KeyedGcra {
                     .max(now.min(current))
                     .max(if up > 0 { now } else { 0 })
                     .saturating_add(up);
-                match tat.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire)
-                {
+                match tat.compare_exchange_weak(current, new, Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => return,
                     Err(actual) => current = actual,
                 }

@@ -535,7 +535,12 @@ impl AbuseMonitor {
         let victim = map
             .iter()
             .min_by(|a, b| {
-                let key = |s: &State| (self.level_now(s, now) == Level::Suspended, self.decayed(s, now));
+                let key = |s: &State| {
+                    (
+                        self.level_now(s, now) == Level::Suspended,
+                        self.decayed(s, now),
+                    )
+                };
                 let (sa, da) = key(a.1);
                 let (sb, db) = key(b.1);
                 sa.cmp(&sb)
