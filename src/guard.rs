@@ -1027,9 +1027,7 @@ impl InferenceGuard {
                         // stuffing) is answered with its throttle; a credential that
                         // verifies is served whatever its address (NAT, proxies).
                         if let Some(m) = &g.abuse {
-                            if let Err(a) = m.check_address(req.client_addr()) {
-                                return Err(a);
-                            }
+                            m.check_address(req.client_addr())?;
                         }
                         return Err(r);
                     }

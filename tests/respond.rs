@@ -203,7 +203,7 @@ fn credential_stuffing_throttles_the_address_for_failed_credentials_only() {
 fn ipv6_addresses_are_counted_per_64_and_a_full_table_still_tracks_newcomers() {
     let clock = ManualClock::new();
     let monitor = AbuseMonitor::builder()
-        .clock(clock.clone())
+        .clock(clock)
         .max_subjects(16)
         .build()
         .unwrap();

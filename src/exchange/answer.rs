@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Endpoint, MAX_MODEL_BYTES, cap};
+use super::{Endpoint, MAX_MODEL_BYTES};
 use crate::response::{GuardResponse, ToolCall, Usage};
 
 /// The part index of each text-bearing field of one choice.
@@ -24,10 +24,23 @@ struct Choice {
 pub(super) struct Parsed {
     endpoint: Endpoint,
     head: Map<String, Value>,
+    /// The head's strings (id, model, fingerprint), validated as one more part.
+    head_text: String,
+    head_part: usize,
     choices: Vec<Choice>,
     parts: Vec<GuardResponse>,
     embeddings: Vec<Value>,
     usage: Option<(u64, u64)>,
+}
+
+/// An identifier-like string (ids, finish reasons): short, and only characters
+/// that cannot carry markup or prose.
+fn ident(s: &str, max: usize) -> Option<&str> {
+    (s.len() <= max
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')))
+    .then_some(s)
 }
 
 fn text_of(v: &Value) -> Option<String> {
@@ -62,9 +75,16 @@ impl Parsed {
         });
         let fail = || usage.map(|(p, c)| Usage::new(p, c));
         let mut head = Map::new();
+        let mut head_text = String::new();
         for k in ["id", "model", "system_fingerprint"] {
-            if let Some(s) = obj.get(k).and_then(Value::as_str) {
-                head.insert(k.to_owned(), Value::from(cap(s, MAX_MODEL_BYTES)));
+            if let Some(s) = obj
+                .get(k)
+                .and_then(Value::as_str)
+                .and_then(|s| ident(s, MAX_MODEL_BYTES))
+            {
+                head.insert(k.to_owned(), Value::from(s));
+                head_text.push_str(s);
+                head_text.push(' ');
             }
         }
         if let Some(c) = obj.get("created").and_then(Value::as_u64) {
@@ -73,8 +93,10 @@ impl Parsed {
         let mut out = Self {
             endpoint,
             head,
+            head_text: head_text.clone(),
+            head_part: 0,
             choices: Vec::new(),
-            parts: Vec::new(),
+            parts: vec![GuardResponse::new(head_text)],
             embeddings: Vec::new(),
             usage,
         };
@@ -110,7 +132,8 @@ impl Parsed {
                 finish: c
                     .get("finish_reason")
                     .and_then(Value::as_str)
-                    .map(|s| cap(s, 64).to_owned()),
+                    .and_then(|s| ident(s, 32))
+                    .map(str::to_owned),
                 main: out.parts.len(),
                 ..Choice::default()
             };
@@ -146,8 +169,12 @@ impl Parsed {
                 ) else {
                     return Err(fail());
                 };
-                let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
-                main = main.with_tool_call(ToolCall::new(cap(id, 128), name, args));
+                let id = call
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .and_then(|i| ident(i, 64))
+                    .map_or_else(|| format!("call_{}", main.tool_calls().len()), str::to_owned);
+                main = main.with_tool_call(ToolCall::new(id, name, args));
             }
             if let Some(f) = m.get("function_call").filter(|f| !f.is_null()) {
                 let (Some(name), Some(args)) = (
@@ -191,6 +218,10 @@ impl Parsed {
     /// The answer for the caller, from the validated parts.
     pub(super) fn rebuild(&self, parts: &[GuardResponse]) -> Vec<u8> {
         let mut out = self.head.clone();
+        if parts.get(self.head_part).map(GuardResponse::text) != Some(self.head_text.as_str()) {
+            // The validators changed the id, model or fingerprint: none is sent.
+            out.clear();
+        }
         let text = |i: usize| parts.get(i).map_or("", GuardResponse::text);
         match self.endpoint {
             Endpoint::Embeddings => {
@@ -301,8 +332,8 @@ mod tests {
         let (parts, usage) = p.take_parts();
         assert_eq!(usage, Some(Usage::new(3, 4)));
         let texts: Vec<&str> = parts.iter().map(GuardResponse::text).collect();
-        assert_eq!(texts, ["one", "", "no", "think"]);
-        assert_eq!(parts[1].tool_calls().len(), 2);
+        assert_eq!(texts, ["c m ", "one", "", "no", "think"]);
+        assert_eq!(parts[2].tool_calls().len(), 2);
         let out: Value = serde_json::from_slice(&p.rebuild(&parts)).unwrap();
         assert!(out.get("x-vendor").is_none());
         assert!(out["choices"][0].get("logprobs").is_none());
@@ -321,7 +352,7 @@ mod tests {
         )
         .unwrap();
         let (mut parts, _) = p.take_parts();
-        parts[1].set_text("B".into());
+        parts[2].set_text("B".into());
         let out: Value = serde_json::from_slice(&p.rebuild(&parts)).unwrap();
         assert_eq!(out["choices"][1]["text"], "B");
         assert!(out.get("extra").is_none() && out["choices"][0].get("logprobs").is_none());
@@ -330,7 +361,7 @@ mod tests {
             br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"e","usage":{"prompt_tokens":2,"total_tokens":2}}"#,
         )
         .unwrap();
-        assert!(e.take_parts().0.is_empty());
+        assert_eq!(e.take_parts().0.len(), 1, "the head only");
         assert!(
             Parsed::parse(
                 Endpoint::Embeddings,

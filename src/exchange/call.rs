@@ -496,12 +496,12 @@ impl Call {
                 other => check_plain(other, v)?,
             }
         }
-        let (field, text, tokens): (&str, fn(Option<usize>) -> Slot, Slot) =
-            if endpoint == Endpoint::Completions {
-                ("prompt", Slot::Prompt, Slot::PromptTokens)
-            } else {
-                ("input", Slot::Input, Slot::InputTokens)
-            };
+        type TextSlot = fn(Option<usize>) -> Slot;
+        let (field, text, tokens): (&str, TextSlot, Slot) = if endpoint == Endpoint::Completions {
+            ("prompt", Slot::Prompt, Slot::PromptTokens)
+        } else {
+            ("input", Slot::Input, Slot::InputTokens)
+        };
         let v = map
             .get(field)
             .ok_or_else(|| bad(field, &format!("'{field}' is required")))?;
@@ -522,7 +522,7 @@ impl Call {
     }
 
     /// The guard's view of the call.
-    pub(super) fn to_guard_request(
+    pub(super) fn guard_request(
         &mut self,
         credentials: Credentials,
         route: &str,
@@ -788,9 +788,7 @@ mod tests {
             &strip,
         )
         .unwrap();
-        let r = c
-            .to_guard_request(Credentials::none(), "/", &strip)
-            .unwrap();
+        let r = c.guard_request(Credentials::none(), "/", &strip).unwrap();
         let out = String::from_utf8(c.forward(&r).unwrap()).unwrap();
         assert!(
             !out.contains("n_predict") && out.contains("temperature"),
@@ -850,7 +848,7 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"logprobs":true,"top_logprobs":5,"stream":true}"#,
         )
         .unwrap();
-        let r = call.to_guard_request(Credentials::none(), "/", &c).unwrap();
+        let r = call.guard_request(Credentials::none(), "/", &c).unwrap();
         let out: Value = serde_json::from_slice(&call.forward(&r).unwrap()).unwrap();
         assert!(out.get("logprobs").is_none() && out.get("top_logprobs").is_none());
         assert_eq!(out["stream_options"]["include_usage"], true);
@@ -859,7 +857,7 @@ mod tests {
             r#"{"model":"m","messages":[],"n":3,"functions":[{"name":"send_email","parameters":{}}]}"#,
         )
         .unwrap();
-        let r = call.to_guard_request(Credentials::none(), "/", &c).unwrap();
+        let r = call.guard_request(Credentials::none(), "/", &c).unwrap();
         assert_eq!(r.choices(), 3);
         assert_eq!(r.tools()[0].name(), "send_email");
     }
@@ -879,7 +877,7 @@ mod tests {
             &c,
         )
         .unwrap();
-        let mut r = call.to_guard_request(Credentials::none(), "/", &c).unwrap();
+        let mut r = call.guard_request(Credentials::none(), "/", &c).unwrap();
         let ops: Vec<bool> = r.messages().iter().map(Message::is_operator).collect();
         assert_eq!(ops, [true, true, false, false, false]);
         assert_eq!(r.messages()[3].content(), "{\"a\":1}");
@@ -915,11 +913,11 @@ mod tests {
             &c,
         )
         .unwrap();
-        let r = call.to_guard_request(Credentials::none(), "/", &c).unwrap();
+        let r = call.guard_request(Credentials::none(), "/", &c).unwrap();
         assert_eq!(r.messages()[0].content(), "3 tokens");
         assert_eq!(r.messages()[2].content(), "end");
         assert!(r.estimated_input_tokens() >= 4);
-        let mut redacted = r.clone();
+        let mut redacted = r;
         redacted.messages_mut()[0].set_content("x".into());
         assert_eq!(call.forward(&redacted).unwrap_err().status(), 422);
     }
@@ -928,7 +926,7 @@ mod tests {
     fn the_ceiling_is_written() {
         let c = ExchangeConfig::default();
         let mut call = parse(Endpoint::ChatCompletions, r#"{"model":"m","messages":[]}"#).unwrap();
-        let mut r = call.to_guard_request(Credentials::none(), "/", &c).unwrap();
+        let mut r = call.guard_request(Credentials::none(), "/", &c).unwrap();
         r.set_max_output_tokens(Some(512));
         let out: Value = serde_json::from_slice(&call.forward(&r).unwrap()).unwrap();
         assert_eq!(out["max_tokens"], 512);
@@ -937,7 +935,7 @@ mod tests {
             r#"{"model":"m","prompt":"p","max_tokens":9000}"#,
         )
         .unwrap();
-        let mut r = call.to_guard_request(Credentials::none(), "/", &c).unwrap();
+        let mut r = call.guard_request(Credentials::none(), "/", &c).unwrap();
         r.set_max_output_tokens(Some(100));
         let out: Value = serde_json::from_slice(&call.forward(&r).unwrap()).unwrap();
         assert_eq!(out["max_tokens"], 100);

@@ -751,7 +751,7 @@ impl Exchange {
         }
         let bytes = body.await?;
         let mut call = call::Call::parse(pending.endpoint, bytes.as_ref(), &self.config)?;
-        let mut req = call.to_guard_request(pending.credentials, route, &self.config)?;
+        let mut req = call.guard_request(pending.credentials, route, &self.config)?;
         if let Some(a) = client_addr {
             req = req.with_client_addr(a);
         }
