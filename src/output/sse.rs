@@ -211,6 +211,21 @@ impl SseGuard {
         let mut template = chunk.clone();
         template.choices.clear();
         template.usage = None;
+        // The id and model are echoed in every event: identifier characters only,
+        // so that nothing unvalidated rides along with the text.
+        let ident = |s: &str| {
+            s.len() <= 256
+                && s.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')
+                })
+        };
+        if !ident(&template.id) {
+            template.id = "chatcmpl-guarded".to_owned();
+        }
+        if !ident(&template.model) {
+            template.model = String::new();
+        }
+        template.object = "chat.completion.chunk".to_owned();
         self.template = Some(template);
         for choice in chunk.choices {
             if choice.index != 0 {
