@@ -37,8 +37,7 @@ pub(super) struct Parsed {
 /// that cannot carry markup or prose.
 fn ident(s: &str, max: usize) -> Option<&str> {
     (s.len() <= max
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')))
     .then_some(s)
 }
@@ -173,7 +172,10 @@ impl Parsed {
                     .get("id")
                     .and_then(Value::as_str)
                     .and_then(|i| ident(i, 64))
-                    .map_or_else(|| format!("call_{}", main.tool_calls().len()), str::to_owned);
+                    .map_or_else(
+                        || format!("call_{}", main.tool_calls().len()),
+                        str::to_owned,
+                    );
                 main = main.with_tool_call(ToolCall::new(id, name, args));
             }
             if let Some(f) = m.get("function_call").filter(|f| !f.is_null()) {
