@@ -29,7 +29,12 @@ fn once<F: Future>(f: F) -> Option<F::Output> {
     }
 }
 
-fn exchange() -> Exchange {
+fn exchange() -> &'static Exchange {
+    static EX: std::sync::OnceLock<Exchange> = std::sync::OnceLock::new();
+    EX.get_or_init(build)
+}
+
+fn build() -> Exchange {
     let mut b = InferenceGuard::builder();
     b.allow_anonymous()
         .authorize_all()
@@ -44,6 +49,17 @@ fn exchange() -> Exchange {
 }
 
 const KEY: &str = concat!("AKIA", "Z4QW7RTY2UIOPL3M");
+
+/// Whether `key` occurs as a whole token (glued to more letters or digits it is
+/// another string, not this credential).
+fn whole_token(text: &str, key: &str) -> bool {
+    text.match_indices(key).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + key.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let ex = exchange();
@@ -90,7 +106,7 @@ fuzz_target!(|data: &[u8]| {
                 .all(|k| allowed.contains(&k.as_str()))
         );
         assert!(
-            !String::from_utf8_lossy(a.body()).contains(KEY),
+            !whole_token(&String::from_utf8_lossy(a.body()), KEY),
             "a planted credential passed"
         );
     }

@@ -38,6 +38,14 @@ fn decode_unreserved(raw: &str) -> String {
                 continue;
             }
         }
+        if b[i] == b'%' {
+            // A '%' that starts no escape is written as one, so that decoding never
+            // joins it with what follows into a new escape (normalization is
+            // idempotent).
+            out.push_str("%25");
+            i += 1;
+            continue;
+        }
         // `raw` is a &str: push the whole character starting here.
         let ch = raw[i..].chars().next().unwrap_or('\u{fffd}');
         out.push(ch);
@@ -266,6 +274,12 @@ mod tests {
             let _ = normalize_path(p);
         }
         assert_eq!(normalize_path("/a%7eb"), "/a~b");
+        // Found by fuzzing: a stray '%' must not join a decoded character into a new
+        // escape on a second pass.
+        for p in ["/%%e%444", "/%%41", "/%%%", "/a%2"] {
+            let n = normalize_path(p);
+            assert_eq!(normalize_path(&n), n, "{p}");
+        }
         assert_eq!(normalize_path("/a%2fb"), "/a%2Fb");
     }
 }
