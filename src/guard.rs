@@ -1188,6 +1188,10 @@ impl InferenceGuard {
                 };
                 if outcome == StageOutcome::Redacted {
                     redact_messages(request, &findings, &mut trace.vault);
+                    if !trace.vault.is_empty() && !g.validators.is_empty() {
+                        let req: &GuardRequest = request;
+                        self.vet_vault(principal, req, &mut trace.vault, sync).await;
+                    }
                 }
                 trace.push(Stage::InputScan, outcome, n);
                 if outcome == StageOutcome::Rejected {
@@ -1200,6 +1204,40 @@ impl InferenceGuard {
             }
         }
         Ok(())
+    }
+
+    /// Keeps in the pseudonym vault only the values the output validators would
+    /// let through as they are (personal data is why they are in the vault; any
+    /// other finding, such as markup, a link or a credential, or a failing
+    /// validator, keeps the pseudonym in the answer). Restoring happens after output
+    /// validation, so a restored value is a validated one.
+    async fn vet_vault(
+        &self,
+        principal: &Principal,
+        request: &GuardRequest,
+        vault: &mut Vec<(String, String)>,
+        sync: bool,
+    ) {
+        let g = &*self.inner;
+        let cx = OutputContext::new(principal, request);
+        let mut kept = Vec::with_capacity(vault.len());
+        for (pseudonym, original) in vault.drain(..) {
+            let value = GuardResponse::new(original.clone());
+            let mut clean = true;
+            for v in &g.validators {
+                match call(sync, Stage::OutputValidation, || v.validate(cx, &value)).await {
+                    Ok(f) if f.iter().all(|f| *f.category() == Category::PersonalData) => {}
+                    _ => {
+                        clean = false;
+                        break;
+                    }
+                }
+            }
+            if clean {
+                kept.push((pseudonym, original));
+            }
+        }
+        *vault = kept;
     }
 
     /// Runs the output validators over every part of an answer (each choice, each

@@ -330,7 +330,7 @@ async fn abuse_responses_are_shared_between_replicas() {
             422
         );
     }
-    let who = Subject::Principal("svc-x".into());
+    let who = Subject::Principal("api_key|svc-x".into());
     let wait = |s: &inference_guard::respond::SharedAbuse| {
         let s = s.clone();
         async move {

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Endpoint, MAX_MODEL_BYTES};
+use super::Endpoint;
 use crate::response::{GuardResponse, ToolCall, Usage};
 
 /// The part index of each text-bearing field of one choice.
@@ -23,10 +23,9 @@ struct Choice {
 #[derive(Debug)]
 pub(super) struct Parsed {
     endpoint: Endpoint,
-    head: Map<String, Value>,
-    /// The head's strings (id, model, fingerprint), validated as one more part.
-    head_text: String,
-    head_part: usize,
+    /// `created`, the one upstream head field kept (the id and model are the
+    /// guard's: upstream strings there would reach the caller unvalidated).
+    created: Option<u64>,
     choices: Vec<Choice>,
     parts: Vec<GuardResponse>,
     embeddings: Vec<Value>,
@@ -73,29 +72,12 @@ impl Parsed {
             Some((p, c))
         });
         let fail = || usage.map(|(p, c)| Usage::new(p, c));
-        let mut head = Map::new();
-        let mut head_text = String::new();
-        for k in ["id", "model", "system_fingerprint"] {
-            if let Some(s) = obj
-                .get(k)
-                .and_then(Value::as_str)
-                .and_then(|s| ident(s, MAX_MODEL_BYTES))
-            {
-                head.insert(k.to_owned(), Value::from(s));
-                head_text.push_str(s);
-                head_text.push(' ');
-            }
-        }
-        if let Some(c) = obj.get("created").and_then(Value::as_u64) {
-            head.insert("created".to_owned(), Value::from(c));
-        }
+        let created = obj.get("created").and_then(Value::as_u64);
         let mut out = Self {
             endpoint,
-            head,
-            head_text: head_text.clone(),
-            head_part: 0,
+            created,
             choices: Vec::new(),
-            parts: vec![GuardResponse::new(head_text)],
+            parts: Vec::new(),
             embeddings: Vec::new(),
             usage,
         };
@@ -218,12 +200,22 @@ impl Parsed {
     }
 
     /// The answer for the caller, from the validated parts.
-    pub(super) fn rebuild(&self, parts: &[GuardResponse]) -> Vec<u8> {
-        let mut out = self.head.clone();
-        if parts.get(self.head_part).map(GuardResponse::text) != Some(self.head_text.as_str()) {
-            // The validators changed the id, model or fingerprint: none is sent.
-            out.clear();
+    /// The answer for the caller, from the validated parts, with the guard's id
+    /// (the request id, as in the audit record) and the model the caller asked for.
+    pub(super) fn rebuild(&self, parts: &[GuardResponse], id: &str, model: &str) -> Vec<u8> {
+        let mut out = Map::new();
+        let prefix = match self.endpoint {
+            Endpoint::ChatCompletions => "chatcmpl-",
+            Endpoint::Completions => "cmpl-",
+            Endpoint::Embeddings => "",
+        };
+        if !prefix.is_empty() {
+            out.insert("id".into(), Value::from(format!("{prefix}{id}")));
         }
+        if let Some(c) = self.created {
+            out.insert("created".into(), Value::from(c));
+        }
+        out.insert("model".into(), Value::from(model));
         let text = |i: usize| parts.get(i).map_or("", GuardResponse::text);
         match self.endpoint {
             Endpoint::Embeddings => {
@@ -235,7 +227,6 @@ impl Parsed {
                     .map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e}))
                     .collect();
                 out.insert("data".into(), Value::Array(data));
-                out.remove("id");
                 if let Some((p, _)) = self.usage {
                     out.insert(
                         "usage".into(),
@@ -334,9 +325,9 @@ mod tests {
         let (parts, usage) = p.take_parts();
         assert_eq!(usage, Some(Usage::new(3, 4)));
         let texts: Vec<&str> = parts.iter().map(GuardResponse::text).collect();
-        assert_eq!(texts, ["c m ", "one", "", "no", "think"]);
-        assert_eq!(parts[2].tool_calls().len(), 2);
-        let out: Value = serde_json::from_slice(&p.rebuild(&parts)).unwrap();
+        assert_eq!(texts, ["one", "", "no", "think"]);
+        assert_eq!(parts[1].tool_calls().len(), 2);
+        let out: Value = serde_json::from_slice(&p.rebuild(&parts, "r1", "m")).unwrap();
         assert!(out.get("x-vendor").is_none());
         assert!(out["choices"][0].get("logprobs").is_none());
         assert!(out["choices"][0]["message"].get("audio").is_none());
@@ -354,8 +345,8 @@ mod tests {
         )
         .unwrap();
         let (mut parts, _) = p.take_parts();
-        parts[2].set_text("B".into());
-        let out: Value = serde_json::from_slice(&p.rebuild(&parts)).unwrap();
+        parts[1].set_text("B".into());
+        let out: Value = serde_json::from_slice(&p.rebuild(&parts, "r1", "m")).unwrap();
         assert_eq!(out["choices"][1]["text"], "B");
         assert!(out.get("extra").is_none() && out["choices"][0].get("logprobs").is_none());
         let mut e = Parsed::parse(
@@ -363,7 +354,7 @@ mod tests {
             br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"e","usage":{"prompt_tokens":2,"total_tokens":2}}"#,
         )
         .unwrap();
-        assert_eq!(e.take_parts().0.len(), 1, "the head only");
+        assert!(e.take_parts().0.is_empty());
         assert!(
             Parsed::parse(
                 Endpoint::Embeddings,

@@ -872,6 +872,8 @@ impl Admitted {
             }
         };
         let (parts, usage) = parsed.take_parts();
+        let id = self.admission.request_id().to_string();
+        let model = self.admission.request().model().to_owned();
         let checked = self
             .admission
             .check_responses_async(parts, usage)
@@ -879,7 +881,7 @@ impl Admitted {
             .map_err(|r| ErrorResponse::from_rejection(&r))?;
         let receipt = checked.receipt().map(str::to_owned);
         Ok(Answer {
-            body: parsed.rebuild(checked.responses()),
+            body: parsed.rebuild(checked.responses(), &id, &model),
             receipt,
         })
     }

@@ -231,8 +231,8 @@ struct Inner {
     scanner: Option<Scanner>,
     canaries: Vec<CanaryForms>,
     request_canaries: bool,
-    /// The configured system prompts' shingles, hashed once at build.
-    system_shingles: Arc<HashSet<u64>>,
+    /// Each configured system prompt's shingles, hashed once at build.
+    system_shingles: Arc<Vec<HashSet<u64>>>,
     overlap_from_request: bool,
     overlap_threshold: f32,
     allow_hosts: Vec<String>,
@@ -257,7 +257,7 @@ impl fmt::Debug for AnswerValidator {
         f.debug_struct("AnswerValidator")
             .field("leaks", &i.scanner.is_some())
             .field("canaries", &i.canaries.len())
-            .field("system_prompt_shingles", &i.system_shingles.len())
+            .field("system_prompts", &i.system_shingles.len())
             .field("overlap_threshold", &i.overlap_threshold)
             .field("allow_hosts", &i.allow_hosts)
             .field("strict_links", &i.strict_links)
@@ -424,13 +424,17 @@ impl AnswerValidatorBuilder {
                     .map(|c| CanaryForms::new(c.token()))
                     .collect(),
                 request_canaries: self.request_canaries,
-                system_shingles: Arc::new({
-                    let mut set = HashSet::new();
-                    for p in &self.system_prompts {
-                        add_shingles(&mut set, p);
-                    }
-                    set
-                }),
+                system_shingles: Arc::new(
+                    self.system_prompts
+                        .iter()
+                        .map(|p| {
+                            let mut set = HashSet::new();
+                            add_shingles(&mut set, p);
+                            set
+                        })
+                        .filter(|set| !set.is_empty())
+                        .collect(),
+                ),
                 overlap_from_request: self.overlap_from_request,
                 overlap_threshold: self.overlap_threshold,
                 allow_hosts: self.allow_hosts.clone(),
@@ -541,6 +545,37 @@ impl AnswerValidator {
     }
 }
 
+impl AnswerValidator {
+    /// Credentials and canaries in tool-call arguments: a call that would carry one
+    /// out (a `send_email` with a key in its body) is dropped (credentials, whose
+    /// rules redact) or blocks the answer (canaries). Personal data in arguments is
+    /// left to the tool (an e-mail tool needs addresses).
+    fn check_tool_leaks(&self, engine: &Engine, response: &GuardResponse, out: &mut Vec<Finding>) {
+        let v = &*self.inner;
+        for (i, call) in response.tool_calls().iter().enumerate() {
+            let args = call.arguments();
+            let mut found = Vec::new();
+            if let Some(s) = &v.scanner {
+                s.scan_leaks(args, Location::ToolCall(i), &mut found);
+                found.retain(|f| *f.category() == Category::Secret);
+            }
+            let mut canaries = Vec::new();
+            scan_canaries(&v.canaries, &engine.canaries, args, &mut canaries);
+            found.extend(canaries.into_iter().map(|f| {
+                Finding::new(
+                    f.rule_id().to_owned(),
+                    f.category().clone(),
+                    f.severity(),
+                    Location::ToolCall(i),
+                    f.span(),
+                )
+                .with_action(f.action())
+            }));
+            out.append(&mut found);
+        }
+    }
+}
+
 /// Canary-shaped tokens in a text.
 fn canary_tokens(text: &str) -> impl Iterator<Item = &str> {
     text.match_indices(CANARY_PREFIX).filter_map(move |(i, _)| {
@@ -564,6 +599,7 @@ impl OutputValidator for AnswerValidator {
         }
         engine.advance(response.text(), true, &mut out);
         self.check_tools(cx.request(), response, &mut out);
+        self.check_tool_leaks(&engine, response, &mut out);
         Step::ready(Ok(out))
     }
 
@@ -576,14 +612,16 @@ impl OutputValidator for AnswerValidator {
     }
 }
 
-/// Shared runs of words with a system prompt.
+/// Shared runs of words with each system prompt: the share is measured against
+/// every prompt on its own (pooled, a short prompt repeated in full would be a small
+/// share of all of them).
 struct Shingles {
-    /// Hashes of the configured system prompts' shingles (shared by every answer).
-    base: Arc<HashSet<u64>>,
-    /// Hashes of the request's own system messages' shingles not in `base`.
-    extra: HashSet<u64>,
-    /// Those seen in the answer.
-    seen: HashSet<u64>,
+    /// Each configured system prompt's shingle hashes (shared by every answer).
+    base: Arc<Vec<HashSet<u64>>>,
+    /// Each of the request's own system messages' shingle hashes.
+    extra: Vec<HashSet<u64>>,
+    /// Per prompt (base, then extra): its shingles seen in the answer.
+    seen: Vec<HashSet<u64>>,
     /// The answer's last words (hashes), and where the oldest of them started.
     window: std::collections::VecDeque<(u64, usize)>,
     /// Where the first shared shingle started.
@@ -638,11 +676,12 @@ fn add_shingles(set: &mut HashSet<u64>, text: &str) {
 }
 
 impl Shingles {
-    fn new(base: Arc<HashSet<u64>>) -> Self {
+    fn new(base: Arc<Vec<HashSet<u64>>>) -> Self {
+        let seen = vec![HashSet::new(); base.len()];
         Self {
             base,
-            extra: HashSet::new(),
-            seen: HashSet::new(),
+            extra: Vec::new(),
+            seen,
             window: std::collections::VecDeque::new(),
             first: None,
             reported: false,
@@ -652,9 +691,11 @@ impl Shingles {
     fn add_reference(&mut self, text: &str) {
         let mut set = HashSet::new();
         add_shingles(&mut set, text);
-        let base = &self.base;
-        self.extra
-            .extend(set.into_iter().filter(|h| !base.contains(h)));
+        // The configured prompt sent again as a system message is already there.
+        if !set.is_empty() && !self.base.iter().chain(&self.extra).any(|b| *b == set) {
+            self.extra.push(set);
+            self.seen.push(HashSet::new());
+        }
     }
 
     fn reference_len(&self) -> usize {
@@ -662,7 +703,8 @@ impl Shingles {
     }
 
     /// Takes the words of `text[start..end]` (which begins and ends at word
-    /// boundaries); returns the span to report once the share is reached.
+    /// boundaries); returns the span to report once the share of one prompt is
+    /// reached.
     fn feed(
         &mut self,
         text: &str,
@@ -670,6 +712,7 @@ impl Shingles {
         end: usize,
         threshold: f32,
     ) -> Option<std::ops::Range<usize>> {
+        let mut reached = false;
         for (at, w) in words(&text[start..end]) {
             self.window.push_back((word_hash(w), start + at));
             if self.window.len() > SHINGLE {
@@ -677,14 +720,17 @@ impl Shingles {
             }
             if self.window.len() == SHINGLE {
                 let h = shingle_hash(self.window.iter().map(|(h, _)| *h));
-                let shared = self.base.contains(&h) || self.extra.contains(&h);
-                if shared && self.seen.insert(h) && self.first.is_none() {
-                    self.first = self.window.front().map(|(_, s)| *s);
+                for (prompt, seen) in self.base.iter().chain(&self.extra).zip(&mut self.seen) {
+                    if prompt.contains(&h) && seen.insert(h) {
+                        if self.first.is_none() {
+                            self.first = self.window.front().map(|(_, s)| *s);
+                        }
+                        reached |= seen.len() as f32 / prompt.len() as f32 >= threshold;
+                    }
                 }
             }
         }
-        let share = self.seen.len() as f32 / self.reference_len().max(1) as f32;
-        if !self.reported && !self.seen.is_empty() && share >= threshold {
+        if !self.reported && reached {
             self.reported = true;
             return Some(self.first.unwrap_or(0)..end);
         }

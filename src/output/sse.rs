@@ -211,19 +211,11 @@ impl SseGuard {
         let mut template = chunk.clone();
         template.choices.clear();
         template.usage = None;
-        // The id and model are echoed in every event: identifier characters only,
-        // so that nothing unvalidated rides along with the text.
-        let ident = |s: &str| {
-            s.len() <= 256
-                && s.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')
-                })
-        };
-        if !ident(&template.id) {
-            template.id = "chatcmpl-guarded".to_owned();
-        }
-        if !ident(&template.model) {
-            template.model = String::new();
+        // The id and model are echoed in every event: the guard's (the request id,
+        // the model asked for), so that no upstream string rides along unvalidated.
+        if let Some(s) = &self.stream {
+            template.id = format!("chatcmpl-{}", s.admission().request_id());
+            template.model = s.admission().request().model().to_owned();
         }
         template.object = "chat.completion.chunk".to_owned();
         self.template = Some(template);
