@@ -135,14 +135,25 @@ where
                 }
             };
             let mut res = res.map_into_boxed_body();
+            if !res.status().is_success() {
+                let retry = res
+                    .headers()
+                    .get(header::RETRY_AFTER)
+                    .map(|v| v.as_bytes().to_vec());
+                let e = admitted.upstream_error(res.status().as_u16(), retry.as_deref());
+                let (req, _) = res.into_parts();
+                let mut out = error_http(&e);
+                for (name, value) in &rate {
+                    if let Ok(v) = HeaderValue::from_str(value) {
+                        out.headers_mut().insert(HeaderName::from_static(name), v);
+                    }
+                }
+                return Ok(ServiceResponse::new(req, out));
+            }
             for (name, value) in &rate {
                 if let Ok(v) = HeaderValue::from_str(value) {
                     res.headers_mut().insert(HeaderName::from_static(name), v);
                 }
-            }
-            if !res.status().is_success() {
-                admitted.upstream_failed();
-                return Ok(res);
             }
             let sse = res
                 .headers()

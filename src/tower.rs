@@ -19,7 +19,8 @@
 //! 5. a JSON answer is validated choice by choice and rebuilt from the validated
 //!    parts (receipt as `x-inference-receipt`); a streamed (`text/event-stream`)
 //!    answer goes through the [`SseRelay`] without being buffered. An upstream
-//!    error status is passed through and recorded as a failed model call.
+//!    error status becomes an OpenAI error with that status (not the upstream's
+//!    body) and is recorded as a failed model call.
 //!
 //! The client address is taken from a [`ClientAddr`] extension (insert it from
 //! your server's connection info) or a `std::net::SocketAddr` extension.
@@ -304,11 +305,17 @@ where
         }
     };
     let (mut rparts, rbody) = resp.into_parts();
-    set_headers(&mut rparts.headers, &rate);
     if !rparts.status.is_success() {
-        admitted.upstream_failed();
-        return Ok(Response::from_parts(rparts, boxed(rbody)));
+        let retry = rparts
+            .headers
+            .get(header::RETRY_AFTER)
+            .map(HeaderValue::as_bytes);
+        let e = admitted.upstream_error(rparts.status.as_u16(), retry);
+        let mut r = error_response(&e);
+        set_headers(r.headers_mut(), &rate);
+        return Ok(r);
     }
+    set_headers(&mut rparts.headers, &rate);
     let sse = rparts
         .headers
         .get(header::CONTENT_TYPE)

@@ -913,7 +913,15 @@ fn misbehaving_upstream() -> Upstream {
                                    {"index": 1, "message": msg, "finish_reason": "stop"}],
                                "usage": {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}})
                     };
-                    axum::Json(answer)
+                    use axum::response::IntoResponse;
+                    if last == "fail with key" {
+                        return (
+                            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                            format!("upstream trace: prompt echoed, key {key}"),
+                        )
+                            .into_response();
+                    }
+                    axum::Json(answer).into_response()
                 }
             }));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -964,6 +972,14 @@ fn every_choice_and_field_an_upstream_returns_is_validated() {
         b["functions"] = json!([{"name": "fetch", "parameters": {"type": "object"}}]);
         let r = post(&g, Some(&g.demo), "/v1/chat/completions", &b);
         assert!(!r.body.contains("169.254.169.254"), "{name}: {}", r.body);
+        // An upstream error keeps its status, never its body.
+        let r = ask("fail with key");
+        assert_eq!(r.status, 500, "{name}");
+        assert!(
+            !r.body.contains(&key) && r.json()["error"]["code"] == "upstream_error",
+            "{name}: {}",
+            r.body
+        );
         // Legacy completions: every choice validated, rebuilt from validated text.
         let r = post(
             &g,

@@ -132,7 +132,7 @@ async fn an_upstream_error_passes_through_and_refunds() {
     let mut b = InferenceGuard::builder();
     b.audit_sink(sink.clone());
     let app = router(&mut b);
-    let (status, _, _) = send(
+    let (status, _, body) = send(
         &app,
         "/v1/embeddings",
         json!({"model": "m", "input": "x"}),
@@ -140,6 +140,9 @@ async fn an_upstream_error_passes_through_and_refunds() {
     )
     .await;
     assert_eq!(status, 503);
+    // The status passes; the upstream's own body ("model down") does not.
+    assert_eq!(body["error"]["code"], "upstream_error");
+    assert!(!body.to_string().contains("model down"));
     assert_eq!(sink.records().pop().unwrap()["outcome"], "model_failed");
 }
 

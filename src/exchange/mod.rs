@@ -309,6 +309,14 @@ impl fmt::Debug for ErrorResponse {
     }
 }
 
+impl fmt::Display for ErrorResponse {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HTTP {}: {}", self.status, self.body)
+    }
+}
+
+impl std::error::Error for ErrorResponse {}
+
 impl ErrorResponse {
     /// A protocol error (`400`, `404`, `405`, `408`, `413`, `415`, ...) with an
     /// OpenAI-style body of type `invalid_request_error` (`server_error` for 5xx).
@@ -845,6 +853,53 @@ impl Admitted {
     /// is refunded and the failure recorded.
     pub fn upstream_failed(self) {
         self.admission.fail();
+    }
+
+    /// The model answered with an error status: the failure is recorded (the
+    /// reservation refunded) and the caller gets an error in the OpenAI shape with
+    /// the same status, never the upstream's body or headers (an upstream error
+    /// message can echo the prompt, or name the operator's own credential). An
+    /// upstream `401`/`403` (the gateway's upstream key) becomes a `502`; a numeric
+    /// `Retry-After` of at most a day is kept.
+    ///
+    /// ```
+    /// # use inference_guard::exchange::*;
+    /// # use inference_guard::*;
+    /// # fn once<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let w = std::task::Waker::noop();
+    /// #     match std::pin::pin!(f).poll(&mut std::task::Context::from_waker(&w)) { std::task::Poll::Ready(v) => v, _ => unreachable!() }
+    /// # }
+    /// let mut b = InferenceGuard::builder();
+    /// b.allow_anonymous().authorize_all().audit_sink(NoopSink);
+    /// let ex = Exchange::new(b.build()?, ExchangeConfig::default());
+    /// let headers = [("content-type", &b"application/json"[..])];
+    /// let p = ex.begin("POST", "/v1/embeddings", headers.iter().map(|(n, v)| (*n, *v)))?.unwrap();
+    /// let body = async { Ok::<_, ErrorResponse>(br#"{"model":"e","input":"x"}"#.to_vec()) };
+    /// let admitted = once(ex.admit(p, body, None))?;
+    /// let e = admitted.upstream_error(503, Some(b"7"));
+    /// assert_eq!((e.status(), e.headers().iter().any(|(n, v)| *n == "retry-after" && v == "7")), (503, true));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn upstream_error(self, status: u16, retry_after: Option<&[u8]>) -> ErrorResponse {
+        self.admission.fail();
+        let status = match status {
+            401 | 403 | 407 => 502,
+            400..=599 => status,
+            _ => 502,
+        };
+        let mut e = ErrorResponse::new(
+            status,
+            "upstream_error",
+            "the model service returned an error",
+        );
+        let secs = retry_after
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|s| *s <= 86_400);
+        if let Some(s) = secs {
+            e = e.with_header("retry-after", s.to_string());
+        }
+        e
     }
 
     /// The answer could not be read (over [`ExchangeConfig::max_answer_bytes`], or
