@@ -305,27 +305,10 @@ impl ChatCompletionRequest {
     /// earlier assistant turns are appended to that message's text, so they are
     /// scanned too.
     pub fn to_guard_request(&self, credentials: Credentials, route: &str) -> GuardRequest {
-        let mut req = GuardRequest::new(self.model.clone())
+        let mut req = self
+            .guard_request_shell()
             .with_credentials(credentials)
-            .with_route(route)
-            .with_stream(self.stream.unwrap_or(false))
-            .with_json_response(self.response_format.as_ref().is_some_and(|f| {
-                matches!(
-                    f.get("type").and_then(Value::as_str),
-                    Some("json_object" | "json_schema")
-                )
-            }));
-        if let Some(schema) = self
-            .response_format
-            .as_ref()
-            .and_then(|f| f.get("json_schema"))
-            .and_then(|j| j.get("schema"))
-        {
-            req = req.with_json_schema(schema.clone());
-        }
-        if let Some(n) = self.max_completion_tokens.or(self.max_tokens) {
-            req = req.with_max_output_tokens(n);
-        }
+            .with_route(route);
         for m in &self.messages {
             let mut text = m
                 .content
@@ -346,6 +329,31 @@ impl ChatCompletionRequest {
                 spec = spec.with_parameters(p.clone());
             }
             req = req.with_tool(spec);
+        }
+        req
+    }
+
+    /// The guard's request without messages: model, streaming, the answer format
+    /// (`response_format`), the maximum output tokens.
+    pub(crate) fn guard_request_shell(&self) -> GuardRequest {
+        let mut req = GuardRequest::new(self.model.clone())
+            .with_stream(self.stream.unwrap_or(false))
+            .with_json_response(self.response_format.as_ref().is_some_and(|f| {
+                matches!(
+                    f.get("type").and_then(Value::as_str),
+                    Some("json_object" | "json_schema")
+                )
+            }));
+        if let Some(schema) = self
+            .response_format
+            .as_ref()
+            .and_then(|f| f.get("json_schema"))
+            .and_then(|j| j.get("schema"))
+        {
+            req = req.with_json_schema(schema.clone());
+        }
+        if let Some(n) = self.max_completion_tokens.or(self.max_tokens) {
+            req = req.with_max_output_tokens(n);
         }
         req
     }

@@ -103,24 +103,7 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 fn post(g: &Gateway, key: Option<&str>, path: &str, body: &Value) -> Reply {
-    rt().block_on(async {
-        let mut req = reqwest::Client::new()
-            .post(format!("http://{}{path}", g.addr))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Some(k) = key {
-            req = req.header("authorization", format!("Bearer {k}"));
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = resp.text().await.unwrap();
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    })
+    send(g, "POST", key, path, Some(body))
 }
 
 fn chat(model: &str, text: &str) -> Value {

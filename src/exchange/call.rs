@@ -531,25 +531,7 @@ impl Call {
         let token_count = self.token_count;
         let mut req = match &self.chat {
             Some(chat) => {
-                let mut req = GuardRequest::new(chat.model.clone())
-                    .with_stream(chat.stream == Some(true))
-                    .with_json_response(chat.response_format.as_ref().is_some_and(|f| {
-                        matches!(
-                            f.get("type").and_then(Value::as_str),
-                            Some("json_object" | "json_schema")
-                        )
-                    }));
-                if let Some(schema) = chat
-                    .response_format
-                    .as_ref()
-                    .and_then(|f| f.get("json_schema"))
-                    .and_then(|j| j.get("schema"))
-                {
-                    req = req.with_json_schema(schema.clone());
-                }
-                if let Some(n) = chat.max_completion_tokens.or(chat.max_tokens) {
-                    req = req.with_max_output_tokens(n);
-                }
+                let mut req = chat.guard_request_shell();
                 if let Some(n) = chat.extra.get("n").and_then(Value::as_u64) {
                     req = req.with_choices(u32::try_from(n).unwrap_or(1));
                 }

@@ -750,8 +750,11 @@ impl Exchange {
             if let Some(a) = client_addr {
                 bare = bare.with_client_addr(a);
             }
-            if let Err(r) = self.guard.check_request_async(bare).await {
-                return Err(ErrorResponse::from_rejection(&r));
+            match self.guard.check_request_async(bare).await {
+                Err(r) => return Err(ErrorResponse::from_rejection(&r)),
+                // A verifier that admits a request without credentials: the real
+                // check follows; this one is refunded, not charged.
+                Ok(a) => a.fail(),
             }
         }
         if let Some(e) = pending.body_error {
