@@ -1885,20 +1885,21 @@ impl Admission {
                 part.set_text(text);
             }
         }
-        let receipt = if let [one] = &*parts {
-            st.guard.issue_receipt(
+        // The receipt binds what the caller receives (joined only when one is signed).
+        let receipt = match &*parts {
+            _ if st.guard.inner.receipts.is_none() => None,
+            [one] => st.guard.issue_receipt(
                 st.principal.as_ref(),
                 &st.request,
                 &st.trace,
                 one.text().as_bytes(),
-            )
-        } else {
-            st.guard.issue_receipt(
+            ),
+            several => st.guard.issue_receipt(
                 st.principal.as_ref(),
                 &st.request,
                 &st.trace,
-                join_texts(parts).as_bytes(),
-            )
+                join_texts(several).as_bytes(),
+            ),
         };
         Ok((usage, receipt))
     }

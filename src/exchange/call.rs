@@ -116,6 +116,23 @@ fn unknown(config: &ExchangeConfig, field: &str) -> Result<(), ErrorResponse> {
     }
 }
 
+/// Refuses (or strips, as configured) the fields of `map` that `allowed` does not
+/// name; `name` spells a field for the error. Allocates only for such fields.
+fn allow_list(
+    map: &mut Map<String, Value>,
+    allowed: impl Fn(&str) -> bool,
+    name: impl Fn(&str) -> String,
+    config: &ExchangeConfig,
+) -> Result<(), ErrorResponse> {
+    let extra: smallvec::SmallVec<[String; 2]> =
+        map.keys().filter(|k| !allowed(k)).cloned().collect();
+    for k in extra {
+        unknown(config, &name(&k))?;
+        map.remove(&k);
+    }
+    Ok(())
+}
+
 fn bad(field: &str, what: &str) -> ErrorResponse {
     ErrorResponse::field("invalid_request", what, field)
 }
@@ -282,21 +299,23 @@ impl Call {
         }
         let stream = chat.stream == Some(true);
         // Top-level parameters.
-        let keys: Vec<String> = chat.extra.keys().cloned().collect();
-        for k in keys {
-            let v = chat.extra.get(&k).cloned().unwrap_or(Value::Null);
+        allow_list(
+            &mut chat.extra,
+            |k| CHAT_PLAIN.contains(&k) || CHAT_ENFORCED.contains(&k),
+            str::to_owned,
+            config,
+        )?;
+        // Token-level output cannot be validated: not asked for.
+        chat.extra.remove("logprobs");
+        chat.extra.remove("top_logprobs");
+        for (k, v) in &chat.extra {
             if CHAT_PLAIN.contains(&k.as_str()) {
-                check_plain(&k, &v)?;
-                continue;
-            }
-            if !CHAT_ENFORCED.contains(&k.as_str()) {
-                unknown(config, &k)?;
-                chat.extra.remove(&k);
+                check_plain(k, v)?;
                 continue;
             }
             match k.as_str() {
                 "n" => {
-                    let n = count(&v, "n", config.max_choices)?;
+                    let n = count(v, "n", config.max_choices)?;
                     if stream && n > 1 {
                         return Err(bad("n", "only one choice can be streamed"));
                     }
@@ -312,10 +331,6 @@ impl Call {
                             "'stream_options' may only set include_usage",
                         ));
                     }
-                }
-                // Token-level output cannot be validated: not asked for.
-                "logprobs" | "top_logprobs" => {
-                    chat.extra.remove(&k);
                 }
                 "functions" => {
                     let ok = v.as_array().is_some_and(|a| {
@@ -333,7 +348,7 @@ impl Call {
                     }
                 }
                 "function_call" | "tool_choice" => {
-                    let ok = match &v {
+                    let ok = match v {
                         Value::String(s) => matches!(s.as_str(), "none" | "auto" | "required"),
                         Value::Object(o) => o
                             .get("name")
@@ -343,7 +358,7 @@ impl Call {
                         _ => false,
                     };
                     if !ok {
-                        return Err(bad(&k, &format!("'{k}' is malformed")));
+                        return Err(bad(k, &format!("'{k}' is malformed")));
                     }
                 }
                 _ => {}
@@ -382,13 +397,12 @@ impl Call {
             {
                 return Err(bad("messages", "a message name is too long"));
             }
-            let extra: Vec<String> = m.extra.keys().cloned().collect();
-            for k in extra {
-                if !MESSAGE_EXTRA.contains(&k.as_str()) {
-                    unknown(config, &format!("messages[{i}].{k}"))?;
-                    m.extra.remove(&k);
-                }
-            }
+            allow_list(
+                &mut m.extra,
+                |k| MESSAGE_EXTRA.contains(&k),
+                |k| format!("messages[{i}].{k}"),
+                config,
+            )?;
             if let Some(ChatContent::Parts(parts)) = &mut m.content {
                 let mut bad_kind = None;
                 parts.retain(|p| {
@@ -464,14 +478,9 @@ impl Call {
         } else {
             EMBEDDING_FIELDS
         };
-        let keys: Vec<String> = map.keys().cloned().collect();
-        for k in keys {
-            if !allowed.contains(&k.as_str()) {
-                unknown(config, &k)?;
-                map.remove(&k);
-                continue;
-            }
-            let v = &map[&k];
+        allow_list(&mut map, |k| allowed.contains(&k), str::to_owned, config)?;
+        map.remove("logprobs");
+        for (k, v) in &map {
             match k.as_str() {
                 "model" | "prompt" | "input" | "suffix" => {}
                 "max_tokens" => {
@@ -480,7 +489,7 @@ impl Call {
                     }
                 }
                 "n" | "best_of" => {
-                    count(v, &k, config.max_choices)?;
+                    count(v, k, config.max_choices)?;
                 }
                 "stream" => {
                     if v.as_bool() == Some(true) {
@@ -489,9 +498,6 @@ impl Call {
                             "streaming is supported on chat completions only",
                         ));
                     }
-                }
-                "logprobs" => {
-                    map.remove("logprobs");
                 }
                 other => check_plain(other, v)?,
             }

@@ -437,12 +437,12 @@ impl Endpoint {
     /// `/v1/chat/completions`, `/chat/completions` and `/api/v1/chat/completions`
     /// are all chat completions.
     pub fn from_path(path: &str) -> Option<Self> {
-        Self::from_normalized(&normalize_path(path), "/v1")
+        Self::from_normalized(&normalize_path(path))
     }
 
     /// Recognised by the path's last segments, wherever the API is mounted (a
     /// router nested under `/api` still has its endpoints guarded).
-    fn from_normalized(p: &str, _prefix: &str) -> Option<Self> {
+    fn from_normalized(p: &str) -> Option<Self> {
         if p.ends_with("/chat/completions") {
             Some(Self::ChatCompletions)
         } else if p.ends_with("/completions") {

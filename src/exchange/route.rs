@@ -135,7 +135,7 @@ pub(super) fn decide(
     // backslashes as slashes, case folded.
     let lenient = normalize_segments(&decode_all(raw)).to_ascii_lowercase();
     let in_scope = |p: &str| {
-        Endpoint::from_normalized(p, prefix).is_some()
+        Endpoint::from_normalized(p).is_some()
             || (guard_prefix && under(p, &prefix.to_ascii_lowercase()))
     };
     if in_scope(&lenient) && (raw.contains(['%', '\\']) || normalized != lenient) {
@@ -147,7 +147,7 @@ pub(super) fn decide(
             "the request path is encoded ambiguously",
         ));
     }
-    let endpoint = Endpoint::from_normalized(&normalized, prefix);
+    let endpoint = Endpoint::from_normalized(&normalized);
     if let Some(e) = endpoint {
         if !method.eq_ignore_ascii_case("POST") {
             return Route::Refuse(
