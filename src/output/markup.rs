@@ -4,19 +4,17 @@
 use regex::Regex;
 
 use super::MarkupMode;
+use super::html;
+use super::links::{Kind, LinkPolicy, judge};
 use crate::finding::{Action, Category, Finding, Location, Severity};
 
 pub(crate) struct Patterns {
-    html: Regex,
     terminal: Regex,
 }
 
 pub(crate) fn patterns() -> Patterns {
     let re = |p: &str| Regex::new(p).unwrap_or_else(|e| panic!("built-in markup pattern: {e}"));
     Patterns {
-        html: re(
-            r"(?i)<\s*/?\s*(?:script|iframe|frame|frameset|object|embed|applet|form|meta|base|link|style|svg|math|template|noscript|xml|xss)\b[^>]{0,1024}>?|<[a-z][a-z0-9\-]{0,20}\b[^>]{0,1024}?[\s/](?:on[a-z]{3,24})\s*=[^>]{0,1024}>?",
-        ),
         terminal: re(
             r"\x1b(?:\[[0-?]{0,64}[ -/]{0,8}[@-~]?|\][^\x07\x1b]{0,4096}(?:\x07|\x1b\\)?|[P^_X][^\x1b]{0,4096}(?:\x1b\\)?|[ -~])?|[\x{80}-\x{9f}]|[\x00-\x08\x0b\x0c\x0e-\x1a\x1c-\x1f\x7f]",
         ),
@@ -43,19 +41,111 @@ fn finding(
     }
 }
 
-pub(crate) fn scan(
-    p: &Patterns,
-    html: MarkupMode,
-    terminal: MarkupMode,
+/// Elements that run script, load documents or change how the page behaves.
+const DANGEROUS: &[&str] = &[
+    "script", "iframe", "frame", "frameset", "object", "embed", "applet", "form", "meta",
+    "base", "link", "style", "svg", "math", "template", "noscript", "xml", "xss", "portal",
+    "isindex", "noembed", "xmp", "plaintext",
+];
+
+/// Attributes whose URL a browser loads without a click.
+const LOADS: &[&str] = &[
+    "src", "srcset", "poster", "background", "data", "lowsrc", "dynsrc", "codebase",
+    "xlink:href", "imagesrcset",
+];
+
+/// Attributes whose URL is followed on a click.
+const FOLLOWS: &[&str] = &["href", "action", "formaction", "cite", "ping", "longdesc"];
+
+/// Judges the tags of `text` (a segment whose code is blanked out; `orig` is the
+/// same bytes as written): dangerous elements, event handlers, script in styles and
+/// tags left open before the end of the answer are markup findings; URLs in attributes are judged as images or
+/// links.
+pub(crate) fn judge_tags(
+    orig: &str,
     text: &str,
+    mode: MarkupMode,
+    links: &LinkPolicy,
+    offset: usize,
+    last: bool,
     out: &mut Vec<Finding>,
 ) {
-    if memchr::memchr(b'<', text.as_bytes()).is_some() {
-        for m in p.html.find_iter(text) {
-            let escaped = m.as_str().replace('<', "&lt;").replace('>', "&gt;");
-            out.push(finding("markup.html", html, m.range(), escaped));
+    if memchr::memchr(b'<', text.as_bytes()).is_none() {
+        return;
+    }
+    for tag in html::tags(text) {
+        let span = offset + tag.span.start..offset + tag.span.end;
+        let escaped = || {
+            orig.get(tag.span.clone())
+                .unwrap_or("")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        if !tag.closed {
+            // A tag left open takes its attributes from whatever follows; at the
+            // end of the answer nothing follows and a browser drops it.
+            if last {
+                continue;
+            }
+            out.push(finding("markup.unclosed_tag", mode, span, escaped()));
+            continue;
+        }
+        let dangerous = DANGEROUS.contains(&tag.name.as_str());
+        if tag.end_tag {
+            if dangerous {
+                out.push(finding("markup.html", mode, span, escaped()));
+            }
+            continue;
+        }
+        let handler = tag.attrs.iter().any(|a| {
+            (a.name.len() > 2 && a.name.starts_with("on"))
+                || (a.name == "style" && {
+                    let v = a.value.to_ascii_lowercase();
+                    v.contains("expression(") || v.contains("url(") || v.contains("script:")
+                })
+        });
+        if dangerous || handler {
+            out.push(finding("markup.html", mode, span, escaped()));
+            continue;
+        }
+        let link = matches!(tag.name.as_str(), "a" | "area");
+        let replacement = if link {
+            String::new()
+        } else {
+            super::links::plain(tag.attr("alt").unwrap_or(""))
+        };
+        for a in &tag.attrs {
+            let kind = if LOADS.contains(&a.name.as_str()) {
+                Kind::Image
+            } else if FOLLOWS.contains(&a.name.as_str()) {
+                if link || a.name != "href" {
+                    Kind::Link
+                } else {
+                    Kind::Image
+                }
+            } else {
+                continue;
+            };
+            if a.name.ends_with("srcset") {
+                for candidate in a.value.split(',') {
+                    let url = candidate.split_ascii_whitespace().next().unwrap_or("");
+                    judge(links, kind, url, &replacement, span.clone(), out);
+                }
+            } else {
+                judge(links, kind, &a.value, &replacement, span.clone(), out);
+            }
         }
     }
+}
+
+/// Terminal control sequences and C1 controls.
+pub(crate) fn terminal(
+    p: &Patterns,
+    terminal: MarkupMode,
+    text: &str,
+    offset: usize,
+    out: &mut Vec<Finding>,
+) {
     let controls = text
         .bytes()
         .any(|b| (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')) || b == 0x7f || b == 0xc2);
@@ -72,7 +162,8 @@ pub(crate) fn scan(
                     }
                 })
                 .collect();
-            out.push(finding("markup.terminal", terminal, m.range(), escaped));
+            let span = offset + m.start()..offset + m.end();
+            out.push(finding("markup.terminal", terminal, span, escaped));
         }
     }
 }

@@ -65,7 +65,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod html;
 mod links;
+mod markdown;
 mod markup;
 mod sse;
 mod tools;
@@ -78,21 +80,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::error::{BuildError, StageError};
-use crate::finding::{Action, Category, Finding, Location, Severity, floor_boundary};
+use crate::finding::{Action, Category, Finding, Location, Severity};
 use crate::request::{GuardRequest, Role};
 use crate::response::GuardResponse;
 use crate::scan::Scanner;
 use crate::stage::{OutputContext, OutputValidator, StreamValidator, StreamVerdict};
 use crate::step::Step;
 
-/// A segment ends at the first line break this far into it...
+/// A segment ends at a blank line (or, inside a top-level fenced code block, at a
+/// line end) at least this far into it.
 const MIN_SEGMENT: usize = 1024;
-/// ...or else at the first whitespace after this many bytes...
-const MAX_SEGMENT: usize = 2048;
-/// ...or else here.
-const HARD_SEGMENT: usize = 8192;
-/// Each segment is checked with this many bytes before it.
-const CONTEXT: usize = 256;
 /// Words per shingle for system-prompt overlap.
 const SHINGLE: usize = 6;
 
@@ -235,13 +232,12 @@ struct Inner {
     system_shingles: Arc<Vec<HashSet<u64>>>,
     overlap_from_request: bool,
     overlap_threshold: f32,
-    allow_hosts: Vec<String>,
-    strict_links: bool,
+    links: links::LinkPolicy,
+    code_is_inert: bool,
     html: MarkupMode,
     ansi: MarkupMode,
     tools: bool,
     json: bool,
-    links: links::Patterns,
     markup: markup::Patterns,
 }
 
@@ -259,8 +255,9 @@ impl fmt::Debug for AnswerValidator {
             .field("canaries", &i.canaries.len())
             .field("system_prompts", &i.system_shingles.len())
             .field("overlap_threshold", &i.overlap_threshold)
-            .field("allow_hosts", &i.allow_hosts)
-            .field("strict_links", &i.strict_links)
+            .field("allow_hosts", &i.links.allow)
+            .field("strict_links", &i.links.strict)
+            .field("markdown", &i.code_is_inert)
             .field("html", &i.html)
             .field("ansi", &i.ansi)
             .finish_non_exhaustive()
@@ -284,6 +281,7 @@ pub struct AnswerValidatorBuilder {
     overlap_threshold: f32,
     allow_hosts: Vec<String>,
     strict_links: bool,
+    markdown: bool,
     html: MarkupMode,
     ansi: MarkupMode,
     tools: bool,
@@ -367,6 +365,16 @@ impl AnswerValidatorBuilder {
         self
     }
 
+    /// Whether the answer is shown through a markdown renderer (default on): code
+    /// spans and fenced code blocks are then shown as code, so markup and links in
+    /// them are not judged (credentials, canaries and terminal sequences still
+    /// are). Turn it off when the answer is put into a page as HTML.
+    #[must_use]
+    pub fn markdown(mut self, on: bool) -> Self {
+        self.markdown = on;
+        self
+    }
+
     /// How unsafe HTML is handled (default [`MarkupMode::Escape`]).
     #[must_use]
     pub fn html(mut self, mode: MarkupMode) -> Self {
@@ -437,13 +445,15 @@ impl AnswerValidatorBuilder {
                 ),
                 overlap_from_request: self.overlap_from_request,
                 overlap_threshold: self.overlap_threshold,
-                allow_hosts: self.allow_hosts.clone(),
-                strict_links: self.strict_links,
+                links: links::LinkPolicy {
+                    allow: self.allow_hosts.clone(),
+                    strict: self.strict_links,
+                },
+                code_is_inert: self.markdown,
                 html: self.html,
                 ansi: self.ansi,
                 tools: self.tools,
                 json: self.json,
-                links: links::patterns(),
                 markup: markup::patterns(),
             }),
         })
@@ -469,6 +479,7 @@ impl AnswerValidator {
             overlap_threshold: 0.5,
             allow_hosts: Vec::new(),
             strict_links: false,
+            markdown: true,
             html: MarkupMode::Escape,
             ansi: MarkupMode::Strip,
             tools: true,
@@ -508,7 +519,10 @@ impl AnswerValidator {
             canaries,
             overlap: (reference.reference_len() > 0).then_some(reference),
             done: 0,
-            cursor: 0,
+            line: 0,
+            next_try: 0,
+            fence: None,
+            carry: markdown::Carry::default(),
             json: i.json && request.json_response(),
             json_schema: request.json_schema().cloned(),
         }
@@ -738,58 +752,67 @@ impl Shingles {
     }
 }
 
-/// The per-answer state: where the last segment ended, and what accumulates.
+/// Where a segment is asked to end.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// After a blank line, or a line inside a top-level code fence.
+    Block,
+    /// After any other line.
+    Line,
+}
+
+/// The per-answer state: where the last segment ended, and what carries over.
 struct Engine {
     v: Arc<Inner>,
     /// Canaries found in this request's system messages (the deployment's are in
     /// `v`).
     canaries: Vec<CanaryForms>,
     overlap: Option<Shingles>,
-    /// The end of the last checked segment.
+    /// The end of the last judged segment: everything before it is final.
     done: usize,
-    /// How far the search for the next cut has looked.
-    cursor: usize,
+    /// Where the next line to look at starts.
+    line: usize,
+    /// A cut refused at some line is tried again only this far on.
+    next_try: usize,
+    /// A quick reading of top-level code fences, to know where cuts may fall (the
+    /// parser decides whether they do).
+    fence: Option<(u8, usize)>,
+    carry: markdown::Carry,
     json: bool,
     json_schema: Option<serde_json::Value>,
 }
 
 impl Engine {
-    /// The end of the next segment, if it is known yet.
-    fn next_cut(&mut self, text: &str, eos: bool) -> Option<usize> {
-        let (from, len, b) = (self.done, text.len(), text.as_bytes());
-        if from >= len {
-            return None;
-        }
-        let lo = (from + MIN_SEGMENT).max(self.cursor);
-        let hi = len.min(from + MAX_SEGMENT);
-        if lo < hi {
-            if let Some(i) = memchr::memchr(b'\n', &b[lo..hi]) {
-                return Some(lo + i + 1);
-            }
-            self.cursor = hi;
-        }
-        if len >= from + MAX_SEGMENT {
-            let lo = (from + MAX_SEGMENT).max(self.cursor);
-            let hi = len.min(from + HARD_SEGMENT);
-            if lo < hi {
-                if let Some(i) = b[lo..hi].iter().position(u8::is_ascii_whitespace) {
-                    return Some(lo + i + 1);
-                }
-                self.cursor = hi;
-            }
-            if len >= from + HARD_SEGMENT {
-                return Some(floor_boundary(text, from + HARD_SEGMENT));
-            }
-        }
-        eos.then_some(len)
-    }
-
-    /// Checks every complete segment; returns how far the answer is safe.
+    /// Judges every segment that is complete; returns how far the answer is final.
     fn advance(&mut self, text: &str, eos: bool, out: &mut Vec<Finding>) -> usize {
-        while let Some(cut) = self.next_cut(text, eos) {
-            self.segment(text, self.done, cut, out);
-            self.done = cut;
-            self.cursor = 0;
+        let b = text.as_bytes();
+        while let Some(nl) = memchr::memchr(b'\n', &b[self.line.min(b.len())..]) {
+            let start = self.line;
+            let end = start + nl + 1;
+            self.line = end;
+            let line = &text[start..end];
+            self.track_fence(line);
+            if end - self.done < MIN_SEGMENT || end < self.next_try {
+                continue;
+            }
+            // A blank line ends every block but a few; inside a top-level code fence
+            // any line end will do; elsewhere a line end well past the minimum, when
+            // nothing on the last line can continue on the next.
+            let cut = if !line.trim().is_empty() && self.fence.is_none() {
+                if end - self.done < 2 * MIN_SEGMENT {
+                    continue;
+                }
+                Cut::Line
+            } else {
+                Cut::Block
+            };
+            if !self.segment(text, end, Some(cut), out) {
+                self.next_try = end + MIN_SEGMENT;
+            }
+        }
+        if eos && self.done < text.len() {
+            self.segment(text, text.len(), None, out);
+            self.line = text.len();
         }
         if eos && self.json {
             self.json = false;
@@ -798,24 +821,67 @@ impl Engine {
         self.done
     }
 
-    fn segment(&mut self, text: &str, start: usize, end: usize, out: &mut Vec<Finding>) {
-        let v = &*self.v;
-        let ctx = floor_boundary(text, start.saturating_sub(CONTEXT));
-        let window = &text[ctx..end];
-        let mut found = Vec::new();
-        if let Some(s) = &v.scanner {
-            s.scan_leaks(window, Location::Output, &mut found);
+    fn track_fence(&mut self, line: &str) {
+        let l = line.trim_end_matches(['\n', '\r']);
+        let indent = l.bytes().take_while(|&c| c == b' ').count();
+        if indent > 3 {
+            return;
         }
-        links::scan(&v.links, &v.allow_hosts, v.strict_links, window, &mut found);
-        markup::scan(&v.markup, v.html, v.ansi, window, &mut found);
-        scan_canaries(&v.canaries, &self.canaries, window, &mut found);
-        let fresh = start - ctx;
-        for f in found {
-            if f.span().end > fresh || (f.span().is_empty() && f.span().start >= fresh) {
-                let span = f.span().start + ctx..f.span().end + ctx;
-                out.push(f.with_span(span));
+        let rest = &l[indent..];
+        let Some(c @ (b'`' | b'~')) = rest.bytes().next() else {
+            return;
+        };
+        let n = rest.bytes().take_while(|&x| x == c).count();
+        if n < 3 {
+            return;
+        }
+        match self.fence {
+            Some((fc, fl)) => {
+                if fc == c && n >= fl && rest[n..].trim().is_empty() {
+                    self.fence = None;
+                }
+            }
+            None => {
+                if c == b'~' || !rest[n..].contains('`') {
+                    self.fence = Some((c, n));
+                }
             }
         }
+    }
+
+    /// Judges `text[self.done..end]` as one segment; unless this is the end of the
+    /// answer, refuses (and judges nothing) when a construct is left open there.
+    fn segment(&mut self, text: &str, end: usize, cut: Option<Cut>, out: &mut Vec<Finding>) -> bool {
+        let start = self.done;
+        let seg = &text[start..end];
+        let v = &*self.v;
+        let mut found = Vec::new();
+        let rules = markdown::Rules {
+            links: &v.links,
+            html: v.html,
+            code_is_inert: v.code_is_inert,
+        };
+        let judged = markdown::judge_segment(seg, start, &self.carry, &rules, cut.is_none(), &mut found);
+        let refused = match cut {
+            None => false,
+            Some(Cut::Block) => !judged.closed,
+            Some(Cut::Line) => !judged.line_cut,
+        };
+        if refused || (cut.is_some() && self.canary_tail(seg)) {
+            return false;
+        }
+        // Leaks, terminal sequences and canaries count in code too.
+        let mut rest = Vec::new();
+        if let Some(s) = &v.scanner {
+            s.scan_leaks(seg, Location::Output, &mut rest);
+        }
+        markup::terminal(&v.markup, v.ansi, seg, 0, &mut rest);
+        scan_canaries(&v.canaries, &self.canaries, seg, &mut rest);
+        for f in rest {
+            let s = f.span();
+            found.push(f.with_span(s.start + start..s.end + start));
+        }
+        out.append(&mut found);
         if let Some(sh) = &mut self.overlap {
             if let Some(span) = sh.feed(text, start, end, v.overlap_threshold) {
                 out.push(Finding::new(
@@ -827,6 +893,48 @@ impl Engine {
                 ));
             }
         }
+        self.carry = judged.carry;
+        self.fence = self
+            .carry
+            .fence
+            .as_ref()
+            .map(|f| (f.as_bytes()[0], f.len()));
+        self.done = end;
+        self.next_try = 0;
+        true
+    }
+
+    /// Whether `seg` ends with the beginning of a canary in one of its forms (a cut
+    /// there would release half of it).
+    fn canary_tail(&self, seg: &str) -> bool {
+        let forms = self.v.canaries.iter().chain(&self.canaries);
+        let mut compact: Vec<u8> = Vec::new();
+        let mut dense: Vec<u8> = Vec::new();
+        for &c in seg.as_bytes().iter().rev() {
+            if compact.len() >= 96 && dense.len() >= 96 {
+                break;
+            }
+            if c.is_ascii_alphanumeric() && compact.len() < 96 {
+                compact.push(c.to_ascii_lowercase());
+            }
+            if !c.is_ascii_whitespace() && dense.len() < 96 {
+                dense.push(c);
+            }
+        }
+        compact.reverse();
+        dense.reverse();
+        let partial = |tail: &[u8], form: &str, min: usize| {
+            let f = form.as_bytes();
+            (min..f.len()).any(|k| tail.ends_with(&f[..k]))
+        };
+        for c in forms {
+            if c.compact.iter().any(|f| partial(&compact, f, 4))
+                || c.base64.iter().any(|f| partial(&dense, f, 6))
+            {
+                return true;
+            }
+        }
+        false
     }
 }
 

@@ -1,0 +1,379 @@
+//! An HTML tokenizer for the answer validator: tags and their attributes as a
+//! browser's tokenizer reads them (WHATWG HTML, "13.2.5 Tokenization": the data,
+//! tag, attribute and comment states), with the byte span of every tag so that a
+//! finding can rewrite exactly the tag and nothing else.
+//!
+//! Why not `html5ever` or `lol_html`: neither reports source offsets for tokens
+//! (html5ever gives line numbers, lol_html rewrites a stream), and redaction, stream
+//! segments and the audit record all need byte spans. The states that decide what
+//! a browser sees as a tag and an attribute are few and followed here to the letter:
+//! a quoted value followed directly by a name starts a new attribute
+//! (`src="x"onerror=`), `/` between attributes is a separator, names are
+//! lowercased, character references in attribute values are decoded (numeric with
+//! or without `;`, and the named references that decode to ASCII), comments end at
+//! `-->`, `--!>` or abruptly at `<!-->`.
+
+use std::borrow::Cow;
+use std::ops::Range;
+
+/// An attribute: lowercased name and decoded value.
+pub(crate) struct Attr<'a> {
+    pub(crate) name: String,
+    pub(crate) value: Cow<'a, str>,
+}
+
+/// A start or end tag.
+pub(crate) struct Tag<'a> {
+    /// Lowercased tag name.
+    pub(crate) name: String,
+    pub(crate) end_tag: bool,
+    /// From `<` to `>` inclusive (to the end of the text when unclosed).
+    pub(crate) span: Range<usize>,
+    pub(crate) attrs: Vec<Attr<'a>>,
+    /// Whether the tag ended with `>` before the end of the text.
+    pub(crate) closed: bool,
+}
+
+impl Tag<'_> {
+    pub(crate) fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|a| a.name == name)
+            .map(|a| a.value.as_ref())
+    }
+}
+
+fn ws(b: u8) -> bool {
+    matches!(b, b'\t' | b'\n' | b'\x0c' | b'\r' | b' ')
+}
+
+/// Every tag of `text`, in order. Text, comments, doctypes and processing
+/// instructions are skipped as a browser skips them.
+pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
+    let b = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(off) = memchr::memchr(b'<', &b[i..]) {
+        let lt = i + off;
+        let next = b.get(lt + 1).copied();
+        match next {
+            Some(c) if c.is_ascii_alphabetic() => {
+                let (tag, end) = tag(text, lt, lt + 1, false);
+                out.push(tag);
+                i = end;
+            }
+            Some(b'/') => match b.get(lt + 2) {
+                Some(c) if c.is_ascii_alphabetic() => {
+                    let (tag, end) = tag(text, lt, lt + 2, true);
+                    out.push(tag);
+                    i = end;
+                }
+                Some(b'>') => i = lt + 3,
+                // A bogus comment, to the next `>`.
+                _ => i = skip_to(b, lt + 2, b">"),
+            },
+            Some(b'!') => {
+                if b[lt + 2..].starts_with(b"--") {
+                    let body = lt + 4;
+                    if b[body..].starts_with(b">") {
+                        i = body + 1;
+                    } else if b[body..].starts_with(b"->") {
+                        i = body + 2;
+                    } else {
+                        let a = find(b, body, b"-->");
+                        let c = find(b, body, b"--!>");
+                        i = match (a, c) {
+                            (Some(a), Some(c)) if c < a => c + 4,
+                            (Some(a), _) => a + 3,
+                            (None, Some(c)) => c + 4,
+                            (None, None) => b.len(),
+                        };
+                    }
+                } else {
+                    i = skip_to(b, lt + 2, b">");
+                }
+            }
+            Some(b'?') => i = skip_to(b, lt + 2, b">"),
+            _ => i = lt + 1,
+        }
+    }
+    out
+}
+
+fn find(b: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
+    memchr::memmem::find(&b[from.min(b.len())..], needle).map(|p| from + p)
+}
+
+/// The position after the next `needle`, or the end.
+fn skip_to(b: &[u8], from: usize, needle: &[u8]) -> usize {
+    find(b, from, needle).map_or(b.len(), |p| p + needle.len())
+}
+
+/// Reads a tag whose name starts at `name_at`; returns it and where text resumes.
+fn tag(text: &str, lt: usize, name_at: usize, end_tag: bool) -> (Tag<'_>, usize) {
+    let b = text.as_bytes();
+    let mut i = name_at;
+    while i < b.len() && !ws(b[i]) && b[i] != b'/' && b[i] != b'>' {
+        i += 1;
+    }
+    let name = text[name_at..i].to_ascii_lowercase();
+    let mut attrs = Vec::new();
+    let mut closed = false;
+    // Before attribute name.
+    'attrs: while i < b.len() {
+        match b[i] {
+            c if ws(c) || c == b'/' => i += 1,
+            b'>' => {
+                closed = true;
+                i += 1;
+                break;
+            }
+            _ => {
+                // Attribute name (a leading `=` belongs to it).
+                let start = i;
+                i += 1;
+                while i < b.len() && !ws(b[i]) && !matches!(b[i], b'/' | b'>' | b'=') {
+                    i += 1;
+                }
+                let name = text[start..i].to_ascii_lowercase();
+                // After attribute name.
+                while i < b.len() && ws(b[i]) {
+                    i += 1;
+                }
+                if i >= b.len() || b[i] != b'=' {
+                    attrs.push(Attr {
+                        name,
+                        value: Cow::Borrowed(""),
+                    });
+                    continue 'attrs;
+                }
+                i += 1;
+                // Before attribute value.
+                while i < b.len() && ws(b[i]) {
+                    i += 1;
+                }
+                let (raw, after) = match b.get(i) {
+                    Some(&q @ (b'"' | b'\'')) => match memchr::memchr(q, &b[i + 1..]) {
+                        Some(p) => (&text[i + 1..i + 1 + p], i + 2 + p),
+                        None => (&text[i + 1..], b.len()),
+                    },
+                    Some(b'>') => ("", i),
+                    Some(_) => {
+                        let s = i;
+                        while i < b.len() && !ws(b[i]) && b[i] != b'>' {
+                            i += 1;
+                        }
+                        (&text[s..i], i)
+                    }
+                    None => ("", i),
+                };
+                attrs.push(Attr {
+                    name,
+                    value: decode(raw),
+                });
+                // After a quoted value anything but `>` starts the next attribute
+                // (a parse error a browser forgives: `src="x"onerror=...`).
+                i = after;
+            }
+        }
+    }
+    let span = lt..i.min(b.len());
+    (
+        Tag {
+            name,
+            end_tag,
+            span,
+            attrs,
+            closed,
+        },
+        i,
+    )
+}
+
+/// Named character references that decode to ASCII (and the no-break space), the
+/// ones that matter for a scheme or a host; others are left as written.
+const NAMED: &[(&str, char)] = &[
+    ("Tab", '\t'),
+    ("NewLine", '\n'),
+    ("excl", '!'),
+    ("quot", '"'),
+    ("QUOT", '"'),
+    ("num", '#'),
+    ("dollar", '$'),
+    ("percnt", '%'),
+    ("amp", '&'),
+    ("AMP", '&'),
+    ("apos", '\''),
+    ("lpar", '('),
+    ("rpar", ')'),
+    ("ast", '*'),
+    ("midast", '*'),
+    ("plus", '+'),
+    ("comma", ','),
+    ("period", '.'),
+    ("sol", '/'),
+    ("colon", ':'),
+    ("semi", ';'),
+    ("lt", '<'),
+    ("LT", '<'),
+    ("equals", '='),
+    ("gt", '>'),
+    ("GT", '>'),
+    ("quest", '?'),
+    ("commat", '@'),
+    ("lsqb", '['),
+    ("lbrack", '['),
+    ("bsol", '\\'),
+    ("rsqb", ']'),
+    ("rbrack", ']'),
+    ("Hat", '^'),
+    ("lowbar", '_'),
+    ("UnderBar", '_'),
+    ("grave", '`'),
+    ("DiacriticalGrave", '`'),
+    ("lcub", '{'),
+    ("lbrace", '{'),
+    ("verbar", '|'),
+    ("vert", '|'),
+    ("VerticalLine", '|'),
+    ("rcub", '}'),
+    ("rbrace", '}'),
+    ("nbsp", '\u{a0}'),
+    ("NonBreakingSpace", '\u{a0}'),
+];
+
+/// Named references a browser also accepts without `;` (in attribute values only
+/// when not followed by a letter, digit or `=`).
+const LEGACY: &[&str] = &["amp", "AMP", "lt", "LT", "gt", "GT", "quot", "QUOT", "nbsp"];
+
+/// Decodes the character references of an attribute value as a browser does.
+pub(crate) fn decode(raw: &str) -> Cow<'_, str> {
+    if !raw.contains('&') {
+        return Cow::Borrowed(raw);
+    }
+    let b = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'&' {
+            let next = memchr::memchr(b'&', &b[i..]).map_or(b.len(), |p| i + p);
+            out.push_str(&raw[i..next]);
+            i = next;
+            continue;
+        }
+        if b.get(i + 1) == Some(&b'#') {
+            let hex = matches!(b.get(i + 2), Some(b'x' | b'X'));
+            let start = i + 2 + usize::from(hex);
+            let mut j = start;
+            while j < b.len()
+                && (if hex {
+                    b[j].is_ascii_hexdigit()
+                } else {
+                    b[j].is_ascii_digit()
+                })
+            {
+                j += 1;
+            }
+            if j > start {
+                let v = u32::from_str_radix(&raw[start..j.min(start + 8)], if hex { 16 } else { 10 })
+                    .unwrap_or(0x11_0000);
+                let v = if j - start > 8 { 0x11_0000 } else { v };
+                out.push(numeric(v));
+                i = if b.get(j) == Some(&b';') { j + 1 } else { j };
+                continue;
+            }
+            out.push('&');
+            i += 1;
+            continue;
+        }
+        let start = i + 1;
+        let mut j = start;
+        while j < b.len() && b[j].is_ascii_alphanumeric() && j - start < 32 {
+            j += 1;
+        }
+        let name = &raw[start..j];
+        if b.get(j) == Some(&b';') {
+            if let Some((_, c)) = NAMED.iter().find(|(n, _)| *n == name) {
+                out.push(*c);
+                i = j + 1;
+                continue;
+            }
+        } else if let Some(l) = LEGACY.iter().find(|l| name.starts_with(**l)) {
+            let after = b.get(start + l.len()).copied();
+            if !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == b'=') {
+                if let Some((_, c)) = NAMED.iter().find(|(n, _)| n == l) {
+                    out.push(*c);
+                    i = start + l.len();
+                    continue;
+                }
+            }
+        }
+        out.push('&');
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// A numeric character reference's character, with the browser's replacements.
+fn numeric(v: u32) -> char {
+    // Windows-1252 for the C1 range, as browsers do.
+    const C1: [u32; 32] = [
+        0x20AC, 0x81, 0x201A, 0x0192, 0x201E, 0x2026, 0x2020, 0x2021, 0x02C6, 0x2030, 0x0160,
+        0x2039, 0x0152, 0x8D, 0x017D, 0x8F, 0x90, 0x2018, 0x2019, 0x201C, 0x201D, 0x2022, 0x2013,
+        0x2014, 0x02DC, 0x2122, 0x0161, 0x203A, 0x0153, 0x9D, 0x017E, 0x0178,
+    ];
+    let v = if (0x80..0xa0).contains(&v) {
+        C1[(v - 0x80) as usize]
+    } else {
+        v
+    };
+    if v == 0 {
+        return '\u{fffd}';
+    }
+    char::from_u32(v).unwrap_or('\u{fffd}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(s: &str) -> Tag<'_> {
+        tags(s).into_iter().next().expect("a tag")
+    }
+
+    #[test]
+    fn attributes_as_a_browser_reads_them() {
+        let t = one(r#"<img src="x"onerror=alert(1)>"#);
+        assert_eq!(t.name, "img");
+        assert_eq!(t.attr("src"), Some("x"));
+        assert_eq!(t.attr("onerror"), Some("alert(1)"));
+        assert!(t.closed);
+        let t = one("<IMG/SRC=x/onerror=y>");
+        assert_eq!(t.attr("src"), Some("x/onerror=y"));
+        let t = one("<a\nhref = 'java&#x09;script&colon;alert(1)' >x</a>");
+        assert_eq!(t.attr("href"), Some("java\tscript:alert(1)"));
+        let t = one("<a href=&#106&#97vascript:x>");
+        assert_eq!(t.attr("href"), Some("javascript:x"));
+        let t = one(r#"<img alt="a > b" src=y"#);
+        assert_eq!(t.attr("alt"), Some("a > b"));
+        assert!(!t.closed);
+        assert_eq!(t.span.end, 22);
+    }
+
+    #[test]
+    fn comments_and_text_are_not_tags() {
+        assert!(tags("a < b, x <= y, <!-- <img src=x onerror=y> -->").is_empty());
+        let t = tags("<!--><img src=x onerror=y>");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].attr("onerror"), Some("y"));
+        assert_eq!(tags("</ script><?x <b>?>").len(), 0);
+        assert_eq!(tags("</a >").first().map(|t| t.end_tag), Some(true));
+    }
+
+    #[test]
+    fn references() {
+        assert_eq!(decode("&amp;&ampx&amp=&lt"), "&&ampx&amp=<");
+        assert_eq!(decode("&#0;&#x110000;&#128;"), "\u{fffd}\u{fffd}\u{20ac}");
+        assert_eq!(decode("&unknown; &"), "&unknown; &");
+    }
+}
