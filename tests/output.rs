@@ -73,6 +73,55 @@ fn leaked_credentials_are_redacted_and_rules_keep_their_actions() {
     assert!(!format!("{r:?}").contains(key));
 }
 
+/// A private key's body: 20 lines of base64 (made up here, not a real key).
+fn pem_body() -> String {
+    (0..20)
+        .map(|i| format!("MIIEv{i:02}QIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7{i:02}xq"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn whole_private_keys_and_labelled_aws_secrets_are_masked_in_input_and_output() {
+    let body = pem_body();
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----");
+    let json_key = format!(
+        r#"{{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----\\n{}\\n-----END PRIVATE KEY-----\\n"}}"#,
+        body.replace('\n', "\\n")
+    );
+    let secret = "k8Qz3Rw1Tn5Yp7Lm2Vx4Bc6Nd9Fg0Hj1Ks3Ua5Ie";
+    let sts =
+        format!(r#"{{"Credentials": {{"AccessKeyId": "ASIA", "SecretAccessKey": "{secret}"}}}}"#);
+    let console = format!("Secret access key\n{secret}");
+    let (g, _) = guard_with(AnswerValidator::new(), |b| {
+        b.input_scanner(inference_guard::scan::Scanner::new());
+    });
+    for text in [&pem, &json_key, &sts, &console] {
+        let answer = format!("Here it is:\n\n{text}\n\nKeep it safe.");
+        let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
+        let out = c.response().text();
+        assert!(!out.contains("MIIEv07") && !out.contains(secret), "{out}");
+        assert!(out.ends_with("Keep it safe."), "{out}");
+        // Streamed in small pieces: not a byte of the body goes out.
+        let chunks: Vec<&str> = answer
+            .as_bytes()
+            .chunks(7)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        let streamed = stream_outcome(&g, request(None), &chunks).unwrap();
+        assert_eq!(streamed, out);
+        // And in a prompt, the whole block is redacted before the model sees it.
+        let adm = g
+            .check_request(GuardRequest::new("m").with_message(Role::User, answer.as_str()))
+            .unwrap();
+        let sent = adm.request().messages()[0].content();
+        assert!(
+            !sent.contains("MIIEv07") && !sent.contains(secret),
+            "{sent}"
+        );
+    }
+}
+
 #[test]
 fn canaries_are_found_in_every_disguise() {
     let canary = Canary::generate();
@@ -246,9 +295,18 @@ fn markup_is_judged_as_renderers_parse_it() {
     let cases: Vec<(String, String)> = vec![
         // Images that render.
         ("![a](<https://evil.test/a b.png>)".into(), "a".into()),
-        ("![two\nlines](https://evil.test/x.png)".into(), "two\nlines".into()),
-        ("![a](https://evil.test/x.png \"a\ntitle\")".into(), "a".into()),
-        (format!("![{long_alt}](https://evil.test/x.png)"), long_alt.clone()),
+        (
+            "![two\nlines](https://evil.test/x.png)".into(),
+            "two\nlines".into(),
+        ),
+        (
+            "![a](https://evil.test/x.png \"a\ntitle\")".into(),
+            "a".into(),
+        ),
+        (
+            format!("![{long_alt}](https://evil.test/x.png)"),
+            long_alt.clone(),
+        ),
         (
             "![x][r]\n\n[r]:\n  https://evil.test/p.png".into(),
             "x\n\n[r]:\n  https://evil.test/p.png".into(),
@@ -275,8 +333,14 @@ fn markup_is_judged_as_renderers_parse_it() {
             "<img src=\"x\"onerror=alert(1)>".into(),
             "&lt;img src=\"x\"onerror=alert(1)&gt;".into(),
         ),
-        ("<a href=\"java&#x09;script:alert(1)\">x</a>".into(), "x</a>".into()),
-        ("<a href=\"javascript&colon;alert(1)\">x</a>".into(), "x</a>".into()),
+        (
+            "<a href=\"java&#x09;script:alert(1)\">x</a>".into(),
+            "x</a>".into(),
+        ),
+        (
+            "<a href=\"javascript&colon;alert(1)\">x</a>".into(),
+            "x</a>".into(),
+        ),
         ("[x](java&#x09;script:alert(1))".into(), "x".into()),
         ("[x](javascript&colon;alert(1))".into(), "x".into()),
         (
@@ -310,7 +374,12 @@ fn markup_is_judged_as_renderers_parse_it() {
         AnswerValidator::builder().markdown(false).build().unwrap(),
         |_| {},
     );
-    let c = check(&g, request(None), GuardResponse::new("`<img src=x onerror=alert(1)>`")).unwrap();
+    let c = check(
+        &g,
+        request(None),
+        GuardResponse::new("`<img src=x onerror=alert(1)>`"),
+    )
+    .unwrap();
     assert!(c.response().text().contains("&lt;img"));
 }
 
@@ -585,7 +654,10 @@ fn pieces(canary: &str) -> Vec<String> {
         "- item one\n- item two\n".to_owned(),
         "<img alt=\"".to_owned(),
         "www.evil.test/l?d=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ ".to_owned(),
-        format!("{}\n", "A longer line of prose that keeps a paragraph going. ".repeat(3)),
+        format!(
+            "{}\n",
+            "A longer line of prose that keeps a paragraph going. ".repeat(3)
+        ),
     ]
 }
 

@@ -275,8 +275,9 @@ pub(crate) fn decode(raw: &str) -> Cow<'_, str> {
                 j += 1;
             }
             if j > start {
-                let v = u32::from_str_radix(&raw[start..j.min(start + 8)], if hex { 16 } else { 10 })
-                    .unwrap_or(0x11_0000);
+                let v =
+                    u32::from_str_radix(&raw[start..j.min(start + 8)], if hex { 16 } else { 10 })
+                        .unwrap_or(0x11_0000);
                 let v = if j - start > 8 { 0x11_0000 } else { v };
                 out.push(numeric(v));
                 i = if b.get(j) == Some(&b';') { j + 1 } else { j };

@@ -212,7 +212,9 @@ pub(crate) fn bare_urls(policy: &LinkPolicy, text: &str, offset: usize, out: &mu
     for m in bare().find_iter(text) {
         // GFM's rule: trailing punctuation and unbalanced parentheses are not part
         // of the link.
-        let mut url = m.as_str().trim_end_matches(['.', ',', ';', ':', '!', '?', '*', '_', '~']);
+        let mut url = m
+            .as_str()
+            .trim_end_matches(['.', ',', ';', ':', '!', '?', '*', '_', '~']);
         while url.ends_with(')') && url.matches(')').count() > url.matches('(').count() {
             url = url[..url.len() - 1].trim_end_matches(['.', ',', ';', ':', '!', '?']);
         }

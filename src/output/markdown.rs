@@ -7,7 +7,9 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ops::Range;
 
-use pulldown_cmark::{BrokenLink, CodeBlockKind, CowStr, Event, LinkType, Options, Parser, Tag, TagEnd};
+use pulldown_cmark::{
+    BrokenLink, CodeBlockKind, CowStr, Event, LinkType, Options, Parser, Tag, TagEnd,
+};
 
 use super::MarkupMode;
 use super::links::{Kind, LinkPolicy, bare_urls, judge, plain};
@@ -144,7 +146,8 @@ pub(crate) fn judge_segment(
             .unwrap_or_else(|| UNRESOLVED.to_owned());
         Some((CowStr::from(dest), CowStr::from("")))
     };
-    let mut iter = Parser::new_with_broken_link_callback(&src, opts, Some(callback)).into_offset_iter();
+    let mut iter =
+        Parser::new_with_broken_link_callback(&src, opts, Some(callback)).into_offset_iter();
     let mut code: Vec<Range<usize>> = Vec::new();
     let mut frames: Vec<Frame> = Vec::new();
     let mut depth = 0usize;
@@ -285,7 +288,15 @@ pub(crate) fn judge_segment(
                 }
             }
             let blanked = String::from_utf8(blank).unwrap_or_default();
-            judge_tags(seg, &blanked, rules.html, rules.links, offset, last, &mut found);
+            judge_tags(
+                seg,
+                &blanked,
+                rules.html,
+                rules.links,
+                offset,
+                last,
+                &mut found,
+            );
         }
     }
     out.append(&mut found);

@@ -43,15 +43,43 @@ fn finding(
 
 /// Elements that run script, load documents or change how the page behaves.
 const DANGEROUS: &[&str] = &[
-    "script", "iframe", "frame", "frameset", "object", "embed", "applet", "form", "meta",
-    "base", "link", "style", "svg", "math", "template", "noscript", "xml", "xss", "portal",
-    "isindex", "noembed", "xmp", "plaintext",
+    "script",
+    "iframe",
+    "frame",
+    "frameset",
+    "object",
+    "embed",
+    "applet",
+    "form",
+    "meta",
+    "base",
+    "link",
+    "style",
+    "svg",
+    "math",
+    "template",
+    "noscript",
+    "xml",
+    "xss",
+    "portal",
+    "isindex",
+    "noembed",
+    "xmp",
+    "plaintext",
 ];
 
 /// Attributes whose URL a browser loads without a click.
 const LOADS: &[&str] = &[
-    "src", "srcset", "poster", "background", "data", "lowsrc", "dynsrc", "codebase",
-    "xlink:href", "imagesrcset",
+    "src",
+    "srcset",
+    "poster",
+    "background",
+    "data",
+    "lowsrc",
+    "dynsrc",
+    "codebase",
+    "xlink:href",
+    "imagesrcset",
 ];
 
 /// Attributes whose URL is followed on a click.

@@ -851,7 +851,13 @@ impl Engine {
 
     /// Judges `text[self.done..end]` as one segment; unless this is the end of the
     /// answer, refuses (and judges nothing) when a construct is left open there.
-    fn segment(&mut self, text: &str, end: usize, cut: Option<Cut>, out: &mut Vec<Finding>) -> bool {
+    fn segment(
+        &mut self,
+        text: &str,
+        end: usize,
+        cut: Option<Cut>,
+        out: &mut Vec<Finding>,
+    ) -> bool {
         let start = self.done;
         let seg = &text[start..end];
         let v = &*self.v;
@@ -861,7 +867,8 @@ impl Engine {
             html: v.html,
             code_is_inert: v.code_is_inert,
         };
-        let judged = markdown::judge_segment(seg, start, &self.carry, &rules, cut.is_none(), &mut found);
+        let judged =
+            markdown::judge_segment(seg, start, &self.carry, &rules, cut.is_none(), &mut found);
         let refused = match cut {
             None => false,
             Some(Cut::Block) => !judged.closed,

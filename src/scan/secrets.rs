@@ -682,7 +682,7 @@ fn s(id: &'static str, anchors: &[&str], pattern: &str) -> Rule {
 pub(crate) fn secret_rules() -> Vec<Rule> {
     vec![
         s("secret.aws_access_key_id", &["akia", "asia", "abia", "acca"], r"\b(?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b"),
-        s("secret.aws_secret_access_key", &["aws_secret", "secret_access_key", "aws secret"], r#"(?i)aws.{0,20}secret.{0,20}?[=:"'\s]+(?P<v>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#),
+        s("secret.aws_secret_access_key", &["aws_secret", "secret_access_key", "aws secret", "secretaccesskey", "secret access key"], r#"(?i)(?:aws.{0,20}secret.{0,20}?|secret[_ ]?access[_ ]?key["']?)[=:"'\s]+(?P<v>[A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)"#),
         s("secret.gcp_service_account", &["service_account"], r#""type"\s*:\s*"service_account"(?s:.)*?"private_key"\s*:\s*"-----BEGIN"#).window(4096),
         s("secret.google_api_key", &["aiza"], r"\bAIza[0-9A-Za-z_\-]{35}\b"),
         s("secret.google_oauth_client_secret", &["gocspx-"], r"\bGOCSPX-[A-Za-z0-9_\-]{28}\b"),
@@ -716,7 +716,9 @@ pub(crate) fn secret_rules() -> Vec<Rule> {
         s("secret.crates_io_token", &[], r"\bcio[A-Za-z0-9]{32}\b"),
         s("secret.docker_hub_pat", &["dckr_pat_"], r"\bdckr_pat_[A-Za-z0-9_\-]{27}\b"),
         s("secret.jwt", &["eyj"], r"\beyJ[A-Za-z0-9_\-]{10,}\.eyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{16,}\b"),
-        s("secret.private_key", &["-----begin"], r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
+        // The whole block, to its END line (PEM, or JSON with escaped line breaks as in
+        // a service-account file); a block cut short goes to the end of its body.
+        s("secret.private_key", &["-----begin"], r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?s:.)*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:\\[nr]|[A-Za-z0-9+/=\r\n])*").window(16_384),
         s("secret.connection_string_password", &["://"], r"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver|jdbc:[a-z]+|ftp|sftp|ldap)://[^\s:/@]{1,64}:(?P<v>[^\s:/@]{3,128})@[^\s/]+"),
         s("secret.url_password", &["://"], r"\bhttps?://[^\s:/@]{1,64}:(?P<v>[^\s:/@]{3,128})@[A-Za-z0-9.\-]+"),
         s("secret.basic_auth_header", &["basic "], r"(?i)\bauthorization\s*:\s*basic\s+(?P<v>[A-Za-z0-9+/]{8,}={0,2})"),
