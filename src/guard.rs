@@ -22,7 +22,7 @@ use crate::finding::{Action, Category, Enforcement, Finding, Location, Severity,
 use crate::id::RequestId;
 use crate::principal::Principal;
 use crate::request::GuardRequest;
-use crate::response::{GuardResponse, Usage};
+use crate::response::{GuardResponse, ToolCall, Usage};
 use crate::stage::{
     AuditSink, Authorizer, IdentityVerifier, InputScanner, OutputContext, OutputValidator, Permit,
     RateLimiter,
@@ -1381,13 +1381,15 @@ impl InferenceGuard {
         }
     }
 
-    /// A signed receipt for a validated answer whose caller receives `text`.
+    /// A signed receipt for a validated answer whose caller receives `text` and
+    /// `calls`.
     pub(crate) fn issue_receipt(
         &self,
         principal: Option<&Principal>,
         request: &GuardRequest,
         trace: &Trace,
         text: &[u8],
+        calls: &[ToolCall],
     ) -> Option<String> {
         let signer = self.inner.receipts.as_ref()?;
         Some(self.sign_receipt(
@@ -1396,6 +1398,7 @@ impl InferenceGuard {
             request,
             trace,
             crate::receipt::digest(text),
+            calls,
         ))
     }
 
@@ -1406,6 +1409,7 @@ impl InferenceGuard {
         request: &GuardRequest,
         trace: &Trace,
         output_digest: String,
+        calls: &[ToolCall],
     ) -> String {
         let verdict = trace
             .stages
@@ -1429,6 +1433,9 @@ impl InferenceGuard {
         });
         if let Some(t) = principal.and_then(Principal::tenant) {
             claims["ten"] = serde_json::Value::from(t);
+        }
+        if !calls.is_empty() {
+            claims["calls"] = serde_json::Value::from(crate::receipt::tool_calls_digest(calls));
         }
         signer.sign_claims(claims, SystemTime::now())
     }
@@ -1885,7 +1892,8 @@ impl Admission {
                 part.set_text(text);
             }
         }
-        // The receipt binds what the caller receives (joined only when one is signed).
+        // The receipt binds what the caller receives (joined only when one is signed):
+        // the text and the tool calls of every part.
         let receipt = match &*parts {
             _ if st.guard.inner.receipts.is_none() => None,
             [one] => st.guard.issue_receipt(
@@ -1893,13 +1901,21 @@ impl Admission {
                 &st.request,
                 &st.trace,
                 one.text().as_bytes(),
+                one.tool_calls(),
             ),
-            several => st.guard.issue_receipt(
-                st.principal.as_ref(),
-                &st.request,
-                &st.trace,
-                join_texts(several).as_bytes(),
-            ),
+            several => {
+                let calls: Vec<ToolCall> = several
+                    .iter()
+                    .flat_map(|p| p.tool_calls().iter().cloned())
+                    .collect();
+                st.guard.issue_receipt(
+                    st.principal.as_ref(),
+                    &st.request,
+                    &st.trace,
+                    join_texts(several).as_bytes(),
+                    &calls,
+                )
+            }
         };
         Ok((usage, receipt))
     }

@@ -4,7 +4,8 @@
 //! [`GuardBuilder::receipts`](crate::GuardBuilder::receipts) issues a compact JWS
 //! (EdDSA, with a key id) binding the request id, the principal, its tenant, the
 //! model, the policy version, SHA-256 digests of the admitted input and of the text
-//! the caller receives, the output verdict with a findings summary, and the time.
+//! the caller receives and of the tool calls it receives (when there are any), the
+//! output verdict with a findings summary, and the time.
 //! ([`CheckedResponse::receipt`](crate::CheckedResponse::receipt); for streams,
 //! [`StreamEnd::receipt`](crate::StreamEnd::receipt).)
 //!
@@ -118,6 +119,22 @@ pub fn digest(bytes: &[u8]) -> String {
     )
 }
 
+/// The digest of the tool calls an answer carries, as receipts bind them: SHA-256
+/// of the JSON array of `[name, arguments]` pairs in order (`arguments` as the
+/// string the model produced).
+///
+/// ```
+/// use inference_guard::ToolCall;
+/// use inference_guard::receipt::tool_calls_digest;
+/// let calls = [ToolCall::new("c1", "refund", r#"{"order": 42}"#)];
+/// assert_eq!(tool_calls_digest(&calls), tool_calls_digest(&calls.clone()));
+/// assert_ne!(tool_calls_digest(&calls), tool_calls_digest(&[]));
+/// ```
+pub fn tool_calls_digest(calls: &[crate::ToolCall]) -> String {
+    let pairs: Vec<[&str; 2]> = calls.iter().map(|c| [c.name(), c.arguments()]).collect();
+    digest(serde_json::to_string(&pairs).unwrap_or_default().as_bytes())
+}
+
 /// Why a receipt was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -177,6 +194,7 @@ pub struct Receipt {
     policy_version: String,
     input_digest: String,
     output_digest: String,
+    tool_calls_digest: Option<String>,
     verdict: String,
     input_findings: BTreeMap<String, u64>,
     output_findings: BTreeMap<String, u64>,
@@ -185,6 +203,12 @@ pub struct Receipt {
 }
 
 impl Receipt {
+    /// The digest of the tool calls the answer carried ([`tool_calls_digest`]),
+    /// when it had any.
+    pub fn tool_calls_digest(&self) -> Option<&str> {
+        self.tool_calls_digest.as_deref()
+    }
+
     /// The signing key's id.
     pub fn kid(&self) -> &str {
         &self.kid
@@ -322,8 +346,46 @@ impl ReceiptVerifier {
         received: &[u8],
         now: SystemTime,
     ) -> Result<Receipt, ReceiptError> {
+        self.verify_answer_at(receipt, received, &[], now)
+    }
+
+    /// Verifies `receipt` for an answer with tool calls: the text as received and
+    /// the calls as received must both have the digests it binds. [`verify`]
+    /// refuses a receipt that binds tool calls, so that a tool-call answer is never
+    /// accepted on its text alone.
+    ///
+    /// [`verify`]: Self::verify
+    ///
+    /// # Errors
+    ///
+    /// As [`verify`](Self::verify).
+    pub fn verify_answer(
+        &self,
+        receipt: &str,
+        text: &[u8],
+        tool_calls: &[crate::ToolCall],
+    ) -> Result<Receipt, ReceiptError> {
+        self.verify_answer_at(receipt, text, tool_calls, SystemTime::now())
+    }
+
+    /// [`verify_answer`](Self::verify_answer) at a given time.
+    ///
+    /// # Errors
+    ///
+    /// As [`verify`](Self::verify).
+    pub fn verify_answer_at(
+        &self,
+        receipt: &str,
+        text: &[u8],
+        tool_calls: &[crate::ToolCall],
+        now: SystemTime,
+    ) -> Result<Receipt, ReceiptError> {
         let r = self.verify_signature_at(receipt, now)?;
-        if digest(received) != r.output_digest {
+        if digest(text) != r.output_digest {
+            return Err(ReceiptError::DigestMismatch);
+        }
+        let calls = (!tool_calls.is_empty()).then(|| tool_calls_digest(tool_calls));
+        if calls != r.tool_calls_digest {
             return Err(ReceiptError::DigestMismatch);
         }
         Ok(r)
@@ -406,6 +468,11 @@ impl ReceiptVerifier {
             policy_version: str_claim("pol")?,
             input_digest: str_claim("in")?,
             output_digest: str_claim("out")?,
+            tool_calls_digest: match claims.get("calls") {
+                None => None,
+                Some(Value::String(d)) => Some(d.clone()),
+                Some(_) => return Err(ReceiptError::Malformed),
+            },
             verdict: str_claim("verdict")?,
             input_findings: counts(findings.and_then(|f| f.get("input")))?,
             output_findings: counts(findings.and_then(|f| f.get("output")))?,

@@ -359,7 +359,14 @@ impl StreamGuard {
             );
             let principal = self.admission.principal().clone();
             let (_, request, trace) = self.admission.parts_mut();
-            guard.sign_receipt(signer, Some(&principal), request, trace, digest)
+            guard.sign_receipt(
+                signer,
+                Some(&principal),
+                request,
+                trace,
+                digest,
+                &tool_calls,
+            )
         });
         Ok(StreamEnd {
             text: out,

@@ -223,3 +223,51 @@ fn streamed_answers_get_a_receipt_over_everything_sent() {
         .unwrap();
     assert_eq!(r.model(), "demo-large");
 }
+
+#[test]
+fn a_receipt_binds_the_tool_calls_whole_and_streamed() {
+    let key = AuditSigningKey::generate("rcpt-calls").unwrap();
+    let verifier = ReceiptVerifier::new([key.public_key()]);
+    let g = guard(key);
+    let req = || request().with_tool(ToolSpec::new("approve"));
+    let call = ToolCall::new("c1", "approve", r#"{"invoice": 42}"#);
+    let forged = ToolCall::new("c1", "approve", r#"{"invoice": 43}"#);
+    // A tool-call-only answer: its text is empty, and the text alone never verifies.
+    let c = g
+        .check_request(req())
+        .unwrap()
+        .check_response(GuardResponse::new("").with_tool_call(call.clone()))
+        .unwrap();
+    let receipt = c.receipt().unwrap();
+    assert_eq!(
+        verifier.verify(receipt, b"").unwrap_err(),
+        ReceiptError::DigestMismatch
+    );
+    let r = verifier
+        .verify_answer(receipt, b"", std::slice::from_ref(&call))
+        .unwrap();
+    assert!(r.tool_calls_digest().is_some());
+    assert_eq!(
+        verifier
+            .verify_answer(receipt, b"", std::slice::from_ref(&forged))
+            .unwrap_err(),
+        ReceiptError::DigestMismatch
+    );
+    // Streamed: the calls that were released are bound.
+    let s = g.check_request(req().with_stream(true)).unwrap().stream();
+    let end = s.end(None, vec![call.clone()]).unwrap();
+    let receipt = end.receipt().unwrap();
+    assert!(
+        verifier
+            .verify_answer(receipt, end.text.as_bytes(), &end.tool_calls)
+            .is_ok()
+    );
+    assert!(verifier.verify(receipt, end.text.as_bytes()).is_err());
+    // An answer without calls verifies with either.
+    let (receipt, text, _) = issue(&g, "No calls here.");
+    assert!(
+        verifier
+            .verify_answer(&receipt, text.as_bytes(), &[])
+            .is_ok()
+    );
+}
