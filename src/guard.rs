@@ -163,6 +163,23 @@ impl Policy {
     fn shadow(&self, stage: Stage) -> bool {
         self.enforcement[stage.index()] == Enforcement::Shadow
     }
+
+    /// Applies rule overrides to `findings` and says what the stage did: the one
+    /// mapping from findings to an outcome, for input, whole answers and streams.
+    fn judge(&self, stage: Stage, findings: &mut [Finding]) -> StageOutcome {
+        outcome_of(self.resolve(findings), self.shadow(stage))
+    }
+}
+
+/// The outcome of a stage whose strictest action is `action`.
+fn outcome_of(action: Option<Action>, shadow: bool) -> StageOutcome {
+    match action {
+        None => StageOutcome::Passed,
+        Some(Action::Flag) => StageOutcome::Flagged,
+        Some(_) if shadow => StageOutcome::Shadowed,
+        Some(Action::Block) => StageOutcome::Rejected,
+        Some(_) => StageOutcome::Redacted,
+    }
 }
 
 struct Inner {
@@ -1176,16 +1193,8 @@ impl InferenceGuard {
                     return Err(r);
                 }
             } else {
-                let action = g.policy.resolve(&mut findings);
-                let shadow = g.policy.shadow(Stage::InputScan);
+                let outcome = g.policy.judge(Stage::InputScan, &mut findings);
                 let n = findings.len();
-                let outcome = match action {
-                    None => StageOutcome::Passed,
-                    Some(Action::Flag) => StageOutcome::Flagged,
-                    Some(_) if shadow => StageOutcome::Shadowed,
-                    Some(Action::Block) => StageOutcome::Rejected,
-                    Some(_) => StageOutcome::Redacted,
-                };
                 if outcome == StageOutcome::Redacted {
                     redact_messages(request, &findings, &mut trace.vault);
                     if !trace.vault.is_empty() && !g.validators.is_empty() {
@@ -1302,68 +1311,76 @@ impl InferenceGuard {
             all.append(&mut f);
             return self.apply_output_findings(all, Some(only), trace);
         }
-        // Several parts: resolve each, redact each with its own findings, record once.
+        // Several parts: each is redacted with its own findings; one decision.
         let shadow = g.policy.shadow(Stage::OutputValidation);
         for (resp, mut findings) in responses.iter_mut().zip(per_part) {
-            let action = g.policy.resolve(&mut findings);
-            if matches!(action, Some(Action::Redact)) && !shadow {
+            if g.policy.judge(Stage::OutputValidation, &mut findings) == StageOutcome::Redacted
+                && !shadow
+            {
                 redact_response(resp, &findings);
             }
             all.append(&mut findings);
         }
-        let mut decided = std::mem::take(&mut all);
-        let action = g.policy.resolve(&mut decided);
-        let outcome = match action {
-            None => StageOutcome::Passed,
-            Some(Action::Flag) => StageOutcome::Flagged,
-            Some(_) if shadow => StageOutcome::Shadowed,
-            Some(Action::Block) => StageOutcome::Rejected,
-            Some(_) => StageOutcome::Redacted,
-        };
-        trace.push(Stage::OutputValidation, outcome, decided.len());
-        let result = if outcome == StageOutcome::Rejected {
-            let mut r = Rejection::output_blocked(summarize(&decided, Action::Block));
-            r.set_stage(Stage::OutputValidation);
-            Err(r)
-        } else {
-            Ok(())
-        };
-        trace.output_findings.append(&mut decided);
-        result
+        let verdict = self.judge_output(all, trace);
+        trace.push(
+            Stage::OutputValidation,
+            verdict.as_ref().map_or(StageOutcome::Rejected, |o| *o),
+            trace.output_findings.len(),
+        );
+        verdict.map(|_| ())
     }
 
-    /// Applies policy to output findings; redacts `response` when given.
+    /// Applies policy to output findings; redacts `response` when given; records the
+    /// stage.
     pub(crate) fn apply_output_findings(
         &self,
         mut findings: Vec<Finding>,
         response: Option<&mut GuardResponse>,
         trace: &mut Trace,
     ) -> Result<(), Rejection> {
-        let g = &*self.inner;
-        let action = g.policy.resolve(&mut findings);
-        let shadow = g.policy.shadow(Stage::OutputValidation);
-        let outcome = match action {
-            None => StageOutcome::Passed,
-            Some(Action::Flag) => StageOutcome::Flagged,
-            Some(_) if shadow => StageOutcome::Shadowed,
-            Some(Action::Block) => StageOutcome::Rejected,
-            Some(_) => StageOutcome::Redacted,
-        };
+        let outcome = self
+            .inner
+            .policy
+            .judge(Stage::OutputValidation, &mut findings);
         if outcome == StageOutcome::Redacted {
             if let Some(resp) = response {
                 redact_response(resp, &findings);
             }
         }
-        trace.push(Stage::OutputValidation, outcome, findings.len());
+        let n = findings.len();
+        let verdict = self.judge_output(findings, trace);
+        trace.push(Stage::OutputValidation, outcome, n);
+        verdict.map(|_| ())
+    }
+
+    /// The output judgement: applies policy to `findings`, adds them to the
+    /// trace, and returns the outcome, or the rejection when they block. It does
+    /// not record the stage: a whole answer records it at once, a stream when it
+    /// ends or is blocked.
+    pub(crate) fn judge_output(
+        &self,
+        mut findings: Vec<Finding>,
+        trace: &mut Trace,
+    ) -> Result<StageOutcome, Rejection> {
+        let outcome = self
+            .inner
+            .policy
+            .judge(Stage::OutputValidation, &mut findings);
         let result = if outcome == StageOutcome::Rejected {
             let mut r = Rejection::output_blocked(summarize(&findings, Action::Block));
             r.set_stage(Stage::OutputValidation);
             Err(r)
         } else {
-            Ok(())
+            Ok(outcome)
         };
         trace.output_findings.append(&mut findings);
         result
+    }
+
+    /// The outcome of the output findings recorded so far (a stream's, at its end).
+    pub(crate) fn output_outcome(&self, trace: &Trace) -> StageOutcome {
+        let action = trace.output_findings.iter().map(Finding::action).max();
+        outcome_of(action, self.inner.policy.shadow(Stage::OutputValidation))
     }
 
     pub(crate) fn shadow(&self, stage: Stage) -> bool {

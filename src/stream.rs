@@ -320,38 +320,11 @@ impl StreamGuard {
             }
         }
         let usage = usage.unwrap_or_else(|| self.estimated_usage());
-        let spent = self.spent;
-        let shadow = self.admission.guard().shadow(Stage::OutputValidation);
-        let (_, _, trace) = self.admission.parts_mut();
-        let found = &trace.output_findings;
-        let outcome = if found.iter().any(|f| f.action() != Action::Flag) && shadow {
-            StageOutcome::Shadowed
-        } else if found.iter().any(|f| f.action() == Action::Redact) {
-            StageOutcome::Redacted
-        } else if found.is_empty() {
-            StageOutcome::Passed
-        } else {
-            StageOutcome::Flagged
-        };
-        if !trace
-            .stages
-            .iter()
-            .any(|s| s.stage == Stage::OutputValidation)
-        {
-            trace.stages.push(StageRecord {
-                stage: Stage::OutputValidation,
-                outcome,
-                start: Instant::now()
-                    .checked_sub(spent)
-                    .unwrap_or_else(Instant::now),
-                end: Instant::now(),
-                error: None,
-                findings: u32::try_from(found.len()).unwrap_or(u32::MAX),
-            });
-        }
+        let guard = self.admission.guard().clone();
+        let outcome = guard.output_outcome(self.admission.parts_mut().2);
+        self.record_stage(outcome);
         self.admission
             .finish_stream(Outcome::Completed, None, usage, &self.text)?;
-        let guard = self.admission.guard().clone();
         let receipt = guard.receipt_signer().map(|signer| {
             let digest = format!(
                 "sha256:{}",
@@ -373,6 +346,28 @@ impl StreamGuard {
             tool_calls,
             receipt,
         })
+    }
+
+    /// Records the output stage once per stream, with the time spent in it.
+    fn record_stage(&mut self, outcome: StageOutcome) {
+        let spent = self.spent;
+        let (_, _, trace) = self.admission.parts_mut();
+        if trace
+            .stages
+            .iter()
+            .any(|s| s.stage == Stage::OutputValidation)
+        {
+            return;
+        }
+        let end = Instant::now();
+        trace.stages.push(StageRecord {
+            stage: Stage::OutputValidation,
+            outcome,
+            start: end.checked_sub(spent).unwrap_or(end),
+            end,
+            error: None,
+            findings: u32::try_from(trace.output_findings.len()).unwrap_or(u32::MAX),
+        });
     }
 
     fn estimated_usage(&self) -> Usage {
@@ -417,13 +412,11 @@ impl StreamGuard {
         if !findings.is_empty() {
             let guard = self.admission.guard().clone();
             let (_, _, trace) = self.admission.parts_mut();
-            let shadow = guard.shadow(Stage::OutputValidation);
             let before = trace.output_findings.len();
-            // apply_output_findings pushes a stage record; we keep one record per
-            // stream, so remove it again and account the time ourselves.
-            let result = guard.apply_output_findings(std::mem::take(&mut findings), None, trace);
-            trace.stages.pop();
-            if !shadow {
+            // The same judgement as a whole answer's; the stage is recorded once,
+            // when the stream ends or is blocked.
+            let verdict = guard.judge_output(std::mem::take(&mut findings), trace);
+            if !guard.shadow(Stage::OutputValidation) {
                 self.pending_redactions.extend(
                     trace.output_findings[before..]
                         .iter()
@@ -433,19 +426,9 @@ impl StreamGuard {
                         .cloned(),
                 );
             }
-            if let Err(r) = result {
+            if let Err(r) = verdict {
                 self.spent += t0.elapsed();
-                let (_, _, trace) = self.admission.parts_mut();
-                trace.stages.push(StageRecord {
-                    stage: Stage::OutputValidation,
-                    outcome: StageOutcome::Rejected,
-                    start: Instant::now()
-                        .checked_sub(self.spent)
-                        .unwrap_or_else(Instant::now),
-                    end: Instant::now(),
-                    error: None,
-                    findings: u32::try_from(trace.output_findings.len()).unwrap_or(u32::MAX),
-                });
+                self.record_stage(StageOutcome::Rejected);
                 return Err(self.block(r));
             }
         }

@@ -549,6 +549,7 @@ impl AnswerValidator {
             overlap: (reference.reference_len() > 0).then_some(reference),
             done: 0,
             line: 0,
+            seen: 0,
             next_try: 0,
             fence: None,
             carry: markdown::Carry::default(),
@@ -857,6 +858,8 @@ struct Engine {
     done: usize,
     /// Where the next line to look at starts.
     line: usize,
+    /// How far the search for that line's end has looked.
+    seen: usize,
     /// A cut refused at some line is tried again only this far on.
     next_try: usize,
     /// A quick reading of top-level code fences, to know where cuts may fall (the
@@ -871,10 +874,16 @@ impl Engine {
     /// Judges every segment that is complete; returns how far the answer is final.
     fn advance(&mut self, text: &str, eos: bool, out: &mut Vec<Finding>) -> usize {
         let b = text.as_bytes();
-        while let Some(nl) = memchr::memchr(b'\n', &b[self.line.min(b.len())..]) {
+        loop {
+            let from = self.seen.max(self.line).min(b.len());
+            let Some(nl) = memchr::memchr(b'\n', &b[from..]) else {
+                self.seen = b.len();
+                break;
+            };
             let start = self.line;
-            let end = start + nl + 1;
+            let end = from + nl + 1;
             self.line = end;
+            self.seen = end;
             let line = &text[start..end];
             self.track_fence(line);
             if end - self.done < MIN_SEGMENT || end < self.next_try {
