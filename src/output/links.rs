@@ -219,7 +219,7 @@ pub(crate) fn bare_urls(policy: &LinkPolicy, text: &str, offset: usize, out: &mu
             url = url[..url.len() - 1].trim_end_matches(['.', ',', ';', ':', '!', '?']);
         }
         let span = offset + m.start()..offset + m.start() + url.len();
-        judge(policy, Kind::Bare, url, "[link removed]", span, out);
+        judge(policy, Kind::Bare, url, "(link removed)", span, out);
     }
 }
 

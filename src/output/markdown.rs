@@ -141,11 +141,17 @@ pub(crate) fn judge_segment(
         | Options::ENABLE_TASKLISTS
         | Options::ENABLE_FOOTNOTES;
     let defs = &carry.defs;
+    // A reference to a label defined in an earlier segment resolves as in the
+    // renderer. An image by a label not defined (yet) is an image to remove; a link
+    // by such a label stays text, as in a renderer that has no definition for it
+    // (made a link, it would hide the brackets around it: `[a [b]](javascript:..)`).
+    let text: &str = &src;
     let callback = |b: BrokenLink<'_>| -> Option<(CowStr<'_>, CowStr<'_>)> {
-        let dest = defs
-            .get(&label(&b.reference))
-            .cloned()
-            .unwrap_or_else(|| UNRESOLVED.to_owned());
+        let dest = match defs.get(&label(&b.reference)) {
+            Some(d) => d.clone(),
+            None if text[b.span.start.min(text.len())..].starts_with('!') => UNRESOLVED.to_owned(),
+            None => return None,
+        };
         Some((CowStr::from(dest), CowStr::from("")))
     };
     let mut iter =

@@ -676,6 +676,34 @@ impl AnswerValidator {
     }
 }
 
+/// `seg` with the terminal findings applied as they will be, and for each byte
+/// of the result (and its end) the offset in `seg` it comes from.
+fn cleaned(seg: &str, terminal: &[Finding]) -> (String, Vec<usize>) {
+    let mut clean = String::with_capacity(seg.len());
+    let mut map = Vec::with_capacity(seg.len() + 1);
+    let mut pos = 0;
+    for f in terminal {
+        let s = f.span();
+        if s.start < pos {
+            continue;
+        }
+        clean.push_str(&seg[pos..s.start]);
+        map.extend(pos..s.start);
+        let r = if f.action() == Action::Redact {
+            f.replacement().unwrap_or("")
+        } else {
+            ""
+        };
+        clean.push_str(r);
+        map.extend(std::iter::repeat_n(s.start, r.len()));
+        pos = s.end;
+    }
+    clean.push_str(&seg[pos..]);
+    map.extend(pos..seg.len());
+    map.push(seg.len());
+    (clean, map)
+}
+
 /// Canary-shaped tokens in a text.
 fn canary_tokens(text: &str) -> impl Iterator<Item = &str> {
     text.match_indices(CANARY_PREFIX).filter_map(move |(i, _)| {
@@ -901,7 +929,9 @@ impl Engine {
                 Cut::Block
             };
             if !self.segment(text, end, Some(cut), out) {
-                self.next_try = end + MIN_SEGMENT;
+                // Tries back off as the segment grows: parsing stays linear in the
+                // answer even when no cut qualifies for a long time.
+                self.next_try = end + (end - self.done).max(MIN_SEGMENT);
             }
         }
         if eos && self.done < text.len() {
@@ -962,8 +992,24 @@ impl Engine {
             code_is_inert: v.code_is_inert,
             bare_urls: true,
         };
-        let judged =
-            markdown::judge_segment(seg, start, &self.carry, &rules, cut.is_none(), &mut found);
+        // Terminal sequences go first, and markup is judged on the text as it will
+        // be without them: removing one must not join `<script` and `>`.
+        let mut terminal = Vec::new();
+        markup::terminal(&v.markup, v.ansi, seg, 0, &mut terminal);
+        let judged = if terminal.is_empty() {
+            markdown::judge_segment(seg, start, &self.carry, &rules, cut.is_none(), &mut found)
+        } else {
+            let (clean, map) = cleaned(seg, &terminal);
+            let mut local = Vec::new();
+            let judged =
+                markdown::judge_segment(&clean, 0, &self.carry, &rules, cut.is_none(), &mut local);
+            for f in local {
+                let s = f.span();
+                let at = map[s.start.min(clean.len())] + start..map[s.end.min(clean.len())] + start;
+                found.push(f.with_span(at));
+            }
+            judged
+        };
         let refused = match cut {
             None => false,
             Some(Cut::Block) => !judged.closed,
@@ -977,11 +1023,18 @@ impl Engine {
         if let Some(s) = &v.scanner {
             s.scan_leaks(seg, Location::Output, &mut rest);
         }
-        markup::terminal(&v.markup, v.ansi, seg, 0, &mut rest);
+        rest.append(&mut terminal);
         scan_canaries(&v.canaries, &self.canaries, seg, &mut rest);
         for f in rest {
             let s = f.span();
             found.push(f.with_span(s.start + start..s.end + start));
+        }
+        let mut judged = judged;
+        if found.iter().any(|f| f.action() == Action::Redact) {
+            if let Some((f, carry)) = self.settle(seg, start, &found, &rules, cut.is_none()) {
+                found.push(f);
+                judged.carry = carry;
+            }
         }
         out.append(&mut found);
         if let Some(sh) = &mut self.overlap {
@@ -1004,6 +1057,82 @@ impl Engine {
         self.done = end;
         self.next_try = 0;
         true
+    }
+
+    /// What a rewrite leaves must be clean too: removing a link can turn the
+    /// brackets around it into a link, a mask can become a link's text. Judges the
+    /// rewritten segment again until nothing changes (at most four rounds, then the
+    /// rest of the segment is dropped) and, when a later round changed something,
+    /// returns one finding that replaces the changed stretch of `seg` with its final
+    /// form (it covers the earlier findings there), and the carry of the final text.
+    fn settle(
+        &self,
+        seg: &str,
+        start: usize,
+        found: &[Finding],
+        rules: &markdown::Rules<'_>,
+        last: bool,
+    ) -> Option<(Finding, markdown::Carry)> {
+        let local: Vec<Finding> = found
+            .iter()
+            .filter(|f| f.action() == Action::Redact && f.location() == Location::Output)
+            .map(|f| {
+                let s = f.span();
+                f.clone()
+                    .with_span(s.start.saturating_sub(start)..s.end.saturating_sub(start))
+            })
+            .collect();
+        let first = crate::finding::redact(seg, &local);
+        let mut text = first.clone();
+        let mut rule: Option<Finding> = None;
+        let mut carry = None;
+        for round in 0..4 {
+            let mut again = Vec::new();
+            let j = markdown::judge_segment(&text, 0, &self.carry, rules, last, &mut again);
+            again.retain(|f| f.action() != Action::Flag);
+            if again.is_empty() {
+                carry = Some(j.carry);
+                break;
+            }
+            if rule.is_none() {
+                rule = again.first().cloned();
+            }
+            if round == 3 || again.iter().any(|f| f.action() == Action::Block) {
+                // It does not settle: nothing of the changed stretch goes out.
+                let cut = again.iter().map(|f| f.span().start).min().unwrap_or(0);
+                text.truncate(crate::finding::floor_boundary(&text, cut));
+                carry = Some(j.carry);
+                break;
+            }
+            text = crate::finding::redact(&text, &again);
+        }
+        let rule = rule?;
+        // The changed stretch: from the first differing byte to the last.
+        let p = seg
+            .bytes()
+            .zip(text.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let p = crate::finding::floor_boundary(seg, p.min(text.len()));
+        let q = seg[p..]
+            .bytes()
+            .rev()
+            .zip(text[p..].bytes().rev())
+            .take_while(|(a, b)| a == b)
+            .count();
+        let (seg_end, text_end) = (seg.len() - q, text.len() - q);
+        let seg_end = crate::finding::ceil_boundary(seg, seg_end.max(p));
+        let text_end = crate::finding::ceil_boundary(&text, text_end.max(p));
+        let f = Finding::new(
+            rule.rule_id().to_owned(),
+            rule.category().clone(),
+            rule.severity(),
+            Location::Output,
+            start + p..start + seg_end,
+        )
+        .with_action(Action::Redact)
+        .with_replacement(text[p..text_end].to_owned());
+        Some((f, carry.unwrap_or_default()))
     }
 
     /// Whether `seg` ends with the beginning of a canary in one of its forms (a cut
