@@ -97,9 +97,13 @@ fn main() {
             let label = rec["label"].as_str().unwrap_or_default();
             let cat = rec["category"].as_str().unwrap_or("unknown").to_owned();
             let findings = scanner.scan_text(t, Location::Message(0));
-            let flagged = findings
-                .iter()
-                .any(|f| *f.category() != Category::PersonalData);
+            // The classifier between its flag and block thresholds is a shadow
+            // observation for review, not a detection.
+            let flagged = findings.iter().any(|f| {
+                *f.category() != Category::PersonalData
+                    && !(f.rule_id() == "classifier.injection"
+                        && f.action() == inference_guard::Action::Flag)
+            });
             redacted += u64::from(!flagged && !findings.is_empty());
             if verbose && ((label == "attack") != flagged) {
                 let rules: Vec<&str> = findings.iter().map(|f| f.rule_id()).collect();

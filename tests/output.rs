@@ -303,17 +303,14 @@ fn markup_is_judged_as_renderers_parse_it() {
             "![a](https://evil.test/x.png \"a\ntitle\")".into(),
             "a".into(),
         ),
-        (
-            format!("![{long_alt}](https://evil.test/x.png)"),
-            long_alt.clone(),
-        ),
+        (format!("![{long_alt}](https://evil.test/x.png)"), long_alt),
         (
             "![x][r]\n\n[r]:\n  https://evil.test/p.png".into(),
             "x\n\n[r]:\n  https://evil.test/p.png".into(),
         ),
         (
             format!("<img alt=\"{long_attr}\" src=https://evil.test/p.png>"),
-            long_attr.clone(),
+            long_attr,
         ),
         (
             "[![x](https://evil.test/p.png?u=1)](https://docs.example.com)".into(),

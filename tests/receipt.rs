@@ -255,7 +255,7 @@ fn a_receipt_binds_the_tool_calls_whole_and_streamed() {
     );
     // Streamed: the calls that were released are bound.
     let s = g.check_request(req().with_stream(true)).unwrap().stream();
-    let end = s.end(None, vec![call.clone()]).unwrap();
+    let end = s.end(None, vec![call]).unwrap();
     let receipt = end.receipt().unwrap();
     assert!(
         verifier

@@ -50,7 +50,12 @@ fuzz_target!(|data: &[u8]| {
     let removed: Vec<&str> = findings
         .iter()
         .filter(|f| f.action() != Action::Flag)
-        .filter(|f| matches!(f.category(), Category::UnsafeMarkup | Category::Exfiltration))
+        .filter(|f| {
+            matches!(
+                f.category(),
+                Category::UnsafeMarkup | Category::Exfiltration
+            )
+        })
         .map(Finding::rule_id)
         .collect();
     assert!(

@@ -102,8 +102,8 @@ fn html_block_open(block: &str) -> bool {
             }
         }
     }
-    if b.starts_with("<!--") {
-        return !b[4..].contains("-->");
+    if let Some(rest) = b.strip_prefix("<!--") {
+        return !rest.contains("-->");
     }
     if b.starts_with("<?") {
         return !b.contains("?>");
@@ -111,8 +111,8 @@ fn html_block_open(block: &str) -> bool {
     if b.starts_with("<![cdata[") {
         return !b.contains("]]>");
     }
-    if b.starts_with("<!") {
-        return !b[2..].contains('>');
+    if let Some(rest) = b.strip_prefix("<!") {
+        return !rest.contains('>');
     }
     false
 }

@@ -1082,8 +1082,7 @@ impl Engine {
                     .with_span(s.start.saturating_sub(start)..s.end.saturating_sub(start))
             })
             .collect();
-        let first = crate::finding::redact(seg, &local);
-        let mut text = first.clone();
+        let mut text = crate::finding::redact(seg, &local);
         let mut rule: Option<Finding> = None;
         let mut carry = None;
         for round in 0..4 {

@@ -54,6 +54,7 @@
 //! assert!(scanner.scan_text("Please summarise the attached report.", Location::Message(0)).is_empty());
 //! ```
 
+mod classifier;
 mod encoding;
 mod heuristics;
 pub(crate) mod normalize;
@@ -61,6 +62,7 @@ mod redaction;
 mod secrets;
 mod unicode;
 
+pub use classifier::{Classifier, Example, Score, Trainer};
 pub use redaction::Redaction;
 pub use secrets::{Rule, Validator};
 
@@ -79,6 +81,7 @@ use crate::step::Step;
 
 struct Inner {
     rules: secrets::RuleSet,
+    classifier: Option<Classifier>,
     redaction: Redaction,
     families: Vec<heuristics::Family>,
     family_set: regex::RegexSet,
@@ -115,6 +118,7 @@ impl Default for Scanner {
 #[derive(Clone, Debug)]
 pub struct ScannerBuilder {
     rules: Vec<Rule>,
+    classifier: Option<Classifier>,
     redaction: Redaction,
     threshold: f32,
     disabled: HashSet<String>,
@@ -129,6 +133,18 @@ impl ScannerBuilder {
     #[must_use]
     pub fn threshold(mut self, t: f32) -> Self {
         self.threshold = if t.is_finite() && t > 0.0 { t } else { 1.0 };
+        self
+    }
+
+    /// The learned classifier that decides on prompt injection and jailbreak
+    /// intent (default [`Classifier::builtin`]); `None` leaves the decision to the
+    /// rule families and [`threshold`](Self::threshold). With a classifier, a rule
+    /// family that fires is reported only when the classifier flags the text (it
+    /// explains the finding); the standalone rules (decoding requests, fake
+    /// delimiters, ...) are reported either way.
+    #[must_use]
+    pub fn classifier(mut self, classifier: Option<Classifier>) -> Self {
+        self.classifier = classifier;
         self
     }
 
@@ -184,6 +200,7 @@ impl ScannerBuilder {
         Scanner {
             inner: Arc::new(Inner {
                 rules: secrets::RuleSet::new(rules),
+                classifier: self.classifier,
                 redaction: self.redaction,
                 family_set: heuristics::family_set(&heuristics::families()),
                 families: heuristics::families(),
@@ -208,6 +225,7 @@ impl Scanner {
     pub fn builder() -> ScannerBuilder {
         ScannerBuilder {
             rules: Vec::new(),
+            classifier: Some(Classifier::builtin()),
             redaction: Redaction::mask(),
             threshold: 1.0,
             disabled: HashSet::new(),
@@ -268,7 +286,81 @@ impl Scanner {
         let before = out.len();
         let n = normalize::normalize(text);
         let verdict = heuristics::evaluate(&g.families, &g.family_set, text, &n);
-        heuristics::findings(&g.families, &verdict, g.threshold, at, out);
+        // Encoded payloads first: a text that carries one is judged by the rules as
+        // before (the classifier has not learnt encodings; the decoding rules have).
+        let enc_from = out.len();
+        let mut decoded = encoding::scan(&g.encodings, text, at, out);
+        let carries_encoding = out[enc_from..]
+            .iter()
+            .any(|f| *f.category() == crate::Category::EncodedPayload);
+        let f = g.classifier.as_ref().map(|_| classifier::features(&n.text));
+        match (&g.classifier, f) {
+            (None, _) | (_, None) => {
+                heuristics::findings(&g.families, &verdict, g.threshold, at, out);
+            }
+            (Some(_), Some(_)) if carries_encoding => {
+                heuristics::findings(&g.families, &verdict, g.threshold, at, out);
+            }
+            (Some(c), Some(f)) if f.word_count() < classifier::MIN_WORDS => {
+                // A short text gives the classifier little to go on: the rules
+                // decide, and the classifier only when it is nearly certain.
+                heuristics::findings(&g.families, &verdict, g.threshold, at, out);
+                let fired: Vec<usize> = verdict.fired.iter().map(|(i, _)| *i).collect();
+                let (p, _, _) = c.score_features(&f, &fired);
+                if p >= classifier::SHORT_BLOCK.max(c.block_at()) && verdict.score < g.threshold {
+                    out.push(
+                        Finding::new(
+                            "classifier.injection",
+                            crate::Category::PromptInjection,
+                            crate::Severity::Critical,
+                            at,
+                            0..text.len(),
+                        )
+                        .with_confidence(p),
+                    );
+                }
+            }
+            (Some(c), Some(f)) => {
+                let f = &f;
+                let fired: Vec<usize> = verdict.fired.iter().map(|(i, _)| *i).collect();
+                let (p, s, e) = c.score_features(f, &fired);
+                let decided = p >= c.flag_at();
+                // Above the block threshold the families that fired explain the
+                // finding; between flag and block they decide as they would alone
+                // (their score against the threshold); below flag they are silent.
+                let rules_at = if p >= c.block_at() {
+                    0.0
+                } else if decided {
+                    g.threshold
+                } else {
+                    f32::INFINITY
+                };
+                heuristics::findings(&g.families, &verdict, rules_at, at, out);
+                if decided {
+                    let span = f.window_span(text, &n, s, e);
+                    let category = verdict
+                        .fired
+                        .iter()
+                        .map(|(i, _)| &g.families[*i])
+                        .filter(|fam| fam.weight > 0.0)
+                        .max_by(|a, b| a.weight.total_cmp(&b.weight))
+                        .map_or(crate::Category::PromptInjection, |fam| fam.category.clone());
+                    let finding = Finding::new(
+                        "classifier.injection",
+                        category,
+                        crate::Severity::Critical,
+                        at,
+                        span,
+                    )
+                    .with_confidence(p);
+                    out.push(if p >= c.block_at() {
+                        finding
+                    } else {
+                        finding.with_action(crate::Action::Flag)
+                    });
+                }
+            }
+        }
         if verdict.score < g.threshold && text.len() >= 20 && !reads_as_english(&n.text) {
             // ROT13: the same heuristics on the rotated text.
             let rotated_text = encoding::rot13(text);
@@ -284,7 +376,6 @@ impl Scanner {
                 ));
             }
         }
-        let mut decoded = encoding::scan(&g.encodings, text, at, out);
         if !nested {
             let hidden = decode_tags(text);
             if !hidden.is_empty() {
@@ -326,6 +417,23 @@ impl Scanner {
             }
         }
     }
+}
+
+/// The built-in rule families that fire on a text (indices), for the classifier.
+pub(crate) fn families_fired(text: &str) -> Vec<usize> {
+    static SET: std::sync::OnceLock<(Vec<heuristics::Family>, regex::RegexSet)> =
+        std::sync::OnceLock::new();
+    let (families, set) = SET.get_or_init(|| {
+        let f = heuristics::families();
+        let s = heuristics::family_set(&f);
+        (f, s)
+    });
+    let n = normalize::normalize(text);
+    heuristics::evaluate(families, set, text, &n)
+        .fired
+        .into_iter()
+        .map(|(i, _)| i)
+        .collect()
 }
 
 /// Whether normalized text is plain English already (so a ROT13 reading of it is not
