@@ -35,6 +35,10 @@ fn repeat_to(s: &str, n: usize) -> String {
 
 fn bench(c: &mut Criterion) {
     let scanner = Scanner::new();
+    // The same scanner without the classifier, and the classifier on its own
+    // (normalization, rule families and scoring).
+    let rules_only = Scanner::builder().classifier(None).build();
+    let classifier = inference_guard::scan::Classifier::builtin();
     let finder = memchr::memmem::Finder::new("zq#never-present#qz");
     let mut g = c.benchmark_group("scan");
     for (name, base) in [("prose", PROSE), ("dense", DENSE)] {
@@ -45,6 +49,18 @@ fn bench(c: &mut Criterion) {
                 BenchmarkId::new(format!("{name}_scanner"), size),
                 &text,
                 |b, t| b.iter(|| black_box(scanner.scan_text(black_box(t), Location::Message(0)))),
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}_rules_only"), size),
+                &text,
+                |b, t| {
+                    b.iter(|| black_box(rules_only.scan_text(black_box(t), Location::Message(0))))
+                },
+            );
+            g.bench_with_input(
+                BenchmarkId::new(format!("{name}_classifier_alone"), size),
+                &text,
+                |b, t| b.iter(|| black_box(classifier.score(black_box(t)))),
             );
             g.bench_with_input(
                 BenchmarkId::new(format!("{name}_memmem"), size),

@@ -49,6 +49,9 @@
 //! [input]
 //! redaction = "pseudonymize"        # mask, partial, remove, pseudonymize
 //! scan_instructions = false         # heuristics on system/developer messages too
+//! classifier = true                 # the learned classifier decides (false: rules only)
+//! classifier_block = 0.9            # its block threshold (default: the calibrated one)
+//! classifier_flag = 0.3             # its flag threshold, at or below block
 //! disable = ["jailbreak.hypothetical"]
 //!
 //! [output]
@@ -302,6 +305,12 @@ struct Input {
     shadow: bool,
     #[serde(default)]
     scan_instructions: bool,
+    #[serde(default = "yes")]
+    classifier: bool,
+    #[serde(default)]
+    classifier_flag: Option<f32>,
+    #[serde(default)]
+    classifier_block: Option<f32>,
 }
 
 impl Default for Input {
@@ -313,6 +322,9 @@ impl Default for Input {
             redaction: None,
             shadow: false,
             scan_instructions: false,
+            classifier: true,
+            classifier_flag: None,
+            classifier_block: None,
         }
     }
 }
@@ -749,6 +761,18 @@ impl Policy {
                 s = s.disable(d.clone());
             }
             s = s.scan_instructions(self.input.scan_instructions);
+            let classifier = if self.input.classifier {
+                let c = crate::scan::Classifier::builtin();
+                let flag = self.input.classifier_flag.unwrap_or(c.flag_at());
+                let block = self.input.classifier_block.unwrap_or(c.block_at());
+                Some(
+                    c.with_thresholds(flag, block)
+                        .map_err(|e| err("input.classifier_block", e))?,
+                )
+            } else {
+                None
+            };
+            s = s.classifier(classifier);
             s = s.redaction(match self.input.redaction {
                 None | Some(RedactionSpec::Mask) => Redaction::mask(),
                 Some(RedactionSpec::Partial) => Redaction::partial(4),

@@ -1,9 +1,10 @@
 //! Input scanners: prompt injection, jailbreaks, encoded instructions and Unicode
 //! smuggling, over any text, with exact byte spans.
 //!
-//! Known limits: the heuristics flag 93% of the jailbreak corpus we evaluate on (most
-//! misses are role-play prompts without a rule-breaking clause), and scan English
-//! prose at about 86 MiB/s on our machines. The output stage
+//! Injection and jailbreak intent is decided by a learned [`Classifier`] (weights
+//! in the crate, trained by `examples/train_classifier.rs`), with the rule
+//! families as its features and explanations; see the README for what it reaches
+//! and misses on held-out splits. The output stage
 //! ([`AnswerValidator`](crate::output::AnswerValidator)) reuses the credential and
 //! personal-data rules on answers.
 //!
@@ -22,13 +23,20 @@
 //!   in Persian and Arabic, ZWJ in emoji sequences and Indic scripts are not
 //!   flagged), C0/C1 controls and ANSI escapes, and words that mix Latin with
 //!   Cyrillic or Greek look-alikes.
-//! - **Injection and jailbreak heuristics** run over a normalized text: case folded,
-//!   whitespace collapsed, invisible characters removed, confusables and leetspeak
-//!   folded. Families of patterns (instruction override, fake chat-template
-//!   delimiters, requests for the system prompt, forged tool calls, personas without
-//!   rules, ...) each carry a weight; the text is flagged when the weights of the
-//!   families that fire reach the threshold, and the finding lists the rules that
-//!   fired.
+//! - **Injection and jailbreak intent** is read from a normalized text: case
+//!   folded, whitespace collapsed, invisible characters removed, confusables and
+//!   leetspeak folded. The [`Classifier`] scores it (hashed words, word pairs and
+//!   character 4-grams, and which rule families fired: instruction override, fake
+//!   chat-template delimiters, requests for the system prompt, forged tool calls,
+//!   personas without rules, ...) over windows of 32 words; at or above its block
+//!   threshold the text is rejected (`classifier.injection`, the probability as
+//!   confidence, the families that fired as explanations); between its flag and
+//!   block thresholds it is flagged and the families decide as they would alone
+//!   (their weights against [`ScannerBuilder::threshold`]); below, they are silent.
+//!   Texts under 16 words and texts that carry an encoded payload are judged by the
+//!   families alone (the classifier blocks a short text only when 95% sure).
+//!   Without a classifier ([`ScannerBuilder::classifier`]`(None)`) the families
+//!   decide everything, as before.
 //! - **Encoded instructions**: requests to decode something, and tokens in base64,
 //!   base32, hex, ascii85, URL encoding, quoted-printable, MIME, braille, Morse, NATO
 //!   spelling, zalgo, emoji or mixed-script blobs. Text that decodes to natural
@@ -42,7 +50,8 @@
 //! credentials, personal data and Unicode smuggling only, unless
 //! [`ScannerBuilder::scan_instructions`] is on.
 //!
-//! A model-based classifier can be added as another [`InputScanner`] stage.
+//! A model-based classifier (a transformer) can be added as another [`InputScanner`]
+//! stage.
 //!
 //! ```
 //! use inference_guard::scan::Scanner;
