@@ -111,6 +111,20 @@ fn misspell(text: &str, seed: u64) -> String {
     out
 }
 
+/// Whether `scanner` rejects `text` for injection or jailbreak intent (a finding
+/// that only flags for review does not count).
+fn rejected(scanner: &inference_guard::scan::Scanner, text: &str) -> bool {
+    scanner
+        .scan_text(text, inference_guard::Location::Message(0))
+        .iter()
+        .any(|f| {
+            matches!(
+                f.category(),
+                inference_guard::Category::PromptInjection | inference_guard::Category::Jailbreak
+            ) && f.action() != inference_guard::Action::Flag
+        })
+}
+
 fn bucket(len: usize) -> &'static str {
     match len {
         0..100 => "<100B",
@@ -323,30 +337,8 @@ fn main() {
     let combined = inference_guard::scan::Scanner::builder()
         .classifier(Some(model.clone()))
         .build();
-    let rejects = |t: &str| {
-        combined
-            .scan_text(t, inference_guard::Location::Message(0))
-            .iter()
-            .any(|f| {
-                matches!(
-                    f.category(),
-                    inference_guard::Category::PromptInjection
-                        | inference_guard::Category::Jailbreak
-                ) && f.action() != inference_guard::Action::Flag
-            })
-    };
-    let rule_hit = |t: &str| {
-        rules
-            .scan_text(t, inference_guard::Location::Message(0))
-            .iter()
-            .any(|f| {
-                matches!(
-                    f.category(),
-                    inference_guard::Category::PromptInjection
-                        | inference_guard::Category::Jailbreak
-                )
-            })
-    };
+    let rejects = |t: &str| rejected(&combined, t);
+    let rule_hit = |t: &str| rejected(&rules, t);
     let mut table: BTreeMap<(bool, String), [usize; 4]> = BTreeMap::new();
     for (r, s) in &test {
         let rh = rule_hit(&r.text);

@@ -74,7 +74,7 @@ impl fmt::Debug for Classifier {
 pub struct Score {
     /// Between 0 and 1.
     pub probability: f32,
-    /// The deciding window, in bytes of the normalized text's source.
+    /// The deciding window, as a byte span of the scored text.
     pub window: std::ops::Range<usize>,
 }
 
