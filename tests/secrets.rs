@@ -471,3 +471,33 @@ fn ethereum_addresses_with_a_broken_eip55_checksum_are_not_reported() {
         "send it to 0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD today"
     ));
 }
+
+/// Personal data in realistic sentences (signatures, forms, chat; several locales),
+/// written for this test (`tests/data/pii.py`): each value must be redacted whole.
+#[test]
+fn personal_data_in_realistic_sentences_is_redacted() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pii_sentences.jsonl");
+    let scanner = inference_guard::scan::Scanner::new();
+    let mut missed = Vec::new();
+    let mut total = 0;
+    for line in std::fs::read_to_string(path).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (text, value) = (v["text"].as_str().unwrap(), v["value"].as_str().unwrap());
+        total += 1;
+        let at = text.find(value).unwrap();
+        let covered = scanner
+            .scan_text(text, inference_guard::Location::Message(0))
+            .iter()
+            .filter(|f| *f.category() == inference_guard::Category::PersonalData)
+            .any(|f| f.span().start <= at + 1 && f.span().end + 1 >= at + value.len());
+        if !covered {
+            missed.push(format!("{} {value:?}", v["locale"]));
+        }
+    }
+    println!(
+        "personal data: {} of {total} redacted; missed {missed:?}",
+        total - missed.len()
+    );
+    assert!(missed.len() * 20 <= total, "missed {missed:?}");
+}

@@ -322,6 +322,31 @@ fn guard_key_checksum(v: &str) -> bool {
     v.len() > 6 && base62_6(crc32(&v.as_bytes()[..v.len() - 6])) == v.as_bytes()[v.len() - 6..]
 }
 
+/// A national phone number: 9 to 12 digits, not all the same digit, and a North
+/// American number's area code and exchange not starting with 0 or 1 nor an N11
+/// service code.
+fn national_phone(v: &str) -> bool {
+    let digits: Vec<u8> = v
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .collect();
+    if !(9..=12).contains(&digits.len()) || digits.iter().all(|d| *d == digits[0]) {
+        return false;
+    }
+    if digits.len() == 10
+        && (v.starts_with('(') && v.as_bytes().get(4) == Some(&b')')
+            || v.as_bytes()
+                .get(3)
+                .is_some_and(|b| *b == b'.' || *b == b'-'))
+    {
+        let (area, exchange) = (&digits[0..3], &digits[3..6]);
+        let n11 = |x: &[u8]| x[1] == 1 && x[2] == 1;
+        return area[0] >= 2 && exchange[0] >= 2 && !n11(area) && !n11(exchange);
+    }
+    true
+}
+
 fn luhn(v: &str) -> bool {
     let digits: Vec<u32> = v.chars().filter_map(|c| c.to_digit(10)).collect();
     if !(13..=19).contains(&digits.len()) || digits.iter().all(|&d| d == digits[0]) {
@@ -792,6 +817,23 @@ pub(crate) fn pii_rules() -> Vec<Rule> {
             &["phone", "tel", "call", "mobile", "cell", "fax", "whatsapp"],
             r"(?i)\b(?:phone|tel|telephone|call|mobile|cell|fax|whatsapp)\b[^\d\n]{0,20}(?P<v>\(?\d{2,4}\)?[\s.\-]?\d{3,4}[\s.\-]?\d{3,4})\b",
         ),
+        // National numbers written the way each country writes them, without a
+        // keyword: the shape is the evidence (grouping and separators), the
+        // validator the digit count and the trunk/area rules.
+        p(
+            "pii.phone_national_format",
+            &[],
+            concat!(
+                r"(?:\(\d{3}\)\s?|\b\d{3}[.\-])[2-9]\d{2}[.\-]\d{4}\b", // US/CA: (415) 555-0132, 415.555.0198
+                r"|\b0(?:7\d{3}\s\d{6}|20\s\d{4}\s\d{4}|1\d{2,3}\s\d{6,7})\b", // UK
+                r"|\b0[1-9](?:[ .]\d{2}){4}\b",                         // FR: 06 12 34 56 78
+                r"|\b0(?:1[5-7]\d{1,2}|[2-9]\d{1,4})[ /\-]\d{4,8}\b",   // DE: 030 12345678
+                r"|\b[67]\d{2}\s\d{3}\s\d{3}\b|\b9\d\s\d{3}\s\d{2}\s\d{2}\b", // ES
+                r"|\b3\d{2}\s\d{3}\s\d{4}\b",                           // IT mobile
+                r"|\(\d{2}\)\s?9?\d{4}-\d{4}\b",                        // BR
+            ),
+        )
+        .validator(national_phone),
         p("pii.payment_card", &[], r"\b(?:\d[ \-]?){12,18}\d\b").validator(luhn),
         p(
             "pii.iban",
