@@ -199,29 +199,24 @@ pub(crate) fn judge_segment(
                 }
                 depth += 1;
             }
-            Event::Start(Tag::Image {
+            Event::Start(
+                ref tag @ (Tag::Image {
+                    link_type,
+                    ref dest_url,
+                    ref id,
+                    ..
+                }
+                | Tag::Link {
+                    link_type,
+                    ref dest_url,
+                    ref id,
+                    ..
+                }),
+            ) => frames.push(Frame {
+                image: matches!(tag, Tag::Image { .. }),
                 link_type,
-                dest_url,
-                id,
-                ..
-            }) => frames.push(Frame {
-                image: true,
-                link_type,
-                dest: dest_url.into_string(),
-                id: id.into_string(),
-                span: local(r),
-                text: String::new(),
-            }),
-            Event::Start(Tag::Link {
-                link_type,
-                dest_url,
-                id,
-                ..
-            }) => frames.push(Frame {
-                image: false,
-                link_type,
-                dest: dest_url.into_string(),
-                id: id.into_string(),
+                dest: dest_url.to_string(),
+                id: id.to_string(),
                 span: local(r),
                 text: String::new(),
             }),

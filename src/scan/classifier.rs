@@ -334,8 +334,8 @@ impl Classifier {
     /// assert!(attack.probability > benign.probability);
     /// ```
     pub fn score(&self, text: &str) -> Score {
-        let fams = super::families_fired(text);
         let n = super::normalize::normalize(text);
+        let fams = super::families_fired(text, &n);
         let f = features(&n.text);
         let (p, s, e) = self.score_features(&f, &fams);
         let window = f.window_span(text, &n, s, e);
@@ -402,7 +402,7 @@ impl Trainer {
                 let n = super::normalize::normalize(&e.text);
                 Prepared {
                     f: features(&n.text),
-                    families: super::families_fired(&e.text),
+                    families: super::families_fired(&e.text, &n),
                     y: if e.attack { 1.0 } else { 0.0 },
                     weight: e.weight,
                 }

@@ -302,12 +302,11 @@ impl Scanner {
         let carries_encoding = out[enc_from..]
             .iter()
             .any(|f| *f.category() == crate::Category::EncodedPayload);
-        let f = g.classifier.as_ref().map(|_| classifier::features(&n.text));
-        match (&g.classifier, f) {
+        // Features only for a text the classifier will judge.
+        let classifier = g.classifier.as_ref().filter(|_| !carries_encoding);
+        let f = classifier.map(|_| classifier::features(&n.text));
+        match (classifier, f) {
             (None, _) | (_, None) => {
-                heuristics::findings(&g.families, &verdict, g.threshold, at, out);
-            }
-            (Some(_), Some(_)) if carries_encoding => {
                 heuristics::findings(&g.families, &verdict, g.threshold, at, out);
             }
             (Some(c), Some(f)) if f.word_count() < classifier::MIN_WORDS => {
@@ -428,8 +427,9 @@ impl Scanner {
     }
 }
 
-/// The built-in rule families that fire on a text (indices), for the classifier.
-pub(crate) fn families_fired(text: &str) -> Vec<usize> {
+/// The built-in rule families that fire on a text (indices; `n` is its
+/// normalization), for the classifier on its own and its trainer.
+pub(crate) fn families_fired(text: &str, n: &normalize::Normalized) -> Vec<usize> {
     static SET: std::sync::OnceLock<(Vec<heuristics::Family>, regex::RegexSet)> =
         std::sync::OnceLock::new();
     let (families, set) = SET.get_or_init(|| {
@@ -437,8 +437,7 @@ pub(crate) fn families_fired(text: &str) -> Vec<usize> {
         let s = heuristics::family_set(&f);
         (f, s)
     });
-    let n = normalize::normalize(text);
-    heuristics::evaluate(families, set, text, &n)
+    heuristics::evaluate(families, set, text, n)
         .fired
         .into_iter()
         .map(|(i, _)| i)
