@@ -18,11 +18,14 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use inference_guard::scan::{Classifier, Example, Trainer};
+use inference_guard::Category;
+use inference_guard::scan::{Classifier, Example, Level, Trainer};
 
 struct Record {
     text: String,
     attack: bool,
+    /// The head an attack trains.
+    head: Category,
     source: String,
     category: String,
     lang: String,
@@ -67,9 +70,18 @@ fn read(path: &Path, source: &str, out: &mut Vec<Record>) {
             14..=16 => 1,
             _ => 2,
         };
+        let category = v["category"].as_str().unwrap_or("");
+        let head = if source == "garak_jailbreak" || category.contains("jailbreak") {
+            Category::Jailbreak
+        } else if source == "sysprompt_extraction" || category.contains("sysprompt") {
+            Category::SystemPromptLeak
+        } else {
+            Category::PromptInjection
+        };
         out.push(Record {
             text: text.to_owned(),
             attack,
+            head,
             source: source.to_owned(),
             category: v["category"].as_str().unwrap_or("").to_owned(),
             lang: v["lang"].as_str().unwrap_or("en").to_owned(),
@@ -120,9 +132,96 @@ fn rejected(scanner: &inference_guard::scan::Scanner, text: &str) -> bool {
         .any(|f| {
             matches!(
                 f.category(),
-                inference_guard::Category::PromptInjection | inference_guard::Category::Jailbreak
+                Category::PromptInjection
+                    | Category::Jailbreak
+                    | Category::SystemPromptLeak
+                    | Category::ToolCall
             ) && f.action() != inference_guard::Action::Flag
         })
+}
+
+/// The template a text belongs to: the line of 40 characters or more with the
+/// smallest hash (a min-hash over lines: a document with one planted instruction,
+/// behind one task or another, keeps its other lines and so its key), or its
+/// first 48 characters when it has no such line.
+fn template(text: &str) -> u64 {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| l.chars().count() >= 40)
+        .map(|l| fnv(&l.to_lowercase()))
+        .min()
+        .unwrap_or_else(|| fnv(&text.chars().take(48).collect::<String>().to_lowercase()))
+}
+
+/// Trains a model on `records`: benign records weigh as much in total as attacks,
+/// and every record comes twice more with typos, so that a misspelt
+/// "iunstructions" still reads as what it is (the character n-grams carry it).
+fn train_on(records: &[&Record], epochs: usize) -> Classifier {
+    // Templated attacks (one document with hundreds of planted instructions, one
+    // preamble with many requests) count as at most `cap` records per template
+    // (see `template`), so that the model learns the
+    // instructions rather than the documents they were planted in.
+    let cap: f32 = std::env::var("IG_TEMPLATE_CAP")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(8.0);
+    let mut groups: BTreeMap<u64, f32> = BTreeMap::new();
+    for r in records.iter().filter(|r| r.attack) {
+        *groups.entry(template(&r.text)).or_default() += 1.0;
+    }
+    let records: Vec<Record> = records
+        .iter()
+        .map(|r| Record {
+            text: r.text.clone(),
+            attack: r.attack,
+            head: r.head.clone(),
+            source: String::new(),
+            category: String::new(),
+            lang: String::new(),
+            split: r.split,
+            weight: if r.attack {
+                r.weight * (cap / groups[&template(&r.text)]).min(1.0)
+            } else {
+                r.weight
+            },
+        })
+        .collect();
+    let (pos, neg): (f32, f32) = records.iter().fold((0.0, 0.0), |(p, n), r| {
+        if r.attack {
+            (p + r.weight, n)
+        } else {
+            (p, n + r.weight)
+        }
+    });
+    let scale = if neg > 0.0 { pos / neg } else { 1.0 };
+    let mut train: Vec<Example> = records
+        .iter()
+        .map(|r| {
+            if r.attack {
+                Example::attack(r.text.clone(), r.head.clone()).weight(r.weight)
+            } else {
+                Example::benign(r.text.clone()).weight(r.weight * scale)
+            }
+        })
+        .collect();
+    let typos: Vec<Example> = train
+        .iter()
+        .enumerate()
+        .flat_map(|(k, e)| {
+            [1u64, 2].map(|round| {
+                let mut t = e.clone();
+                t.text = misspell(&e.text, (k as u64) * 3 + round);
+                t.weight(e.weight * 0.5)
+            })
+        })
+        .collect();
+    train.extend(typos);
+    eprintln!(
+        "training on {} records ({} attacks), benign weight x{scale:.2}",
+        train.len(),
+        train.iter().filter(|e| e.attack).count()
+    );
+    Trainer::default().epochs(epochs).train(&train)
 }
 
 fn bucket(len: usize) -> &'static str {
@@ -180,109 +279,134 @@ fn main() {
         "hard_negatives",
         &mut records,
     );
-    // Balance the classes: benign records weigh as much in total as attacks.
-    let (pos, neg): (f32, f32) =
-        records
-            .iter()
-            .filter(|r| r.split == 0)
-            .fold((0.0, 0.0), |(p, n), r| {
-                if r.attack {
-                    (p + r.weight, n)
-                } else {
-                    (p, n + r.weight)
-                }
-            });
-    let scale = if neg > 0.0 { pos / neg } else { 1.0 };
-    let mut train: Vec<Example> = records
-        .iter()
-        .filter(|r| r.split == 0)
-        .map(|r| Example {
-            text: r.text.clone(),
-            attack: r.attack,
-            weight: if r.attack { r.weight } else { r.weight * scale },
-        })
-        .collect();
-    // Each record twice more with typos, so that a misspelt "iunstructions" still
-    // reads as what it is (the character n-grams carry it).
-    let typos: Vec<Example> = train
-        .iter()
-        .enumerate()
-        .flat_map(|(k, e)| {
-            [1u64, 2].map(|round| Example {
-                text: misspell(&e.text, (k as u64) * 3 + round),
-                attack: e.attack,
-                weight: e.weight * 0.5,
-            })
-        })
-        .collect();
-    train.extend(typos);
-    eprintln!(
-        "training on {} records ({} attacks), benign weight x{scale:.2}",
-        train.len(),
-        train.iter().filter(|e| e.attack).count()
-    );
     let epochs = std::env::var("IG_EPOCHS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
-    let model = Trainer::default().epochs(epochs).train(&train);
-    let score = |r: &Record| model.score(&r.text).probability;
-    // Thresholds on the validation split: at most 1% (block) and 2% (flag) of its
-    // benign records score at or above them.
-    // Texts of fewer than 16 words are left to the rules by the scanner: they do
-    // not count for the thresholds.
+    // Thresholds from out-of-fold scores: the records outside the test split in
+    // five folds (by another hash of the text), each scored by a model trained on
+    // the other four, so that calibration sees every benign record outside the
+    // test split, scored by a model that did not learn it. The heads are trained on
+    // balanced classes, so their probabilities share a scale: one block threshold
+    // for all of them (the most sure head against it), chosen so that at most 1% of
+    // every benign source (or one record, in a small one) is blocked; the flag
+    // threshold at 5% of all benign records. Texts of fewer than 16 words are left
+    // to the rules by the scanner: they do not count.
     let long = |r: &&Record| r.text.split_whitespace().count() >= 16;
-    let mut benign: Vec<f32> = records
-        .iter()
-        .filter(|r| r.split == 1 && !r.attack)
-        .filter(long)
-        .map(score)
-        .collect();
-    benign.sort_by(|a, b| b.total_cmp(a));
-    let at_fpr = |fpr: f64| -> f32 {
-        let k = ((benign.len() as f64) * fpr).floor() as usize;
-        // Just above the k-th highest benign score.
-        benign.get(k).map_or(0.5, |s| (s + 1e-6).min(1.0))
-    };
-    // And no source may exceed 1% (or one record, in a small one) at the block
-    // threshold: the pooled rate is dominated by short chit-chat.
-    let mut block = at_fpr(0.01);
-    let mut by_source: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
-    for r in records
-        .iter()
-        .filter(|r| r.split == 1 && !r.attack)
-        .filter(long)
-    {
-        by_source.entry(&r.source).or_default().push(score(r));
+    // Folds by template (see `template`): templated records (one document
+    // with several planted instructions, one jailbreak preamble with several
+    // requests, a clean document and its attacked copies) share a fold, so that an
+    // out-of-fold score is a score on a document the model has not seen, as on
+    // other sources.
+    let fold = |r: &Record| (template(&r.text) >> 24) % 5;
+    let mut validation: Vec<(&Record, f32)> = Vec::new();
+    let loaded = std::env::var("IG_LOAD")
+        .ok()
+        .map(|p| Classifier::from_bytes(&std::fs::read(p).expect("read")).expect("weights"));
+    for k in (0..5).filter(|_| loaded.is_none()) {
+        let rest: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.split != 2 && fold(r) != k)
+            .collect();
+        let m = train_on(&rest, epochs);
+        validation.extend(
+            records
+                .iter()
+                .filter(|r| r.split != 2 && fold(r) == k && !r.attack)
+                .filter(long)
+                .map(|r| {
+                    let p = m.probabilities(&r.text);
+                    (r, p.into_iter().map(|(_, p)| p).fold(0.0f32, f32::max))
+                }),
+        );
     }
-    for (source, mut scores) in by_source {
+    let all: Vec<&Record> = records.iter().filter(|r| r.split != 2).collect();
+    let model = loaded.clone().unwrap_or_else(|| train_on(&all, epochs));
+    let heads: Vec<Category> = model.categories().cloned().collect();
+    // The threshold just above the k-th highest of `scores`.
+    let above = |mut scores: Vec<f32>, k: usize| -> f32 {
         scores.sort_by(|a, b| b.total_cmp(a));
-        let allowed = ((scores.len() as f64) * 0.01).floor().max(1.0) as usize;
-        if let Some(s) = scores.get(allowed) {
-            if *s + 1e-6 > block {
-                println!(
-                    "  source {source} raises the block threshold to {:.4}",
-                    s + 1e-6
-                );
-                block = (s + 1e-6).min(1.0);
-            }
+        scores.get(k).map_or(0.0, |s| (s + 1e-6).min(1.0))
+    };
+    if std::env::var_os("IG_SHOW_ERRORS").is_some() {
+        let mut top = validation.clone();
+        top.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut shown: BTreeMap<&str, usize> = BTreeMap::new();
+        for (r, p) in top.iter().filter(|(r, _)| {
+            let n = shown.entry(r.source.as_str()).or_default();
+            *n += 1;
+            *n <= 4
+        }) {
+            let head: String = r.text.chars().take(160).collect();
+            println!("calibration {p:.4} {} {head:?}", r.source);
         }
     }
-    let flag = at_fpr(0.05).min(block);
-    let model = model.with_thresholds(flag, block).expect("thresholds");
-    println!(
-        "validation: {} benign; block at {block:.4} (1% FPR, every source), flag at {flag:.4} (5% FPR)",
-        benign.len()
-    );
+    // Every source with 100 records or more is held to 1% on its own; smaller
+    // ones (where one record is several percent) are held to it together.
+    let mut sizes: BTreeMap<&str, usize> = BTreeMap::new();
+    for (r, _) in &validation {
+        *sizes.entry(&r.source).or_default() += 1;
+    }
+    let mut sources: BTreeMap<&str, Vec<f32>> = BTreeMap::new();
+    // Except the clean contexts: they are the documents the garak injection set
+    // plants its instructions in (hundreds of attacked copies of each), so out of
+    // fold their scores measure how well the model memorised those documents, not
+    // false positives on documents it has not seen; they count on the test split,
+    // where the model has learnt them as benign, like any other source.
+    for (r, p) in validation
+        .iter()
+        .filter(|(r, _)| r.source != "garak_latent_contexts_clean")
+    {
+        let group = if sizes[r.source.as_str()] >= 100 {
+            r.source.as_str()
+        } else {
+            "smaller sources"
+        };
+        sources.entry(group).or_default().push(*p);
+    }
+    let pooled = validation
+        .iter()
+        .filter(|(r, _)| r.source != "garak_latent_contexts_clean")
+        .map(|(_, p)| *p)
+        .collect::<Vec<_>>();
+    let mut block = above(pooled.clone(), pooled.len() / 100);
+    for (source, scores) in sources {
+        let allowed = (scores.len() as f64 * 0.01).floor().max(1.0) as usize;
+        println!("  calibration: {source}: {} records", scores.len());
+        let t = above(scores, allowed);
+        if t > block {
+            println!("  source {source} raises the block threshold to {t:.4}");
+            block = t;
+        }
+    }
+    let flag = above(pooled.clone(), pooled.len() * 5 / 100).min(block);
+    let (flag, block) = (vec![flag; heads.len()], vec![block; heads.len()]);
+    let mut model = model;
+    for (h, c) in heads.iter().enumerate().filter(|_| loaded.is_none()) {
+        model = model
+            .with_category_thresholds(c, flag[h], block[h])
+            .expect("thresholds");
+        println!(
+            "validation: {} benign; {}: block at {:.4}, flag at {:.4}",
+            validation.len(),
+            c.as_str(),
+            block[h],
+            flag[h]
+        );
+    }
+    let model = model;
     // The test split.
-    let test: Vec<(&Record, f32)> = records
+    let test: Vec<(&Record, f32, bool)> = records
         .iter()
         .filter(|r| r.split == 2)
-        .map(|r| (r, model.score(&r.text).probability))
+        .map(|r| {
+            let s = model.score(&r.text);
+            (r, s.probability, s.level == Level::Block)
+        })
         .collect();
     if std::env::var_os("IG_SHOW_ERRORS").is_some() {
-        for (r, s) in &test {
-            if (*s >= block) != r.attack {
+        for (r, s, hit) in &test {
+            if *hit != r.attack {
                 let head: String = r.text.chars().take(160).collect();
                 println!(
                     "{} {:.3} {} {:?}",
@@ -295,8 +419,8 @@ fn main() {
         }
     }
     let mut groups: BTreeMap<(bool, String), (usize, usize)> = BTreeMap::new();
-    for (r, s) in &test {
-        let hit = *s >= block;
+    for (r, _, hit) in &test {
+        let hit = *hit;
         for key in [
             format!("source {}", r.source),
             format!("category {}", r.category),
@@ -340,34 +464,27 @@ fn main() {
     let rejects = |t: &str| rejected(&combined, t);
     let rule_hit = |t: &str| rejected(&rules, t);
     let mut table: BTreeMap<(bool, String), [usize; 4]> = BTreeMap::new();
-    for (r, s) in &test {
+    for (r, s, hit) in &test {
         let rh = rule_hit(&r.text);
         let e = table.entry((r.attack, r.source.clone())).or_default();
         e[0] += 1;
         e[1] += usize::from(rh);
-        e[2] += usize::from(*s >= block);
-        e[3] += usize::from(rejects(&r.text));
-    }
-    if std::env::var_os("IG_GATES").is_some() {
-        for gate in [0.0f32, 0.01, 0.03, 0.05, 0.08, flag] {
-            let mut line = format!("  gate {gate:.3}:");
-            for src in [
-                "garak_jailbreak",
-                "operator_system_prompts",
-                "hard_negatives",
-                "chatterbot_en_user_turns",
-            ] {
-                let rows: Vec<_> = test.iter().filter(|(r, _)| r.source == src).collect();
-                let hit = rows
-                    .iter()
-                    .filter(|(r, s)| *s >= block || (*s >= gate && rule_hit(&r.text)))
-                    .count();
-                line.push_str(&format!(
-                    " {src} {:.1}%",
-                    100.0 * hit as f64 / rows.len().max(1) as f64
-                ));
-            }
-            println!("{line}");
+        e[2] += usize::from(*hit);
+        let both = rejects(&r.text);
+        e[3] += usize::from(both);
+        if std::env::var_os("IG_SHOW_ERRORS").is_some() && both != r.attack {
+            let ids: Vec<String> = combined
+                .scan_text(&r.text, inference_guard::Location::Message(0))
+                .iter()
+                .map(|f| format!("{}:{:?}", f.rule_id(), f.action()))
+                .collect();
+            let head: String = r.text.chars().take(120).collect();
+            println!(
+                "combined {} {:.3} {} {ids:?} {head:?}",
+                if r.attack { "FN" } else { "FP" },
+                s,
+                r.source
+            );
         }
     }
     println!("\ntest split by source: rules alone, classifier alone, the scanner with both");
@@ -382,10 +499,11 @@ fn main() {
         );
     }
     println!("\nprecision-recall on the test split (threshold: precision, recall, FPR)");
-    for t in [0.3f32, 0.5, 0.7, 0.8, 0.9, 0.95, flag, block] {
-        let tp = test.iter().filter(|(r, s)| r.attack && *s >= t).count();
-        let fp = test.iter().filter(|(r, s)| !r.attack && *s >= t).count();
-        let pos = test.iter().filter(|(r, _)| r.attack).count();
+    println!("(the deciding head's probability against one threshold for all heads)");
+    for t in [0.3f32, 0.5, 0.7, 0.8, 0.9, 0.95] {
+        let tp = test.iter().filter(|(r, s, _)| r.attack && *s >= t).count();
+        let fp = test.iter().filter(|(r, s, _)| !r.attack && *s >= t).count();
+        let pos = test.iter().filter(|(r, _, _)| r.attack).count();
         let neg = test.len() - pos;
         println!(
             "  {t:.4}: {:.3} {:.3} {:.4}",

@@ -52,6 +52,8 @@
 //! classifier = true                 # the learned classifier decides (false: rules only)
 //! classifier_block = 0.9            # its block threshold (default: the calibrated one)
 //! classifier_flag = 0.3             # its flag threshold, at or below block
+//! # per category (prompt_injection, jailbreak, system_prompt_leak), over the above
+//! classifier_thresholds = { jailbreak = { flag = 0.5, block = 0.95 } }
 //! disable = ["jailbreak.hypothetical"]
 //!
 //! [output]
@@ -105,7 +107,7 @@ use serde::Deserialize;
 
 use crate::audit::{AuditSigningKey, ChainedLogSink, JsonLinesSink, NoopSink};
 use crate::authz::{Grant, PolicyAuthorizer};
-use crate::finding::Action;
+use crate::finding::{Action, Category};
 use crate::guard::{GuardBuilder, InferenceGuard, RequestLimits};
 use crate::identity::{
     ApiKeyFormat, ApiKeyRecord, ApiKeys, Authenticator, InMemoryKeyStore, JwtVerifier, KeySet,
@@ -311,6 +313,17 @@ struct Input {
     classifier_flag: Option<f32>,
     #[serde(default)]
     classifier_block: Option<f32>,
+    #[serde(default)]
+    classifier_thresholds: std::collections::BTreeMap<String, CategoryThresholds>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CategoryThresholds {
+    #[serde(default)]
+    flag: Option<f32>,
+    #[serde(default)]
+    block: Option<f32>,
 }
 
 impl Default for Input {
@@ -325,6 +338,7 @@ impl Default for Input {
             classifier: true,
             classifier_flag: None,
             classifier_block: None,
+            classifier_thresholds: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -762,13 +776,37 @@ impl Policy {
             }
             s = s.scan_instructions(self.input.scan_instructions);
             let classifier = if self.input.classifier {
-                let c = crate::scan::Classifier::builtin();
-                let flag = self.input.classifier_flag.unwrap_or(c.flag_at());
-                let block = self.input.classifier_block.unwrap_or(c.block_at());
-                Some(
-                    c.with_thresholds(flag, block)
-                        .map_err(|e| err("input.classifier_block", e))?,
-                )
+                let mut c = crate::scan::Classifier::builtin();
+                let heads: Vec<Category> = c.categories().cloned().collect();
+                for cat in &heads {
+                    let (flag, block) = c.thresholds(cat).unwrap_or((0.5, 0.5));
+                    let per = self.input.classifier_thresholds.get(cat.as_str());
+                    let flag = per
+                        .and_then(|t| t.flag)
+                        .or(self.input.classifier_flag)
+                        .unwrap_or(flag);
+                    let block = per
+                        .and_then(|t| t.block)
+                        .or(self.input.classifier_block)
+                        .unwrap_or(block);
+                    c = c
+                        .with_category_thresholds(cat, flag, block)
+                        .map_err(|e| err("input.classifier_thresholds", e))?;
+                }
+                if let Some(k) = self
+                    .input
+                    .classifier_thresholds
+                    .keys()
+                    .find(|k| !heads.iter().any(|c| c.as_str() == k.as_str()))
+                {
+                    return Err(err(
+                        "input.classifier_thresholds",
+                        format!(
+                            "no classifier head for {k:?} (prompt_injection, jailbreak, system_prompt_leak)"
+                        ),
+                    ));
+                }
+                Some(c)
             } else {
                 None
             };

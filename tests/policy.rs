@@ -334,6 +334,24 @@ fn the_classifier_and_its_thresholds_come_from_the_policy() {
         .is_err(),
         "flag above block is refused"
     );
+    // Per category: the prompt-injection head never blocks, the rules still do;
+    // an unknown category is refused with the field named.
+    assert!(
+        inference_guard::policy::Policy::from_toml(&format!(
+            "{base}[input]\nclassifier_thresholds = {{ prompt_injection = {{ flag = 0.3, block = 1.0 }}, jailbreak = {{ block = 0.99 }} }}\n"
+        ))
+        .unwrap()
+        .build()
+        .is_ok()
+    );
+    let e = inference_guard::policy::Policy::from_toml(&format!(
+        "{base}[input]\nclassifier_thresholds = {{ secret = {{ block = 0.5 }} }}\n"
+    ))
+    .unwrap()
+    .build()
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("input.classifier_thresholds"), "{e}");
     // Rules only: the override phrase is still theirs to catch.
     assert!(run(&format!("{base}[input]\nclassifier = false\n")).is_err());
 }

@@ -71,7 +71,7 @@ mod redaction;
 mod secrets;
 mod unicode;
 
-pub use classifier::{Classifier, Example, Score, Trainer};
+pub use classifier::{Classifier, Example, Level, Score, Trainer};
 pub use redaction::Redaction;
 pub use secrets::{Rule, Validator};
 
@@ -310,58 +310,54 @@ impl Scanner {
                 heuristics::findings(&g.families, &verdict, g.threshold, at, out);
             }
             (Some(c), Some(f)) if f.word_count() < classifier::MIN_WORDS => {
-                // A short text gives the classifier little to go on: the rules
-                // decide, and the classifier only when it is nearly certain.
+                // A short text gives the classifier little to go on (a task
+                // such as "translate the following ..." is also an injection
+                // template's first line): the rules decide, and the classifier only
+                // when it is nearly certain; it never only flags one.
                 heuristics::findings(&g.families, &verdict, g.threshold, at, out);
                 let fired: Vec<usize> = verdict.fired.iter().map(|(i, _)| *i).collect();
-                let (p, _, _) = c.score_features(&f, &fired);
-                if p >= classifier::SHORT_BLOCK.max(c.block_at()) && verdict.score < g.threshold {
+                let v = c.score_features(&f, &fired);
+                if v.level == Level::Block
+                    && v.p >= classifier::SHORT_BLOCK
+                    && verdict.score < g.threshold
+                {
                     out.push(
                         Finding::new(
                             "classifier.injection",
-                            crate::Category::PromptInjection,
+                            v.category(),
                             crate::Severity::Critical,
                             at,
                             0..text.len(),
                         )
-                        .with_confidence(p),
+                        .with_confidence(v.p),
                     );
                 }
             }
             (Some(c), Some(f)) => {
-                let f = &f;
                 let fired: Vec<usize> = verdict.fired.iter().map(|(i, _)| *i).collect();
-                let (p, s, e) = c.score_features(f, &fired);
-                let decided = p >= c.flag_at();
-                // Above the block threshold the families that fired explain the
-                // finding; between flag and block they decide as they would alone
-                // (their score against the threshold); below flag they are silent.
-                let rules_at = if p >= c.block_at() {
-                    0.0
-                } else if decided {
-                    g.threshold
-                } else {
-                    f32::INFINITY
+                let v = c.score_features(&f, &fired);
+                // Above a block threshold the families that fired explain the
+                // finding; between flag and block they decide with half as much
+                // again evidence as alone (their score against 1.5x the threshold:
+                // at 1x they reject operator-style prompts the classifier clears);
+                // below flag they are silent.
+                let rules_at = match v.level {
+                    Level::Block => 0.0,
+                    Level::Flag => g.threshold * classifier::BAND_RULES,
+                    _ => f32::INFINITY,
                 };
                 heuristics::findings(&g.families, &verdict, rules_at, at, out);
-                if decided {
-                    let span = f.window_span(text, &n, s, e);
-                    let category = verdict
-                        .fired
-                        .iter()
-                        .map(|(i, _)| &g.families[*i])
-                        .filter(|fam| fam.weight > 0.0)
-                        .max_by(|a, b| a.weight.total_cmp(&b.weight))
-                        .map_or(crate::Category::PromptInjection, |fam| fam.category.clone());
+                if v.level != Level::Pass {
+                    let span = f.window_span(text, &n, v.words.0, v.words.1);
                     let finding = Finding::new(
                         "classifier.injection",
-                        category,
+                        v.category(),
                         crate::Severity::Critical,
                         at,
                         span,
                     )
-                    .with_confidence(p);
-                    out.push(if p >= c.block_at() {
+                    .with_confidence(v.p);
+                    out.push(if v.level == Level::Block {
                         finding
                     } else {
                         finding.with_action(crate::Action::Flag)
