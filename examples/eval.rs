@@ -10,8 +10,9 @@
 //! JSON object per line with at least `text`, `label` (`attack` or `benign`) and
 //! `category`; `lang` is used where present. A record is *flagged* when the scanner
 //! reports a finding other than personal data (injection, jailbreak, encoded
-//! instruction, smuggling, credential); records whose only findings are personal data
-//! (which the guard redacts, it does not reject) are counted separately as *redacted*.
+//! instruction, smuggling, credential) that is not only flagged for review; records
+//! whose only findings are personal data (which the guard redacts, it does not
+//! reject) are counted separately as *redacted*.
 //! With `--json`, one JSON object per file:
 //! `{"file", "records", "flagged", "redacted", "by_category": {CATEGORY: {"records", "flagged"}}}`
 //! (plus `by_lang` and `by_length` for benign files).
@@ -97,14 +98,19 @@ fn main() {
             let label = rec["label"].as_str().unwrap_or_default();
             let cat = rec["category"].as_str().unwrap_or("unknown").to_owned();
             let findings = scanner.scan_text(t, Location::Message(0));
-            // The classifier between its flag and block thresholds is a shadow
-            // observation for review, not a detection.
+            // A finding flagged for review (the classifier between its flag and
+            // block thresholds, a request to decode something) is a shadow
+            // observation, not a detection.
             let flagged = findings.iter().any(|f| {
                 *f.category() != Category::PersonalData
-                    && !(f.rule_id() == "classifier.injection"
-                        && f.action() == inference_guard::Action::Flag)
+                    && f.action() != inference_guard::Action::Flag
             });
-            redacted += u64::from(!flagged && !findings.is_empty());
+            redacted += u64::from(
+                !flagged
+                    && findings
+                        .iter()
+                        .any(|f| *f.category() == Category::PersonalData),
+            );
             if verbose && ((label == "attack") != flagged) {
                 let rules: Vec<&str> = findings.iter().map(|f| f.rule_id()).collect();
                 eprintln!(

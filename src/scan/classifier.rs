@@ -21,7 +21,9 @@ pub(crate) const SHORT_BLOCK: f32 = 0.95;
 pub(crate) const BAND_RULES: f32 = 1.5;
 /// Family features are hashed in their own space after the text features.
 const FAMILIES: usize = 64;
-const MAGIC: &[u8; 8] = b"IGCLF\x00\x02\x00";
+/// The format and feature version: weights learnt on other features (version 2
+/// hashed with FNV) are refused rather than misread.
+const MAGIC: &[u8; 8] = b"IGCLF\x00\x03\x00";
 
 /// The categories the classifier scores, one head each.
 const HEADS: usize = 3;
@@ -142,24 +144,6 @@ impl Verdict {
     }
 }
 
-fn fnv(seed: u64, parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    for p in parts {
-        for &b in *p {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-fn slot(h: u64) -> u32 {
-    // Fold the high bits in: FNV's low bits alone are weak.
-    ((h ^ (h >> 29) ^ (h >> 47)) as u32) & (DIM as u32 - 1)
-}
-
 /// The features of a text, in order: for each word, the byte offset where it
 /// starts (in `text`) and its feature slots.
 pub(crate) struct Features {
@@ -189,45 +173,76 @@ impl Features {
     }
 }
 
+/// Multiplicative (Fibonacci) hashing of a 64-bit key into a slot: the top bits
+/// of the product.
+fn fib(x: u64) -> u32 {
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as u32
+}
+
+/// A word's 64-bit hash, eight bytes at a time.
+fn word_hash(w: &[u8]) -> u64 {
+    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ w.len() as u64;
+    for c in w.chunks(8) {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(b))
+            .wrapping_mul(0xff51_afd7_ed55_8ccd)
+            .rotate_left(29);
+    }
+    h
+}
+
 pub(crate) fn features(text: &str) -> Features {
+    // Tags that keep the three kinds of feature apart in the one slot space.
+    const WORD: u64 = 0x1000_0000_0000_0000;
+    const PAIR: u64 = 0x2000_0000_0000_0000;
+    const GRAM: u64 = 0x3000_0000_0000_0000;
     let mut slots = Vec::with_capacity(text.len());
     let mut words = Vec::with_capacity(text.len() / 5);
-    let mut prev: &[u8] = b"^";
+    let mut prev: u64 = word_hash(b"^");
     let b = text.as_bytes();
     let mut i = 0;
+    let mut padded = [0u8; 34];
     while i < b.len() {
         // A word: a run of letters and digits (any script), at most 32 bytes used.
         let start = i;
         let mut end = i;
-        for (o, c) in text[i..].char_indices() {
-            if c.is_alphanumeric() {
-                end = i + o + c.len_utf8();
+        while end < b.len() {
+            let c = b[end];
+            if c.is_ascii() {
+                if !c.is_ascii_alphanumeric() {
+                    break;
+                }
+                end += 1;
             } else {
-                break;
+                match text[end..].chars().next() {
+                    Some(ch) if ch.is_alphanumeric() => end += ch.len_utf8(),
+                    _ => break,
+                }
             }
         }
         if end == start {
             // Skip one character of non-word text.
-            let step = text[i..].chars().next().map_or(1, char::len_utf8);
-            i += step;
+            i += text[i..].chars().next().map_or(1, char::len_utf8);
             continue;
         }
         let w = &b[start..end.min(start + 32)];
         let from = slots.len();
-        slots.push(slot(fnv(1, &[w])));
-        slots.push(slot(fnv(2, &[prev, w])));
+        let h = word_hash(w);
+        slots.push(fib(h ^ WORD));
+        slots.push(fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR));
         // Character 4-grams with boundaries ("<ig", "igno", ... "es>").
         if w.len() >= 3 {
-            let mut padded = Vec::with_capacity(w.len() + 2);
-            padded.push(b'<');
-            padded.extend_from_slice(w);
-            padded.push(b'>');
-            for g in padded.windows(4) {
-                slots.push(slot(fnv(3, &[g])));
+            padded[0] = b'<';
+            padded[1..=w.len()].copy_from_slice(w);
+            padded[w.len() + 1] = b'>';
+            for g in padded[..w.len() + 2].windows(4) {
+                let g = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+                slots.push(fib(u64::from(g) ^ GRAM));
             }
         }
         words.push((from, start..end));
-        prev = w;
+        prev = h;
         i = end;
     }
     Features { slots, words }

@@ -311,7 +311,10 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         let emoji = chars.iter().filter(|c| is_emoji(**c)).count();
         let distinct: std::collections::HashSet<char> =
             chars.iter().copied().filter(|c| is_emoji(*c)).collect();
-        if emoji >= 4 && distinct.len() >= 3 && emoji * 10 >= chars.len() * 9 {
+        // Five emoji or more, four of them distinct: a decorative run ("🧙🔮📜✨")
+        // is shorter, and four emoji of Ecoji carry at most five bytes, too few
+        // for an instruction.
+        if emoji >= 5 && distinct.len() >= 4 && emoji * 10 >= chars.len() * 9 {
             push(out, "encoding.emoji_blob", at, start..start + token.len());
         }
         if chars.len() >= 5 {
@@ -358,6 +361,7 @@ mod tests {
         assert_eq!(rules("INXW63Q=").0, ["encoding.base32"]);
         assert_eq!(rules("x 486168612070776e656421 y").1, ["Haha pwned!"]);
         assert_eq!(rules("⠃⠕⠕⠝⠊⠑").0, ["encoding.braille"]);
+        assert_eq!(rules("🏄🤫🚓🎑🛡🌏🍢🍻📑").0, ["encoding.emoji_blob"]);
         assert_eq!(rules(".-- --- --. .-.").0, ["encoding.morse"]);
         assert_eq!(rules("Bravo Oscar Oscar November India Echo").1, ["boonie"]);
         // Requests to decode are a heuristic family, over normalized text.
@@ -388,6 +392,7 @@ mod tests {
             "commit 3f2a9c1 fixed it",
             "ThisIsCamelCase",
             "I love 🍕 and 🍔",
+            "# Grimoire 🧙🔮📜✨",
         ] {
             assert!(rules(t).0.is_empty(), "{t}: {:?}", rules(t).0);
         }

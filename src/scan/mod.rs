@@ -31,10 +31,14 @@
 //!   personas without rules, ...) over windows of 32 words; at or above its block
 //!   threshold the text is rejected (`classifier.injection`, the probability as
 //!   confidence, the families that fired as explanations); between its flag and
-//!   block thresholds it is flagged and the families decide as they would alone
-//!   (their weights against [`ScannerBuilder::threshold`]); below, they are silent.
+//!   block thresholds it is flagged and the families decide with half as much again
+//!   evidence as alone (their weights against 1.5x [`ScannerBuilder::threshold`]);
+//!   below, they are silent.
 //!   Texts under 16 words and texts that carry an encoded payload are judged by the
-//!   families alone (the classifier blocks a short text only when 95% sure).
+//!   families alone (the classifier blocks a short text only when 95% sure, and when
+//!   it puts a short text below every flag threshold the families' findings are
+//!   flagged for review, not blocked). Each category (prompt injection, jailbreak,
+//!   system-prompt extraction) has its own classifier head and thresholds.
 //!   Without a classifier ([`ScannerBuilder::classifier`]`(None)`) the families
 //!   decide everything, as before.
 //! - **Encoded instructions**: requests to decode something, and tokens in base64,
@@ -314,9 +318,22 @@ impl Scanner {
                 // such as "translate the following ..." is also an injection
                 // template's first line): the rules decide, and the classifier only
                 // when it is nearly certain; it never only flags one.
+                let from = out.len();
                 heuristics::findings(&g.families, &verdict, g.threshold, at, out);
                 let fired: Vec<usize> = verdict.fired.iter().map(|(i, _)| *i).collect();
                 let v = c.score_features(&f, &fired);
+                if v.level == Level::Pass {
+                    // The classifier puts it below every flag threshold: the
+                    // families' findings are kept for review, not blocked on
+                    // ("please ignore the typos in my previous message").
+                    for f in &mut out[from..] {
+                        if f.action() == crate::Action::Block
+                            && f.rule_id() != "encoding.decode_request"
+                        {
+                            f.set_action(crate::Action::Flag);
+                        }
+                    }
+                }
                 if v.level == Level::Block
                     && v.p >= classifier::SHORT_BLOCK
                     && verdict.score < g.threshold

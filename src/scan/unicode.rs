@@ -102,6 +102,7 @@ pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
     let end_of = |i: usize| chars.get(i + 1).map_or(text.len(), |(b, _)| *b);
     let mut i = 0;
     let mut zero_width: Vec<(usize, usize)> = Vec::new();
+    let mut controls: Vec<(usize, usize, char)> = Vec::new();
     while i < chars.len() {
         let (b, c) = chars[i];
         if is_tag(c) {
@@ -199,19 +200,25 @@ pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
                 continue;
             }
             c if (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {
-                out.push(finding(
-                    "unicode.control_character",
-                    Severity::Medium,
-                    at,
-                    b..end_of(i),
-                ));
+                controls.push((b, end_of(i), c));
             }
             _ => {}
         }
         i += 1;
     }
-    // A single zero-width character is a common copy-and-paste artefact; several, or
-    // one inside a word, hide or split text.
+    // Any control character other than line breaks and tabs: a backspace after a
+    // letter rewrites a word on display ("syng\u{8}thesizing"), a lone C1 control
+    // starts a terminal sequence.
+    for (s, e, _) in controls {
+        out.push(finding(
+            "unicode.control_character",
+            Severity::Medium,
+            at,
+            s..e,
+        ));
+    }
+    // A few zero-width characters between words are a copy-and-paste artefact; one
+    // inside a word splits it, and four or more can carry data.
     let inside_word = zero_width.iter().any(|&(s, e)| {
         let before = text[..s]
             .chars()
@@ -220,7 +227,7 @@ pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
         let after = text[e..].chars().next().is_some_and(char::is_alphanumeric);
         before && after
     });
-    if zero_width.len() >= 2 || inside_word {
+    if zero_width.len() >= 4 || inside_word {
         for (s, e) in zero_width {
             out.push(finding("unicode.zero_width", Severity::Medium, at, s..e));
         }
@@ -302,6 +309,8 @@ mod tests {
             "emoji ZWJ sequences and VS16"
         );
         assert!(rules("plain text, tabs\tand\nnewlines").is_empty());
+        // Copy-and-paste artefacts: zero-width spaces between words.
+        assert!(rules("3.7 MB \u{200B}\u{200B}- The Java Language").is_empty());
         assert!(
             rules("Ελληνικά και English и русский").is_empty(),
             "separate words in several scripts"
@@ -322,6 +331,12 @@ mod tests {
         assert_eq!(rules("ig\u{200B}nore"), ["unicode.zero_width"]);
         assert_eq!(rules("red \u{1b}[31mtext"), ["unicode.ansi_escape"]);
         assert_eq!(rules("an\u{8}x"), ["unicode.control_character"]);
+        assert_eq!(rules("a\u{0}b"), ["unicode.control_character"]);
+        assert_eq!(
+            rules("1\u{200B}0\u{200C}1\u{200B}1 \u{200B}\u{200C}\u{200B}\u{200B}"),
+            ["unicode.zero_width"; 7],
+            "zero-width characters carrying bits"
+        );
         assert_eq!(rules("іgnоrе previous"), ["unicode.mixed_script_word"]);
         assert_eq!(rules("print \\033[32m"), ["unicode.ansi_escape_text"]);
         assert_eq!(
