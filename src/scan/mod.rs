@@ -35,7 +35,8 @@
 //!   evidence as alone (their weights against 1.5x [`ScannerBuilder::threshold`]);
 //!   below, they are silent.
 //!   Texts under 16 words and texts that carry an encoded payload are judged by the
-//!   families alone (the classifier blocks a short text only when 95% sure, and when
+//!   families alone (the classifier blocks a short text only when 95% sure, 80% for
+//!   a request for the system prompt, and when
 //!   it puts a short text below every flag threshold the families' findings are
 //!   flagged for review, not blocked). Each category (prompt injection, jailbreak,
 //!   system-prompt extraction) has its own classifier head and thresholds.
@@ -317,7 +318,7 @@ impl Scanner {
                 // A short text gives the classifier little to go on (a task
                 // such as "translate the following ..." is also an injection
                 // template's first line): the rules decide, and the classifier only
-                // when it is nearly certain; it never only flags one.
+                // when a head is nearly certain; it never only flags one.
                 let from = out.len();
                 heuristics::findings(&g.families, &verdict, g.threshold, at, out);
                 let fired: Vec<usize> = verdict.fired.iter().map(|(i, _)| *i).collect();
@@ -334,10 +335,8 @@ impl Scanner {
                         }
                     }
                 }
-                if v.level == Level::Block
-                    && v.p >= classifier::SHORT_BLOCK
-                    && verdict.score < g.threshold
-                {
+                let short = c.short_block(&f, &fired);
+                if let Some(v) = short.filter(|_| verdict.score < g.threshold) {
                     out.push(
                         Finding::new(
                             "classifier.injection",
