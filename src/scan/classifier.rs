@@ -529,11 +529,17 @@ impl Classifier {
         })
     }
 
-    /// The head that blocks a short text, if any: at or above both its block
-    /// threshold and its short-text probability (`SHORT_BLOCK`).
-    pub(crate) fn short_block(&self, f: &Features, families: &[usize]) -> Option<Verdict> {
+    /// Scores a short text: the verdict, and the head that blocks it, if any (at
+    /// or above both its block threshold and its short-text probability,
+    /// `SHORT_BLOCK`).
+    pub(crate) fn score_short(
+        &self,
+        f: &Features,
+        families: &[usize],
+    ) -> (Verdict, Option<Verdict>) {
         let best = self.model.best(f, families);
-        best.iter()
+        let blocks = best
+            .iter()
             .enumerate()
             .map(|(h, &(z, s, e))| Verdict {
                 head: h,
@@ -542,7 +548,8 @@ impl Classifier {
                 words: (s, e),
             })
             .filter(|v| v.p >= self.model.thresholds[v.head].block.max(SHORT_BLOCK[v.head]))
-            .max_by(|a, b| a.p.total_cmp(&b.p))
+            .max_by(|a, b| a.p.total_cmp(&b.p));
+        (self.model.verdict(&best), blocks)
     }
 
     /// Scores normalized text (what [`Scanner`](super::Scanner) feeds it) given

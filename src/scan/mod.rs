@@ -36,10 +36,10 @@
 //!   below, they are silent.
 //!   Texts under 16 words and texts that carry an encoded payload are judged by the
 //!   families alone (the classifier blocks a short text only when 95% sure, 80% for
-//!   a request for the system prompt, and when
-//!   it puts a short text below every flag threshold the families' findings are
-//!   flagged for review, not blocked). Each category (prompt injection, jailbreak,
-//!   system-prompt extraction) has its own classifier head and thresholds.
+//!   a request for the system prompt, and when it puts a short text below every
+//!   flag threshold the families' findings are flagged for review, not blocked).
+//!   Each category (prompt injection, jailbreak, system-prompt extraction) has its
+//!   own classifier head and thresholds.
 //!   Without a classifier ([`ScannerBuilder::classifier`]`(None)`) the families
 //!   decide everything, as before.
 //! - **Encoded instructions**: requests to decode something, and tokens in base64,
@@ -322,7 +322,7 @@ impl Scanner {
                 let from = out.len();
                 heuristics::findings(&g.families, &verdict, g.threshold, at, out);
                 let fired: Vec<usize> = verdict.fired.iter().map(|(i, _)| *i).collect();
-                let v = c.score_features(&f, &fired);
+                let (v, short) = c.score_short(&f, &fired);
                 if v.level == Level::Pass {
                     // The classifier puts it below every flag threshold: the
                     // families' findings are kept for review, not blocked on
@@ -335,7 +335,6 @@ impl Scanner {
                         }
                     }
                 }
-                let short = c.short_block(&f, &fired);
                 if let Some(v) = short.filter(|_| verdict.score < g.threshold) {
                     out.push(
                         Finding::new(
