@@ -166,8 +166,8 @@ fn template(text: &str) -> u64 {
 fn train_on(records: &[&Record], epochs: usize) -> Classifier {
     // Templated attacks (one document with hundreds of planted instructions, one
     // preamble with many requests) count as at most `cap` records per template
-    // (see `template`), so that the model learns the
-    // instructions rather than the documents they were planted in.
+    // (see `template`), so that the model learns the instructions rather than the
+    // documents they were planted in.
     let cap: f32 = std::env::var("IG_TEMPLATE_CAP")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -176,28 +176,18 @@ fn train_on(records: &[&Record], epochs: usize) -> Classifier {
     for r in records.iter().filter(|r| r.attack) {
         *groups.entry(template(&r.text)).or_default() += 1.0;
     }
-    let records: Vec<Record> = records
-        .iter()
-        .map(|r| Record {
-            text: r.text.clone(),
-            attack: r.attack,
-            head: r.head.clone(),
-            source: String::new(),
-            category: String::new(),
-            lang: String::new(),
-            split: r.split,
-            weight: if r.attack {
-                r.weight * (cap / groups[&template(&r.text)]).min(1.0)
-            } else {
-                r.weight
-            },
-        })
-        .collect();
+    let weight = |r: &Record| {
+        if r.attack {
+            r.weight * (cap / groups[&template(&r.text)]).min(1.0)
+        } else {
+            r.weight
+        }
+    };
     let (pos, neg): (f32, f32) = records.iter().fold((0.0, 0.0), |(p, n), r| {
         if r.attack {
-            (p + r.weight, n)
+            (p + weight(r), n)
         } else {
-            (p, n + r.weight)
+            (p, n + weight(r))
         }
     });
     let scale = if neg > 0.0 { pos / neg } else { 1.0 };
@@ -205,7 +195,7 @@ fn train_on(records: &[&Record], epochs: usize) -> Classifier {
         .iter()
         .map(|r| {
             if r.attack {
-                Example::attack(r.text.clone(), r.head.clone()).weight(r.weight)
+                Example::attack(r.text.clone(), r.head.clone()).weight(weight(r))
             } else {
                 Example::benign(r.text.clone()).weight(r.weight * scale)
             }

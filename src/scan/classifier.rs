@@ -252,6 +252,15 @@ pub(crate) fn features(text: &str) -> Features {
     Features { slots, words }
 }
 
+/// A text as the classifier reads it on its own: normalized, its features, and
+/// the rule families that fire on it (the scanner has all three already).
+fn prepare(text: &str) -> (super::normalize::Normalized, Features, Vec<usize>) {
+    let n = super::normalize::normalize(text);
+    let families = super::families_fired(text, &n);
+    let f = features(&n.text);
+    (n, f, families)
+}
+
 /// The windows of a text with `n` words: (first word, end word).
 /// Every window of `WINDOW` words at `STRIDE`, and the whole text when it is
 /// longer (a jailbreak's evidence is often spread over all of it).
@@ -569,9 +578,7 @@ impl Classifier {
     /// assert_eq!(benign.level, Level::Pass);
     /// ```
     pub fn score(&self, text: &str) -> Score {
-        let n = super::normalize::normalize(text);
-        let fams = super::families_fired(text, &n);
-        let f = features(&n.text);
+        let (n, f, fams) = prepare(text);
         let v = self.score_features(&f, &fams);
         let window = f.window_span(text, &n, v.words.0, v.words.1);
         Score {
@@ -585,9 +592,7 @@ impl Classifier {
     /// Every head's probability for a text, in the order of
     /// [`categories`](Self::categories) (for calibration and reports).
     pub fn probabilities(&self, text: &str) -> Vec<(Category, f32)> {
-        let n = super::normalize::normalize(text);
-        let fams = super::families_fired(text, &n);
-        let f = features(&n.text);
+        let (_, f, fams) = prepare(text);
         let best = self.model.best(&f, &fams);
         HEAD_CATEGORIES
             .iter()
@@ -700,10 +705,10 @@ impl Trainer {
         let data: Vec<Prepared> = examples
             .iter()
             .map(|e| {
-                let n = super::normalize::normalize(&e.text);
+                let (_, f, families) = prepare(&e.text);
                 Prepared {
-                    f: features(&n.text),
-                    families: super::families_fired(&e.text, &n),
+                    f,
+                    families,
                     head: e.attack.then(|| head_of(&e.category).unwrap_or(0)),
                     weight: e.weight,
                 }
