@@ -779,7 +779,7 @@ pub(crate) fn output_too_large() -> Finding {
     .with_action(Action::Block)
 }
 
-fn would_block() -> Rejection {
+pub(crate) fn would_block() -> Rejection {
     Rejection::unavailable(
         "a stage did not complete synchronously",
         Duration::from_secs(1),

@@ -286,13 +286,36 @@ pub struct StreamVerdict {
 /// a chunk arrives (the text only grows), and once more with `end_of_stream` set. The
 /// validator keeps its own position, so the total work stays linear, and says how far
 /// the answer is safe to release; the guard holds back the rest.
+///
+/// Like every stage, it returns a [`Step`]: `Step::ready` for in-memory checks, a
+/// future for a model or a service (awaited by
+/// [`StreamGuard::push_async`](crate::StreamGuard::push_async); the synchronous
+/// [`push`](crate::StreamGuard::push) fails such a stream closed).
+///
+/// ```
+/// use inference_guard::{StageError, Step, StreamValidator, StreamVerdict};
+///
+/// /// Releases text up to the last full stop.
+/// struct Sentences;
+///
+/// impl StreamValidator for Sentences {
+///     fn advance<'a>(&'a mut self, text: &'a str, end: bool) -> Step<'a, Result<StreamVerdict, StageError>> {
+///         let safe = if end { text.len() } else { text.rfind('.').map_or(0, |i| i + 1) };
+///         Step::ready(Ok(StreamVerdict { safe_up_to: safe, findings: Vec::new() }))
+///     }
+/// }
+/// ```
 pub trait StreamValidator: Send + 'static {
     /// Examines the answer so far.
     ///
     /// # Errors
     ///
     /// A [`StageError`] fails the stream closed (unless the stage is fail-open).
-    fn advance(&mut self, text: &str, end_of_stream: bool) -> Result<StreamVerdict, StageError>;
+    fn advance<'a>(
+        &'a mut self,
+        text: &'a str,
+        end_of_stream: bool,
+    ) -> Step<'a, Result<StreamVerdict, StageError>>;
 }
 
 /// Validates what the model answered (leaks, links, markup, tool calls, ...).

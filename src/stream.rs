@@ -7,7 +7,6 @@ use quanta::Instant;
 
 use crate::audit::{Outcome, StageOutcome, StageRecord};
 use crate::decision::{Rejection, Stage};
-use crate::error::ErrorKind;
 use crate::finding::{Action, Finding, Location, floor_boundary, redact};
 use crate::guard::{Admission, poll_once};
 use crate::response::{GuardResponse, ToolCall, Usage};
@@ -148,10 +147,57 @@ impl StreamGuard {
     /// Adds a text delta; returns the text that is safe to send now (possibly empty,
     /// possibly redacted).
     ///
+    /// Drives the validators synchronously: a validator whose
+    /// [`advance`](crate::StreamValidator::advance) returns a future (a model-backed
+    /// one) fails the stream closed with [`ErrorKind::WouldBlock`](crate::ErrorKind::WouldBlock); use
+    /// [`push_async`](Self::push_async) for those.
+    ///
     /// # Errors
     ///
     /// A [`Rejection`] when the answer is blocked (now or earlier).
     pub fn push(&mut self, delta: &str) -> Result<String, Rejection> {
+        poll_once(std::pin::pin!(self.push_inner(delta, true)))
+            .unwrap_or_else(|| Err(crate::guard::would_block()))
+    }
+
+    /// Like [`push`](Self::push), awaiting validators that return a future.
+    ///
+    /// ```
+    /// use inference_guard::*;
+    ///
+    /// # futures_executor_free::run(async {
+    /// let mut b = InferenceGuard::builder();
+    /// b.allow_anonymous().authorize_all().audit_sink(NoopSink);
+    /// let guard = b.build()?;
+    /// let admission = guard.check_request_async(GuardRequest::new("m").with_stream(true)).await?;
+    /// let mut stream = admission.stream();
+    /// let mut sent = stream.push_async("Hello").await?;
+    /// sent.push_str(&stream.end_async(None, Vec::new()).await?.text);
+    /// assert_eq!(sent, "Hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # mod futures_executor_free {
+    /// #     pub fn run<F: std::future::Future>(f: F) -> F::Output {
+    /// #         let mut f = std::pin::pin!(f);
+    /// #         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #         loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+    /// #     }
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`push`](Self::push).
+    pub async fn push_async(&mut self, delta: &str) -> Result<String, Rejection> {
+        self.push_inner(delta, false).await
+    }
+
+    pub(crate) async fn push_inner(
+        &mut self,
+        delta: &str,
+        sync: bool,
+    ) -> Result<String, Rejection> {
         if let Some(r) = &self.blocked {
             return Err(r.clone());
         }
@@ -167,7 +213,9 @@ impl StreamGuard {
             self.released
         };
         for v in &mut self.incremental {
-            match v.advance(&self.text, false) {
+            let text = &self.text;
+            match crate::guard::call(sync, Stage::OutputValidation, || v.advance(text, false)).await
+            {
                 Ok(verdict) => {
                     safe = safe.min(verdict.safe_up_to);
                     findings.extend(verdict.findings);
@@ -219,9 +267,33 @@ impl StreamGuard {
     ///
     /// As [`finish`](Self::finish).
     pub fn end(
+        self,
+        usage: Option<Usage>,
+        tool_calls: Vec<ToolCall>,
+    ) -> Result<StreamEnd, Rejection> {
+        poll_once(std::pin::pin!(self.end_inner(usage, tool_calls, true)))
+            .unwrap_or_else(|| Err(crate::guard::would_block()))
+    }
+
+    /// Like [`end`](Self::end), awaiting validators that return a future (see
+    /// [`push_async`](Self::push_async)).
+    ///
+    /// # Errors
+    ///
+    /// As [`finish`](Self::finish).
+    pub async fn end_async(
+        self,
+        usage: Option<Usage>,
+        tool_calls: Vec<ToolCall>,
+    ) -> Result<StreamEnd, Rejection> {
+        self.end_inner(usage, tool_calls, false).await
+    }
+
+    pub(crate) async fn end_inner(
         mut self,
         usage: Option<Usage>,
         tool_calls: Vec<ToolCall>,
+        sync: bool,
     ) -> Result<StreamEnd, Rejection> {
         if let Some(r) = &self.blocked {
             return Err(r.clone());
@@ -236,7 +308,9 @@ impl StreamGuard {
         let mut findings = Vec::new();
         let mut failure = None;
         for v in &mut self.incremental {
-            match v.advance(&self.text, true) {
+            let text = &self.text;
+            match crate::guard::call(sync, Stage::OutputValidation, || v.advance(text, true)).await
+            {
                 Ok(verdict) => findings.extend(verdict.findings),
                 Err(e) => {
                     failure = Some(e);
@@ -269,17 +343,9 @@ impl StreamGuard {
             for (i, whole) in plan {
                 let v = &validators[i];
                 let subject = if whole { &response } else { &calls };
-                let res = poll_once(std::pin::pin!(crate::guard::call(
-                    true,
-                    Stage::OutputValidation,
-                    || v.validate(cx, subject)
-                )))
-                .unwrap_or_else(|| {
-                    Err(
-                        crate::Error::new(ErrorKind::WouldBlock, "validator did not complete")
-                            .into(),
-                    )
-                });
+                let res =
+                    crate::guard::call(sync, Stage::OutputValidation, || v.validate(cx, subject))
+                        .await;
                 match res {
                     Ok(f) => findings.extend(f),
                     Err(e) => {

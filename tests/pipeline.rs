@@ -524,7 +524,11 @@ struct WordStream {
 }
 
 impl StreamValidator for WordStream {
-    fn advance(&mut self, text: &str, end: bool) -> Result<StreamVerdict, StageError> {
+    fn advance<'a>(
+        &'a mut self,
+        text: &'a str,
+        end: bool,
+    ) -> Step<'a, Result<StreamVerdict, StageError>> {
         let mut findings = Vec::new();
         let from = self.scanned.saturating_sub(self.word.len() - 1);
         let from = (0..=from)
@@ -552,10 +556,10 @@ impl StreamValidator for WordStream {
         } else {
             text.len().saturating_sub(self.word.len() - 1)
         };
-        Ok(StreamVerdict {
+        Step::ready(Ok(StreamVerdict {
             safe_up_to: safe,
             findings,
-        })
+        }))
     }
 }
 
@@ -587,6 +591,89 @@ impl OutputValidator for WordValidator {
             scanned: 0,
         }))
     }
+}
+
+/// The word validator behind a future that is pending once, as a model-backed
+/// validator is while its worker runs.
+struct SlowWordValidator(&'static str);
+
+struct SlowWordStream(WordStream);
+
+impl StreamValidator for SlowWordStream {
+    fn advance<'a>(
+        &'a mut self,
+        text: &'a str,
+        end: bool,
+    ) -> Step<'a, Result<StreamVerdict, StageError>> {
+        Step::future(async move {
+            YieldOnce(false).await;
+            self.0.advance(text, end).await
+        })
+    }
+}
+
+impl OutputValidator for SlowWordValidator {
+    fn validate<'a>(
+        &'a self,
+        cx: OutputContext<'a>,
+        r: &'a GuardResponse,
+    ) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        Step::future(async move {
+            YieldOnce(false).await;
+            WordValidator(self.0).validate(cx, r).await
+        })
+    }
+    fn stream(&self, _cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+        Some(Box::new(SlowWordStream(WordStream {
+            word: self.0,
+            scanned: 0,
+        })))
+    }
+}
+
+#[test]
+fn asynchronous_stream_validators_are_awaited_by_push_async_and_refused_by_push() {
+    let sink = MemorySink::new();
+    let mut b = InferenceGuard::builder();
+    b.allow_anonymous()
+        .authorize_all()
+        .output_validator(SlowWordValidator("forbidden"))
+        .audit_sink(sink.clone());
+    let guard = b.build().unwrap();
+
+    // Synchronously: fails closed.
+    let mut s = guard
+        .check_request(GuardRequest::new("m"))
+        .unwrap()
+        .stream();
+    let err = s.push("a perfectly fine sentence ").unwrap_err();
+    assert_eq!(err.status(), 503);
+    drop(s);
+
+    // Awaited: the same releases and the same block as the synchronous validator.
+    let mut s = guard
+        .check_request(GuardRequest::new("m"))
+        .unwrap()
+        .stream();
+    let first = block_on(s.push_async("a perfectly fine sentence ")).unwrap();
+    assert_eq!(first, "a perfectly fine s");
+    let r1 = block_on(s.push_async("then forb")).unwrap();
+    assert!(!r1.contains("forb"));
+    let err = block_on(s.push_async("idden words")).unwrap_err();
+    assert_eq!(err.reason(), RejectReason::OutputBlocked);
+    drop(s);
+
+    // A clean stream ends with everything released, awaited at the end too.
+    let mut s = guard
+        .check_request(GuardRequest::new("m"))
+        .unwrap()
+        .stream();
+    let mut sent = block_on(s.push_async("nothing to see ")).unwrap();
+    sent.push_str(&block_on(s.end_async(None, Vec::new())).unwrap().text);
+    assert_eq!(sent, "nothing to see ");
+    let lines = sink.lines();
+    assert_eq!(lines.len(), 3, "one record per stream");
+    assert!(lines[2].contains("\"outcome\":\"completed\""));
 }
 
 #[test]

@@ -1169,13 +1169,17 @@ impl Engine {
 }
 
 impl StreamValidator for Engine {
-    fn advance(&mut self, text: &str, end_of_stream: bool) -> Result<StreamVerdict, StageError> {
+    fn advance<'a>(
+        &'a mut self,
+        text: &'a str,
+        end_of_stream: bool,
+    ) -> Step<'a, Result<StreamVerdict, StageError>> {
         let mut findings = Vec::new();
         let safe_up_to = Self::advance(self, text, end_of_stream, &mut findings);
-        Ok(StreamVerdict {
+        Step::ready(Ok(StreamVerdict {
             safe_up_to,
             findings,
-        })
+        }))
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fmt;
 
 use crate::decision::Rejection;
+use crate::guard::poll_once;
 use crate::openai::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatFunctionCallDelta, ChatToolCallDelta,
 };
@@ -108,7 +109,28 @@ impl SseGuard {
     }
 
     /// Takes bytes from upstream; returns the bytes to send to the client now.
+    ///
+    /// Drives the validators synchronously (see [`StreamGuard::push`]); with a
+    /// validator that returns a future, use [`push_async`](Self::push_async).
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.now(|s| s.push_inner(bytes, true))
+    }
+
+    /// Like [`push`](Self::push), awaiting validators that return a future.
+    pub async fn push_async(&mut self, bytes: &[u8]) -> Vec<u8> {
+        self.push_inner(bytes, false).await
+    }
+
+    /// Runs a step of the synchronous path, which never waits: a validator that
+    /// would has already failed the stream closed inside it.
+    fn now<'a, F: std::future::Future<Output = Vec<u8>> + 'a>(
+        &'a mut self,
+        f: impl FnOnce(&'a mut Self) -> F,
+    ) -> Vec<u8> {
+        poll_once(std::pin::pin!(f(self))).unwrap_or_default()
+    }
+
+    async fn push_inner(&mut self, bytes: &[u8], sync: bool) -> Vec<u8> {
         let mut out = Vec::new();
         for &b in bytes {
             if self.ended {
@@ -132,7 +154,7 @@ impl SseGuard {
             if line.is_empty() {
                 let data = std::mem::take(&mut self.data);
                 if !data.is_empty() {
-                    self.event(&data, &mut out);
+                    self.event(&data, &mut out, sync).await;
                 }
             } else if let Some(rest) = line.strip_prefix(b"data:") {
                 let rest = rest.strip_prefix(b" ").unwrap_or(rest);
@@ -150,17 +172,26 @@ impl SseGuard {
     /// The upstream closed the connection. Without a `[DONE]` this is an aborted
     /// stream: the guard records it and nothing held back is sent.
     pub fn close(mut self) -> Vec<u8> {
+        self.now(|s| s.close_inner(true))
+    }
+
+    /// Like [`close`](Self::close), awaiting validators that return a future.
+    pub async fn close_async(mut self) -> Vec<u8> {
+        self.close_inner(false).await
+    }
+
+    async fn close_inner(&mut self, sync: bool) -> Vec<u8> {
         let mut out = Vec::new();
         if !self.ended {
             // A last event without its blank line still counts.
             let mut line = std::mem::take(&mut self.line);
             if !line.is_empty() {
                 line.push(b'\n');
-                out.extend(self.push(&line));
+                out.extend(self.push_inner(&line, sync).await);
             }
             if !self.data.is_empty() && !self.ended {
                 let data = std::mem::take(&mut self.data);
-                self.event(&data, &mut out);
+                self.event(&data, &mut out, sync).await;
             }
         }
         // Dropping an unfinished StreamGuard records StreamAborted.
@@ -175,9 +206,9 @@ impl SseGuard {
         self.stream = None;
     }
 
-    fn event(&mut self, data: &[u8], out: &mut Vec<u8>) {
+    async fn event(&mut self, data: &[u8], out: &mut Vec<u8>, sync: bool) {
         if data == b"[DONE]" {
-            self.done(out);
+            self.done(out, sync).await;
             return;
         }
         let value: serde_json::Value = match serde_json::from_slice(data) {
@@ -252,7 +283,7 @@ impl SseGuard {
             }
             let role = choice.delta.role;
             let text = match (choice.delta.content, self.stream.as_mut()) {
-                (Some(t), Some(s)) => match s.push(&t) {
+                (Some(t), Some(s)) => match s.push_inner(&t, sync).await {
                     Ok(released) => released,
                     Err(r) => {
                         self.fail(r, out);
@@ -267,7 +298,7 @@ impl SseGuard {
         }
     }
 
-    fn done(&mut self, out: &mut Vec<u8>) {
+    async fn done(&mut self, out: &mut Vec<u8>, sync: bool) {
         let Some(stream) = self.stream.take() else {
             return;
         };
@@ -276,7 +307,7 @@ impl SseGuard {
             .filter(|c| !c.name.is_empty() || !c.arguments.is_empty())
             .map(|c| ToolCall::new(c.id, c.name, c.arguments))
             .collect();
-        match stream.end(self.usage, calls) {
+        match stream.end_inner(self.usage, calls, sync).await {
             Ok(end) => {
                 let (rest, calls, receipt) = (end.text, end.tool_calls, end.receipt);
                 if !rest.is_empty() {
