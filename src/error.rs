@@ -34,6 +34,10 @@ pub enum ErrorKind {
     Internal,
     /// The response given to the guard could not be understood.
     InvalidResponse,
+    /// A stage's own capacity is exhausted (its queue is full): retry later.
+    Overloaded,
+    /// A stage did not finish within its deadline.
+    Timeout,
     /// Something else; see the message.
     Other,
 }
@@ -53,6 +57,8 @@ impl ErrorKind {
             Self::Audit => "audit",
             Self::Internal => "internal",
             Self::InvalidResponse => "invalid_response",
+            Self::Overloaded => "overloaded",
+            Self::Timeout => "timeout",
             Self::Other => "other",
         }
     }

@@ -72,11 +72,16 @@ mod classifier;
 mod encoding;
 mod heuristics;
 pub(crate) mod normalize;
+#[cfg(feature = "onnx")]
+mod onnx;
 mod redaction;
 mod secrets;
 mod unicode;
 
 pub use classifier::{Classifier, Example, Level, Score, Trainer};
+#[cfg(feature = "onnx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "onnx")))]
+pub use onnx::{OnnxClassifier, OnnxClassifierBuilder, OnnxStats};
 pub use redaction::Redaction;
 pub use secrets::{Rule, Validator};
 
