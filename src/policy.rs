@@ -76,6 +76,17 @@
 //! [abuse]
 //! enabled = true
 //!
+//! [onnx]                            # a transformer classifier (feature onnx)
+//! model = "/etc/guard/prompt-guard-2/model.onnx"
+//! tokenizer = "/etc/guard/prompt-guard-2/tokenizer.json"
+//! runtime = "/opt/onnxruntime/lib/libonnxruntime.so"   # default: ORT_DYLIB_PATH
+//! labels = [{ index = 1, category = "prompt_injection", flag = 0.5, block = 0.9 }]
+//! max_tokens = 512                  # per window; overlap = 64
+//! workers = 2                       # queue = 8 (then 503); deadline_ms = 2000
+//! uncertain_band = [0.054, 0.439]   # only texts the built-in classifier is unsure of
+//! input = true                      # classify prompts; output = true: answers too
+//! fail_open = false                 # a failing model fails the request closed (503)
+//!
 //! [http]                            # the HTTP exchange (Policy::exchange_config)
 //! unknown_fields = "refuse"         # refuse (400 naming the field) or strip
 //! operator_system_prompt_file = "/etc/guard/system-prompt.txt"  # injected first
@@ -165,6 +176,8 @@ pub struct Policy {
     abuse: Option<Abuse>,
     #[serde(default)]
     http: Http,
+    #[serde(default)]
+    onnx: Option<Onnx>,
     /// Where relative paths are resolved (the file's directory).
     #[serde(skip)]
     base: Option<PathBuf>,
@@ -363,6 +376,50 @@ impl From<Markup> for MarkupMode {
             Markup::Block => Self::Block,
         }
     }
+}
+
+/// `[onnx]`: a transformer classifier (feature `onnx`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "onnx"), allow(dead_code))]
+struct Onnx {
+    model: String,
+    tokenizer: String,
+    #[serde(default)]
+    runtime: Option<String>,
+    labels: Vec<OnnxLabel>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    overlap: Option<usize>,
+    #[serde(default)]
+    batch: Option<usize>,
+    #[serde(default)]
+    workers: Option<usize>,
+    #[serde(default)]
+    queue: Option<usize>,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+    #[serde(default)]
+    sigmoid: bool,
+    #[serde(default)]
+    uncertain_band: Option<[f32; 2]>,
+    #[serde(default = "yes")]
+    input: bool,
+    #[serde(default)]
+    output: bool,
+    #[serde(default)]
+    fail_open: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "onnx"), allow(dead_code))]
+struct OnnxLabel {
+    index: usize,
+    category: String,
+    flag: f32,
+    block: f32,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -857,6 +914,7 @@ impl Policy {
             }
             b.output_validator(v.build().map_err(|e| err("output", e))?);
         }
+        self.onnx(b)?;
         for a in &self.actions {
             b.rule_action(
                 a.rule.clone(),
@@ -892,6 +950,95 @@ impl Policy {
             b.abuse_monitor(m);
         }
         Ok(())
+    }
+
+    /// The `[onnx]` section: the model-backed classifier after the built-in stages.
+    #[cfg(feature = "onnx")]
+    fn onnx(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
+        let Some(o) = &self.onnx else {
+            return Ok(());
+        };
+        let mut c =
+            crate::scan::OnnxClassifier::builder(self.path(&o.model), self.path(&o.tokenizer));
+        if let Some(r) = &o.runtime {
+            c = c.runtime(self.path(r));
+        }
+        for (i, l) in o.labels.iter().enumerate() {
+            let category = [
+                Category::PromptInjection,
+                Category::Jailbreak,
+                Category::SystemPromptLeak,
+                Category::Secret,
+                Category::PersonalData,
+                Category::Exfiltration,
+                Category::UnsafeMarkup,
+            ]
+            .into_iter()
+            .find(|c| c.as_str() == l.category)
+            .ok_or_else(|| {
+                err(
+                    &format!("onnx.labels[{i}].category"),
+                    format!(
+                        "unknown category {:?} (prompt_injection, jailbreak, system_prompt_leak, secret, personal_data, exfiltration, unsafe_markup)",
+                        l.category
+                    ),
+                )
+            })?;
+            c = c.label(l.index, category, l.flag, l.block);
+        }
+        if let Some(n) = o.max_tokens {
+            c = c.max_tokens(n);
+        }
+        if let Some(n) = o.overlap {
+            c = c.overlap(n);
+        }
+        if let Some(n) = o.batch {
+            c = c.batch(n);
+        }
+        if let Some(n) = o.workers {
+            c = c.workers(n);
+        }
+        if let Some(n) = o.queue {
+            c = c.queue(n);
+        }
+        if let Some(ms) = o.deadline_ms {
+            c = c.deadline(Duration::from_millis(ms));
+        }
+        c = c.sigmoid(o.sigmoid);
+        if let Some([low, high]) = o.uncertain_band {
+            c = c.only_when_uncertain(crate::scan::Classifier::builtin(), low, high);
+        }
+        if !o.input && !o.output {
+            return Err(err(
+                "onnx",
+                "input and output are both false: the model would never run",
+            ));
+        }
+        let c = c.build().map_err(|e| err("onnx", e))?;
+        if o.input {
+            b.input_scanner(c.clone());
+            if o.fail_open {
+                b.fail_open(crate::Stage::InputScan);
+            }
+        }
+        if o.output {
+            b.output_validator(c);
+            if o.fail_open {
+                b.fail_open(crate::Stage::OutputValidation);
+            }
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "onnx"))]
+    fn onnx(&self, _b: &mut GuardBuilder) -> Result<(), PolicyError> {
+        match &self.onnx {
+            None => Ok(()),
+            Some(_) => Err(err(
+                "onnx",
+                "this build has no ONNX Runtime support (the onnx feature)",
+            )),
+        }
     }
 
     fn identity(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {

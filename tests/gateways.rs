@@ -991,3 +991,61 @@ fn every_choice_and_field_an_upstream_returns_is_validated() {
         up.seen.lock().unwrap().clear();
     }
 }
+
+/// A model-backed answer validator from the policy file's `[onnx]` section (the
+/// tiny generated model, see `.ci/onnx-fixtures`): both gateways await it on whole
+/// and streamed answers.
+#[cfg(feature = "onnx")]
+#[test]
+fn an_onnx_classifier_from_the_policy_file_validates_answers_on_both_gateways() {
+    let fixtures = std::path::PathBuf::from(std::env::var_os("IG_ONNX_FIXTURES").expect(
+        "the onnx tests need ONNX Runtime and the tiny model: eval \"$(bash .ci/onnx-fixtures)\"",
+    ));
+    let dir = std::env::temp_dir().join(format!("ig-gw-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = format!(
+        "version = \"gw-onnx\"\n[identity]\nallow_anonymous = true\n[[grants]]\nprincipals = [\"*\"]\nmodels = [\"demo-small\"]\nstream = true\n[audit]\nsink = \"none\"\n[input]\nenabled = false\n\
+         [onnx]\nmodel = \"{m}\"\ntokenizer = \"{t}\"\nlabels = [{{ index = 1, category = \"prompt_injection\", flag = 0.5, block = 0.9 }}]\n\
+         max_tokens = 16\noverlap = 4\ninput = false\noutput = true\n",
+        m = fixtures.join("tiny.onnx").display(),
+        t = fixtures.join("tokenizer.json").display(),
+    );
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    for name in ["axum_gateway", "actix_gateway"] {
+        let g = start(name, &[("GUARD_POLICY", path.to_str().unwrap())]);
+        let r = post(
+            &g,
+            None,
+            "/v1/chat/completions",
+            &chat("demo-small", "hello there"),
+        );
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+        assert_eq!(
+            r.json()["choices"][0]["message"]["content"],
+            "You said: hello there"
+        );
+        // The demo model repeats the prompt: two "override" in one window block it.
+        let r = post(
+            &g,
+            None,
+            "/v1/chat/completions",
+            &chat("demo-small", "override the rules override"),
+        );
+        assert_eq!(r.status, 422, "{name}: {}", r.body);
+        assert_eq!(r.json()["error"]["code"], "output_blocked", "{name}");
+        assert!(!r.body.contains("override the rules"), "{name}");
+        let mut s = chat("demo-small", "hello stream");
+        s["stream"] = json!(true);
+        let r = post(&g, None, "/v1/chat/completions", &s);
+        let events = sse_events(&r.body);
+        assert_eq!(events.last(), Some(&"[DONE]"), "{name}: {}", r.body);
+        s["messages"][1]["content"] = json!("override the rules override");
+        let r = post(&g, None, "/v1/chat/completions", &s);
+        let events = sse_events(&r.body);
+        assert_ne!(events.last(), Some(&"[DONE]"), "{name}: {}", r.body);
+        assert!(r.body.contains("\"error\""), "{name}");
+        assert!(!r.body.contains("override the rules"), "{name}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -492,3 +492,42 @@ fn configuration_errors_say_what_is_wrong() {
     assert!(msg(other_runtime).contains("already loaded"));
     assert!(format!("{:?}", tiny()).contains("OnnxClassifier"));
 }
+
+#[cfg(feature = "policy")]
+#[test]
+fn the_policy_file_configures_the_model_and_names_bad_fields() {
+    use inference_guard::policy::Policy;
+    let d = fixtures();
+    let policy = |extra: &str| {
+        format!(
+            "version = \"1\"\n[identity]\nallow_anonymous = true\n[[grants]]\nprincipals = [\"*\"]\nmodels = [\"m\"]\n[audit]\nsink = \"none\"\n[input]\nenabled = false\n\
+             [onnx]\nmodel = \"{}\"\ntokenizer = \"{}\"\nmax_tokens = 16\noverlap = 4\n{extra}",
+            d.join("tiny.onnx").display(),
+            d.join("tokenizer.json").display()
+        )
+    };
+    let guard = Policy::from_toml(&policy(
+        "labels = [{ index = 2, category = \"jailbreak\", flag = 0.5, block = 0.9 }]\n",
+    ))
+    .unwrap()
+    .build()
+    .unwrap();
+    let err = block_on(guard.check_request_async(request("an unfiltered answer"))).unwrap_err();
+    assert_eq!(err.status(), 422);
+    assert!(block_on(guard.check_request_async(request("hello"))).is_ok());
+
+    let bad = Policy::from_toml(&policy(
+        "labels = [{ index = 2, category = \"jailbrake\", flag = 0.5, block = 0.9 }]\n",
+    ))
+    .unwrap()
+    .build()
+    .unwrap_err();
+    assert!(bad.to_string().contains("onnx.labels[0].category"), "{bad}");
+    let neither = Policy::from_toml(&policy(
+        "labels = [{ index = 2, category = \"jailbreak\", flag = 0.5, block = 0.9 }]\ninput = false\n",
+    ))
+    .unwrap()
+    .build()
+    .unwrap_err();
+    assert!(neither.to_string().contains("never run"), "{neither}");
+}
