@@ -60,7 +60,10 @@ use crate::step::Step;
 /// - **Streams.** As an answer validator it validates streamed answers segment by
 ///   segment: a window is classified once it is complete, and text is released
 ///   only when every window that will ever contain it has been classified, so a
-///   streamed answer gets the verdict its whole text gets.
+///   streamed answer gets the verdict its whole text gets (for tokenizers that
+///   split at whitespace: WordPiece, SentencePiece, byte-level BPE). A label may be
+///   reported more than once on a stream, each time with a higher probability.
+///   Tool-call arguments are not classified.
 ///
 /// The guard drives this stage asynchronously: use the `_async` methods
 /// ([`InferenceGuard::check_request_async`], [`StreamGuard::push_async`]); the
@@ -399,7 +402,9 @@ impl OnnxClassifierBuilder {
     /// [`Classifier::builtin`]) scores at or above `low` and below `high`: below,
     /// the built-in scanners are confident it is benign; above, they block it
     /// anyway (when the built-in [`Scanner`](super::Scanner) runs too). Texts
-    /// outside the band cost one built-in scoring and no thread hand-off.
+    /// outside the band cost one built-in scoring and no thread hand-off. A
+    /// streamed answer is scored when it ends (the band is a property of the whole
+    /// text), so with a band the stage holds streamed text back until the end.
     pub fn only_when_uncertain(mut self, classifier: Classifier, low: f32, high: f32) -> Self {
         self.gate = Some((classifier, low, high));
         self
@@ -1032,7 +1037,6 @@ struct Pool {
     tx: Option<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
     watch: Arc<Watch>,
-    watcher: Option<JoinHandle<()>>,
 }
 
 impl Pool {
@@ -1061,14 +1065,13 @@ impl Pool {
             cv: Condvar::new(),
         });
         let w = watch.clone();
-        let watcher = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("inference-guard-onnx-deadlines".to_owned())
             .spawn(move || w.run())?;
         Ok(Self {
             tx: Some(tx),
             threads,
             watch,
-            watcher: Some(watcher),
         })
     }
 
@@ -1134,11 +1137,11 @@ fn next_job(rx: &Mutex<Receiver<Job>>) -> Option<Job> {
 }
 
 impl Drop for Pool {
+    /// Closes the queue and stops the watcher without waiting: a worker finishes
+    /// the call it is running and exits (a drop on an async executor never blocks
+    /// on an inference).
     fn drop(&mut self) {
         self.tx = None;
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
         {
             let mut s = self
                 .watch
@@ -1148,9 +1151,6 @@ impl Drop for Pool {
             s.shutdown = true;
         }
         self.watch.cv.notify_all();
-        if let Some(t) = self.watcher.take() {
-            let _ = t.join();
-        }
     }
 }
 
