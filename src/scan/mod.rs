@@ -55,8 +55,8 @@
 //! credentials, personal data and Unicode smuggling only, unless
 //! [`ScannerBuilder::scan_instructions`] is on.
 //!
-//! A model-based classifier (a transformer) can be added as another [`InputScanner`]
-//! stage.
+//! A transformer classifier (Prompt Guard class models) can be added as another
+//! [`InputScanner`] stage: `OnnxClassifier` (feature `onnx`), run by ONNX Runtime.
 //!
 //! ```
 //! use inference_guard::scan::Scanner;
