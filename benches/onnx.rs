@@ -138,10 +138,17 @@ fn direct(tok: &tokenizers::Tokenizer, session: &mut Session, text: &str) -> [f3
 }
 
 fn bench(c: &mut Criterion) {
-    let dir = PathBuf::from(std::env::var_os("IG_ONNX_FIXTURES").expect(
-        "run `eval \"$(bash .ci/onnx-fixtures)\"` first (IG_ONNX_FIXTURES, ORT_DYLIB_PATH)",
-    ));
-    let runtime = std::env::var_os("ORT_DYLIB_PATH").expect("ORT_DYLIB_PATH");
+    let (Some(dir), Some(runtime)) = (
+        std::env::var_os("IG_ONNX_FIXTURES"),
+        std::env::var_os("ORT_DYLIB_PATH"),
+    ) else {
+        // Said and skipped on a developer machine; a failure under CI.
+        let msg = "the onnx bench needs `eval \"$(bash .ci/onnx-fixtures)\"` first (IG_ONNX_FIXTURES, ORT_DYLIB_PATH)";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipped: {msg}");
+        return;
+    };
+    let dir = PathBuf::from(dir);
     let model = dir.join("tiny.onnx");
     let tokenizer = dir.join("tokenizer.json");
     let builder = || {

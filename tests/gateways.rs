@@ -998,9 +998,17 @@ fn every_choice_and_field_an_upstream_returns_is_validated() {
 #[cfg(feature = "onnx")]
 #[test]
 fn an_onnx_classifier_from_the_policy_file_validates_answers_on_both_gateways() {
-    let fixtures = std::path::PathBuf::from(std::env::var_os("IG_ONNX_FIXTURES").expect(
-        "the onnx tests need ONNX Runtime and the tiny model: eval \"$(bash .ci/onnx-fixtures)\"",
-    ));
+    // Without the runtime and the model the test says so and passes on a developer
+    // machine; under CI (`CI` set) it fails.
+    let Some(fixtures) = std::env::var_os("IG_ONNX_FIXTURES")
+        .filter(|_| std::env::var_os("ORT_DYLIB_PATH").is_some())
+    else {
+        let msg = "needs ONNX Runtime and the tiny model: eval \"$(bash .ci/onnx-fixtures)\"";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipped: {msg}");
+        return;
+    };
+    let fixtures = std::path::PathBuf::from(fixtures);
     let dir = std::env::temp_dir().join(format!("ig-gw-onnx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let policy = format!(
