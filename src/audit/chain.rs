@@ -314,11 +314,13 @@ impl ChainedLogSink {
     }
 
     fn write_line(st: &mut ChainState, line: &[u8]) -> Result<(), Error> {
+        // One write of the line and its newline: a refused write (a full disk)
+        // leaves the chain where it was, so the line can be written again.
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line);
+        buf.push(b'\n');
         st.out
-            .write_all(line)
-            .map_err(audit_err("write audit log"))?;
-        st.out
-            .write_all(b"\n")
+            .write_all(&buf)
             .map_err(audit_err("write audit log"))?;
         let d = ring::digest::digest(&ring::digest::SHA256, line);
         st.prev.copy_from_slice(d.as_ref());

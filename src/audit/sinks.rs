@@ -4,7 +4,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -160,8 +160,12 @@ pub struct BackgroundStats {
     /// Events dropped because the queue was full ([`Overflow::DropAndCount`]), or
     /// refused after shutdown.
     pub dropped: u64,
-    /// Events the inner sink failed to record.
+    /// Events lost because the inner sink kept failing while more events than the
+    /// queue's capacity waited to be retried.
     pub failed: u64,
+    /// Events the inner sink refused that wait to be written again (in order, every
+    /// 100 ms, ahead of newer ones).
+    pub retrying: u64,
 }
 
 enum Msg {
@@ -175,6 +179,17 @@ struct Shared {
     written: AtomicU64,
     dropped: AtomicU64,
     failed: AtomicU64,
+    retrying: AtomicU64,
+    /// The inner sink's last write or flush failed and has not succeeded since.
+    failing: AtomicBool,
+    last_error: Mutex<Option<Error>>,
+}
+
+impl Shared {
+    fn fail(&self, e: Error) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+        self.failing.store(true, Ordering::Release);
+    }
 }
 
 /// Takes audit events off the request path: the event is copied to an owned
@@ -186,6 +201,24 @@ struct Shared {
 /// about 2 ms plus the time to write the events before it.
 ///
 /// Shutdown ([`shutdown`](Self::shutdown), or drop) flushes everything accepted.
+///
+/// # When the inner sink fails
+///
+/// Write and flush failures are never silent. An event the inner sink refuses (a
+/// full disk, a lost connection) is kept and written again every 100 ms, in order and
+/// ahead of newer events, until the sink takes it; the error is kept
+/// ([`last_error`](Self::last_error)) and returned by [`flush`](AuditSink::flush).
+/// While the sink fails, [`ready`](AuditSink::ready) refuses: the guard answers new
+/// requests `503` before calling the model, so no new answer goes out whose record
+/// could not be written, and it admits them again once the writes succeed. Requests
+/// already admitted when the first write failed still get their answers; their
+/// records wait for the retries (at most the queue's capacity of them; beyond it they
+/// are lost and counted in [`BackgroundStats::failed`]).
+/// [`fail_open`](Self::fail_open) keeps admitting while the sink fails.
+///
+/// A background sink answers before the record is written, so it cannot promise
+/// that no answer goes out without a record; a synchronous sink can (the guard
+/// replaces the answer with a `503` when `record` fails).
 ///
 /// ```
 /// use inference_guard::audit::{BackgroundSink, Overflow};
@@ -199,6 +232,7 @@ pub struct BackgroundSink {
     tx: Mutex<Option<SyncSender<Msg>>>,
     capacity: usize,
     overflow: Overflow,
+    fail_open: bool,
     shared: Arc<Shared>,
     worker: Mutex<Option<JoinHandle<()>>>,
 }
@@ -208,6 +242,7 @@ impl fmt::Debug for BackgroundSink {
         f.debug_struct("BackgroundSink")
             .field("capacity", &self.capacity)
             .field("overflow", &self.overflow)
+            .field("fail_open", &self.fail_open)
             .field("stats", &self.stats())
             .finish()
     }
@@ -225,19 +260,39 @@ impl BackgroundSink {
             written: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            retrying: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            last_error: Mutex::new(None),
         });
         let s2 = shared.clone();
         let worker = std::thread::Builder::new()
             .name("inference-guard-audit".into())
-            .spawn(move || run(inner, rx, &s2))
+            .spawn(move || run(inner, rx, &s2, capacity))
             .ok();
         Self {
             tx: Mutex::new(worker.is_some().then_some(tx)),
             capacity,
             overflow,
+            fail_open: false,
             shared,
             worker: Mutex::new(worker),
         }
+    }
+
+    /// Keeps admitting requests while the inner sink fails (their events wait for
+    /// the retries, and are lost beyond the queue's capacity). The default refuses
+    /// them (`503`) until the sink writes again.
+    ///
+    /// ```
+    /// use inference_guard::audit::{BackgroundSink, Overflow};
+    /// use inference_guard::NoopSink;
+    /// let sink = BackgroundSink::new(NoopSink, 1000, Overflow::Reject).fail_open();
+    /// # drop(sink);
+    /// ```
+    #[must_use]
+    pub fn fail_open(mut self) -> Self {
+        self.fail_open = true;
+        self
     }
 
     /// The counters.
@@ -248,7 +303,21 @@ impl BackgroundSink {
             written: s.written.load(Ordering::Relaxed),
             dropped: s.dropped.load(Ordering::Relaxed),
             failed: s.failed.load(Ordering::Relaxed),
+            retrying: s.retrying.load(Ordering::Relaxed),
         }
+    }
+
+    /// The inner sink's last error, while it fails (`None` once a write succeeds
+    /// again).
+    pub fn last_error(&self) -> Option<Error> {
+        if !self.shared.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.shared
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Events waiting in the queue.
@@ -275,19 +344,47 @@ impl BackgroundSink {
 /// costs more than everything else the request path does here).
 const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
-fn run(inner: impl AuditSink, rx: Receiver<Msg>, shared: &Shared) {
+/// How often the writer retries events the inner sink refused.
+const RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+fn run(inner: impl AuditSink, rx: Receiver<Msg>, shared: &Shared, capacity: usize) {
     let mut acks: Vec<SyncSender<Result<(), Error>>> = Vec::new();
+    // Events the inner sink refused, oldest first: written before any newer one.
+    let mut retry: std::collections::VecDeque<Box<AuditRecord>> = std::collections::VecDeque::new();
+    let mut flush_failed = false;
     loop {
-        let (mut records, mut written, mut failed) = (0usize, 0u64, 0u64);
+        let (mut records, mut written, mut lost) = (0usize, 0u64, 0u64);
         let mut disconnected = false;
-        // Drain what is queued (bounded, so a flood still gets flushed regularly).
+        let mut error = None;
+        // The refused events first, in order, until one is refused again.
+        while let Some(rec) = retry.front() {
+            match inner.record(&rec.event()) {
+                Ok(()) => {
+                    retry.pop_front();
+                    written += 1;
+                }
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        // Then what is queued (bounded, so a flood still gets flushed regularly).
         while records < 4096 {
             match rx.try_recv() {
                 Ok(Msg::Record(rec)) => {
                     records += 1;
+                    if !retry.is_empty() {
+                        // Behind the refused ones, to keep the order.
+                        retry.push_back(rec);
+                        continue;
+                    }
                     match inner.record(&rec.event()) {
                         Ok(()) => written += 1,
-                        Err(_) => failed += 1,
+                        Err(e) => {
+                            error = Some(e);
+                            retry.push_back(rec);
+                        }
                     }
                 }
                 Ok(Msg::Flush(ack)) => acks.push(ack),
@@ -298,21 +395,51 @@ fn run(inner: impl AuditSink, rx: Receiver<Msg>, shared: &Shared) {
                 }
             }
         }
+        while retry.len() > capacity {
+            retry.pop_front();
+            lost += 1;
+        }
         if records > 0 {
             shared.pending.fetch_sub(records, Ordering::Relaxed);
-            shared.written.fetch_add(written, Ordering::Relaxed);
-            shared.failed.fetch_add(failed, Ordering::Relaxed);
         }
-        if records > 0 || !acks.is_empty() || disconnected {
-            let flushed = inner.flush();
-            for ack in acks.drain(..) {
-                let _ = ack.send(flushed.clone());
-            }
+        shared.written.fetch_add(written, Ordering::Relaxed);
+        shared.failed.fetch_add(lost, Ordering::Relaxed);
+        shared.retrying.store(retry.len() as u64, Ordering::Relaxed);
+        let mut flushed = Ok(());
+        if written > 0 || records > 0 || flush_failed || !acks.is_empty() || disconnected {
+            flushed = inner.flush();
+            flush_failed = flushed.is_err();
+        }
+        if let Some(e) = error.or_else(|| flushed.as_ref().err().cloned()) {
+            shared.fail(e);
+        } else if retry.is_empty() {
+            shared.failing.store(false, Ordering::Release);
+        }
+        let failing = shared.failing.load(Ordering::Acquire);
+        for ack in acks.drain(..) {
+            let r = match (&flushed, failing) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(()), true) => Err(shared
+                    .last_error
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_else(|| Error::new(ErrorKind::Audit, "audit sink failing"))),
+                (Ok(()), false) => Ok(()),
+            };
+            let _ = ack.send(r);
         }
         if disconnected {
+            // Shutting down: the refused events get no more chances.
+            shared
+                .failed
+                .fetch_add(retry.len() as u64, Ordering::Relaxed);
+            shared.retrying.store(0, Ordering::Relaxed);
             return;
         }
-        if records == 0 {
+        if failing {
+            std::thread::sleep(RETRY_EVERY);
+        } else if records == 0 {
             std::thread::sleep(IDLE_POLL);
         }
     }
@@ -353,6 +480,12 @@ impl AuditSink for BackgroundSink {
     fn ready(&self) -> Result<(), Error> {
         if self.overflow == Overflow::Reject && self.pending() >= self.capacity {
             return Err(Error::new(ErrorKind::Audit, "audit queue full"));
+        }
+        if !self.fail_open && self.shared.failing.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::Audit,
+                "audit sink failing: events wait to be written again",
+            ));
         }
         Ok(())
     }
