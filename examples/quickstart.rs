@@ -6,8 +6,9 @@
 //! ```
 //!
 //! With `--audit-dir DIR`, the audit trail is also written as a tamper-evident,
-//! signed log to `DIR/audit.jsonl`, and its public key to `DIR/audit.pub`; check it
-//! with `cargo run --example audit_verify -- DIR/audit.jsonl --public-key DIR/audit.pub`.
+//! signed log to `DIR/audit.jsonl`, its public key to `DIR/audit.pub` and its seal (the
+//! final checkpoint, as a witness line) to `DIR/audit.witness`; check it with
+//! `cargo run --example audit_verify -- DIR/audit.jsonl --public-key DIR/audit.pub --witness @DIR/audit.witness`.
 
 use std::sync::Arc;
 
@@ -369,11 +370,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some((log, path)) = signed_log {
         log.close()?;
         let pubkey = path.with_file_name("audit.pub");
+        // The seal, kept apart from the log (a real deployment ships each new
+        // checkpoint's witness to another system as it is written).
+        let witness = path.with_file_name("audit.witness");
+        if let Some(seal) = log.seal() {
+            std::fs::write(&witness, format!("{seal}\n"))?;
+        }
         println!("\nsigned audit log: {}", path.display());
         println!(
-            "verify it with: cargo run --example audit_verify -- {} --public-key {}",
+            "verify it with: cargo run --example audit_verify -- {} --public-key {} --witness @{}",
             path.display(),
-            pubkey.display()
+            pubkey.display(),
+            witness.display()
         );
     }
     Ok(())

@@ -599,6 +599,135 @@ fn the_verifier_detects_each_kind_of_tampering() {
     assert!(verify(&path, &key).is_intact());
 }
 
+/// Writes `n` events through a guard into `log`, flushing (a checkpoint) every 4.
+fn feed(log: &Arc<ChainedLogSink>, n: usize) {
+    let guard = guard_with(log.clone(), |_| {});
+    for i in 0..n {
+        complete(&guard, &format!("r{i}"), "ok").unwrap();
+        if i % 4 == 3 {
+            log.flush().unwrap();
+        }
+    }
+}
+
+fn verify_with(
+    path: &PathBuf,
+    key: &AuditPublicKey,
+    witness: Option<&Witness>,
+    after: Option<&Witness>,
+) -> LogReport {
+    verify_log_with(
+        std::fs::File::open(path).unwrap(),
+        std::slice::from_ref(key),
+        witness,
+        after,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_witness_detects_a_log_cut_at_a_checkpoint_and_a_substituted_file() {
+    let dir = temp_dir("witness");
+    let path = dir.join("audit.jsonl");
+    let der = AuditSigningKey::generate("audit-w")
+        .unwrap()
+        .pkcs8()
+        .unwrap()
+        .to_vec();
+    let key = || AuditSigningKey::from_pkcs8("audit-w", &der).unwrap();
+    let public = key().public_key();
+    let log = Arc::new(ChainedLogSink::create(&path, key()).unwrap());
+    feed(&log, 16);
+    // The writer ships its latest checkpoint elsewhere as it goes.
+    let witness = log.witness().unwrap();
+    assert_eq!(witness.checkpoint(), 3);
+    assert_eq!(witness.log_id(), log.log_id());
+    let shipped = witness.to_string();
+    assert!(!shipped.contains('\n') && shipped.starts_with("igw1."));
+    let witness: Witness = shipped.parse().unwrap();
+
+    // The live log verifies against it; the report names the last checkpoint.
+    let live = verify_with(&path, &public, Some(&witness), None);
+    assert_eq!(live.status, LogStatus::Unsealed, "{live}");
+    assert_eq!(live.witness.as_ref(), Some(&witness));
+    assert!(live.last_checkpoint_time.is_some());
+    assert!(
+        live.to_string().contains("last checkpoint at seq"),
+        "{live}"
+    );
+
+    // Cut right after the second checkpoint: alone it looks like a live log...
+    let all = lines(&path);
+    let second = all
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"checkpoint\""))
+        .nth(1)
+        .unwrap()
+        .0;
+    let cut = dir.join("cut.jsonl");
+    write_lines(&cut, &all[..=second]);
+    assert_eq!(verify(&cut, &public).status, LogStatus::Unsealed);
+    // ...the witness shows what is missing.
+    let r = verify_with(&cut, &public, Some(&witness), None);
+    assert_eq!(r.status, LogStatus::Truncated, "{r}");
+    assert!(r.to_string().contains("witness saw checkpoint 3"), "{r}");
+
+    // Another log signed by the same key, put in its place.
+    let other_path = dir.join("other.jsonl");
+    let other = Arc::new(ChainedLogSink::create(&other_path, key()).unwrap());
+    feed(&other, 16);
+    other.close().unwrap();
+    assert!(verify(&other_path, &public).is_intact());
+    let r = verify_with(&other_path, &public, Some(&witness), None);
+    assert_eq!(r.status, LogStatus::Substituted, "{r}");
+
+    log.close().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn rotated_files_chain_by_their_seals() {
+    let dir = temp_dir("seal");
+    let key_der = AuditSigningKey::generate("audit-r")
+        .unwrap()
+        .pkcs8()
+        .unwrap()
+        .to_vec();
+    let key = || AuditSigningKey::from_pkcs8("audit-r", &key_der).unwrap();
+    let public = key().public_key();
+    let first = dir.join("audit.1.jsonl");
+    let a = Arc::new(ChainedLogSink::create(&first, key()).unwrap());
+    feed(&a, 8);
+    assert!(a.seal().is_none(), "not sealed before close");
+    a.close().unwrap();
+    let seal = a.seal().unwrap();
+    assert!(seal.is_final());
+    let second = dir.join("audit.2.jsonl");
+    let b = Arc::new(ChainedLogSink::create_after(&second, key(), &seal).unwrap());
+    assert_ne!(b.log_id(), a.log_id());
+    feed(&b, 8);
+    b.close().unwrap();
+    assert!(verify_with(&second, &public, None, Some(&seal)).is_intact());
+    // A file that follows another seal (or none) is not the continuation.
+    let third = dir.join("audit.3.jsonl");
+    let c = Arc::new(ChainedLogSink::create(&third, key()).unwrap());
+    feed(&c, 8);
+    c.close().unwrap();
+    let r = verify_with(&third, &public, None, Some(&seal));
+    assert_eq!(r.status, LogStatus::Substituted, "{r}");
+    // Only a seal starts a continuation.
+    assert!(
+        ChainedLogSink::create_after(dir.join("x.jsonl"), key(), &b.witness().unwrap()).is_ok()
+    );
+    let live = Arc::new(ChainedLogSink::create(dir.join("live.jsonl"), key()).unwrap());
+    feed(&live, 4);
+    assert!(
+        ChainedLogSink::create_after(dir.join("y.jsonl"), key(), &live.witness().unwrap()).is_err()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_partial_last_line_is_reported_as_a_crash_not_tampering() {
     let (path, key) = write_log("partial", 6, 100, "/v1/chat/completions");

@@ -18,8 +18,136 @@ use crate::stage::AuditSink;
 
 const GENESIS: [u8; 32] = [0; 32];
 
-fn checkpoint_message(seq: u64, prev: &str, kid: &str, fin: bool) -> String {
-    format!("inference-guard audit checkpoint v1\n{seq}\n{prev}\n{kid}\n{fin}")
+/// What a checkpoint's signature covers.
+struct CheckpointFields<'a> {
+    log_id: &'a str,
+    n: u64,
+    seq: u64,
+    prev: &'a str,
+    time: u64,
+    prev_checkpoint: &'a str,
+    kid: &'a str,
+    fin: bool,
+}
+
+fn checkpoint_message(c: &CheckpointFields<'_>) -> String {
+    format!(
+        "inference-guard audit checkpoint v2\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+        c.log_id, c.n, c.seq, c.prev, c.time, c.prev_checkpoint, c.kid, c.fin
+    )
+}
+
+/// A checkpoint named outside the log, to check the log against: a **witness**
+/// (the latest checkpoint an operator shipped to another system, from
+/// [`ChainedLogSink::witness`]) or a **seal** (a closed file's final checkpoint, from
+/// [`ChainedLogSink::seal`], which the next file of a rotation starts from).
+///
+/// Text form: `igw1.<log id>.<checkpoint number>.<seq>.<unix time>.<final>.<SHA-256 of
+/// the checkpoint line, hex>`, one line with no secret in it.
+///
+/// ```
+/// use inference_guard::audit::Witness;
+/// let w: Witness = "igw1.0f1e2d3c4b5a69788796a5b4c3d2e1f0.3.120.1764633600.false.9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".parse()?;
+/// assert_eq!(w.checkpoint(), 3);
+/// assert_eq!(w.to_string().parse::<Witness>()?, w);
+/// # Ok::<(), inference_guard::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Witness {
+    log_id: String,
+    n: u64,
+    seq: u64,
+    time: u64,
+    fin: bool,
+    digest: [u8; 32],
+}
+
+impl Witness {
+    /// The log's identity (chosen at random when the log was created).
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// The checkpoint's number in its log (from 0).
+    pub fn checkpoint(&self) -> u64 {
+        self.n
+    }
+
+    /// The checkpoint line's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// When the checkpoint was written (seconds since the Unix epoch).
+    pub fn unix_time(&self) -> u64 {
+        self.time
+    }
+
+    /// Whether it is the log's final checkpoint (a seal).
+    pub fn is_final(&self) -> bool {
+        self.fin
+    }
+}
+
+impl fmt::Display for Witness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "igw1.{}.{}.{}.{}.{}.{}",
+            self.log_id,
+            self.n,
+            self.seq,
+            self.time,
+            self.fin,
+            hex(&self.digest)
+        )
+    }
+}
+
+impl std::str::FromStr for Witness {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = || {
+            Error::new(
+                ErrorKind::Other,
+                "not a witness line (igw1.<log id>.<n>.<seq>.<time>.<final>.<sha256>)",
+            )
+        };
+        let parts: Vec<&str> = s.trim().split('.').collect();
+        let [tag, log_id, n, seq, time, fin, digest] = parts.as_slice() else {
+            return Err(bad());
+        };
+        if *tag != "igw1" || log_id.is_empty() || !log_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let d = unhex32(digest).ok_or_else(bad)?;
+        Ok(Self {
+            log_id: (*log_id).to_owned(),
+            n: n.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+            time: time.parse().map_err(|_| bad())?,
+            fin: fin.parse().map_err(|_| bad())?,
+            digest: d,
+        })
+    }
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn audit_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
@@ -218,6 +346,13 @@ struct ChainState {
     events: u64,
     since_checkpoint: u64,
     closed: bool,
+    /// Checkpoints written so far.
+    checkpoints: u64,
+    /// The last checkpoint line's digest (for the first one: the previous file's
+    /// seal, or zeros).
+    last_checkpoint: [u8; 32],
+    /// The last checkpoint, as a witness.
+    witness: Option<Witness>,
 }
 
 ///  A tamper-evident audit log: hash-chained JSON lines with signed checkpoints, and
@@ -229,15 +364,28 @@ struct ChainState {
 ///
 ///  ```text
 ///  {"seq":n,"prev":"<hex SHA-256 of line n-1>","event":{...audit event...}}
-///  {"seq":n,"prev":"<hex SHA-256 of line n-1>","checkpoint":{"key_id":"k","final":false,"sig":"<base64url>"}}
+///  {"seq":n,"prev":"<hex SHA-256 of line n-1>","checkpoint":{"log_id":"<32 hex>","n":k,"time":<unix seconds>,"prev_checkpoint":"<hex SHA-256 of checkpoint k-1's line>","key_id":"k","final":false,"sig":"<base64url>"}}
 ///  ```
 ///
 ///  The hash of a line is SHA-256 over its bytes as written, without the newline (the
 ///  writer's serialization is the canonical one). Line 0 has `prev` of 64 zeros. A
 ///  checkpoint's signature (Ed25519) covers
-///  `"inference-guard audit checkpoint v1\n{seq}\n{prev}\n{key_id}\n{final}"`, so it
-///  commits to every line before it. The writer adds a checkpoint every
-///  `checkpoint_every` events, at every flush, and a final one when the log is closed.
+///  `"inference-guard audit checkpoint v2\n{log_id}\n{n}\n{seq}\n{prev}\n{time}\n{prev_checkpoint}\n{key_id}\n{final}"`:
+///  the log's identity (random, chosen when the log is created), the checkpoint's
+///  number, every line before it (through `prev`) and the checkpoint before it. The
+///  first checkpoint's `prev_checkpoint` is 64 zeros, or the previous file's seal for
+///  a log that continues another ([`ChainedLogSink::create_after`]). The writer adds a
+///  checkpoint every `checkpoint_every` events, at every flush, and a final one when
+///  the log is closed.
+///
+///  # Completeness
+///
+///  A log cut right after a checkpoint, or a whole file replaced by another signed
+///  with the same key, verifies on its own. To catch both, ship the latest checkpoint
+///  somewhere else as it is written ([`ChainedLogSink::witness`], one line) and verify
+///  against it ([`verify_log_with`]): a different log id is a substituted file, a
+///  witnessed checkpoint that is missing is a truncation. Rotated files chain by
+///  their seals ([`ChainedLogSink::seal`], [`ChainedLogSink::create_after`]).
 ///
 ///  # Durability
 ///
@@ -260,6 +408,7 @@ struct ChainState {
 /// and signing off the request path: the background thread flushes after each batch.
 pub struct ChainedLogSink {
     state: Mutex<ChainState>,
+    log_id: String,
     key: AuditSigningKey,
     checkpoint_every: u64,
     durable: AtomicU64,
@@ -268,6 +417,7 @@ pub struct ChainedLogSink {
 impl fmt::Debug for ChainedLogSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChainedLogSink")
+            .field("log_id", &self.log_id)
             .field("kid", &self.key.kid)
             .field("durable_records", &self.durable_records())
             .finish_non_exhaustive()
@@ -281,6 +431,36 @@ impl ChainedLogSink {
     ///
     /// An [`Error`] if the file exists or cannot be created.
     pub fn create(path: impl AsRef<Path>, key: AuditSigningKey) -> Result<Self, Error> {
+        Self::open(path.as_ref(), key, None)
+    }
+
+    /// Creates a new log at `path` that continues the log sealed by `seal` (its
+    /// final checkpoint, from [`seal`](Self::seal)): its first checkpoint commits to
+    /// that seal, so a verifier given the seal ([`verify_log_with`]) knows this file
+    /// follows that one and nothing was dropped between them.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`] if the file exists or cannot be created, or `seal` is not a final
+    /// checkpoint.
+    pub fn create_after(
+        path: impl AsRef<Path>,
+        key: AuditSigningKey,
+        seal: &Witness,
+    ) -> Result<Self, Error> {
+        if !seal.fin {
+            return Err(Error::new(
+                ErrorKind::Other,
+                "a log continues only a sealed one (a final checkpoint)",
+            ));
+        }
+        Self::open(path.as_ref(), key, Some(seal.digest))
+    }
+
+    fn open(path: &Path, key: AuditSigningKey, after: Option<[u8; 32]>) -> Result<Self, Error> {
+        let mut id = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+            .map_err(|_| Error::new(ErrorKind::Internal, "system random generator failed"))?;
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -294,11 +474,38 @@ impl ChainedLogSink {
                 events: 0,
                 since_checkpoint: 0,
                 closed: false,
+                checkpoints: 0,
+                last_checkpoint: after.unwrap_or(GENESIS),
+                witness: None,
             }),
+            log_id: hex(&id),
             key,
             checkpoint_every: 1000,
             durable: AtomicU64::new(0),
         })
+    }
+
+    /// The log's identity: 128 random bits, hex.
+    pub fn log_id(&self) -> &str {
+        &self.log_id
+    }
+
+    /// The latest checkpoint as a witness line, to ship to another system (a
+    /// different host, an object store with retention) each time it changes: the
+    /// verifier then detects a log cut at or before it, or replaced. `None` before
+    /// the first checkpoint.
+    pub fn witness(&self) -> Option<Witness> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .witness
+            .clone()
+    }
+
+    /// The final checkpoint once the log is closed ([`close`](Self::close)): the
+    /// seal the next file of a rotation starts from ([`create_after`](Self::create_after)).
+    pub fn seal(&self) -> Option<Witness> {
+        self.witness().filter(|w| w.fin)
     }
 
     /// Adds a checkpoint every `n` events (default 1000), besides those at each flush.
@@ -330,16 +537,46 @@ impl ChainedLogSink {
 
     fn checkpoint(&self, st: &mut ChainState, fin: bool) -> Result<(), Error> {
         let prev = hex(&st.prev);
-        let sig = self
-            .key
-            .sign(&checkpoint_message(st.seq, &prev, &self.key.kid, fin));
+        let prev_checkpoint = hex(&st.last_checkpoint);
+        let time = unix_now();
+        let fields = CheckpointFields {
+            log_id: &self.log_id,
+            n: st.checkpoints,
+            seq: st.seq,
+            prev: &prev,
+            time,
+            prev_checkpoint: &prev_checkpoint,
+            kid: &self.key.kid,
+            fin,
+        };
+        let sig = self.key.sign(&checkpoint_message(&fields));
         let line = serde_json::json!({
             "seq": st.seq,
             "prev": prev,
-            "checkpoint": {"key_id": self.key.kid, "final": fin, "sig": sig},
+            "checkpoint": {
+                "log_id": self.log_id,
+                "n": st.checkpoints,
+                "time": time,
+                "prev_checkpoint": prev_checkpoint,
+                "key_id": self.key.kid,
+                "final": fin,
+                "sig": sig,
+            },
         })
         .to_string();
+        let seq = st.seq;
         Self::write_line(st, line.as_bytes())?;
+        let digest = st.prev;
+        st.witness = Some(Witness {
+            log_id: self.log_id.clone(),
+            n: st.checkpoints,
+            seq,
+            time,
+            fin,
+            digest,
+        });
+        st.last_checkpoint = digest;
+        st.checkpoints += 1;
         st.since_checkpoint = 0;
         Ok(())
     }
@@ -426,6 +663,13 @@ pub enum LogStatus {
     Unsealed,
     /// A line was changed, deleted, inserted or reordered, or a checkpoint is forged.
     Tampered,
+    /// The log ends before a checkpoint its witness saw ([`verify_log_with`]): it was
+    /// cut at or before that checkpoint.
+    Truncated,
+    /// The log is not the one its witness or its predecessor's seal names: another
+    /// log id, a witnessed checkpoint that differs, or a first checkpoint that does
+    /// not follow the seal.
+    Substituted,
 }
 
 /// What [`verify_log`] found.
@@ -447,6 +691,15 @@ pub struct LogReport {
     pub partial_last_line: bool,
     /// The first bad line (1-based) and why, when tampered.
     pub first_bad_line: Option<(u64, String)>,
+    /// The log's identity, from its first checkpoint.
+    pub log_id: Option<String>,
+    /// When the last valid checkpoint was written (seconds since the Unix epoch).
+    pub last_checkpoint_time: Option<u64>,
+    /// The last valid checkpoint as a witness line (what the writer would have
+    /// shipped last).
+    pub witness: Option<Witness>,
+    /// Why the log is truncated or substituted.
+    pub anchor_problem: Option<String>,
 }
 
 impl LogReport {
@@ -480,6 +733,23 @@ impl fmt::Display for LogReport {
                     self.events
                 )?;
             }
+            LogStatus::Truncated | LogStatus::Substituted => {
+                let what = if self.status == LogStatus::Truncated {
+                    "TRUNCATED"
+                } else {
+                    "SUBSTITUTED"
+                };
+                write!(
+                    f,
+                    "{what}: {} ({} events, {} checkpoints in the file)",
+                    self.anchor_problem.as_deref().unwrap_or(""),
+                    self.events,
+                    self.checkpoints
+                )?;
+            }
+        }
+        if let (Some(seq), Some(t)) = (self.last_checkpoint, self.last_checkpoint_time) {
+            write!(f, "; last checkpoint at seq {seq}, unix time {t}")?;
         }
         if self.partial_last_line {
             write!(
@@ -498,6 +768,117 @@ impl fmt::Display for LogReport {
 /// An [`Error`] only if `input` cannot be read; every problem with the content is in
 /// the report.
 pub fn verify_log(input: impl Read, keys: &[AuditPublicKey]) -> Result<LogReport, Error> {
+    verify_log_with(input, keys, None, None)
+}
+
+/// Verifies a log as [`verify_log`] does, and against checkpoints named elsewhere:
+/// `witness`, the latest checkpoint the writer shipped to another system
+/// ([`ChainedLogSink::witness`]); `after`, the seal of the file this one continues
+/// ([`ChainedLogSink::create_after`]). A log that verifies on its own but is not the
+/// witnessed log, or lacks the witnessed checkpoint, or does not follow the seal, is
+/// [`LogStatus::Substituted`] or [`LogStatus::Truncated`].
+///
+/// ```
+/// use inference_guard::audit::{AuditSigningKey, ChainedLogSink, LogStatus, verify_log_with};
+///
+/// let dir = std::env::temp_dir().join(format!("ig-witness-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let key = AuditSigningKey::generate("k1")?;
+/// let public = key.public_key();
+/// let log = ChainedLogSink::create(dir.join("a.jsonl"), key)?;
+/// // ... events; every flush signs a checkpoint ...
+/// log.close()?;                          // the final checkpoint
+/// let witness = log.witness().unwrap();  // shipped elsewhere as it is written
+/// let file = std::fs::File::open(dir.join("a.jsonl"))?;
+/// let report = verify_log_with(file, &[public], Some(&witness), None)?;
+/// assert_eq!(report.status, LogStatus::Intact);
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// An [`Error`] only if `input` cannot be read.
+pub fn verify_log_with(
+    input: impl Read,
+    keys: &[AuditPublicKey],
+    witness: Option<&Witness>,
+    after: Option<&Witness>,
+) -> Result<LogReport, Error> {
+    let mut report = verify_chain(input, keys, after)?;
+    if report.status != LogStatus::Intact && report.status != LogStatus::Unsealed {
+        return Ok(report.into());
+    }
+    if let Some(w) = witness {
+        let problem = match report.log_id.as_deref() {
+            None => Some((
+                LogStatus::Truncated,
+                format!(
+                    "no checkpoint, but the witness saw checkpoint {} of log {}",
+                    w.n, w.log_id
+                ),
+            )),
+            Some(id) if id != w.log_id => Some((
+                LogStatus::Substituted,
+                format!("log id {id}, but the witness is of log {}", w.log_id),
+            )),
+            Some(_) => None,
+        };
+        let problem = problem.or_else(|| match report.seen.get(usize::try_from(w.n).unwrap_or(usize::MAX)) {
+            None => Some((
+                LogStatus::Truncated,
+                format!(
+                    "the witness saw checkpoint {} (seq {}, unix time {}); the file ends after checkpoint {}",
+                    w.n,
+                    w.seq,
+                    w.time,
+                    report.checkpoints.checked_sub(1).map_or_else(|| "none".to_owned(), |n| n.to_string())
+                ),
+            )),
+            Some(d) if *d != w.digest => Some((
+                LogStatus::Substituted,
+                format!("checkpoint {} differs from the witnessed one", w.n),
+            )),
+            Some(_) => None,
+        });
+        if let Some((status, why)) = problem {
+            report.status = status;
+            report.anchor_problem = Some(why);
+        }
+    }
+    Ok(report.into())
+}
+
+/// The chain's verdict, with every checkpoint's digest (for witnesses).
+struct Verified {
+    report: LogReport,
+    seen: Vec<[u8; 32]>,
+}
+
+impl std::ops::Deref for Verified {
+    type Target = LogReport;
+    fn deref(&self) -> &LogReport {
+        &self.report
+    }
+}
+
+impl std::ops::DerefMut for Verified {
+    fn deref_mut(&mut self) -> &mut LogReport {
+        &mut self.report
+    }
+}
+
+impl From<Verified> for LogReport {
+    fn from(v: Verified) -> Self {
+        v.report
+    }
+}
+
+fn verify_chain(
+    input: impl Read,
+    keys: &[AuditPublicKey],
+    after: Option<&Witness>,
+) -> Result<Verified, Error> {
     let mut reader = BufReader::new(input);
     let mut report = LogReport {
         status: LogStatus::Unsealed,
@@ -507,7 +888,13 @@ pub fn verify_log(input: impl Read, keys: &[AuditPublicKey]) -> Result<LogReport
         unsigned_events: 0,
         partial_last_line: false,
         first_bad_line: None,
+        log_id: None,
+        last_checkpoint_time: None,
+        witness: None,
+        anchor_problem: None,
     };
+    let mut seen: Vec<[u8; 32]> = Vec::new();
+    let mut last_checkpoint = after.map_or(GENESIS, |w| w.digest);
     let mut prev = GENESIS;
     let mut prev_was_event = false;
     let mut seq = 0u64;
@@ -534,18 +921,18 @@ pub fn verify_log(input: impl Read, keys: &[AuditPublicKey]) -> Result<LogReport
         };
         if sealed {
             fail(&mut report, "line after the final checkpoint".into());
-            return Ok(report);
+            return Ok(Verified { report, seen });
         }
         let Ok(obj) = crate::identity::json::parse_object(&buf) else {
             fail(&mut report, "not a single JSON object".into());
-            return Ok(report);
+            return Ok(Verified { report, seen });
         };
         if obj.get("seq").and_then(Value::as_u64) != Some(seq) {
             fail(
                 &mut report,
                 format!("expected seq {seq} (a line was deleted, inserted or reordered)"),
             );
-            return Ok(report);
+            return Ok(Verified { report, seen });
         }
         if obj.get("prev").and_then(Value::as_str) != Some(hex(&prev).as_str()) {
             // The previous line no longer hashes to what this line recorded: the
@@ -566,7 +953,7 @@ pub fn verify_log(input: impl Read, keys: &[AuditPublicKey]) -> Result<LogReport
                     "line changed: its hash does not match the prev recorded in line {line_no}"
                 ),
             ));
-            return Ok(report);
+            return Ok(Verified { report, seen });
         }
         match (obj.get("event"), obj.get("checkpoint")) {
             (Some(Value::Object(_)), None) => {
@@ -578,26 +965,85 @@ pub fn verify_log(input: impl Read, keys: &[AuditPublicKey]) -> Result<LogReport
                 let kid = cp.get("key_id").and_then(Value::as_str).unwrap_or("");
                 let fin = cp.get("final").and_then(Value::as_bool).unwrap_or(false);
                 let sig = cp.get("sig").and_then(Value::as_str).unwrap_or("");
+                let log_id = cp.get("log_id").and_then(Value::as_str).unwrap_or("");
+                let n = cp.get("n").and_then(Value::as_u64);
+                let time = cp.get("time").and_then(Value::as_u64).unwrap_or(0);
+                let prev_cp = cp
+                    .get("prev_checkpoint")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
                 let Some(key) = keys.iter().find(|k| k.kid == kid) else {
                     fail(
                         &mut report,
                         format!("checkpoint signed with unknown key id {kid:?}"),
                     );
-                    return Ok(report);
+                    return Ok(Verified { report, seen });
                 };
-                if !key.verify(&checkpoint_message(seq, &hex(&prev), kid, fin), sig) {
+                let fields = CheckpointFields {
+                    log_id,
+                    n: n.unwrap_or(u64::MAX),
+                    seq,
+                    prev: &hex(&prev),
+                    time,
+                    prev_checkpoint: prev_cp,
+                    kid,
+                    fin,
+                };
+                if !key.verify(&checkpoint_message(&fields), sig) {
                     fail(&mut report, "checkpoint signature does not verify".into());
-                    return Ok(report);
+                    return Ok(Verified { report, seen });
                 }
+                if report.log_id.as_deref().is_some_and(|id| id != log_id) {
+                    fail(&mut report, format!("checkpoint of another log ({log_id})"));
+                    return Ok(Verified { report, seen });
+                }
+                if n != Some(report.checkpoints) {
+                    let why = format!(
+                        "expected checkpoint {} (a checkpoint was removed or inserted)",
+                        report.checkpoints
+                    );
+                    fail(&mut report, why);
+                    return Ok(Verified { report, seen });
+                }
+                // The first checkpoint of a file that continues another commits to
+                // that file's seal: checked when the seal is given.
+                let first_unanchored = report.checkpoints == 0 && after.is_none();
+                if !first_unanchored && prev_cp != hex(&last_checkpoint) {
+                    if report.checkpoints == 0 {
+                        report.status = LogStatus::Substituted;
+                        report.anchor_problem =
+                            Some("its first checkpoint does not follow the given seal".to_owned());
+                        report.log_id = Some(log_id.to_owned());
+                        return Ok(Verified { report, seen });
+                    }
+                    fail(
+                        &mut report,
+                        "checkpoint does not follow the one before it".into(),
+                    );
+                    return Ok(Verified { report, seen });
+                }
+                let d = ring::digest::digest(&ring::digest::SHA256, &buf);
+                last_checkpoint.copy_from_slice(d.as_ref());
+                seen.push(last_checkpoint);
+                report.log_id = Some(log_id.to_owned());
+                report.witness = Some(Witness {
+                    log_id: log_id.to_owned(),
+                    n: report.checkpoints,
+                    seq,
+                    time,
+                    fin,
+                    digest: last_checkpoint,
+                });
                 report.checkpoints += 1;
                 report.last_checkpoint = Some(seq);
+                report.last_checkpoint_time = Some(time);
                 report.unsigned_events = 0;
                 sealed = fin;
                 prev_was_event = false;
             }
             _ => {
                 fail(&mut report, "neither an event nor a checkpoint".into());
-                return Ok(report);
+                return Ok(Verified { report, seen });
             }
         }
         let d = ring::digest::digest(&ring::digest::SHA256, &buf);
@@ -609,5 +1055,5 @@ pub fn verify_log(input: impl Read, keys: &[AuditPublicKey]) -> Result<LogReport
     } else {
         LogStatus::Unsealed
     };
-    Ok(report)
+    Ok(Verified { report, seen })
 }

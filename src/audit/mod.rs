@@ -17,7 +17,8 @@ mod chain;
 mod sinks;
 
 pub use chain::{
-    AuditPublicKey, AuditSigningKey, ChainedLogSink, LogReport, LogStatus, verify_log,
+    AuditPublicKey, AuditSigningKey, ChainedLogSink, LogReport, LogStatus, Witness, verify_log,
+    verify_log_with,
 };
 #[cfg(feature = "tracing")]
 pub use sinks::TracingSink;
