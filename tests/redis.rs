@@ -358,3 +358,264 @@ async fn abuse_responses_are_shared_between_replicas() {
     assert!(ga.check_request(req("hello")).is_ok());
     assert_eq!(sa.errors() + sb.errors(), 0);
 }
+
+/// An HS256 token with a `jti`, for the shared replay cache.
+fn jwt(secret: &[u8], jti: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "https://issuer.example", "aud": "inference", "sub": "svc-batch",
+        "iat": now, "exp": now + 300, "jti": jti,
+    });
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+fn jwt_guard(
+    replay: inference_guard::identity::RedisReplayCache,
+    fail_open: bool,
+) -> InferenceGuard {
+    use inference_guard::identity::{Algorithm, JwtVerifier, KeySet};
+    let mut keys = KeySet::new();
+    keys.add_hmac("k1", Algorithm::HS256, &[9u8; 32]).unwrap();
+    let verifier = JwtVerifier::builder()
+        .issuer("https://issuer.example")
+        .audience("inference")
+        .keys(keys)
+        .shared_replay_cache(replay)
+        .replay_fail_open(fail_open)
+        .build()
+        .unwrap();
+    let mut b = InferenceGuard::builder();
+    b.identity(verifier).authorize_all().audit_sink(NoopSink);
+    b.build().unwrap()
+}
+
+fn bearer(token: &str) -> GuardRequest {
+    GuardRequest::new("m").with_credentials(Credentials::from_bearer(token))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_replayed_to_another_replica_is_refused() {
+    use inference_guard::identity::RedisReplayCache;
+    let Some(url) = redis_url() else { return };
+    let p = prefix("jti");
+    let timeout = Duration::from_millis(250);
+    // Two replicas, each with its own connection.
+    let a = jwt_guard(
+        RedisReplayCache::connect(&url, &p, timeout).await.unwrap(),
+        false,
+    );
+    let b = jwt_guard(
+        RedisReplayCache::connect(&url, &p, timeout).await.unwrap(),
+        false,
+    );
+    let t1 = jwt(&[9u8; 32], "token-1");
+    a.check_request_async(bearer(&t1)).await.unwrap().fail();
+    let r = b.check_request_async(bearer(&t1)).await.unwrap_err();
+    assert_eq!(r.status(), 401, "{r:?}");
+    assert!(
+        r.to_string().contains("replayed") || format!("{r:?}").contains("replayed"),
+        "{r:?}"
+    );
+    let r = a.check_request_async(bearer(&t1)).await.unwrap_err();
+    assert_eq!(r.status(), 401);
+    // A new token is fine on either.
+    let t2 = jwt(&[9u8; 32], "token-2");
+    b.check_request_async(bearer(&t2)).await.unwrap().fail();
+    // Many replicas racing with one token: exactly one wins.
+    let t3 = jwt(&[9u8; 32], "token-3");
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let g = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let t = t3.clone();
+        tasks.push(tokio::spawn(async move {
+            g.check_request_async(bearer(&t))
+                .await
+                .map(|adm| adm.fail())
+                .is_ok()
+        }));
+    }
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_replay_cache_fails_closed_or_falls_back_to_the_replica() {
+    use inference_guard::identity::RedisReplayCache;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(server) = start_server(port) else {
+        missing("redis-server");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let timeout = Duration::from_millis(200);
+    let closed = jwt_guard(
+        RedisReplayCache::connect(&url, "ig", timeout)
+            .await
+            .unwrap(),
+        false,
+    );
+    let open = jwt_guard(
+        RedisReplayCache::connect(&url, "ig", timeout)
+            .await
+            .unwrap(),
+        true,
+    );
+    drop(server);
+    let t = jwt(&[9u8; 32], "outage-1");
+    let r = closed.check_request_async(bearer(&t)).await.unwrap_err();
+    assert_eq!((r.status(), r.stage()), (503, Some(Stage::Identity)));
+    // Fail-open: this replica's own cache stands in; a replay to it is still refused.
+    open.check_request_async(bearer(&t)).await.unwrap().fail();
+    assert_eq!(
+        open.check_request_async(bearer(&t))
+            .await
+            .unwrap_err()
+            .status(),
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_on_one_replica_is_refused_on_the_other_within_the_bound() {
+    use inference_guard::identity::{ApiKeyFormat, ApiKeys, InMemoryKeyStore, RedisRevocations};
+    let Some(url) = redis_url() else { return };
+    let p = prefix("revoke");
+    let refresh = Duration::from_millis(300);
+    let timeout = Duration::from_millis(250);
+    let secret = [5u8; 32];
+    // Both replicas hold the same key records (as from one policy file).
+    let issuer = ApiKeys::new(
+        &secret,
+        ApiKeyFormat::new("igk").unwrap(),
+        InMemoryKeyStore::new(),
+    )
+    .unwrap();
+    let (key, record) = issuer
+        .issue(
+            "key_1",
+            Principal::builder("svc", CredentialKind::ApiKey).build(),
+            None,
+        )
+        .unwrap();
+    let replica = |rev: RedisRevocations| {
+        let store = InMemoryKeyStore::new();
+        store.insert(record.clone());
+        let keys = ApiKeys::new(
+            &secret,
+            ApiKeyFormat::new("igk").unwrap(),
+            rev.checked(store),
+        )
+        .unwrap();
+        let mut b = InferenceGuard::builder();
+        b.identity(keys).authorize_all().audit_sink(NoopSink);
+        b.build().unwrap()
+    };
+    let rev_a = RedisRevocations::connect(&url, &p, timeout, refresh)
+        .await
+        .unwrap();
+    let rev_b = RedisRevocations::connect(&url, &p, timeout, refresh)
+        .await
+        .unwrap();
+    let a = replica(rev_a.clone());
+    let b = replica(rev_b);
+    let req = || GuardRequest::new("m").with_credentials(Credentials::from_api_key(key.expose()));
+    a.check_request_async(req()).await.unwrap().fail();
+    b.check_request_async(req()).await.unwrap().fail();
+
+    rev_a.revoke("key_1").await.unwrap();
+    let revoked_at = std::time::Instant::now();
+    // At once on the replica that revoked it.
+    assert_eq!(
+        a.check_request_async(req()).await.unwrap_err().status(),
+        401
+    );
+    // On the other, within the refresh interval.
+    loop {
+        match b.check_request_async(req()).await {
+            Ok(adm) => {
+                adm.fail();
+                assert!(
+                    revoked_at.elapsed() < refresh,
+                    "still accepted {:?} after the revocation (bound {refresh:?})",
+                    revoked_at.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(r) => {
+                assert_eq!(r.status(), 401);
+                break;
+            }
+        }
+    }
+    assert!(revoked_at.elapsed() < refresh + Duration::from_millis(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_revocations_fail_closed_when_redis_is_gone() {
+    use inference_guard::identity::{ApiKeyFormat, ApiKeys, InMemoryKeyStore, RedisRevocations};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(server) = start_server(port) else {
+        missing("redis-server");
+        return;
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let secret = [6u8; 32];
+    let store = InMemoryKeyStore::new();
+    let keys = ApiKeys::new(&secret, ApiKeyFormat::new("igk").unwrap(), store.clone()).unwrap();
+    let (key, record) = keys
+        .issue(
+            "key_2",
+            Principal::builder("svc", CredentialKind::ApiKey).build(),
+            None,
+        )
+        .unwrap();
+    store.insert(record);
+    let rev = RedisRevocations::connect(
+        &url,
+        "ig",
+        Duration::from_millis(200),
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let keys = ApiKeys::new(
+        &secret,
+        ApiKeyFormat::new("igk").unwrap(),
+        rev.checked(store),
+    )
+    .unwrap();
+    let mut b = InferenceGuard::builder();
+    b.identity(keys).authorize_all().audit_sink(NoopSink);
+    let g = b.build().unwrap();
+    let req = || GuardRequest::new("m").with_credentials(Credentials::from_api_key(key.expose()));
+    g.check_request_async(req()).await.unwrap().fail();
+    drop(server);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = g.check_request_async(req()).await.unwrap_err();
+    assert_eq!(
+        (r.status(), r.stage()),
+        (503, Some(Stage::Identity)),
+        "{r:?}"
+    );
+}

@@ -251,6 +251,13 @@ impl ApiKeyRecord {
     pub fn is_revoked(&self) -> bool {
         self.revoked
     }
+    /// The same record, revoked.
+    #[cfg(feature = "redis")]
+    pub(crate) fn to_revoked(&self) -> Self {
+        let mut r = self.clone();
+        r.revoked = true;
+        r
+    }
     /// The keyed digest (HMAC-SHA256 under the server secret).
     pub fn digest(&self) -> &[u8; 32] {
         &self.digest

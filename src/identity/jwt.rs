@@ -127,8 +127,51 @@ struct Inner {
     access_token_profile: bool,
     tenant_claim: String,
     replay: Option<(Mutex<HashMap<String, f64>>, usize)>,
+    shared_replay: Option<Arc<dyn ReplayStore>>,
+    replay_fail_open: bool,
     cache: Option<(TokenCache, usize)>,
     refresh: Option<(RefreshHook, Duration, Mutex<Option<Instant>>)>,
+}
+
+/// A token use still to record in the shared replay cache: its replay id and the
+/// time (Unix seconds) until which it must be remembered.
+type PendingUse = ([u8; 32], f64);
+
+/// Where replicas record the `jti` of the tokens they accept, so that a token is
+/// used once across all of them ([`JwtVerifierBuilder::shared_replay_cache`]). One
+/// required method.
+///
+/// ```
+/// use std::collections::HashSet;
+/// use std::sync::Mutex;
+/// use std::time::SystemTime;
+/// use inference_guard::identity::ReplayStore;
+/// use inference_guard::{Error, Step};
+///
+/// /// One process's store (a shared one is a database or Redis).
+/// #[derive(Default)]
+/// struct Seen(Mutex<HashSet<[u8; 32]>>);
+///
+/// impl ReplayStore for Seen {
+///     fn first_use<'a>(&'a self, id: &'a [u8; 32], _until: SystemTime) -> Step<'a, Result<bool, Error>> {
+///         Step::ready(Ok(self.0.lock().unwrap().insert(*id)))
+///     }
+/// }
+/// ```
+pub trait ReplayStore: Send + Sync + 'static {
+    /// Records a use of the token whose replay id is `id` (SHA-256 of its issuer and
+    /// `jti`), remembered until `until` (its expiry plus the leeway). `true` if no
+    /// use was recorded before.
+    fn first_use<'a>(
+        &'a self,
+        id: &'a [u8; 32],
+        until: SystemTime,
+    ) -> Step<'a, Result<bool, Error>>;
+
+    /// A name for diagnostics.
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
+    }
 }
 
 /// Verifies workload tokens (JWTs) strictly: RFC 7515, 7519 and the JWT best current
@@ -150,7 +193,8 @@ struct Inner {
 ///   around it and no duplicate member names.
 /// - **Profiles**: SPIFFE JWT-SVID ([`spiffe_trust_domain`](JwtVerifierBuilder::spiffe_trust_domain))
 ///   and RFC 9068 access tokens ([`access_token_profile`](JwtVerifierBuilder::access_token_profile)).
-/// - **Caches**: an optional `jti` replay cache, and a verified-token cache keyed by
+/// - **Caches**: an optional `jti` replay cache (this replica's, or shared by all
+///   through a [`ReplayStore`]), and a verified-token cache keyed by
 ///   the SHA-256 of the token (never the token) whose entries end no later than the
 ///   token's `exp`.
 ///
@@ -195,6 +239,8 @@ pub struct JwtVerifierBuilder {
     access_token_profile: bool,
     tenant_claim: Option<String>,
     replay_capacity: Option<usize>,
+    shared_replay: Option<Arc<dyn ReplayStore>>,
+    replay_fail_open: bool,
     cache_capacity: Option<usize>,
     refresh: Option<(RefreshHook, Duration)>,
 }
@@ -307,6 +353,25 @@ impl JwtVerifierBuilder {
         self.replay_capacity = Some(capacity);
         self
     }
+    /// Rejects a token whose `jti` any replica has seen, through a store they share
+    /// (for example `RedisReplayCache`, feature `redis`): one round trip per token.
+    /// Tokens without `jti` are then rejected. When the store fails, verification
+    /// fails closed (`503`) unless [`replay_fail_open`](Self::replay_fail_open).
+    /// [`JwtVerifier::verify_token`] (synchronous, offline) does not consult it; the
+    /// identity stage does.
+    #[must_use]
+    pub fn shared_replay_cache(mut self, store: impl ReplayStore) -> Self {
+        self.shared_replay = Some(Arc::new(store));
+        self
+    }
+    /// When the shared replay cache fails, checks the token against this replica's
+    /// own replay cache instead of failing closed: a replay to the same replica is
+    /// still refused, a replay to another one is not. Default off.
+    #[must_use]
+    pub fn replay_fail_open(mut self, on: bool) -> Self {
+        self.replay_fail_open = on;
+        self
+    }
     /// Caches verified tokens (by SHA-256 digest) so a repeated token skips the
     /// signature check; at most `capacity` entries. Default 10,000; 0 disables it. Not
     /// used with the replay cache, which must see every use.
@@ -385,9 +450,14 @@ impl JwtVerifierBuilder {
                 tenant_claim: self.tenant_claim.unwrap_or_else(|| "tenant".to_owned()),
                 replay: self
                     .replay_capacity
+                    .or((self.shared_replay.is_some() && self.replay_fail_open).then_some(100_000))
                     .map(|c| (Mutex::new(HashMap::new()), c.max(1))),
-                cache: (cache_capacity > 0 && self.replay_capacity.is_none())
-                    .then(|| (Mutex::new(HashMap::new()), cache_capacity)),
+                cache: (cache_capacity > 0
+                    && self.replay_capacity.is_none()
+                    && self.shared_replay.is_none())
+                .then(|| (Mutex::new(HashMap::new()), cache_capacity)),
+                shared_replay: self.shared_replay,
+                replay_fail_open: self.replay_fail_open,
                 refresh: self.refresh.map(|(h, c)| (h, c, Mutex::new(None))),
             }),
         })
@@ -526,6 +596,16 @@ impl JwtVerifier {
     }
 
     pub(crate) fn check_token(&self, token: &str, now: f64) -> Result<Principal, VerifyError> {
+        self.check_token_shared(token, now).map(|(p, _)| p)
+    }
+
+    /// Verifies a token; with a shared replay cache, also returns the use still to
+    /// record there (the token's replay id and expiry) instead of checking locally.
+    fn check_token_shared(
+        &self,
+        token: &str,
+        now: f64,
+    ) -> Result<(Principal, Option<PendingUse>), VerifyError> {
         let g = &*self.inner;
         if token.len() > g.max_token_bytes {
             return Err(TokenError::TOO_LARGE.into());
@@ -550,7 +630,7 @@ impl JwtVerifier {
             if let Some(c) = hit {
                 // Entries end no later than the token itself.
                 if now <= c.exp && now + g.leeway >= c.nbf {
-                    return Ok(c.principal);
+                    return Ok((c.principal, None));
                 }
             }
         }
@@ -681,22 +761,18 @@ impl JwtVerifier {
         if g.access_token_profile && (client_id.is_none() || iat.is_none() || jti.is_none()) {
             return Err(TokenError::MISSING_CLAIM.into());
         }
-        if let Some((replay, capacity)) = &g.replay {
+        let mut pending = None;
+        if g.shared_replay.is_some() {
             let jti = jti.ok_or(TokenError::MISSING_CLAIM)?;
-            let mut seen = replay.lock().unwrap_or_else(|p| p.into_inner());
-            if seen.get(jti).is_some_and(|&e| e + g.leeway >= now) {
-                return Err(TokenError::REPLAYED.into());
-            }
-            if seen.len() >= *capacity {
-                seen.retain(|_, e| *e + g.leeway >= now);
-                if seen.len() >= *capacity {
-                    return Err(VerifyError::Failure(Error::new(
-                        ErrorKind::Backend,
-                        "jti replay cache is full of unexpired tokens",
-                    )));
-                }
-            }
-            seen.insert(jti.to_owned(), exp);
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(iss.as_bytes());
+            ctx.update(b"\n");
+            ctx.update(jti.as_bytes());
+            let mut id = [0u8; 32];
+            id.copy_from_slice(ctx.finish().as_ref());
+            pending = Some((id, exp + g.leeway));
+        } else if g.replay.is_some() {
+            self.local_replay(jti.ok_or(TokenError::MISSING_CLAIM)?, exp, now)?;
         }
 
         let mut builder = Principal::builder(sub, CredentialKind::BearerToken)
@@ -750,7 +826,31 @@ impl JwtVerifier {
                 },
             );
         }
-        Ok(principal)
+        Ok((principal, pending))
+    }
+
+    /// This replica's replay cache: refuses a `jti` seen before (until its token
+    /// expires), fails closed when full of unexpired ids.
+    fn local_replay(&self, jti: &str, exp: f64, now: f64) -> Result<(), VerifyError> {
+        let g = &*self.inner;
+        let Some((replay, capacity)) = &g.replay else {
+            return Ok(());
+        };
+        let mut seen = replay.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.get(jti).is_some_and(|&e| e + g.leeway >= now) {
+            return Err(TokenError::REPLAYED.into());
+        }
+        if seen.len() >= *capacity {
+            seen.retain(|_, e| *e + g.leeway >= now);
+            if seen.len() >= *capacity {
+                return Err(VerifyError::Failure(Error::new(
+                    ErrorKind::Backend,
+                    "jti replay cache is full of unexpired tokens",
+                )));
+            }
+        }
+        seen.insert(jti.to_owned(), exp);
+        Ok(())
     }
 
     fn try_refresh(&self) -> bool {
@@ -779,15 +879,37 @@ impl IdentityVerifier for JwtVerifier {
         let Some(token) = request.credentials().bearer_token() else {
             return Step::ready(Err(Rejection::unauthenticated("no bearer token").into()));
         };
-        Step::ready(
-            match self.check_token(token.expose(), unix(SystemTime::now())) {
-                Ok(p) => Ok(p),
-                Err(VerifyError::Token(e)) => {
-                    Err(Rejection::unauthenticated(format!("jwt: {}", e.code())).into())
-                }
-                Err(VerifyError::Failure(e)) => Err(e.into()),
-            },
-        )
+        let reject = |e: TokenError| -> StageError {
+            Rejection::unauthenticated(format!("jwt: {}", e.code())).into()
+        };
+        let now = unix(SystemTime::now());
+        match self.check_token_shared(token.expose(), now) {
+            Ok((p, None)) => Step::ready(Ok(p)),
+            Ok((p, Some((id, until)))) => {
+                let Some(store) = self.inner.shared_replay.as_deref() else {
+                    return Step::ready(Ok(p));
+                };
+                let until = UNIX_EPOCH + Duration::from_secs_f64(until.max(0.0));
+                Step::future(async move {
+                    match store.first_use(&id, until).await {
+                        Ok(true) => Ok(p),
+                        Ok(false) => Err(reject(TokenError::REPLAYED)),
+                        Err(e) if self.inner.replay_fail_open => {
+                            // This replica's own cache stands in, keyed by the same id.
+                            let key = crate::audit::hex(&id);
+                            match self.local_replay(&key, unix(until), now) {
+                                Ok(()) => Ok(p),
+                                Err(VerifyError::Token(t)) => Err(reject(t)),
+                                Err(VerifyError::Failure(_)) => Err(e.into()),
+                            }
+                        }
+                        Err(e) => Err(e.into()),
+                    }
+                })
+            }
+            Err(VerifyError::Token(e)) => Step::ready(Err(reject(e))),
+            Err(VerifyError::Failure(e)) => Step::ready(Err(e.into())),
+        }
     }
 
     fn name(&self) -> &str {

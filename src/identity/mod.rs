@@ -27,6 +27,8 @@ pub(crate) mod api_key;
 pub(crate) mod json;
 mod jwt;
 mod keys;
+#[cfg(feature = "redis")]
+mod shared;
 
 use std::fmt;
 
@@ -34,8 +36,11 @@ pub use api_key::{
     ApiKeyError, ApiKeyFormat, ApiKeyFormatError, ApiKeyRecord, ApiKeyStore, ApiKeys,
     InMemoryKeyStore,
 };
-pub use jwt::{JwtVerifier, JwtVerifierBuilder, TokenError};
+pub use jwt::{JwtVerifier, JwtVerifierBuilder, ReplayStore, TokenError};
 pub use keys::{Algorithm, KeySet};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use shared::{RedisReplayCache, RedisRevocations, RevocationCheckedStore};
 
 use crate::Rejection;
 use crate::error::StageError;
