@@ -316,7 +316,7 @@ async fn embeddings(state: web::Data<AppState>, body: Bytes) -> HttpResponse {
 
 #[actix_web::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let cfg = common::config()?;
+    let cfg = common::config().await?;
     let state = AppState {
         upstream: cfg.upstream.clone(),
         upstream_key: cfg.upstream_key.clone(),

@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if args.first().map(String::as_str) == Some("issue-key") {
         return common::issue_key(&args[1..]);
     }
-    let cfg = common::config()?;
+    let cfg = common::config().await?;
     let router = common::axum_app::router(&cfg);
     let listener = tokio::net::TcpListener::bind(&cfg.addr).await?;
     common::banner("axum_gateway", &listener.local_addr()?, &cfg);

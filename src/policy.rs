@@ -76,6 +76,17 @@
 //! [abuse]
 //! enabled = true
 //!
+//! [redis]                           # state shared by replicas (feature redis;
+//! url_env = "GUARD_REDIS_URL"       #   Policy::build_async); or url_file = ...
+//! prefix = "ig"
+//! timeout_ms = 250
+//! rate_limits = true                # limits, budgets, concurrency on Redis
+//! abuse = true                      # strikes and responses shared
+//! replay = true                     # the JWT jti replay cache shared
+//! revocations = true                # API-key revocations shared (Redis set)
+//! revocation_refresh_ms = 1000      # the lag bound for revocations
+//! fail_open = []                    # "rate_limits", "replay": else 503 when down
+//!
 //! [onnx]                            # a transformer classifier (feature onnx)
 //! model = "/etc/guard/prompt-guard-2/model.onnx"
 //! tokenizer = "/etc/guard/prompt-guard-2/tokenizer.json"
@@ -178,6 +189,8 @@ pub struct Policy {
     http: Http,
     #[serde(default)]
     onnx: Option<Onnx>,
+    #[serde(default)]
+    redis: Option<RedisSpec>,
     /// Where relative paths are resolved (the file's directory).
     #[serde(skip)]
     base: Option<PathBuf>,
@@ -377,6 +390,52 @@ impl From<Markup> for MarkupMode {
         }
     }
 }
+
+/// `[redis]`: state shared by replicas (feature `redis`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+struct RedisSpec {
+    #[serde(default)]
+    url_env: Option<String>,
+    #[serde(default)]
+    url_file: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default = "yes")]
+    rate_limits: bool,
+    #[serde(default = "yes")]
+    abuse: bool,
+    #[serde(default = "yes")]
+    replay: bool,
+    #[serde(default = "yes")]
+    revocations: bool,
+    #[serde(default)]
+    revocation_refresh_ms: Option<u64>,
+    #[serde(default)]
+    fail_open: Vec<SharedUse>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum SharedUse {
+    RateLimits,
+    Replay,
+}
+
+/// The connections a policy's `[redis]` section opened (feature `redis`).
+#[cfg(feature = "redis")]
+struct Shared {
+    rate_limiter: Option<crate::rate_limit::RedisRateLimiter>,
+    abuse: Option<AbuseMonitor>,
+    replay: Option<crate::identity::RedisReplayCache>,
+    revocations: Option<crate::identity::RedisRevocations>,
+}
+
+#[cfg(not(feature = "redis"))]
+struct Shared;
 
 /// `[onnx]`: a transformer classifier (feature `onnx`).
 #[derive(Clone, Debug, Deserialize)]
@@ -731,8 +790,22 @@ impl Policy {
     /// A [`PolicyError`] naming the field whose value cannot be used, or the
     /// variable or file of a secret that cannot be read.
     pub fn configure(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
+        if self.redis.is_some() {
+            return Err(err(
+                "redis",
+                "state shared through Redis is connected asynchronously: use Policy::build_async",
+            ));
+        }
+        self.configure_with(b, None)
+    }
+
+    fn configure_with(
+        &self,
+        b: &mut GuardBuilder,
+        shared: Option<&Shared>,
+    ) -> Result<(), PolicyError> {
         b.policy_version(self.version.clone());
-        self.identity(b)?;
+        self.identity(b, shared)?;
         // Authorization.
         if self.grants.is_empty() {
             return Err(err(
@@ -772,39 +845,33 @@ impl Policy {
         b.authorizer(authz.build().map_err(|e| err("grants", e))?);
         // Rate limits.
         if !self.rate_limits.is_empty() || self.concurrency.is_some() {
-            let mut rl = InMemoryRateLimiter::builder();
-            for (i, r) in self.rate_limits.iter().enumerate() {
-                if r.amount == 0 {
-                    return Err(err(
-                        &format!("rate_limits[{i}].amount"),
-                        "must be at least 1",
-                    ));
+            let (limits, concurrency) = self.limits()?;
+            #[cfg(feature = "redis")]
+            if let Some(shared_limiter) = shared.and_then(|s| s.rate_limiter.clone()) {
+                // The same limits on the shared store (connected by build_async).
+                b.rate_limiter(shared_limiter);
+                if self
+                    .redis
+                    .as_ref()
+                    .is_some_and(|r| r.fail_open.contains(&SharedUse::RateLimits))
+                {
+                    b.fail_open(crate::Stage::RateLimit);
                 }
-                let quota = match r.per {
-                    Per::Second => Quota::per_second(r.amount),
-                    Per::Minute => Quota::per_minute(r.amount),
-                    Per::Hour => Quota::per_hour(r.amount),
-                };
-                let mut key = KeyBy::GLOBAL;
-                for k in &r.key_by {
-                    key = key
-                        | match k {
-                            KeyPart::Principal => KeyBy::PRINCIPAL,
-                            KeyPart::Tenant => KeyBy::TENANT,
-                            KeyPart::Model => KeyBy::MODEL,
-                            KeyPart::Route => KeyBy::ROUTE,
-                        };
+            }
+            #[cfg(feature = "redis")]
+            let local = shared.and_then(|s| s.rate_limiter.as_ref()).is_none();
+            #[cfg(not(feature = "redis"))]
+            let local = true;
+            if local {
+                let mut rl = InMemoryRateLimiter::builder();
+                for limit in limits {
+                    rl = rl.limit(limit);
                 }
-                let limit = match r.unit {
-                    UnitSpec::Requests => Limit::requests(r.name.clone(), quota),
-                    UnitSpec::Tokens => Limit::tokens(r.name.clone(), quota),
-                };
-                rl = rl.limit(limit.key_by(key));
+                if let Some(n) = concurrency {
+                    rl = rl.concurrency(KeyBy::PRINCIPAL, n);
+                }
+                b.rate_limiter(rl.build().map_err(|e| err("rate_limits", e))?);
             }
-            if let Some(c) = &self.concurrency {
-                rl = rl.concurrency(KeyBy::PRINCIPAL, c.per_principal);
-            }
-            b.rate_limiter(rl.build().map_err(|e| err("rate_limits", e))?);
         }
         if let Some(l) = &self.limits {
             let mut limits = RequestLimits::default();
@@ -942,14 +1009,28 @@ impl Policy {
             }
             b.receipts(signer);
         }
-        if let Some(a) = self.abuse.as_ref().filter(|a| a.enabled) {
-            let m = AbuseMonitor::builder()
-                .shadow(a.shadow)
-                .build()
-                .map_err(|e| err("abuse", e))?;
+        #[cfg(feature = "redis")]
+        let shared_abuse = shared.and_then(|s| s.abuse.clone());
+        #[cfg(not(feature = "redis"))]
+        let shared_abuse: Option<AbuseMonitor> = None;
+        if let Some(m) = shared_abuse {
+            b.abuse_monitor(m);
+        } else if let Some(m) = self.abuse_monitor()? {
             b.abuse_monitor(m);
         }
         Ok(())
+    }
+
+    /// The `[abuse]` section's monitor, if enabled.
+    fn abuse_monitor(&self) -> Result<Option<AbuseMonitor>, PolicyError> {
+        let Some(a) = self.abuse.as_ref().filter(|a| a.enabled) else {
+            return Ok(None);
+        };
+        AbuseMonitor::builder()
+            .shadow(a.shadow)
+            .build()
+            .map(Some)
+            .map_err(|e| err("abuse", e))
     }
 
     /// The `[onnx]` section: the model-backed classifier after the built-in stages.
@@ -1041,7 +1122,43 @@ impl Policy {
         }
     }
 
-    fn identity(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
+    /// The `[[rate_limits]]` and the per-principal concurrency.
+    fn limits(&self) -> Result<(Vec<Limit>, Option<u32>), PolicyError> {
+        let mut out = Vec::new();
+        for (i, r) in self.rate_limits.iter().enumerate() {
+            if r.amount == 0 {
+                return Err(err(
+                    &format!("rate_limits[{i}].amount"),
+                    "must be at least 1",
+                ));
+            }
+            let quota = match r.per {
+                Per::Second => Quota::per_second(r.amount),
+                Per::Minute => Quota::per_minute(r.amount),
+                Per::Hour => Quota::per_hour(r.amount),
+            };
+            let mut key = KeyBy::GLOBAL;
+            for k in &r.key_by {
+                key = key
+                    | match k {
+                        KeyPart::Principal => KeyBy::PRINCIPAL,
+                        KeyPart::Tenant => KeyBy::TENANT,
+                        KeyPart::Model => KeyBy::MODEL,
+                        KeyPart::Route => KeyBy::ROUTE,
+                    };
+            }
+            let limit = match r.unit {
+                UnitSpec::Requests => Limit::requests(r.name.clone(), quota),
+                UnitSpec::Tokens => Limit::tokens(r.name.clone(), quota),
+            };
+            out.push(limit.key_by(key));
+        }
+        Ok((out, self.concurrency.as_ref().map(|c| c.per_principal)))
+    }
+
+    fn identity(&self, b: &mut GuardBuilder, shared: Option<&Shared>) -> Result<(), PolicyError> {
+        #[cfg(not(feature = "redis"))]
+        let _ = shared;
         let id = &self.identity;
         if id.allow_anonymous {
             b.allow_anonymous();
@@ -1067,6 +1184,14 @@ impl Policy {
                 .keys(keys);
             if let Some(s) = j.max_lifetime_secs {
                 v = v.max_lifetime(Duration::from_secs(s));
+            }
+            #[cfg(feature = "redis")]
+            if let Some(replay) = shared.and_then(|s| s.replay.clone()) {
+                let open = self
+                    .redis
+                    .as_ref()
+                    .is_some_and(|r| r.fail_open.contains(&SharedUse::Replay));
+                v = v.shared_replay_cache(replay).replay_fail_open(open);
             }
             auth = auth.jwt(v.build().map_err(|e| err(&field, e))?);
         }
@@ -1110,6 +1235,19 @@ impl Policy {
                 k.created.map_or_else(SystemTime::now, at),
                 k.expires.map(at),
             ));
+        }
+        #[cfg(feature = "redis")]
+        if let Some(rev) = shared.and_then(|s| s.revocations.as_ref()) {
+            let checked = ApiKeys::new(
+                &secret,
+                ApiKeyFormat::new(id.api_key_prefix.as_deref().unwrap_or("igk"))
+                    .map_err(|e| err("identity.api_key_prefix", e))?,
+                rev.checked(store),
+            )
+            .map_err(|e| err("identity.api_key_secret", e))?;
+            drop(keys);
+            b.identity(auth.api_keys(checked));
+            return Ok(());
         }
         b.identity(auth.api_keys(keys));
         Ok(())
@@ -1174,5 +1312,120 @@ impl Policy {
         let mut b = InferenceGuard::builder();
         self.configure(&mut b)?;
         b.build().map_err(|e| err("guard", e))
+    }
+
+    /// Builds the guard, connecting first to what the `[redis]` section shares
+    /// (feature `redis`): rate limits, token budgets and concurrency, abuse
+    /// responses, the JWT replay cache and API-key revocations. Without a `[redis]`
+    /// section it is [`build`](Self::build). Call it on a Tokio runtime.
+    ///
+    /// ```toml
+    /// [redis]
+    /// url_env = "GUARD_REDIS_URL"       # or url_file = "/run/secrets/redis-url"
+    /// prefix = "ig"                     # keys start with it (one Redis, many services)
+    /// timeout_ms = 250                  # then the stage fails (closed by default)
+    /// rate_limits = true                # limits, budgets, concurrency shared
+    /// abuse = true                      # strikes and responses shared
+    /// replay = true                     # the JWT jti replay cache shared
+    /// revocations = true                # API-key revocations shared
+    /// revocation_refresh_ms = 1000      # the lag bound for revocations
+    /// fail_open = []                    # "rate_limits" and/or "replay"
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Self::build), and a [`PolicyError`] naming `redis` when the URL
+    /// cannot be read, Redis cannot be reached, or the build has no Redis support.
+    pub async fn build_async(&self) -> Result<InferenceGuard, PolicyError> {
+        let Some(spec) = &self.redis else {
+            return self.build();
+        };
+        #[cfg(not(feature = "redis"))]
+        {
+            let _ = spec;
+            Err(err(
+                "redis",
+                "this build has no Redis support (the redis feature)",
+            ))
+        }
+        #[cfg(feature = "redis")]
+        {
+            let shared = self.connect_shared(spec).await?;
+            let mut b = InferenceGuard::builder();
+            self.configure_with(&mut b, Some(&shared))?;
+            b.build().map_err(|e| err("guard", e))
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    async fn connect_shared(&self, spec: &RedisSpec) -> Result<Shared, PolicyError> {
+        let url = secret(
+            "redis.url",
+            spec.url_env.as_ref(),
+            spec.url_file.as_deref().map(|f| self.path(f)),
+        )?;
+        let url = String::from_utf8(url)
+            .map_err(|_| err("redis.url", "not UTF-8"))?
+            .trim()
+            .to_owned();
+        let prefix = spec.prefix.clone().unwrap_or_else(|| "ig".to_owned());
+        let timeout = Duration::from_millis(spec.timeout_ms.unwrap_or(250));
+        let jwt = !self.identity.jwt.is_empty();
+        let keys = !self.identity.api_keys.is_empty();
+        let replay = if spec.replay && jwt {
+            Some(
+                crate::identity::RedisReplayCache::connect(&url, &prefix, timeout)
+                    .await
+                    .map_err(|e| err("redis", e))?,
+            )
+        } else {
+            None
+        };
+        let revocations = if spec.revocations && keys {
+            Some(
+                crate::identity::RedisRevocations::connect(
+                    &url,
+                    &prefix,
+                    timeout,
+                    Duration::from_millis(spec.revocation_refresh_ms.unwrap_or(1000)),
+                )
+                .await
+                .map_err(|e| err("redis", e))?,
+            )
+        } else {
+            None
+        };
+        let rate_limiter =
+            if spec.rate_limits && (!self.rate_limits.is_empty() || self.concurrency.is_some()) {
+                let (limits, concurrency) = self.limits()?;
+                let mut rl = crate::rate_limit::RedisRateLimiter::builder()
+                    .prefix(prefix.clone())
+                    .timeout(timeout);
+                for l in limits {
+                    rl = rl.limit(l);
+                }
+                if let Some(n) = concurrency {
+                    // A permit held by a replica that died is released after a minute.
+                    rl = rl.concurrency(KeyBy::PRINCIPAL, n, Duration::from_secs(60));
+                }
+                Some(rl.connect(&url).await.map_err(|e| err("redis", e))?)
+            } else {
+                None
+            };
+        let abuse = match self.abuse_monitor()? {
+            Some(m) if spec.abuse => {
+                m.share_via_redis(&url, &format!("{prefix}:abuse"), Duration::from_secs(1))
+                    .await
+                    .map_err(|e| err("redis", e))?;
+                Some(m)
+            }
+            _ => None,
+        };
+        Ok(Shared {
+            rate_limiter,
+            abuse,
+            replay,
+            revocations,
+        })
     }
 }

@@ -1057,3 +1057,83 @@ fn an_onnx_classifier_from_the_policy_file_validates_answers_on_both_gateways() 
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Two gateway processes (axum and actix-web) from one policy file whose `[redis]`
+/// section puts the rate limits on one `redis-server`: many concurrent requests
+/// with one key against a quota of Q admit at most Q across both; the rest get 429
+/// with `Retry-After`.
+#[cfg(feature = "redis")]
+#[test]
+fn two_replicas_from_one_policy_share_their_quota_through_redis() {
+    let Ok(redis_url) = std::env::var("REDIS_URL") else {
+        let msg = "REDIS_URL is not set (a redis-server; .ci/run starts one)";
+        assert!(std::env::var_os("CI").is_none(), "{msg}");
+        eprintln!("skipped: {msg}");
+        return;
+    };
+    const Q: usize = 12;
+    let secret = "gateway redis test secret, 32 bytes or more";
+    let dir = std::env::temp_dir().join(format!("ig-gw-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("secret"), secret).unwrap();
+    let keys = inference_guard::identity::ApiKeys::new(
+        secret.as_bytes(),
+        inference_guard::identity::ApiKeyFormat::new("igk").unwrap(),
+        inference_guard::identity::InMemoryKeyStore::new(),
+    )
+    .unwrap();
+    let (key, rec) = keys
+        .issue(
+            "key_r1",
+            inference_guard::Principal::builder(
+                "svc-shared",
+                inference_guard::CredentialKind::ApiKey,
+            )
+            .build(),
+            None,
+        )
+        .unwrap();
+    let digest: String = rec.digest().iter().map(|b| format!("{b:02x}")).collect();
+    let prefix = format!("iggw{}", std::process::id());
+    let policy = format!(
+        "version = \"gw-redis\"\n[identity]\napi_key_secret_file = \"secret\"\n[[identity.api_keys]]\nid = \"key_r1\"\nprincipal = \"svc-shared\"\ndigest = \"{digest}\"\n\
+         [[grants]]\nprincipals = [\"svc-shared\"]\nmodels = [\"demo-small\"]\n\
+         [[rate_limits]]\nname = \"per-principal\"\nunit = \"requests\"\namount = {Q}\nper = \"hour\"\nkey_by = [\"principal\"]\n\
+         [audit]\nsink = \"none\"\n[redis]\nurl_env = \"GUARD_TEST_REDIS_URL\"\nprefix = \"{prefix}\"\n"
+    );
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, policy).unwrap();
+    let env = [
+        ("GUARD_POLICY", path.to_str().unwrap()),
+        ("GUARD_TEST_REDIS_URL", redis_url.as_str()),
+    ];
+    let replicas = [start("axum_gateway", &env), start("actix_gateway", &env)];
+    let results: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..48)
+            .map(|i| {
+                let g = &replicas[i % 2];
+                let key = key.expose();
+                s.spawn(move || {
+                    let r = post(
+                        g,
+                        Some(key),
+                        "/v1/chat/completions",
+                        &chat("demo-small", "hi"),
+                    );
+                    (r.status, r.header("retry-after").map(str::to_owned))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let admitted = results.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(admitted, Q, "{results:?}");
+    for (status, retry) in results.iter().filter(|(s, _)| *s != 200) {
+        assert_eq!(*status, 429);
+        assert!(
+            retry.as_deref().is_some_and(|r| r.parse::<u64>().is_ok()),
+            "{retry:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

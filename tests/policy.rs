@@ -355,3 +355,28 @@ fn the_classifier_and_its_thresholds_come_from_the_policy() {
     // Rules only: the override phrase is still theirs to catch.
     assert!(run(&format!("{base}[input]\nclassifier = false\n")).is_err());
 }
+
+#[test]
+fn a_redis_section_needs_the_asynchronous_build() {
+    let p = Policy::from_toml(
+        "version = \"1\"\n[identity]\nallow_anonymous = true\n[[grants]]\nprincipals = [\"*\"]\nmodels = [\"m\"]\n[audit]\nsink = \"none\"\n[redis]\nurl_env = \"IG_POLICY_TEST_NO_SUCH_VAR\"\n",
+    )
+    .unwrap();
+    let e = p.build().unwrap_err();
+    assert!(e.to_string().contains("build_async"), "{e}");
+    // Asynchronously: the URL's variable is named, never a value.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let e = rt.block_on(p.build_async()).unwrap_err();
+    if cfg!(feature = "redis") {
+        assert!(e.to_string().contains("IG_POLICY_TEST_NO_SUCH_VAR"), "{e}");
+    } else {
+        assert!(e.to_string().contains("redis feature"), "{e}");
+    }
+    let typo = Policy::from_toml(
+        "version = \"1\"\n[audit]\nsink = \"none\"\n[redis]\nurl_env = \"X\"\nfail_open = [\"ratelimits\"]\n",
+    );
+    assert!(typo.is_err());
+}

@@ -49,7 +49,7 @@ pub struct Config {
 
 /// Reads `GUARD_ADDR`, `GUARD_POLICY`, `UPSTREAM_URL`, `UPSTREAM_API_KEY` and
 /// `GUARD_DISABLED` (for load comparisons: no guard at all).
-pub fn config() -> Result<Config, Box<dyn std::error::Error>> {
+pub async fn config() -> Result<Config, Box<dyn std::error::Error>> {
     let addr = std::env::var("GUARD_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
     let upstream = std::env::var("UPSTREAM_URL").ok().filter(|u| !u.is_empty());
     let upstream_key = std::env::var("UPSTREAM_API_KEY").ok();
@@ -67,7 +67,8 @@ pub fn config() -> Result<Config, Box<dyn std::error::Error>> {
     match std::env::var("GUARD_POLICY") {
         Ok(path) => {
             let policy = Policy::load(&path)?;
-            let guard = policy.build()?;
+            // build_async connects what the policy's [redis] section shares.
+            let guard = policy.build_async().await?;
             Ok(Config {
                 addr,
                 upstream,
