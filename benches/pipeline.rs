@@ -46,6 +46,10 @@ fn request_json() -> String {
 }
 
 fn trivial_guard() -> InferenceGuard {
+    trivial_guard_with(|_| {})
+}
+
+fn trivial_guard_with(configure: impl FnOnce(&mut GuardBuilder)) -> InferenceGuard {
     let principal = Principal::builder("svc-bench", CredentialKind::ApiKey)
         .key_id("k1")
         .build();
@@ -56,6 +60,7 @@ fn trivial_guard() -> InferenceGuard {
         .input_scanner(scanner_fn(|_r| Ok(Vec::new())))
         .output_validator(validator_fn(|_cx, _r| Ok(Vec::new())))
         .audit_sink(NoopSink);
+    configure(&mut b);
     b.build().expect("valid guard")
 }
 
@@ -89,6 +94,27 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // Feature `metrics`: the same with the guard's metrics off and on, no recorder
+    // installed (the no-op exporter). Target (issue #17): at most 1 µs per request.
+    #[cfg(feature = "metrics")]
+    for (name, on) in [
+        ("check_request_and_response_metrics_off", false),
+        ("check_request_and_response_metrics_noop", true),
+    ] {
+        let guard = trivial_guard_with(|b| {
+            b.metrics(on);
+        });
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || (request.clone(), answer.clone()),
+                |(req, ans)| {
+                    let adm = guard.check_request(req).unwrap();
+                    black_box(adm.check_response(ans).unwrap())
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     // What the pipeline pays to free the request it consumed (strings, vectors): the
     // caller would pay it without the guard too. Reported so the guard's own work can
     // be told apart; the target is checked on the full figure above.

@@ -345,6 +345,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 web::get().to(|| async { HttpResponse::Ok().json(common::models()) }),
             )
             .route("/healthz", web::get().to(|| async { "ok" }))
+            .route(
+                "/metrics",
+                web::get().to(|| async {
+                    match common::metrics_text() {
+                        Some(text) => HttpResponse::Ok()
+                            .content_type("text/plain; version=0.0.4")
+                            .body(text),
+                        None => HttpResponse::NotFound().finish(),
+                    }
+                }),
+            )
     })
     .bind(&cfg.addr)?;
     let addr = server.addrs()[0];

@@ -201,6 +201,9 @@ struct Inner {
     inventory: Option<crate::inventory::Inventory>,
     receipts: Option<crate::receipt::ReceiptSigner>,
     policy_version: Box<str>,
+    /// Emit metrics through the `metrics` facade (feature `metrics`).
+    #[cfg(feature = "metrics")]
+    metrics: bool,
 }
 
 /// The guard: one pipeline of stages run around every model call.
@@ -324,6 +327,8 @@ pub struct GuardBuilder {
     inventory: Option<crate::inventory::Inventory>,
     receipts: Option<crate::receipt::ReceiptSigner>,
     policy_version: Option<String>,
+    #[cfg(feature = "metrics")]
+    no_metrics: bool,
 }
 
 impl fmt::Debug for GuardBuilder {
@@ -424,6 +429,24 @@ impl GuardBuilder {
     /// [`receipt`](crate::receipt)).
     pub fn receipts(&mut self, signer: crate::receipt::ReceiptSigner) -> &mut Self {
         self.receipts = Some(signer);
+        self
+    }
+
+    /// Whether the guard emits metrics through the `metrics` facade (feature
+    /// `metrics`; default on): decisions, stage latencies, tokens, findings, abuse
+    /// responses, audit failures. See the README's metric list. Without a recorder
+    /// installed, each emission is a no-op.
+    ///
+    /// ```
+    /// # use inference_guard::*;
+    /// let mut b = InferenceGuard::builder();
+    /// b.allow_anonymous().authorize_all().audit_sink(NoopSink).metrics(false);
+    /// # b.build().unwrap();
+    /// ```
+    #[cfg(feature = "metrics")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+    pub fn metrics(&mut self, on: bool) -> &mut Self {
+        self.no_metrics = !on;
         self
     }
 
@@ -629,6 +652,8 @@ impl GuardBuilder {
                     .as_deref()
                     .unwrap_or("unversioned")
                     .into(),
+                #[cfg(feature = "metrics")]
+                metrics: !self.no_metrics,
             }),
         })
     }
@@ -1538,6 +1563,10 @@ impl InferenceGuard {
         let ok = catch_unwind(AssertUnwindSafe(|| self.inner.sink.record(&event)))
             .unwrap_or_else(|_| Err(Error::panicked("audit")))
             .is_ok();
+        #[cfg(feature = "metrics")]
+        if self.inner.metrics {
+            crate::telemetry::observe(&event, ok);
+        }
         if !ok {
             self.counters()
                 .audit_failures

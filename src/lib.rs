@@ -183,6 +183,8 @@ pub mod scan;
 mod stage;
 mod step;
 mod stream;
+#[cfg(feature = "metrics")]
+mod telemetry;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;

@@ -1137,3 +1137,58 @@ fn two_replicas_from_one_policy_share_their_quota_through_redis() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Both gateways expose the guard's metrics at `/metrics` (feature `metrics`), in the
+/// Prometheus text format: parsed here by `prometheus-parse`.
+#[cfg(feature = "metrics")]
+#[test]
+fn both_gateways_expose_metrics_that_prometheus_parses() {
+    for g in both() {
+        let n = g.name;
+        for text in ["hello", "hello again"] {
+            let r = post(
+                &g,
+                Some(&g.demo),
+                "/v1/chat/completions",
+                &chat("demo-small", text),
+            );
+            assert_eq!(r.status, 200, "{n}");
+        }
+        assert_eq!(
+            post(&g, None, "/v1/chat/completions", &chat("demo-small", "hi")).status,
+            401
+        );
+        let r = send(&g, "GET", None, "/metrics", None);
+        assert_eq!(r.status, 200, "{n}");
+        assert!(
+            r.header("content-type").unwrap().starts_with("text/plain"),
+            "{n}"
+        );
+        let lines = r.body.lines().map(|l| Ok(l.to_owned()));
+        let scrape = prometheus_parse::Scrape::parse(lines).unwrap();
+        let count = |outcome: &str| -> f64 {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == "inference_guard_requests_total")
+                .filter(|s| s.labels.get("outcome") == Some(outcome))
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+                    _ => 0.0,
+                })
+                .sum()
+        };
+        assert!(count("completed") >= 2.0, "{n}: {}", r.body);
+        assert!(count("rejected") >= 1.0, "{n}: {}", r.body);
+        let stage_latency = scrape.samples.iter().any(|s| {
+            s.metric
+                .starts_with("inference_guard_stage_duration_seconds")
+                && s.labels.get("stage") == Some("identity")
+        });
+        assert!(stage_latency, "{n}: {}", r.body);
+        assert!(
+            !r.body.contains("svc-") && !r.body.contains("hello"),
+            "{n}: no principals or content"
+        );
+    }
+}

@@ -134,6 +134,17 @@ pub fn router(cfg: &super::Config) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(|| async { Json(common::models()) }))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|| async {
+                match common::metrics_text() {
+                    Some(text) => {
+                        ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+                    }
+                    None => axum::http::StatusCode::NOT_FOUND.into_response(),
+                }
+            }),
+        )
         .with_state(app);
     if let Some(guard) = cfg.guard.clone() {
         router = router.layer(GuardLayer::new(guard).config(cfg.exchange.clone()));

@@ -50,6 +50,8 @@ pub struct Config {
 /// Reads `GUARD_ADDR`, `GUARD_POLICY`, `UPSTREAM_URL`, `UPSTREAM_API_KEY` and
 /// `GUARD_DISABLED` (for load comparisons: no guard at all).
 pub async fn config() -> Result<Config, Box<dyn std::error::Error>> {
+    // The recorder first, so that the guard's first requests are counted.
+    let _ = metrics_text();
     let addr = std::env::var("GUARD_ADDR").unwrap_or_else(|_| "127.0.0.1:8080".to_owned());
     let upstream = std::env::var("UPSTREAM_URL").ok().filter(|u| !u.is_empty());
     let upstream_key = std::env::var("UPSTREAM_API_KEY").ok();
@@ -92,6 +94,32 @@ pub async fn config() -> Result<Config, Box<dyn std::error::Error>> {
             })
         }
     }
+}
+
+/// The Prometheus text for `GET /metrics` (feature `metrics`): the guard's metrics
+/// through the `metrics` facade, recorded by `metrics-exporter-prometheus` (installed
+/// once, at the first call). `None` without the feature. Expose it only where your
+/// monitoring scrapes from: it carries counts, never principals or content.
+pub fn metrics_text() -> Option<String> {
+    #[cfg(feature = "metrics")]
+    {
+        static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+            std::sync::OnceLock::new();
+        HANDLE
+            .get_or_init(|| {
+                metrics_exporter_prometheus::PrometheusBuilder::new()
+                    .install_recorder()
+                    .ok()
+            })
+            .as_ref()
+            .map(|h| {
+                // Summaries are kept bounded by upkeep; a scrape is a fine moment.
+                h.run_upkeep();
+                h.render()
+            })
+    }
+    #[cfg(not(feature = "metrics"))]
+    None
 }
 
 /// The demo keys, by name.

@@ -404,6 +404,13 @@ fn run(inner: impl AuditSink, rx: Receiver<Msg>, shared: &Shared, capacity: usiz
         }
         shared.written.fetch_add(written, Ordering::Relaxed);
         shared.failed.fetch_add(lost, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        {
+            if lost > 0 {
+                metrics::counter!("inference_guard_audit_lost_total").increment(lost);
+            }
+            metrics::gauge!("inference_guard_audit_retrying").set(retry.len() as f64);
+        }
         shared.retrying.store(retry.len() as u64, Ordering::Relaxed);
         let mut flushed = Ok(());
         if written > 0 || records > 0 || flush_failed || !acks.is_empty() || disconnected {
@@ -411,6 +418,8 @@ fn run(inner: impl AuditSink, rx: Receiver<Msg>, shared: &Shared, capacity: usiz
             flush_failed = flushed.is_err();
         }
         if let Some(e) = error.or_else(|| flushed.as_ref().err().cloned()) {
+            #[cfg(feature = "metrics")]
+            metrics::counter!("inference_guard_audit_write_errors_total").increment(1);
             shared.fail(e);
         } else if retry.is_empty() {
             shared.failing.store(false, Ordering::Release);
@@ -460,6 +469,8 @@ impl AuditSink for BackgroundSink {
                 TrySendError::Disconnected(_) => None,
             }),
         };
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("inference_guard_audit_queue_depth").set(self.pending() as f64);
         match sent {
             Ok(()) => {
                 self.shared.accepted.fetch_add(1, Ordering::Relaxed);
@@ -468,6 +479,8 @@ impl AuditSink for BackgroundSink {
             Err(full) => {
                 self.shared.pending.fetch_sub(1, Ordering::Relaxed);
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                #[cfg(feature = "metrics")]
+                metrics::counter!("inference_guard_audit_dropped_total").increment(1);
                 match (full, self.overflow) {
                     (Some(()), Overflow::DropAndCount) => Ok(()),
                     (Some(()), _) => Err(Error::new(ErrorKind::Audit, "audit queue full")),
