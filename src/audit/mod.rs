@@ -14,12 +14,14 @@
 //! serializer, so CR/LF in them cannot forge a record in a JSON Lines log.
 
 mod chain;
+mod ocsf;
 mod sinks;
 
 pub use chain::{
     AuditPublicKey, AuditSigningKey, ChainedLogSink, LogReport, LogStatus, Witness, verify_log,
     verify_log_with,
 };
+pub use ocsf::{OCSF_VERSION, OcsfSink, to_ocsf};
 #[cfg(feature = "tracing")]
 pub use sinks::TracingSink;
 pub use sinks::{BackgroundSink, BackgroundStats, Overflow, RotatingFileSink};
