@@ -94,15 +94,20 @@ fn bench(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
-    // Feature `metrics`: the same with the guard's metrics off and on, no recorder
-    // installed (the no-op exporter). Target (issue #17): at most 1 µs per request.
-    #[cfg(feature = "metrics")]
+    // Features `metrics` and `otel`: the same with the guard's metrics and spans off
+    // and on, no recorder and no tracer provider installed (the no-op exporters).
+    // Target (issue #17): both together at most 1 µs per request.
+    #[cfg(any(feature = "metrics", feature = "otel"))]
     for (name, on) in [
-        ("check_request_and_response_metrics_off", false),
-        ("check_request_and_response_metrics_noop", true),
+        ("check_request_and_response_telemetry_off", false),
+        ("check_request_and_response_telemetry_noop", true),
     ] {
         let guard = trivial_guard_with(|b| {
+            #[cfg(feature = "metrics")]
             b.metrics(on);
+            #[cfg(feature = "otel")]
+            b.spans(on);
+            let _ = &b;
         });
         g.bench_function(name, |b| {
             b.iter_batched(

@@ -204,6 +204,9 @@ struct Inner {
     /// Emit metrics through the `metrics` facade (feature `metrics`).
     #[cfg(feature = "metrics")]
     metrics: bool,
+    /// The tracer spans go to (feature `otel`).
+    #[cfg(feature = "otel")]
+    tracer: Option<opentelemetry::global::BoxedTracer>,
 }
 
 /// The guard: one pipeline of stages run around every model call.
@@ -329,6 +332,8 @@ pub struct GuardBuilder {
     policy_version: Option<String>,
     #[cfg(feature = "metrics")]
     no_metrics: bool,
+    #[cfg(feature = "otel")]
+    no_spans: bool,
 }
 
 impl fmt::Debug for GuardBuilder {
@@ -447,6 +452,26 @@ impl GuardBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
     pub fn metrics(&mut self, on: bool) -> &mut Self {
         self.no_metrics = !on;
+        self
+    }
+
+    /// Whether the guard emits OpenTelemetry spans (feature `otel`; default on): one
+    /// per request and one per stage, with the GenAI security attributes, joined to
+    /// the caller's trace when the request carries a W3C `traceparent`
+    /// ([`GuardRequest::with_trace_id`]). The tracer is taken from the global
+    /// provider when the guard is built: install the SDK first. Never content, never
+    /// credentials. See the README, "Tracing".
+    ///
+    /// ```
+    /// # use inference_guard::*;
+    /// let mut b = InferenceGuard::builder();
+    /// b.allow_anonymous().authorize_all().audit_sink(NoopSink).spans(false);
+    /// # b.build().unwrap();
+    /// ```
+    #[cfg(feature = "otel")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+    pub fn spans(&mut self, on: bool) -> &mut Self {
+        self.no_spans = !on;
         self
     }
 
@@ -654,6 +679,8 @@ impl GuardBuilder {
                     .into(),
                 #[cfg(feature = "metrics")]
                 metrics: !self.no_metrics,
+                #[cfg(feature = "otel")]
+                tracer: (!self.no_spans).then(|| opentelemetry::global::tracer("inference-guard")),
             }),
         })
     }
@@ -1537,6 +1564,7 @@ impl InferenceGuard {
             model: crate::request::cap(parts.request.model(), crate::request::MAX_RECORDED_BYTES),
             client_addr: parts.request.client_addr(),
             stream: parts.request.stream(),
+            origin: t.origin,
             outcome: parts.outcome,
             rejection: parts.rejection,
             stages: &t.stages,
@@ -1566,6 +1594,10 @@ impl InferenceGuard {
         #[cfg(feature = "metrics")]
         if self.inner.metrics {
             crate::telemetry::observe(&event, ok);
+        }
+        #[cfg(feature = "otel")]
+        if let Some(tracer) = &self.inner.tracer {
+            crate::otel::emit(tracer, &event, &self.inner.policy_version);
         }
         if !ok {
             self.counters()

@@ -169,6 +169,8 @@ mod id;
 pub mod identity;
 pub mod inventory;
 pub mod openai;
+#[cfg(feature = "otel")]
+mod otel;
 pub mod output;
 #[cfg(feature = "policy")]
 #[cfg_attr(docsrs, doc(cfg(feature = "policy")))]

@@ -200,6 +200,9 @@ pub struct AuditEvent<'a> {
     pub(crate) model: &'a str,
     pub(crate) client_addr: Option<IpAddr>,
     pub(crate) stream: bool,
+    /// The monotonic instant `started` stands for (stage records are relative to it).
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    pub(crate) origin: Option<Instant>,
     pub(crate) outcome: Outcome,
     pub(crate) rejection: Option<&'a Rejection>,
     pub(crate) stages: &'a [StageRecord],
@@ -546,6 +549,7 @@ impl AuditRecord {
             model: &self.model,
             client_addr: self.client_addr,
             stream: self.stream,
+            origin: None,
             outcome: self.outcome,
             rejection: self.rejection.as_ref(),
             stages: &self.stages,
