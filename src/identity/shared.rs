@@ -11,24 +11,8 @@ use redis::aio::ConnectionManager;
 use super::api_key::{ApiKeyRecord, ApiKeyStore};
 use super::jwt::ReplayStore;
 use crate::error::{Error, ErrorKind};
+use crate::rate_limit::shared::{connect, redis_err};
 use crate::step::Step;
-
-fn redis_err(what: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
-    // The kind of failure only: a Redis error can echo the URL.
-    move |e| Error::new(ErrorKind::Backend, format!("{what}: redis {:?}", e.kind()))
-}
-
-async fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, Error> {
-    let client = redis::Client::open(url).map_err(redis_err("redis url"))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(timeout)
-        .set_connection_timeout(timeout)
-        .set_number_of_retries(1);
-    client
-        .get_connection_manager_with_config(config)
-        .await
-        .map_err(redis_err("connect"))
-}
 
 fn check_prefix(prefix: &str) -> Result<(), Error> {
     if prefix.is_empty() || prefix.contains(['{', '}']) {

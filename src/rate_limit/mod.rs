@@ -40,7 +40,7 @@
 
 mod gcra;
 #[cfg(feature = "redis")]
-mod shared;
+pub(crate) mod shared;
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};

@@ -156,9 +156,22 @@ pub struct RedisRateLimiterBuilder {
     timeout: Duration,
 }
 
-fn redis_err(what: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+pub(crate) fn redis_err(what: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
     // The message names the kind of failure only: a Redis error can echo the URL.
     move |e| Error::new(ErrorKind::Backend, format!("{what}: redis {:?}", e.kind()))
+}
+
+/// A connection manager to `url` whose calls fail after `timeout` (one retry).
+pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, Error> {
+    let client = redis::Client::open(url).map_err(redis_err("redis url"))?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_response_timeout(timeout)
+        .set_connection_timeout(timeout)
+        .set_number_of_retries(1);
+    client
+        .get_connection_manager_with_config(config)
+        .await
+        .map_err(redis_err("connect"))
 }
 
 impl RedisRateLimiterBuilder {
@@ -213,15 +226,7 @@ impl RedisRateLimiterBuilder {
                 "rate limiter: the prefix must be non-empty and have no braces",
             ));
         }
-        let client = redis::Client::open(url).map_err(redis_err("redis url"))?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(self.timeout)
-            .set_connection_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(redis_err("connect"))?;
+        let conn = connect(url, self.timeout).await?;
         let limits = self
             .limits
             .into_iter()
