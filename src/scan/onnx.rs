@@ -914,7 +914,6 @@ impl OutputValidator for OnnxClassifier {
             safe: 0,
             classified: 0,
             floor: vec![f32::NEG_INFINITY; self.inner.model.n_labels],
-            gated: None,
         }))
     }
 
@@ -934,9 +933,6 @@ struct OnnxStream {
     classified: usize,
     /// Per label, the highest probability already reported.
     floor: Vec<f32>,
-    /// With an uncertain band the whole answer is scored at the end (the band is
-    /// a property of the whole text): until then nothing is released.
-    gated: Option<()>,
 }
 
 impl StreamValidator for OnnxStream {
@@ -947,8 +943,8 @@ impl StreamValidator for OnnxStream {
     ) -> Step<'a, Result<StreamVerdict, StageError>> {
         let shared = &self.classifier.inner;
         if shared.gate.is_some() {
-            // The band is judged on the whole answer, as for a whole answer.
-            self.gated = Some(());
+            // With an uncertain band the whole answer is scored at the end (the band
+            // is a property of the whole text): until then nothing is released.
             if !end_of_stream {
                 return Step::ready(Ok(StreamVerdict::default()));
             }
