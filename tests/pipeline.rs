@@ -788,6 +788,55 @@ fn panicking_stage_fails_closed_with_503() {
     assert_eq!(stage["error"], "panicked");
 }
 
+/// A stream validator with a bug.
+struct PanickingStream;
+impl StreamValidator for PanickingStream {
+    fn advance<'a>(
+        &'a mut self,
+        _text: &'a str,
+        _end: bool,
+    ) -> Step<'a, Result<StreamVerdict, StageError>> {
+        panic!("stream validator bug")
+    }
+}
+struct PanickingValidator;
+impl OutputValidator for PanickingValidator {
+    fn validate<'a>(
+        &'a self,
+        _cx: OutputContext<'a>,
+        _r: &'a GuardResponse,
+    ) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        Step::ready(Ok(Vec::new()))
+    }
+    fn stream(&self, _cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+        Some(Box::new(PanickingStream))
+    }
+}
+
+#[test]
+fn a_panicking_stream_validator_fails_the_stream_closed() {
+    let sink = MemorySink::new();
+    let mut b = InferenceGuard::builder();
+    b.allow_anonymous()
+        .authorize_all()
+        .output_validator(PanickingValidator)
+        .audit_sink(sink.clone());
+    let guard = b.build().unwrap();
+    let mut s = guard
+        .check_request(GuardRequest::new("m"))
+        .unwrap()
+        .stream();
+    let r = s.push("some text").unwrap_err();
+    assert_eq!(r.status(), 503);
+    drop(s);
+    assert_eq!(sink.lines().len(), 1);
+    assert!(
+        sink.lines()[0].contains("\"panicked\""),
+        "{}",
+        sink.lines()[0]
+    );
+}
+
 #[test]
 fn panicking_identity_fails_closed_and_cannot_fail_open() {
     let sink = MemorySink::new();
