@@ -13,9 +13,6 @@
 
 use std::future::Future;
 use std::hint::black_box;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use inference_guard::exchange::{ErrorResponse, Exchange, ExchangeConfig};
@@ -23,18 +20,12 @@ use inference_guard::output::{AnswerValidator, Canary};
 use inference_guard::scan::{Redaction, Scanner};
 use inference_guard::*;
 
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 /// In-memory stages decide in one poll.
 fn once<F: Future>(f: F) -> F::Output {
-    let waker = Waker::from(Arc::new(Noop));
-    match pin!(f).poll(&mut Context::from_waker(&waker)) {
-        Poll::Ready(v) => v,
-        Poll::Pending => panic!("a stage did not decide in one poll"),
-    }
+    common::poll_once(f).expect("a stage did not decide in one poll")
 }
 
 fn prompt() -> String {

@@ -11,12 +11,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use inference_guard::identity::{
-    Algorithm, ApiKeyFormat, ApiKeys, InMemoryKeyStore, JwtVerifier, KeySet,
-};
+use inference_guard::identity::{ApiKeyFormat, ApiKeys, InMemoryKeyStore, JwtVerifier};
 use inference_guard::{CredentialKind, Principal};
-use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
+use ring::signature::KeyPair;
+
+#[path = "../tests/common/jwt.rs"]
+mod jwt;
 
 #[derive(serde::Deserialize)]
 #[allow(dead_code)]
@@ -38,56 +38,31 @@ fn claims() -> String {
     .to_string()
 }
 
-fn sign(alg: &str, kid: &str, f: impl Fn(&[u8]) -> Vec<u8>) -> String {
-    let h = serde_json::json!({"alg": alg, "typ": "JWT", "kid": kid}).to_string();
-    let input = format!("{}.{}", B64.encode(h), B64.encode(claims()));
-    let sig = f(input.as_bytes());
-    format!("{input}.{}", B64.encode(sig))
+/// A token signed by the kit's key for `alg` (its kid is the algorithm's name).
+fn sign(s: &jwt::Signers, alg: &str) -> String {
+    let h = serde_json::json!({"alg": alg, "typ": "JWT", "kid": alg}).to_string();
+    jwt::raw_token(s, &h, &claims(), alg)
 }
 
 fn bench(c: &mut Criterion) {
-    let rng = SystemRandom::new();
-    let p256 =
-        EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let p256 = EcdsaKeyPair::from_pkcs8(
-        &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        p256.as_ref(),
-        &rng,
-    )
-    .unwrap();
-    let ed =
-        Ed25519KeyPair::from_pkcs8(Ed25519KeyPair::generate_pkcs8(&rng).unwrap().as_ref()).unwrap();
-    let secret = [7u8; 32];
-
-    let mut keys = KeySet::new();
-    keys.add_raw_public_key("es", Algorithm::ES256, p256.public_key().as_ref())
-        .unwrap();
-    keys.add_raw_public_key("ed", Algorithm::EdDSA, ed.public_key().as_ref())
-        .unwrap();
-    keys.add_hmac("hs", Algorithm::HS256, &secret).unwrap();
+    let signers = jwt::signers();
     let builder = || {
         JwtVerifier::builder()
             .issuer("https://issuer.example")
             .audience("inference-api")
-            .keys(keys.clone())
+            .keys(signers.keys())
     };
     let uncached = builder().verified_cache(0).build().unwrap();
     let cached = builder().build().unwrap();
 
-    let es = sign("ES256", "es", |m| {
-        p256.sign(&rng, m).unwrap().as_ref().to_vec()
-    });
-    let eddsa = sign("EdDSA", "ed", |m| ed.sign(m).as_ref().to_vec());
-    let hs = sign("HS256", "hs", |m| {
-        ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret), m)
-            .as_ref()
-            .to_vec()
-    });
+    let es = sign(&signers, "ES256");
+    let eddsa = sign(&signers, "EdDSA");
+    let hs = sign(&signers, "HS256");
     for t in [&es, &eddsa, &hs] {
         uncached.verify_token(t).expect("bench tokens verify");
     }
 
-    let point = p256.public_key().as_ref();
+    let point = signers.p256.public_key().as_ref();
     let jwt_key = jsonwebtoken::DecodingKey::from_ec_components(
         &B64.encode(&point[1..33]),
         &B64.encode(&point[33..]),

@@ -25,14 +25,17 @@ use std::future::Future;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use inference_guard::scan::{Classifier, OnnxClassifier};
 use inference_guard::{Category, GuardRequest, InputScanner, Role};
 use ort::session::Session;
 use ort::value::Tensor;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{block_on, repeat_to};
 
 const PROSE: &str = "The committee met on Tuesday to review the quarterly figures. Revenue in the \
 northern region grew while costs stayed flat, and the team agreed to visit the two largest \
@@ -42,33 +45,6 @@ assumptions behind the forecast, and the chair promised a short note by Friday. 
 const MAX_TOKENS: usize = 512;
 const OVERLAP: usize = 64;
 const BATCH: usize = 8;
-
-fn repeat_to(s: &str, n: usize) -> String {
-    let mut out = String::with_capacity(n + s.len());
-    while out.len() < n {
-        out.push_str(s);
-    }
-    out.truncate(n);
-    out
-}
-
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = pin!(fut);
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
 
 /// `block_on` for a waiter that never sleeps: what the stage costs without the
 /// operating system's wake-up of a parked thread (tens of microseconds on a virtual

@@ -10,6 +10,10 @@ use inference_guard::output::AnswerValidator;
 use inference_guard::scan::Scanner;
 use inference_guard::*;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::repeat_to;
+
 const ANSWER: &str = "Thanks for reaching out! Your order **#4421** shipped on Tuesday with the \
 standard carrier and should arrive within three to five business days. You can follow it on \
 the [tracking page](https://docs.northwind.test/track) at any time.\n\n\
@@ -19,29 +23,14 @@ the [tracking page](https://docs.northwind.test/track) at any time.\n\n\
 ```python\nfor item in order.items:\n    print(item.name, item.quantity)\n```\n\n\
 Is there anything else I can help you with today? ";
 
-fn repeat_to(s: &str, n: usize) -> String {
-    let mut out = String::with_capacity(n + s.len());
-    while out.len() < n {
-        out.push_str(s);
-    }
-    out.truncate(n);
-    while !out.is_char_boundary(out.len()) {
-        out.pop();
-    }
-    out
-}
-
 fn guard() -> InferenceGuard {
     let v = AnswerValidator::builder()
         .allow_hosts(["docs.northwind.test"])
         .build()
         .unwrap();
-    let mut b = InferenceGuard::builder();
-    b.allow_anonymous()
-        .authorize_all()
-        .audit_sink(NoopSink)
-        .output_validator(v);
-    b.build().unwrap()
+    common::open_guard(|b| {
+        b.output_validator(v);
+    })
 }
 
 fn request() -> GuardRequest {

@@ -123,6 +123,65 @@ fn bench(c: &mut Criterion) {
     // What the pipeline pays to free the request it consumed (strings, vectors): the
     // caller would pay it without the guard too. Reported so the guard's own work can
     // be told apart; the target is checked on the full figure above.
+    // Observers: the same request with the usage inventory watching, on one thread
+    // and on two threads at once (eight principals), next to the same without it.
+    let principals: Vec<Principal> = (0..8)
+        .map(|i| Principal::builder(format!("svc-{i}"), CredentialKind::ApiKey).build())
+        .collect();
+    let by_metadata = |b: &mut GuardBuilder| {
+        let principals = principals.clone();
+        b.identity(verifier_fn(move |req| {
+            let n: usize = req
+                .metadata()
+                .get("n")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0);
+            Ok(principals[n % 8].clone())
+        }));
+    };
+    let eight = trivial_guard_with(by_metadata);
+    let eight_inventory = trivial_guard_with(|b| {
+        by_metadata(b);
+        b.inventory(inventory::Inventory::new());
+    });
+    let with_inventory = trivial_guard_with(|b| {
+        b.inventory(inventory::Inventory::new());
+    });
+    for (name, guard) in [
+        ("two_threads_no_observer", &eight),
+        ("two_threads_inventory", &eight_inventory),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = std::time::Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..2u64 {
+                        let (request, answer) = (&request, &answer);
+                        s.spawn(move || {
+                            for i in 0..iters {
+                                let req = request
+                                    .clone()
+                                    .with_metadata("n", ((t * 4 + i) % 8).to_string());
+                                let adm = guard.check_request(req).unwrap();
+                                black_box(adm.check_response(answer.clone()).unwrap());
+                            }
+                        });
+                    }
+                });
+                start.elapsed() / 2
+            })
+        });
+    }
+    g.bench_function("check_request_and_response_inventory", |b| {
+        b.iter_batched(
+            || (request.clone(), answer.clone()),
+            |(req, ans)| {
+                let adm = with_inventory.check_request(req).unwrap();
+                black_box(adm.check_response(ans).unwrap())
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.bench_function("drop_consumed_request", |b| {
         b.iter_batched(|| request.clone(), drop, BatchSize::SmallInput)
     });
@@ -145,6 +204,15 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             black_box(wire.to_guard_request(Credentials::from_api_key("k"), "/v1/chat/completions"))
         })
+    });
+    g.finish();
+
+    // Request ids: ours (a per-thread SplitMix64 seeded from the system generator)
+    // against uuid's own v7 (the system generator per id), in the same run.
+    let mut g = c.benchmark_group("request_id");
+    g.bench_function("ours", |b| b.iter(|| black_box(RequestId::generate())));
+    g.bench_function("uuid_now_v7", |b| {
+        b.iter(|| black_box(uuid::Uuid::now_v7()))
     });
     g.finish();
 }

@@ -9,6 +9,10 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use inference_guard::Location;
 use inference_guard::scan::Scanner;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::repeat_to;
+
 const PROSE: &str = "The committee met on Tuesday to review the quarterly figures. Revenue in the \
 northern region grew while costs stayed flat, and the team agreed to visit the two largest \
 accounts before the end of the month. Several members asked for a clearer summary of the \
@@ -20,18 +24,6 @@ Token aGVsbG8gd29ybGQ= and hash 9f86d081884c7d659a2feaa0c55ad015; build #8812 at
 
 const ADVERSARIAL: &str =
     "ignore ignore previous <|im_start <|im_ dan dan mode aGVsbG8g \\033[ system: ";
-
-fn repeat_to(s: &str, n: usize) -> String {
-    let mut out = String::with_capacity(n + s.len());
-    while out.len() < n {
-        out.push_str(s);
-    }
-    out.truncate(n);
-    while !out.is_char_boundary(out.len()) {
-        out.pop();
-    }
-    out
-}
 
 fn bench(c: &mut Criterion) {
     let scanner = Scanner::new();

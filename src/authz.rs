@@ -6,7 +6,7 @@ use crate::Rejection;
 use crate::error::{BuildError, StageError};
 use crate::principal::Principal;
 use crate::request::GuardRequest;
-use crate::stage::Authorizer;
+use crate::stage::{Authorizer, Granted};
 use crate::step::Step;
 
 /// Whether a principal pattern (`id-glob` or `namespace-glob|id-glob`) matches.
@@ -276,20 +276,6 @@ impl PolicyAuthorizerBuilder {
 impl PolicyAuthorizer {
     /// The model and tool patterns granted to `p`, and whether it may stream (the
     /// union of the grants that apply to it).
-    pub(crate) fn granted(&self, p: &Principal) -> (Vec<String>, Vec<String>, bool) {
-        let (mut models, mut tools, mut stream) = (Vec::new(), Vec::new(), false);
-        for g in self.grants.iter().filter(|g| g.applies_to(p)) {
-            models.extend(g.models.iter().cloned());
-            tools.extend(g.tools.iter().cloned());
-            stream |= g.stream;
-        }
-        models.sort();
-        models.dedup();
-        tools.sort();
-        tools.dedup();
-        (models, tools, stream)
-    }
-
     /// A builder.
     pub fn builder() -> PolicyAuthorizerBuilder {
         PolicyAuthorizerBuilder::default()
@@ -337,6 +323,18 @@ impl Authorizer for PolicyAuthorizer {
             .iter()
             .find(|g| g.applies_to(principal) && g.denial(request).is_none())
             .and_then(|g| g.max_output_tokens)
+    }
+
+    /// Every grant that applies to the principal, together.
+    fn grants(&self, p: &Principal) -> Option<Granted> {
+        let applies = || self.grants.iter().filter(|g| g.applies_to(p));
+        Some(
+            Granted::new(
+                applies().flat_map(|g| g.models.iter().cloned()),
+                applies().flat_map(|g| g.tools.iter().cloned()),
+            )
+            .with_stream(applies().any(|g| g.stream)),
+        )
     }
 
     fn name(&self) -> &str {

@@ -47,11 +47,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::audit::Outcome;
-use crate::authz::{PolicyAuthorizer, glob_match};
+use crate::authz::glob_match;
 use crate::decision::Rejection;
 use crate::principal::Principal;
+use crate::record::Outcome;
 use crate::request::GuardRequest;
+use crate::stage::Authorizer;
 
 /// A bounded map of counts: at most `max` keys; the rest are counted in `others`.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -215,11 +216,28 @@ impl PrincipalFacts {
     }
 }
 
+/// Principals are spread over this many independently locked maps, so requests of
+/// different principals rarely wait for each other.
+const SHARDS: usize = 32;
+
 struct Inner {
     max_principals: usize,
     max_values: usize,
-    map: Mutex<HashMap<String, PrincipalFacts>>,
+    shards: Box<[Mutex<HashMap<String, PrincipalFacts>>]>,
+    hasher: std::collections::hash_map::RandomState,
+    tracked: std::sync::atomic::AtomicUsize,
     dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Inner {
+    fn shard(
+        &self,
+        qualified_id: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, PrincipalFacts>> {
+        use std::hash::BuildHasher;
+        let i = (self.hasher.hash_one(qualified_id) as usize) % self.shards.len();
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Bounded per-principal usage facts; see the [module docs](self). Cheap to clone;
@@ -259,7 +277,9 @@ impl Inventory {
             inner: Arc::new(Inner {
                 max_principals: principals.max(1),
                 max_values: values.max(1),
-                map: Mutex::new(HashMap::new()),
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                hasher: std::collections::hash_map::RandomState::new(),
+                tracked: std::sync::atomic::AtomicUsize::new(0),
                 dropped: std::sync::atomic::AtomicU64::new(0),
             }),
         }
@@ -272,9 +292,8 @@ impl Inventory {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Records one request (the guard calls this for every request with a
-    /// principal).
-    pub(crate) fn observe(
+    /// Records one request with a principal.
+    fn record_request(
         &self,
         principal: &Principal,
         request: &GuardRequest,
@@ -285,12 +304,19 @@ impl Inventory {
         if principal.is_anonymous() {
             return;
         }
+        use std::sync::atomic::Ordering::Relaxed;
         let max = self.inner.max_values;
-        let mut map = self.inner.map.lock().unwrap_or_else(|e| e.into_inner());
-        if !map.contains_key(principal.qualified_id()) && map.len() >= self.inner.max_principals {
-            self.inner
-                .dropped
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut map = self.inner.shard(principal.qualified_id());
+        if !map.contains_key(principal.qualified_id())
+            && self
+                .inner
+                .tracked
+                .fetch_update(Relaxed, Relaxed, |n| {
+                    (n < self.inner.max_principals).then_some(n + 1)
+                })
+                .is_err()
+        {
+            self.inner.dropped.fetch_add(1, Relaxed);
             return;
         }
         let f = map
@@ -368,21 +394,23 @@ impl Inventory {
     /// The facts of one principal, by [qualified id](Principal::qualified_id)
     /// (`jwt:https://idp.example|svc-a`), or by plain id for an API key's principal.
     pub fn facts(&self, principal: &str) -> Option<PrincipalFacts> {
-        let map = self.inner.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(principal)
-            .or_else(|| map.get(&format!("api_key|{principal}")))
-            .cloned()
+        if let Some(f) = self.inner.shard(principal).get(principal) {
+            return Some(f.clone());
+        }
+        let qualified = format!("api_key|{principal}");
+        self.inner.shard(&qualified).get(&qualified).cloned()
     }
 
     /// The report: every principal's facts, and the flags `policy` raises, at `now`.
     pub fn report(&self, policy: &InventoryPolicy, now: SystemTime) -> InventoryReport {
         let mut principals: Vec<PrincipalFacts> = self
             .inner
-            .map
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let map = shard.lock().unwrap_or_else(|e| e.into_inner());
+                map.values().cloned().collect::<Vec<_>>()
+            })
             .collect();
         principals.sort_by(|a, b| a.principal.cmp(&b.principal));
         let mut flags = Vec::new();
@@ -503,7 +531,10 @@ impl Inventory {
                 );
             }
             if let (Some(authz), Some(principal)) = (&policy.authorizer, &p.principal_value) {
-                let (models, tools, _) = authz.granted(principal);
+                let Some(grants) = authz.grants(principal) else {
+                    continue;
+                };
+                let (models, tools) = (grants.models(), grants.tools());
                 let unused = |patterns: &[String], used: &Counts| -> Vec<String> {
                     patterns
                         .iter()
@@ -511,7 +542,7 @@ impl Inventory {
                         .cloned()
                         .collect()
                 };
-                let (um, ut) = (unused(&models, &p.models), unused(&tools, &p.tools));
+                let (um, ut) = (unused(models, &p.models), unused(tools, &p.tools));
                 if !um.is_empty() || !ut.is_empty() {
                     let mut parts = Vec::new();
                     if !um.is_empty() {
@@ -573,14 +604,27 @@ pub struct KnownKey {
 }
 
 /// What the inventory report flags.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct InventoryPolicy {
     unused_after: Duration,
     rotate_after: Duration,
     max_addresses: usize,
     max_user_agents: usize,
     known_keys: Vec<KnownKey>,
-    authorizer: Option<PolicyAuthorizer>,
+    authorizer: Option<Arc<dyn Authorizer>>,
+}
+
+impl fmt::Debug for InventoryPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InventoryPolicy")
+            .field("unused_after", &self.unused_after)
+            .field("rotate_after", &self.rotate_after)
+            .field("max_addresses", &self.max_addresses)
+            .field("max_user_agents", &self.max_user_agents)
+            .field("known_keys", &self.known_keys)
+            .field("authorizer", &self.authorizer.as_ref().map(|a| a.name()))
+            .finish()
+    }
 }
 
 impl Default for InventoryPolicy {
@@ -638,10 +682,12 @@ impl InventoryPolicy {
         self
     }
 
-    /// The authorizer whose grants are compared with what principals used.
+    /// The authorizer whose grants are compared with what principals used: any
+    /// [`Authorizer`] that reports [`grants`](Authorizer::grants) (the built-in
+    /// [`PolicyAuthorizer`](crate::authz::PolicyAuthorizer) does).
     #[must_use]
-    pub fn authorizer(mut self, authorizer: PolicyAuthorizer) -> Self {
-        self.authorizer = Some(authorizer);
+    pub fn authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
         self
     }
 }
@@ -725,5 +771,20 @@ impl InventoryReport {
     /// The report as JSON (times in Unix seconds).
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// The inventory observes every request's event: the principal's credential, model,
+/// tools, address, user agent and denials, at the time the request ended.
+impl crate::stage::AuditObserver for Inventory {
+    fn observe(&self, o: &mut crate::record::Observation<'_>) {
+        let e = o.event();
+        if let Some(p) = e.principal() {
+            self.record_request(p, o.request(), e.outcome(), e.rejection(), e.ended());
+        }
+    }
+
+    fn name(&self) -> &str {
+        "inventory"
     }
 }

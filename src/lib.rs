@@ -160,6 +160,8 @@
 pub mod audit;
 pub mod authz;
 pub mod builtin;
+mod clock;
+mod codec;
 mod decision;
 mod error;
 pub mod exchange;
@@ -178,13 +180,15 @@ pub mod policy;
 mod principal;
 pub mod rate_limit;
 pub mod receipt;
+mod record;
 mod request;
 pub mod respond;
 mod response;
 pub mod scan;
 mod stage;
 mod step;
-mod stream;
+#[cfg(feature = "redis")]
+mod store;
 #[cfg(feature = "metrics")]
 mod telemetry;
 #[cfg(feature = "tower")]
@@ -199,19 +203,19 @@ pub use error::{BuildError, Error, ErrorKind, StageError};
 pub use finding::{Action, Category, Enforcement, Finding, Location, Severity, redact};
 pub use guard::{
     Admission, CheckedResponse, CheckedResponses, GuardBuilder, GuardStats, InferenceGuard,
-    RequestLimits,
+    RequestLimits, SseGuard, StreamEnd, StreamGuard,
 };
 pub use id::RequestId;
 pub use principal::{CredentialKind, Principal, PrincipalBuilder};
+pub use record::Observation;
 pub use request::{Credentials, GuardRequest, Message, Role, Secret, ToolSpec};
 pub use response::{GuardResponse, ToolCall, Usage};
 pub use stage::{
-    AuditSink, Authorizer, FnStage, IdentityVerifier, InputScanner, OutputContext, OutputValidator,
-    Permit, RateLimiter, Settlement, StreamValidator, StreamVerdict, authorizer_fn,
-    rate_limiter_fn, scanner_fn, sink_fn, validator_fn, verifier_fn,
+    AuditObserver, AuditSink, Authorizer, FnStage, Granted, IdentityVerifier, InputScanner,
+    OutputContext, OutputValidator, Permit, RateLimiter, Settlement, StreamValidator,
+    StreamVerdict, authorizer_fn, rate_limiter_fn, scanner_fn, sink_fn, validator_fn, verifier_fn,
 };
 pub use step::{BoxFuture, Step};
-pub use stream::{StreamEnd, StreamGuard};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

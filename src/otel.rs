@@ -11,9 +11,9 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{Context, KeyValue};
 
-use crate::audit::{AuditEvent, Outcome, StageOutcome};
 use crate::decision::Stage;
 use crate::finding::{Action, Finding, Severity};
+use crate::record::{AuditEvent, Outcome, StageOutcome};
 
 /// The caller's span from a W3C `traceparent`
 /// (`00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`), to join its trace.

@@ -634,15 +634,7 @@ fn secret(
 }
 
 fn hex32(field: &str, s: &str) -> Result<[u8; 32], PolicyError> {
-    let s = s.trim();
-    if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err(field, "must be 64 hex digits"));
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| err(field, "must be hex"))?;
-    }
-    Ok(out)
+    crate::codec::unhex32(s.trim()).ok_or_else(|| err(field, "must be 64 hex digits"))
 }
 
 impl Policy {

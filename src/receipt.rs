@@ -45,7 +45,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use crate::codec;
 
 use crate::audit::{AuditPublicKey, AuditSigningKey};
 
@@ -115,7 +117,7 @@ impl ReceiptSigner {
 pub fn digest(bytes: &[u8]) -> String {
     format!(
         "sha256:{}",
-        crate::audit::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+        crate::codec::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
     )
 }
 
@@ -280,7 +282,7 @@ pub fn input_digest(request: &crate::GuardRequest) -> String {
         ctx.update(m.content().as_bytes());
         ctx.update(&[0x1e]);
     }
-    format!("sha256:{}", crate::audit::hex(ctx.finish().as_ref()))
+    format!("sha256:{}", crate::codec::hex(ctx.finish().as_ref()))
 }
 
 /// Verifies receipts with a set of public keys.
@@ -291,14 +293,13 @@ pub struct ReceiptVerifier {
 }
 
 fn b64(seg: &str) -> Result<Vec<u8>, ReceiptError> {
-    let bytes = URL_SAFE_NO_PAD
-        .decode(seg)
-        .map_err(|_| ReceiptError::Malformed)?;
-    // Canonical encodings only: one receipt, one byte string.
-    if URL_SAFE_NO_PAD.encode(&bytes) != seg {
-        return Err(ReceiptError::Malformed);
-    }
-    Ok(bytes)
+    codec::b64url(seg).ok_or(ReceiptError::Malformed)
+}
+
+/// A segment as a strict JSON object: the parser JWTs are read with (a duplicate
+/// member name is malformed, not "the last one wins").
+fn object(seg: &str) -> Result<Map<String, Value>, ReceiptError> {
+    codec::jws_object(seg).map_err(|_| ReceiptError::Malformed)
 }
 
 fn counts(v: Option<&Value>) -> Result<BTreeMap<String, u64>, ReceiptError> {
@@ -404,15 +405,10 @@ impl ReceiptVerifier {
         if receipt.len() > MAX_RECEIPT {
             return Err(ReceiptError::Malformed);
         }
-        let mut parts = receipt.split('.');
-        let (Some(h), Some(c), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let Some((h, c, s)) = codec::jws_segments(receipt) else {
             return Err(ReceiptError::Malformed);
         };
-        let header: Value =
-            serde_json::from_slice(&b64(h)?).map_err(|_| ReceiptError::Malformed)?;
-        let header = header.as_object().ok_or(ReceiptError::Malformed)?;
+        let header = object(h)?;
         if header.get("alg").and_then(Value::as_str) != Some("EdDSA")
             || header.get("typ").and_then(Value::as_str) != Some(RECEIPT_TYPE)
             || header.contains_key("crit")
@@ -433,8 +429,7 @@ impl ReceiptVerifier {
         if !key.verifies(signing_input.as_bytes(), &sig) {
             return Err(ReceiptError::Signature);
         }
-        let claims: Value =
-            serde_json::from_slice(&b64(c)?).map_err(|_| ReceiptError::Malformed)?;
+        let claims = object(c)?;
         let str_claim = |k: &str| -> Result<String, ReceiptError> {
             claims
                 .get(k)

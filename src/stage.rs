@@ -10,10 +10,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::RateLimitInfo;
-use crate::audit::AuditEvent;
 use crate::error::{Error, StageError};
 use crate::finding::Finding;
 use crate::principal::Principal;
+use crate::record::{AuditEvent, Observation};
 use crate::request::GuardRequest;
 use crate::response::{GuardResponse, Usage};
 use crate::step::Step;
@@ -81,9 +81,77 @@ pub trait Authorizer: Send + Sync + 'static {
         None
     }
 
+    /// What `principal` is granted, for reports that compare grants with use (the
+    /// [inventory](crate::inventory)'s unused grants). `None` (the default): this
+    /// authorizer cannot say.
+    fn grants(&self, principal: &Principal) -> Option<Granted> {
+        let _ = principal;
+        None
+    }
+
     /// A name for diagnostics.
     fn name(&self) -> &str {
         std::any::type_name::<Self>()
+    }
+}
+
+/// What an [`Authorizer`] grants one principal: model and tool patterns (globs with
+/// `*`) and whether it may stream.
+///
+/// ```
+/// use inference_guard::Granted;
+/// let g = Granted::new(["gpt-4o-*"], ["search"]).with_stream(true);
+/// assert_eq!(g.models(), ["gpt-4o-*"]);
+/// assert!(g.stream());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Granted {
+    models: Vec<String>,
+    tools: Vec<String>,
+    stream: bool,
+}
+
+impl Granted {
+    /// Granted of these models and tools (sorted, without duplicates), no streaming.
+    pub fn new(
+        models: impl IntoIterator<Item = impl Into<String>>,
+        tools: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        let sorted = |v: &mut Vec<String>| {
+            v.sort();
+            v.dedup();
+        };
+        let mut models: Vec<String> = models.into_iter().map(Into::into).collect();
+        let mut tools: Vec<String> = tools.into_iter().map(Into::into).collect();
+        sorted(&mut models);
+        sorted(&mut tools);
+        Self {
+            models,
+            tools,
+            stream: false,
+        }
+    }
+
+    /// With streaming allowed or not.
+    #[must_use]
+    pub fn with_stream(mut self, stream: bool) -> Self {
+        self.stream = stream;
+        self
+    }
+
+    /// The model patterns.
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+
+    /// The tool patterns.
+    pub fn tools(&self) -> &[String] {
+        &self.tools
+    }
+
+    /// Whether streaming is allowed.
+    pub fn stream(&self) -> bool {
+        self.stream
     }
 }
 
@@ -349,6 +417,51 @@ pub trait OutputValidator: Send + Sync + 'static {
     }
 }
 
+/// Watches every request's audit event as the guard records it: abuse monitoring
+/// ([`AbuseMonitor`](crate::respond::AbuseMonitor)), the usage inventory
+/// ([`Inventory`](crate::inventory::Inventory)) and your own counters or detectors.
+///
+/// Observers run once per request, in the order they were added, on the thread that
+/// ends the request and before the [`AuditSink`] records the event, so an escalation
+/// an observer notes ([`Observation::escalate`]) is written into the same record.
+/// Keep `observe` short and never block; it cannot fail the request (a panic is
+/// caught and counted).
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use inference_guard::*;
+///
+/// #[derive(Default)]
+/// struct Rejections(AtomicU64);
+///
+/// impl AuditObserver for Rejections {
+///     fn observe(&self, o: &mut Observation<'_>) {
+///         if o.event().rejection().is_some() {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+///
+/// let seen = Arc::new(Rejections::default());
+/// let mut b = InferenceGuard::builder();
+/// b.allow_anonymous().authorize_all().audit_sink(NoopSink).observer(seen.clone());
+/// let guard = b.build()?;
+/// let too_big = GuardRequest::new("m").with_message(Role::User, "x".repeat(2_000_000));
+/// assert!(guard.check_request(too_big).is_err());
+/// assert_eq!(seen.0.load(Ordering::Relaxed), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait AuditObserver: Send + Sync + 'static {
+    /// Sees one request's event.
+    fn observe(&self, observation: &mut Observation<'_>);
+
+    /// A name for diagnostics.
+    fn name(&self) -> &str {
+        std::any::type_name::<Self>()
+    }
+}
+
 /// Receives one audit event for every request the guard handles.
 ///
 /// `record` is called on the request path: keep it cheap and non-blocking. Sinks that
@@ -408,6 +521,9 @@ macro_rules! forward_impls {
             fn output_ceiling(&self, principal: &Principal, request: &GuardRequest) -> Option<u32> {
                 (**self).output_ceiling(principal, request)
             }
+            fn grants(&self, principal: &Principal) -> Option<Granted> {
+                (**self).grants(principal)
+            }
             fn name(&self) -> &str { (**self).name() }
         }
         impl<T: RateLimiter + ?Sized> RateLimiter for $wrapper {
@@ -435,6 +551,10 @@ macro_rules! forward_impls {
             fn record(&self, event: &AuditEvent<'_>) -> Result<(), Error> { (**self).record(event) }
             fn ready(&self) -> Result<(), Error> { (**self).ready() }
             fn flush(&self) -> Result<(), Error> { (**self).flush() }
+            fn name(&self) -> &str { (**self).name() }
+        }
+        impl<T: AuditObserver + ?Sized> AuditObserver for $wrapper {
+            fn observe(&self, observation: &mut Observation<'_>) { (**self).observe(observation) }
             fn name(&self) -> &str { (**self).name() }
         }
     )*};

@@ -149,3 +149,14 @@ impl<T> fmt::Debug for Step<'_, T> {
         }
     }
 }
+
+/// Drives a future that is expected to complete without waiting; `None` if it did not.
+///
+/// Takes the future pinned where it was built (`poll_once(pin!(..))`), so the
+/// pipeline's state machine is never moved.
+pub(crate) fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> Option<F::Output> {
+    match fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => Some(v),
+        std::task::Poll::Pending => None,
+    }
+}

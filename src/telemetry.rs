@@ -5,8 +5,8 @@
 
 use metrics::{counter, histogram};
 
-use crate::audit::AuditEvent;
 use crate::finding::{Category, Finding};
+use crate::record::AuditEvent;
 
 /// A bounded label for a category: user-defined ones are all `custom`.
 fn category(c: &Category) -> &'static str {

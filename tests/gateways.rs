@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+#[path = "common/gateway.rs"]
+mod gateway;
+use gateway::example;
+
 struct Gateway {
     name: &'static str,
     child: Child,
@@ -25,19 +29,6 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn example(name: &str) -> std::path::PathBuf {
-    // target/<profile>/deps/gateways-… → target/<profile>/examples/<name>
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the examples first (cargo test --all-features builds them)",
-        path.display()
-    );
-    path
 }
 
 fn start(name: &'static str, extra: &[(&str, &str)]) -> Gateway {

@@ -240,3 +240,88 @@ fn reuse_and_human_use_are_flagged() {
     let f = flags(&s, &lenient, SystemTime::now());
     assert!(!f.iter().any(|x| x.0 == FlagKind::CredentialReuse));
 }
+
+/// An authorizer of the application's own: the inventory learns its grants through
+/// the `Authorizer` trait, not from the built-in policy type.
+#[test]
+fn a_custom_authorizer_reports_its_grants_to_the_inventory() {
+    struct OwnRules;
+    impl Authorizer for OwnRules {
+        fn authorize<'a>(
+            &'a self,
+            _: &'a Principal,
+            _: &'a GuardRequest,
+        ) -> Step<'a, Result<(), StageError>> {
+            Step::ready(Ok(()))
+        }
+        fn grants(&self, p: &Principal) -> Option<Granted> {
+            (p.id() == "svc-report")
+                .then(|| Granted::new(["demo-small", "demo-vision"], ["search"]))
+        }
+    }
+    let s = setup();
+    call(&s, 0, "demo-small", "10.0.0.1", "report-job/1.4").unwrap();
+    let report = s.inventory.report(
+        &InventoryPolicy::default().authorizer(OwnRules),
+        SystemTime::now(),
+    );
+    let unused: Vec<_> = report
+        .flags()
+        .iter()
+        .filter(|f| f.kind() == FlagKind::UnusedGrant)
+        .collect();
+    assert_eq!(unused.len(), 1, "{unused:?}");
+    assert_eq!(unused[0].principal(), "svc-report");
+    assert!(unused[0].detail().contains("demo-vision"));
+    assert!(!unused[0].detail().contains("search") && !unused[0].detail().contains("demo-small"));
+    // An authorizer that cannot say (the trait's default) flags nothing.
+    let silent = s.inventory.report(
+        &InventoryPolicy::default().authorizer(authorizer_fn(|_, _| Ok(()))),
+        SystemTime::now(),
+    );
+    assert!(
+        silent
+            .flags()
+            .iter()
+            .all(|f| f.kind() != FlagKind::UnusedGrant)
+    );
+}
+
+/// Many threads, many principals: every request is counted (the inventory's maps
+/// are sharded; no request is lost to a race), and the bound holds.
+#[test]
+fn concurrent_requests_are_all_counted_and_the_bound_holds() {
+    let inventory = Inventory::with_bounds(40, 8);
+    let guard = {
+        let mut b = InferenceGuard::builder();
+        b.identity(verifier_fn(|req| {
+            let who = req
+                .credentials()
+                .api_key()
+                .map(|k| k.expose().to_owned())
+                .unwrap_or_default();
+            Ok(Principal::builder(who, CredentialKind::ApiKey).build())
+        }))
+        .authorize_all()
+        .audit_sink(NoopSink)
+        .inventory(inventory.clone());
+        b.build().unwrap()
+    };
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let guard = &guard;
+            s.spawn(move || {
+                for i in 0..250 {
+                    let who = format!("svc-{}", (t * 250 + i) % 50);
+                    let req =
+                        GuardRequest::new("m").with_credentials(Credentials::from_api_key(who));
+                    drop(guard.check_request(req).unwrap());
+                }
+            });
+        }
+    });
+    let report = inventory.report(&InventoryPolicy::default(), SystemTime::now());
+    let counted: u64 = report.principals().iter().map(|p| p.requests()).sum();
+    assert_eq!(report.principals().len(), 40);
+    assert_eq!(counted + inventory.untracked(), 1000);
+}

@@ -8,16 +8,14 @@
 //! window is p = 0.705 (a flag at 0.5), two are 0.98 (a block at 0.9).
 #![cfg(feature = "onnx")]
 
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use inference_guard::output::SseGuard;
 use inference_guard::scan::{Classifier, OnnxClassifier, OnnxClassifierBuilder};
 use inference_guard::*;
+
+mod common;
+use common::block_on;
 
 /// Whether the runtime and the fixtures are there. Without them the tests say so
 /// and pass on a developer machine; under CI (`CI` set) they fail.
@@ -54,24 +52,6 @@ fn builder(model: &str) -> OnnxClassifierBuilder {
 
 fn tiny() -> OnnxClassifier {
     builder("tiny.onnx").build().unwrap()
-}
-
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = pin!(fut);
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park_timeout(Duration::from_millis(5));
-    }
 }
 
 fn guard_with(c: &OnnxClassifier) -> (InferenceGuard, MemorySink) {
@@ -271,7 +251,7 @@ fn a_full_queue_is_a_503_at_once_and_a_late_call_times_out() {
     // Six callers at once against one worker and a queue of one: at most two are
     // taken, the others are refused at once (503 with Retry-After), not queued.
     let (guard, _) = guard_with(&c);
-    let barrier = Arc::new(std::sync::Barrier::new(6));
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(6));
     let callers: Vec<_> = (0..6)
         .map(|_| {
             let guard = guard.clone();

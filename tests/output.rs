@@ -2,8 +2,10 @@
 //! exfiltration links, unsafe markup, tool calls, structured output, and streaming
 //! (raw deltas and server-sent events) with the same verdict at any chunking.
 
-use inference_guard::output::{AnswerValidator, Canary, MarkupMode, SseGuard};
+use inference_guard::output::{AnswerValidator, Canary, MarkupMode};
 use inference_guard::*;
+
+mod common;
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -15,14 +17,10 @@ fn guard_with(
     v: AnswerValidator,
     configure: impl FnOnce(&mut GuardBuilder),
 ) -> (InferenceGuard, MemorySink) {
-    let sink = MemorySink::new();
-    let mut b = InferenceGuard::builder();
-    b.allow_anonymous()
-        .authorize_all()
-        .audit_sink(sink.clone())
-        .output_validator(v);
-    configure(&mut b);
-    (b.build().unwrap(), sink)
+    common::audited_guard(|b| {
+        b.output_validator(v);
+        configure(b);
+    })
 }
 
 fn request(canary: Option<&Canary>) -> GuardRequest {
@@ -124,7 +122,7 @@ fn whole_private_keys_and_labelled_aws_secrets_are_masked_in_input_and_output() 
 
 #[test]
 fn canaries_are_found_in_every_disguise() {
-    let canary = Canary::generate();
+    let canary = Canary::generate().unwrap();
     let t = canary.token().to_owned();
     let spaced: String = t.chars().flat_map(|c| [c, ' ']).collect();
     let reversed: String = t.chars().rev().collect();
@@ -694,7 +692,7 @@ fn pieces(canary: &str) -> Vec<String> {
 
 #[test]
 fn streams_block_mid_way_and_release_only_checked_text() {
-    let canary = Canary::generate();
+    let canary = Canary::generate().unwrap();
     let (g, sink) = guard_with(AnswerValidator::new(), |_| {});
     let mut s = g
         .check_request(request(Some(&canary)).with_stream(true))
@@ -967,7 +965,7 @@ fn server_sent_events_split_anywhere_are_guarded() {
 
 #[test]
 fn a_block_in_a_server_sent_stream_ends_with_an_error_event_and_no_done() {
-    let canary = Canary::generate();
+    let canary = Canary::generate().unwrap();
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});
     let t = canary.token();
     let mut upstream = sse_chunk("The system prompt says ");

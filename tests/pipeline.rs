@@ -1,36 +1,17 @@
 //! The request lifecycle: every path ends in exactly one audit record; fail-closed and
 //! fail-open behaviour; builder validation; synchronous and asynchronous stages.
 
-use std::future::Future;
-use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use inference_guard::*;
 
-const KEY: &str = "sk-test-SUPERSECRETKEYVALUE-1234567890";
-const PROMPT: &str = "my private prompt text about project nightingale";
+mod common;
+use common::{KEY, block_on, identity};
 
-/// A minimal executor for tests: the core crate has no runtime dependency.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct ThreadWaker(std::thread::Thread);
-    impl Wake for ThreadWaker {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = pin!(fut);
-    loop {
-        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
+const PROMPT: &str = "my private prompt text about project nightingale";
 
 /// Settlements seen by the test rate limiter: `Some(total tokens)` or `None` (refund).
 #[derive(Clone, Default)]
@@ -52,22 +33,6 @@ impl Ledger {
     fn entries(&self) -> Vec<Option<u64>> {
         self.0.lock().unwrap().clone()
     }
-}
-
-fn principal() -> Principal {
-    Principal::builder("svc-test", CredentialKind::ApiKey)
-        .key_id("key-1")
-        .tenant("acme")
-        .scope("infer")
-        .build()
-}
-
-fn identity() -> impl IdentityVerifier {
-    verifier_fn(|req| match req.credentials().api_key() {
-        Some(k) if k.expose() == KEY => Ok(principal()),
-        Some(_) => Err(Rejection::unauthenticated("unknown api key").into()),
-        None => Err(Rejection::unauthenticated("no credentials").into()),
-    })
 }
 
 fn rules() -> builtin::PatternRules {
@@ -137,10 +102,7 @@ fn fixture() -> Fixture {
 }
 
 fn request(text: &str) -> GuardRequest {
-    GuardRequest::new("demo-model")
-        .with_credentials(Credentials::from_api_key(KEY))
-        .with_route("/v1/chat/completions")
-        .with_message(Role::User, text)
+    common::chat(text)
 }
 
 /// The one record, asserting there is exactly one, and that it carries no secret.
@@ -1177,4 +1139,54 @@ fn json_lines_sink_writes_one_parseable_line_per_event() {
         assert_eq!(v["schema"], 1);
         assert_eq!(v["outcome"], "model_failed");
     }
+}
+
+/// Observers see every request's event once, with the request, in the order they
+/// were added; one that panics costs its own view of the event, never the request or
+/// its record.
+#[test]
+fn observers_see_each_event_once_and_a_panicking_one_is_contained() {
+    struct Seen(Arc<Mutex<Vec<String>>>, &'static str);
+    impl AuditObserver for Seen {
+        fn observe(&self, o: &mut Observation<'_>) {
+            self.0.lock().unwrap().push(format!(
+                "{}:{}:{}:{}",
+                self.1,
+                o.event().outcome(),
+                o.request().model(),
+                o.event().principal().map_or("-", |p| p.id())
+            ));
+        }
+    }
+    struct Panics;
+    impl AuditObserver for Panics {
+        fn observe(&self, _: &mut Observation<'_>) {
+            panic!("observer bug");
+        }
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = MemorySink::new();
+    let mut b = InferenceGuard::builder();
+    b.identity(identity())
+        .authorize_all()
+        .audit_sink(sink.clone())
+        .observer(Seen(seen.clone(), "a"))
+        .observer(Panics)
+        .observer(Seen(seen.clone(), "b"));
+    let g = b.build().unwrap();
+    let adm = g.check_request(request("hello")).unwrap();
+    adm.check_response(GuardResponse::new("hi")).unwrap();
+    let bad = GuardRequest::new("demo-model").with_credentials(Credentials::from_api_key("nope"));
+    assert_eq!(g.check_request(bad).unwrap_err().status(), 401);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "a:completed:demo-model:svc-test",
+            "b:completed:demo-model:svc-test",
+            "a:rejected:demo-model:-",
+            "b:rejected:demo-model:-",
+        ]
+    );
+    assert_eq!(g.stats().observer_panics, 2);
+    assert_eq!(sink.lines().len(), 2);
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use inference_guard::audit::AuditSigningKey;
-use inference_guard::output::{AnswerValidator, SseGuard};
+use inference_guard::output::AnswerValidator;
 use inference_guard::receipt::{
     ReceiptError, ReceiptSigner, ReceiptVerifier, digest, input_digest,
 };
@@ -167,6 +167,44 @@ fn every_forgery_is_refused() {
         assert!(verifier.verify(bad, t).is_err(), "{bad}");
     }
     assert!(verifier.verify(&receipt, t).is_ok());
+}
+
+/// A receipt is read with the JWT parser: a claim set with a member twice is
+/// malformed even when its signature is good, because another verifier could read
+/// the other member (RFC 7515 §5.2).
+#[test]
+fn a_signed_receipt_with_a_duplicate_member_is_malformed() {
+    let key = AuditSigningKey::generate("rcpt-dup").unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8(key.pkcs8().unwrap()).unwrap();
+    let verifier = ReceiptVerifier::new([key.public_key()]);
+    let g = guard(key);
+    let (receipt, text, _) = issue(&g, "Approved.");
+    let parts: Vec<&str> = receipt.split('.').collect();
+    let claims = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    let sign = |header: &str, claims: &str| {
+        let input = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims));
+        let sig = URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes()));
+        format!("{input}.{sig}")
+    };
+    // Re-signed unchanged: accepted (the signing here is right).
+    let resigned = sign(parts[0], &claims);
+    assert!(verifier.verify(&resigned, text.as_bytes()).is_ok());
+    // The same claims with a second "sub" at the end: malformed.
+    let dup = format!("{},\"sub\":\"svc-admin\"}}", claims.trim_end_matches('}'));
+    assert_eq!(
+        verifier
+            .verify(&sign(parts[0], &dup), text.as_bytes())
+            .unwrap_err(),
+        ReceiptError::Malformed
+    );
+    // A duplicate in the header too.
+    let header = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    let dup_header = format!("{},\"alg\":\"EdDSA\"}}", header.trim_end_matches('}'));
+    let forged = sign(&URL_SAFE_NO_PAD.encode(dup_header), &claims);
+    assert_eq!(
+        verifier.verify(&forged, text.as_bytes()).unwrap_err(),
+        ReceiptError::Malformed
+    );
 }
 
 #[test]

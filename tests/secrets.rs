@@ -5,6 +5,8 @@
 use inference_guard::scan::Scanner;
 use inference_guard::{Category, Location};
 
+mod common;
+
 /// A small deterministic generator, so planted values look random but tests repeat.
 struct Gen(u64);
 impl Gen {
@@ -313,7 +315,8 @@ fn prose_and_source_code_give_no_credential_findings() {
     }
     // Source code: this crate's library sources (not its tests, which plant secrets).
     for entry in [
-        "src/guard.rs",
+        "src/guard/mod.rs",
+        "src/codec/mod.rs",
         "src/stage.rs",
         "src/openai.rs",
         "src/audit/chain.rs",
@@ -346,14 +349,10 @@ mod redaction {
     use inference_guard::*;
 
     fn guard(r: Redaction, content: bool) -> (InferenceGuard, MemorySink) {
-        let sink = MemorySink::new();
-        let mut b = InferenceGuard::builder();
-        b.allow_anonymous()
-            .authorize_all()
-            .input_scanner(Scanner::builder().redaction(r).build())
-            .audit_content(content)
-            .audit_sink(sink.clone());
-        (b.build().unwrap(), sink)
+        crate::common::audited_guard(|b| {
+            b.input_scanner(Scanner::builder().redaction(r).build())
+                .audit_content(content);
+        })
     }
 
     fn admitted(r: Redaction, text: &str) -> String {

@@ -140,7 +140,7 @@ pub fn demo_guard_with(
 ) -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Error>> {
     let store = InMemoryKeyStore::new();
     let mut secret = [0u8; 32];
-    ring_fill(&mut secret);
+    ring_fill(&mut secret)?;
     let api_keys = ApiKeys::new(&secret, ApiKeyFormat::new("igk")?, store.clone())?;
     let mut keys = Vec::new();
     for (name, kid, who, scope) in [
@@ -200,13 +200,12 @@ pub fn demo_guard_with(
     Ok((b.build()?, keys))
 }
 
-fn ring_fill(out: &mut [u8]) {
-    // The request-id generator's randomness is good enough for a demo secret.
-    for chunk in out.chunks_mut(16) {
-        let id = RequestId::generate();
-        let n = chunk.len();
-        chunk.copy_from_slice(&id.as_bytes()[..n]);
-    }
+fn ring_fill(out: &mut [u8]) -> Result<(), Box<dyn std::error::Error>> {
+    use ring::rand::SecureRandom;
+    // The operating system's generator, or no secret at all.
+    ring::rand::SystemRandom::new()
+        .fill(out)
+        .map_err(|_| "the system random generator failed".into())
 }
 
 /// The lines a gateway prints at start-up: one JSON line for programs (tests and

@@ -5,29 +5,13 @@
 //! the upstream put anywhere in the answer never reaches the caller.
 #![no_main]
 
-use std::future::Future;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
-
 use inference_guard::exchange::{Exchange, ExchangeConfig, Route, normalize_path};
 use inference_guard::output::AnswerValidator;
 use inference_guard::*;
 use libfuzzer_sys::fuzz_target;
 
-struct Noop;
-impl Wake for Noop {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// Every stage here is in memory: one poll decides.
-fn once<F: Future>(f: F) -> Option<F::Output> {
-    let waker = Waker::from(Arc::new(Noop));
-    match pin!(f).poll(&mut Context::from_waker(&waker)) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
-    }
-}
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
 fn exchange() -> &'static Exchange {
     static EX: std::sync::OnceLock<Exchange> = std::sync::OnceLock::new();
@@ -35,15 +19,13 @@ fn exchange() -> &'static Exchange {
 }
 
 fn build() -> Exchange {
-    let mut b = InferenceGuard::builder();
-    b.allow_anonymous()
-        .authorize_all()
-        .input_scanner(scan::Scanner::new())
-        .output_validator(AnswerValidator::new())
-        .rule_action("secret.*", Action::Block)
-        .audit_sink(NoopSink);
+    let guard = common::open_guard(|b| {
+        b.input_scanner(scan::Scanner::new())
+            .output_validator(AnswerValidator::new())
+            .rule_action("secret.*", Action::Block);
+    });
     Exchange::new(
-        b.build().unwrap(),
+        guard,
         ExchangeConfig::default().public_route("GET", "/v1/models"),
     )
 }
@@ -77,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(matches!(route, Route::Guard(_)));
-    let Some(Ok(admitted)) = once(ex.admit(
+    let Some(Ok(admitted)) = common::poll_once(ex.admit(
         pending,
         async { Ok::<_, exchange::ErrorResponse>(body) },
         None,
@@ -86,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
     };
     // The upstream may answer with the key anywhere; it must not come back.
     let planted = String::from_utf8_lossy(answer).replace("KEY", KEY);
-    if let Some(Ok(a)) = once(admitted.answer(planted.as_bytes())) {
+    if let Some(Ok(a)) = common::poll_once(admitted.answer(planted.as_bytes())) {
         let v: serde_json::Value =
             serde_json::from_slice(a.body()).expect("rebuilt answers are JSON");
         let allowed = [

@@ -10,6 +10,9 @@ use inference_guard::output::AnswerValidator;
 use inference_guard::*;
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 fn guard() -> &'static InferenceGuard {
     static G: OnceLock<InferenceGuard> = OnceLock::new();
     G.get_or_init(|| {
@@ -18,19 +21,15 @@ fn guard() -> &'static InferenceGuard {
             .leaks(None)
             .build()
             .unwrap();
-        let mut b = InferenceGuard::builder();
-        b.allow_anonymous()
-            .authorize_all()
-            .audit_sink(NoopSink)
-            .output_validator(v);
-        b.build().unwrap()
+        common::open_guard(|b| {
+            b.output_validator(v);
+        })
     })
 }
 
 fn released(answer: &str) -> Option<(String, Vec<Finding>)> {
-    let req = GuardRequest::new("m").with_message(Role::User, "hi");
     let c = guard()
-        .check_request(req)
+        .check_request(common::user("hi"))
         .unwrap()
         .check_response(GuardResponse::new(answer))
         .ok()?;

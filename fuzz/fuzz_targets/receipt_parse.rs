@@ -9,6 +9,9 @@ use inference_guard::receipt::{ReceiptSigner, ReceiptVerifier};
 use inference_guard::*;
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 struct Fixture {
     verifier: ReceiptVerifier,
     receipt: String,
@@ -20,15 +23,12 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let key = AuditSigningKey::generate("fuzz").unwrap();
         let verifier = ReceiptVerifier::new([key.public_key()]);
-        let mut b = InferenceGuard::builder();
-        b.allow_anonymous()
-            .authorize_all()
-            .audit_sink(NoopSink)
-            .receipts(ReceiptSigner::new(key));
-        let g = b.build().unwrap();
+        let g = common::open_guard(|b| {
+            b.receipts(ReceiptSigner::new(key));
+        });
         let text = "Approved.".to_owned();
         let c = g
-            .check_request(GuardRequest::new("m").with_message(Role::User, "ok?"))
+            .check_request(common::user("ok?"))
             .unwrap()
             .check_response(GuardResponse::new(text.clone()))
             .unwrap();

@@ -10,6 +10,9 @@ use inference_guard::output::{AnswerValidator, Canary};
 use inference_guard::*;
 use libfuzzer_sys::fuzz_target;
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 const CANARY: &str = "ig-canary-q8w7e6r5t4y3u2i1";
 
 fn guard() -> &'static InferenceGuard {
@@ -20,17 +23,14 @@ fn guard() -> &'static InferenceGuard {
             .system_prompt("You are the assistant of a small shop; answer questions about orders and returns only.")
             .build()
             .unwrap();
-        let mut b = InferenceGuard::builder();
-        b.allow_anonymous()
-            .authorize_all()
-            .audit_sink(NoopSink)
-            .output_validator(v);
-        b.build().unwrap()
+        common::open_guard(|b| {
+            b.output_validator(v);
+        })
     })
 }
 
 fn request() -> GuardRequest {
-    GuardRequest::new("m").with_message(Role::User, "hi")
+    common::user("hi")
 }
 
 fuzz_target!(|data: &[u8]| {

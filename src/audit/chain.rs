@@ -12,7 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use ring::signature::{self, Ed25519KeyPair, KeyPair};
 use serde_json::Value;
 
-use super::{AuditEvent, hex};
+use super::AuditEvent;
+use crate::codec::hex;
 use crate::error::{Error, ErrorKind};
 use crate::stage::AuditSink;
 
@@ -121,7 +122,7 @@ impl std::str::FromStr for Witness {
         if *tag != "igw1" || log_id.is_empty() || !log_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad());
         }
-        let d = unhex32(digest).ok_or_else(bad)?;
+        let d = crate::codec::unhex32(digest).ok_or_else(bad)?;
         Ok(Self {
             log_id: (*log_id).to_owned(),
             n: n.parse().map_err(|_| bad())?,
@@ -131,17 +132,6 @@ impl std::str::FromStr for Witness {
             digest: d,
         })
     }
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 fn unix_now() -> u64 {
@@ -923,7 +913,7 @@ fn verify_chain(
             fail(&mut report, "line after the final checkpoint".into());
             return Ok(Verified { report, seen });
         }
-        let Ok(obj) = crate::identity::json::parse_object(&buf) else {
+        let Ok(obj) = crate::codec::parse_object(&buf) else {
             fail(&mut report, "not a single JSON object".into());
             return Ok(Verified { report, seen });
         };

@@ -946,7 +946,7 @@ impl Admitted {
 
     /// Relays a streamed (`text/event-stream`) answer through the guard.
     pub fn relay(self) -> SseRelay {
-        SseRelay::new(crate::output::SseGuard::new(self.admission.stream()))
+        SseRelay::new(crate::guard::SseGuard::new(self.admission.stream()))
     }
 }
 

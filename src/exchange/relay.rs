@@ -4,7 +4,7 @@
 use std::fmt;
 use std::task::{Context, Poll};
 
-use crate::output::SseGuard;
+use crate::guard::SseGuard;
 use crate::step::BoxFuture;
 
 /// Relays a streamed OpenAI chat completion through an [`SseGuard`]: feed it the

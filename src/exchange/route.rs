@@ -25,7 +25,10 @@ fn decode_unreserved(raw: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+            if let (Some(h), Some(l)) = (
+                crate::codec::hex_digit(b[i + 1]),
+                crate::codec::hex_digit(b[i + 2]),
+            ) {
                 let c = h * 16 + l;
                 if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
                     out.push(char::from(c));
@@ -62,7 +65,10 @@ fn decode_all(raw: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+            if let (Some(h), Some(l)) = (
+                crate::codec::hex_digit(b[i + 1]),
+                crate::codec::hex_digit(b[i + 2]),
+            ) {
                 out.push(h * 16 + l);
                 i += 3;
                 continue;
@@ -72,15 +78,6 @@ fn decode_all(raw: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Removes dot segments, repeated slashes and a trailing slash.

@@ -8,37 +8,18 @@ use std::time::SystemTime;
 use ring::rand::SecureRandom;
 
 use crate::Rejection;
+use crate::codec::{self, crc32};
 use crate::error::{BuildError, Error, ErrorKind, StageError};
 use crate::principal::Principal;
 use crate::request::{GuardRequest, Secret};
 use crate::stage::IdentityVerifier;
 use crate::step::Step;
 
-const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 const RANDOM_LEN: usize = 30;
 const CHECKSUM_LEN: usize = 6;
 
-/// CRC-32 (IEEE 802.3), as GitHub's token format uses. Shared with the secret
-/// scanner, which validates such checksums.
-pub(crate) fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            let mask = (crc & 1).wrapping_neg();
-            crc = (crc >> 1) ^ (0xEDB8_8320 & mask);
-        }
-    }
-    !crc
-}
-
-pub(crate) fn base62_fixed(mut v: u32) -> [u8; CHECKSUM_LEN] {
-    let mut out = [b'0'; CHECKSUM_LEN];
-    for slot in out.iter_mut().rev() {
-        *slot = ALPHABET[(v % 62) as usize];
-        v /= 62;
-    }
-    out
+fn base62_fixed(v: u32) -> [u8; CHECKSUM_LEN] {
+    codec::base62_fixed(v)
 }
 
 /// The format of this guard's API keys: `<prefix>_<30 random base62><6 base62 CRC32>`,
@@ -141,7 +122,7 @@ impl ApiKeyFormat {
             for &b in &buf {
                 // Rejection sampling keeps the characters uniform.
                 if b < 248 && out.len() < self.prefix.len() + 1 + RANDOM_LEN {
-                    out.push(char::from(ALPHABET[usize::from(b % 62)]));
+                    out.push(char::from(codec::base62_digit(b)));
                 }
             }
         }
@@ -576,11 +557,6 @@ impl<S: ApiKeyStore> IdentityVerifier for ApiKeys<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn crc32_matches_the_reference_value() {
-        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
-    }
 
     #[test]
     fn generated_keys_are_distinct_and_valid() {

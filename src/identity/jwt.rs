@@ -5,13 +5,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Map, Value};
 
-use super::json::{JsonError, parse_object};
 use super::keys::{KeySet, Selection, SharedKeys};
 use crate::Rejection;
+use crate::codec::{self, JsonError, parse_object};
 use crate::error::{BuildError, Error, ErrorKind, StageError};
 use crate::principal::{CredentialKind, Principal};
 use crate::request::GuardRequest;
@@ -472,9 +470,7 @@ fn unix(t: SystemTime) -> f64 {
 }
 
 fn b64(segment: &str) -> Result<Vec<u8>, TokenError> {
-    URL_SAFE_NO_PAD
-        .decode(segment)
-        .map_err(|_| TokenError::BAD_BASE64)
+    codec::b64url(segment).ok_or(TokenError::BAD_BASE64)
 }
 
 fn object(bytes: &[u8]) -> Result<Map<String, Value>, TokenError> {
@@ -635,10 +631,7 @@ impl JwtVerifier {
             }
         }
 
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let Some((h, p, s)) = codec::jws_segments(token) else {
             return Err(TokenError::MALFORMED.into());
         };
         let header = object(&b64(h)?)?;
@@ -896,7 +889,7 @@ impl IdentityVerifier for JwtVerifier {
                         Ok(false) => Err(reject(TokenError::REPLAYED)),
                         Err(e) if self.inner.replay_fail_open => {
                             // This replica's own cache stands in, keyed by the same id.
-                            let key = crate::audit::hex(&id);
+                            let key = codec::hex(&id);
                             match self.local_replay(&key, unix(until), now) {
                                 Ok(()) => Ok(p),
                                 Err(VerifyError::Token(t)) => Err(reject(t)),

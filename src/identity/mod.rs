@@ -24,7 +24,6 @@
 //! ```
 
 pub(crate) mod api_key;
-pub(crate) mod json;
 mod jwt;
 mod keys;
 #[cfg(feature = "redis")]

@@ -11,8 +11,8 @@ use redis::aio::ConnectionManager;
 use super::api_key::{ApiKeyRecord, ApiKeyStore};
 use super::jwt::ReplayStore;
 use crate::error::{Error, ErrorKind};
-use crate::rate_limit::shared::{connect, redis_err};
 use crate::step::Step;
+use crate::store::{connect, redis_err};
 
 fn check_prefix(prefix: &str) -> Result<(), Error> {
     if prefix.is_empty() || prefix.contains(['{', '}']) {
@@ -82,7 +82,7 @@ impl ReplayStore for RedisReplayCache {
         let ttl_ms = until.duration_since(SystemTime::now()).map_or(1, |d| {
             u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
         });
-        let key = format!("{}:jti:{}", self.prefix, crate::audit::hex(id));
+        let key = format!("{}:jti:{}", self.prefix, crate::codec::hex(id));
         let mut conn = self.conn.clone();
         Step::future(async move {
             let set: Option<String> = redis::cmd("SET")

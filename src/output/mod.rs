@@ -98,10 +98,8 @@ mod html;
 mod links;
 mod markdown;
 mod markup;
-mod sse;
 mod tools;
 
-pub use sse::SseGuard;
 pub use tools::{ToolViolation, check_tool_arguments};
 
 use std::collections::HashSet;
@@ -144,9 +142,10 @@ pub enum MarkupMode {
 ///
 /// ```
 /// use inference_guard::output::Canary;
-/// let c = Canary::generate();
+/// let c = Canary::generate()?;
 /// assert!(c.token().starts_with("ig-canary-"));
 /// assert_eq!(format!("{c:?}"), "Canary(..)");
+/// # Ok::<(), inference_guard::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Canary(String);
@@ -160,19 +159,23 @@ impl fmt::Debug for Canary {
 const CANARY_PREFIX: &str = "ig-canary-";
 
 impl Canary {
-    /// A new random canary (`ig-canary-` and 20 random base32 characters).
-    pub fn generate() -> Self {
+    /// A new random canary (`ig-canary-` and 20 random base32 characters) from the
+    /// operating system's random generator.
+    ///
+    /// # Errors
+    ///
+    /// An [`Error`](crate::Error) of kind [`Backend`](crate::ErrorKind::Backend) if
+    /// the system random generator fails: a canary must not be guessable, so there
+    /// is no weaker fallback.
+    pub fn generate() -> Result<Self, crate::Error> {
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
         let mut bytes = [0u8; 20];
-        if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).is_err() {
-            // The system RNG failing is not recoverable here; the id generator's
-            // fallback is good enough for a canary (it is not a secret key).
-            let id = crate::RequestId::generate();
-            bytes[..16].copy_from_slice(id.as_bytes());
-        }
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).map_err(
+            |_| crate::Error::new(crate::ErrorKind::Backend, "system random generator failed"),
+        )?;
         let mut s = String::from(CANARY_PREFIX);
         s.extend(bytes.iter().map(|b| ALPHABET[usize::from(b & 31)] as char));
-        Self(s)
+        Ok(Self(s))
     }
 
     /// A canary of your own: at least 12 characters, letters, digits, `-` and `_`
@@ -223,14 +226,8 @@ impl CanaryForms {
             .filter(char::is_ascii_alphanumeric)
             .map(|c| c.to_ascii_lowercase())
             .collect();
-        let hex: String = token.bytes().map(|b| format!("{b:02x}")).collect();
-        let rot: String = alnum
-            .chars()
-            .map(|c| match c {
-                'a'..='z' => (((c as u8 - b'a') + 13) % 26 + b'a') as char,
-                _ => c,
-            })
-            .collect();
+        let hex = crate::codec::hex(token.as_bytes());
+        let rot = crate::codec::rot13_str(&alnum);
         let mut compact = vec![alnum.clone(), alnum.chars().rev().collect(), hex, rot];
         compact.dedup();
         let mut base64 = Vec::new();

@@ -44,7 +44,6 @@ pub(crate) mod shared;
 
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,6 +54,7 @@ pub use shared::{RedisRateLimiter, RedisRateLimiterBuilder};
 
 use smallvec::SmallVec;
 
+pub use crate::clock::{Clock, ManualClock, SystemClock};
 use crate::decision::{RateLimitInfo, Rejection};
 use crate::error::{BuildError, Error, ErrorKind, StageError};
 use crate::principal::Principal;
@@ -127,69 +127,6 @@ impl Quota {
             self.burst,
             self.period.as_secs().max(1)
         )
-    }
-}
-
-/// A monotonic clock for limiters. Implement it to drive time in tests, or use
-/// [`ManualClock`].
-pub trait Clock: Send + Sync + 'static {
-    /// Time since an arbitrary, fixed origin.
-    fn now(&self) -> Duration;
-}
-
-/// The system's monotonic clock, read through the CPU's time-stamp counter where it
-/// is reliable (the `quanta` crate, as `governor` does): a few nanoseconds a read
-/// instead of a system-clock call.
-#[derive(Clone, Debug)]
-pub struct SystemClock {
-    clock: quanta::Clock,
-    origin: u64,
-}
-
-impl Default for SystemClock {
-    fn default() -> Self {
-        let clock = quanta::Clock::new();
-        let origin = clock.raw();
-        Self { clock, origin }
-    }
-}
-
-impl Clock for SystemClock {
-    fn now(&self) -> Duration {
-        Duration::from_nanos(self.clock.delta_as_nanos(self.origin, self.clock.raw()))
-    }
-}
-
-/// A clock that moves only when told to; clones share the same time.
-///
-/// ```
-/// use std::time::Duration;
-/// use inference_guard::rate_limit::{Clock, ManualClock};
-/// let c = ManualClock::new();
-/// c.advance(Duration::from_secs(2));
-/// assert_eq!(c.now(), Duration::from_secs(2));
-/// ```
-#[derive(Clone, Debug, Default)]
-pub struct ManualClock(Arc<AtomicU64>);
-
-impl ManualClock {
-    /// A clock at zero.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Moves the clock forward.
-    pub fn advance(&self, by: Duration) {
-        self.0.fetch_add(
-            u64::try_from(by.as_nanos()).unwrap_or(u64::MAX),
-            Ordering::SeqCst,
-        );
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Duration {
-        Duration::from_nanos(self.0.load(Ordering::SeqCst))
     }
 }
 

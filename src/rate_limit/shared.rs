@@ -17,6 +17,7 @@ use crate::request::GuardRequest;
 use crate::response::Usage;
 use crate::stage::{Permit, RateLimiter, Settlement};
 use crate::step::Step;
+use crate::store::{connect, redis_err};
 
 /// One GCRA decision for one key, on the server's clock (microseconds since the
 /// epoch fit exactly in Lua's doubles). Returns `{allowed, tat - now, base - now}`.
@@ -156,24 +157,6 @@ pub struct RedisRateLimiterBuilder {
     timeout: Duration,
 }
 
-pub(crate) fn redis_err(what: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
-    // The message names the kind of failure only: a Redis error can echo the URL.
-    move |e| Error::new(ErrorKind::Backend, format!("{what}: redis {:?}", e.kind()))
-}
-
-/// A connection manager to `url` whose calls fail after `timeout` (one retry).
-pub(crate) async fn connect(url: &str, timeout: Duration) -> Result<ConnectionManager, Error> {
-    let client = redis::Client::open(url).map_err(redis_err("redis url"))?;
-    let config = redis::aio::ConnectionManagerConfig::new()
-        .set_response_timeout(timeout)
-        .set_connection_timeout(timeout)
-        .set_number_of_retries(1);
-    client
-        .get_connection_manager_with_config(config)
-        .await
-        .map_err(redis_err("connect"))
-}
-
 impl RedisRateLimiterBuilder {
     /// Adds a limit.
     #[must_use]
@@ -284,7 +267,7 @@ fn redis_key(prefix: &str, name: &str, key: KeyBy, p: &Principal, r: &GuardReque
     let d = ctx.finish();
     format!(
         "{{{prefix}:{name}:{}}}",
-        crate::audit::hex(&d.as_ref()[..16])
+        crate::codec::hex(&d.as_ref()[..16])
     )
 }
 

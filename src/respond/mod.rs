@@ -76,104 +76,14 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::audit::Outcome;
+use crate::clock::{Clock, SystemClock};
 use crate::decision::{RejectReason, Rejection, Stage};
 use crate::error::BuildError;
 use crate::principal::Principal;
-use crate::rate_limit::{Clock, Quota, SystemClock};
-
-/// Who strikes are counted against.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Subject {
-    /// A principal, by [qualified id](crate::Principal::qualified_id)
-    /// (`namespace|id`, for example `api_key|svc-demo`).
-    Principal(String),
-    /// A client address.
-    Address(IpAddr),
-}
-
-impl fmt::Display for Subject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Principal(p) => write!(f, "principal:{p}"),
-            Self::Address(a) => write!(f, "address:{a}"),
-        }
-    }
-}
-
-/// What a subject did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Offense {
-    /// Its input was blocked by a scanner.
-    InputBlocked,
-    /// The answer to it was blocked.
-    OutputBlocked,
-    /// It presented invalid credentials.
-    AuthFailure,
-    /// It asked for something it is not allowed.
-    Forbidden,
-    /// It went over a rate limit.
-    RateLimited,
-}
-
-/// A graduated response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub enum Level {
-    /// No response.
-    Normal,
-    /// A reduced quota.
-    Throttled,
-    /// Refused for a while.
-    Suspended,
-}
-
-impl Level {
-    /// `normal`, `throttled` or `suspended`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Normal => "normal",
-            Self::Throttled => "throttled",
-            Self::Suspended => "suspended",
-        }
-    }
-}
-
-/// An escalation: a subject reached a level. Given to the alert hook and written
-/// into the audit record of the request that caused it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AbuseAction {
-    subject: Subject,
-    level: Level,
-    score: f64,
-    shadow: bool,
-    until: Option<SystemTime>,
-}
-
-impl AbuseAction {
-    /// Who.
-    pub fn subject(&self) -> &Subject {
-        &self.subject
-    }
-    /// The level reached.
-    pub fn level(&self) -> Level {
-        self.level
-    }
-    /// The decayed strike score when it was reached.
-    pub fn score(&self) -> f64 {
-        self.score
-    }
-    /// Whether the monitor runs in shadow mode (nothing is refused).
-    pub fn shadow(&self) -> bool {
-        self.shadow
-    }
-    /// Until when a suspension lasts.
-    pub fn until(&self) -> Option<SystemTime> {
-        self.until
-    }
-}
+use crate::rate_limit::Quota;
+pub use crate::record::{AbuseAction, Level, Offense, Subject};
+use crate::record::{Observation, Outcome};
+use crate::stage::AuditObserver;
 
 /// A subject's state, for operators.
 #[derive(Clone, Debug, PartialEq)]
@@ -850,5 +760,24 @@ impl AbuseMonitor {
             _ => self.address_subject(addr?),
         };
         self.strike(&subject, offense)
+    }
+}
+
+/// The monitor counts strikes from the events it observes: a rejection or a blocked
+/// answer is a strike against the principal (or, for failed credentials and
+/// anonymous callers, the address), and an escalation it causes is written into
+/// that request's record.
+impl AuditObserver for AbuseMonitor {
+    fn observe(&self, o: &mut Observation<'_>) {
+        let e = o.event();
+        if let Some(action) =
+            self.observe(e.principal(), e.client_addr(), e.outcome(), e.rejection())
+        {
+            o.escalate(action);
+        }
+    }
+
+    fn name(&self) -> &str {
+        "abuse_monitor"
     }
 }

@@ -16,7 +16,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 
 use super::{AbuseMonitor, Level, Subject};
-use crate::error::{Error, ErrorKind};
+use crate::error::Error;
 
 pub(crate) enum Op {
     Strike(Subject, f64),
@@ -222,28 +222,31 @@ impl SharedAbuse {
     }
 }
 
+/// How long one call to Redis may take before it fails (and is retried once).
+const TIMEOUT: Duration = Duration::from_secs(1);
+
 fn unavailable(e: redis::RedisError) -> Error {
-    Error::with_source(ErrorKind::Backend, "abuse monitor: redis", e)
+    crate::store::redis_err("abuse monitor")(e)
 }
 
 impl AbuseMonitor {
     /// Shares strikes and responses with every replica that uses the same Redis
     /// and `prefix` (feature `redis`); see the `shared` notes in the
     /// [module docs](crate::respond). Spawns a task on the current Tokio runtime;
-    /// call it once per monitor, at start-up.
+    /// call it once per monitor, at start-up. A call to Redis that takes more than a
+    /// second fails (and is retried once).
     ///
     /// # Errors
     ///
-    /// An [`Error`] when the URL is invalid or Redis cannot be reached.
+    /// An [`Error`] when the URL is invalid or Redis cannot be reached; its message
+    /// names the kind of failure, never the URL (which may carry a password).
     pub async fn share_via_redis(
         &self,
         url: &str,
         prefix: &str,
         sync_every: Duration,
     ) -> Result<SharedAbuse, Error> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::with_source(ErrorKind::Internal, "abuse monitor: redis url", e))?;
-        let conn = ConnectionManager::new(client).await.map_err(unavailable)?;
+        let conn = crate::store::connect(url, TIMEOUT).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
         let dropped = Arc::new(AtomicU64::new(0));
         let shared = SharedAbuse {

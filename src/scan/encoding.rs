@@ -80,14 +80,7 @@ fn b32_decode(token: &str) -> Option<Vec<u8>> {
 }
 
 fn hex_decode(token: &str) -> Option<Vec<u8>> {
-    let t = token.strip_prefix("0x").unwrap_or(token);
-    if t.len() % 2 != 0 || !t.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    (0..t.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&t[i..i + 2], 16).ok())
-        .collect()
+    crate::codec::unhex(token.strip_prefix("0x").unwrap_or(token))
 }
 
 fn a85_decode(token: &str) -> Option<Vec<u8>> {
@@ -332,16 +325,7 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     decoded
 }
 
-/// ROT13 of ASCII letters.
-pub(crate) fn rot13(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            'a'..='m' | 'A'..='M' => (c as u8 + 13) as char,
-            'n'..='z' | 'N'..='Z' => (c as u8 - 13) as char,
-            _ => c,
-        })
-        .collect()
-}
+pub(crate) use crate::codec::rot13_str as rot13;
 
 #[cfg(test)]
 mod tests {

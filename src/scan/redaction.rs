@@ -136,7 +136,7 @@ impl<'a> Replacer<'a> {
                 let tag = ring::hmac::sign(key, value.as_bytes());
                 f.with_replacement(format!(
                     "[{label}:{}]",
-                    &crate::audit::hex(tag.as_ref())[..12]
+                    &crate::codec::hex(tag.as_ref())[..12]
                 ))
             }
             Mode::Pseudonymize => {

@@ -307,7 +307,11 @@ struct ScanCx<'t, 'o, 'r> {
 
 // ---- validators ----------------------------------------------------------------
 
-use crate::identity::api_key::{base62_fixed as base62_6, crc32};
+use crate::codec::{crc32, keccak256};
+
+fn base62_6(v: u32) -> [u8; 6] {
+    crate::codec::base62_fixed(v)
+}
 
 /// GitHub and npm tokens: the last 6 characters are the base62 CRC32 of the 30 random
 /// characters before them.
@@ -498,105 +502,6 @@ fn eip55(v: &str) -> bool {
         let nibble = (hash[i / 2] >> if i % 2 == 0 { 4 } else { 0 }) & 0xf;
         !b.is_ascii_alphabetic() || b.is_ascii_uppercase() == (nibble >= 8)
     })
-}
-
-/// Keccak-256 (the original padding, as Ethereum uses it; not SHA3-256).
-fn keccak256(data: &[u8]) -> [u8; 32] {
-    const RATE: usize = 136;
-    let mut state = [0u64; 25];
-    let absorb = |state: &mut [u64; 25], block: &[u8]| {
-        for (lane, word) in state.iter_mut().zip(block.chunks_exact(8)) {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(word);
-            *lane ^= u64::from_le_bytes(b);
-        }
-        keccak_f(state);
-    };
-    let mut blocks = data.chunks_exact(RATE);
-    for block in &mut blocks {
-        absorb(&mut state, block);
-    }
-    let rest = blocks.remainder();
-    let mut last = [0u8; RATE];
-    last[..rest.len()].copy_from_slice(rest);
-    last[rest.len()] ^= 0x01;
-    last[RATE - 1] ^= 0x80;
-    absorb(&mut state, &last);
-    let mut out = [0u8; 32];
-    for (chunk, lane) in out.chunks_exact_mut(8).zip(state.iter()) {
-        chunk.copy_from_slice(&lane.to_le_bytes());
-    }
-    out
-}
-
-fn keccak_f(a: &mut [u64; 25]) {
-    const RC: [u64; 24] = [
-        0x0000_0000_0000_0001,
-        0x0000_0000_0000_8082,
-        0x8000_0000_0000_808A,
-        0x8000_0000_8000_8000,
-        0x0000_0000_0000_808B,
-        0x0000_0000_8000_0001,
-        0x8000_0000_8000_8081,
-        0x8000_0000_0000_8009,
-        0x0000_0000_0000_008A,
-        0x0000_0000_0000_0088,
-        0x0000_0000_8000_8009,
-        0x0000_0000_8000_000A,
-        0x0000_0000_8000_808B,
-        0x8000_0000_0000_008B,
-        0x8000_0000_0000_8089,
-        0x8000_0000_0000_8003,
-        0x8000_0000_0000_8002,
-        0x8000_0000_0000_0080,
-        0x0000_0000_0000_800A,
-        0x8000_0000_8000_000A,
-        0x8000_0000_8000_8081,
-        0x8000_0000_0000_8080,
-        0x0000_0000_8000_0001,
-        0x8000_0000_8000_8008,
-    ];
-    const ROT: [u32; 24] = [
-        1, 3, 6, 10, 15, 21, 28, 36, 45, 55, 2, 14, 27, 41, 56, 8, 25, 43, 62, 18, 39, 61, 20, 44,
-    ];
-    const PI: [usize; 24] = [
-        10, 7, 11, 17, 18, 3, 5, 16, 8, 21, 24, 4, 15, 23, 19, 13, 12, 2, 20, 14, 22, 9, 6, 1,
-    ];
-    for rc in RC {
-        // Theta.
-        let mut c = [0u64; 5];
-        for (x, cx) in c.iter_mut().enumerate() {
-            *cx = a[x] ^ a[x + 5] ^ a[x + 10] ^ a[x + 15] ^ a[x + 20];
-        }
-        for x in 0..5 {
-            let d = c[(x + 4) % 5] ^ c[(x + 1) % 5].rotate_left(1);
-            for y in 0..5 {
-                a[5 * y + x] ^= d;
-            }
-        }
-        // Rho and pi.
-        let mut carry = a[1];
-        for (&j, &r) in PI.iter().zip(ROT.iter()) {
-            let next = a[j];
-            a[j] = carry.rotate_left(r);
-            carry = next;
-        }
-        // Chi.
-        for y in 0..5 {
-            let row = [
-                a[5 * y],
-                a[5 * y + 1],
-                a[5 * y + 2],
-                a[5 * y + 3],
-                a[5 * y + 4],
-            ];
-            for x in 0..5 {
-                a[5 * y + x] = row[x] ^ (!row[(x + 1) % 5] & row[(x + 2) % 5]);
-            }
-        }
-        // Iota.
-        a[0] ^= rc;
-    }
 }
 
 fn base58check(v: &str) -> bool {

@@ -1,12 +1,18 @@
 //! [`InferenceGuard`], its builder, and the request lifecycle.
 
+mod sse;
+pub(crate) mod stream;
+
+pub use sse::SseGuard;
+pub use stream::{StreamEnd, StreamGuard};
+
 use std::fmt;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 /// Stage timings read the CPU time-stamp counter (a few nanoseconds) rather than the
@@ -15,20 +21,19 @@ use quanta::Instant;
 
 use smallvec::SmallVec;
 
-use crate::audit::{AuditEvent, Outcome, StageOutcome, StageRecord};
 use crate::decision::{RateLimitInfo, RejectReason, Rejection, Stage};
 use crate::error::{BuildError, Error, ErrorKind, StageError};
 use crate::finding::{Action, Category, Enforcement, Finding, Location, Severity, redact};
 use crate::id::RequestId;
 use crate::principal::Principal;
+use crate::record::{AbuseAction, AuditEvent, Observation, Outcome, StageOutcome, StageRecord};
 use crate::request::GuardRequest;
 use crate::response::{GuardResponse, ToolCall, Usage};
 use crate::stage::{
-    AuditSink, Authorizer, IdentityVerifier, InputScanner, OutputContext, OutputValidator, Permit,
-    RateLimiter,
+    AuditObserver, AuditSink, Authorizer, IdentityVerifier, InputScanner, OutputContext,
+    OutputValidator, Permit, RateLimiter,
 };
-use crate::step::Step;
-use crate::stream::StreamGuard;
+use crate::step::{Step, poll_once};
 
 /// Size limits on requests and answers. Requests over a limit are rejected with
 /// `413`; answers over [`max_output_bytes`](Self::max_output_bytes) are blocked.
@@ -119,6 +124,9 @@ pub struct GuardStats {
     pub failed_open: u64,
     /// Stage failures that rejected the request (fail closed).
     pub failed_closed: u64,
+    /// Panics caught in [audit observers](crate::AuditObserver) (the request went
+    /// on; the observer missed that event).
+    pub observer_panics: u64,
 }
 
 #[derive(Default)]
@@ -126,6 +134,7 @@ struct Counters {
     audit_failures: AtomicU64,
     failed_open: AtomicU64,
     failed_closed: AtomicU64,
+    observer_panics: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -198,7 +207,7 @@ struct Inner {
     audit_content: bool,
     counters: Counters,
     abuse: Option<crate::respond::AbuseMonitor>,
-    inventory: Option<crate::inventory::Inventory>,
+    observers: Box<[Arc<dyn AuditObserver>]>,
     receipts: Option<crate::receipt::ReceiptSigner>,
     policy_version: Box<str>,
     /// Emit metrics through the `metrics` facade (feature `metrics`).
@@ -327,7 +336,7 @@ pub struct GuardBuilder {
     audit_digest_key: Option<Vec<u8>>,
     audit_content: bool,
     abuse: Option<crate::respond::AbuseMonitor>,
-    inventory: Option<crate::inventory::Inventory>,
+    observers: Vec<Arc<dyn AuditObserver>>,
     receipts: Option<crate::receipt::ReceiptSigner>,
     policy_version: Option<String>,
     #[cfg(feature = "metrics")]
@@ -418,15 +427,25 @@ impl GuardBuilder {
     }
 
     /// Responds to abuse: principals and addresses that keep getting rejected are
-    /// throttled, then suspended (see [`respond`](crate::respond)).
+    /// throttled, then suspended (see [`respond`](crate::respond)). The monitor
+    /// refuses throttled and suspended callers before the rate limits, and observes
+    /// every request's event first among the [observers](Self::observer). Replaces
+    /// an earlier monitor.
     pub fn abuse_monitor(&mut self, monitor: crate::respond::AbuseMonitor) -> &mut Self {
         self.abuse = Some(monitor);
         self
     }
 
-    /// Keeps usage facts of every principal (see [`inventory`](crate::inventory)).
+    /// Keeps usage facts of every principal (see [`inventory`](crate::inventory)): an
+    /// [observer](Self::observer).
     pub fn inventory(&mut self, inventory: crate::inventory::Inventory) -> &mut Self {
-        self.inventory = Some(inventory);
+        self.observer(inventory)
+    }
+
+    /// Adds an observer of every request's audit event (see [`AuditObserver`]).
+    /// Observers run in the order they were added, after the abuse monitor.
+    pub fn observer(&mut self, observer: impl AuditObserver) -> &mut Self {
+        self.observers.push(Arc::new(observer));
         self
     }
 
@@ -670,7 +689,12 @@ impl GuardBuilder {
                 audit_content: self.audit_content,
                 counters: Counters::default(),
                 abuse: self.abuse.clone(),
-                inventory: self.inventory.clone(),
+                observers: self
+                    .abuse
+                    .iter()
+                    .map(|m| Arc::new(m.clone()) as Arc<dyn AuditObserver>)
+                    .chain(self.observers.iter().cloned())
+                    .collect(),
                 receipts: self.receipts.clone(),
                 policy_version: self
                     .policy_version
@@ -808,17 +832,6 @@ pub(crate) async fn call<'a, T>(
     }
 }
 
-/// Drives a future that is expected to complete without waiting; `None` if it did not.
-///
-/// Takes the future pinned where it was built (`poll_once(pin!(..))`), so the
-/// pipeline's state machine is never moved.
-pub(crate) fn poll_once<F: Future>(fut: Pin<&mut F>) -> Option<F::Output> {
-    match fut.poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(v) => Some(v),
-        Poll::Pending => None,
-    }
-}
-
 /// The finding for an answer over [`RequestLimits::max_output_bytes`].
 pub(crate) fn output_too_large() -> Finding {
     Finding::new(
@@ -868,6 +881,7 @@ impl InferenceGuard {
             audit_failures: c.audit_failures.load(Ordering::Relaxed),
             failed_open: c.failed_open.load(Ordering::Relaxed),
             failed_closed: c.failed_closed.load(Ordering::Relaxed),
+            observer_panics: c.observer_panics.load(Ordering::Relaxed),
         }
     }
 
@@ -1517,26 +1531,29 @@ impl InferenceGuard {
         &self.inner.validators
     }
 
+    /// Runs the observers over an event; the escalation they noted, if any.
+    fn observe(&self, event: &AuditEvent<'_>, request: &GuardRequest) -> Option<AbuseAction> {
+        if self.inner.observers.is_empty() {
+            return None;
+        }
+        let mut o = Observation {
+            event,
+            request,
+            escalation: None,
+        };
+        for observer in &self.inner.observers {
+            if catch_unwind(AssertUnwindSafe(|| observer.observe(&mut o))).is_err() {
+                self.counters()
+                    .observer_panics
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        o.escalation
+    }
+
     /// Records an audit event. Returns whether the sink accepted it.
     pub(crate) fn record(&self, parts: &AuditParts<'_>) -> bool {
         let t = parts.trace;
-        let abuse = self.inner.abuse.as_ref().and_then(|m| {
-            m.observe(
-                parts.principal,
-                parts.request.client_addr(),
-                parts.outcome,
-                parts.rejection,
-            )
-        });
-        if let (Some(inv), Some(p)) = (&self.inner.inventory, parts.principal) {
-            inv.observe(
-                p,
-                parts.request,
-                parts.outcome,
-                parts.rejection,
-                SystemTime::now(),
-            );
-        }
         // On paths that end right after a stage, the last stage boundary is "now": the
         // end time is derived from it instead of reading the clock again.
         let fresh = matches!(
@@ -1549,7 +1566,7 @@ impl InferenceGuard {
             }
             _ => SystemTime::now(),
         };
-        let event = AuditEvent {
+        let mut event = AuditEvent {
             event_id: std::cell::OnceCell::new(),
             request_id: t.request_id,
             // Caller-supplied strings are bounded before they are stored.
@@ -1582,12 +1599,14 @@ impl InferenceGuard {
                 }
                 _ => None,
             },
-            content: self.inner.audit_content.then(|| crate::audit::Content {
+            content: self.inner.audit_content.then(|| crate::record::Content {
                 messages: parts.request.messages(),
                 answer: parts.answer.filter(|_| parts.outcome == Outcome::Completed),
             }),
-            abuse: abuse.as_ref(),
+            abuse: None,
         };
+        let escalation = self.observe(&event, parts.request);
+        event.abuse = escalation.as_ref();
         let ok = catch_unwind(AssertUnwindSafe(|| self.inner.sink.record(&event)))
             .unwrap_or_else(|_| Err(Error::panicked("audit")))
             .is_ok();

@@ -2,13 +2,13 @@
 
 use std::fmt;
 
+use super::stream::StreamGuard;
 use crate::decision::Rejection;
-use crate::guard::poll_once;
 use crate::openai::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, ChatFunctionCallDelta, ChatToolCallDelta,
 };
 use crate::response::{ToolCall, Usage};
-use crate::stream::StreamGuard;
+use crate::step::poll_once;
 
 /// The most bytes one event may take before the stream is refused.
 const MAX_EVENT: usize = 1 << 20;
@@ -40,7 +40,8 @@ struct CallParts {
 /// Only choice 0 is supported (`n` = 1); other choices end the stream with an error.
 ///
 /// ```
-/// use inference_guard::output::{AnswerValidator, SseGuard};
+/// use inference_guard::output::AnswerValidator;
+/// use inference_guard::SseGuard;
 /// use inference_guard::*;
 ///
 /// let mut b = InferenceGuard::builder();

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use quanta::Instant;
 
-use crate::audit::{Outcome, StageOutcome, StageRecord};
 use crate::decision::{Rejection, Stage};
 use crate::finding::{Action, Finding, Location, floor_boundary, redact};
-use crate::guard::{Admission, poll_once};
+use crate::guard::Admission;
+use crate::record::{Outcome, StageOutcome, StageRecord};
 use crate::response::{GuardResponse, ToolCall, Usage};
 use crate::stage::{OutputContext, StreamValidator};
+use crate::step::poll_once;
 
 /// Validates a streamed answer as it arrives, releasing text only once it is safe.
 ///
@@ -394,7 +395,7 @@ impl StreamGuard {
         let receipt = guard.receipt_signer().map(|signer| {
             let digest = format!(
                 "sha256:{}",
-                crate::audit::hex(self.sent.clone().finish().as_ref())
+                crate::codec::hex(self.sent.clone().finish().as_ref())
             );
             let principal = self.admission.principal().clone();
             let (_, request, trace) = self.admission.parts_mut();
