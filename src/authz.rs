@@ -251,20 +251,23 @@ impl PolicyAuthorizerBuilder {
     /// model.
     pub fn build(self) -> Result<PolicyAuthorizer, BuildError> {
         if self.grants.is_empty() {
-            return Err(BuildError::new(
-                "policy: no grants (everything would be denied)",
+            return Err(BuildError::invalid(
+                "authz.grants",
+                "no grants (everything would be denied)",
             ));
         }
         for (i, g) in self.grants.iter().enumerate() {
             if g.principals.is_empty() && g.scopes.is_empty() {
-                return Err(BuildError::new(format!(
-                    "policy grant #{i} names no principal or scope"
-                )));
+                return Err(BuildError::invalid(
+                    "authz.grants",
+                    format!("policy grant #{i} names no principal or scope"),
+                ));
             }
             if g.models.is_empty() {
-                return Err(BuildError::new(format!(
-                    "policy grant #{i} allows no model"
-                )));
+                return Err(BuildError::invalid(
+                    "authz.grants",
+                    format!("policy grant #{i} allows no model"),
+                ));
             }
         }
         Ok(PolicyAuthorizer {

@@ -76,7 +76,10 @@ impl PatternRulesBuilder {
                 .size_limit(SIZE)
                 .nest_limit(64)
                 .build()
-                .map_err(|e| BuildError::new(format!("rule {id}: {e}")))?;
+                .map_err(|e| {
+                    BuildError::invalid_owned(format!("pattern_rules.rule[{id}]"), e.to_string())
+                        .with_source(e)
+                })?;
             rules.push(Rule {
                 id: id.clone(),
                 category: category.clone(),
@@ -89,7 +92,9 @@ impl PatternRulesBuilder {
             .size_limit(SIZE * 4)
             .nest_limit(64)
             .build()
-            .map_err(|e| BuildError::new(format!("rule set: {e}")))?;
+            .map_err(|e| {
+                BuildError::invalid("pattern_rules.rule", format!("rule set: {e}")).with_source(e)
+            })?;
         Ok(PatternRules { rules, set })
     }
 }

@@ -277,25 +277,90 @@ impl std::error::Error for StageError {}
 /// let err = InferenceGuard::builder().build().unwrap_err();
 /// assert!(err.to_string().contains("identity"));
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid guard configuration: {message}")]
+#[derive(Clone, Debug)]
 pub struct BuildError {
+    field: Option<Cow<'static, str>>,
     message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
 
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invalid configuration: ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// The source is the error itself (a `regex::Error`, a `serde_json::Error`), so
+/// `downcast_ref` finds it.
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl PartialEq for BuildError {
+    /// Same field and message (the sources are not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.field == other.field && self.message == other.message
+    }
+}
+
+impl Eq for BuildError {}
+
 impl BuildError {
-    pub(crate) fn new(message: impl Into<String>) -> Self {
+    /// An invalid setting, named as the builder method (or policy key) that sets it,
+    /// `component.setting`: `jwt.audience`, `guard.identity`, `rate_limit.limits`.
+    pub(crate) fn invalid(field: &'static str, message: impl Into<String>) -> Self {
         Self {
+            field: Some(Cow::Borrowed(field)),
             message: message.into(),
+            source: None,
         }
     }
 
-    /// What is wrong, without the common prefix.
+    /// The same error about a setting named at run time (a rule id, a grant number).
+    pub(crate) fn invalid_owned(field: String, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(Cow::Owned(field)),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// With the error that caused it (a regex that did not compile, JSON that did
+    /// not parse).
+    pub(crate) fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        self.source = Some(Arc::new(source));
+        self
+    }
+
+    /// The setting that is wrong, as `component.setting` (`jwt.audience`,
+    /// `guard.identity`, `rate_limit.limits`), when one setting is.
     ///
     /// ```
     /// # use inference_guard::InferenceGuard;
     /// let err = InferenceGuard::builder().build().unwrap_err();
-    /// assert!(!err.message().is_empty());
+    /// assert_eq!(err.field(), Some("guard.identity"));
+    /// ```
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    /// What is wrong, without the common prefix and the field.
+    ///
+    /// ```
+    /// # use inference_guard::InferenceGuard;
+    /// let err = InferenceGuard::builder().build().unwrap_err();
+    /// assert!(err.message().starts_with("no identity verifier"));
     /// ```
     pub fn message(&self) -> &str {
         &self.message

@@ -157,6 +157,35 @@
 //! Rust 1.85 (edition 2024). The MSRV may rise in a minor release, never in a patch
 //! release, and stays at least six months behind the latest stable release.
 
+/// Declares a reason-code error: a `#[non_exhaustive]` enum whose variants each
+/// carry a stable, machine-readable code ([`code()`]) and a message (its `Display`,
+/// through `thiserror`). One shape for every error that is a reason: `TokenError`,
+/// `ApiKeyFormatError`, `ReceiptError`.
+macro_rules! reason_codes {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $code:literal : $message:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+        #[non_exhaustive]
+        pub enum $name {
+            $( $(#[$vmeta])* #[error($message)] $variant, )*
+        }
+
+        impl $name {
+            /// The stable, machine-readable reason code.
+            pub fn code(&self) -> &'static str {
+                match self {
+                    $( Self::$variant => $code, )*
+                }
+            }
+        }
+    };
+}
+
 pub mod audit;
 pub mod authz;
 pub mod builtin;

@@ -123,6 +123,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
@@ -143,20 +144,82 @@ use crate::scan::{Redaction, Scanner};
 
 /// Why a policy was refused: the line and field for a malformed file, the field
 /// path for a value that does not make sense, the variable or file for a secret
-/// that could not be read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PolicyError(String);
+/// that could not be read. [`field`](Self::field) names the setting (`grants`,
+/// `identity.api_key_secret`, `rate_limits`), [`line`](Self::line) the place in the
+/// file, and [`source`](std::error::Error::source) the error beneath (a
+/// [`BuildError`](crate::BuildError) with its own field, an I/O error). A value from
+/// the file is never quoted (it may be a secret put in the wrong place).
+///
+/// ```
+/// use inference_guard::policy::Policy;
+///
+/// let e = Policy::from_toml("version = \"1\"\n[audit]\nsink = \"stdout\"\n[identity]\nanonymous = \"yes\"\n").unwrap_err();
+/// assert_eq!(e.line(), Some(5));
+/// assert_eq!(e.field(), Some("anonymous"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct PolicyError {
+    text: String,
+    field: Option<String>,
+    line: Option<(usize, usize)>,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
 
-impl fmt::Display for PolicyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl PartialEq for PolicyError {
+    /// The same message (the sources are not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
     }
 }
 
-impl std::error::Error for PolicyError {}
+impl Eq for PolicyError {}
+
+impl PolicyError {
+    /// The setting that is wrong (`grants`, `identity.api_key_secret`; for a file
+    /// that does not parse, the key on the offending line), when it is known.
+    pub fn field(&self) -> Option<&str> {
+        self.field.as_deref()
+    }
+
+    /// The line (from 1) of a file that does not parse.
+    pub fn line(&self) -> Option<usize> {
+        self.line.map(|(l, _)| l)
+    }
+
+    /// The column (from 1) of a file that does not parse.
+    pub fn column(&self) -> Option<usize> {
+        self.line.map(|(_, c)| c)
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for PolicyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 fn err(field: &str, why: impl fmt::Display) -> PolicyError {
-    PolicyError(format!("policy: {field}: {why}"))
+    PolicyError {
+        text: format!("policy: {field}: {why}"),
+        field: Some(field.to_owned()),
+        line: None,
+        source: None,
+    }
+}
+
+/// [`err`] with the error beneath kept as the source.
+fn caused(field: &str, e: impl std::error::Error + Send + Sync + 'static) -> PolicyError {
+    let mut p = err(field, &e);
+    p.source = Some(Arc::new(e));
+    p
 }
 
 /// A parsed policy; [`build`](Self::build) turns it into a guard.
@@ -660,7 +723,7 @@ impl Policy {
                 .and_then(|l| l.split_once('='))
                 .map(|(k, _)| k.trim().trim_matches('"'))
                 .filter(|k| !k.is_empty() && !k.starts_with('#'));
-            let field = key.map(|k| format!(" (field `{k}`)")).unwrap_or_default();
+            let field_note = key.map(|k| format!(" (field `{k}`)")).unwrap_or_default();
             // "invalid type: string \"...\"" would repeat a value: keep the type only.
             let message = e.message();
             let message = match message.find("string \"") {
@@ -670,9 +733,12 @@ impl Policy {
                 },
                 None => message.to_owned(),
             };
-            PolicyError(format!(
-                "policy: line {line}, column {column}: {message}{field}"
-            ))
+            PolicyError {
+                text: format!("policy: line {line}, column {column}: {message}{field_note}"),
+                field: key.map(str::to_owned),
+                line: Some((line, column)),
+                source: None,
+            }
         })
     }
 
@@ -684,10 +750,12 @@ impl Policy {
     /// A [`PolicyError`] for a file that cannot be read or parsed.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| PolicyError(format!("policy: {}: {e}", path.display())))?;
-        let mut p = Self::from_toml(&text)
-            .map_err(|e| PolicyError(format!("{}: {}", path.display(), e.0)))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| caused(&path.display().to_string(), e))?;
+        let mut p = Self::from_toml(&text).map_err(|e| PolicyError {
+            text: format!("{}: {}", path.display(), e.text),
+            ..e
+        })?;
         p.base = path.parent().map(Path::to_path_buf);
         Ok(p)
     }
@@ -834,7 +902,7 @@ impl Policy {
                 authz = authz.grant(grant);
             }
         }
-        b.authorizer(authz.build().map_err(|e| err("grants", e))?);
+        b.authorizer(authz.build().map_err(|e| caused("grants", e))?);
         // Rate limits.
         if !self.rate_limits.is_empty() || self.concurrency.is_some() {
             let (limits, concurrency) = self.limits()?;
@@ -862,7 +930,7 @@ impl Policy {
                 if let Some(n) = concurrency {
                     rl = rl.concurrency(KeyBy::PRINCIPAL, n);
                 }
-                b.rate_limiter(rl.build().map_err(|e| err("rate_limits", e))?);
+                b.rate_limiter(rl.build().map_err(|e| caused("rate_limits", e))?);
             }
         }
         if let Some(l) = &self.limits {
@@ -907,7 +975,7 @@ impl Policy {
                         .unwrap_or(block);
                     c = c
                         .with_category_thresholds(cat, flag, block)
-                        .map_err(|e| err("input.classifier_thresholds", e))?;
+                        .map_err(|e| caused("input.classifier_thresholds", e))?;
                 }
                 if let Some(k) = self
                     .input
@@ -959,7 +1027,7 @@ impl Policy {
                         format!("environment variable {var} is not set"),
                     )
                 })?;
-                v = v.canary(Canary::new(token).map_err(|e| err("output.canary_env", e))?);
+                v = v.canary(Canary::new(token).map_err(|e| caused("output.canary_env", e))?);
             }
             if let Some(f) = &self.output.system_prompt_file {
                 let path = self.path(f);
@@ -971,7 +1039,7 @@ impl Policy {
                 })?;
                 v = v.system_prompt(text);
             }
-            b.output_validator(v.build().map_err(|e| err("output", e))?);
+            b.output_validator(v.build().map_err(|e| caused("output", e))?);
         }
         self.onnx(b)?;
         for a in &self.actions {
@@ -994,7 +1062,7 @@ impl Policy {
                 )
             })?;
             let key = AuditSigningKey::from_pkcs8(r.kid.clone(), &der)
-                .map_err(|e| err("receipts.signing_key_file", e))?;
+                .map_err(|e| caused("receipts.signing_key_file", e))?;
             let mut signer = ReceiptSigner::new(key);
             if let Some(t) = r.ttl_secs {
                 signer = signer.ttl(Duration::from_secs(t));
@@ -1022,7 +1090,7 @@ impl Policy {
             .shadow(a.shadow)
             .build()
             .map(Some)
-            .map_err(|e| err("abuse", e))
+            .map_err(|e| caused("abuse", e))
     }
 
     /// The `[onnx]` section: the model-backed classifier after the built-in stages.
@@ -1087,7 +1155,7 @@ impl Policy {
                 "input and output are both false: the model would never run",
             ));
         }
-        let c = c.build().map_err(|e| err("onnx", e))?;
+        let c = c.build().map_err(|e| caused("onnx", e))?;
         if o.input {
             b.input_scanner(c.clone());
             if o.fail_open {
@@ -1169,7 +1237,7 @@ impl Policy {
                 )
             })?;
             let keys =
-                KeySet::from_jwks(&text).map_err(|e| err(&format!("{field}.jwks_file"), e))?;
+                KeySet::from_jwks(&text).map_err(|e| caused(&format!("{field}.jwks_file"), e))?;
             let mut v = JwtVerifier::builder()
                 .issuer(j.issuer.clone())
                 .audience(j.audience.clone())
@@ -1185,7 +1253,7 @@ impl Policy {
                     .is_some_and(|r| r.fail_open.contains(&SharedUse::Replay));
                 v = v.shared_replay_cache(replay).replay_fail_open(open);
             }
-            auth = auth.jwt(v.build().map_err(|e| err(&field, e))?);
+            auth = auth.jwt(v.build().map_err(|e| caused(&field, e))?);
         }
         if id.api_keys.is_empty() && id.jwt.is_empty() {
             if !id.allow_anonymous {
@@ -1207,9 +1275,9 @@ impl Policy {
         )?;
         let store = InMemoryKeyStore::new();
         let format = ApiKeyFormat::new(id.api_key_prefix.as_deref().unwrap_or("igk"))
-            .map_err(|e| err("identity.api_key_prefix", e))?;
+            .map_err(|e| caused("identity.api_key_prefix", e))?;
         let keys = ApiKeys::new(&secret, format, store.clone())
-            .map_err(|e| err("identity.api_key_secret", e))?;
+            .map_err(|e| caused("identity.api_key_secret", e))?;
         for (i, k) in id.api_keys.iter().enumerate() {
             let field = format!("identity.api_keys[{i}]");
             let mut p = Principal::builder(k.principal.clone(), CredentialKind::ApiKey);
@@ -1233,10 +1301,10 @@ impl Policy {
             let checked = ApiKeys::new(
                 &secret,
                 ApiKeyFormat::new(id.api_key_prefix.as_deref().unwrap_or("igk"))
-                    .map_err(|e| err("identity.api_key_prefix", e))?,
+                    .map_err(|e| caused("identity.api_key_prefix", e))?,
                 rev.checked(store),
             )
-            .map_err(|e| err("identity.api_key_secret", e))?;
+            .map_err(|e| caused("identity.api_key_secret", e))?;
             drop(keys);
             b.identity(auth.api_keys(checked));
             return Ok(());
@@ -1286,9 +1354,9 @@ impl Policy {
                     a.kid.clone().unwrap_or_else(|| "audit".into()),
                     &der,
                 )
-                .map_err(|e| err("audit.signing_key_file", e))?;
+                .map_err(|e| caused("audit.signing_key_file", e))?;
                 let sink = ChainedLogSink::create(self.path(path), key)
-                    .map_err(|e| err("audit.path", e))?;
+                    .map_err(|e| caused("audit.path", e))?;
                 b.audit_sink(sink);
             }
         }
@@ -1303,7 +1371,7 @@ impl Policy {
     pub fn build(&self) -> Result<InferenceGuard, PolicyError> {
         let mut b = InferenceGuard::builder();
         self.configure(&mut b)?;
-        b.build().map_err(|e| err("guard", e))
+        b.build().map_err(|e| caused("guard", e))
     }
 
     /// Builds the guard, connecting first to what the `[redis]` section shares
@@ -1345,7 +1413,7 @@ impl Policy {
             let shared = self.connect_shared(spec).await?;
             let mut b = InferenceGuard::builder();
             self.configure_with(&mut b, Some(&shared))?;
-            b.build().map_err(|e| err("guard", e))
+            b.build().map_err(|e| caused("guard", e))
         }
     }
 
@@ -1368,7 +1436,7 @@ impl Policy {
             Some(
                 crate::identity::RedisReplayCache::connect(&url, &prefix, timeout)
                     .await
-                    .map_err(|e| err("redis", e))?,
+                    .map_err(|e| caused("redis", e))?,
             )
         } else {
             None
@@ -1382,7 +1450,7 @@ impl Policy {
                     Duration::from_millis(spec.revocation_refresh_ms.unwrap_or(1000)),
                 )
                 .await
-                .map_err(|e| err("redis", e))?,
+                .map_err(|e| caused("redis", e))?,
             )
         } else {
             None
@@ -1400,7 +1468,7 @@ impl Policy {
                     // A permit held by a replica that died is released after a minute.
                     rl = rl.concurrency(KeyBy::PRINCIPAL, n, Duration::from_secs(60));
                 }
-                Some(rl.connect(&url).await.map_err(|e| err("redis", e))?)
+                Some(rl.connect(&url).await.map_err(|e| caused("redis", e))?)
             } else {
                 None
             };
@@ -1408,7 +1476,7 @@ impl Policy {
             Some(m) if spec.abuse => {
                 m.share_via_redis(&url, &format!("{prefix}:abuse"), Duration::from_secs(1))
                     .await
-                    .map_err(|e| err("redis", e))?;
+                    .map_err(|e| caused("redis", e))?;
                 Some(m)
             }
             _ => None,

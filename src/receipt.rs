@@ -137,53 +137,24 @@ pub fn tool_calls_digest(calls: &[crate::ToolCall]) -> String {
     digest(serde_json::to_string(&pairs).unwrap_or_default().as_bytes())
 }
 
-/// Why a receipt was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ReceiptError {
-    /// Not a well-formed receipt (segments, encoding, JSON, claims).
-    Malformed,
-    /// Not EdDSA, or not a receipt (`typ`).
-    Algorithm,
-    /// No key with its key id.
-    UnknownKey,
-    /// The signature does not verify.
-    Signature,
-    /// Past its expiry (or issued in the future).
-    Expired,
-    /// The text does not have the digest the receipt binds.
-    DigestMismatch,
-}
-
-impl ReceiptError {
-    /// A stable code: `malformed`, `algorithm`, `unknown_key`, `signature`, `expired`,
-    /// `digest_mismatch`.
-    pub fn code(self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::Algorithm => "algorithm",
-            Self::UnknownKey => "unknown_key",
-            Self::Signature => "signature",
-            Self::Expired => "expired",
-            Self::DigestMismatch => "digest_mismatch",
-        }
+reason_codes! {
+    /// Why a receipt was refused. [`code`](Self::code) is stable: `malformed`,
+    /// `algorithm`, `unknown_key`, `signature`, `expired`, `digest_mismatch`.
+    pub enum ReceiptError {
+        /// Not a well-formed receipt (segments, encoding, JSON, claims).
+        Malformed = "malformed": "the receipt is malformed",
+        /// Not EdDSA, or not a receipt (`typ`).
+        Algorithm = "algorithm": "the receipt is not an EdDSA inference receipt",
+        /// No key with its key id.
+        UnknownKey = "unknown_key": "the receipt's key is unknown",
+        /// The signature does not verify.
+        Signature = "signature": "the receipt's signature does not verify",
+        /// Past its expiry (or issued in the future).
+        Expired = "expired": "the receipt has expired",
+        /// The text does not have the digest the receipt binds.
+        DigestMismatch = "digest_mismatch": "the text does not match the receipt",
     }
 }
-
-impl fmt::Display for ReceiptError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Malformed => "the receipt is malformed",
-            Self::Algorithm => "the receipt is not an EdDSA inference receipt",
-            Self::UnknownKey => "the receipt's key is unknown",
-            Self::Signature => "the receipt's signature does not verify",
-            Self::Expired => "the receipt has expired",
-            Self::DigestMismatch => "the text does not match the receipt",
-        })
-    }
-}
-
-impl std::error::Error for ReceiptError {}
 
 /// A verified receipt's claims.
 #[derive(Clone, Debug, PartialEq, Eq)]

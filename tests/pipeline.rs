@@ -1040,8 +1040,10 @@ fn guard_is_shared_across_threads() {
 #[test]
 fn builder_errors_say_what_is_wrong() {
     let msg = |b: &GuardBuilder| b.build().unwrap_err().to_string();
+    let field = |b: &GuardBuilder| b.build().unwrap_err().field().map(str::to_owned);
     let mut b = InferenceGuard::builder();
     assert!(msg(&b).contains("no identity verifier"));
+    assert_eq!(field(&b).as_deref(), Some("guard.identity"));
     b.allow_anonymous();
     assert!(msg(&b).contains("no authorizer"));
     b.authorize_all();
@@ -1064,6 +1066,20 @@ fn builder_errors_say_what_is_wrong() {
     let mut x = b.clone();
     x.rule_action("pii.*.email", Action::Block);
     assert!(msg(&x).contains("rule pattern"));
+    assert_eq!(field(&x).as_deref(), Some("guard.rule_action"));
+    // A rule that does not compile names itself, and keeps the regex error.
+    let e = builtin::PatternRules::builder()
+        .rule(
+            "bad.rule",
+            Category::Custom("x".into()),
+            Severity::Low,
+            Action::Flag,
+            "(unclosed",
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(e.field(), Some("pattern_rules.rule[bad.rule]"));
+    assert!(std::error::Error::source(&e).is_some_and(|s| s.is::<regex::Error>()));
     let mut x = b.clone();
     x.limits(RequestLimits::default().max_messages(0));
     assert!(msg(&x).contains("limits"));

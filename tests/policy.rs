@@ -150,6 +150,29 @@ fn malformed_policies_name_the_line_and_the_field() {
         assert!(e.contains(line) && e.contains(field), "{e}");
         assert!(!e.contains("hunter2") && !e.contains("ten"), "{e}");
     }
+    // The same, as values: the line, the column and the key on that line.
+    let e = Policy::from_toml(cases[2].0).unwrap_err();
+    assert_eq!((e.line(), e.field()), (Some(5), Some("amount")));
+    assert!(e.column().is_some());
+    assert!(
+        std::error::Error::source(&e).is_none(),
+        "no source that could quote the value"
+    );
+}
+
+/// A setting the library refuses is named twice: by the policy (the section) and
+/// by the builder error beneath it (the setting), which is the source.
+#[test]
+fn a_refused_setting_carries_the_builder_error_as_its_source() {
+    let text = "version = \"1\"\n[audit]\nsink = \"none\"\n[identity]\nallow_anonymous = true\n[[grants]]\nprincipals = [\"*\"]\nmodels = [\"m\"]\n[[rate_limits]]\nname = \"r\"\nunit = \"requests\"\namount = 10\nper = \"minute\"\n[[rate_limits]]\nname = \"r\"\nunit = \"requests\"\namount = 5\nper = \"minute\"\n";
+    let e = Policy::from_toml(text).unwrap().build().unwrap_err();
+    assert_eq!(e.field(), Some("rate_limits"), "{e}");
+    let source = std::error::Error::source(&e).expect("the builder error");
+    let build = source
+        .downcast_ref::<BuildError>()
+        .expect("a BuildError beneath");
+    assert_eq!(build.field(), Some("rate_limit.limits.name"), "{build}");
+    assert!(build.message().contains("unique"), "{build}");
 }
 
 #[test]

@@ -576,7 +576,8 @@ impl GuardBuilder {
     /// invalid rule pattern or realm.
     pub fn build(&self) -> Result<InferenceGuard, BuildError> {
         if self.identity.is_none() && !self.allow_anonymous {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "guard.identity",
                 "no identity verifier: call .identity(..), or .allow_anonymous() to let every caller in as anonymous",
             ));
         }
@@ -584,18 +585,21 @@ impl GuardBuilder {
             (Some(a), false) => a.clone(),
             (None, true) => Arc::new(AllowAll),
             (Some(_), true) => {
-                return Err(BuildError::new(
+                return Err(BuildError::invalid(
+                    "guard.authorizer",
                     "both .authorizer(..) and .authorize_all() were called: choose one",
                 ));
             }
             (None, false) => {
-                return Err(BuildError::new(
+                return Err(BuildError::invalid(
+                    "guard.authorizer",
                     "no authorizer: call .authorizer(..), or .authorize_all() to let every authenticated caller use every model and tool",
                 ));
             }
         };
         let Some(sink) = self.sink.clone() else {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "guard.audit_sink",
                 "no audit sink: call .audit_sink(..); pass NoopSink to disable auditing explicitly",
             ));
         };
@@ -609,9 +613,12 @@ impl GuardBuilder {
                 stage,
                 Stage::Identity | Stage::Limits | Stage::Authorization
             ) {
-                return Err(BuildError::new(format!(
-                    "stage {stage} cannot fail open: a failure there would let unverified or unauthorized callers through"
-                )));
+                return Err(BuildError::invalid(
+                    "guard.fail_open",
+                    format!(
+                        "stage {stage} cannot fail open: a failure there would let unverified or unauthorized callers through"
+                    ),
+                ));
             }
             policy.fail_open[stage.index()] = true;
         }
@@ -622,9 +629,12 @@ impl GuardBuilder {
                     Stage::RateLimit | Stage::InputScan | Stage::OutputValidation
                 )
             {
-                return Err(BuildError::new(format!(
-                    "stage {stage} cannot run in shadow mode; shadow mode is for rate_limit, input_scan and output_validation"
-                )));
+                return Err(BuildError::invalid(
+                    "guard.enforcement",
+                    format!(
+                        "stage {stage} cannot run in shadow mode; shadow mode is for rate_limit, input_scan and output_validation"
+                    ),
+                ));
             }
             policy.enforcement[stage.index()] = mode;
         }
@@ -634,9 +644,12 @@ impl GuardBuilder {
                 None => (pattern.as_str(), false),
             };
             if (body.is_empty() && !prefix) || body.contains('*') {
-                return Err(BuildError::new(format!(
-                    "rule pattern {pattern:?}: use an exact rule id or a prefix ending in '*'"
-                )));
+                return Err(BuildError::invalid(
+                    "guard.rule_action",
+                    format!(
+                        "rule pattern {pattern:?}: use an exact rule id or a prefix ending in '*'"
+                    ),
+                ));
             }
             policy.rule_actions.push((body.to_owned(), prefix, *action));
         }
@@ -652,10 +665,14 @@ impl GuardBuilder {
             || l.max_messages == 0
             || l.max_output_bytes == 0
         {
-            return Err(BuildError::new("request limits must be greater than zero"));
+            return Err(BuildError::invalid(
+                "guard.limits",
+                "request limits must be greater than zero",
+            ));
         }
         if self.audit_digest_key.as_ref().is_some_and(|k| k.len() < 32) {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "guard.audit_digest_key",
                 "the audit digest key must be at least 32 bytes",
             ));
         }
@@ -665,7 +682,8 @@ impl GuardBuilder {
                 .chars()
                 .any(|c| c == '"' || c == '\\' || c.is_control())
         {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "guard.realm",
                 "realm must be non-empty and contain no quotes, backslashes or control characters",
             ));
         }

@@ -45,26 +45,15 @@ pub struct ApiKeyFormat {
     prefix: String,
 }
 
-/// Why an API key string does not have the right form.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ApiKeyFormatError {
-    /// Wrong prefix, length or characters.
-    Malformed,
-    /// The checksum does not match: a typo or a made-up key.
-    BadChecksum,
-}
-
-impl fmt::Display for ApiKeyFormatError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Malformed => "malformed",
-            Self::BadChecksum => "bad_checksum",
-        })
+reason_codes! {
+    /// Why an API key string does not have the right form.
+    pub enum ApiKeyFormatError {
+        /// Wrong prefix, length or characters.
+        Malformed = "malformed": "malformed",
+        /// The checksum does not match: a typo or a made-up key.
+        BadChecksum = "bad_checksum": "bad_checksum",
     }
 }
-
-impl std::error::Error for ApiKeyFormatError {}
 
 impl ApiKeyFormat {
     /// A format with `prefix` (2 to 16 lowercase ASCII letters or digits).
@@ -79,7 +68,8 @@ impl ApiKeyFormat {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !ok {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "api_key.prefix",
                 "API key prefix must be 2 to 16 lowercase ASCII letters or digits",
             ));
         }
@@ -346,17 +336,22 @@ impl<S> fmt::Debug for ApiKeys<S> {
     }
 }
 
-/// Why an API key was rejected (the audit detail).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why an API key was rejected (the audit detail); [`code`](Self::code) is stable
+/// and is also its `Display`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApiKeyError {
     /// Wrong form or checksum; no lookup was made.
-    Format(ApiKeyFormatError),
+    #[error(transparent)]
+    Format(#[from] ApiKeyFormatError),
     /// No such key.
+    #[error("unknown_key")]
     Unknown,
     /// The key was revoked.
+    #[error("revoked")]
     Revoked,
     /// The key expired.
+    #[error("expired")]
     Expired,
 }
 
@@ -364,22 +359,13 @@ impl ApiKeyError {
     /// A stable reason code.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::Format(ApiKeyFormatError::Malformed) => "malformed",
-            Self::Format(ApiKeyFormatError::BadChecksum) => "bad_checksum",
+            Self::Format(f) => f.code(),
             Self::Unknown => "unknown_key",
             Self::Revoked => "revoked",
             Self::Expired => "expired",
         }
     }
 }
-
-impl fmt::Display for ApiKeyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
-    }
-}
-
-impl std::error::Error for ApiKeyError {}
 
 impl<S: ApiKeyStore> ApiKeys<S> {
     /// A verifier whose digests are keyed by `server_secret`.
@@ -389,7 +375,8 @@ impl<S: ApiKeyStore> ApiKeys<S> {
     /// A [`BuildError`] if the secret is shorter than 32 bytes.
     pub fn new(server_secret: &[u8], format: ApiKeyFormat, store: S) -> Result<Self, BuildError> {
         if server_secret.len() < 32 {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "api_keys.server_secret",
                 "the API-key server secret must be at least 32 bytes",
             ));
         }

@@ -16,78 +16,100 @@ use crate::request::GuardRequest;
 use crate::stage::IdentityVerifier;
 use crate::step::Step;
 
-/// Why a token was rejected. [`code`](Self::code) is stable and documented; it goes to
-/// the audit record and to the `verify_token` example's output, never to the caller.
-///
-/// | code | meaning |
-/// |---|---|
-/// | `too_large` | longer than the configured maximum (checked before any decoding) |
-/// | `malformed` | not three dot-separated segments |
-/// | `bad_base64` | a segment is not canonical unpadded base64url |
-/// | `bad_json` | header or payload is not exactly one UTF-8 JSON object |
-/// | `duplicate_member` | a member name appears twice in header or payload |
-/// | `alg_none` | `alg` is `none`, in any spelling |
-/// | `unsupported_alg` | `alg` is missing or not a supported algorithm |
-/// | `alg_mismatch` | `alg` differs from the algorithm the key is bound to |
-/// | `bad_typ` | `typ` is not allowed (`JWT`, or `at+jwt` under the access-token profile) |
-/// | `untrusted_key_reference` | the header carries `jku`, `x5u`, `jwk` or `x5c` |
-/// | `unsupported_crit` | the header lists critical extensions |
-/// | `bad_kid` | `kid` is not a short printable string |
-/// | `unknown_kid` | no configured key has this `kid` |
-/// | `ambiguous_key` | no `kid`, and more than one key is configured |
-/// | `bad_signature` | the signature does not verify |
-/// | `missing_claim` | `iss`, `sub`, `aud`, `exp` (or a profile's claim) is missing |
-/// | `bad_claim` | a claim has the wrong type |
-/// | `bad_issuer` | `iss` is not a configured issuer |
-/// | `key_issuer_mismatch` | the key that signed the token belongs to another issuer than its `iss` (or is bound to none while several issuers are configured) |
-/// | `bad_audience` | `aud` does not contain the guard's audience |
-/// | `expired` | `exp` is past (beyond the leeway) |
-/// | `not_yet_valid` | `nbf` is in the future (beyond the leeway) |
-/// | `issued_in_future` | `iat` is in the future (beyond the leeway) |
-/// | `lifetime_too_long` | `exp - iat` or `exp - now` exceeds the maximum lifetime |
-/// | `bad_spiffe_id` | `sub` is not a valid SPIFFE ID (JWT-SVID profile) |
-/// | `untrusted_trust_domain` | the SPIFFE ID's trust domain is not allowed |
-/// | `replayed` | the `jti` was seen before (replay cache) |
-///
-/// ```
-/// use inference_guard::identity::TokenError;
-/// # fn f(e: TokenError) { println!("rejected {}", e.code()); }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TokenError(&'static str);
-
-impl TokenError {
-    /// The stable reason code.
-    pub fn code(&self) -> &'static str {
-        self.0
+reason_codes! {
+    /// Why a token was rejected. [`code`](Self::code) is stable and documented; it goes to
+    /// the audit record and to the `verify_token` example's output, never to the caller.
+    ///
+    /// | code | meaning |
+    /// |---|---|
+    /// | `too_large` | longer than the configured maximum (checked before any decoding) |
+    /// | `malformed` | not three dot-separated segments |
+    /// | `bad_base64` | a segment is not canonical unpadded base64url |
+    /// | `bad_json` | header or payload is not exactly one UTF-8 JSON object |
+    /// | `duplicate_member` | a member name appears twice in header or payload |
+    /// | `alg_none` | `alg` is `none`, in any spelling |
+    /// | `unsupported_alg` | `alg` is missing or not a supported algorithm |
+    /// | `alg_mismatch` | `alg` differs from the algorithm the key is bound to |
+    /// | `bad_typ` | `typ` is not allowed (`JWT`, or `at+jwt` under the access-token profile) |
+    /// | `untrusted_key_reference` | the header carries `jku`, `x5u`, `jwk` or `x5c` |
+    /// | `unsupported_crit` | the header lists critical extensions |
+    /// | `bad_kid` | `kid` is not a short printable string |
+    /// | `unknown_kid` | no configured key has this `kid` |
+    /// | `ambiguous_key` | no `kid`, and more than one key is configured |
+    /// | `bad_signature` | the signature does not verify |
+    /// | `missing_claim` | `iss`, `sub`, `aud`, `exp` (or a profile's claim) is missing |
+    /// | `bad_claim` | a claim has the wrong type |
+    /// | `bad_issuer` | `iss` is not a configured issuer |
+    /// | `key_issuer_mismatch` | the key that signed the token belongs to another issuer than its `iss` (or is bound to none while several issuers are configured) |
+    /// | `bad_audience` | `aud` does not contain the guard's audience |
+    /// | `expired` | `exp` is past (beyond the leeway) |
+    /// | `not_yet_valid` | `nbf` is in the future (beyond the leeway) |
+    /// | `issued_in_future` | `iat` is in the future (beyond the leeway) |
+    /// | `lifetime_too_long` | `exp - iat` or `exp - now` exceeds the maximum lifetime |
+    /// | `bad_spiffe_id` | `sub` is not a valid SPIFFE ID (JWT-SVID profile) |
+    /// | `untrusted_trust_domain` | the SPIFFE ID's trust domain is not allowed |
+    /// | `replayed` | the `jti` was seen before (replay cache) |
+    ///
+    /// ```
+    /// use inference_guard::identity::TokenError;
+    /// # fn f(e: TokenError) { println!("rejected {}", e.code()); }
+    /// ```
+    pub enum TokenError {
+        /// `too_large`: longer than the configured maximum (checked before any decoding).
+        TooLarge = "too_large": "longer than the configured maximum (checked before any decoding)",
+        /// `malformed`: not three dot-separated segments.
+        Malformed = "malformed": "not three dot-separated segments",
+        /// `bad_base64`: a segment is not canonical unpadded base64url.
+        BadBase64 = "bad_base64": "a segment is not canonical unpadded base64url",
+        /// `bad_json`: header or payload is not exactly one UTF-8 JSON object.
+        BadJson = "bad_json": "header or payload is not exactly one UTF-8 JSON object",
+        /// `duplicate_member`: a member name appears twice in header or payload.
+        DuplicateMember = "duplicate_member": "a member name appears twice in header or payload",
+        /// `alg_none`: alg is none, in any spelling.
+        AlgNone = "alg_none": "alg is none, in any spelling",
+        /// `unsupported_alg`: alg is missing or not a supported algorithm.
+        UnsupportedAlg = "unsupported_alg": "alg is missing or not a supported algorithm",
+        /// `alg_mismatch`: alg differs from the algorithm the key is bound to.
+        AlgMismatch = "alg_mismatch": "alg differs from the algorithm the key is bound to",
+        /// `bad_typ`: typ is not allowed (JWT, or at+jwt under the access-token profile).
+        BadTyp = "bad_typ": "typ is not allowed (JWT, or at+jwt under the access-token profile)",
+        /// `untrusted_key_reference`: the header carries jku, x5u, jwk or x5c.
+        UntrustedKeyReference = "untrusted_key_reference": "the header carries jku, x5u, jwk or x5c",
+        /// `unsupported_crit`: the header lists critical extensions.
+        UnsupportedCrit = "unsupported_crit": "the header lists critical extensions",
+        /// `bad_kid`: kid is not a short printable string.
+        BadKid = "bad_kid": "kid is not a short printable string",
+        /// `unknown_kid`: no configured key has this kid.
+        UnknownKid = "unknown_kid": "no configured key has this kid",
+        /// `ambiguous_key`: no kid, and more than one key is configured.
+        AmbiguousKey = "ambiguous_key": "no kid, and more than one key is configured",
+        /// `bad_signature`: the signature does not verify.
+        BadSignature = "bad_signature": "the signature does not verify",
+        /// `missing_claim`: iss, sub, aud, exp (or a profile's claim) is missing.
+        MissingClaim = "missing_claim": "iss, sub, aud, exp (or a profile's claim) is missing",
+        /// `bad_claim`: a claim has the wrong type.
+        BadClaim = "bad_claim": "a claim has the wrong type",
+        /// `bad_issuer`: iss is not a configured issuer.
+        BadIssuer = "bad_issuer": "iss is not a configured issuer",
+        /// `bad_audience`: aud does not contain the guard's audience.
+        BadAudience = "bad_audience": "aud does not contain the guard's audience",
+        /// `expired`: exp is past (beyond the leeway).
+        Expired = "expired": "exp is past (beyond the leeway)",
+        /// `not_yet_valid`: nbf is in the future (beyond the leeway).
+        NotYetValid = "not_yet_valid": "nbf is in the future (beyond the leeway)",
+        /// `issued_in_future`: iat is in the future (beyond the leeway).
+        IssuedInFuture = "issued_in_future": "iat is in the future (beyond the leeway)",
+        /// `lifetime_too_long`: exp - iat or exp - now exceeds the maximum lifetime.
+        LifetimeTooLong = "lifetime_too_long": "exp - iat or exp - now exceeds the maximum lifetime",
+        /// `key_issuer_mismatch`: the key that signed the token belongs to another issuer than its iss (or is bound to none while several issuers are configured).
+        KeyIssuerMismatch = "key_issuer_mismatch": "the key that signed the token belongs to another issuer than its iss (or is bound to none while several issuers are configured)",
+        /// `bad_spiffe_id`: sub is not a valid SPIFFE ID (JWT-SVID profile).
+        BadSpiffeId = "bad_spiffe_id": "sub is not a valid SPIFFE ID (JWT-SVID profile)",
+        /// `untrusted_trust_domain`: the SPIFFE ID's trust domain is not allowed.
+        UntrustedTrustDomain = "untrusted_trust_domain": "the SPIFFE ID's trust domain is not allowed",
+        /// `replayed`: the jti was seen before (replay cache).
+        Replayed = "replayed": "the jti was seen before (replay cache)",
     }
-}
-
-impl fmt::Display for TokenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0)
-    }
-}
-
-impl std::error::Error for TokenError {}
-
-macro_rules! codes {
-    ($($name:ident = $code:literal),* $(,)?) => {
-        impl TokenError { $( #[allow(dead_code)] pub(crate) const $name: Self = Self($code); )* }
-    };
-}
-
-codes! {
-    TOO_LARGE = "too_large", MALFORMED = "malformed", BAD_BASE64 = "bad_base64",
-    BAD_JSON = "bad_json", DUPLICATE = "duplicate_member", ALG_NONE = "alg_none",
-    UNSUPPORTED_ALG = "unsupported_alg", ALG_MISMATCH = "alg_mismatch", BAD_TYP = "bad_typ",
-    KEY_REFERENCE = "untrusted_key_reference", CRIT = "unsupported_crit", BAD_KID = "bad_kid",
-    UNKNOWN_KID = "unknown_kid", AMBIGUOUS_KEY = "ambiguous_key", BAD_SIGNATURE = "bad_signature",
-    MISSING_CLAIM = "missing_claim", BAD_CLAIM = "bad_claim", BAD_ISSUER = "bad_issuer",
-    BAD_AUDIENCE = "bad_audience", EXPIRED = "expired", NOT_YET_VALID = "not_yet_valid",
-    FUTURE_IAT = "issued_in_future", LIFETIME = "lifetime_too_long",
-    KEY_ISSUER = "key_issuer_mismatch",
-    BAD_SPIFFE = "bad_spiffe_id", TRUST_DOMAIN = "untrusted_trust_domain", REPLAYED = "replayed",
 }
 
 /// What can go wrong verifying a token: a rejection, or (replay cache full) a failure.
@@ -399,39 +421,46 @@ impl JwtVerifierBuilder {
     /// over five minutes, a zero lifetime or size, an invalid SPIFFE trust domain.
     pub fn build(self) -> Result<JwtVerifier, BuildError> {
         if self.issuers.is_empty() || self.issuers.iter().any(String::is_empty) {
-            return Err(BuildError::new(
-                "JWT verifier: at least one non-empty issuer is required",
+            return Err(BuildError::invalid(
+                "jwt.issuer",
+                "at least one non-empty issuer is required",
             ));
         }
         let audience = self
             .audience
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| BuildError::new("JWT verifier: an audience is required"))?;
+            .ok_or_else(|| BuildError::invalid("jwt.audience", "an audience is required"))?;
         let keys = self.keys.unwrap_or_default();
         if keys.is_empty() && self.refresh.is_none() {
-            return Err(BuildError::new("JWT verifier: no keys and no refresh hook"));
+            return Err(BuildError::invalid(
+                "jwt.keys",
+                "no keys and no refresh hook",
+            ));
         }
         if self.issuers.len() > 1 && keys.keys.iter().any(|k| k.issuer.is_none()) {
-            return Err(BuildError::new(
-                "JWT verifier: with several issuers every key must be bound to one (issuer_keys)",
+            return Err(BuildError::invalid(
+                "jwt.issuer_keys",
+                "with several issuers every key must be bound to one (issuer_keys)",
             ));
         }
         let leeway = self.leeway.unwrap_or(Duration::from_secs(30));
         if leeway > Duration::from_secs(300) {
-            return Err(BuildError::new("JWT verifier: leeway over 5 minutes"));
+            return Err(BuildError::invalid("jwt.leeway", "leeway over 5 minutes"));
         }
         let max_lifetime = self.max_lifetime.unwrap_or(Duration::from_secs(3600));
         let max_token_bytes = self.max_token_bytes.unwrap_or(8 * 1024);
         if max_lifetime.is_zero() || max_token_bytes == 0 {
-            return Err(BuildError::new(
-                "JWT verifier: lifetime and size limits must be positive",
+            return Err(BuildError::invalid(
+                "jwt.max_lifetime",
+                "lifetime and size limits must be positive",
             ));
         }
         for d in &self.spiffe_domains {
             if !valid_trust_domain(d) {
-                return Err(BuildError::new(format!(
-                    "invalid SPIFFE trust domain {d:?}"
-                )));
+                return Err(BuildError::invalid(
+                    "jwt.spiffe_trust_domains",
+                    format!("invalid SPIFFE trust domain {d:?}"),
+                ));
             }
         }
         let cache_capacity = self.cache_capacity.unwrap_or(10_000);
@@ -470,13 +499,13 @@ fn unix(t: SystemTime) -> f64 {
 }
 
 fn b64(segment: &str) -> Result<Vec<u8>, TokenError> {
-    codec::b64url(segment).ok_or(TokenError::BAD_BASE64)
+    codec::b64url(segment).ok_or(TokenError::BadBase64)
 }
 
 fn object(bytes: &[u8]) -> Result<Map<String, Value>, TokenError> {
     parse_object(bytes).map_err(|e| match e {
-        JsonError::Duplicate => TokenError::DUPLICATE,
-        JsonError::Invalid | JsonError::NotAnObject => TokenError::BAD_JSON,
+        JsonError::Duplicate => TokenError::DuplicateMember,
+        JsonError::Invalid | JsonError::NotAnObject => TokenError::BadJson,
     })
 }
 
@@ -485,9 +514,9 @@ fn numeric(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, Token
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(v) if v.is_finite() => Ok(Some(v)),
-            _ => Err(TokenError::BAD_CLAIM),
+            _ => Err(TokenError::BadClaim),
         },
-        Some(_) => Err(TokenError::BAD_CLAIM),
+        Some(_) => Err(TokenError::BadClaim),
     }
 }
 
@@ -495,7 +524,7 @@ fn string<'a>(claims: &'a Map<String, Value>, name: &str) -> Result<Option<&'a s
     match claims.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(TokenError::BAD_CLAIM),
+        Some(_) => Err(TokenError::BadClaim),
     }
 }
 
@@ -587,7 +616,7 @@ impl JwtVerifier {
     pub fn verify_token_at(&self, token: &str, now: SystemTime) -> Result<Principal, TokenError> {
         self.check_token(token, unix(now)).map_err(|e| match e {
             VerifyError::Token(t) => t,
-            VerifyError::Failure(_) => TokenError::REPLAYED,
+            VerifyError::Failure(_) => TokenError::Replayed,
         })
     }
 
@@ -604,7 +633,7 @@ impl JwtVerifier {
     ) -> Result<(Principal, Option<PendingUse>), VerifyError> {
         let g = &*self.inner;
         if token.len() > g.max_token_bytes {
-            return Err(TokenError::TOO_LARGE.into());
+            return Err(TokenError::TooLarge.into());
         }
         let digest = g.cache.as_ref().map(|_| {
             let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
@@ -632,29 +661,29 @@ impl JwtVerifier {
         }
 
         let Some((h, p, s)) = codec::jws_segments(token) else {
-            return Err(TokenError::MALFORMED.into());
+            return Err(TokenError::Malformed.into());
         };
         let header = object(&b64(h)?)?;
         let alg = match header.get("alg") {
             Some(Value::String(a)) if a.eq_ignore_ascii_case("none") => {
-                return Err(TokenError::ALG_NONE.into());
+                return Err(TokenError::AlgNone.into());
             }
             Some(Value::String(a)) => {
-                super::Algorithm::from_name(a).ok_or(TokenError::UNSUPPORTED_ALG)?
+                super::Algorithm::from_name(a).ok_or(TokenError::UnsupportedAlg)?
             }
-            _ => return Err(TokenError::UNSUPPORTED_ALG.into()),
+            _ => return Err(TokenError::UnsupportedAlg.into()),
         };
         for reference in ["jku", "x5u", "jwk", "x5c"] {
             if header.contains_key(reference) {
-                return Err(TokenError::KEY_REFERENCE.into());
+                return Err(TokenError::UntrustedKeyReference.into());
             }
         }
         if header.contains_key("crit") {
             // No critical extension is understood here (RFC 7515 §4.1.11).
-            return Err(TokenError::CRIT.into());
+            return Err(TokenError::UnsupportedCrit.into());
         }
         match (
-            string(&header, "typ").map_err(|_| TokenError::BAD_TYP)?,
+            string(&header, "typ").map_err(|_| TokenError::BadTyp)?,
             g.access_token_profile,
         ) {
             (None, false) => {}
@@ -662,7 +691,7 @@ impl JwtVerifier {
             (Some(t), true)
                 if t.eq_ignore_ascii_case("at+jwt")
                     || t.eq_ignore_ascii_case("application/at+jwt") => {}
-            _ => return Err(TokenError::BAD_TYP.into()),
+            _ => return Err(TokenError::BadTyp.into()),
         }
         let kid = match header.get("kid") {
             None => None,
@@ -671,7 +700,7 @@ impl JwtVerifier {
             {
                 Some(k.as_str())
             }
-            Some(_) => return Err(TokenError::BAD_KID.into()),
+            Some(_) => return Err(TokenError::BadKid.into()),
         };
 
         let mut keys = keys;
@@ -683,22 +712,22 @@ impl JwtVerifier {
         }
         let key = match keys.select(kid) {
             Selection::Found(k) => k,
-            Selection::Unknown => return Err(TokenError::UNKNOWN_KID.into()),
-            Selection::Ambiguous => return Err(TokenError::AMBIGUOUS_KEY.into()),
+            Selection::Unknown => return Err(TokenError::UnknownKid.into()),
+            Selection::Ambiguous => return Err(TokenError::AmbiguousKey.into()),
         };
         if key.alg != alg {
-            return Err(TokenError::ALG_MISMATCH.into());
+            return Err(TokenError::AlgMismatch.into());
         }
         let signature = b64(s)?;
         let signed = &token[..h.len() + 1 + p.len()];
         if !key.verify(signed.as_bytes(), &signature) {
-            return Err(TokenError::BAD_SIGNATURE.into());
+            return Err(TokenError::BadSignature.into());
         }
 
         let claims = object(&b64(p)?)?;
-        let iss = string(&claims, "iss")?.ok_or(TokenError::MISSING_CLAIM)?;
+        let iss = string(&claims, "iss")?.ok_or(TokenError::MissingClaim)?;
         if !g.issuers.iter().any(|i| i == iss) {
-            return Err(TokenError::BAD_ISSUER.into());
+            return Err(TokenError::BadIssuer.into());
         }
         // Each key signs for one issuer: bound keys for theirs, unbound keys only
         // when the verifier has a single issuer.
@@ -707,56 +736,56 @@ impl JwtVerifier {
             None => g.issuers.len() == 1,
         };
         if !key_ok {
-            return Err(TokenError::KEY_ISSUER.into());
+            return Err(TokenError::KeyIssuerMismatch.into());
         }
         match claims.get("aud") {
-            None => return Err(TokenError::MISSING_CLAIM.into()),
+            None => return Err(TokenError::MissingClaim.into()),
             Some(Value::String(a)) if *a == g.audience => {}
-            Some(Value::String(_)) => return Err(TokenError::BAD_AUDIENCE.into()),
+            Some(Value::String(_)) => return Err(TokenError::BadAudience.into()),
             Some(Value::Array(list)) => {
                 if !list.iter().all(Value::is_string) {
-                    return Err(TokenError::BAD_CLAIM.into());
+                    return Err(TokenError::BadClaim.into());
                 }
                 if !list.iter().any(|a| *a == g.audience) {
-                    return Err(TokenError::BAD_AUDIENCE.into());
+                    return Err(TokenError::BadAudience.into());
                 }
             }
-            Some(_) => return Err(TokenError::BAD_CLAIM.into()),
+            Some(_) => return Err(TokenError::BadClaim.into()),
         }
-        let exp = numeric(&claims, "exp")?.ok_or(TokenError::MISSING_CLAIM)?;
+        let exp = numeric(&claims, "exp")?.ok_or(TokenError::MissingClaim)?;
         let nbf = numeric(&claims, "nbf")?;
         let iat = numeric(&claims, "iat")?;
         if now > exp + g.leeway {
-            return Err(TokenError::EXPIRED.into());
+            return Err(TokenError::Expired.into());
         }
         if nbf.is_some_and(|nbf| now + g.leeway < nbf) {
-            return Err(TokenError::NOT_YET_VALID.into());
+            return Err(TokenError::NotYetValid.into());
         }
         if iat.is_some_and(|iat| iat > now + g.leeway) {
-            return Err(TokenError::FUTURE_IAT.into());
+            return Err(TokenError::IssuedInFuture.into());
         }
         if iat.is_some_and(|iat| exp - iat > g.max_lifetime)
             || exp - now > g.max_lifetime + g.leeway
         {
-            return Err(TokenError::LIFETIME.into());
+            return Err(TokenError::LifetimeTooLong.into());
         }
         let sub = string(&claims, "sub")?
             .filter(|s| !s.is_empty())
-            .ok_or(TokenError::MISSING_CLAIM)?;
+            .ok_or(TokenError::MissingClaim)?;
         if let Some(domains) = &g.spiffe_domains {
-            let td = spiffe_trust_domain(sub).ok_or(TokenError::BAD_SPIFFE)?;
+            let td = spiffe_trust_domain(sub).ok_or(TokenError::BadSpiffeId)?;
             if !domains.iter().any(|d| d == td) {
-                return Err(TokenError::TRUST_DOMAIN.into());
+                return Err(TokenError::UntrustedTrustDomain.into());
             }
         }
         let client_id = string(&claims, "client_id")?;
         let jti = string(&claims, "jti")?;
         if g.access_token_profile && (client_id.is_none() || iat.is_none() || jti.is_none()) {
-            return Err(TokenError::MISSING_CLAIM.into());
+            return Err(TokenError::MissingClaim.into());
         }
         let mut pending = None;
         if g.shared_replay.is_some() {
-            let jti = jti.ok_or(TokenError::MISSING_CLAIM)?;
+            let jti = jti.ok_or(TokenError::MissingClaim)?;
             let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
             ctx.update(iss.as_bytes());
             ctx.update(b"\n");
@@ -765,7 +794,7 @@ impl JwtVerifier {
             id.copy_from_slice(ctx.finish().as_ref());
             pending = Some((id, exp + g.leeway));
         } else if g.replay.is_some() {
-            self.local_replay(jti.ok_or(TokenError::MISSING_CLAIM)?, exp, now)?;
+            self.local_replay(jti.ok_or(TokenError::MissingClaim)?, exp, now)?;
         }
 
         let mut builder = Principal::builder(sub, CredentialKind::BearerToken)
@@ -781,7 +810,7 @@ impl JwtVerifier {
             // The credential's creation time, for the machine-identity inventory.
             builder = builder.attribute("iat", format!("{}", iat as u64));
         }
-        if let Some(t) = string(&claims, &g.tenant_claim).map_err(|_| TokenError::BAD_CLAIM)? {
+        if let Some(t) = string(&claims, &g.tenant_claim).map_err(|_| TokenError::BadClaim)? {
             builder = builder.tenant(t);
         }
         match claims.get("scope") {
@@ -790,13 +819,13 @@ impl JwtVerifier {
                     builder = builder.scope(scope);
                 }
             }
-            Some(_) => return Err(TokenError::BAD_CLAIM.into()),
+            Some(_) => return Err(TokenError::BadClaim.into()),
             None => {}
         }
         if let Some(scp) = claims.get("scp") {
-            let list = scp.as_array().ok_or(TokenError::BAD_CLAIM)?;
+            let list = scp.as_array().ok_or(TokenError::BadClaim)?;
             for s in list {
-                builder = builder.scope(s.as_str().ok_or(TokenError::BAD_CLAIM)?);
+                builder = builder.scope(s.as_str().ok_or(TokenError::BadClaim)?);
             }
         }
         let principal = builder.build();
@@ -831,7 +860,7 @@ impl JwtVerifier {
         };
         let mut seen = replay.lock().unwrap_or_else(|p| p.into_inner());
         if seen.get(jti).is_some_and(|&e| e + g.leeway >= now) {
-            return Err(TokenError::REPLAYED.into());
+            return Err(TokenError::Replayed.into());
         }
         if seen.len() >= *capacity {
             seen.retain(|_, e| *e + g.leeway >= now);
@@ -886,7 +915,7 @@ impl IdentityVerifier for JwtVerifier {
                 Step::future(async move {
                     match store.first_use(&id, until).await {
                         Ok(true) => Ok(p),
-                        Ok(false) => Err(reject(TokenError::REPLAYED)),
+                        Ok(false) => Err(reject(TokenError::Replayed)),
                         Err(e) if self.inner.replay_fail_open => {
                             // This replica's own cache stands in, keyed by the same id.
                             let key = codec::hex(&id);

@@ -233,7 +233,10 @@ impl KeySet {
     fn push(&mut self, key: VerifyingKey) -> Result<&mut Self, BuildError> {
         if let Some(kid) = &key.kid {
             if self.keys.iter().any(|k| k.kid.as_deref() == Some(kid)) {
-                return Err(BuildError::new(format!("duplicate key id {kid:?}")));
+                return Err(BuildError::invalid(
+                    "keys.kid",
+                    format!("duplicate key id {kid:?}"),
+                ));
             }
         }
         self.keys.push(key);
@@ -262,18 +265,19 @@ impl KeySet {
     /// A [`BuildError`] naming the key that is malformed or unsupported.
     pub fn from_jwks_assuming(json: &str, rsa_alg: Algorithm) -> Result<Self, BuildError> {
         if rsa_alg.family() != Family::Rsa {
-            return Err(BuildError::new(format!(
-                "{rsa_alg} is not an RSA algorithm"
-            )));
+            return Err(BuildError::invalid(
+                "keys.algorithm",
+                format!("{rsa_alg} is not an RSA algorithm"),
+            ));
         }
         Self::parse_jwks(json, Some(rsa_alg))
     }
 
     fn parse_jwks(json: &str, rsa_default: Option<Algorithm>) -> Result<Self, BuildError> {
-        let doc: Value =
-            serde_json::from_str(json).map_err(|e| BuildError::new(format!("JWKS: {e}")))?;
+        let doc: Value = serde_json::from_str(json)
+            .map_err(|e| BuildError::invalid("jwks", format!("not JSON: {e}")).with_source(e))?;
         let Some(keys) = doc.get("keys").and_then(Value::as_array) else {
-            return Err(BuildError::new("JWKS: no \"keys\" array"));
+            return Err(BuildError::invalid("jwks.keys", "no \"keys\" array"));
         };
         let mut set = Self::new();
         for (i, jwk) in keys.iter().enumerate() {
@@ -281,7 +285,7 @@ impl KeySet {
                 .get("kid")
                 .and_then(Value::as_str)
                 .map_or_else(|| format!("#{i}"), |k| format!("{k:?}"));
-            let err = |m: &str| BuildError::new(format!("JWKS key {name}: {m}"));
+            let err = |m: &str| BuildError::invalid_owned(format!("jwks.keys[{name}]"), m);
             if jwk.get("use").is_some_and(|u| u != "sig") {
                 continue;
             }
@@ -392,7 +396,8 @@ impl KeySet {
         alg: Algorithm,
         secret: &[u8],
     ) -> Result<&mut Self, BuildError> {
-        let key = hmac_key(Some(kid.into()), alg, secret).map_err(BuildError::new)?;
+        let key = hmac_key(Some(kid.into()), alg, secret)
+            .map_err(|m| BuildError::invalid("keys.add_hmac", m))?;
         self.push(key)
     }
 
@@ -409,7 +414,7 @@ impl KeySet {
         alg: Algorithm,
         pem: &str,
     ) -> Result<&mut Self, BuildError> {
-        let (label, der) = pem_decode(pem).map_err(BuildError::new)?;
+        let (label, der) = pem_decode(pem).map_err(|m| BuildError::invalid("keys.add_pem", m))?;
         let key = match label.as_str() {
             "PUBLIC KEY" => spki_key(Some(kid.into()), alg, &der),
             "RSA PUBLIC KEY" => match pkcs1_rsa(&der) {
@@ -418,7 +423,7 @@ impl KeySet {
             },
             other => Err(format!("unsupported PEM label {other:?}")),
         }
-        .map_err(BuildError::new)?;
+        .map_err(|m| BuildError::invalid("keys.add_pem", m))?;
         self.push(key)
     }
 
@@ -434,7 +439,8 @@ impl KeySet {
         alg: Algorithm,
         spki: &[u8],
     ) -> Result<&mut Self, BuildError> {
-        let key = spki_key(Some(kid.into()), alg, spki).map_err(BuildError::new)?;
+        let key = spki_key(Some(kid.into()), alg, spki)
+            .map_err(|m| BuildError::invalid("keys.add_der", m))?;
         self.push(key)
     }
 
@@ -457,7 +463,10 @@ impl KeySet {
             _ => false,
         };
         if !ok {
-            return Err(BuildError::new(format!("raw key does not fit {alg}")));
+            return Err(BuildError::invalid(
+                "keys.raw_public_key",
+                format!("raw key does not fit {alg}"),
+            ));
         }
         self.push(VerifyingKey {
             issuer: None,
@@ -486,7 +495,7 @@ impl KeySet {
             strip_zeros(n.to_vec()),
             strip_zeros(e.to_vec()),
         )
-        .map_err(BuildError::new)?;
+        .map_err(|m| BuildError::invalid("keys.add_rsa_components", m))?;
         self.push(key)
     }
 

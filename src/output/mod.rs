@@ -193,7 +193,8 @@ impl Canary {
         if ok {
             Ok(Self(t))
         } else {
-            Err(BuildError::new(
+            Err(BuildError::invalid(
+                "output.canary",
                 "a canary needs 12 or more letters, digits, '-' or '_'",
             ))
         }
@@ -437,16 +438,18 @@ impl AnswerValidatorBuilder {
     /// malformed allowed host.
     pub fn build(&self) -> Result<AnswerValidator, BuildError> {
         if !(0.05..=1.0).contains(&self.overlap_threshold) {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "output.overlap_threshold",
                 "overlap_threshold must be between 0.05 and 1",
             ));
         }
         for h in &self.allow_hosts {
             let name = h.strip_prefix("*.").unwrap_or(h);
             if name.is_empty() || name.contains(['/', ':', '*', ' ', '@']) {
-                return Err(BuildError::new(format!(
-                    "allowed host {h:?} must be a host name or *.domain"
-                )));
+                return Err(BuildError::invalid(
+                    "output.allow_hosts",
+                    format!("allowed host {h:?} must be a host name or *.domain"),
+                ));
             }
         }
         Ok(AnswerValidator {

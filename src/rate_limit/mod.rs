@@ -383,25 +383,27 @@ impl InMemoryRateLimiterBuilder {
     /// empty or repeated, or a concurrency limit is zero.
     pub fn build(self) -> Result<InMemoryRateLimiter, BuildError> {
         if self.limits.is_empty() && self.concurrency.is_none() {
-            return Err(BuildError::new("rate limiter: no limits"));
+            return Err(BuildError::invalid("rate_limit.limits", "no limits"));
         }
         let mut names = std::collections::HashSet::new();
         for l in &self.limits {
             if l.name.is_empty() || !names.insert(l.name.as_str()) {
-                return Err(BuildError::new(format!(
-                    "rate limiter: limit names must be unique and non-empty ({:?})",
-                    l.name
-                )));
+                return Err(BuildError::invalid(
+                    "rate_limit.limits.name",
+                    format!("limit names must be unique and non-empty ({:?})", l.name),
+                ));
             }
             if l.name.contains('"') || l.name.contains('\\') {
-                return Err(BuildError::new(
-                    "rate limiter: limit names may not contain quotes or backslashes",
+                return Err(BuildError::invalid(
+                    "rate_limit.limits.name",
+                    "limit names may not contain quotes or backslashes",
                 ));
             }
         }
         if self.concurrency.is_some_and(|(_, n)| n == 0) {
-            return Err(BuildError::new(
-                "rate limiter: a concurrency limit of 0 admits nothing",
+            return Err(BuildError::invalid(
+                "rate_limit.concurrency",
+                "a concurrency limit of 0 admits nothing",
             ));
         }
         Ok(InMemoryRateLimiter {

@@ -268,21 +268,32 @@ impl AbuseMonitorBuilder {
     pub fn build(&self) -> Result<AbuseMonitor, BuildError> {
         let finite = |x: f64| x.is_finite() && x > 0.0;
         if !finite(self.throttle_at) || !finite(self.suspend_at) {
-            return Err(BuildError::new("abuse thresholds must be positive"));
+            return Err(BuildError::invalid(
+                "abuse.thresholds",
+                "abuse thresholds must be positive",
+            ));
         }
         if self.suspend_at <= self.throttle_at {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "abuse.suspend_at",
                 "the suspension threshold must be above the throttling threshold",
             ));
         }
         if self.weights.values().any(|w| !w.is_finite() || *w < 0.0) {
-            return Err(BuildError::new("offense weights must be zero or positive"));
+            return Err(BuildError::invalid(
+                "abuse.weights",
+                "offense weights must be zero or positive",
+            ));
         }
         if !(1..=128).contains(&self.ipv6_prefix) {
-            return Err(BuildError::new("the IPv6 prefix length must be 1 to 128"));
+            return Err(BuildError::invalid(
+                "abuse.ipv6_prefix",
+                "the IPv6 prefix length must be 1 to 128",
+            ));
         }
         if self.half_life.is_zero() || self.suspend_for.is_zero() {
-            return Err(BuildError::new(
+            return Err(BuildError::invalid(
+                "abuse.half_life",
                 "the half-life and the suspension must be longer than zero",
             ));
         }

@@ -375,7 +375,8 @@ impl Model {
 
 fn check(flag: f32, block: f32) -> Result<Thresholds, BuildError> {
     if !(0.0..=1.0).contains(&flag) || !(0.0..=1.0).contains(&block) || flag > block {
-        return Err(BuildError::new(
+        return Err(BuildError::invalid(
+            "classifier.thresholds",
             "classifier thresholds must be probabilities with flag <= block",
         ));
     }
@@ -400,7 +401,12 @@ impl Classifier {
     ///
     /// A [`BuildError`] when the bytes are not a classifier of this version.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, BuildError> {
-        let bad = || BuildError::new("not a classifier weights file of this version");
+        let bad = || {
+            BuildError::invalid(
+                "classifier.weights",
+                "not a classifier weights file of this version",
+            )
+        };
         let rest = bytes.strip_prefix(MAGIC.as_slice()).ok_or_else(bad)?;
         let f32_at = |i: usize| -> Result<f32, BuildError> {
             let b = rest.get(i * 4..i * 4 + 4).ok_or_else(bad)?;
@@ -518,10 +524,13 @@ impl Classifier {
         block: f32,
     ) -> Result<Self, BuildError> {
         let h = head_of(category).ok_or_else(|| {
-            BuildError::new(format!(
-                "the classifier has no head for category {}",
-                category.as_str()
-            ))
+            BuildError::invalid(
+                "classifier.thresholds",
+                format!(
+                    "the classifier has no head for category {}",
+                    category.as_str()
+                ),
+            )
         })?;
         let t = check(flag, block)?;
         let mut m = (*self.model).clone();

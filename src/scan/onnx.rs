@@ -437,7 +437,7 @@ impl OnnxClassifierBuilder {
     /// index beyond the model's outputs, thresholds out of order, windows too small
     /// for the overlap, no label mapped.
     pub fn build(self) -> Result<OnnxClassifier, BuildError> {
-        let err = |m: String| BuildError::new(format!("onnx classifier: {m}"));
+        let err = |m: String| BuildError::invalid("onnx", m);
         if self.labels.is_empty() {
             return Err(err(
                 "no output label is mapped to a category (label(..))".into()

@@ -72,7 +72,13 @@ impl Rule {
             .size_limit(limit)
             .nest_limit(64)
             .build()
-            .map_err(|e| crate::BuildError::new(format!("rule {id}: {e}")))?;
+            .map_err(|e| {
+                crate::BuildError::invalid_owned(
+                    format!("scanner.secret_rules[{id}]"),
+                    e.to_string(),
+                )
+                .with_source(e)
+            })?;
         Ok(Self {
             id,
             category,
