@@ -31,6 +31,68 @@ pub enum Stage {
     Audit,
 }
 
+/// A stage that may fail open ([`GuardBuilder::fail_open`](crate::GuardBuilder::fail_open)):
+/// one whose failure need not stop a request. Identity, limits and authorization
+/// are not here: a failure there would let unverified or unauthorized callers
+/// through, so they always fail closed.
+///
+/// ```compile_fail
+/// let mut b = inference_guard::InferenceGuard::builder();
+/// b.fail_open(inference_guard::FailOpenStage::Identity); // no such variant
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailOpenStage {
+    /// Rate limits, token budgets and concurrency limits.
+    RateLimit,
+    /// Input scanning and sanitization.
+    InputScan,
+    /// Validation of what the model returned.
+    OutputValidation,
+    /// The audit sink.
+    Audit,
+}
+
+impl From<FailOpenStage> for Stage {
+    fn from(s: FailOpenStage) -> Self {
+        match s {
+            FailOpenStage::RateLimit => Self::RateLimit,
+            FailOpenStage::InputScan => Self::InputScan,
+            FailOpenStage::OutputValidation => Self::OutputValidation,
+            FailOpenStage::Audit => Self::Audit,
+        }
+    }
+}
+
+/// A stage that may run in shadow mode ([`GuardBuilder::enforcement`](crate::GuardBuilder::enforcement)):
+/// its verdicts are recorded, not enforced. Identity, limits, authorization and
+/// audit always enforce.
+///
+/// ```compile_fail
+/// let mut b = inference_guard::InferenceGuard::builder();
+/// b.enforcement(inference_guard::ShadowStage::Authorization, inference_guard::Enforcement::Shadow);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ShadowStage {
+    /// Rate limits, token budgets and concurrency limits.
+    RateLimit,
+    /// Input scanning and sanitization.
+    InputScan,
+    /// Validation of what the model returned.
+    OutputValidation,
+}
+
+impl From<ShadowStage> for Stage {
+    fn from(s: ShadowStage) -> Self {
+        match s {
+            ShadowStage::RateLimit => Self::RateLimit,
+            ShadowStage::InputScan => Self::InputScan,
+            ShadowStage::OutputValidation => Self::OutputValidation,
+        }
+    }
+}
+
 impl Stage {
     /// Every stage, in pipeline order.
     pub const ALL: [Self; 7] = [

@@ -144,9 +144,9 @@ impl Action {
 /// would have been blocked, while traffic flows as before.
 ///
 /// ```
-/// use inference_guard::{Enforcement, InferenceGuard, Stage};
+/// use inference_guard::{Enforcement, InferenceGuard, ShadowStage};
 /// let mut b = InferenceGuard::builder();
-/// b.enforcement(Stage::InputScan, Enforcement::Shadow);
+/// b.enforcement(ShadowStage::InputScan, Enforcement::Shadow);
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]

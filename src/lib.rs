@@ -227,7 +227,7 @@ pub mod tower;
 pub use audit::{
     AuditEvent, JsonLinesSink, MemorySink, NoopSink, Outcome, StageOutcome, StageRecord,
 };
-pub use decision::{RateLimitInfo, RejectReason, Rejection, Stage};
+pub use decision::{FailOpenStage, RateLimitInfo, RejectReason, Rejection, ShadowStage, Stage};
 pub use error::{BuildError, Error, ErrorKind, StageError};
 pub use finding::{Action, Category, Enforcement, Finding, Location, Severity, redact};
 pub use guard::{

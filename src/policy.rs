@@ -915,7 +915,7 @@ impl Policy {
                     .as_ref()
                     .is_some_and(|r| r.fail_open.contains(&SharedUse::RateLimits))
                 {
-                    b.fail_open(crate::Stage::RateLimit);
+                    b.fail_open(crate::FailOpenStage::RateLimit);
                 }
             }
             #[cfg(feature = "redis")]
@@ -1003,7 +1003,7 @@ impl Policy {
             });
             b.input_scanner(s.build());
             if self.input.shadow {
-                b.enforcement(crate::Stage::InputScan, crate::Enforcement::Shadow);
+                b.enforcement(crate::ShadowStage::InputScan, crate::Enforcement::Shadow);
             }
         }
         // Output validation.
@@ -1159,13 +1159,13 @@ impl Policy {
         if o.input {
             b.input_scanner(c.clone());
             if o.fail_open {
-                b.fail_open(crate::Stage::InputScan);
+                b.fail_open(crate::FailOpenStage::InputScan);
             }
         }
         if o.output {
             b.output_validator(c);
             if o.fail_open {
-                b.fail_open(crate::Stage::OutputValidation);
+                b.fail_open(crate::FailOpenStage::OutputValidation);
             }
         }
         Ok(())

@@ -327,7 +327,7 @@ fn a_full_queue_is_a_503_at_once_and_a_late_call_times_out() {
     b.allow_anonymous()
         .authorize_all()
         .input_scanner(late)
-        .fail_open(Stage::InputScan)
+        .fail_open(FailOpenStage::InputScan)
         .audit_sink(NoopSink);
     let open = b.build().unwrap();
     assert!(block_on(open.check_request_async(request("hello"))).is_ok());

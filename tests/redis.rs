@@ -58,7 +58,7 @@ fn guard(limiter: RedisRateLimiter, sink: MemorySink, fail_open: bool) -> Infere
     .rate_limiter(limiter)
     .audit_sink(sink);
     if fail_open {
-        b.fail_open(Stage::RateLimit);
+        b.fail_open(FailOpenStage::RateLimit);
     }
     b.build().unwrap()
 }

@@ -21,7 +21,7 @@ use quanta::Instant;
 
 use smallvec::SmallVec;
 
-use crate::decision::{RateLimitInfo, RejectReason, Rejection, Stage};
+use crate::decision::{FailOpenStage, RateLimitInfo, RejectReason, Rejection, ShadowStage, Stage};
 use crate::error::{BuildError, Error, ErrorKind, StageError};
 use crate::finding::{Action, Category, Enforcement, Finding, Location, Severity, redact};
 use crate::id::RequestId;
@@ -508,9 +508,10 @@ impl GuardBuilder {
     }
 
     /// Lets requests through when `stage` fails (an error or a panic) instead of
-    /// answering `503`. The audit record says `failed_open`. Allowed for rate
-    /// limiting, input scanning, output validation and audit.
-    pub fn fail_open(&mut self, stage: Stage) -> &mut Self {
+    /// answering `503`. The audit record says `failed_open`. Only the stages of
+    /// [`FailOpenStage`]: identity, limits and authorization always fail closed.
+    pub fn fail_open(&mut self, stage: FailOpenStage) -> &mut Self {
+        let stage = Stage::from(stage);
         if !self.fail_open.contains(&stage) {
             self.fail_open.push(stage);
         }
@@ -518,8 +519,9 @@ impl GuardBuilder {
     }
 
     /// Sets whether `stage` enforces its decisions or only records them (shadow).
-    pub fn enforcement(&mut self, stage: Stage, enforcement: Enforcement) -> &mut Self {
-        self.enforcement.push((stage, enforcement));
+    /// Only the stages of [`ShadowStage`]: the others always enforce.
+    pub fn enforcement(&mut self, stage: ShadowStage, enforcement: Enforcement) -> &mut Self {
+        self.enforcement.push((Stage::from(stage), enforcement));
         self
     }
 
@@ -608,34 +610,12 @@ impl GuardBuilder {
             enforcement: [Enforcement::Enforce; Stage::ALL.len()],
             rule_actions: Vec::new(),
         };
+        // The setters take only the stages that qualify (FailOpenStage,
+        // ShadowStage): nothing to refuse here.
         for &stage in &self.fail_open {
-            if matches!(
-                stage,
-                Stage::Identity | Stage::Limits | Stage::Authorization
-            ) {
-                return Err(BuildError::invalid(
-                    "guard.fail_open",
-                    format!(
-                        "stage {stage} cannot fail open: a failure there would let unverified or unauthorized callers through"
-                    ),
-                ));
-            }
             policy.fail_open[stage.index()] = true;
         }
         for &(stage, mode) in &self.enforcement {
-            if mode == Enforcement::Shadow
-                && !matches!(
-                    stage,
-                    Stage::RateLimit | Stage::InputScan | Stage::OutputValidation
-                )
-            {
-                return Err(BuildError::invalid(
-                    "guard.enforcement",
-                    format!(
-                        "stage {stage} cannot run in shadow mode; shadow mode is for rate_limit, input_scan and output_validation"
-                    ),
-                ));
-            }
             policy.enforcement[stage.index()] = mode;
         }
         for (pattern, action) in &self.rule_actions {
