@@ -128,12 +128,13 @@ fn bench(c: &mut Criterion) {
     let model = dir.join("tiny.onnx");
     let tokenizer = dir.join("tokenizer.json");
     let builder = || {
-        OnnxClassifier::builder(&model, &tokenizer)
-            .label(1, Category::PromptInjection, 0.5, 0.9)
+        let mut b = OnnxClassifier::builder(&model, &tokenizer);
+        b.label(1, Category::PromptInjection, 0.5, 0.9)
             .label(2, Category::Jailbreak, 0.5, 0.9)
             .max_tokens(MAX_TOKENS)
             .overlap(OVERLAP)
-            .batch(BATCH)
+            .batch(BATCH);
+        b
     };
     let sizes = [1024, 16 * 1024];
     let mut g = c.benchmark_group("onnx");

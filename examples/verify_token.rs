@@ -81,18 +81,22 @@ fn main() -> ExitCode {
         })
         .transpose()
     };
-    let mut b = JwtVerifier::builder()
-        .issuer(issuer)
+    let mut b = JwtVerifier::builder();
+    b.issuer(issuer)
         .audience(audience)
         .keys(keys)
         .verified_cache(0);
     match secs(lifetime, "--max-lifetime") {
-        Ok(Some(d)) => b = b.max_lifetime(d),
+        Ok(Some(d)) => {
+            b.max_lifetime(d);
+        }
         Ok(None) => {}
         Err(e) => return usage(&e),
     }
     match secs(leeway, "--leeway") {
-        Ok(Some(d)) => b = b.leeway(d),
+        Ok(Some(d)) => {
+            b.leeway(d);
+        }
         Ok(None) => {}
         Err(e) => return usage(&e),
     }

@@ -237,8 +237,7 @@ pub struct PolicyAuthorizerBuilder {
 
 impl PolicyAuthorizerBuilder {
     /// Adds a grant.
-    #[must_use]
-    pub fn grant(mut self, grant: Grant) -> Self {
+    pub fn grant(&mut self, grant: Grant) -> &mut Self {
         self.grants.push(grant);
         self
     }
@@ -249,7 +248,7 @@ impl PolicyAuthorizerBuilder {
     ///
     /// A [`BuildError`] if there is no grant, or a grant names no principal, scope or
     /// model.
-    pub fn build(self) -> Result<PolicyAuthorizer, BuildError> {
+    pub fn build(&self) -> Result<PolicyAuthorizer, BuildError> {
         if self.grants.is_empty() {
             return Err(BuildError::invalid(
                 "authz.grants",
@@ -271,7 +270,7 @@ impl PolicyAuthorizerBuilder {
             }
         }
         Ok(PolicyAuthorizer {
-            grants: self.grants,
+            grants: self.grants.clone(),
         })
     }
 }

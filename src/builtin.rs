@@ -49,15 +49,14 @@ pub struct PatternRulesBuilder {
 
 impl PatternRulesBuilder {
     /// Adds a rule.
-    #[must_use]
     pub fn rule(
-        mut self,
+        &mut self,
         id: impl Into<String>,
         category: Category,
         severity: Severity,
         action: Action,
         pattern: impl Into<String>,
-    ) -> Self {
+    ) -> &mut Self {
         self.rules
             .push((id.into(), category, severity, action, pattern.into()));
         self
@@ -68,7 +67,7 @@ impl PatternRulesBuilder {
     /// # Errors
     ///
     /// A [`BuildError`] naming the rule whose pattern does not compile or is too large.
-    pub fn build(self) -> Result<PatternRules, BuildError> {
+    pub fn build(&self) -> Result<PatternRules, BuildError> {
         const SIZE: usize = 1 << 20;
         let mut rules = Vec::with_capacity(self.rules.len());
         for (id, category, severity, action, pattern) in &self.rules {
@@ -199,7 +198,7 @@ mod tests {
                 r"\w{1000}\w{1000}\w{1000}",
             )
             .build();
-        assert!(huge.unwrap_err().to_string().contains("rule big"));
+        assert_eq!(huge.unwrap_err().field(), Some("pattern_rules.rule[big]"));
         let bad = PatternRules::builder()
             .rule(
                 "bad",
@@ -209,6 +208,6 @@ mod tests {
                 "(",
             )
             .build();
-        assert!(bad.unwrap_err().to_string().contains("rule bad"));
+        assert_eq!(bad.unwrap_err().field(), Some("pattern_rules.rule[bad]"));
     }
 }

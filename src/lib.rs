@@ -78,7 +78,29 @@
 //! Closures become stages with [`verifier_fn`], [`authorizer_fn`], [`rate_limiter_fn`],
 //! [`scanner_fn`], [`validator_fn`] and [`sink_fn`]. A stage answers with a value, a
 //! [`Rejection`] (a policy decision: `401`, `403`, `413`, `422`, `429`) or an [`Error`]
-//! (an infrastructure failure).
+//! (an infrastructure failure). [`AuditObserver`]s watch every request's audit
+//! event (the abuse monitor and the inventory are observers).
+//!
+//! # Conventions
+//!
+//! - **Builders** (`InferenceGuard::builder()`, `JwtVerifier::builder()`,
+//!   `Scanner::builder()`, ... every `*Builder` but one) are non-consuming:
+//!   setters take and return `&mut Self`, so they chain in one expression or run one
+//!   by one under `if`s, and `build(&self)` validates and can be called again (the
+//!   builder is a reusable template). The exception is [`PrincipalBuilder`], which
+//!   consumes itself: principals are built on the request path, and a `build(&self)`
+//!   would copy every field.
+//! - **Values** (`GuardRequest`, `Grant`, `Quota`, `Limit`, `RequestLimits`,
+//!   `ExchangeConfig`, `InventoryPolicy`) are built by value with `with_*` or plain
+//!   chained methods that return `Self`.
+//! - **Setters**: one that takes an item of a list adds it (`issuer`, `limit`,
+//!   `grant`, `rule`, `input_scanner`, `observer`; `keys` and `allow_hosts` add
+//!   several); one that takes the value of a setting replaces it (`audience`,
+//!   `leeway`, `limits`, `threshold`, `identity`).
+//! - **Errors**: a configuration error is a [`BuildError`] naming the setting
+//!   (`field()`, `component.setting`) with the error beneath as its `source()`; a
+//!   reason (why a token, key or receipt was refused) is an enum with a stable
+//!   `code()`; an infrastructure failure is an [`Error`] with a `kind()`.
 //!
 //! # Synchronous and asynchronous stages
 //!

@@ -899,7 +899,7 @@ impl Policy {
                 if let Some(n) = g.max_input_bytes {
                     grant = grant.max_input_bytes(n);
                 }
-                authz = authz.grant(grant);
+                authz.grant(grant);
             }
         }
         b.authorizer(authz.build().map_err(|e| caused("grants", e))?);
@@ -925,10 +925,10 @@ impl Policy {
             if local {
                 let mut rl = InMemoryRateLimiter::builder();
                 for limit in limits {
-                    rl = rl.limit(limit);
+                    rl.limit(limit);
                 }
                 if let Some(n) = concurrency {
-                    rl = rl.concurrency(KeyBy::PRINCIPAL, n);
+                    rl.concurrency(KeyBy::PRINCIPAL, n);
                 }
                 b.rate_limiter(rl.build().map_err(|e| caused("rate_limits", e))?);
             }
@@ -953,12 +953,12 @@ impl Policy {
         if self.input.enabled {
             let mut s = Scanner::builder();
             if let Some(t) = self.input.threshold {
-                s = s.threshold(t);
+                s.threshold(t);
             }
             for d in &self.input.disable {
-                s = s.disable(d.clone());
+                s.disable(d.clone());
             }
-            s = s.scan_instructions(self.input.scan_instructions);
+            s.scan_instructions(self.input.scan_instructions);
             let classifier = if self.input.classifier {
                 let mut c = crate::scan::Classifier::builtin();
                 let heads: Vec<Category> = c.categories().cloned().collect();
@@ -994,8 +994,8 @@ impl Policy {
             } else {
                 None
             };
-            s = s.classifier(classifier);
-            s = s.redaction(match self.input.redaction {
+            s.classifier(classifier);
+            s.redaction(match self.input.redaction {
                 None | Some(RedactionSpec::Mask) => Redaction::mask(),
                 Some(RedactionSpec::Partial) => Redaction::partial(4),
                 Some(RedactionSpec::Remove) => Redaction::remove(),
@@ -1008,17 +1008,17 @@ impl Policy {
         }
         // Output validation.
         if self.output.enabled {
-            let mut v = AnswerValidator::builder()
-                .allow_hosts(self.output.allow_hosts.iter().cloned())
+            let mut v = AnswerValidator::builder();
+            v.allow_hosts(self.output.allow_hosts.iter().cloned())
                 .strict_links(self.output.strict_links);
             if let Some(m) = self.output.html {
-                v = v.html(m.into());
+                v.html(m.into());
             }
             if let Some(m) = self.output.ansi {
-                v = v.ansi(m.into());
+                v.ansi(m.into());
             }
             if let Some(t) = self.output.overlap_threshold {
-                v = v.overlap_threshold(t);
+                v.overlap_threshold(t);
             }
             if let Some(var) = &self.output.canary_env {
                 let token = std::env::var(var).map_err(|_| {
@@ -1027,7 +1027,7 @@ impl Policy {
                         format!("environment variable {var} is not set"),
                     )
                 })?;
-                v = v.canary(Canary::new(token).map_err(|e| caused("output.canary_env", e))?);
+                v.canary(Canary::new(token).map_err(|e| caused("output.canary_env", e))?);
             }
             if let Some(f) = &self.output.system_prompt_file {
                 let path = self.path(f);
@@ -1037,7 +1037,7 @@ impl Policy {
                         format!("{}: {e}", path.display()),
                     )
                 })?;
-                v = v.system_prompt(text);
+                v.system_prompt(text);
             }
             b.output_validator(v.build().map_err(|e| caused("output", e))?);
         }
@@ -1102,7 +1102,7 @@ impl Policy {
         let mut c =
             crate::scan::OnnxClassifier::builder(self.path(&o.model), self.path(&o.tokenizer));
         if let Some(r) = &o.runtime {
-            c = c.runtime(self.path(r));
+            c.runtime(self.path(r));
         }
         for (i, l) in o.labels.iter().enumerate() {
             let category = [
@@ -1125,29 +1125,29 @@ impl Policy {
                     ),
                 )
             })?;
-            c = c.label(l.index, category, l.flag, l.block);
+            c.label(l.index, category, l.flag, l.block);
         }
         if let Some(n) = o.max_tokens {
-            c = c.max_tokens(n);
+            c.max_tokens(n);
         }
         if let Some(n) = o.overlap {
-            c = c.overlap(n);
+            c.overlap(n);
         }
         if let Some(n) = o.batch {
-            c = c.batch(n);
+            c.batch(n);
         }
         if let Some(n) = o.workers {
-            c = c.workers(n);
+            c.workers(n);
         }
         if let Some(n) = o.queue {
-            c = c.queue(n);
+            c.queue(n);
         }
         if let Some(ms) = o.deadline_ms {
-            c = c.deadline(Duration::from_millis(ms));
+            c.deadline(Duration::from_millis(ms));
         }
-        c = c.sigmoid(o.sigmoid);
+        c.sigmoid(o.sigmoid);
         if let Some([low, high]) = o.uncertain_band {
-            c = c.only_when_uncertain(crate::scan::Classifier::builtin(), low, high);
+            c.only_when_uncertain(crate::scan::Classifier::builtin(), low, high);
         }
         if !o.input && !o.output {
             return Err(err(
@@ -1238,12 +1238,12 @@ impl Policy {
             })?;
             let keys =
                 KeySet::from_jwks(&text).map_err(|e| caused(&format!("{field}.jwks_file"), e))?;
-            let mut v = JwtVerifier::builder()
-                .issuer(j.issuer.clone())
+            let mut v = JwtVerifier::builder();
+            v.issuer(j.issuer.clone())
                 .audience(j.audience.clone())
                 .keys(keys);
             if let Some(s) = j.max_lifetime_secs {
-                v = v.max_lifetime(Duration::from_secs(s));
+                v.max_lifetime(Duration::from_secs(s));
             }
             #[cfg(feature = "redis")]
             if let Some(replay) = shared.and_then(|s| s.replay.clone()) {
@@ -1251,7 +1251,7 @@ impl Policy {
                     .redis
                     .as_ref()
                     .is_some_and(|r| r.fail_open.contains(&SharedUse::Replay));
-                v = v.shared_replay_cache(replay).replay_fail_open(open);
+                v.shared_replay_cache(replay).replay_fail_open(open);
             }
             auth = auth.jwt(v.build().map_err(|e| caused(&field, e))?);
         }
@@ -1458,15 +1458,14 @@ impl Policy {
         let rate_limiter =
             if spec.rate_limits && (!self.rate_limits.is_empty() || self.concurrency.is_some()) {
                 let (limits, concurrency) = self.limits()?;
-                let mut rl = crate::rate_limit::RedisRateLimiter::builder()
-                    .prefix(prefix.clone())
-                    .timeout(timeout);
+                let mut rl = crate::rate_limit::RedisRateLimiter::builder();
+                rl.prefix(prefix.clone()).timeout(timeout);
                 for l in limits {
-                    rl = rl.limit(l);
+                    rl.limit(l);
                 }
                 if let Some(n) = concurrency {
                     // A permit held by a replica that died is released after a minute.
-                    rl = rl.concurrency(KeyBy::PRINCIPAL, n, Duration::from_secs(60));
+                    rl.concurrency(KeyBy::PRINCIPAL, n, Duration::from_secs(60));
                 }
                 Some(rl.connect(&url).await.map_err(|e| caused("redis", e))?)
             } else {

@@ -43,11 +43,12 @@ fn fixtures() -> PathBuf {
 
 fn builder(model: &str) -> OnnxClassifierBuilder {
     let d = fixtures();
-    OnnxClassifier::builder(d.join(model), d.join("tokenizer.json"))
-        .label(1, Category::PromptInjection, 0.5, 0.9)
+    let mut b = OnnxClassifier::builder(d.join(model), d.join("tokenizer.json"));
+    b.label(1, Category::PromptInjection, 0.5, 0.9)
         .label(2, Category::Jailbreak, 0.5, 0.9)
         .max_tokens(16)
-        .overlap(4)
+        .overlap(4);
+    b
 }
 
 fn tiny() -> OnnxClassifier {
@@ -488,8 +489,8 @@ fn configuration_errors_say_what_is_wrong() {
     }
     let d = fixtures();
     let base = || OnnxClassifier::builder(d.join("tiny.onnx"), d.join("tokenizer.json"));
-    let msg = |b: OnnxClassifierBuilder| b.build().unwrap_err().message().to_owned();
-    assert!(msg(base()).contains("no output label"));
+    let msg = |b: &mut OnnxClassifierBuilder| b.build().unwrap_err().message().to_owned();
+    assert!(msg(&mut base()).contains("no output label"));
     assert!(msg(base().label(1, Category::Jailbreak, 0.9, 0.5)).contains("thresholds"));
     assert!(
         msg(base().label(7, Category::Jailbreak, 0.5, 0.9))
@@ -502,17 +503,15 @@ fn configuration_errors_say_what_is_wrong() {
             .overlap(6))
         .contains("max_tokens")
     );
-    let missing = OnnxClassifier::builder(d.join("nope.onnx"), d.join("tokenizer.json")).label(
-        1,
-        Category::Jailbreak,
-        0.5,
-        0.9,
+    let mut missing = OnnxClassifier::builder(d.join("nope.onnx"), d.join("tokenizer.json"));
+    missing.label(1, Category::Jailbreak, 0.5, 0.9);
+    assert!(msg(&mut missing).contains("not found"));
+    assert!(
+        msg(base()
+            .label(1, Category::Jailbreak, 0.5, 0.9)
+            .runtime(d.join("tiny.onnx")))
+        .contains("already loaded")
     );
-    assert!(msg(missing).contains("not found"));
-    let other_runtime = base()
-        .label(1, Category::Jailbreak, 0.5, 0.9)
-        .runtime(d.join("tiny.onnx"));
-    assert!(msg(other_runtime).contains("already loaded"));
     assert!(format!("{:?}", tiny()).contains("OnnxClassifier"));
 }
 

@@ -278,8 +278,7 @@ impl JwtVerifierBuilder {
     /// The trusted keys. With one issuer they sign for it; with several, bind
     /// each key to its issuer ([`issuer_keys`](Self::issuer_keys) or
     /// [`KeySet::bound_to`]), or the verifier does not build.
-    #[must_use]
-    pub fn keys(mut self, keys: KeySet) -> Self {
+    pub fn keys(&mut self, keys: KeySet) -> &mut Self {
         match &mut self.keys {
             Some(existing) => existing.keys.extend(keys.keys),
             None => self.keys = Some(keys),
@@ -305,71 +304,61 @@ impl JwtVerifierBuilder {
     /// # let _ = v;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[must_use]
-    pub fn issuer_keys(self, issuer: impl Into<String>, keys: KeySet) -> Self {
+    pub fn issuer_keys(&mut self, issuer: impl Into<String>, keys: KeySet) -> &mut Self {
         let issuer = issuer.into();
         let keys = keys.bound_to(&issuer);
-        let mut b = self.keys(keys);
+        let b = self.keys(keys);
         if !b.issuers.contains(&issuer) {
             b.issuers.push(issuer);
         }
         b
     }
     /// Adds an accepted issuer (`iss`). At least one is required.
-    #[must_use]
-    pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
+    pub fn issuer(&mut self, issuer: impl Into<String>) -> &mut Self {
         self.issuers.push(issuer.into());
         self
     }
     /// The guard's audience; `aud` must contain it. Required.
-    #[must_use]
-    pub fn audience(mut self, audience: impl Into<String>) -> Self {
+    pub fn audience(&mut self, audience: impl Into<String>) -> &mut Self {
         self.audience = Some(audience.into());
         self
     }
     /// Clock skew tolerated on `exp`, `nbf` and `iat` (default 30 s, at most 5 min).
-    #[must_use]
-    pub fn leeway(mut self, leeway: Duration) -> Self {
+    pub fn leeway(&mut self, leeway: Duration) -> &mut Self {
         self.leeway = Some(leeway);
         self
     }
     /// The longest lifetime accepted (`exp - iat`, `exp - now`); default one hour.
-    #[must_use]
-    pub fn max_lifetime(mut self, max: Duration) -> Self {
+    pub fn max_lifetime(&mut self, max: Duration) -> &mut Self {
         self.max_lifetime = Some(max);
         self
     }
     /// The longest token accepted, checked before decoding (default 8 KiB).
-    #[must_use]
-    pub fn max_token_bytes(mut self, max: usize) -> Self {
+    pub fn max_token_bytes(&mut self, max: usize) -> &mut Self {
         self.max_token_bytes = Some(max);
         self
     }
     /// Requires SPIFFE JWT-SVIDs: `sub` must be a valid SPIFFE ID in one of the
     /// allowed trust domains. Call once per trust domain.
-    #[must_use]
-    pub fn spiffe_trust_domain(mut self, domain: impl Into<String>) -> Self {
+    pub fn spiffe_trust_domain(&mut self, domain: impl Into<String>) -> &mut Self {
         self.spiffe_domains.push(domain.into());
         self
     }
     /// Requires RFC 9068 access tokens: `typ` `at+jwt`, and `client_id`, `iat` and
     /// `jti` present.
-    #[must_use]
-    pub fn access_token_profile(mut self) -> Self {
+    pub fn access_token_profile(&mut self) -> &mut Self {
         self.access_token_profile = true;
         self
     }
     /// The claim that names the tenant (default `tenant`).
-    #[must_use]
-    pub fn tenant_claim(mut self, claim: impl Into<String>) -> Self {
+    pub fn tenant_claim(&mut self, claim: impl Into<String>) -> &mut Self {
         self.tenant_claim = Some(claim.into());
         self
     }
     /// Rejects a token whose `jti` was seen before (tokens without `jti` are then
     /// rejected). Keeps at most `capacity` ids until their tokens expire; when it is
     /// full of unexpired ids, verification fails closed.
-    #[must_use]
-    pub fn replay_cache(mut self, capacity: usize) -> Self {
+    pub fn replay_cache(&mut self, capacity: usize) -> &mut Self {
         self.replay_capacity = Some(capacity);
         self
     }
@@ -379,36 +368,32 @@ impl JwtVerifierBuilder {
     /// fails closed (`503`) unless [`replay_fail_open`](Self::replay_fail_open).
     /// [`JwtVerifier::verify_token`] (synchronous, offline) does not consult it; the
     /// identity stage does.
-    #[must_use]
-    pub fn shared_replay_cache(mut self, store: impl ReplayStore) -> Self {
+    pub fn shared_replay_cache(&mut self, store: impl ReplayStore) -> &mut Self {
         self.shared_replay = Some(Arc::new(store));
         self
     }
     /// When the shared replay cache fails, checks the token against this replica's
     /// own replay cache instead of failing closed: a replay to the same replica is
     /// still refused, a replay to another one is not. Default off.
-    #[must_use]
-    pub fn replay_fail_open(mut self, on: bool) -> Self {
+    pub fn replay_fail_open(&mut self, on: bool) -> &mut Self {
         self.replay_fail_open = on;
         self
     }
     /// Caches verified tokens (by SHA-256 digest) so a repeated token skips the
     /// signature check; at most `capacity` entries. Default 10,000; 0 disables it. Not
     /// used with the replay cache, which must see every use.
-    #[must_use]
-    pub fn verified_cache(mut self, capacity: usize) -> Self {
+    pub fn verified_cache(&mut self, capacity: usize) -> &mut Self {
         self.cache_capacity = Some(capacity);
         self
     }
     /// Calls `hook` to fetch a fresh key set when a token names an unknown `kid`, at
     /// most once per `cooldown`. The hook runs on the request path: make it fast (for
     /// example, return a key set your service refreshes in the background).
-    #[must_use]
     pub fn refresh_hook(
-        mut self,
+        &mut self,
         hook: impl Fn() -> Result<KeySet, Error> + Send + Sync + 'static,
         cooldown: Duration,
-    ) -> Self {
+    ) -> &mut Self {
         self.refresh = Some((Arc::new(hook), cooldown));
         self
     }
@@ -419,7 +404,7 @@ impl JwtVerifierBuilder {
     ///
     /// A [`BuildError`]: no issuer, no audience, no keys and no refresh hook, a leeway
     /// over five minutes, a zero lifetime or size, an invalid SPIFFE trust domain.
-    pub fn build(self) -> Result<JwtVerifier, BuildError> {
+    pub fn build(&self) -> Result<JwtVerifier, BuildError> {
         if self.issuers.is_empty() || self.issuers.iter().any(String::is_empty) {
             return Err(BuildError::invalid(
                 "jwt.issuer",
@@ -428,9 +413,10 @@ impl JwtVerifierBuilder {
         }
         let audience = self
             .audience
+            .clone()
             .filter(|a| !a.is_empty())
             .ok_or_else(|| BuildError::invalid("jwt.audience", "an audience is required"))?;
-        let keys = self.keys.unwrap_or_default();
+        let keys = self.keys.clone().unwrap_or_default();
         if keys.is_empty() && self.refresh.is_none() {
             return Err(BuildError::invalid(
                 "jwt.keys",
@@ -467,14 +453,18 @@ impl JwtVerifierBuilder {
         Ok(JwtVerifier {
             inner: Arc::new(Inner {
                 keys: RwLock::new((Arc::new(keys), 0)),
-                issuers: self.issuers,
+                issuers: self.issuers.clone(),
                 audience,
                 leeway: leeway.as_secs_f64(),
                 max_lifetime: max_lifetime.as_secs_f64(),
                 max_token_bytes,
-                spiffe_domains: (!self.spiffe_domains.is_empty()).then_some(self.spiffe_domains),
+                spiffe_domains: (!self.spiffe_domains.is_empty())
+                    .then_some(self.spiffe_domains.clone()),
                 access_token_profile: self.access_token_profile,
-                tenant_claim: self.tenant_claim.unwrap_or_else(|| "tenant".to_owned()),
+                tenant_claim: self
+                    .tenant_claim
+                    .clone()
+                    .unwrap_or_else(|| "tenant".to_owned()),
                 replay: self
                     .replay_capacity
                     .or((self.shared_replay.is_some() && self.replay_fail_open).then_some(100_000))
@@ -483,9 +473,9 @@ impl JwtVerifierBuilder {
                     && self.replay_capacity.is_none()
                     && self.shared_replay.is_none())
                 .then(|| (Mutex::new(HashMap::new()), cache_capacity)),
-                shared_replay: self.shared_replay,
+                shared_replay: self.shared_replay.clone(),
                 replay_fail_open: self.replay_fail_open,
-                refresh: self.refresh.map(|(h, c)| (h, c, Mutex::new(None))),
+                refresh: self.refresh.clone().map(|(h, c)| (h, c, Mutex::new(None))),
             }),
         })
     }

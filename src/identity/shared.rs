@@ -39,7 +39,8 @@ fn check_prefix(prefix: &str) -> Result<(), Error> {
 /// use std::time::Duration;
 /// use inference_guard::identity::{JwtVerifier, RedisReplayCache};
 /// let replay = RedisReplayCache::connect("redis://127.0.0.1:6379", "ig", Duration::from_millis(250)).await?;
-/// let verifier = JwtVerifier::builder().shared_replay_cache(replay);
+/// let mut verifier = JwtVerifier::builder();
+/// verifier.shared_replay_cache(replay);
 /// # let _ = verifier;
 /// # Ok(()) }
 /// ```

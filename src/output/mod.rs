@@ -326,55 +326,48 @@ impl fmt::Debug for AnswerValidatorBuilder {
 impl AnswerValidatorBuilder {
     /// The scanner whose credential and personal-data rules check answers for leaks
     /// (default [`Scanner::new`]); `None` turns leak checks off.
-    #[must_use]
-    pub fn leaks(mut self, scanner: Option<Scanner>) -> Self {
+    pub fn leaks(&mut self, scanner: Option<Scanner>) -> &mut Self {
         self.scanner = scanner;
         self
     }
 
     /// Watches a deployment-wide canary.
-    #[must_use]
-    pub fn canary(mut self, canary: Canary) -> Self {
+    pub fn canary(&mut self, canary: Canary) -> &mut Self {
         self.canaries.push(canary);
         self
     }
 
     /// Whether canary-shaped tokens in the request's system and developer messages
     /// are watched (default on).
-    #[must_use]
-    pub fn request_canaries(mut self, on: bool) -> Self {
+    pub fn request_canaries(&mut self, on: bool) -> &mut Self {
         self.request_canaries = on;
         self
     }
 
     /// A system prompt whose text must not be repeated: the answer is flagged when
     /// it shares `threshold` or more of the prompt's runs of six words.
-    #[must_use]
-    pub fn system_prompt(mut self, text: impl Into<String>) -> Self {
+    pub fn system_prompt(&mut self, text: impl Into<String>) -> &mut Self {
         self.system_prompts.push(text.into());
         self
     }
 
     /// Whether the request's own system and developer messages are compared too
     /// (default on).
-    #[must_use]
-    pub fn overlap_from_request(mut self, on: bool) -> Self {
+    pub fn overlap_from_request(&mut self, on: bool) -> &mut Self {
         self.overlap_from_request = on;
         self
     }
 
     /// The share of a system prompt's six-word runs an answer may repeat (default
     /// 0.5; between 0.05 and 1).
-    #[must_use]
-    pub fn overlap_threshold(mut self, share: f32) -> Self {
+    pub fn overlap_threshold(&mut self, share: f32) -> &mut Self {
         self.overlap_threshold = share;
         self
     }
 
     /// Hosts links and images may point to: exact names, or `*.example.com` for
     /// its subdomains. Relative links are always allowed.
-    #[must_use]
-    pub fn allow_hosts<I, S>(mut self, hosts: I) -> Self
+    pub fn allow_hosts<I, S>(&mut self, hosts: I) -> &mut Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -386,8 +379,7 @@ impl AnswerValidatorBuilder {
 
     /// Strips every link whose host is not allowed, not only those carrying data
     /// (default off: such links are flagged).
-    #[must_use]
-    pub fn strict_links(mut self, on: bool) -> Self {
+    pub fn strict_links(&mut self, on: bool) -> &mut Self {
         self.strict_links = on;
         self
     }
@@ -396,36 +388,31 @@ impl AnswerValidatorBuilder {
     /// spans and fenced code blocks are then shown as code, so markup and links in
     /// them are not judged (credentials, canaries and terminal sequences still
     /// are). Turn it off when the answer is put into a page as HTML.
-    #[must_use]
-    pub fn markdown(mut self, on: bool) -> Self {
+    pub fn markdown(&mut self, on: bool) -> &mut Self {
         self.markdown = on;
         self
     }
 
     /// How unsafe HTML is handled (default [`MarkupMode::Escape`]).
-    #[must_use]
-    pub fn html(mut self, mode: MarkupMode) -> Self {
+    pub fn html(&mut self, mode: MarkupMode) -> &mut Self {
         self.html = mode;
         self
     }
 
     /// How terminal escape sequences are handled (default [`MarkupMode::Strip`]).
-    #[must_use]
-    pub fn ansi(mut self, mode: MarkupMode) -> Self {
+    pub fn ansi(&mut self, mode: MarkupMode) -> &mut Self {
         self.ansi = mode;
         self
     }
 
     /// Whether tool calls are checked (default on).
-    #[must_use]
-    pub fn tool_calls(mut self, on: bool) -> Self {
+    pub fn tool_calls(&mut self, on: bool) -> &mut Self {
         self.tools = on;
         self
     }
 
     /// Whether answers to requests that asked for JSON are checked (default on).
-    #[must_use]
-    pub fn structured_output(mut self, on: bool) -> Self {
+    pub fn structured_output(&mut self, on: bool) -> &mut Self {
         self.json = on;
         self
     }

@@ -332,45 +332,39 @@ impl fmt::Debug for InMemoryRateLimiterBuilder {
 
 impl InMemoryRateLimiterBuilder {
     /// Adds a limit. A request must fit every limit.
-    #[must_use]
-    pub fn limit(mut self, limit: Limit) -> Self {
+    pub fn limit(&mut self, limit: Limit) -> &mut Self {
         self.limits.push(limit);
         self
     }
 
     /// At most `n` requests in flight per key.
-    #[must_use]
-    pub fn concurrency(mut self, key: KeyBy, n: u32) -> Self {
+    pub fn concurrency(&mut self, key: KeyBy, n: u32) -> &mut Self {
         self.concurrency = Some((key, n));
         self
     }
 
     /// Keys tracked per limit (default 1,000,000). When a limit's table is full of
     /// active keys, a request with a new key fails closed (`503`).
-    #[must_use]
-    pub fn max_keys(mut self, n: usize) -> Self {
+    pub fn max_keys(&mut self, n: usize) -> &mut Self {
         self.max_keys = n.max(1);
         self
     }
 
     /// The most output tokens a token budget reserves for one request, whatever the
     /// request asks for (default 4,096).
-    #[must_use]
-    pub fn max_output_reservation(mut self, n: u32) -> Self {
+    pub fn max_output_reservation(&mut self, n: u32) -> &mut Self {
         self.max_output = n;
         self
     }
 
     /// The output tokens reserved for a request that does not say (default 1,024).
-    #[must_use]
-    pub fn default_output_reservation(mut self, n: u32) -> Self {
+    pub fn default_output_reservation(&mut self, n: u32) -> &mut Self {
         self.default_output = n;
         self
     }
 
     /// The clock (default: the system's monotonic clock).
-    #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(&mut self, clock: impl Clock) -> &mut Self {
         self.clock = Arc::new(clock);
         self
     }
@@ -381,7 +375,7 @@ impl InMemoryRateLimiterBuilder {
     ///
     /// A [`BuildError`] if there is no limit and no concurrency limit, a limit name is
     /// empty or repeated, or a concurrency limit is zero.
-    pub fn build(self) -> Result<InMemoryRateLimiter, BuildError> {
+    pub fn build(&self) -> Result<InMemoryRateLimiter, BuildError> {
         if self.limits.is_empty() && self.concurrency.is_none() {
             return Err(BuildError::invalid("rate_limit.limits", "no limits"));
         }
@@ -410,6 +404,7 @@ impl InMemoryRateLimiterBuilder {
             inner: Arc::new(Inner {
                 limits: self
                     .limits
+                    .clone()
                     .into_iter()
                     .map(|limit| LimitState {
                         table: KeyedGcra::new(limit.quota, self.max_keys),
@@ -422,7 +417,7 @@ impl InMemoryRateLimiterBuilder {
                     .map(|(k, n)| (k, n, Mutex::new(std::collections::HashMap::new()))),
                 concurrency_hasher: std::collections::hash_map::RandomState::new(),
                 max_keys: self.max_keys,
-                clock: self.clock,
+                clock: self.clock.clone(),
                 max_output: self.max_output,
                 default_output: self.default_output,
             }),

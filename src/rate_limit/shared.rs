@@ -159,37 +159,32 @@ pub struct RedisRateLimiterBuilder {
 
 impl RedisRateLimiterBuilder {
     /// Adds a limit.
-    #[must_use]
-    pub fn limit(mut self, limit: Limit) -> Self {
+    pub fn limit(&mut self, limit: Limit) -> &mut Self {
         self.limits.push(limit);
         self
     }
 
     /// At most `n` requests in flight per key. A permit's counter expires after
     /// `lease` (so a replica that dies cannot hold permits forever).
-    #[must_use]
-    pub fn concurrency(mut self, key: KeyBy, n: u32, lease: Duration) -> Self {
+    pub fn concurrency(&mut self, key: KeyBy, n: u32, lease: Duration) -> &mut Self {
         self.concurrency = Some((key, n, lease));
         self
     }
 
     /// The prefix of every key (default `ig`), to share one Redis between services.
-    #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+    pub fn prefix(&mut self, prefix: impl Into<String>) -> &mut Self {
         self.prefix = prefix.into();
         self
     }
 
     /// The most output tokens a token budget reserves for one request (default 4,096).
-    #[must_use]
-    pub fn max_output_reservation(mut self, n: u32) -> Self {
+    pub fn max_output_reservation(&mut self, n: u32) -> &mut Self {
         self.max_output = n;
         self
     }
 
     /// How long to wait for Redis before the stage fails (default 250 ms).
-    #[must_use]
-    pub fn timeout(mut self, t: Duration) -> Self {
+    pub fn timeout(&mut self, t: Duration) -> &mut Self {
         self.timeout = t;
         self
     }
@@ -199,7 +194,7 @@ impl RedisRateLimiterBuilder {
     /// # Errors
     ///
     /// An [`Error`] if the configuration is invalid or Redis cannot be reached now.
-    pub async fn connect(self, url: &str) -> Result<RedisRateLimiter, Error> {
+    pub async fn connect(&self, url: &str) -> Result<RedisRateLimiter, Error> {
         if self.limits.is_empty() && self.concurrency.is_none() {
             return Err(Error::new(ErrorKind::Internal, "rate limiter: no limits"));
         }
@@ -212,6 +207,7 @@ impl RedisRateLimiterBuilder {
         let conn = connect(url, self.timeout).await?;
         let limits = self
             .limits
+            .clone()
             .into_iter()
             .map(|limit| {
                 let interval_us = u64::try_from(
@@ -230,7 +226,7 @@ impl RedisRateLimiterBuilder {
         Ok(RedisRateLimiter {
             inner: Arc::new(Inner {
                 conn,
-                prefix: self.prefix,
+                prefix: self.prefix.clone(),
                 limits,
                 concurrency: self.concurrency,
                 max_output: self.max_output,

@@ -190,32 +190,28 @@ impl AbuseMonitorBuilder {
     /// How many leading bits of an IPv6 client address make one address subject
     /// (default 64: one host usually holds a whole /64, so counting per /128 would
     /// let it rotate addresses at will). IPv4 addresses are counted whole.
-    #[must_use]
-    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+    pub fn ipv6_prefix(&mut self, bits: u8) -> &mut Self {
         self.ipv6_prefix = bits;
         self
     }
 
     /// How fast strikes decay: a strike weighs half as much after this long
     /// (default ten minutes).
-    #[must_use]
-    pub fn half_life(mut self, d: Duration) -> Self {
+    pub fn half_life(&mut self, d: Duration) -> &mut Self {
         self.half_life = d;
         self
     }
 
     /// The weight of an offense. Defaults: input blocked 3, answer blocked 3,
     /// authentication failure 1, forbidden 1, rate limited 0.5.
-    #[must_use]
-    pub fn weight(mut self, offense: Offense, weight: f64) -> Self {
+    pub fn weight(&mut self, offense: Offense, weight: f64) -> &mut Self {
         self.weights.insert(offense, weight);
         self
     }
 
     /// The score at which a subject is throttled, and its reduced quota (default 6,
     /// six requests a minute).
-    #[must_use]
-    pub fn throttle_at(mut self, score: f64, quota: Quota) -> Self {
+    pub fn throttle_at(&mut self, score: f64, quota: Quota) -> &mut Self {
         self.throttle_at = score;
         self.throttle_quota = quota;
         self
@@ -223,37 +219,32 @@ impl AbuseMonitorBuilder {
 
     /// The score at which a subject is suspended, and for how long (default 12,
     /// fifteen minutes).
-    #[must_use]
-    pub fn suspend_at(mut self, score: f64, duration: Duration) -> Self {
+    pub fn suspend_at(&mut self, score: f64, duration: Duration) -> &mut Self {
         self.suspend_at = score;
         self.suspend_for = duration;
         self
     }
 
     /// Called on every escalation (keep it quick: it runs on the request path).
-    #[must_use]
-    pub fn on_alert(mut self, hook: impl Fn(&AbuseAction) + Send + Sync + 'static) -> Self {
+    pub fn on_alert(&mut self, hook: impl Fn(&AbuseAction) + Send + Sync + 'static) -> &mut Self {
         self.alert = Some(Arc::new(hook));
         self
     }
 
     /// Shadow mode: nothing is refused; escalations are still recorded and alerted.
-    #[must_use]
-    pub fn shadow(mut self, on: bool) -> Self {
+    pub fn shadow(&mut self, on: bool) -> &mut Self {
         self.shadow = on;
         self
     }
 
     /// The most subjects tracked at once (default 100,000).
-    #[must_use]
-    pub fn max_subjects(mut self, n: usize) -> Self {
+    pub fn max_subjects(&mut self, n: usize) -> &mut Self {
         self.max_subjects = n;
         self
     }
 
     /// The clock (default the system's monotonic clock).
-    #[must_use]
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(&mut self, clock: impl Clock) -> &mut Self {
         self.clock = Some(Arc::new(clock));
         self
     }

@@ -149,8 +149,7 @@ pub struct ScannerBuilder {
 impl ScannerBuilder {
     /// The heuristic score at which a text is flagged (default 1.0; each family
     /// weighs 0.4 to 1.0).
-    #[must_use]
-    pub fn threshold(mut self, t: f32) -> Self {
+    pub fn threshold(&mut self, t: f32) -> &mut Self {
         self.threshold = if t.is_finite() && t > 0.0 { t } else { 1.0 };
         self
     }
@@ -161,23 +160,20 @@ impl ScannerBuilder {
     /// family that fires is reported only when the classifier flags the text (it
     /// explains the finding); the standalone rules (decoding requests, fake
     /// delimiters, ...) are reported either way.
-    #[must_use]
-    pub fn classifier(mut self, classifier: Option<Classifier>) -> Self {
+    pub fn classifier(&mut self, classifier: Option<Classifier>) -> &mut Self {
         self.classifier = classifier;
         self
     }
 
     /// Disables a built-in rule by id (for example `jailbreak.hypothetical`).
-    #[must_use]
-    pub fn disable(mut self, rule_id: impl Into<String>) -> Self {
+    pub fn disable(&mut self, rule_id: impl Into<String>) -> &mut Self {
         self.disabled.insert(rule_id.into());
         self
     }
 
     /// Limits decoding: at most `bytes` of decoded text per message, and `depth`
     /// levels of nested encodings (defaults 64 KiB and 2).
-    #[must_use]
-    pub fn decode_limits(mut self, bytes: usize, depth: u8) -> Self {
+    pub fn decode_limits(&mut self, bytes: usize, depth: u8) -> &mut Self {
         self.max_decoded_bytes = bytes;
         self.max_depth = depth;
         self
@@ -185,8 +181,7 @@ impl ScannerBuilder {
 
     /// How credentials and personal data are replaced when redacted (default
     /// [`Redaction::mask`]).
-    #[must_use]
-    pub fn redaction(mut self, r: Redaction) -> Self {
+    pub fn redaction(&mut self, r: Redaction) -> &mut Self {
         self.redaction = r;
         self
     }
@@ -197,35 +192,33 @@ impl ScannerBuilder {
     /// documents below" must not block every request). Caller-written messages get
     /// the heuristics whatever their role. Credentials, personal data and Unicode
     /// smuggling are looked for in every message either way.
-    #[must_use]
-    pub fn scan_instructions(mut self, on: bool) -> Self {
+    pub fn scan_instructions(&mut self, on: bool) -> &mut Self {
         self.scan_instructions = on;
         self
     }
 
     /// Adds a rule of your own (it runs with the built-in credential and
     /// personal-data rules).
-    #[must_use]
-    pub fn rule(mut self, rule: Rule) -> Self {
+    pub fn rule(&mut self, rule: Rule) -> &mut Self {
         self.rules.push(rule);
         self
     }
 
     /// Builds the scanner.
-    pub fn build(self) -> Scanner {
+    pub fn build(&self) -> Scanner {
         let mut rules = secrets::secret_rules();
         rules.extend(secrets::pii_rules());
-        rules.extend(self.rules);
+        rules.extend(self.rules.clone());
         Scanner {
             inner: Arc::new(Inner {
                 rules: secrets::RuleSet::new(rules),
-                classifier: self.classifier,
-                redaction: self.redaction,
+                classifier: self.classifier.clone(),
+                redaction: self.redaction.clone(),
                 family_set: heuristics::family_set(&heuristics::families()),
                 families: heuristics::families(),
                 encodings: encoding::patterns(),
                 threshold: self.threshold,
-                disabled: self.disabled,
+                disabled: self.disabled.clone(),
                 max_decoded_bytes: self.max_decoded_bytes,
                 max_depth: self.max_depth,
                 scan_instructions: self.scan_instructions,

@@ -206,8 +206,8 @@ impl OnnxClassifier {
     /// use inference_guard::Category;
     /// use inference_guard::scan::OnnxClassifier;
     ///
-    /// let b = OnnxClassifier::builder("model.onnx", "tokenizer.json")
-    ///     .label(1, Category::PromptInjection, 0.5, 0.9);
+    /// let mut b = OnnxClassifier::builder("model.onnx", "tokenizer.json");
+    /// b.label(1, Category::PromptInjection, 0.5, 0.9);
     /// // No such files here: build() says which one is missing.
     /// let err = b.build().unwrap_err();
     /// assert!(err.message().contains("onnx"));
@@ -304,14 +304,14 @@ impl OnnxClassifierBuilder {
     /// The ONNX Runtime shared library (`libonnxruntime.so`, `.dylib`, `.dll`).
     /// Default: the `ORT_DYLIB_PATH` environment variable. The library is loaded
     /// once per process; a second classifier must name the same file.
-    pub fn runtime(mut self, path: impl AsRef<Path>) -> Self {
+    pub fn runtime(&mut self, path: impl AsRef<Path>) -> &mut Self {
         self.runtime = Some(path.as_ref().to_owned());
         self
     }
 
     /// The prefix of the findings' rule ids (default `onnx`): a label mapped to
     /// [`Category::PromptInjection`] reports `onnx.prompt_injection`.
-    pub fn name(mut self, name: impl Into<String>) -> Self {
+    pub fn name(&mut self, name: impl Into<String>) -> &mut Self {
         self.name = name.into();
         self
     }
@@ -320,7 +320,7 @@ impl OnnxClassifierBuilder {
     /// `flag` and blocked from `block` (`0 < flag <= block <= 1`). Labels not
     /// mapped (the benign class) report nothing. Adds to the labels mapped so far;
     /// mapping an index again replaces it.
-    pub fn label(mut self, index: usize, category: Category, flag: f32, block: f32) -> Self {
+    pub fn label(&mut self, index: usize, category: Category, flag: f32, block: f32) -> &mut Self {
         self.labels.retain(|l| l.0 != index);
         self.labels.push((index, category, flag, block));
         self
@@ -328,20 +328,20 @@ impl OnnxClassifierBuilder {
 
     /// Tokens per window, special tokens included (default 512, the usual maximum
     /// of BERT-class models).
-    pub fn max_tokens(mut self, n: usize) -> Self {
+    pub fn max_tokens(&mut self, n: usize) -> &mut Self {
         self.max_tokens = n;
         self
     }
 
     /// Tokens shared by consecutive windows (default 64), so that an instruction
     /// cut by a window boundary is whole in one of them.
-    pub fn overlap(mut self, n: usize) -> Self {
+    pub fn overlap(&mut self, n: usize) -> &mut Self {
         self.overlap = n;
         self
     }
 
     /// Windows per inference call (default 8).
-    pub fn batch(mut self, n: usize) -> Self {
+    pub fn batch(&mut self, n: usize) -> &mut Self {
         self.batch = n;
         self
     }
@@ -349,14 +349,14 @@ impl OnnxClassifierBuilder {
     /// The most windows one text may need (default 64, about 28,000 tokens with
     /// the defaults). A longer text is blocked (`onnx.too_long`, category
     /// [`Category::Limit`]) rather than judged in part.
-    pub fn max_windows(mut self, n: usize) -> Self {
+    pub fn max_windows(&mut self, n: usize) -> &mut Self {
         self.max_windows = n;
         self
     }
 
     /// Worker threads, each with its own session (default 1). Memory grows with
     /// each: a session holds the model's weights.
-    pub fn workers(mut self, n: usize) -> Self {
+    pub fn workers(&mut self, n: usize) -> &mut Self {
         self.workers = n;
         self
     }
@@ -364,28 +364,28 @@ impl OnnxClassifierBuilder {
     /// Calls that may wait for a worker (default 4 per worker). One more fails at
     /// once with [`ErrorKind::Overloaded`]: the guard answers `503` with
     /// `Retry-After`.
-    pub fn queue(mut self, n: usize) -> Self {
+    pub fn queue(&mut self, n: usize) -> &mut Self {
         self.queue = Some(n);
         self
     }
 
     /// Threads ONNX Runtime uses inside one inference (default 1: the workers are
     /// the parallelism).
-    pub fn intra_threads(mut self, n: usize) -> Self {
+    pub fn intra_threads(&mut self, n: usize) -> &mut Self {
         self.intra_threads = n;
         self
     }
 
     /// How long a call may take, waiting in the queue included (default 2 s).
     /// Later, it fails with [`ErrorKind::Timeout`] and its inference is terminated.
-    pub fn deadline(mut self, d: Duration) -> Self {
+    pub fn deadline(&mut self, d: Duration) -> &mut Self {
         self.deadline = d;
         self
     }
 
     /// Reads the outputs as independent sigmoids (multi-label models) instead of
     /// one softmax (the default, as Prompt Guard's classes).
-    pub fn sigmoid(mut self, on: bool) -> Self {
+    pub fn sigmoid(&mut self, on: bool) -> &mut Self {
         self.sigmoid = on;
         self
     }
@@ -393,7 +393,7 @@ impl OnnxClassifierBuilder {
     /// The padding token id (default: the tokenizer's padding token, `[PAD]`,
     /// `<pad>`, or 0). Padding is masked out where the model takes an attention
     /// mask.
-    pub fn pad_token_id(mut self, id: u32) -> Self {
+    pub fn pad_token_id(&mut self, id: u32) -> &mut Self {
         self.pad = Some(id);
         self
     }
@@ -405,7 +405,12 @@ impl OnnxClassifierBuilder {
     /// outside the band cost one built-in scoring and no thread hand-off. A
     /// streamed answer is scored when it ends (the band is a property of the whole
     /// text), so with a band the stage holds streamed text back until the end.
-    pub fn only_when_uncertain(mut self, classifier: Classifier, low: f32, high: f32) -> Self {
+    pub fn only_when_uncertain(
+        &mut self,
+        classifier: Classifier,
+        low: f32,
+        high: f32,
+    ) -> &mut Self {
         self.gate = Some((classifier, low, high));
         self
     }
@@ -413,7 +418,7 @@ impl OnnxClassifierBuilder {
     /// Whether messages the application marked as its own
     /// ([`Message::operator`](crate::Message::operator)) are classified too
     /// (default: no, as the built-in scanner).
-    pub fn scan_operator_messages(mut self, on: bool) -> Self {
+    pub fn scan_operator_messages(&mut self, on: bool) -> &mut Self {
         self.operator_messages = on;
         self
     }
@@ -421,7 +426,7 @@ impl OnnxClassifierBuilder {
     /// How much a streamed answer grows before it is classified again (default
     /// 1 KiB, or an eighth of what was classified, whichever is more). Windows
     /// are classified once, when complete; this bounds the re-tokenizing.
-    pub fn stream_segment_bytes(mut self, n: usize) -> Self {
+    pub fn stream_segment_bytes(&mut self, n: usize) -> &mut Self {
         self.segment_bytes = n;
         self
     }
@@ -436,7 +441,7 @@ impl OnnxClassifierBuilder {
     /// `input_ids`, `attention_mask` and `token_type_ids` (int64 or int32), a label
     /// index beyond the model's outputs, thresholds out of order, windows too small
     /// for the overlap, no label mapped.
-    pub fn build(self) -> Result<OnnxClassifier, BuildError> {
+    pub fn build(&self) -> Result<OnnxClassifier, BuildError> {
         let err = |m: String| BuildError::invalid("onnx", m);
         if self.labels.is_empty() {
             return Err(err(
@@ -566,7 +571,7 @@ impl OnnxClassifierBuilder {
         let n_labels =
             n_labels.unwrap_or_else(|| self.labels.iter().map(|l| l.0 + 1).max().unwrap_or(1));
         let mut labels = vec![None; n_labels];
-        for (i, category, flag, block) in self.labels {
+        for (i, category, flag, block) in self.labels.clone() {
             if i >= n_labels {
                 return Err(err(format!(
                     "label {i} is beyond the model's {n_labels} outputs"
@@ -585,7 +590,7 @@ impl OnnxClassifierBuilder {
             sessions.push(open()?);
         }
         let model = Arc::new(Model {
-            name: self.name,
+            name: self.name.clone(),
             tokenizer,
             prefix,
             suffix,
@@ -609,7 +614,7 @@ impl OnnxClassifierBuilder {
                 model,
                 pool,
                 deadline: self.deadline,
-                gate: self.gate,
+                gate: self.gate.clone(),
                 operator_messages: self.operator_messages,
                 segment_bytes: self.segment_bytes.max(1),
                 texts: AtomicU64::new(0),
