@@ -866,7 +866,21 @@ impl Policy {
     ) -> Result<(), PolicyError> {
         b.policy_version(self.version.clone());
         self.identity(b, shared)?;
-        // Authorization.
+        self.grants(b)?;
+        self.rate_limits(b, shared)?;
+        self.request_limits(b);
+        self.input(b)?;
+        self.output(b)?;
+        self.onnx(b)?;
+        self.actions(b);
+        self.audit(b)?;
+        self.receipts(b)?;
+        self.abuse(b, shared)?;
+        Ok(())
+    }
+
+    /// `[[grants]]`: the policy authorizer (at least one grant: deny by default).
+    fn grants(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
         if self.grants.is_empty() {
             return Err(err(
                 "grants",
@@ -903,7 +917,16 @@ impl Policy {
             }
         }
         b.authorizer(authz.build().map_err(|e| caused("grants", e))?);
-        // Rate limits.
+        Ok(())
+    }
+
+    /// `[[rate_limits]]` and `[concurrency]`: in memory, or on the shared store.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn rate_limits(
+        &self,
+        b: &mut GuardBuilder,
+        shared: Option<&Shared>,
+    ) -> Result<(), PolicyError> {
         if !self.rate_limits.is_empty() || self.concurrency.is_some() {
             let (limits, concurrency) = self.limits()?;
             #[cfg(feature = "redis")]
@@ -933,6 +956,11 @@ impl Policy {
                 b.rate_limiter(rl.build().map_err(|e| caused("rate_limits", e))?);
             }
         }
+        Ok(())
+    }
+
+    /// `[limits]`: request size limits.
+    fn request_limits(&self, b: &mut GuardBuilder) {
         if let Some(l) = &self.limits {
             let mut limits = RequestLimits::default();
             if let Some(n) = l.max_message_bytes {
@@ -949,7 +977,10 @@ impl Policy {
             }
             b.limits(limits);
         }
-        // Input scanning.
+    }
+
+    /// `[input]`: the input scanner and its classifier.
+    fn input(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
         if self.input.enabled {
             let mut s = Scanner::builder();
             if let Some(t) = self.input.threshold {
@@ -1006,7 +1037,11 @@ impl Policy {
                 b.enforcement(crate::ShadowStage::InputScan, crate::Enforcement::Shadow);
             }
         }
-        // Output validation.
+        Ok(())
+    }
+
+    /// `[output]`: the answer validator.
+    fn output(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
         if self.output.enabled {
             let mut v = AnswerValidator::builder();
             v.allow_hosts(self.output.allow_hosts.iter().cloned())
@@ -1041,7 +1076,11 @@ impl Policy {
             }
             b.output_validator(v.build().map_err(|e| caused("output", e))?);
         }
-        self.onnx(b)?;
+        Ok(())
+    }
+
+    /// `[[actions]]`: rule actions.
+    fn actions(&self, b: &mut GuardBuilder) {
         for a in &self.actions {
             b.rule_action(
                 a.rule.clone(),
@@ -1052,7 +1091,10 @@ impl Policy {
                 },
             );
         }
-        self.audit(b)?;
+    }
+
+    /// `[receipts]`: the receipt signer.
+    fn receipts(&self, b: &mut GuardBuilder) -> Result<(), PolicyError> {
         if let Some(r) = &self.receipts {
             let path = self.path(&r.signing_key_file);
             let der = std::fs::read(&path).map_err(|e| {
@@ -1069,6 +1111,12 @@ impl Policy {
             }
             b.receipts(signer);
         }
+        Ok(())
+    }
+
+    /// `[abuse]`: the abuse monitor, shared through Redis when `[redis]` says so.
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn abuse(&self, b: &mut GuardBuilder, shared: Option<&Shared>) -> Result<(), PolicyError> {
         #[cfg(feature = "redis")]
         let shared_abuse = shared.and_then(|s| s.abuse.clone());
         #[cfg(not(feature = "redis"))]
