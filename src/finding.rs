@@ -117,6 +117,11 @@ impl Severity {
 /// assert!(Action::Redact > Action::Flag);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(
+    feature = "policy",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum Action {
     /// Record it; let the text through unchanged.

@@ -122,6 +122,11 @@ const SHINGLE: usize = 6;
 
 /// How unsafe markup is handled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "policy",
+    derive(serde::Deserialize),
+    serde(rename_all = "lowercase")
+)]
 #[non_exhaustive]
 pub enum MarkupMode {
     /// Make it inert text: `<` and `>` become `&lt;` and `&gt;`, an escape character

@@ -159,6 +159,30 @@ impl KeyBy {
     }
 }
 
+/// In a policy file (feature `policy`): a list of parts, `["principal", "model"]`;
+/// `[]` for one key for everyone.
+#[cfg(feature = "policy")]
+impl<'de> serde::Deserialize<'de> for KeyBy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let parts = <Vec<String>>::deserialize(d)?;
+        parts.iter().try_fold(Self::GLOBAL, |key, part| {
+            let p = match part.as_str() {
+                "principal" => Self::PRINCIPAL,
+                "tenant" => Self::TENANT,
+                "model" => Self::MODEL,
+                "route" => Self::ROUTE,
+                other => {
+                    return Err(serde::de::Error::unknown_variant(
+                        other,
+                        &["principal", "tenant", "model", "route"],
+                    ));
+                }
+            };
+            Ok(key | p)
+        })
+    }
+}
+
 impl std::ops::BitOr for KeyBy {
     type Output = Self;
     fn bitor(self, rhs: Self) -> Self {

@@ -87,6 +87,22 @@ impl Redaction {
     }
 }
 
+/// In a policy file (feature `policy`): `"mask"`, `"partial"` (four characters
+/// shown), `"remove"` or `"pseudonymize"`.
+#[cfg(feature = "policy")]
+impl<'de> serde::Deserialize<'de> for Redaction {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const NAMES: &[&str] = &["mask", "partial", "remove", "pseudonymize"];
+        match String::deserialize(d)?.as_str() {
+            "mask" => Ok(Self::mask()),
+            "partial" => Ok(Self::partial(4)),
+            "remove" => Ok(Self::remove()),
+            "pseudonymize" => Ok(Self::pseudonymize()),
+            other => Err(serde::de::Error::unknown_variant(other, NAMES)),
+        }
+    }
+}
+
 /// `pii.email` -> `EMAIL`; `secret.github_token` -> `GITHUB_TOKEN`.
 fn label(rule: &str) -> String {
     rule.split_once('.')
