@@ -29,7 +29,7 @@ use std::task::{Context, Poll, Waker};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use inference_guard::scan::{Classifier, OnnxClassifier};
-use inference_guard::{Category, GuardRequest, InputScanner, Role};
+use inference_guard::{Category, GuardRequest, InputScanner, Principal, Role};
 use ort::session::Session;
 use ort::value::Tensor;
 
@@ -173,17 +173,42 @@ fn bench(c: &mut Criterion) {
     for size in sizes {
         let text = repeat_to(PROSE, size);
         let request = GuardRequest::new("m").with_message(Role::User, text.clone());
+        let principal = Principal::anonymous();
         g.throughput(Throughput::Bytes(text.len() as u64));
         g.bench_with_input(BenchmarkId::new("stage", size), &request, |b, r| {
-            b.iter(|| black_box(block_on(stage.scan(black_box(r))).unwrap()))
+            b.iter(|| {
+                black_box(
+                    block_on(
+                        stage.scan(inference_guard::StageContext::new(&principal, black_box(r))),
+                    )
+                    .unwrap(),
+                )
+            })
         });
         g.bench_with_input(
             BenchmarkId::new("stage_spinning_waiter", size),
             &request,
-            |b, r| b.iter(|| black_box(spin_on(stage.scan(black_box(r))).unwrap())),
+            |b, r| {
+                b.iter(|| {
+                    black_box(
+                        spin_on(
+                            stage
+                                .scan(inference_guard::StageContext::new(&principal, black_box(r))),
+                        )
+                        .unwrap(),
+                    )
+                })
+            },
         );
         g.bench_with_input(BenchmarkId::new("gated_out", size), &request, |b, r| {
-            b.iter(|| black_box(block_on(gated.scan(black_box(r))).unwrap()))
+            b.iter(|| {
+                black_box(
+                    block_on(
+                        gated.scan(inference_guard::StageContext::new(&principal, black_box(r))),
+                    )
+                    .unwrap(),
+                )
+            })
         });
     }
     g.finish();

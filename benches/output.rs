@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
             &response,
             |b, r| {
                 b.iter(|| {
-                    let cx = OutputContext::new(&principal, &req);
+                    let cx = StageContext::new(&principal, &req);
                     black_box(validator.validate(cx, black_box(r)).into_ready())
                 })
             },

@@ -110,7 +110,16 @@ fn redis_bench(c: &mut Criterion) {
     let r = GuardRequest::new("m");
     let mut g = c.benchmark_group("rate_limit");
     g.bench_function("redis_decision", |b| {
-        b.iter(|| rt.block_on(async { black_box(limiter.acquire(&p, &r).await.unwrap()) }))
+        b.iter(|| {
+            rt.block_on(async {
+                black_box(
+                    limiter
+                        .acquire(inference_guard::StageContext::new(&p, &r))
+                        .await
+                        .unwrap(),
+                )
+            })
+        })
     });
     g.finish();
 }

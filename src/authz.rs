@@ -6,7 +6,7 @@ use crate::Rejection;
 use crate::error::{BuildError, StageError};
 use crate::principal::Principal;
 use crate::request::GuardRequest;
-use crate::stage::{Authorizer, Granted};
+use crate::stage::{Authorizer, Granted, StageContext};
 use crate::step::Step;
 
 /// Whether a principal pattern (`id-glob` or `namespace-glob|id-glob`) matches.
@@ -310,20 +310,16 @@ impl PolicyAuthorizer {
 }
 
 impl Authorizer for PolicyAuthorizer {
-    fn authorize<'a>(
-        &'a self,
-        principal: &'a Principal,
-        request: &'a GuardRequest,
-    ) -> Step<'a, Result<(), StageError>> {
-        Step::ready(self.check(principal, request).map_err(Into::into))
+    fn authorize<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<(), StageError>> {
+        Step::ready(self.check(cx.principal(), cx.request()).map_err(Into::into))
     }
 
     /// The `max_output_tokens` of the first grant that allows the request (`None`
     /// when that grant sets no ceiling).
-    fn output_ceiling(&self, principal: &Principal, request: &GuardRequest) -> Option<u32> {
+    fn output_ceiling(&self, cx: StageContext<'_>) -> Option<u32> {
         self.grants
             .iter()
-            .find(|g| g.applies_to(principal) && g.denial(request).is_none())
+            .find(|g| g.applies_to(cx.principal()) && g.denial(cx.request()).is_none())
             .and_then(|g| g.max_output_tokens)
     }
 

@@ -5,9 +5,8 @@ use regex::{Regex, RegexBuilder};
 
 use crate::error::{BuildError, StageError};
 use crate::finding::{Action, Category, Finding, Location, Severity};
-use crate::request::GuardRequest;
 use crate::response::GuardResponse;
-use crate::stage::{InputScanner, OutputContext, OutputValidator};
+use crate::stage::{InputScanner, OutputValidator, StageContext};
 use crate::step::Step;
 
 /// One rule of a [`PatternRules`] set.
@@ -152,7 +151,8 @@ impl PatternRules {
 }
 
 impl InputScanner for PatternRules {
-    fn scan<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Vec<Finding>, StageError>> {
+    fn scan<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        let request = cx.request();
         let mut out = Vec::new();
         for (i, m) in request.messages().iter().enumerate() {
             out.extend(self.scan_text(m.content(), Location::Message(i)));
@@ -168,7 +168,7 @@ impl InputScanner for PatternRules {
 impl OutputValidator for PatternRules {
     fn validate<'a>(
         &'a self,
-        _cx: OutputContext<'a>,
+        _cx: StageContext<'a>,
         response: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
         let mut out = self.scan_text(response.text(), Location::Output);

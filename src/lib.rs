@@ -263,8 +263,8 @@ pub use request::{Credentials, GuardRequest, Message, Role, Secret, ToolSpec};
 pub use response::{GuardResponse, ToolCall, Usage};
 pub use stage::{
     AuditObserver, AuditSink, Authorizer, FnStage, Granted, IdentityVerifier, InputScanner,
-    OutputContext, OutputValidator, Permit, RateLimiter, Settlement, StreamValidator,
-    StreamVerdict, authorizer_fn, rate_limiter_fn, scanner_fn, sink_fn, validator_fn, verifier_fn,
+    OutputValidator, Permit, RateLimiter, Settlement, StageContext, StreamValidator, StreamVerdict,
+    authorizer_fn, rate_limiter_fn, scanner_fn, sink_fn, validator_fn, verifier_fn,
 };
 pub use step::{BoxFuture, Step};
 

@@ -65,19 +65,15 @@ pub trait IdentityVerifier: Send + Sync + 'static {
 /// ```
 pub trait Authorizer: Send + Sync + 'static {
     /// Allows the request (`Ok(())`) or rejects it (usually `403`).
-    fn authorize<'a>(
-        &'a self,
-        principal: &'a Principal,
-        request: &'a GuardRequest,
-    ) -> Step<'a, Result<(), StageError>>;
+    fn authorize<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<(), StageError>>;
 
     /// The most output tokens the principal may ask for in this (allowed) request, if
     /// the policy sets a ceiling. The guard lowers the request's maximum output to
     /// it, and an HTTP exchange writes it into the body it forwards, so a caller that
     /// names no maximum does not get the model's default. `None` (the default): no
     /// ceiling from authorization.
-    fn output_ceiling(&self, principal: &Principal, request: &GuardRequest) -> Option<u32> {
-        let _ = (principal, request);
+    fn output_ceiling(&self, cx: StageContext<'_>) -> Option<u32> {
+        let _ = cx;
         None
     }
 
@@ -275,11 +271,7 @@ impl fmt::Debug for Permit {
 /// [`Settlement`], so that concurrent requests cannot overshoot a budget.
 pub trait RateLimiter: Send + Sync + 'static {
     /// Admits or refuses the request.
-    fn acquire<'a>(
-        &'a self,
-        principal: &'a Principal,
-        request: &'a GuardRequest,
-    ) -> Step<'a, Result<Permit, StageError>>;
+    fn acquire<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Permit, StageError>>;
 
     /// A name for diagnostics.
     fn name(&self) -> &str {
@@ -298,7 +290,7 @@ pub trait RateLimiter: Send + Sync + 'static {
 /// Return an empty `Vec` for clean text: it does not allocate.
 pub trait InputScanner: Send + Sync + 'static {
     /// Scans the request.
-    fn scan<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Vec<Finding>, StageError>>;
+    fn scan<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Vec<Finding>, StageError>>;
 
     /// A name for diagnostics.
     fn name(&self) -> &str {
@@ -306,21 +298,24 @@ pub trait InputScanner: Send + Sync + 'static {
     }
 }
 
-/// What an output validator knows about the call whose answer it validates.
+/// What every stage after identity knows about the call: who asked (the verified
+/// [`Principal`]) and what they asked (the request, as admitted so far). The
+/// authorizer, the rate limiter, the input scanners and the output validators all
+/// receive one.
 #[derive(Clone, Copy, Debug)]
-pub struct OutputContext<'a> {
+pub struct StageContext<'a> {
     pub(crate) principal: &'a Principal,
     pub(crate) request: &'a GuardRequest,
 }
 
-impl<'a> OutputContext<'a> {
+impl<'a> StageContext<'a> {
     /// A context for validating an answer to `request` from `principal`.
     ///
     /// ```
-    /// # use inference_guard::{GuardRequest, OutputContext, Principal};
+    /// # use inference_guard::{GuardRequest, StageContext, Principal};
     /// let p = Principal::anonymous();
     /// let r = GuardRequest::new("m");
-    /// let cx = OutputContext::new(&p, &r);
+    /// let cx = StageContext::new(&p, &r);
     /// assert_eq!(cx.request().model(), "m");
     /// ```
     pub fn new(principal: &'a Principal, request: &'a GuardRequest) -> Self {
@@ -401,12 +396,12 @@ pub trait OutputValidator: Send + Sync + 'static {
     /// Validates a whole answer.
     fn validate<'a>(
         &'a self,
-        cx: OutputContext<'a>,
+        cx: StageContext<'a>,
         response: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>>;
 
     /// An incremental validator for a streamed answer, if this validator has one.
-    fn stream(&self, cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+    fn stream(&self, cx: StageContext<'_>) -> Option<Box<dyn StreamValidator>> {
         let _ = cx;
         None
     }
@@ -515,11 +510,11 @@ macro_rules! forward_impls {
             fn name(&self) -> &str { (**self).name() }
         }
         impl<T: Authorizer + ?Sized> Authorizer for $wrapper {
-            fn authorize<'a>(&'a self, principal: &'a Principal, request: &'a GuardRequest) -> Step<'a, Result<(), StageError>> {
-                (**self).authorize(principal, request)
+            fn authorize<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<(), StageError>> {
+                (**self).authorize(cx)
             }
-            fn output_ceiling(&self, principal: &Principal, request: &GuardRequest) -> Option<u32> {
-                (**self).output_ceiling(principal, request)
+            fn output_ceiling(&self, cx: StageContext<'_>) -> Option<u32> {
+                (**self).output_ceiling(cx)
             }
             fn grants(&self, principal: &Principal) -> Option<Granted> {
                 (**self).grants(principal)
@@ -527,22 +522,22 @@ macro_rules! forward_impls {
             fn name(&self) -> &str { (**self).name() }
         }
         impl<T: RateLimiter + ?Sized> RateLimiter for $wrapper {
-            fn acquire<'a>(&'a self, principal: &'a Principal, request: &'a GuardRequest) -> Step<'a, Result<Permit, StageError>> {
-                (**self).acquire(principal, request)
+            fn acquire<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Permit, StageError>> {
+                (**self).acquire(cx)
             }
             fn name(&self) -> &str { (**self).name() }
         }
         impl<T: InputScanner + ?Sized> InputScanner for $wrapper {
-            fn scan<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Vec<Finding>, StageError>> {
-                (**self).scan(request)
+            fn scan<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Vec<Finding>, StageError>> {
+                (**self).scan(cx)
             }
             fn name(&self) -> &str { (**self).name() }
         }
         impl<T: OutputValidator + ?Sized> OutputValidator for $wrapper {
-            fn validate<'a>(&'a self, cx: OutputContext<'a>, response: &'a GuardResponse) -> Step<'a, Result<Vec<Finding>, StageError>> {
+            fn validate<'a>(&'a self, cx: StageContext<'a>, response: &'a GuardResponse) -> Step<'a, Result<Vec<Finding>, StageError>> {
                 (**self).validate(cx, response)
             }
-            fn stream(&self, cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+            fn stream(&self, cx: StageContext<'_>) -> Option<Box<dyn StreamValidator>> {
                 (**self).stream(cx)
             }
             fn name(&self) -> &str { (**self).name() }
@@ -653,12 +648,8 @@ impl<F> Authorizer for FnStage<F>
 where
     F: Fn(&Principal, &GuardRequest) -> Result<(), StageError> + Send + Sync + 'static,
 {
-    fn authorize<'a>(
-        &'a self,
-        principal: &'a Principal,
-        request: &'a GuardRequest,
-    ) -> Step<'a, Result<(), StageError>> {
-        Step::ready((self.0)(principal, request))
+    fn authorize<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<(), StageError>> {
+        Step::ready((self.0)(cx.principal(), cx.request()))
     }
     fn name(&self) -> &str {
         "authorizer_fn"
@@ -683,12 +674,8 @@ impl<F> RateLimiter for FnStage<F>
 where
     F: Fn(&Principal, &GuardRequest) -> Result<Permit, StageError> + Send + Sync + 'static,
 {
-    fn acquire<'a>(
-        &'a self,
-        principal: &'a Principal,
-        request: &'a GuardRequest,
-    ) -> Step<'a, Result<Permit, StageError>> {
-        Step::ready((self.0)(principal, request))
+    fn acquire<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Permit, StageError>> {
+        Step::ready((self.0)(cx.principal(), cx.request()))
     }
     fn name(&self) -> &str {
         "rate_limiter_fn"
@@ -719,8 +706,8 @@ impl<F> InputScanner for FnStage<F>
 where
     F: Fn(&GuardRequest) -> Result<Vec<Finding>, StageError> + Send + Sync + 'static,
 {
-    fn scan<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Vec<Finding>, StageError>> {
-        Step::ready((self.0)(request))
+    fn scan<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        Step::ready((self.0)(cx.request()))
     }
     fn name(&self) -> &str {
         "scanner_fn"
@@ -740,7 +727,7 @@ where
 /// ```
 pub fn validator_fn<F>(f: F) -> FnStage<F>
 where
-    F: Fn(OutputContext<'_>, &GuardResponse) -> Result<Vec<Finding>, StageError>
+    F: Fn(StageContext<'_>, &GuardResponse) -> Result<Vec<Finding>, StageError>
         + Send
         + Sync
         + 'static,
@@ -750,14 +737,14 @@ where
 
 impl<F> OutputValidator for FnStage<F>
 where
-    F: Fn(OutputContext<'_>, &GuardResponse) -> Result<Vec<Finding>, StageError>
+    F: Fn(StageContext<'_>, &GuardResponse) -> Result<Vec<Finding>, StageError>
         + Send
         + Sync
         + 'static,
 {
     fn validate<'a>(
         &'a self,
-        cx: OutputContext<'a>,
+        cx: StageContext<'a>,
         response: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
         Step::ready((self.0)(cx, response))

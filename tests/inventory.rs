@@ -247,11 +247,7 @@ fn reuse_and_human_use_are_flagged() {
 fn a_custom_authorizer_reports_its_grants_to_the_inventory() {
     struct OwnRules;
     impl Authorizer for OwnRules {
-        fn authorize<'a>(
-            &'a self,
-            _: &'a Principal,
-            _: &'a GuardRequest,
-        ) -> Step<'a, Result<(), StageError>> {
+        fn authorize<'a>(&'a self, _: StageContext<'a>) -> Step<'a, Result<(), StageError>> {
             Step::ready(Ok(()))
         }
         fn grants(&self, p: &Principal) -> Option<Granted> {

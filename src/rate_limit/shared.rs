@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind, StageError};
 use crate::principal::Principal;
 use crate::request::GuardRequest;
 use crate::response::Usage;
-use crate::stage::{Permit, RateLimiter, Settlement};
+use crate::stage::{Permit, RateLimiter, Settlement, StageContext};
 use crate::step::Step;
 use crate::store::{connect, redis_err};
 
@@ -470,12 +470,8 @@ impl RedisRateLimiter {
 }
 
 impl RateLimiter for RedisRateLimiter {
-    fn acquire<'a>(
-        &'a self,
-        principal: &'a Principal,
-        request: &'a GuardRequest,
-    ) -> Step<'a, Result<Permit, StageError>> {
-        Step::future(self.decide(principal, request))
+    fn acquire<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Permit, StageError>> {
+        Step::future(self.decide(cx.principal(), cx.request()))
     }
 
     fn name(&self) -> &str {

@@ -93,9 +93,8 @@ pub use unicode::decode_tags;
 
 use crate::error::StageError;
 use crate::finding::{Finding, Location};
-use crate::request::GuardRequest;
 use crate::response::GuardResponse;
-use crate::stage::{InputScanner, OutputContext, OutputValidator};
+use crate::stage::{InputScanner, OutputValidator, StageContext};
 use crate::step::Step;
 
 struct Inner {
@@ -473,7 +472,8 @@ fn reads_as_english(text: &str) -> bool {
 }
 
 impl InputScanner for Scanner {
-    fn scan<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Vec<Finding>, StageError>> {
+    fn scan<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        let request = cx.request();
         // One replacer for the request: a value gets the same pseudonym in every message.
         let mut replacer = redaction::Replacer::new(&self.inner.redaction);
         let mut out = Vec::new();
@@ -496,7 +496,7 @@ impl InputScanner for Scanner {
 impl OutputValidator for Scanner {
     fn validate<'a>(
         &'a self,
-        _cx: OutputContext<'a>,
+        _cx: StageContext<'a>,
         response: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
         Step::ready(Ok(self.scan_text(response.text(), Location::Output)))

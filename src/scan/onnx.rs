@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context as TaskContext, Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,9 +19,8 @@ use ort::value::{Tensor, TensorElementType, ValueType};
 use super::Classifier;
 use crate::error::{BuildError, Error, ErrorKind, StageError};
 use crate::finding::{Action, Category, Finding, Location, Severity};
-use crate::request::GuardRequest;
 use crate::response::GuardResponse;
-use crate::stage::{InputScanner, OutputContext, OutputValidator, StreamValidator, StreamVerdict};
+use crate::stage::{InputScanner, OutputValidator, StageContext, StreamValidator, StreamVerdict};
 use crate::step::Step;
 
 /// A transformer classifier (Prompt Guard class models) run in-process by ONNX
@@ -880,7 +879,8 @@ impl Model {
 // The stages.
 
 impl InputScanner for OnnxClassifier {
-    fn scan<'a>(&'a self, request: &'a GuardRequest) -> Step<'a, Result<Vec<Finding>, StageError>> {
+    fn scan<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        let request = cx.request();
         let texts: Vec<(Location, String)> = request
             .messages()
             .iter()
@@ -900,7 +900,7 @@ impl InputScanner for OnnxClassifier {
 impl OutputValidator for OnnxClassifier {
     fn validate<'a>(
         &'a self,
-        _cx: OutputContext<'a>,
+        _cx: StageContext<'a>,
         response: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
         let text = response.text();
@@ -912,7 +912,7 @@ impl OutputValidator for OnnxClassifier {
         self.judge_all(texts)
     }
 
-    fn stream(&self, _cx: OutputContext<'_>) -> Option<Box<dyn StreamValidator>> {
+    fn stream(&self, _cx: StageContext<'_>) -> Option<Box<dyn StreamValidator>> {
         Some(Box::new(OnnxStream {
             classifier: self.clone(),
             next_window: 0,
@@ -1225,7 +1225,7 @@ struct Wait<T>(Arc<Slot<T>>);
 impl<T> Future for Wait<T> {
     type Output = Result<T, Error>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let mut s = self.0.lock();
         match s.value.take() {
             Some(v) => Poll::Ready(v),
