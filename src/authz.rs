@@ -6,6 +6,7 @@ use crate::Rejection;
 use crate::error::{BuildError, StageError};
 use crate::principal::Principal;
 use crate::request::GuardRequest;
+use crate::codec::glob_match;
 use crate::stage::{Authorizer, Granted, StageContext};
 use crate::step::Step;
 
@@ -18,30 +19,6 @@ fn principal_match(pattern: &str, p: &Principal) -> bool {
         }
         None => !p.namespace().starts_with("jwt:") && glob_match(pattern, p.id()),
     }
-}
-
-/// Matches `text` against a glob with `*` wildcards (any run of characters).
-pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    let (mut star, mut mark) = (None, 0);
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some(pi);
-            pi += 1;
-            mark = ti;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ti = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
 }
 
 /// One grant: who (principal ids or scopes), which models and tools, streaming, and

@@ -47,7 +47,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::authz::glob_match;
+use crate::codec::glob_match;
 use crate::decision::Rejection;
 use crate::principal::Principal;
 use crate::record::Outcome;

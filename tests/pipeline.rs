@@ -316,6 +316,25 @@ fn rule_action_overrides_apply_most_specific_first() {
             .rule_action("pii.email", Action::Flag);
     });
     assert!(fx.guard.check_request(request("bob@example.com")).is_ok());
+
+    // Globs are the grants' dialect: `*` anywhere. The one with more literal
+    // characters wins over a shorter one; an exact id over both.
+    let fx = fixture_with(|b| {
+        b.rule_action("*", Action::Block)
+            .rule_action("p*l", Action::Flag);
+    });
+    assert!(fx.guard.check_request(request("bob@example.com")).is_ok());
+    let fx = fixture_with(|b| {
+        b.rule_action("p*l", Action::Flag)
+            .rule_action("pii.*l", Action::Block);
+    });
+    assert_eq!(
+        fx.guard
+            .check_request(request("bob@example.com"))
+            .unwrap_err()
+            .status(),
+        422
+    );
 }
 
 #[test]
@@ -1065,8 +1084,8 @@ fn builder_errors_say_what_is_wrong() {
         assert!(x.build().is_ok(), "{stage:?}");
     }
     let mut x = b.clone();
-    x.rule_action("pii.*.email", Action::Block);
-    assert!(msg(&x).contains("rule pattern"));
+    x.rule_action("", Action::Block);
+    assert!(msg(&x).contains("empty rule pattern"));
     assert_eq!(field(&x).as_deref(), Some("guard.rule_action"));
     // A rule that does not compile names itself, and keeps the regex error.
     let e = builtin::PatternRules::builder()

@@ -76,6 +76,31 @@ pub(crate) fn keccak256(data: &[u8]) -> [u8; 32] {
     sha3::Keccak256::digest(data).into()
 }
 
+/// Whether `text` matches a glob whose `*` stands for any run of characters (the one
+/// pattern dialect of the crate: grants, rule actions, inventory reports).
+pub(crate) fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
 /// A compact JWS (`header.payload.signature`) split into its three segments; `None`
 /// unless there are exactly three.
 pub(crate) fn jws_segments(token: &str) -> Option<(&str, &str, &str)> {
@@ -149,6 +174,17 @@ mod tests {
             hex(&keccak256(b"")),
             "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
         );
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("pii.*", "pii.email"));
+        assert!(glob_match("pii.*.email", "pii.work.email"));
+        assert!(!glob_match("pii.*.email", "pii.email.work"));
+        assert!(glob_match("spiffe://prod/*", "spiffe://prod/ns/a"));
+        assert!(glob_match("a*b*c", "axxbyyc") && !glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("exact", "exact") && !glob_match("exact", "exactly"));
     }
 
     #[test]

@@ -141,15 +141,15 @@ struct Counters {
 struct Policy {
     fail_open: [bool; Stage::ALL.len()],
     enforcement: [Enforcement; Stage::ALL.len()],
-    /// (pattern, is_prefix, action), most specific first.
+    /// (pattern, is_glob, action), most specific first.
     rule_actions: Vec<(String, bool, Action)>,
 }
 
 impl Policy {
     fn action_for(&self, rule_id: &str) -> Option<Action> {
-        self.rule_actions.iter().find_map(|(p, prefix, a)| {
-            let hit = if *prefix {
-                rule_id.starts_with(p.as_str())
+        self.rule_actions.iter().find_map(|(p, glob, a)| {
+            let hit = if *glob {
+                crate::codec::glob_match(p, rule_id)
             } else {
                 rule_id == p
             };
@@ -521,8 +521,10 @@ impl GuardBuilder {
         self
     }
 
-    /// Overrides the action of a rule, by exact id (`"pii.email"`) or by prefix
-    /// ending in `*` (`"pii.*"`). The most specific pattern wins.
+    /// Overrides the action of a rule, by exact id (`"pii.email"`) or by a glob
+    /// whose `*` stands for any run of characters (`"pii.*"`, `"secret.*.key"`): the
+    /// dialect grants use too. An exact id wins over a glob, and a glob with more
+    /// literal characters over one with fewer.
     ///
     /// ```
     /// use inference_guard::{Action, InferenceGuard};
@@ -615,26 +617,25 @@ impl GuardBuilder {
             policy.enforcement[stage.index()] = mode;
         }
         for (pattern, action) in &self.rule_actions {
-            let (body, prefix) = match pattern.strip_suffix('*') {
-                Some(p) => (p, true),
-                None => (pattern.as_str(), false),
-            };
-            if (body.is_empty() && !prefix) || body.contains('*') {
+            if pattern.is_empty() {
                 return Err(BuildError::invalid(
                     "guard.rule_action",
-                    format!(
-                        "rule pattern {pattern:?}: use an exact rule id or a prefix ending in '*'"
-                    ),
+                    "an empty rule pattern: use a rule id or a glob (`pii.*`)",
                 ));
             }
-            policy.rule_actions.push((body.to_owned(), prefix, *action));
+            policy
+                .rule_actions
+                .push((pattern.clone(), pattern.contains('*'), *action));
         }
-        // Most specific first: exact ids before prefixes, longer prefixes first; the
-        // last call wins among equal patterns.
+        // Most specific first: exact ids before globs, then the glob with more
+        // literal characters; the last call wins among equal patterns.
         policy.rule_actions.reverse();
-        policy
-            .rule_actions
-            .sort_by_key(|(p, prefix, _)| (*prefix, std::cmp::Reverse(p.len())));
+        policy.rule_actions.sort_by_key(|(p, glob, _)| {
+            (
+                *glob,
+                std::cmp::Reverse(p.bytes().filter(|&b| b != b'*').count()),
+            )
+        });
         let l = self.limits;
         if l.max_message_bytes == 0
             || l.max_request_bytes == 0
