@@ -3,10 +3,10 @@
 use std::fmt;
 
 use crate::Rejection;
+use crate::codec::glob_match;
 use crate::error::{BuildError, StageError};
 use crate::principal::Principal;
 use crate::request::GuardRequest;
-use crate::codec::glob_match;
 use crate::stage::{Authorizer, Granted, StageContext};
 use crate::step::Step;
 

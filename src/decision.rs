@@ -5,30 +5,37 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A stage of the guard's pipeline, in the order the guard runs them.
-///
-/// ```
-/// use inference_guard::Stage;
-/// assert_eq!(Stage::RateLimit.as_str(), "rate_limit");
-/// assert!(Stage::Identity < Stage::Authorization);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub enum Stage {
-    /// Who is calling: credentials become a [`Principal`](crate::Principal).
-    Identity,
-    /// Request size limits (bytes per message, per request, number of messages).
-    Limits,
-    /// May this principal make this request (model, tools, streaming)?
-    Authorization,
-    /// Rate limits, token budgets and concurrency limits.
-    RateLimit,
-    /// Input scanning and sanitization.
-    InputScan,
-    /// Validation of what the model returned.
-    OutputValidation,
-    /// The audit sink.
-    Audit,
+names! {
+    /// A stage of the guard's pipeline, in the order the guard runs them.
+    ///
+    /// ```
+    /// use inference_guard::Stage;
+    /// assert_eq!(Stage::RateLimit.as_str(), "rate_limit");
+    /// assert!(Stage::Identity < Stage::Authorization);
+    /// ```
+    ///
+    /// ```
+    /// # use inference_guard::Stage;
+    /// assert_eq!(Stage::InputScan.as_str(), "input_scan");
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[non_exhaustive]
+    pub enum Stage {
+        /// Who is calling: credentials become a [`Principal`](crate::Principal).
+        Identity = "identity",
+        /// Request size limits (bytes per message, per request, number of messages).
+        Limits = "limits",
+        /// May this principal make this request (model, tools, streaming)?
+        Authorization = "authorization",
+        /// Rate limits, token budgets and concurrency limits.
+        RateLimit = "rate_limit",
+        /// Input scanning and sanitization.
+        InputScan = "input_scan",
+        /// Validation of what the model returned.
+        OutputValidation = "output_validation",
+        /// The audit sink.
+        Audit = "audit",
+    }
 }
 
 /// A stage that may fail open ([`GuardBuilder::fail_open`](crate::GuardBuilder::fail_open)):
@@ -105,61 +112,44 @@ impl Stage {
         Self::Audit,
     ];
 
-    /// A short, stable name used in audit records and messages.
-    ///
-    /// ```
-    /// # use inference_guard::Stage;
-    /// assert_eq!(Stage::InputScan.as_str(), "input_scan");
-    /// ```
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Identity => "identity",
-            Self::Limits => "limits",
-            Self::Authorization => "authorization",
-            Self::RateLimit => "rate_limit",
-            Self::InputScan => "input_scan",
-            Self::OutputValidation => "output_validation",
-            Self::Audit => "audit",
-        }
-    }
-
     pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
 
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+names! {
+    /// Why a request or response was rejected.
+    ///
+    /// ```
+    /// use inference_guard::{RejectReason, Rejection};
+    /// assert_eq!(Rejection::forbidden("no").reason(), RejectReason::Forbidden);
+    /// assert_eq!(RejectReason::RateLimited.status(), 429);
+    /// ```
+    ///
+    /// ```
+    /// # use inference_guard::RejectReason;
+    /// assert_eq!(RejectReason::PayloadTooLarge.as_str(), "payload_too_large");
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum RejectReason {
+        /// Missing, malformed, expired or unknown credentials (401).
+        Unauthenticated = "unauthenticated",
+        /// Authenticated, but not allowed to do this (403).
+        Forbidden = "forbidden",
+        /// The principal is suspended for a while (403 with `Retry-After`).
+        Suspended = "suspended",
+        /// The request is larger than the configured limits (413).
+        PayloadTooLarge = "payload_too_large",
+        /// The input scanners blocked the request (422).
+        InputRejected = "input_rejected",
+        /// The output validators blocked the model's answer (422).
+        OutputBlocked = "output_blocked",
+        /// A rate limit, token budget or concurrency limit was hit (429).
+        RateLimited = "rate_limited",
+        /// A stage failed and the guard failed closed (503).
+        Unavailable = "unavailable",
     }
-}
-
-/// Why a request or response was rejected.
-///
-/// ```
-/// use inference_guard::{RejectReason, Rejection};
-/// assert_eq!(Rejection::forbidden("no").reason(), RejectReason::Forbidden);
-/// assert_eq!(RejectReason::RateLimited.status(), 429);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum RejectReason {
-    /// Missing, malformed, expired or unknown credentials (401).
-    Unauthenticated,
-    /// Authenticated, but not allowed to do this (403).
-    Forbidden,
-    /// The principal is suspended for a while (403 with `Retry-After`).
-    Suspended,
-    /// The request is larger than the configured limits (413).
-    PayloadTooLarge,
-    /// The input scanners blocked the request (422).
-    InputRejected,
-    /// The output validators blocked the model's answer (422).
-    OutputBlocked,
-    /// A rate limit, token budget or concurrency limit was hit (429).
-    RateLimited,
-    /// A stage failed and the guard failed closed (503).
-    Unavailable,
 }
 
 impl RejectReason {
@@ -178,25 +168,6 @@ impl RejectReason {
             Self::InputRejected | Self::OutputBlocked => 422,
             Self::RateLimited => 429,
             Self::Unavailable => 503,
-        }
-    }
-
-    /// A short, stable, machine-readable name.
-    ///
-    /// ```
-    /// # use inference_guard::RejectReason;
-    /// assert_eq!(RejectReason::PayloadTooLarge.as_str(), "payload_too_large");
-    /// ```
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unauthenticated => "unauthenticated",
-            Self::Forbidden => "forbidden",
-            Self::Suspended => "suspended",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::InputRejected => "input_rejected",
-            Self::OutputBlocked => "output_blocked",
-            Self::RateLimited => "rate_limited",
-            Self::Unavailable => "unavailable",
         }
     }
 
@@ -224,12 +195,6 @@ impl RejectReason {
             Self::RateLimited => "rate limit exceeded",
             Self::Unavailable => "the service is temporarily unavailable",
         }
-    }
-}
-
-impl fmt::Display for RejectReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

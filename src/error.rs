@@ -8,65 +8,44 @@ use std::sync::Arc;
 
 use crate::decision::Rejection;
 
-/// What kind of infrastructure failure an [`Error`] is.
-///
-/// ```
-/// use inference_guard::{Error, ErrorKind};
-///
-/// let e = Error::new(ErrorKind::Backend, "redis: connection refused");
-/// assert_eq!(e.kind(), ErrorKind::Backend);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// A backend the stage depends on (a database, a key server, Redis) failed or
-    /// could not be reached.
-    Backend,
-    /// A stage panicked. The guard caught the panic and failed the stage.
-    Panicked,
-    /// A stage returned a future, but the guard was driven synchronously with
-    /// [`InferenceGuard::check_request`](crate::InferenceGuard::check_request).
-    /// Use the `_async` methods for guards with asynchronous stages.
-    WouldBlock,
-    /// The audit sink could not record an event.
-    Audit,
-    /// A stage's configuration or state is inconsistent.
-    Internal,
-    /// The response given to the guard could not be understood.
-    InvalidResponse,
-    /// A stage's own capacity is exhausted (its queue is full): retry later.
-    Overloaded,
-    /// A stage did not finish within its deadline.
-    Timeout,
-    /// Something else; see the message.
-    Other,
-}
-
-impl ErrorKind {
-    /// A short, stable, machine-readable name, used in audit records.
+names! {
+    /// What kind of infrastructure failure an [`Error`] is.
+    ///
+    /// ```
+    /// use inference_guard::{Error, ErrorKind};
+    ///
+    /// let e = Error::new(ErrorKind::Backend, "redis: connection refused");
+    /// assert_eq!(e.kind(), ErrorKind::Backend);
+    /// ```
     ///
     /// ```
     /// # use inference_guard::ErrorKind;
     /// assert_eq!(ErrorKind::WouldBlock.as_str(), "would_block");
     /// ```
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Backend => "backend",
-            Self::Panicked => "panicked",
-            Self::WouldBlock => "would_block",
-            Self::Audit => "audit",
-            Self::Internal => "internal",
-            Self::InvalidResponse => "invalid_response",
-            Self::Overloaded => "overloaded",
-            Self::Timeout => "timeout",
-            Self::Other => "other",
-        }
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum ErrorKind {
+        /// A backend the stage depends on (a database, a key server, Redis) failed or
+        /// could not be reached.
+        Backend = "backend",
+        /// A stage panicked. The guard caught the panic and failed the stage.
+        Panicked = "panicked",
+        /// A stage returned a future, but the guard was driven synchronously with
+        /// [`InferenceGuard::check_request`](crate::InferenceGuard::check_request).
+        /// Use the `_async` methods for guards with asynchronous stages.
+        WouldBlock = "would_block",
+        /// The audit sink could not record an event.
+        Audit = "audit",
+        /// A stage's configuration or state is inconsistent.
+        Internal = "internal",
+        /// The response given to the guard could not be understood.
+        InvalidResponse = "invalid_response",
+        /// A stage's own capacity is exhausted (its queue is full): retry later.
+        Overloaded = "overloaded",
+        /// A stage did not finish within its deadline.
+        Timeout = "timeout",
+        /// Something else; see the message.
+        Other = "other",
     }
 }
 

@@ -74,72 +74,54 @@ impl fmt::Display for Category {
     }
 }
 
-/// How serious a finding is.
-///
-/// ```
-/// use inference_guard::Severity;
-/// assert!(Severity::Critical > Severity::Low);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub enum Severity {
-    /// Informational.
-    Low,
-    /// Worth a look.
-    Medium,
-    /// Likely harmful.
-    High,
-    /// Harmful: a live credential, an instruction override.
-    Critical,
-}
-
-impl Severity {
-    /// A short, stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Low => "low",
-            Self::Medium => "medium",
-            Self::High => "high",
-            Self::Critical => "critical",
-        }
+names! {
+    /// How serious a finding is.
+    ///
+    /// ```
+    /// use inference_guard::Severity;
+    /// assert!(Severity::Critical > Severity::Low);
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[non_exhaustive]
+    pub enum Severity {
+        /// Informational.
+        Low = "low",
+        /// Worth a look.
+        Medium = "medium",
+        /// Likely harmful.
+        High = "high",
+        /// Harmful: a live credential, an instruction override.
+        Critical = "critical",
     }
 }
 
-/// What the guard does about a finding.
-///
-/// The strictest action among a text's findings wins: `Block` over `Redact` over
-/// `Flag`. In [shadow mode](Enforcement::Shadow) every action is recorded but
-/// downgraded to `Flag`.
-///
-/// ```
-/// use inference_guard::Action;
-/// assert!(Action::Block > Action::Redact);
-/// assert!(Action::Redact > Action::Flag);
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[cfg_attr(
-    feature = "policy",
-    derive(serde::Deserialize),
-    serde(rename_all = "lowercase")
-)]
-#[non_exhaustive]
-pub enum Action {
-    /// Record it; let the text through unchanged.
-    Flag,
-    /// Replace the span (with the finding's replacement, or `[REDACTED:CATEGORY]`).
-    Redact,
-    /// Reject the request or block the answer.
-    Block,
-}
-
-impl Action {
-    /// A short, stable name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Flag => "flag",
-            Self::Redact => "redact",
-            Self::Block => "block",
-        }
+names! {
+    /// What the guard does about a finding.
+    ///
+    /// The strictest action among a text's findings wins: `Block` over `Redact` over
+    /// `Flag`. In [shadow mode](Enforcement::Shadow) every action is recorded but
+    /// downgraded to `Flag`.
+    ///
+    /// ```
+    /// use inference_guard::Action;
+    /// assert!(Action::Block > Action::Redact);
+    /// assert!(Action::Redact > Action::Flag);
+    /// assert_eq!(Action::Redact.as_str(), "redact");
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[cfg_attr(
+        feature = "policy",
+        derive(serde::Deserialize),
+        serde(rename_all = "lowercase")
+    )]
+    #[non_exhaustive]
+    pub enum Action {
+        /// Record it; let the text through unchanged.
+        Flag = "flag",
+        /// Replace the span (with the finding's replacement, or `[REDACTED:CATEGORY]`).
+        Redact = "redact",
+        /// Reject the request or block the answer.
+        Block = "block",
     }
 }
 

@@ -692,33 +692,22 @@ impl InventoryPolicy {
     }
 }
 
-/// A kind of flag.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum FlagKind {
-    /// A key not used for the configured number of days, or never (offboarding).
-    UnusedKey,
-    /// A key older than its rotation policy.
-    LongLivedKey,
-    /// Models or tools granted but never used (over-privilege).
-    UnusedGrant,
-    /// One key used from many addresses or user agents.
-    CredentialReuse,
-    /// A machine credential used from a browser or an interactive client.
-    HumanUse,
-}
-
-impl FlagKind {
-    /// A stable name (`unused_key`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::UnusedKey => "unused_key",
-            Self::LongLivedKey => "long_lived_key",
-            Self::UnusedGrant => "unused_grant",
-            Self::CredentialReuse => "credential_reuse",
-            Self::HumanUse => "human_use",
-        }
+names! {
+    /// A kind of flag.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+    #[serde(rename_all = "snake_case")]
+    #[non_exhaustive]
+    pub enum FlagKind {
+        /// A key not used for the configured number of days, or never (offboarding).
+        UnusedKey = "unused_key",
+        /// A key older than its rotation policy.
+        LongLivedKey = "long_lived_key",
+        /// Models or tools granted but never used (over-privilege).
+        UnusedGrant = "unused_grant",
+        /// One key used from many addresses or user agents.
+        CredentialReuse = "credential_reuse",
+        /// A machine credential used from a browser or an interactive client.
+        HumanUse = "human_use",
     }
 }
 

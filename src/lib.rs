@@ -179,6 +179,38 @@
 //! Rust 1.85 (edition 2024). The MSRV may rise in a minor release, never in a patch
 //! release, and stays at least six months behind the latest stable release.
 
+/// Declares a named enum: unit variants, each with a short, stable name (its
+/// `as_str()` and its `Display`), used in audit records, metrics and messages. One
+/// table per enum, written once: `Stage`, `Outcome`, `ErrorKind`, `Severity`, ...
+macro_rules! names {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )*
+        }
+    ) => {
+        $(#[$meta])*
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )*
+        }
+
+        impl $name {
+            /// A short, stable name, used in audit records, metrics and messages.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $text, )*
+                }
+            }
+        }
+
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 /// Declares a reason-code error: a `#[non_exhaustive]` enum whose variants each
 /// carry a stable, machine-readable code ([`code()`]) and a message (its `Display`,
 /// through `thiserror`). One shape for every error that is a reason: `TokenError`,

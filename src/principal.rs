@@ -6,41 +6,25 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-/// How the caller proved who it is.
-///
-/// ```
-/// use inference_guard::CredentialKind;
-/// assert_eq!(CredentialKind::ApiKey.as_str(), "api_key");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum CredentialKind {
-    /// A bearer token (for example a JWT).
-    BearerToken,
-    /// An API key.
-    ApiKey,
-    /// A client certificate verified by the TLS layer.
-    ClientCertificate,
-    /// No credential: the guard was built with
-    /// [`allow_anonymous`](crate::GuardBuilder::allow_anonymous).
-    Anonymous,
-}
-
-impl CredentialKind {
-    /// A short, stable name used in audit records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BearerToken => "bearer_token",
-            Self::ApiKey => "api_key",
-            Self::ClientCertificate => "client_certificate",
-            Self::Anonymous => "anonymous",
-        }
-    }
-}
-
-impl fmt::Display for CredentialKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+names! {
+    /// How the caller proved who it is.
+    ///
+    /// ```
+    /// use inference_guard::CredentialKind;
+    /// assert_eq!(CredentialKind::ApiKey.as_str(), "api_key");
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum CredentialKind {
+        /// A bearer token (for example a JWT).
+        BearerToken = "bearer_token",
+        /// An API key.
+        ApiKey = "api_key",
+        /// A client certificate verified by the TLS layer.
+        ClientCertificate = "client_certificate",
+        /// No credential: the guard was built with
+        /// [`allow_anonymous`](crate::GuardBuilder::allow_anonymous).
+        Anonymous = "anonymous",
     }
 }
 

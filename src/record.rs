@@ -24,98 +24,64 @@ use crate::response::Usage;
 /// The version of the audit event schema; bumped on incompatible changes.
 pub const AUDIT_SCHEMA_VERSION: u32 = 1;
 
-/// How a request ended.
-///
-/// ```
-/// use inference_guard::Outcome;
-/// assert_eq!(Outcome::OutputBlocked.as_str(), "output_blocked");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// Admitted and answered; the answer passed validation (possibly redacted).
-    Completed,
-    /// Rejected by a stage before the model was called.
-    Rejected,
-    /// Admitted, but the answer was blocked by output validation.
-    OutputBlocked,
-    /// A streamed answer ended early: blocked mid-stream, or the stream was dropped.
-    StreamAborted,
-    /// Admitted, but the model call failed ([`Admission::fail`](crate::Admission::fail)).
-    ModelFailed,
-    /// Admitted and the model answered, but the guard could not take the answer
-    /// (unreadable, over the size limit): [`Admission::abort`](crate::Admission::abort).
-    /// The budget is charged (the model did the work).
-    AnswerFailed,
-    /// Admitted, but the admission was dropped without a response (the task was
-    /// cancelled or the caller forgot to check the response).
-    Abandoned,
-    /// The asynchronous check was cancelled before it decided.
-    Cancelled,
-}
-
-impl Outcome {
-    /// A short, stable name used in audit records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Completed => "completed",
-            Self::Rejected => "rejected",
-            Self::OutputBlocked => "output_blocked",
-            Self::StreamAborted => "stream_aborted",
-            Self::ModelFailed => "model_failed",
-            Self::AnswerFailed => "answer_failed",
-            Self::Abandoned => "abandoned",
-            Self::Cancelled => "cancelled",
-        }
+names! {
+    /// How a request ended.
+    ///
+    /// ```
+    /// use inference_guard::Outcome;
+    /// assert_eq!(Outcome::OutputBlocked.as_str(), "output_blocked");
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum Outcome {
+        /// Admitted and answered; the answer passed validation (possibly redacted).
+        Completed = "completed",
+        /// Rejected by a stage before the model was called.
+        Rejected = "rejected",
+        /// Admitted, but the answer was blocked by output validation.
+        OutputBlocked = "output_blocked",
+        /// A streamed answer ended early: blocked mid-stream, or the stream was dropped.
+        StreamAborted = "stream_aborted",
+        /// Admitted, but the model call failed ([`Admission::fail`](crate::Admission::fail)).
+        ModelFailed = "model_failed",
+        /// Admitted and the model answered, but the guard could not take the answer
+        /// (unreadable, over the size limit): [`Admission::abort`](crate::Admission::abort).
+        /// The budget is charged (the model did the work).
+        AnswerFailed = "answer_failed",
+        /// Admitted, but the admission was dropped without a response (the task was
+        /// cancelled or the caller forgot to check the response).
+        Abandoned = "abandoned",
+        /// The asynchronous check was cancelled before it decided.
+        Cancelled = "cancelled",
     }
 }
 
-impl fmt::Display for Outcome {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What one stage decided.
-///
-/// ```
-/// use inference_guard::StageOutcome;
-/// assert_eq!(StageOutcome::FailedOpen.as_str(), "failed_open");
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum StageOutcome {
-    /// Passed with no findings.
-    Passed,
-    /// Passed; findings were recorded but did not change anything.
-    Flagged,
-    /// Passed after redacting parts of the text.
-    Redacted,
-    /// Rejected the request or blocked the answer.
-    Rejected,
-    /// Would have rejected or changed something, but the stage is in shadow mode.
-    Shadowed,
-    /// Failed (error or panic); the guard failed closed.
-    FailedClosed,
-    /// Failed (error or panic); the stage is fail-open, so the guard went on.
-    FailedOpen,
-    /// Not configured, or not needed for this request.
-    Skipped,
-}
-
-impl StageOutcome {
-    /// A short, stable name used in audit records.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Passed => "passed",
-            Self::Flagged => "flagged",
-            Self::Redacted => "redacted",
-            Self::Rejected => "rejected",
-            Self::Shadowed => "shadowed",
-            Self::FailedClosed => "failed_closed",
-            Self::FailedOpen => "failed_open",
-            Self::Skipped => "skipped",
-        }
+names! {
+    /// What one stage decided.
+    ///
+    /// ```
+    /// use inference_guard::StageOutcome;
+    /// assert_eq!(StageOutcome::FailedOpen.as_str(), "failed_open");
+    /// ```
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    #[non_exhaustive]
+    pub enum StageOutcome {
+        /// Passed with no findings.
+        Passed = "passed",
+        /// Passed; findings were recorded but did not change anything.
+        Flagged = "flagged",
+        /// Passed after redacting parts of the text.
+        Redacted = "redacted",
+        /// Rejected the request or blocked the answer.
+        Rejected = "rejected",
+        /// Would have rejected or changed something, but the stage is in shadow mode.
+        Shadowed = "shadowed",
+        /// Failed (error or panic); the guard failed closed.
+        FailedClosed = "failed_closed",
+        /// Failed (error or panic); the stage is fail-open, so the guard went on.
+        FailedOpen = "failed_open",
+        /// Not configured, or not needed for this request.
+        Skipped = "skipped",
     }
 }
 
@@ -664,26 +630,17 @@ pub enum Offense {
     RateLimited,
 }
 
-/// A graduated response.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[non_exhaustive]
-pub enum Level {
-    /// No response.
-    Normal,
-    /// A reduced quota.
-    Throttled,
-    /// Refused for a while.
-    Suspended,
-}
-
-impl Level {
-    /// `normal`, `throttled` or `suspended`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Normal => "normal",
-            Self::Throttled => "throttled",
-            Self::Suspended => "suspended",
-        }
+names! {
+    /// A graduated response.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    #[non_exhaustive]
+    pub enum Level {
+        /// No response.
+        Normal = "normal",
+        /// A reduced quota.
+        Throttled = "throttled",
+        /// Refused for a while.
+        Suspended = "suspended",
     }
 }
 
