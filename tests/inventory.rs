@@ -7,6 +7,8 @@ use inference_guard::identity::{ApiKeyFormat, ApiKeys, Authenticator, InMemoryKe
 use inference_guard::inventory::{FlagKind, Inventory, InventoryPolicy};
 use inference_guard::*;
 
+mod common;
+
 const DAY: Duration = Duration::from_secs(86_400);
 
 struct Setup {
@@ -290,17 +292,10 @@ fn concurrent_requests_are_all_counted_and_the_bound_holds() {
     let inventory = Inventory::with_bounds(40, 8);
     let guard = {
         let mut b = InferenceGuard::builder();
-        b.identity(verifier_fn(|req| {
-            let who = req
-                .credentials()
-                .api_key()
-                .map(|k| k.expose().to_owned())
-                .unwrap_or_default();
-            Ok(Principal::builder(who, CredentialKind::ApiKey).build())
-        }))
-        .authorize_all()
-        .audit_sink(NoopSink)
-        .inventory(inventory.clone());
+        b.identity(common::key_as_principal(None))
+            .authorize_all()
+            .audit_sink(NoopSink)
+            .inventory(inventory.clone());
         b.build().unwrap()
     };
     std::thread::scope(|s| {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use inference_guard::rate_limit::{KeyBy, Limit, Quota, RedisRateLimiter};
 use inference_guard::*;
 
+mod common;
+
 fn missing(what: &str) -> bool {
     assert!(
         std::env::var_os("CI").is_none(),
@@ -44,19 +46,10 @@ fn prefix(test: &str) -> String {
 
 fn guard(limiter: RedisRateLimiter, sink: MemorySink, fail_open: bool) -> InferenceGuard {
     let mut b = InferenceGuard::builder();
-    b.identity(verifier_fn(|req| {
-        let who = req
-            .credentials()
-            .api_key()
-            .map(|k| k.expose().to_owned())
-            .unwrap_or_default();
-        Ok(Principal::builder(who, CredentialKind::ApiKey)
-            .tenant("acme")
-            .build())
-    }))
-    .authorize_all()
-    .rate_limiter(limiter)
-    .audit_sink(sink);
+    b.identity(common::key_as_principal(Some("acme")))
+        .authorize_all()
+        .rate_limiter(limiter)
+        .audit_sink(sink);
     if fail_open {
         b.fail_open(FailOpenStage::RateLimit);
     }

@@ -65,6 +65,24 @@ pub(crate) fn identity() -> impl IdentityVerifier {
     })
 }
 
+/// An identity stage whose principal is the API key itself (`svc-a` for the key
+/// `svc-a`), in `tenant` when given: for tests of per-principal state.
+pub(crate) fn key_as_principal(tenant: Option<&'static str>) -> impl IdentityVerifier {
+    verifier_fn(move |req| {
+        let who = req
+            .credentials()
+            .api_key()
+            .map(|k| k.expose().to_owned())
+            .unwrap_or_default();
+        let b = Principal::builder(who, CredentialKind::ApiKey);
+        Ok(match tenant {
+            Some(t) => b.tenant(t),
+            None => b,
+        }
+        .build())
+    })
+}
+
 /// A guard that admits anyone (anonymous, every request authorized, no audit), with
 /// whatever else `configure` adds: the fixture for tests of one stage.
 pub(crate) fn open_guard(configure: impl FnOnce(&mut GuardBuilder)) -> InferenceGuard {
