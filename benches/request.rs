@@ -1,0 +1,71 @@
+//! One guarded request with every built-in stage on, next to what any proxy in front
+//! of a model does at least: `serde_json` parsing the request and serializing the
+//! answer, typed, in the same run.
+//!
+//! The guard: API keys (HMAC digests in memory), the policy authorizer, in-memory
+//! request and token limits, the input scanner (with its classifier), the answer
+//! validator, and audit to a background sink (JSON lines to nowhere). Receipts off.
+//! A 4 KiB prompt of prose and a 4 KiB answer of prose.
+//!
+//! Target (issue #19): the guarded request at most 3x the parse and serialize.
+//!
+//! ```text
+//! cargo bench --bench request
+//! ```
+
+#![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use inference_guard::openai::{ChatCompletionRequest, ChatCompletionResponse};
+use inference_guard::*;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "fixtures/request.rs"]
+mod fixture;
+use fixture::{PROSE, bodies, full_guard};
+
+fn bench(c: &mut Criterion) {
+    let (req_json, resp_json) = bodies();
+    let wire: ChatCompletionRequest = serde_json::from_str(&req_json).unwrap();
+    let typed_answer: ChatCompletionResponse = serde_json::from_str(&resp_json).unwrap();
+    let (guard, key) = full_guard();
+    let request = wire.to_guard_request(
+        Credentials::from_api_key(key.expose()),
+        "/v1/chat/completions",
+    );
+    let answer =
+        GuardResponse::new(common::repeat_to(PROSE, 4096)).with_usage(Usage::new(1030, 1027));
+    // The guard passes this request and this answer: the bench measures the pass.
+    let adm = guard.check_request(request.clone()).expect("admitted");
+    assert!(adm.findings().is_empty(), "{:?}", adm.findings());
+    adm.check_response(answer.clone()).expect("answer passes");
+
+    let mut g = c.benchmark_group("request_4k");
+    g.throughput(Throughput::Elements(1));
+    g.measurement_time(Duration::from_secs(5));
+    g.bench_function("serde_json parse request + serialize answer (typed)", |b| {
+        b.iter(|| {
+            let r: ChatCompletionRequest = serde_json::from_str(black_box(&req_json)).unwrap();
+            let out = serde_json::to_vec(black_box(&typed_answer)).unwrap();
+            black_box((r, out.len()))
+        })
+    });
+    g.bench_function("guarded request, every built-in stage", |b| {
+        b.iter_batched(
+            || (request.clone(), answer.clone()),
+            |(req, ans)| {
+                let adm = guard.check_request(req).unwrap();
+                black_box(adm.check_response(ans).unwrap())
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
