@@ -47,8 +47,7 @@ fn main() {
         .with_usage(Usage::new(1030, 1027));
     // Warm up: first-use caches (the key's digest, the limiter's keys).
     for _ in 0..10 {
-        let adm = guard.check_request(request.clone()).unwrap();
-        drop(adm.check_response(answer.clone()).unwrap());
+        drop(common::pass(&guard, request.clone(), answer.clone()));
     }
     println!("allocations per request (blocks, bytes):");
     for n in [100u64, 1000] {
@@ -58,8 +57,7 @@ fn main() {
         });
         let (gb, gbytes) = per_run(n, || {
             let (req, ans) = (request.clone(), answer.clone());
-            let adm = guard.check_request(req).unwrap();
-            std::hint::black_box(adm.check_response(ans).unwrap());
+            std::hint::black_box(common::pass(&guard, req, ans));
         });
         let (sb, sbytes) = per_run(n, || {
             let r: ChatCompletionRequest = serde_json::from_str(&req_json).unwrap();

@@ -15,6 +15,9 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use inference_guard::openai::ChatCompletionRequest;
 use inference_guard::*;
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 /// A 1 KiB chat completions request, the size of a typical short chat turn.
 fn request_json() -> String {
     let system = "You are a careful assistant for an internal analytics team. Answer briefly, cite the \
@@ -87,10 +90,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("check_request_and_response_trivial_stages", |b| {
         b.iter_batched(
             || (request.clone(), answer.clone()),
-            |(req, ans)| {
-                let adm = guard.check_request(req).unwrap();
-                black_box(adm.check_response(ans).unwrap())
-            },
+            |(req, ans)| black_box(common::pass(&guard, req, ans)),
             BatchSize::SmallInput,
         )
     });
@@ -112,10 +112,7 @@ fn bench(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_batched(
                 || (request.clone(), answer.clone()),
-                |(req, ans)| {
-                    let adm = guard.check_request(req).unwrap();
-                    black_box(adm.check_response(ans).unwrap())
-                },
+                |(req, ans)| black_box(common::pass(&guard, req, ans)),
                 BatchSize::SmallInput,
             )
         });
@@ -162,8 +159,7 @@ fn bench(c: &mut Criterion) {
                                 let req = request
                                     .clone()
                                     .with_metadata("n", ((t * 4 + i) % 8).to_string());
-                                let adm = guard.check_request(req).unwrap();
-                                black_box(adm.check_response(answer.clone()).unwrap());
+                                black_box(common::pass(guard, req, answer.clone()));
                             }
                         });
                     }
@@ -175,10 +171,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("check_request_and_response_inventory", |b| {
         b.iter_batched(
             || (request.clone(), answer.clone()),
-            |(req, ans)| {
-                let adm = with_inventory.check_request(req).unwrap();
-                black_box(adm.check_response(ans).unwrap())
-            },
+            |(req, ans)| black_box(common::pass(&with_inventory, req, ans)),
             BatchSize::SmallInput,
         )
     });

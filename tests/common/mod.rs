@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use inference_guard::{
-    CredentialKind, Credentials, GuardBuilder, GuardRequest, IdentityVerifier, InferenceGuard,
-    MemorySink, NoopSink, Principal, Rejection, Role, verifier_fn,
+    CheckedResponse, CredentialKind, Credentials, GuardBuilder, GuardRequest, GuardResponse,
+    IdentityVerifier, InferenceGuard, MemorySink, NoopSink, Principal, Rejection, Role,
+    verifier_fn,
 };
 
 /// The API key the kit's identity accepts.
@@ -102,6 +103,17 @@ pub(crate) fn audited_guard(
         configure(b);
     });
     (guard, sink)
+}
+
+/// A request and its answer through `guard`, both passed (panics otherwise): the
+/// round trip the benches time.
+pub(crate) fn pass(
+    guard: &InferenceGuard,
+    req: GuardRequest,
+    ans: GuardResponse,
+) -> CheckedResponse {
+    let adm = guard.check_request(req).expect("the request passes");
+    adm.check_response(ans).expect("the answer passes")
 }
 
 /// A request from a user to model `m`, with no credentials.
