@@ -16,6 +16,10 @@
 //! With `--json`, one JSON object per file:
 //! `{"file", "records", "flagged", "redacted", "by_category": {CATEGORY: {"records", "flagged"}}}`
 //! (plus `by_lang` and `by_length` for benign files).
+//!
+//! With `EVAL_DUMP=FILE`, every record's findings (rule, span, action, confidence)
+//! are written to FILE, one line per record: two builds that decide alike write
+//! the same file (how a change meant to be only faster is checked).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -79,6 +83,9 @@ fn main() {
     }
     let scanner = Scanner::new();
     let verbose = std::env::var_os("EVAL_SHOW_MISSES").is_some();
+    let mut dump = std::env::var_os("EVAL_DUMP").map(|p| {
+        std::io::BufWriter::new(std::fs::File::create(p).expect("EVAL_DUMP: cannot create"))
+    });
     for path in paths {
         let Ok(text) = std::fs::read_to_string(&path) else {
             eprintln!("{}: cannot read", path.display());
@@ -98,6 +105,22 @@ fn main() {
             let label = rec["label"].as_str().unwrap_or_default();
             let cat = rec["category"].as_str().unwrap_or("unknown").to_owned();
             let findings = scanner.scan_text(t, Location::Message(0));
+            if let Some(d) = &mut dump {
+                use std::io::Write;
+                let line: Vec<String> = findings
+                    .iter()
+                    .map(|f| {
+                        format!(
+                            "{} {:?} {} {:.6}",
+                            f.rule_id(),
+                            f.span(),
+                            f.action(),
+                            f.confidence()
+                        )
+                    })
+                    .collect();
+                writeln!(d, "{}\t{}", path.display(), line.join("; ")).expect("EVAL_DUMP: write");
+            }
             // A finding flagged for review (the classifier between its flag and
             // block thresholds, a request to decode something) is a shadow
             // observation, not a detection.
