@@ -261,7 +261,7 @@ struct Inner {
     canaries: Vec<CanaryForms>,
     request_canaries: bool,
     /// Each configured system prompt's shingles, hashed once at build.
-    system_shingles: Arc<Vec<HashSet<u64>>>,
+    system_shingles: Arc<Vec<ShingleSet>>,
     overlap_from_request: bool,
     overlap_threshold: f32,
     links: links::LinkPolicy,
@@ -457,7 +457,7 @@ impl AnswerValidatorBuilder {
                     self.system_prompts
                         .iter()
                         .map(|p| {
-                            let mut set = HashSet::new();
+                            let mut set = ShingleSet::default();
                             add_shingles(&mut set, p);
                             set
                         })
@@ -737,11 +737,11 @@ impl OutputValidator for AnswerValidator {
 /// share of all of them).
 struct Shingles {
     /// Each configured system prompt's shingle hashes (shared by every answer).
-    base: Arc<Vec<HashSet<u64>>>,
+    base: Arc<Vec<ShingleSet>>,
     /// Each of the request's own system messages' shingle hashes.
-    extra: Vec<HashSet<u64>>,
+    extra: Vec<ShingleSet>,
     /// Per prompt (base, then extra): its shingles seen in the answer.
-    seen: Vec<HashSet<u64>>,
+    seen: Vec<ShingleSet>,
     /// The answer's last words (hashes), and where the oldest of them started.
     window: std::collections::VecDeque<(u64, usize)>,
     /// Where the first shared shingle started.
@@ -749,14 +749,46 @@ struct Shingles {
     reported: bool,
 }
 
+/// Shingle hashes, looked up once per word of every answer: a multiply-xorshift
+/// of the key instead of SipHash. The sets are built from the operator's prompts;
+/// an answer only looks keys up (and `seen` only takes keys that are in a prompt's
+/// set), so a caller cannot lengthen the probe sequences.
+type ShingleSet = HashSet<u64, std::hash::BuildHasherDefault<ShingleHasher>>;
+
+#[derive(Default)]
+struct ShingleHasher(u64);
+
+impl std::hash::Hasher for ShingleHasher {
+    fn finish(&self) -> u64 {
+        // murmur3's 64-bit finalizer.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
 fn word_hash(w: &str) -> u64 {
     // FNV-1a over the lowercased letters and digits.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut h: u64 = FNV_OFFSET;
     if w.is_ascii() {
         for &b in w.as_bytes() {
             if b.is_ascii_alphanumeric() {
                 h ^= u64::from(b.to_ascii_lowercase());
-                h = h.wrapping_mul(0x0100_0000_01b3);
+                h = h.wrapping_mul(FNV_PRIME);
             }
         }
         return h;
@@ -769,7 +801,7 @@ fn word_hash(w: &str) -> u64 {
         let mut buf = [0u8; 4];
         for b in c.encode_utf8(&mut buf).bytes() {
             h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
+            h = h.wrapping_mul(FNV_PRIME);
         }
     }
     h
@@ -777,27 +809,68 @@ fn word_hash(w: &str) -> u64 {
 
 fn shingle_hash(words: impl Iterator<Item = u64>) -> u64 {
     words.fold(0x9e37_79b9_7f4a_7c15, |acc, w| {
-        (acc ^ w).rotate_left(23).wrapping_mul(0x0100_0000_01b3)
+        (acc ^ w).rotate_left(23).wrapping_mul(FNV_PRIME)
     })
 }
 
-fn words(text: &str) -> impl Iterator<Item = (usize, &str)> {
-    text.split(|c: char| !c.is_alphanumeric() && c != '\'')
+/// Calls `f(offset, hash)` for each word of `text` (a run of letters, digits and
+/// apostrophes holding a letter or digit), in order. ASCII text is read a byte at
+/// a time, hashing as it goes; the same words and hashes as the general path.
+fn for_each_word(text: &str, f: impl FnMut(usize, u64)) {
+    if text.is_ascii() {
+        for_each_ascii_word(text, f);
+    } else {
+        for_each_char_word(text, f);
+    }
+}
+
+fn for_each_char_word(text: &str, mut f: impl FnMut(usize, u64)) {
+    for w in text
+        .split(|c: char| !c.is_alphanumeric() && c != '\'')
         .filter(|w| w.chars().any(char::is_alphanumeric))
-        .map(move |w| (w.as_ptr() as usize - text.as_ptr() as usize, w))
+    {
+        f(w.as_ptr() as usize - text.as_ptr() as usize, word_hash(w));
+    }
+}
+
+fn for_each_ascii_word(text: &str, mut f: impl FnMut(usize, u64)) {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if !c.is_ascii_alphanumeric() && c != b'\'' {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut h = FNV_OFFSET;
+        let mut alnum = false;
+        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'\'') {
+            if b[i].is_ascii_alphanumeric() {
+                alnum = true;
+                h ^= u64::from(b[i].to_ascii_lowercase());
+                h = h.wrapping_mul(FNV_PRIME);
+            }
+            i += 1;
+        }
+        if alnum {
+            f(start, h);
+        }
+    }
 }
 
 /// Adds the shingles of `text` to `set`.
-fn add_shingles(set: &mut HashSet<u64>, text: &str) {
-    let hashes: Vec<u64> = words(text).map(|(_, w)| word_hash(w)).collect();
+fn add_shingles(set: &mut ShingleSet, text: &str) {
+    let mut hashes: Vec<u64> = Vec::new();
+    for_each_word(text, |_, h| hashes.push(h));
     for win in hashes.windows(SHINGLE) {
         set.insert(shingle_hash(win.iter().copied()));
     }
 }
 
 impl Shingles {
-    fn new(base: Arc<Vec<HashSet<u64>>>) -> Self {
-        let seen = vec![HashSet::new(); base.len()];
+    fn new(base: Arc<Vec<ShingleSet>>) -> Self {
+        let seen = vec![ShingleSet::default(); base.len()];
         Self {
             base,
             extra: Vec::new(),
@@ -809,12 +882,12 @@ impl Shingles {
     }
 
     fn add_reference(&mut self, text: &str) {
-        let mut set = HashSet::new();
+        let mut set = ShingleSet::default();
         add_shingles(&mut set, text);
         // The configured prompt sent again as a system message is already there.
         if !set.is_empty() && !self.base.iter().chain(&self.extra).any(|b| *b == set) {
             self.extra.push(set);
-            self.seen.push(HashSet::new());
+            self.seen.push(ShingleSet::default());
         }
     }
 
@@ -833,23 +906,31 @@ impl Shingles {
         threshold: f32,
     ) -> Option<std::ops::Range<usize>> {
         let mut reached = false;
-        for (at, w) in words(&text[start..end]) {
-            self.window.push_back((word_hash(w), start + at));
-            if self.window.len() > SHINGLE {
-                self.window.pop_front();
+        let Self {
+            base,
+            extra,
+            seen,
+            window,
+            first,
+            ..
+        } = self;
+        for_each_word(&text[start..end], |at, h| {
+            window.push_back((h, start + at));
+            if window.len() > SHINGLE {
+                window.pop_front();
             }
-            if self.window.len() == SHINGLE {
-                let h = shingle_hash(self.window.iter().map(|(h, _)| *h));
-                for (prompt, seen) in self.base.iter().chain(&self.extra).zip(&mut self.seen) {
+            if window.len() == SHINGLE {
+                let h = shingle_hash(window.iter().map(|(h, _)| *h));
+                for (prompt, seen) in base.iter().chain(extra.iter()).zip(seen.iter_mut()) {
                     if prompt.contains(&h) && seen.insert(h) {
-                        if self.first.is_none() {
-                            self.first = self.window.front().map(|(_, s)| *s);
+                        if first.is_none() {
+                            *first = window.front().map(|(_, s)| *s);
                         }
                         reached |= seen.len() as f32 / prompt.len() as f32 >= threshold;
                     }
                 }
             }
-        }
+        });
         if !self.reported && reached {
             self.reported = true;
             return Some(self.first.unwrap_or(0)..end);
@@ -1267,6 +1348,31 @@ fn check_json(text: &str, schema: Option<&serde_json::Value>, out: &mut Vec<Find
                     out.push(finding("output.schema"));
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ascii_word_reader_agrees_with_the_general_one() {
+        const BYTES: &[u8] = b"aZ09 '\n.,-_'Ab";
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..3000 {
+            let mut s = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for k in 0..(x % 48) {
+                let r = x.rotate_left(k as u32 * 7) ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                s.push(BYTES[(r % BYTES.len() as u64) as usize] as char);
+            }
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            for_each_ascii_word(&s, |at, h| a.push((at, h)));
+            for_each_char_word(&s, |at, h| b.push((at, h)));
+            assert_eq!(a, b, "{s:?}");
         }
     }
 }
