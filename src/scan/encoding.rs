@@ -171,8 +171,25 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     // Tokens: a whole message that is one token is judged more leniently (an encoded
     // instruction sent alone), embedded tokens must be longer. (Requests to decode
     // something are a heuristic family.)
-    let alone = text.split_whitespace().nth(1).is_none();
-    for token in text.split_whitespace() {
+    let alone = tokens(text).nth(1).is_none();
+    // NATO spelling (four spelled letters in a row) is judged in the same pass.
+    let is_nato = |w: &str| {
+        if !(4..=12).contains(&w.len()) {
+            return false;
+        }
+        let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-');
+        (4..=8).contains(&w.len())
+            && w.as_bytes()[0].is_ascii_alphabetic()
+            && NATO.iter().any(|n| {
+                n.as_bytes()[0] == w.as_bytes()[0].to_ascii_lowercase() && w.eq_ignore_ascii_case(n)
+            })
+    };
+    let (mut run, mut nato) = (0, false);
+    for token in tokens(text) {
+        if !nato {
+            run = if is_nato(token) { run + 1 } else { 0 };
+            nato = run >= 4;
+        }
         let start = token.as_ptr() as usize - text.as_ptr() as usize;
         if token.len() < if alone { 4 } else { 12 } {
             continue;
@@ -249,35 +266,19 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
             push(out, "encoding.morse", at, m.range());
         }
     }
-    let is_nato = |w: &str| {
-        if !(4..=12).contains(&w.len()) {
-            return false;
-        }
-        let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-');
-        (4..=8).contains(&w.len())
-            && w.as_bytes()[0].is_ascii_alphabetic()
-            && NATO.iter().any(|n| {
-                n.as_bytes()[0] == w.as_bytes()[0].to_ascii_lowercase() && w.eq_ignore_ascii_case(n)
-            })
-    };
-    let mut run = 0;
-    for w in text.split_whitespace() {
-        run = if is_nato(w) { run + 1 } else { 0 };
-        if run >= 4 {
-            push(out, "encoding.nato_spelling", at, 0..text.len());
-            decoded.push(
-                text.split_whitespace()
-                    .filter(|w| is_nato(w))
-                    .filter_map(|w| {
-                        w.trim_start_matches(|c: char| !c.is_alphanumeric())
-                            .chars()
-                            .next()
-                    })
-                    .map(|c| c.to_ascii_lowercase())
-                    .collect(),
-            );
-            break;
-        }
+    if nato {
+        push(out, "encoding.nato_spelling", at, 0..text.len());
+        decoded.push(
+            tokens(text)
+                .filter(|w| is_nato(w))
+                .filter_map(|w| {
+                    w.trim_start_matches(|c: char| !c.is_alphanumeric())
+                        .chars()
+                        .next()
+                })
+                .map(|c| c.to_ascii_lowercase())
+                .collect(),
+        );
     }
     // Everything below needs characters outside ASCII.
     if ascii {
@@ -327,6 +328,46 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
 
 pub(crate) use crate::codec::rot13_str as rot13;
 
+/// The tokens `str::split_whitespace` yields, with ASCII text read a byte at a time
+/// (the only ASCII characters with Unicode's `White_Space` are these six).
+fn tokens(text: &str) -> Tokens<'_> {
+    if text.is_ascii() {
+        Tokens::Ascii(text, 0)
+    } else {
+        Tokens::Other(text.split_whitespace())
+    }
+}
+
+enum Tokens<'a> {
+    Ascii(&'a str, usize),
+    Other(std::str::SplitWhitespace<'a>),
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r');
+        match self {
+            Tokens::Other(it) => it.next(),
+            Tokens::Ascii(text, i) => {
+                let b = text.as_bytes();
+                while *i < b.len() && ws(b[*i]) {
+                    *i += 1;
+                }
+                if *i >= b.len() {
+                    return None;
+                }
+                let start = *i;
+                while *i < b.len() && !ws(b[*i]) {
+                    *i += 1;
+                }
+                text.get(start..*i)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,6 +376,26 @@ mod tests {
         let mut out = Vec::new();
         let d = scan(&patterns(), text, Location::Output, &mut out);
         (out.iter().map(|f| f.rule_id().to_owned()).collect(), d)
+    }
+
+    #[test]
+    fn ascii_tokens_are_split_whitespace() {
+        const BYTES: &[u8] = b"ab \t\n\x0b\x0c\r\x1c\x1f\x00.=";
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..3000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let s: String = (0..x % 40)
+                .map(|k| {
+                    let r = x.rotate_left(k as u32 * 5) ^ k.wrapping_mul(0x2545_F491_4F6C_DD1D);
+                    BYTES[(r % BYTES.len() as u64) as usize] as char
+                })
+                .collect();
+            let ours: Vec<&str> = tokens(&s).collect();
+            let std: Vec<&str> = s.split_whitespace().collect();
+            assert_eq!(ours, std, "{s:?}");
+        }
     }
 
     #[test]

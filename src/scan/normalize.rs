@@ -9,12 +9,40 @@
 /// Text after normalization, with the original offset of each byte.
 pub(crate) struct Normalized {
     pub(crate) text: String,
-    /// `origin[i]` is the byte offset in the original text of normalized byte `i`;
-    /// one more entry maps the end.
-    origin: Vec<u32>,
+    origin: Origin,
+}
+
+/// Where each normalized byte came from.
+enum Origin {
+    /// `[i]` is the original offset of normalized byte `i`; one more entry maps
+    /// the end.
+    Bytes(Vec<u32>),
+    /// ASCII text, which only loses whitespace: stretches that map one to one,
+    /// as (normalized offset, original offset) where each starts, and the
+    /// original length (where the normalized end maps).
+    Runs(Vec<(u32, u32)>, u32),
 }
 
 impl Normalized {
+    /// The original offset of normalized byte `i` (`i` up to the normalized
+    /// length, which maps to the original length).
+    fn origin(&self, i: usize) -> Option<usize> {
+        match &self.origin {
+            Origin::Bytes(v) => v.get(i).map(|&o| o as usize),
+            Origin::Runs(runs, end) => {
+                if i > self.text.len() {
+                    None
+                } else if i == self.text.len() {
+                    Some(*end as usize)
+                } else {
+                    let k = runs.partition_point(|&(n, _)| n as usize <= i);
+                    let (n, o) = runs.get(k.checked_sub(1)?)?;
+                    Some(*o as usize + (i - *n as usize))
+                }
+            }
+        }
+    }
+
     /// The original byte span of a normalized span; `original` is the text that was
     /// normalized.
     pub(crate) fn original_span(
@@ -23,13 +51,12 @@ impl Normalized {
         start: usize,
         end: usize,
     ) -> std::ops::Range<usize> {
-        let s = self.origin.get(start).copied().unwrap_or(0) as usize;
+        let s = self.origin(start).unwrap_or(0);
         // The span ends where the original character behind its last byte ends.
         let e = end
             .checked_sub(1)
-            .and_then(|last| self.origin.get(last))
-            .map_or(s, |&o| {
-                let o = o as usize;
+            .and_then(|last| self.origin(last))
+            .map_or(s, |o| {
                 o + original
                     .get(o..)
                     .and_then(|r| r.chars().next())
@@ -135,12 +162,20 @@ pub(crate) fn normalize(text: &str) -> Normalized {
     }
 }
 
-/// The same as [`normalize_chars`] for ASCII text, a byte at a time: nothing to fold
-/// but case and leetspeak, nothing invisible.
+/// The same as [`normalize_chars`] for ASCII text, a word at a time: nothing to
+/// fold but case and leetspeak, nothing invisible, and the map back is a list of
+/// stretches (only whitespace is dropped).
 fn normalize_ascii(text: &str) -> Normalized {
     let b = text.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(b.len());
-    let mut origin: Vec<u32> = Vec::with_capacity(b.len() + 1);
+    let mut runs: Vec<(u32, u32)> = vec![(0, 0)];
+    // Starts a new stretch when byte `from` of the original does not follow on.
+    let follow = |out: &Vec<u8>, runs: &mut Vec<(u32, u32)>, from: usize| {
+        let (n, o) = runs[runs.len() - 1];
+        if o as usize + (out.len() - n as usize) != from {
+            runs.push((out.len() as u32, from as u32));
+        }
+    };
     let is_word = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'@' | b'$' | b'\'');
     let (mut last_space, mut last_newline) = (true, false);
     let mut i = 0;
@@ -150,14 +185,16 @@ fn normalize_ascii(text: &str) -> Normalized {
             if c == b'\n' && !last_newline {
                 if last_space && out.last() == Some(&b' ') {
                     out.pop();
-                    origin.pop();
+                    if runs.len() > 1 && runs[runs.len() - 1].0 as usize == out.len() {
+                        runs.pop();
+                    }
                 }
+                follow(&out, &mut runs, i);
                 out.push(b'\n');
-                origin.push(i as u32);
                 last_newline = true;
             } else if !last_space {
+                follow(&out, &mut runs, i);
                 out.push(b' ');
-                origin.push(i as u32);
             }
             last_space = true;
             i += 1;
@@ -165,9 +202,9 @@ fn normalize_ascii(text: &str) -> Normalized {
         }
         last_space = false;
         last_newline = false;
+        follow(&out, &mut runs, i);
         if !is_word(c) {
             out.push(c.to_ascii_lowercase());
-            origin.push(i as u32);
             i += 1;
             continue;
         }
@@ -179,26 +216,25 @@ fn normalize_ascii(text: &str) -> Normalized {
             i += 1;
         }
         let undo_leet = letters > 0 && leety > 0 && letters + leety >= 3;
-        for (k, &w) in b[start..i].iter().enumerate() {
-            let w = if undo_leet {
-                leet(w as char).map_or(w, |l| l as u8)
-            } else {
-                w
-            };
-            out.push(w.to_ascii_lowercase());
-            origin.push((start + k) as u32);
+        let from = out.len();
+        out.extend_from_slice(&b[start..i]);
+        let word = &mut out[from..];
+        if undo_leet {
+            for w in word.iter_mut() {
+                *w = leet(*w as char).map_or(*w, |l| l as u8);
+            }
         }
+        word.make_ascii_lowercase();
     }
-    origin.push(text.len() as u32);
     Normalized {
         // Only ASCII bytes were pushed.
         text: String::from_utf8(out).unwrap_or_default(),
-        origin,
+        origin: Origin::Runs(runs, text.len() as u32),
     }
 }
 
 fn normalize_chars(text: &str) -> Normalized {
-    let mut n = Normalized {
+    let mut n = Chars {
         text: String::with_capacity(text.len()),
         origin: Vec::with_capacity(text.len() + 1),
     };
@@ -245,10 +281,19 @@ fn normalize_chars(text: &str) -> Normalized {
     }
     flush(&mut word, &mut n);
     n.origin.push(text.len() as u32);
-    n
+    Normalized {
+        text: n.text,
+        origin: Origin::Bytes(n.origin),
+    }
 }
 
-impl Normalized {
+/// The general path's output as it is built.
+struct Chars {
+    text: String,
+    origin: Vec<u32>,
+}
+
+impl Chars {
     fn push(&mut self, c: char, at: u32) {
         for _ in 0..c.len_utf8() {
             self.origin.push(at);
@@ -268,7 +313,7 @@ impl Normalized {
     }
 }
 
-fn flush(word: &mut Vec<(u32, char)>, n: &mut Normalized) {
+fn flush(word: &mut Vec<(u32, char)>, n: &mut Chars) {
     if word.is_empty() {
         return;
     }
@@ -321,7 +366,9 @@ mod tests {
             }
             let (a, b) = (normalize_ascii(&s), normalize_chars(&s));
             assert_eq!(a.text, b.text, "{s:?}");
-            assert_eq!(a.origin, b.origin, "{s:?}");
+            for i in 0..=a.text.len() + 1 {
+                assert_eq!(a.origin(i), b.origin(i), "{s:?} at {i}");
+            }
         }
     }
 }

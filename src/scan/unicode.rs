@@ -78,6 +78,10 @@ fn script(c: char) -> Script {
 
 /// The ASCII text hidden in a run of tag characters.
 pub fn decode_tags(text: &str) -> String {
+    // Every tag character is encoded from the byte 0xF3: most texts have none.
+    if memchr::memchr(0xF3, text.as_bytes()).is_none() {
+        return String::new();
+    }
     text.chars()
         .filter(|c| is_tag(*c))
         .filter_map(|c| {
