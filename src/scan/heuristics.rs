@@ -9,6 +9,7 @@
 use regex::{Regex, RegexBuilder};
 
 use super::normalize::Normalized;
+use super::prefilter::Prefixed;
 use crate::finding::{Category, Finding, Location, Severity};
 
 pub(crate) struct Family {
@@ -329,30 +330,24 @@ pub(crate) struct Verdict {
     pub(crate) fired: Vec<(usize, std::ops::Range<usize>)>,
 }
 
-/// All families compiled into one set: one pass says which fired; spans are found
-/// only for those.
-pub(crate) fn family_set(families: &[Family]) -> regex::RegexSet {
-    regex::RegexSetBuilder::new(families.iter().map(|f| f.regex.as_str()))
-        .size_limit(1 << 26)
-        .dfa_size_limit(1 << 26)
-        .build()
-        .unwrap_or_else(|e| panic!("built-in family set: {e}"))
+/// All families behind one prefilter: one pass over the text says where each can
+/// start, and a family's pattern runs only there (see `prefilter`).
+pub(crate) fn family_set(families: &[Family]) -> Prefixed {
+    Prefixed::new(families.iter().map(|f| f.regex.clone()).collect(), 1 << 23)
 }
 
 pub(crate) fn evaluate(
     families: &[Family],
-    set: &regex::RegexSet,
+    set: &Prefixed,
     original: &str,
     n: &Normalized,
 ) -> Verdict {
     let mut fired = Vec::new();
     let mut score = 0.0;
-    for i in set.matches(&n.text).iter() {
+    for (i, m) in set.first_matches(&n.text) {
         let f = &families[i];
-        if let Some(m) = f.regex.find(&n.text) {
-            score += f.weight;
-            fired.push((i, n.original_span(original, m.start(), m.end())));
-        }
+        score += f.weight;
+        fired.push((i, n.original_span(original, m.start, m.end)));
     }
     Verdict { score, fired }
 }

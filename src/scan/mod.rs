@@ -74,6 +74,7 @@ mod heuristics;
 pub(crate) mod normalize;
 #[cfg(feature = "onnx")]
 mod onnx;
+mod prefilter;
 mod redaction;
 mod secrets;
 mod unicode;
@@ -102,7 +103,7 @@ struct Inner {
     classifier: Option<Classifier>,
     redaction: Redaction,
     families: Vec<heuristics::Family>,
-    family_set: regex::RegexSet,
+    family_set: prefilter::Prefixed,
     encodings: encoding::Patterns,
     threshold: f32,
     disabled: HashSet<String>,
@@ -438,7 +439,7 @@ impl Scanner {
 /// The built-in rule families that fire on a text (indices; `n` is its
 /// normalization), for the classifier on its own and its trainer.
 pub(crate) fn families_fired(text: &str, n: &normalize::Normalized) -> Vec<usize> {
-    static SET: std::sync::OnceLock<(Vec<heuristics::Family>, regex::RegexSet)> =
+    static SET: std::sync::OnceLock<(Vec<heuristics::Family>, prefilter::Prefixed)> =
         std::sync::OnceLock::new();
     let (families, set) = SET.get_or_init(|| {
         let f = heuristics::families();
