@@ -24,7 +24,7 @@
 
 use std::ops::Range;
 
-use aho_corasick::{AhoCorasick, AhoCorasickBuilder, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex_automata::{Anchored, Input, meta};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
@@ -38,6 +38,9 @@ struct Pattern {
     regex: regex::Regex,
     /// The same pattern for anchored searches, when it has usable prefixes.
     anchored: Option<meta::Regex>,
+    /// The gates of the branches without prefixes: when one is open in the text,
+    /// the pattern is searched in full.
+    gates: Vec<Vec<Vec<memchr::memmem::Finder<'static>>>>,
 }
 
 /// A set of patterns searched through their literal prefixes; see the module docs.
@@ -45,10 +48,8 @@ pub(crate) struct Prefixed {
     patterns: Vec<Pattern>,
     /// The prefixes looked up by word.
     words: WordIndex,
-    /// The other usable prefixes, one automaton.
-    ac: Option<AhoCorasick>,
-    /// For each literal of `ac`: the patterns it begins.
-    owners: Vec<Vec<u32>>,
+    /// The literals searched for.
+    searched: Searched,
     /// The patterns searched in full, and their set.
     full: Vec<usize>,
     full_set: Option<regex::RegexSet>,
@@ -58,17 +59,46 @@ impl std::fmt::Debug for Prefixed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Prefixed")
             .field("patterns", &self.patterns.len())
-            .field("literals", &self.owners.len())
+            .field("searched", &self.searched.len())
             .field("word_literals", &self.words.len())
             .field("full", &self.full)
             .finish()
     }
 }
 
-/// A literal every match of a branch of a pattern starts with, and whether it is
-/// looked up by word (the branch starts at a word boundary and the literal, of two
-/// bytes or more, with an ASCII letter or digit) or searched for.
-type Prefix = (bool, Vec<u8>);
+/// A literal every match of a branch of a pattern starts with, and how it is
+/// found.
+#[derive(Debug, PartialEq)]
+enum Prefix {
+    /// Looked up by word: the branch starts at a word boundary and the literal (of
+    /// two bytes or more) with an ASCII letter or digit.
+    Word(Vec<u8>),
+    /// Searched for by its byte at `.1` (past the whitespace it starts with: a
+    /// space is everywhere, what follows it is not).
+    Searched(Vec<u8>, usize),
+}
+
+/// The length of the whitespace `literal` starts with.
+fn leading_space(literal: &[u8]) -> usize {
+    let mut at = 0;
+    'next: while at < literal.len() {
+        for len in 1..=4 {
+            if let Some(c) = literal
+                .get(at..at + len)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .and_then(|s| s.chars().next())
+            {
+                if c.is_whitespace() {
+                    at += len;
+                    continue 'next;
+                }
+                break 'next;
+            }
+        }
+        break;
+    }
+    at
+}
 
 /// Up to eight bytes of `hay` from `at`, little-endian, zero-padded.
 fn load(hay: &[u8], at: usize) -> u64 {
@@ -94,6 +124,197 @@ fn bucket(bits: u64, len: usize) -> usize {
 }
 
 const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// How the literals that are not looked up by word are found. Most of them start
+/// (after any leading whitespace) with punctuation: `memchr` finds the bytes they
+/// start with, three at a time, and the literals that start with a byte are
+/// compared where it occurs (their first eight bytes as one word of memory,
+/// then the rest). The few that start with a letter or digit are found by their
+/// first four bytes with `memmem`. Past [`BYTES`] bytes or [`WORDS`] such stems,
+/// one Aho-Corasick pass over all the literals instead.
+enum Searched {
+    Memchr {
+        /// The distinct first bytes.
+        bytes: Vec<u8>,
+        /// Per byte: its literals, by the byte that follows it in them (256: none).
+        by_byte: Vec<Vec<(u16, Entry)>>,
+        /// Letter-led stems, and their literals.
+        words: Vec<(memchr::memmem::Finder<'static>, Vec<Entry>)>,
+    },
+    Automaton(AhoCorasick, Vec<Vec<(Vec<u8>, usize, u32)>>),
+}
+
+/// A literal, its first eight bytes (from its start) and their mask, where its
+/// stem starts in it, and the pattern it begins.
+#[derive(Clone, PartialEq)]
+struct Entry {
+    literal: Vec<u8>,
+    head: u64,
+    mask: u64,
+    at: usize,
+    pattern: u32,
+}
+
+impl Entry {
+    fn new(literal: Vec<u8>, at: usize, pattern: u32) -> Self {
+        let n = literal.len().min(8);
+        let mask = if n == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (8 * n)) - 1
+        };
+        Self {
+            head: load(&literal, 0),
+            mask,
+            literal,
+            at,
+            pattern,
+        }
+    }
+
+    /// Calls `f` when the literal occurs with its stem at `r`.
+    fn check(&self, hay: &[u8], r: usize, f: &mut impl FnMut(u32, usize)) {
+        if r >= self.at {
+            let s = r - self.at;
+            if load(hay, s) & self.mask == self.head && hay[s..].starts_with(&self.literal) {
+                f(self.pattern, s);
+            }
+        }
+    }
+}
+
+/// At most this many distinct first bytes go to `memchr`, and letter-led stems to
+/// `memmem`.
+const BYTES: usize = 24;
+const WORDS: usize = 8;
+
+impl Searched {
+    /// `None` when the automaton was needed and could not be built.
+    fn new(literals: Vec<(Vec<u8>, usize, u32)>) -> Option<Self> {
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut by_byte: Vec<Vec<(u16, Entry)>> = vec![Vec::new(); 256];
+        let mut words: Vec<(Vec<u8>, Vec<Entry>)> = Vec::new();
+        for (l, at, p) in &literals {
+            let e = Entry::new(l.clone(), *at, *p);
+            if l[*at].is_ascii_alphanumeric() {
+                let stem = l[*at..(*at + 4).min(l.len())].to_vec();
+                match words.iter_mut().find(|(s, _)| *s == stem) {
+                    Some((_, v)) => v.push(e),
+                    None => words.push((stem, vec![e])),
+                }
+            } else {
+                let b = l[*at];
+                if !bytes.contains(&b) {
+                    bytes.push(b);
+                }
+                let next = l.get(*at + 1).map_or(256, |&n| u16::from(n));
+                if !by_byte[b as usize].iter().any(|(_, x)| *x == e) {
+                    by_byte[b as usize].push((next, e));
+                }
+            }
+        }
+        for v in &mut by_byte {
+            v.sort_by_key(|(next, _)| *next);
+        }
+        if bytes.len() <= BYTES && words.len() <= WORDS {
+            let words = words
+                .into_iter()
+                .map(|(stem, v)| (memchr::memmem::Finder::new(&stem).into_owned(), v))
+                .collect();
+            return Some(Self::Memchr {
+                bytes,
+                by_byte,
+                words,
+            });
+        }
+        let mut unique: Vec<Vec<u8>> = Vec::new();
+        let mut owners: Vec<Vec<(Vec<u8>, usize, u32)>> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        for (l, at, p) in literals {
+            let k = *index.entry(l.clone()).or_insert_with(|| {
+                unique.push(l.clone());
+                owners.push(Vec::new());
+                owners.len() - 1
+            });
+            owners[k].push((l, at, p));
+        }
+        let ac = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::Standard)
+            .build(&unique)
+            .ok()?;
+        Some(Self::Automaton(ac, owners))
+    }
+
+    fn empty() -> Self {
+        Self::Memchr {
+            bytes: Vec::new(),
+            by_byte: Vec::new(),
+            words: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Memchr { by_byte, words, .. } => {
+                by_byte.iter().map(Vec::len).sum::<usize>()
+                    + words.iter().map(|(_, v)| v.len()).sum::<usize>()
+            }
+            Self::Automaton(_, owners) => owners.iter().map(Vec::len).sum(),
+        }
+    }
+
+    /// Calls `f(pattern, start)` for each literal found in `hay`.
+    fn search(&self, hay: &[u8], mut f: impl FnMut(u32, usize)) {
+        match self {
+            Self::Memchr {
+                bytes,
+                by_byte,
+                words,
+            } => {
+                let mut at = |r: usize| {
+                    let v = &by_byte[hay[r] as usize];
+                    let next = hay.get(r + 1).map_or(256, |&n| u16::from(n));
+                    let from = v.partition_point(|(n, _)| *n < next);
+                    for (n, e) in &v[from..] {
+                        if *n != next {
+                            break;
+                        }
+                        e.check(hay, r, &mut f);
+                    }
+                    if next != 256 {
+                        let from = v.partition_point(|(n, _)| *n < 256);
+                        for (_, e) in &v[from..] {
+                            e.check(hay, r, &mut f);
+                        }
+                    }
+                };
+                for group in bytes.chunks(3) {
+                    match *group {
+                        [a] => memchr::memchr_iter(a, hay).for_each(&mut at),
+                        [a, b] => memchr::memchr2_iter(a, b, hay).for_each(&mut at),
+                        [a, b, c] => memchr::memchr3_iter(a, b, c, hay).for_each(&mut at),
+                        _ => {}
+                    }
+                }
+                for (finder, entries) in words {
+                    for r in finder.find_iter(hay) {
+                        for e in entries {
+                            e.check(hay, r, &mut f);
+                        }
+                    }
+                }
+            }
+            Self::Automaton(ac, owners) => {
+                // The automaton holds whole literals: a match starts where one does.
+                for m in ac.find_overlapping_iter(hay) {
+                    for &(_, _, p) in &owners[m.pattern().as_usize()] {
+                        f(p, m.start());
+                    }
+                }
+            }
+        }
+    }
+}
 
 /// Literals looked up by the word they start with: a table of buckets by the
 /// word's first bytes, each holding the first eight bytes of the literals a word
@@ -202,11 +423,101 @@ impl WordIndex {
     }
 }
 
-/// The prefixes of `pattern`'s top-level branches, when every match of each
-/// starts with one of a finite set of literals and none of those searched for
-/// (rather than looked up by word) is frequent in ordinary text (empty, or a
-/// single space, letter or digit).
-fn prefixes(pattern: &str) -> Option<Vec<Prefix>> {
+/// How a pattern's matches are found (see [`analyze`]).
+struct Analysis {
+    /// The literals every match of the prefix branches starts with.
+    prefixes: Vec<Prefix>,
+    /// For each other branch: what its matches contain. When no branch's gate
+    /// is open in a text, those branches cannot match in it.
+    gates: Vec<Gate>,
+}
+
+/// At most this many literals per part of a gate (a `memmem` pass each).
+const GATES: usize = 16;
+
+/// The literals every match of `h` starts with, when they are a finite set.
+fn prefix_literals(h: &Hir) -> Option<Vec<Vec<u8>>> {
+    let seq = Extractor::new()
+        .kind(ExtractKind::Prefix)
+        .limit_class(32)
+        .limit_total(2048)
+        .extract(h);
+    let lits = seq.literals()?;
+    (!lits.is_empty()).then(|| lits.iter().map(|l| l.as_bytes().to_vec()).collect())
+}
+
+/// What every match of a branch contains: for each of up to [`PARTS`] parts every
+/// match goes through, the literals one of which the part starts with (past any
+/// leading whitespace). A text that lacks every literal of one part has no match.
+type Gate = Vec<Vec<Vec<u8>>>;
+
+/// At most this many parts per gate (the rarest-looking first: the longest
+/// shortest literal).
+const PARTS: usize = 3;
+
+/// `h`'s prefix literals as a gate's part: past any leading whitespace, none a
+/// single letter, digit, space or tab, at most [`GATES`].
+fn gate_part(h: &Hir) -> Option<Vec<Vec<u8>>> {
+    let lits = prefix_literals(h)?;
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for l in lits {
+        // Past leading whitespace, unless it is all whitespace (a line break is
+        // worth looking for; a space or a tab is everywhere).
+        let at = leading_space(&l);
+        let l = if at < l.len() { l[at..].to_vec() } else { l };
+        if matches!(l.as_slice(), [] | [b' '] | [b'\t'])
+            || l.len() == 1 && l[0].is_ascii_alphanumeric()
+        {
+            return None;
+        }
+        if !out.contains(&l) {
+            out.push(l);
+        }
+    }
+    (out.len() <= GATES).then_some(out)
+}
+
+/// The gate of `h` (see [`Gate`]), when it has one.
+fn required(h: &Hir) -> Option<Gate> {
+    if h.properties().minimum_len().is_none_or(|m| m == 0) {
+        return None;
+    }
+    match h.kind() {
+        HirKind::Capture(c) => required(&c.sub),
+        HirKind::Repetition(r) if r.min >= 1 => required(&r.sub),
+        HirKind::Concat(parts) => {
+            let mut gate: Gate = parts.iter().filter_map(required).flatten().collect();
+            let weakest = |part: &Vec<Vec<u8>>| part.iter().map(Vec::len).min().unwrap_or(0);
+            gate.sort_by_key(|part| std::cmp::Reverse(weakest(part)));
+            gate.truncate(PARTS);
+            (!gate.is_empty()).then_some(gate)
+        }
+        HirKind::Alternation(bs) => {
+            if let Some(part) = gate_part(h) {
+                return Some(vec![part]);
+            }
+            // Each branch's first part, together: a match goes through one of them.
+            let mut part: Vec<Vec<u8>> = Vec::new();
+            for b in bs {
+                for l in required(b)?.swap_remove(0) {
+                    if !part.contains(&l) {
+                        part.push(l);
+                    }
+                }
+            }
+            (part.len() <= GATES).then(|| vec![part])
+        }
+        _ => gate_part(h).map(|part| vec![part]),
+    }
+}
+
+/// How `pattern`'s matches can be found, branch by branch (top-level branches):
+/// by their literal prefixes, when every match of the branch starts with one of
+/// a finite set and none of those searched for (rather than looked up by word) is
+/// frequent in ordinary text (only whitespace, or a single letter or digit after
+/// it); otherwise by literals the branch's matches contain (gates). `None` when a
+/// branch has neither: the pattern is searched in full.
+fn analyze(pattern: &str) -> Option<Analysis> {
     let hir = regex_syntax::ParserBuilder::new()
         .nest_limit(64)
         .build()
@@ -238,22 +549,10 @@ fn prefixes(pattern: &str) -> Option<Vec<Prefix>> {
         }
         _ => vec![hir.clone()],
     };
-    let frequent = |l: &[u8]| match l {
-        [] => true,
-        [b] => b.is_ascii_alphanumeric() || b.is_ascii_whitespace(),
-        [a, _] => a.is_ascii_whitespace(),
-        _ => false,
-    };
     let mut out = Vec::new();
-    for branch in &branches {
-        let seq = Extractor::new()
-            .kind(ExtractKind::Prefix)
-            .limit_total(2048)
-            .extract(branch);
-        let lits = seq.literals()?;
-        if lits.is_empty() {
-            return None;
-        }
+    let mut gates: Vec<Gate> = Vec::new();
+    'branch: for branch in &branches {
+        let lits = prefix_literals(branch);
         // At a word boundary, a match that starts with a letter or digit starts a
         // word.
         let boundary = branch.properties().look_set_prefix();
@@ -267,17 +566,44 @@ fn prefixes(pattern: &str) -> Option<Vec<Prefix>> {
         ]
         .into_iter()
         .any(|l| boundary.contains(l));
-        let by_word = at_word
-            && lits.iter().all(|l| {
-                let l = l.as_bytes();
-                l.len() >= 2 && l[0].is_ascii_alphanumeric()
-            });
-        if !by_word && lits.iter().any(|l| frequent(l.as_bytes())) {
-            return None;
+        let frequent = |l: &[u8]| {
+            // Searched for by the byte after any leading whitespace: none (all
+            // whitespace), or a single letter or digit, is everywhere.
+            let at = leading_space(l);
+            l.len() == at || l.len() == at + 1 && l[at].is_ascii_alphanumeric()
+        };
+        if let Some(lits) = lits {
+            let by_word = at_word
+                && lits
+                    .iter()
+                    .all(|l| l.len() >= 2 && l[0].is_ascii_alphanumeric());
+            if by_word {
+                out.extend(lits.into_iter().map(Prefix::Word));
+                continue 'branch;
+            }
+            if !lits.iter().any(|l| frequent(l)) {
+                out.extend(lits.into_iter().map(|l| {
+                    let at = leading_space(&l);
+                    Prefix::Searched(l, at)
+                }));
+                continue 'branch;
+            }
         }
-        out.extend(lits.iter().map(|l| (by_word, l.as_bytes().to_vec())));
+        let gate = required(branch)?;
+        if !gates.contains(&gate) {
+            gates.push(gate);
+        }
     }
-    Some(out)
+    Some(Analysis {
+        prefixes: out,
+        gates,
+    })
+}
+
+/// Whether every part of `gate` has a literal in `hay`.
+fn open(gate: &[Vec<memchr::memmem::Finder<'static>>], hay: &[u8]) -> bool {
+    gate.iter()
+        .all(|part| part.iter().any(|l| l.find(hay).is_some()))
 }
 
 impl Prefixed {
@@ -285,14 +611,13 @@ impl Prefixed {
     /// indices are the pattern numbers reported). `limit` bounds each anchored
     /// regex's compiled size and lazy-DFA cache, as the caller bounded its own.
     pub(crate) fn new(regexes: Vec<regex::Regex>, limit: usize) -> Self {
-        let mut literals: Vec<Vec<u8>> = Vec::new();
-        let mut owners: Vec<Vec<u32>> = Vec::new();
-        let mut index = std::collections::HashMap::new();
+        let mut literals: Vec<(Vec<u8>, usize, u32)> = Vec::new();
         let mut patterns = Vec::with_capacity(regexes.len());
         let mut full = Vec::new();
         let mut words = WordIndex::new();
         for (i, regex) in regexes.into_iter().enumerate() {
-            let anchored = prefixes(regex.as_str()).and_then(|found| {
+            let mut gates = Vec::new();
+            let anchored = analyze(regex.as_str()).and_then(|found| {
                 let re = meta::Regex::builder()
                     .syntax(regex_automata::util::syntax::Config::new().nest_limit(64))
                     .configure(
@@ -303,43 +628,49 @@ impl Prefixed {
                     )
                     .build(regex.as_str())
                     .ok()?;
-                for (by_word, l) in found {
-                    if by_word {
-                        words.add(&l, i as u32);
-                        continue;
+                gates = found
+                    .gates
+                    .iter()
+                    .map(|gate| {
+                        gate.iter()
+                            .map(|part| {
+                                part.iter()
+                                    .map(|l| memchr::memmem::Finder::new(l).into_owned())
+                                    .collect()
+                            })
+                            .collect()
+                    })
+                    .collect();
+                for prefix in found.prefixes {
+                    match prefix {
+                        Prefix::Word(l) => words.add(&l, i as u32),
+                        Prefix::Searched(l, at) => literals.push((l, at, i as u32)),
                     }
-                    let k = *index.entry(l.clone()).or_insert_with(|| {
-                        literals.push(l);
-                        owners.push(Vec::new());
-                        owners.len() - 1
-                    });
-                    owners[k].push(i as u32);
                 }
                 Some(re)
             });
             if anchored.is_none() {
                 full.push(i);
             }
-            patterns.push(Pattern { regex, anchored });
+            patterns.push(Pattern {
+                regex,
+                anchored,
+                gates,
+            });
         }
-        let ac = (!literals.is_empty())
-            .then(|| {
-                AhoCorasickBuilder::new()
-                    .match_kind(MatchKind::Standard)
-                    .kind(Some(AhoCorasickKind::DFA))
-                    .build(&literals)
-                    .ok()
-            })
-            .flatten();
-        if ac.is_none() && !literals.is_empty() {
-            // No automaton (it could not be built): every pattern in full.
-            full = (0..patterns.len()).collect();
-            owners.clear();
-            words = WordIndex::new();
-            for p in &mut patterns {
-                p.anchored = None;
+        let searched = Searched::new(literals);
+        let searched = match searched {
+            Some(s) => s,
+            None => {
+                // No automaton (it could not be built): every pattern in full.
+                full = (0..patterns.len()).collect();
+                words = WordIndex::new();
+                for p in &mut patterns {
+                    p.anchored = None;
+                }
+                Searched::empty()
             }
-        }
+        };
         words.seal();
         let full_set =
             regex::RegexSetBuilder::new(full.iter().map(|&i| patterns[i].regex.as_str()))
@@ -352,8 +683,7 @@ impl Prefixed {
         Self {
             patterns,
             words,
-            ac,
-            owners,
+            searched,
             full,
             full_set,
         }
@@ -380,13 +710,7 @@ impl Prefixed {
             }
         };
         self.words.search(hay.as_bytes(), &mut candidate);
-        if let Some(ac) = &self.ac {
-            for m in ac.find_overlapping_iter(hay) {
-                for &p in &self.owners[m.pattern().as_usize()] {
-                    candidate(p, m.start());
-                }
-            }
-        }
+        self.searched.search(hay.as_bytes(), &mut candidate);
         let mut full_hit = vec![false; n];
         match &self.full_set {
             Some(set) => {
@@ -401,11 +725,14 @@ impl Prefixed {
             }
         }
         for (i, p) in self.patterns.iter().enumerate() {
+            let in_full = match &p.anchored {
+                None => full_hit[i],
+                // A gate in the text: a branch without prefixes may match.
+                Some(_) if p.gates.iter().any(|gate| open(gate, hay.as_bytes())) => true,
+                Some(_) => any[i] && starts[i].is_none(),
+            };
             match (&p.anchored, &mut starts[i]) {
-                (None, _) | (Some(_), None) => {
-                    if p.anchored.is_none() && !full_hit[i] || p.anchored.is_some() && !any[i] {
-                        continue;
-                    }
+                _ if in_full => {
                     let mut at = 0;
                     while let Some(m) = p.regex.find_at(hay, at) {
                         if !f(i, m.range()) {
@@ -421,6 +748,7 @@ impl Prefixed {
                         };
                     }
                 }
+                (None, _) | (Some(_), None) => {}
                 (Some(re), Some(s)) => {
                     s.sort_unstable();
                     s.dedup();
@@ -483,6 +811,10 @@ mod tests {
             r"\b(?:see|say)\w*",
             r"\bcafé\b|\b(?-u:\b)t3st",
             r"\b(?:ignore|ignores|ignored) (?:all|the)\b",
+            r"(?m)(?:^|\s)(?:#{2,}|\*\*)\s*system\b",
+            r"\[/?inst\]|<<sys>>|\{\{|\(#context\)|!\[|'you|\x22you|<\|im|\u{201c}you",
+            r"(?m)^[ \t>*_#-]*(?:user|system)[ \t]*:[ \t]*\S",
+            r"\b(?:stay|remain) in [\w-]+ mode\b|\b[\w-]+ mode (?:is )?(?:enabled|on)\b",
         ];
         let regexes: Vec<regex::Regex> = patterns
             .iter()
@@ -528,6 +860,28 @@ mod tests {
             "ignored",
             "<|system|>",
             "\nsystem:",
+            "##",
+            "** system",
+            "\u{a0}",
+            "\t",
+            "[inst]",
+            "<<sys>>",
+            "{{",
+            "(#context)",
+            "![",
+            "'you",
+            "\"you",
+            "<|im",
+            "\u{201c}you",
+            "user:",
+            "x-dev mode on",
+            "stay in dev mode",
+            "stay in",
+            "mode",
+            "dev",
+            "enabled",
+            "on",
+            "is",
         ];
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut total = vec![0usize; patterns.len()];
@@ -568,13 +922,76 @@ mod tests {
     }
 
     #[test]
+    fn many_first_bytes_use_one_automaton() {
+        let words: Vec<String> = "!#$%&*+,./:;<=>?@[]^`{|}~-"
+            .chars()
+            .zip('a'..='z')
+            .map(|(p, l)| format!("{p}{l}"))
+            .collect();
+        let regexes: Vec<regex::Regex> = words
+            .iter()
+            .map(|w| regex::Regex::new(&format!(r"\s?{}\b", regex::escape(w))).unwrap())
+            .collect();
+        let set = Prefixed::new(regexes.clone(), 1 << 22);
+        assert!(matches!(set.searched, Searched::Automaton(..)));
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..500 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let hay: String = (0..x % 40)
+                .map(|k| {
+                    let w = &words[(x.rotate_left(k as u32) % words.len() as u64) as usize];
+                    if k % 3 == 0 {
+                        format!(" {w}")
+                    } else {
+                        w.clone()
+                    }
+                })
+                .collect();
+            let mut ours = Vec::new();
+            set.for_each_match(&hay, |i, m| {
+                ours.push((i, m));
+                true
+            });
+            assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
+        }
+    }
+
+    #[test]
     fn frequent_or_unbounded_prefixes_are_searched_in_full() {
-        let kinds = |p: &str| prefixes(p).map(|v| v.iter().map(|(w, _)| *w).collect::<Vec<bool>>());
+        let kinds = |p: &str| {
+            analyze(p).map(|a| {
+                a.prefixes
+                    .iter()
+                    .map(|x| matches!(x, Prefix::Word(_)))
+                    .collect::<Vec<bool>>()
+            })
+        };
         assert_eq!(kinds(r"\bignore\b"), Some(vec![true]));
         assert_eq!(kinds(r"\bignore\b|<\|"), Some(vec![true, false]));
         assert_eq!(kinds(r"ignore"), Some(vec![false]));
-        assert!(prefixes(r"(?:^|\s)system:").is_none());
-        assert!(prefixes(r"\w+@example").is_none());
-        assert!(prefixes(r"a|bcd").is_none());
+        assert!(analyze(r"(?:^|\s)system:").is_some());
+        // Only a single letter to search for, and no literal every match has.
+        assert!(analyze(r"(?:^|\s)s").is_none());
+        assert!(
+            analyze(r"(?:^|\s)#{2,}system")
+                .is_some_and(|a| a.prefixes.contains(&Prefix::Searched(b" ##".to_vec(), 1)))
+        );
+        assert!(analyze(r"a|bcd").is_none());
+        // No prefixes, but every match goes through "@example" or "user".
+        let gates = |p: &str| analyze(p).map(|a| a.gates);
+        assert_eq!(
+            gates(r"\w+@example"),
+            Some(vec![vec![vec![b"@example".to_vec()]]])
+        );
+        assert_eq!(
+            gates(r"(?m)^[ \t>*_#-]*(?:user|human)[ \t]*:"),
+            Some(vec![vec![
+                vec![b"user".to_vec(), b"human".to_vec()],
+                vec![b":".to_vec()]
+            ]])
+        );
+        assert!(gates(r"\w+").is_none());
     }
 }
