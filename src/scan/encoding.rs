@@ -112,6 +112,43 @@ fn a85_decode(token: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether a lowercase ASCII word is one of [`NATO`] (a `match`: no loop over the
+/// list for every word of every text).
+fn nato_word(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"alfa"
+            | b"alpha"
+            | b"bravo"
+            | b"charlie"
+            | b"delta"
+            | b"echo"
+            | b"foxtrot"
+            | b"golf"
+            | b"hotel"
+            | b"india"
+            | b"juliett"
+            | b"juliet"
+            | b"kilo"
+            | b"lima"
+            | b"mike"
+            | b"november"
+            | b"oscar"
+            | b"papa"
+            | b"quebec"
+            | b"romeo"
+            | b"sierra"
+            | b"tango"
+            | b"uniform"
+            | b"victor"
+            | b"whiskey"
+            | b"x-ray"
+            | b"xray"
+            | b"yankee"
+            | b"zulu"
+    )
+}
+
 const NATO: &[&str] = &[
     "alfa", "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
     "juliett", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo",
@@ -176,6 +213,23 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     let is_nato = |w: &str| {
         if !(4..=12).contains(&w.len()) {
             return false;
+        }
+        if w.is_ascii() {
+            // The same test a byte at a time: most words are ASCII and not NATO.
+            let b = w.as_bytes();
+            let keep = |c: &u8| c.is_ascii_alphanumeric() || *c == b'-';
+            let Some(s) = b.iter().position(keep) else {
+                return false;
+            };
+            let e = b.iter().rposition(keep).map_or(s, |e| e + 1);
+            let t = &b[s..e];
+            if !(4..=8).contains(&t.len()) || !t[0].is_ascii_alphabetic() {
+                return false;
+            }
+            let mut lower = [0u8; 8];
+            lower[..t.len()].copy_from_slice(t);
+            lower.make_ascii_lowercase();
+            return nato_word(&lower[..t.len()]);
         }
         let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-');
         (4..=8).contains(&w.len())
@@ -376,6 +430,14 @@ mod tests {
         let mut out = Vec::new();
         let d = scan(&patterns(), text, Location::Output, &mut out);
         (out.iter().map(|f| f.rule_id().to_owned()).collect(), d)
+    }
+
+    #[test]
+    fn nato_table_and_match_agree() {
+        for n in NATO {
+            assert!(nato_word(n.as_bytes()), "{n}");
+        }
+        assert!(!nato_word(b"alphab") && !nato_word(b"zul"));
     }
 
     #[test]
