@@ -1,10 +1,15 @@
-//! Input scanning throughput (`Throughput::Bytes`) next to `memchr::memmem::find` over
-//! the same text in the same run: clean English prose, text dense with near-misses,
-//! and adversarial input (repeated anchors) at growing sizes to show linear scaling.
+//! Input scanning throughput (`Throughput::Bytes`) next to two baselines over the same
+//! text in the same run: `memchr::memmem` with a needle that never occurs (what the
+//! machine reads at), and `aho-corasick` searching the scanner's own anchor set
+//! (`Scanner::anchors`, case-insensitive, every occurrence: the least a scanner of
+//! such rules does). Clean English prose, text dense with near-misses, and
+//! adversarial input (repeated anchors and rule prefixes) at 4 KiB, 64 KiB and
+//! 1 MiB, to show where the scanner stands and that it stays linear.
 #![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
 use std::hint::black_box;
 
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use inference_guard::Location;
 use inference_guard::scan::Scanner;
@@ -23,7 +28,7 @@ const DENSE: &str = "Order 4471-2210 shipped 2024-11-03 to ana.lopez@example.org
 Token aGVsbG8gd29ybGQ= and hash 9f86d081884c7d659a2feaa0c55ad015; build #8812 at 10:42. ";
 
 const ADVERSARIAL: &str =
-    "ignore ignore previous <|im_start <|im_ dan dan mode aGVsbG8g \\033[ system: ";
+    "ignore ignore previous <|im_start <|im_ dan dan mode aGVsbG8g \\033[ system: sk-sk- ghp_ ";
 
 fn bench(c: &mut Criterion) {
     let scanner = Scanner::new();
@@ -32,27 +37,47 @@ fn bench(c: &mut Criterion) {
     let rules_only = Scanner::builder().classifier(None).build();
     let classifier = inference_guard::scan::Classifier::builtin();
     let finder = memchr::memmem::Finder::new("zq#never-present#qz");
+    let anchors = AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .match_kind(MatchKind::Standard)
+        .kind(Some(AhoCorasickKind::DFA))
+        .build(scanner.anchors())
+        .expect("anchor automaton");
     let mut g = c.benchmark_group("scan");
-    for (name, base) in [("prose", PROSE), ("dense", DENSE)] {
-        for size in [4 * 1024, 64 * 1024] {
+    for (name, base) in [
+        ("prose", PROSE),
+        ("dense", DENSE),
+        ("adversarial", ADVERSARIAL),
+    ] {
+        for size in [4 * 1024, 64 * 1024, 1024 * 1024] {
             let text = repeat_to(base, size);
             g.throughput(Throughput::Bytes(text.len() as u64));
+            g.sample_size(if size > 64 * 1024 { 10 } else { 50 });
             g.bench_with_input(
                 BenchmarkId::new(format!("{name}_scanner"), size),
                 &text,
                 |b, t| b.iter(|| black_box(scanner.scan_text(black_box(t), Location::Message(0)))),
             );
+            if size == 4 * 1024 {
+                g.bench_with_input(
+                    BenchmarkId::new(format!("{name}_rules_only"), size),
+                    &text,
+                    |b, t| {
+                        b.iter(|| {
+                            black_box(rules_only.scan_text(black_box(t), Location::Message(0)))
+                        })
+                    },
+                );
+                g.bench_with_input(
+                    BenchmarkId::new(format!("{name}_classifier_alone"), size),
+                    &text,
+                    |b, t| b.iter(|| black_box(classifier.score(black_box(t)))),
+                );
+            }
             g.bench_with_input(
-                BenchmarkId::new(format!("{name}_rules_only"), size),
+                BenchmarkId::new(format!("{name}_aho_corasick"), size),
                 &text,
-                |b, t| {
-                    b.iter(|| black_box(rules_only.scan_text(black_box(t), Location::Message(0))))
-                },
-            );
-            g.bench_with_input(
-                BenchmarkId::new(format!("{name}_classifier_alone"), size),
-                &text,
-                |b, t| b.iter(|| black_box(classifier.score(black_box(t)))),
+                |b, t| b.iter(|| black_box(anchors.find_overlapping_iter(black_box(t)).count())),
             );
             g.bench_with_input(
                 BenchmarkId::new(format!("{name}_memmem"), size),
@@ -60,16 +85,6 @@ fn bench(c: &mut Criterion) {
                 |b, t| b.iter(|| black_box(finder.find(black_box(t.as_bytes())))),
             );
         }
-    }
-    for size in [64 * 1024, 256 * 1024, 1024 * 1024] {
-        let text = repeat_to(ADVERSARIAL, size);
-        g.throughput(Throughput::Bytes(text.len() as u64));
-        g.sample_size(10);
-        g.bench_with_input(
-            BenchmarkId::new("adversarial_scanner", size),
-            &text,
-            |b, t| b.iter(|| black_box(scanner.scan_text(black_box(t), Location::Message(0)))),
-        );
     }
     g.finish();
 }

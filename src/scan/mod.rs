@@ -247,6 +247,19 @@ impl Scanner {
         }
     }
 
+    /// The literal anchors of the credential and personal-data rules that have them
+    /// (matched case-insensitively; a rule's pattern runs only near one). One
+    /// multi-literal search for these is the least a scanner of such rules does:
+    /// the `scan` bench measures the scanner against it.
+    ///
+    /// ```
+    /// let scanner = inference_guard::scan::Scanner::new();
+    /// assert!(scanner.anchors().any(|a| a == "ghp_"));
+    /// ```
+    pub fn anchors(&self) -> impl Iterator<Item = &str> {
+        self.inner.rules.anchors()
+    }
+
     /// Scans any text; findings carry `location` and byte spans into `text`.
     pub fn scan_text(&self, text: &str, location: Location) -> Vec<Finding> {
         let mut replacer = redaction::Replacer::new(&self.inner.redaction);

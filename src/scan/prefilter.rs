@@ -33,19 +33,60 @@ use regex_syntax::hir::{Hir, HirKind, Look};
 pub(crate) const CANDIDATES: usize = 64;
 
 /// How one pattern is searched.
+#[derive(Clone)]
 struct Pattern {
     /// The pattern as the caller compiled it (searches in full).
     regex: regex::Regex,
     /// The same pattern for anchored searches, when it has usable prefixes.
     anchored: Option<meta::Regex>,
-    /// The gates of the branches without prefixes: when one is open in the text,
-    /// the pattern is searched in full.
-    gates: Vec<Vec<Vec<memchr::memmem::Finder<'static>>>>,
+    /// The gates of the branches without prefixes (indices into
+    /// [`Prefixed::parts`]): when one is open in the text, the pattern is searched
+    /// in full.
+    gates: Vec<Vec<usize>>,
+}
+
+/// A gate's part, ready to look for.
+#[derive(Clone)]
+enum Check {
+    Literals(Vec<memchr::memmem::Finder<'static>>),
+    Class(Vec<u8>, bool),
+}
+
+impl Check {
+    fn new(part: &Part) -> Self {
+        match part {
+            Part::Literals(l) => Self::Literals(
+                l.iter()
+                    .map(|l| memchr::memmem::Finder::new(l).into_owned())
+                    .collect(),
+            ),
+            Part::Class(ascii, other) => Self::Class(ascii.clone(), *other),
+        }
+    }
+
+    /// Whether `hay` has the part (`ascii`: whether `hay` is all ASCII).
+    fn found(&self, hay: &[u8], ascii: bool) -> bool {
+        match self {
+            Self::Literals(l) => l.iter().any(|l| l.find(hay).is_some()),
+            Self::Class(bytes, other) => {
+                (*other && !ascii)
+                    || bytes.chunks(3).any(|g| match *g {
+                        [a] => memchr::memchr(a, hay).is_some(),
+                        [a, b] => memchr::memchr2(a, b, hay).is_some(),
+                        [a, b, c] => memchr::memchr3(a, b, c, hay).is_some(),
+                        _ => false,
+                    })
+            }
+        }
+    }
 }
 
 /// A set of patterns searched through their literal prefixes; see the module docs.
+#[derive(Clone)]
 pub(crate) struct Prefixed {
     patterns: Vec<Pattern>,
+    /// Every distinct gate part, checked at most once per text.
+    parts: Vec<Check>,
     /// The prefixes looked up by word.
     words: WordIndex,
     /// The literals searched for.
@@ -61,6 +102,7 @@ impl std::fmt::Debug for Prefixed {
             .field("patterns", &self.patterns.len())
             .field("searched", &self.searched.len())
             .field("word_literals", &self.words.len())
+            .field("gate_parts", &self.parts.len())
             .field("full", &self.full)
             .finish()
     }
@@ -132,6 +174,7 @@ const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstu
 /// then the rest). The few that start with a letter or digit are found by their
 /// first four bytes with `memmem`. Past [`BYTES`] bytes or [`WORDS`] such stems,
 /// one Aho-Corasick pass over all the literals instead.
+#[derive(Clone)]
 enum Searched {
     Memchr {
         /// The distinct first bytes.
@@ -319,6 +362,7 @@ impl Searched {
 /// Literals looked up by the word they start with: a table of buckets by the
 /// word's first bytes, each holding the first eight bytes of the literals a word
 /// with those bytes can start (compared as one word of memory).
+#[derive(Clone)]
 struct WordIndex {
     /// Bucket `b` holds `entries[offsets[b]..offsets[b + 1]]`.
     offsets: Vec<u32>,
@@ -446,19 +490,40 @@ fn prefix_literals(h: &Hir) -> Option<Vec<Vec<u8>>> {
     (!lits.is_empty()).then(|| lits.iter().map(|l| l.as_bytes().to_vec()).collect())
 }
 
-/// What every match of a branch contains: for each of up to [`PARTS`] parts every
-/// match goes through, the literals one of which the part starts with (past any
-/// leading whitespace). A text that lacks every literal of one part has no match.
-type Gate = Vec<Vec<Vec<u8>>>;
+/// What every match of a branch contains: up to [`PARTS`] parts every match goes
+/// through. A text that lacks one part has no match.
+type Gate = Vec<Part>;
+
+/// One required part of a match.
+#[derive(Clone, Debug, PartialEq)]
+enum Part {
+    /// It starts with one of these literals (past any leading whitespace).
+    Literals(Vec<Vec<u8>>),
+    /// It is one character of a class: these ASCII bytes (at most [`GATES`]), and
+    /// whether the class has characters outside ASCII too (`\d` has).
+    Class(Vec<u8>, bool),
+}
+
+impl Part {
+    /// How rare the part looks: its shortest literal's length (a class, 1).
+    fn strength(&self) -> usize {
+        match self {
+            Self::Literals(l) => l.iter().map(Vec::len).min().unwrap_or(0),
+            Self::Class(..) => 1,
+        }
+    }
+}
 
 /// At most this many parts per gate (the rarest-looking first: the longest
 /// shortest literal).
 const PARTS: usize = 3;
 
-/// `h`'s prefix literals as a gate's part: past any leading whitespace, none a
-/// single letter, digit, space or tab, at most [`GATES`].
-fn gate_part(h: &Hir) -> Option<Vec<Vec<u8>>> {
-    let lits = prefix_literals(h)?;
+/// `h` as a gate's part: its prefix literals (past any leading whitespace, none a
+/// single letter, digit, space or tab, at most [`GATES`]), or the class it is.
+fn gate_part(h: &Hir) -> Option<Part> {
+    let Some(lits) = prefix_literals(h) else {
+        return class_part(h);
+    };
     let mut out: Vec<Vec<u8>> = Vec::new();
     for l in lits {
         // Past leading whitespace, unless it is all whitespace (a line break is
@@ -468,13 +533,42 @@ fn gate_part(h: &Hir) -> Option<Vec<Vec<u8>>> {
         if matches!(l.as_slice(), [] | [b' '] | [b'\t'])
             || l.len() == 1 && l[0].is_ascii_alphanumeric()
         {
-            return None;
+            return class_part(h);
         }
         if !out.contains(&l) {
             out.push(l);
         }
     }
-    (out.len() <= GATES).then_some(out)
+    if out.len() <= GATES {
+        Some(Part::Literals(out))
+    } else {
+        class_part(h)
+    }
+}
+
+/// `h` as a class part, when it is a class of at most [`GATES`] ASCII bytes (and
+/// any number of other characters) without a space or a tab.
+fn class_part(h: &Hir) -> Option<Part> {
+    let (ascii, other): (Vec<u8>, bool) = match h.kind() {
+        HirKind::Class(regex_syntax::hir::Class::Unicode(c)) => (
+            c.ranges()
+                .iter()
+                .flat_map(|r| u32::from(r.start())..=u32::from(r.end()).min(127))
+                .map(|c| c as u8)
+                .collect(),
+            c.ranges().iter().any(|r| u32::from(r.end()) > 127),
+        ),
+        HirKind::Class(regex_syntax::hir::Class::Bytes(c)) => (
+            c.ranges()
+                .iter()
+                .flat_map(|r| r.start()..=r.end().min(127))
+                .collect(),
+            c.ranges().iter().any(|r| r.end() > 127),
+        ),
+        _ => return None,
+    };
+    (!ascii.contains(&b' ') && !ascii.contains(&b'\t') && ascii.len() <= GATES)
+        .then_some(Part::Class(ascii, other))
 }
 
 /// The gate of `h` (see [`Gate`]), when it has one.
@@ -487,8 +581,8 @@ fn required(h: &Hir) -> Option<Gate> {
         HirKind::Repetition(r) if r.min >= 1 => required(&r.sub),
         HirKind::Concat(parts) => {
             let mut gate: Gate = parts.iter().filter_map(required).flatten().collect();
-            let weakest = |part: &Vec<Vec<u8>>| part.iter().map(Vec::len).min().unwrap_or(0);
-            gate.sort_by_key(|part| std::cmp::Reverse(weakest(part)));
+            gate.sort_by_key(|part| std::cmp::Reverse(part.strength()));
+            gate.dedup();
             gate.truncate(PARTS);
             (!gate.is_empty()).then_some(gate)
         }
@@ -496,16 +590,20 @@ fn required(h: &Hir) -> Option<Gate> {
             if let Some(part) = gate_part(h) {
                 return Some(vec![part]);
             }
-            // Each branch's first part, together: a match goes through one of them.
+            // Each branch's first literal part, together: a match goes through one
+            // of them.
             let mut part: Vec<Vec<u8>> = Vec::new();
             for b in bs {
-                for l in required(b)?.swap_remove(0) {
+                let Part::Literals(lits) = required(b)?.swap_remove(0) else {
+                    return None;
+                };
+                for l in lits {
                     if !part.contains(&l) {
                         part.push(l);
                     }
                 }
             }
-            (part.len() <= GATES).then(|| vec![part])
+            (part.len() <= GATES).then(|| vec![Part::Literals(part)])
         }
         _ => gate_part(h).map(|part| vec![part]),
     }
@@ -600,12 +698,6 @@ fn analyze(pattern: &str) -> Option<Analysis> {
     })
 }
 
-/// Whether every part of `gate` has a literal in `hay`.
-fn open(gate: &[Vec<memchr::memmem::Finder<'static>>], hay: &[u8]) -> bool {
-    gate.iter()
-        .all(|part| part.iter().any(|l| l.find(hay).is_some()))
-}
-
 impl Prefixed {
     /// Compiles the search for `regexes` (the caller's compiled patterns; their
     /// indices are the pattern numbers reported). `limit` bounds each anchored
@@ -615,6 +707,7 @@ impl Prefixed {
         let mut patterns = Vec::with_capacity(regexes.len());
         let mut full = Vec::new();
         let mut words = WordIndex::new();
+        let mut parts: Vec<Part> = Vec::new();
         for (i, regex) in regexes.into_iter().enumerate() {
             let mut gates = Vec::new();
             let anchored = analyze(regex.as_str()).and_then(|found| {
@@ -630,13 +723,15 @@ impl Prefixed {
                     .ok()?;
                 gates = found
                     .gates
-                    .iter()
+                    .into_iter()
                     .map(|gate| {
-                        gate.iter()
-                            .map(|part| {
-                                part.iter()
-                                    .map(|l| memchr::memmem::Finder::new(l).into_owned())
-                                    .collect()
+                        gate.into_iter()
+                            .map(|part| match parts.iter().position(|p| *p == part) {
+                                Some(k) => k,
+                                None => {
+                                    parts.push(part);
+                                    parts.len() - 1
+                                }
                             })
                             .collect()
                     })
@@ -682,6 +777,7 @@ impl Prefixed {
                 .filter(|_| !full.is_empty());
         Self {
             patterns,
+            parts: parts.iter().map(Check::new).collect(),
             words,
             searched,
             full,
@@ -724,11 +820,18 @@ impl Prefixed {
                 }
             }
         }
+        let ascii = hay.is_ascii();
+        let mut found: Vec<Option<bool>> = vec![None; self.parts.len()];
+        let mut open = |gate: &[usize]| {
+            gate.iter().all(|&k| {
+                *found[k].get_or_insert_with(|| self.parts[k].found(hay.as_bytes(), ascii))
+            })
+        };
         for (i, p) in self.patterns.iter().enumerate() {
             let in_full = match &p.anchored {
                 None => full_hit[i],
                 // A gate in the text: a branch without prefixes may match.
-                Some(_) if p.gates.iter().any(|gate| open(gate, hay.as_bytes())) => true,
+                Some(_) if p.gates.iter().any(|gate| open(gate)) => true,
                 Some(_) => any[i] && starts[i].is_none(),
             };
             match (&p.anchored, &mut starts[i]) {
@@ -815,6 +918,7 @@ mod tests {
             r"\[/?inst\]|<<sys>>|\{\{|\(#context\)|!\[|'you|\x22you|<\|im|\u{201c}you",
             r"(?m)^[ \t>*_#-]*(?:user|system)[ \t]*:[ \t]*\S",
             r"\b(?:stay|remain) in [\w-]+ mode\b|\b[\w-]+ mode (?:is )?(?:enabled|on)\b",
+            r"\b(?:\d[ \-]?){3,5}\d\b",
         ];
         let regexes: Vec<regex::Regex> = patterns
             .iter()
@@ -875,6 +979,9 @@ mod tests {
             "\u{201c}you",
             "user:",
             "x-dev mode on",
+            "12",
+            "5-",
+            "\u{663}\u{664}",
             "stay in dev mode",
             "stay in",
             "mode",
@@ -981,16 +1088,16 @@ mod tests {
         assert!(analyze(r"a|bcd").is_none());
         // No prefixes, but every match goes through "@example" or "user".
         let gates = |p: &str| analyze(p).map(|a| a.gates);
-        assert_eq!(
-            gates(r"\w+@example"),
-            Some(vec![vec![vec![b"@example".to_vec()]]])
-        );
+        let lits = |l: &[&str]| Part::Literals(l.iter().map(|l| l.as_bytes().to_vec()).collect());
+        assert_eq!(gates(r"\w+@example"), Some(vec![vec![lits(&["@example"])]]));
         assert_eq!(
             gates(r"(?m)^[ \t>*_#-]*(?:user|human)[ \t]*:"),
-            Some(vec![vec![
-                vec![b"user".to_vec(), b"human".to_vec()],
-                vec![b":".to_vec()]
-            ]])
+            Some(vec![vec![lits(&["user", "human"]), lits(&[":"])]])
+        );
+        // A class of a few ASCII bytes: the digits (and `\d`'s other digits).
+        assert_eq!(
+            gates(r"\b(?:\d[ \-]?){12,18}\d\b"),
+            Some(vec![vec![Part::Class(b"0123456789".to_vec(), true)]])
         );
         assert!(gates(r"\w+").is_none());
     }

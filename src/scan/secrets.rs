@@ -163,9 +163,9 @@ pub(crate) struct RuleSet {
     prefilter: AhoCorasick,
     anchor_rule: Vec<usize>,
     anchorless: Vec<usize>,
-    /// The anchorless rules' patterns in one set: one pass over the text says which
-    /// of them can match at all.
-    anchorless_set: Option<regex::RegexSet>,
+    /// The anchorless rules' patterns behind one prefilter (their literal prefixes,
+    /// or what every match contains): a pattern runs only where it can match.
+    anchorless_set: super::prefilter::Prefixed,
 }
 
 impl RuleSet {
@@ -190,12 +190,10 @@ impl RuleSet {
             .unwrap_or_else(|_| {
                 AhoCorasick::new(Vec::<String>::new()).unwrap_or_else(|_| unreachable!())
             });
-        let anchorless_set =
-            regex::RegexSetBuilder::new(anchorless.iter().map(|&i| rules[i].regex.as_str()))
-                .size_limit(1 << 26)
-                .dfa_size_limit(1 << 26)
-                .build()
-                .ok();
+        let anchorless_set = super::prefilter::Prefixed::new(
+            anchorless.iter().map(|&i| rules[i].regex.clone()).collect(),
+            1 << 22,
+        );
         Self {
             rules,
             prefilter,
@@ -203,6 +201,13 @@ impl RuleSet {
             anchorless,
             anchorless_set,
         }
+    }
+
+    /// Every rule's anchors.
+    pub(crate) fn anchors(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.anchors.iter().map(String::as_str))
     }
 
     pub(crate) fn scan(
@@ -242,18 +247,14 @@ impl RuleSet {
                 self.run(ri, f, t, &mut cx);
             }
         }
-        match &self.anchorless_set {
-            Some(set) => {
-                for k in set.matches(text).iter() {
-                    self.run(self.anchorless[k], 0, text.len(), &mut cx);
-                }
+        self.anchorless_set.for_each_match(text, |k, m| {
+            let ri = self.anchorless[k];
+            if cx.disabled.contains(self.rules[ri].id.as_ref()) {
+                return false;
             }
-            None => {
-                for &ri in &self.anchorless {
-                    self.run(ri, 0, text.len(), &mut cx);
-                }
-            }
-        }
+            self.accept(ri, 0, text, m, &mut cx);
+            true
+        });
     }
 
     /// Runs rule `ri` over `text[from..to]` (widened to character boundaries).
@@ -267,36 +268,50 @@ impl RuleSet {
         let to = crate::finding::ceil_boundary(text, to.min(text.len()));
         let hay = &text[from..to];
         for whole in r.regex.find_iter(hay) {
-            // The value group, when the rule has one, is looked up in the match only.
-            let m = if r.value_group {
-                match r
-                    .regex
-                    .captures_at(&hay[..whole.end()], whole.start())
-                    .and_then(|c| c.name("v"))
-                {
-                    Some(v) => v,
-                    None => continue,
-                }
-            } else {
-                whole
-            };
-            let v = m.as_str();
-            if placeholder(v) || r.validator.is_some_and(|f| !f(v)) {
-                continue;
+            self.accept(ri, from, hay, whole.range(), cx);
+        }
+    }
+
+    /// Takes match `whole` of rule `ri` in `hay` (which starts at `from` in the
+    /// text): its value, validated, as a finding.
+    fn accept(
+        &self,
+        ri: usize,
+        from: usize,
+        hay: &str,
+        whole: std::ops::Range<usize>,
+        cx: &mut ScanCx<'_, '_, '_>,
+    ) {
+        let r = &self.rules[ri];
+        // The value group, when the rule has one, is looked up in the match only.
+        let m = if r.value_group {
+            match r
+                .regex
+                .captures_at(&hay[..whole.end], whole.start)
+                .and_then(|c| c.name("v"))
+            {
+                Some(v) => v.range(),
+                None => return,
             }
-            let (start, end) = (from + m.start(), from + m.end());
-            if cx.seen.insert((ri, start, end)) {
-                let f = Finding::new(
-                    r.id.clone(),
-                    r.category.clone(),
-                    r.severity,
-                    cx.at,
-                    start..end,
-                )
-                .with_action(r.action);
-                let f = cx.replacer.apply(f, &r.id, &r.category, v);
-                cx.out.push(f);
-            }
+        } else {
+            whole
+        };
+        let v = &hay[m.clone()];
+        if placeholder(v) || r.validator.is_some_and(|f| !f(v)) {
+            return;
+        }
+        let (start, end) = (from + m.start, from + m.end);
+        if cx.seen.insert((ri, start, end)) {
+            let f = Finding::new(
+                r.id.clone(),
+                r.category.clone(),
+                r.severity,
+                cx.at,
+                start..end,
+            )
+            .with_action(r.action);
+            let f = cx.replacer.apply(f, &r.id, &r.category, v);
+            cx.out.push(f);
         }
     }
 }
