@@ -157,7 +157,7 @@ fn load(hay: &[u8], at: usize) -> u64 {
 
 /// Words are bucketed by their first three bytes (zero-padded when shorter).
 const HEAD: usize = 3;
-const BUCKET_BITS: u32 = 16;
+const BUCKET_BITS: u32 = 14;
 
 /// The bucket of a word whose first bytes are `bits` and whose length is `len`.
 fn bucket(bits: u64, len: usize) -> usize {
@@ -366,8 +366,13 @@ impl Searched {
 struct WordIndex {
     /// Bucket `b` holds `entries[offsets[b]..offsets[b + 1]]`.
     offsets: Vec<u32>,
-    /// (first eight bytes, their mask, pattern).
+    /// (first bytes, their mask, pattern) of the literals shorter than eight bytes.
     entries: Vec<(u64, u64, u32)>,
+    /// The literals of eight bytes or more by their first eight: an open-addressed
+    /// table of (those bytes, index into `patterns`), a power of two long.
+    long: Vec<(u64, u32)>,
+    /// The patterns each entry of `long` begins.
+    patterns: Vec<Vec<u32>>,
     /// (bucket, entry) while building.
     pending: Vec<(usize, (u64, u64, u32))>,
 }
@@ -377,6 +382,8 @@ impl WordIndex {
         Self {
             offsets: Vec::new(),
             entries: Vec::new(),
+            long: Vec::new(),
+            patterns: Vec::new(),
             pending: Vec::new(),
         }
     }
@@ -420,41 +427,64 @@ impl WordIndex {
     }
 
     fn seal(&mut self) {
-        self.pending.sort_unstable();
-        self.pending.dedup();
+        let pending = std::mem::take(&mut self.pending);
+        // Literals of eight bytes or more: by those bytes, in one table.
+        let mut long: Vec<(u64, u32)> = pending
+            .iter()
+            .filter(|(_, (_, mask, _))| *mask == u64::MAX)
+            .map(|&(_, (stem, _, p))| (stem, p))
+            .collect();
+        long.sort_unstable();
+        long.dedup();
+        let size = (long.len() * 2).next_power_of_two().max(2);
+        self.long = vec![(0, u32::MAX); size];
+        self.patterns = Vec::new();
+        for (stem, p) in long {
+            let mut i = slot(stem, size);
+            loop {
+                let (s, k) = self.long[i];
+                if k == u32::MAX {
+                    self.long[i] = (stem, self.patterns.len() as u32);
+                    self.patterns.push(vec![p]);
+                    break;
+                }
+                if s == stem {
+                    self.patterns[k as usize].push(p);
+                    break;
+                }
+                i = (i + 1) & (size - 1);
+            }
+        }
+        // The shorter ones by bucket.
+        let mut short: Vec<(usize, (u64, u64, u32))> = pending
+            .into_iter()
+            .filter(|(_, (_, mask, _))| *mask != u64::MAX)
+            .collect();
+        short.sort_unstable();
+        short.dedup();
         self.offsets = vec![0; (1 << BUCKET_BITS) + 1];
-        for &(b, _) in &self.pending {
+        for &(b, _) in &short {
             self.offsets[b + 1] += 1;
         }
         for b in 0..1 << BUCKET_BITS {
             self.offsets[b + 1] += self.offsets[b];
         }
-        self.entries = self.pending.iter().map(|&(_, e)| e).collect();
-        self.pending = Vec::new();
+        self.entries = short.iter().map(|&(_, e)| e).collect();
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.patterns.iter().map(Vec::len).sum::<usize>()
     }
 
     /// Calls `f(pattern, start)` for each word of `hay` (a run of ASCII letters and
     /// digits) that starts with the first eight bytes of a pattern's literal.
     fn search(&self, hay: &[u8], mut f: impl FnMut(u32, usize)) {
-        if self.entries.is_empty() {
+        if self.entries.is_empty() && self.patterns.is_empty() {
             return;
         }
-        let mut i = 0;
-        while i < hay.len() {
-            if !hay[i].is_ascii_alphanumeric() {
-                i += 1;
-                continue;
-            }
-            let s = i;
-            while i < hay.len() && hay[i].is_ascii_alphanumeric() {
-                i += 1;
-            }
+        ascii_words(hay, |s, e| {
             let bits = load(hay, s);
-            let b = bucket(bits, i - s);
+            let b = bucket(bits, e - s);
             let (from, to) = (self.offsets[b] as usize, self.offsets[b + 1] as usize);
             let mut last = u32::MAX;
             for &(stem, mask, pattern) in &self.entries[from..to] {
@@ -463,7 +493,74 @@ impl WordIndex {
                     last = pattern;
                 }
             }
+            let size = self.long.len();
+            let mut i = slot(bits, size);
+            while let Some(&(stem, k)) = self.long.get(i).filter(|(_, k)| *k != u32::MAX) {
+                if stem == bits {
+                    for &p in &self.patterns[k as usize] {
+                        f(p, s);
+                    }
+                    break;
+                }
+                i = (i + 1) & (size - 1);
+            }
+        });
+    }
+}
+
+/// The slot of eight bytes in an open-addressed table of `size` (a power of two).
+fn slot(key: u64, size: usize) -> usize {
+    ((key ^ (key >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & (size - 1)
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each byte of `x` (all below 0x80) that is at least `k`.
+fn at_least(x: u64, k: u8) -> u64 {
+    ((x | HI) - LO * u64::from(k)) & HI
+}
+
+/// The high bit of each byte of `x` that is an ASCII letter or digit, eight bytes
+/// at a time.
+fn alnum(x: u64) -> u64 {
+    let y = x & !HI;
+    let range = |a: u8, b: u8| at_least(y, a) & !at_least(y, b + 1);
+    let lower =
+        at_least(y | 0x2020_2020_2020_2020, b'a') & !at_least(y | 0x2020_2020_2020_2020, b'z' + 1);
+    (range(b'0', b'9') | lower) & !x & HI
+}
+
+/// Calls `f(start, end)` for each run of ASCII letters and digits in `hay`, in
+/// order, finding them eight bytes at a time.
+fn ascii_words(hay: &[u8], mut f: impl FnMut(usize, usize)) {
+    let mut start = None;
+    // Whether the byte before the current chunk is in a word.
+    let mut carry = 0u64;
+    let mut at = 0;
+    while at < hay.len() {
+        let n = (hay.len() - at).min(8);
+        let mut m = alnum(load(hay, at));
+        if n < 8 {
+            m &= (1u64 << (8 * n)) - 1;
         }
+        // Bytes where a word starts or ends: differ from the byte before.
+        let prev = (m << 8) | carry;
+        let mut events = (m ^ prev) & HI;
+        while events != 0 {
+            let bit = events.trailing_zeros() as usize;
+            events &= events - 1;
+            let pos = at + bit / 8;
+            match start.take() {
+                None => start = Some(pos),
+                Some(s) => f(s, pos),
+            }
+        }
+        carry = (m >> 56) & 0x80;
+        at += n;
+    }
+    if let Some(s) = start {
+        f(s, hay.len());
     }
 }
 
@@ -1026,6 +1123,39 @@ mod tests {
         }
         // Every pattern matched somewhere: the comparison was not vacuous.
         assert!(total.iter().all(|&t| t > 3), "{total:?}");
+    }
+
+    #[test]
+    fn words_eight_bytes_at_a_time_are_the_byte_loop_s() {
+        const BYTES: &[u8] = b"aZz09/:@[`{ \x7f\x80\xc3\xa9_-";
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..20000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let hay: Vec<u8> = (0..x % 40)
+                .map(|k| BYTES[(x.rotate_left(k as u32 * 5) % BYTES.len() as u64) as usize])
+                .collect();
+            let mut ours = Vec::new();
+            ascii_words(&hay, |s, e| ours.push((s, e)));
+            let mut theirs = Vec::new();
+            let mut i = 0;
+            while i < hay.len() {
+                if !hay[i].is_ascii_alphanumeric() {
+                    i += 1;
+                    continue;
+                }
+                let s = i;
+                while i < hay.len() && hay[i].is_ascii_alphanumeric() {
+                    i += 1;
+                }
+                theirs.push((s, i));
+            }
+            assert_eq!(ours, theirs, "{hay:?}");
+        }
+        for b in 0..=255u8 {
+            assert_eq!(alnum(u64::from(b)) != 0, b.is_ascii_alphanumeric(), "{b}");
+        }
     }
 
     #[test]
