@@ -165,8 +165,6 @@ fn bucket(bits: u64, len: usize) -> usize {
     (head.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BUCKET_BITS)) as usize
 }
 
-const ALNUM: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-
 /// How the literals that are not looked up by word are found. Most of them start
 /// (after any leading whitespace) with punctuation: `memchr` finds the bytes they
 /// start with, three at a time, and the literals that start with a byte are
@@ -373,6 +371,13 @@ struct WordIndex {
     long: Vec<(u64, u32)>,
     /// The patterns each entry of `long` begins.
     patterns: Vec<Vec<u32>>,
+    /// A bit per bucket that any literal (short or long) starts in: most words
+    /// start none and cost one bit test.
+    used: Vec<u64>,
+    /// Literals that are the first two bytes of a word that may go on, by those
+    /// bytes, and a bit per two bytes that start one.
+    starts: std::collections::HashMap<u16, Vec<(u64, u64, u32)>>,
+    starts_used: Vec<u64>,
     /// (bucket, entry) while building.
     pending: Vec<(usize, (u64, u64, u32))>,
 }
@@ -384,6 +389,9 @@ impl WordIndex {
             entries: Vec::new(),
             long: Vec::new(),
             patterns: Vec::new(),
+            used: Vec::new(),
+            starts: std::collections::HashMap::new(),
+            starts_used: vec![0; (1 << 16) / 64],
             pending: Vec::new(),
         }
     }
@@ -401,33 +409,26 @@ impl WordIndex {
             (1u64 << (8 * stem.len())) - 1
         };
         let entry = (load(stem, 0), mask, pattern);
-        let head = literal[..w.min(HEAD)].to_vec();
-        // The text's word is this literal's word, or (when the literal ends inside
-        // it) any longer word that starts with it.
-        self.pending
-            .push((bucket(load(&head, 0), head.len()), entry));
         if w == literal.len() && w < HEAD {
-            let mut heads = vec![head];
-            while heads[0].len() < HEAD {
-                heads = heads
-                    .iter()
-                    .flat_map(|h| {
-                        ALNUM.iter().map(move |&c| {
-                            let mut h = h.clone();
-                            h.push(c);
-                            h
-                        })
-                    })
-                    .collect();
-                for h in &heads {
-                    self.pending.push((bucket(load(h, 0), h.len()), entry));
-                }
-            }
+            // The literal is the start of a short word, which may go on: looked up
+            // by the word's first two bytes.
+            let k = usize::from(u16::from_le_bytes([literal[0], literal[1]]));
+            self.starts_used[k / 64] |= 1 << (k % 64);
+            self.starts.entry(k as u16).or_default().push(entry);
+            return;
         }
+        // The text's word is this literal's word, or starts with its first bytes.
+        let head = &literal[..w.min(HEAD)];
+        self.pending
+            .push((bucket(load(head, 0), head.len()), entry));
     }
 
     fn seal(&mut self) {
         let pending = std::mem::take(&mut self.pending);
+        self.used = vec![0; (1 << BUCKET_BITS) / 64];
+        for &(b, _) in &pending {
+            self.used[b / 64] |= 1 << (b % 64);
+        }
         // Literals of eight bytes or more: by those bytes, in one table.
         let mut long: Vec<(u64, u32)> = pending
             .iter()
@@ -473,18 +474,33 @@ impl WordIndex {
     }
 
     fn len(&self) -> usize {
-        self.entries.len() + self.patterns.iter().map(Vec::len).sum::<usize>()
+        self.entries.len()
+            + self.patterns.iter().map(Vec::len).sum::<usize>()
+            + self.starts.values().map(Vec::len).sum::<usize>()
     }
 
     /// Calls `f(pattern, start)` for each word of `hay` (a run of ASCII letters and
     /// digits) that starts with the first eight bytes of a pattern's literal.
     fn search(&self, hay: &[u8], mut f: impl FnMut(u32, usize)) {
-        if self.entries.is_empty() && self.patterns.is_empty() {
+        if self.entries.is_empty() && self.patterns.is_empty() && self.starts.is_empty() {
             return;
         }
         ascii_words(hay, |s, e| {
             let bits = load(hay, s);
+            if e - s >= 2 {
+                let k = (bits & 0xffff) as usize;
+                if self.starts_used[k / 64] & (1 << (k % 64)) != 0 {
+                    for &(stem, mask, pattern) in &self.starts[&(k as u16)] {
+                        if bits & mask == stem {
+                            f(pattern, s);
+                        }
+                    }
+                }
+            }
             let b = bucket(bits, e - s);
+            if self.used[b / 64] & (1 << (b % 64)) == 0 {
+                return;
+            }
             let (from, to) = (self.offsets[b] as usize, self.offsets[b + 1] as usize);
             let mut last = u32::MAX;
             for &(stem, mask, pattern) in &self.entries[from..to] {
