@@ -744,6 +744,9 @@ struct Shingles {
     seen: Vec<ShingleSet>,
     /// The answer's last words (hashes), and where the oldest of them started.
     window: std::collections::VecDeque<(u64, usize)>,
+    /// A bit per shingle hash of every prompt: most of an answer's shingles are in
+    /// no prompt and cost one bit test.
+    filter: Vec<u64>,
     /// Where the first shared shingle started.
     first: Option<usize>,
     reported: bool,
@@ -776,6 +779,14 @@ impl std::hash::Hasher for ShingleHasher {
     fn write_u64(&mut self, n: u64) {
         self.0 = n;
     }
+}
+
+/// The shingle filter: 2^14 bits.
+const FILTER_WORDS: usize = (1 << 14) / 64;
+
+fn filter_bit(h: u64) -> (usize, u64) {
+    let k = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - 14)) as usize;
+    (k / 64, 1 << (k % 64))
 }
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -871,11 +882,17 @@ fn add_shingles(set: &mut ShingleSet, text: &str) {
 impl Shingles {
     fn new(base: Arc<Vec<ShingleSet>>) -> Self {
         let seen = vec![ShingleSet::default(); base.len()];
+        let mut filter = vec![0u64; FILTER_WORDS];
+        for &h in base.iter().flatten() {
+            let (i, bit) = filter_bit(h);
+            filter[i] |= bit;
+        }
         Self {
             base,
             extra: Vec::new(),
             seen,
             window: std::collections::VecDeque::new(),
+            filter,
             first: None,
             reported: false,
         }
@@ -886,6 +903,10 @@ impl Shingles {
         add_shingles(&mut set, text);
         // The configured prompt sent again as a system message is already there.
         if !set.is_empty() && !self.base.iter().chain(&self.extra).any(|b| *b == set) {
+            for &h in &set {
+                let (i, bit) = filter_bit(h);
+                self.filter[i] |= bit;
+            }
             self.extra.push(set);
             self.seen.push(ShingleSet::default());
         }
@@ -911,6 +932,7 @@ impl Shingles {
             extra,
             seen,
             window,
+            filter,
             first,
             ..
         } = self;
@@ -921,6 +943,10 @@ impl Shingles {
             }
             if window.len() == SHINGLE {
                 let h = shingle_hash(window.iter().map(|(h, _)| *h));
+                let (i, bit) = filter_bit(h);
+                if filter[i] & bit == 0 {
+                    return;
+                }
                 for (prompt, seen) in base.iter().chain(extra.iter()).zip(seen.iter_mut()) {
                     if prompt.contains(&h) && seen.insert(h) {
                         if first.is_none() {
