@@ -151,10 +151,13 @@ impl Verdict {
 /// The features of a text, in order: for each word, the byte offset where it
 /// starts (in `text`) and its feature slots.
 pub(crate) struct Features {
-    /// Feature slots, word after word.
+    /// Feature slots, word after word (none when they were summed as extracted).
     slots: Vec<u32>,
-    /// For each word: where its slots start in `slots`, and its byte range.
+    /// For each word: where its slots start, and its byte range.
     words: Vec<(usize, std::ops::Range<usize>)>,
+    /// When a classifier extracted them: the prefix sums of the weights per word
+    /// and head, and the number of slots up to each word (each with a leading 0).
+    sums: Option<(Vec<[f32; HEADS]>, Vec<usize>)>,
 }
 
 impl Features {
@@ -196,13 +199,62 @@ fn word_hash(w: &[u8]) -> u64 {
     h
 }
 
+/// What feature extraction feeds: each feature slot, and each word after its
+/// slots (its first and end slot, and its byte range).
+trait Sink {
+    fn slot(&mut self, s: u32);
+    fn word(&mut self, from: usize, to: usize, range: std::ops::Range<usize>);
+}
+
+impl Sink for Features {
+    fn slot(&mut self, s: u32) {
+        self.slots.push(s);
+    }
+    fn word(&mut self, from: usize, _to: usize, range: std::ops::Range<usize>) {
+        self.words.push((from, range));
+    }
+}
+
+/// Features summed as they are extracted (what scoring needs: the weights per word,
+/// added up in the same order as [`Model::best`] adds stored slots).
+struct Summed<'m> {
+    model: &'m Model,
+    acc: [f32; HEADS],
+    f: Features,
+}
+
+impl Sink for Summed<'_> {
+    fn slot(&mut self, s: u32) {
+        let w = &self.model.weights[s as usize];
+        for (a, x) in self.acc.iter_mut().zip(w) {
+            *a += x;
+        }
+    }
+    fn word(&mut self, from: usize, to: usize, range: std::ops::Range<usize>) {
+        self.f.words.push((from, range));
+        if let Some((prefix, counts)) = &mut self.f.sums {
+            prefix.push(self.acc);
+            counts.push(to);
+        }
+    }
+}
+
 pub(crate) fn features(text: &str) -> Features {
+    let mut f = Features {
+        slots: Vec::with_capacity(text.len()),
+        words: Vec::with_capacity(text.len() / 5),
+        sums: None,
+    };
+    extract(text, &mut f);
+    f
+}
+
+fn extract(text: &str, sink: &mut impl Sink) {
     // Tags that keep the three kinds of feature apart in the one slot space.
     const WORD: u64 = 0x1000_0000_0000_0000;
     const PAIR: u64 = 0x2000_0000_0000_0000;
     const GRAM: u64 = 0x3000_0000_0000_0000;
-    let mut slots = Vec::with_capacity(text.len());
-    let mut words = Vec::with_capacity(text.len() / 5);
+    let mut count = 0;
     let mut prev: u64 = word_hash(b"^");
     let b = text.as_bytes();
     let mut i = 0;
@@ -231,10 +283,11 @@ pub(crate) fn features(text: &str) -> Features {
             continue;
         }
         let w = &b[start..end.min(start + 32)];
-        let from = slots.len();
+        let from = count;
         let h = word_hash(w);
-        slots.push(fib(h ^ WORD));
-        slots.push(fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR));
+        sink.slot(fib(h ^ WORD));
+        sink.slot(fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR));
+        count += 2;
         // Character 4-grams with boundaries ("<ig", "igno", ... "es>").
         if w.len() >= 3 {
             padded[0] = b'<';
@@ -242,14 +295,14 @@ pub(crate) fn features(text: &str) -> Features {
             padded[w.len() + 1] = b'>';
             for g in padded[..w.len() + 2].windows(4) {
                 let g = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
-                slots.push(fib(u64::from(g) ^ GRAM));
+                sink.slot(fib(u64::from(g) ^ GRAM));
+                count += 1;
             }
         }
-        words.push((from, start..end));
+        sink.word(from, count, start..end);
         prev = h;
         i = end;
     }
-    Features { slots, words }
 }
 
 /// A text as the classifier reads it on its own: normalized, its features, and
@@ -304,23 +357,32 @@ impl Model {
                 fam[h] += w[h];
             }
         }
-        // Prefix sums of the weights, per word and head.
-        let mut prefix = Vec::with_capacity(f.words.len() + 1);
-        let mut counts = Vec::with_capacity(f.words.len() + 1);
-        prefix.push([0.0f32; HEADS]);
-        counts.push(0usize);
-        let mut acc = [0.0f32; HEADS];
-        for (k, (from, _)) in f.words.iter().enumerate() {
-            let to = f.words.get(k + 1).map_or(f.slots.len(), |w| w.0);
-            for &s in &f.slots[*from..to] {
-                let w = &self.weights[s as usize];
-                for h in 0..HEADS {
-                    acc[h] += w[h];
+        // Prefix sums of the weights, per word and head (summed as they were
+        // extracted, or from the stored slots).
+        let computed;
+        let (prefix, counts) = match &f.sums {
+            Some((prefix, counts)) => (prefix, counts),
+            None => {
+                let mut prefix = Vec::with_capacity(f.words.len() + 1);
+                let mut counts = Vec::with_capacity(f.words.len() + 1);
+                prefix.push([0.0f32; HEADS]);
+                counts.push(0usize);
+                let mut acc = [0.0f32; HEADS];
+                for (k, (from, _)) in f.words.iter().enumerate() {
+                    let to = f.words.get(k + 1).map_or(f.slots.len(), |w| w.0);
+                    for &s in &f.slots[*from..to] {
+                        let w = &self.weights[s as usize];
+                        for h in 0..HEADS {
+                            acc[h] += w[h];
+                        }
+                    }
+                    prefix.push(acc);
+                    counts.push(to);
                 }
+                computed = (prefix, counts);
+                (&computed.0, &computed.1)
             }
-            prefix.push(acc);
-            counts.push(to);
-        }
+        };
         let mut best = [(f32::NEG_INFINITY, 0, 0); HEADS];
         for (s, e) in windows(f.words.len()) {
             let n = ((counts[e] - counts[s]).max(1) as f32).sqrt();
@@ -568,6 +630,22 @@ impl Classifier {
             .filter(|v| v.p >= self.model.thresholds[v.head].block.max(SHORT_BLOCK[v.head]))
             .max_by(|a, b| a.p.total_cmp(&b.p));
         (self.model.verdict(&best), blocks)
+    }
+
+    /// The features of normalized text with this classifier's weights summed as
+    /// they are extracted (what scoring needs; nothing stored per slot).
+    pub(crate) fn features(&self, text: &str) -> Features {
+        let mut sink = Summed {
+            model: &self.model,
+            acc: [0.0; HEADS],
+            f: Features {
+                slots: Vec::new(),
+                words: Vec::with_capacity(text.len() / 5),
+                sums: Some((vec![[0.0; HEADS]], vec![0])),
+            },
+        };
+        extract(text, &mut sink);
+        sink.f
     }
 
     /// Scores normalized text (what [`Scanner`](super::Scanner) feeds it) given

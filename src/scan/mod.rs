@@ -320,7 +320,7 @@ impl Scanner {
             .any(|f| *f.category() == crate::Category::EncodedPayload);
         // Features only for a text the classifier will judge.
         let classifier = g.classifier.as_ref().filter(|_| !carries_encoding);
-        let f = classifier.map(|_| classifier::features(&n.text));
+        let f = classifier.map(|c| c.features(&n.text));
         match (classifier, f) {
             (None, _) | (_, None) => {
                 heuristics::findings(&g.families, &verdict, g.threshold, at, out);
