@@ -1309,23 +1309,29 @@ fn scan_canaries(
     // And everything but whitespace, case kept, for base64 (which may be wrapped).
     let b = text.as_bytes();
     let mut compact: Vec<u8> = Vec::with_capacity(b.len());
-    let mut origin: Vec<usize> = Vec::with_capacity(b.len());
     let mut dense: Vec<u8> = Vec::with_capacity(b.len());
-    let mut dense_origin: Vec<usize> = Vec::with_capacity(b.len());
-    for (i, &c) in b.iter().enumerate() {
+    for &c in b {
         if c.is_ascii_alphanumeric() {
             compact.push(c.to_ascii_lowercase());
-            origin.push(i);
         }
         if !c.is_ascii_whitespace() {
             dense.push(c);
-            dense_origin.push(i);
         }
     }
-    // Matched bytes are ASCII: a span ends one byte after its last.
-    let span_of = |origin: &[usize], s: usize, e: usize| {
-        let start = origin.get(s).copied().unwrap_or(0);
-        let last = origin.get(e.saturating_sub(1)).copied().unwrap_or(start);
+    // Where the kept bytes came from, worked out only for a hit (matched bytes are
+    // ASCII: a span ends one byte after its last).
+    let span_of = |keep: fn(u8) -> bool, s: usize, e: usize| {
+        let mut kept = b
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| keep(**c))
+            .map(|(i, _)| i);
+        let start = kept.nth(s).unwrap_or(0);
+        let last = if e > s + 1 {
+            kept.nth(e - s - 2).unwrap_or(start)
+        } else {
+            start
+        };
         start..crate::finding::ceil_boundary(text, last + 1)
     };
     let find = |hay: &[u8], needle: &str| memchr::memmem::find(hay, needle.as_bytes());
@@ -1335,7 +1341,7 @@ fn scan_canaries(
             .iter()
             .find_map(|f| find(&compact, f).map(|s| (s, f.len())))
         {
-            push(out, span_of(&origin, s, s + n));
+            push(out, span_of(|c| c.is_ascii_alphanumeric(), s, s + n));
             continue;
         }
         if let Some((s, n)) = c
@@ -1343,7 +1349,7 @@ fn scan_canaries(
             .iter()
             .find_map(|f| find(&dense, f).map(|s| (s, f.len())))
         {
-            push(out, span_of(&dense_origin, s, s + n));
+            push(out, span_of(|c| !c.is_ascii_whitespace(), s, s + n));
         }
     }
 }
@@ -1381,6 +1387,21 @@ fn check_json(text: &str, schema: Option<&serde_json::Value>, out: &mut Vec<Find
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn canary_spans_cover_the_disguised_token() {
+        let forms = [CanaryForms::new("k7q2zx9w")];
+        for (text, span) in [
+            ("ok K7-Q2 zx 9w. done", 3..14),
+            ("k7q2zx9w", 0..8),
+            ("tail w9xz2q7k", 5..13),
+        ] {
+            let mut out = Vec::new();
+            scan_canaries(&forms, &[], text, &mut out);
+            assert_eq!(out.len(), 1, "{text}");
+            assert_eq!(out[0].span(), span, "{text}");
+        }
+    }
 
     #[test]
     fn the_ascii_word_reader_agrees_with_the_general_one() {

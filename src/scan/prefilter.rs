@@ -24,6 +24,8 @@
 
 use std::ops::Range;
 
+use smallvec::SmallVec;
+
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use regex_automata::{Anchored, Input, meta};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
@@ -904,9 +906,11 @@ impl Prefixed {
     pub(crate) fn for_each_match(&self, hay: &str, mut f: impl FnMut(usize, Range<usize>) -> bool) {
         let n = self.patterns.len();
         // Per pattern: its candidate starts (up to CANDIDATES), or None when dense.
-        let mut starts: Vec<Option<smallvec::SmallVec<[u32; 4]>>> =
-            vec![Some(Default::default()); n];
-        let mut any = vec![false; n];
+        // Held on the stack for up to 64 patterns and 32 gate parts (no allocation
+        // per text unless a pattern has more than four candidates).
+        let mut starts: SmallVec<[Option<SmallVec<[u32; 4]>>; 64]> =
+            smallvec::smallvec![Some(SmallVec::new()); n];
+        let mut any: SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
         let mut candidate = |p: u32, at: usize| {
             let p = p as usize;
             any[p] = true;
@@ -920,7 +924,7 @@ impl Prefixed {
         };
         self.words.search(hay.as_bytes(), &mut candidate);
         self.searched.search(hay.as_bytes(), &mut candidate);
-        let mut full_hit = vec![false; n];
+        let mut full_hit: SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
         match &self.full_set {
             Some(set) => {
                 for k in set.matches(hay).iter() {
@@ -934,7 +938,7 @@ impl Prefixed {
             }
         }
         let ascii = hay.is_ascii();
-        let mut found: Vec<Option<bool>> = vec![None; self.parts.len()];
+        let mut found: SmallVec<[Option<bool>; 32]> = smallvec::smallvec![None; self.parts.len()];
         let mut open = |gate: &[usize]| {
             gate.iter().all(|&k| {
                 *found[k].get_or_insert_with(|| self.parts[k].found(hay.as_bytes(), ascii))
