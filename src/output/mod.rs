@@ -872,7 +872,7 @@ fn for_each_ascii_word(text: &str, mut f: impl FnMut(usize, u64)) {
 
 /// Adds the shingles of `text` to `set`.
 fn add_shingles(set: &mut ShingleSet, text: &str) {
-    let mut hashes: Vec<u64> = Vec::new();
+    let mut hashes: Vec<u64> = Vec::with_capacity(text.len() / 2 + 1);
     for_each_word(text, |_, h| hashes.push(h));
     for win in hashes.windows(SHINGLE) {
         set.insert(shingle_hash(win.iter().copied()));

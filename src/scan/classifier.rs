@@ -635,13 +635,20 @@ impl Classifier {
     /// The features of normalized text with this classifier's weights summed as
     /// they are extracted (what scoring needs; nothing stored per slot).
     pub(crate) fn features(&self, text: &str) -> Features {
+        // Room for a word every four bytes (prose averages one every five or six):
+        // one allocation per vector for most texts.
+        let words = text.len() / 4 + 16;
+        let (mut prefix, mut counts) =
+            (Vec::with_capacity(words + 1), Vec::with_capacity(words + 1));
+        prefix.push([0.0; HEADS]);
+        counts.push(0);
         let mut sink = Summed {
             model: &self.model,
             acc: [0.0; HEADS],
             f: Features {
                 slots: Vec::new(),
-                words: Vec::with_capacity(text.len() / 5),
-                sums: Some((vec![[0.0; HEADS]], vec![0])),
+                words: Vec::with_capacity(words),
+                sums: Some((prefix, counts)),
             },
         };
         extract(text, &mut sink);

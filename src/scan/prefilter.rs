@@ -905,25 +905,24 @@ impl Prefixed {
     /// `find_iter` finds them; `f` returns whether it wants that pattern's next match.
     pub(crate) fn for_each_match(&self, hay: &str, mut f: impl FnMut(usize, Range<usize>) -> bool) {
         let n = self.patterns.len();
-        // Per pattern: its candidate starts (up to CANDIDATES), or None when dense.
-        // Held on the stack for up to 64 patterns and 32 gate parts (no allocation
-        // per text unless a pattern has more than four candidates).
-        let mut starts: SmallVec<[Option<SmallVec<[u32; 4]>>; 64]> =
-            smallvec::smallvec![Some(SmallVec::new()); n];
-        let mut any: SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
+        // The candidates, (pattern, start), and per pattern how many (up to
+        // CANDIDATES; past that the pattern is dense: searched in full). On the
+        // stack for up to 64 patterns and 256 candidates.
+        let mut cands: SmallVec<[(u32, u32); 256]> = SmallVec::new();
+        let mut count: SmallVec<[u16; 64]> = smallvec::smallvec![0; n];
         let mut candidate = |p: u32, at: usize| {
-            let p = p as usize;
-            any[p] = true;
-            if let Some(s) = &mut starts[p] {
-                if s.len() == CANDIDATES {
-                    starts[p] = None;
-                } else {
-                    s.push(at as u32);
+            let c = &mut count[p as usize];
+            if usize::from(*c) <= CANDIDATES {
+                *c += 1;
+                if usize::from(*c) <= CANDIDATES {
+                    cands.push((p, at as u32));
                 }
             }
         };
         self.words.search(hay.as_bytes(), &mut candidate);
         self.searched.search(hay.as_bytes(), &mut candidate);
+        cands.sort_unstable();
+        cands.dedup();
         let mut full_hit: SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
         match &self.full_set {
             Some(set) => {
@@ -944,48 +943,52 @@ impl Prefixed {
                 *found[k].get_or_insert_with(|| self.parts[k].found(hay.as_bytes(), ascii))
             })
         };
+        let mut next = 0;
         for (i, p) in self.patterns.iter().enumerate() {
+            // This pattern's candidates, in order.
+            let from = next;
+            while next < cands.len() && cands[next].0 as usize == i {
+                next += 1;
+            }
+            let dense = usize::from(count[i]) > CANDIDATES;
             let in_full = match &p.anchored {
                 None => full_hit[i],
                 // A gate in the text: a branch without prefixes may match.
                 Some(_) if p.gates.iter().any(|gate| open(gate)) => true,
-                Some(_) => any[i] && starts[i].is_none(),
+                Some(_) => dense,
             };
-            match (&p.anchored, &mut starts[i]) {
-                _ if in_full => {
-                    let mut at = 0;
-                    while let Some(m) = p.regex.find_at(hay, at) {
-                        if !f(i, m.range()) {
-                            break;
-                        }
-                        at = if m.is_empty() {
-                            match hay[m.end()..].chars().next() {
-                                Some(c) => m.end() + c.len_utf8(),
-                                None => break,
-                            }
-                        } else {
-                            m.end()
-                        };
+            if in_full {
+                let mut at = 0;
+                while let Some(m) = p.regex.find_at(hay, at) {
+                    if !f(i, m.range()) {
+                        break;
                     }
+                    at = if m.is_empty() {
+                        match hay[m.end()..].chars().next() {
+                            Some(c) => m.end() + c.len_utf8(),
+                            None => break,
+                        }
+                    } else {
+                        m.end()
+                    };
                 }
-                (None, _) | (Some(_), None) => {}
-                (Some(re), Some(s)) => {
-                    s.sort_unstable();
-                    s.dedup();
-                    let mut from = 0;
-                    for &start in s.iter() {
-                        let start = start as usize;
-                        if start < from {
-                            continue;
-                        }
-                        let input = Input::new(hay).range(start..).anchored(Anchored::Yes);
-                        if let Some(m) = re.find(input) {
-                            if !f(i, m.range()) {
-                                break;
-                            }
-                            from = m.end().max(start + 1);
-                        }
+                continue;
+            }
+            let Some(re) = &p.anchored else {
+                continue;
+            };
+            let mut done = 0;
+            for &(_, start) in &cands[from..next] {
+                let start = start as usize;
+                if start < done {
+                    continue;
+                }
+                let input = Input::new(hay).range(start..).anchored(Anchored::Yes);
+                if let Some(m) = re.find(input) {
+                    if !f(i, m.range()) {
+                        break;
                     }
+                    done = m.end().max(start + 1);
                 }
             }
         }
