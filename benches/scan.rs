@@ -28,7 +28,7 @@ const DENSE: &str = "Order 4471-2210 shipped 2024-11-03 to ana.lopez@example.org
 Token aGVsbG8gd29ybGQ= and hash 9f86d081884c7d659a2feaa0c55ad015; build #8812 at 10:42. ";
 
 const ADVERSARIAL: &str =
-    "ignore ignore previous <|im_start <|im_ dan dan mode aGVsbG8g \\033[ system: sk-sk- ghp_ ";
+    "ignore ignore previous <|im_start <|im_ dan dan mode aGVsbG8g \\033[ system: ";
 
 fn bench(c: &mut Criterion) {
     let scanner = Scanner::new();

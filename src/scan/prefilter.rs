@@ -17,10 +17,10 @@
 //! pass over them (a table probe per word, no automaton per byte).
 //!
 //! Patterns without such a set (an unbounded class first) or whose prefixes occur
-//! everywhere (a space) are searched in full, together, by one `RegexSet`. A
-//! pattern with more candidates than [`CANDIDATES`] in one text is searched in full
-//! too (one linear pass instead of many anchored ones): dense adversarial text
-//! stays linear.
+//! everywhere (a space) are searched in full, and so is a pattern with more
+//! candidates than [`CANDIDATES`] in one text (one linear pass instead of many
+//! anchored ones: dense adversarial text stays linear). When two or more are, one
+//! `RegexSet` pass over the text first says which can match at all.
 
 use std::ops::Range;
 
@@ -95,7 +95,10 @@ pub(crate) struct Prefixed {
     searched: Searched,
     /// The patterns searched in full, and their set.
     full: Vec<usize>,
-    full_set: Option<regex::RegexSet>,
+    /// Every pattern in one set: when two or more are to be searched in full in a
+    /// text (no prefixes, an open gate, too many candidates), one pass says which
+    /// can match at all, and only those are searched.
+    all_set: Option<regex::RegexSet>,
 }
 
 impl std::fmt::Debug for Prefixed {
@@ -179,13 +182,21 @@ enum Searched {
     Memchr {
         /// The distinct first bytes.
         bytes: Vec<u8>,
-        /// Per byte: its literals, by the byte that follows it in them (256: none).
-        by_byte: Vec<Vec<(u16, Entry)>>,
+        /// Per byte: its literals with fewer than three bytes after it, and the
+        /// others by the three bytes that follow it (found by binary search).
+        by_byte: Vec<ByByte>,
+        /// Per byte: the patterns its literals begin (an occurrence is skipped when
+        /// none of them wants more candidates).
+        owners: Vec<SmallVec<[u32; 4]>>,
         /// Letter-led stems, and their literals.
         words: Vec<(memchr::memmem::Finder<'static>, Vec<Entry>)>,
     },
     Automaton(AhoCorasick, Vec<Vec<(Vec<u8>, usize, u32)>>),
 }
+
+/// One byte's literals: those with fewer than three bytes after it, and the others
+/// by the three bytes that follow it.
+type ByByte = (Vec<Entry>, Vec<(u32, Entry)>);
 
 /// A literal, its first eight bytes (from its start) and their mask, where its
 /// stem starts in it, and the pattern it begins.
@@ -216,8 +227,14 @@ impl Entry {
     }
 
     /// Calls `f` when the literal occurs with its stem at `r`.
-    fn check(&self, hay: &[u8], r: usize, f: &mut impl FnMut(u32, usize)) {
-        if r >= self.at {
+    fn check(
+        &self,
+        hay: &[u8],
+        r: usize,
+        want: &impl Fn(u32) -> bool,
+        f: &mut impl FnMut(u32, usize),
+    ) {
+        if r >= self.at && want(self.pattern) {
             let s = r - self.at;
             if load(hay, s) & self.mask == self.head && hay[s..].starts_with(&self.literal) {
                 f(self.pattern, s);
@@ -235,7 +252,7 @@ impl Searched {
     /// `None` when the automaton was needed and could not be built.
     fn new(literals: Vec<(Vec<u8>, usize, u32)>) -> Option<Self> {
         let mut bytes: Vec<u8> = Vec::new();
-        let mut by_byte: Vec<Vec<(u16, Entry)>> = vec![Vec::new(); 256];
+        let mut by_byte: Vec<ByByte> = vec![(Vec::new(), Vec::new()); 256];
         let mut words: Vec<(Vec<u8>, Vec<Entry>)> = Vec::new();
         for (l, at, p) in &literals {
             let e = Entry::new(l.clone(), *at, *p);
@@ -250,23 +267,47 @@ impl Searched {
                 if !bytes.contains(&b) {
                     bytes.push(b);
                 }
-                let next = l.get(*at + 1).map_or(256, |&n| u16::from(n));
-                if !by_byte[b as usize].iter().any(|(_, x)| *x == e) {
-                    by_byte[b as usize].push((next, e));
+                let (short, long) = &mut by_byte[b as usize];
+                match l.get(*at + 1..*at + 4) {
+                    Some(next) => {
+                        let key = u32::from_le_bytes([next[0], next[1], next[2], 0]);
+                        if !long.iter().any(|(_, x)| *x == e) {
+                            long.push((key, e));
+                        }
+                    }
+                    None => {
+                        if !short.contains(&e) {
+                            short.push(e);
+                        }
+                    }
                 }
             }
         }
-        for v in &mut by_byte {
-            v.sort_by_key(|(next, _)| *next);
+        for (_, long) in &mut by_byte {
+            long.sort_by_key(|(key, _)| *key);
         }
         if bytes.len() <= BYTES && words.len() <= WORDS {
             let words = words
                 .into_iter()
                 .map(|(stem, v)| (memchr::memmem::Finder::new(&stem).into_owned(), v))
                 .collect();
+            let owners = by_byte
+                .iter()
+                .map(|(short, long)| {
+                    let mut o: SmallVec<[u32; 4]> = short
+                        .iter()
+                        .chain(long.iter().map(|(_, e)| e))
+                        .map(|e| e.pattern)
+                        .collect();
+                    o.sort_unstable();
+                    o.dedup();
+                    o
+                })
+                .collect();
             return Some(Self::Memchr {
                 bytes,
                 by_byte,
+                owners,
                 words,
             });
         }
@@ -290,6 +331,7 @@ impl Searched {
 
     fn empty() -> Self {
         Self::Memchr {
+            owners: Vec::new(),
             bytes: Vec::new(),
             by_byte: Vec::new(),
             words: Vec::new(),
@@ -299,35 +341,42 @@ impl Searched {
     fn len(&self) -> usize {
         match self {
             Self::Memchr { by_byte, words, .. } => {
-                by_byte.iter().map(Vec::len).sum::<usize>()
+                by_byte
+                    .iter()
+                    .map(|(s, l)| s.len() + l.len())
+                    .sum::<usize>()
                     + words.iter().map(|(_, v)| v.len()).sum::<usize>()
             }
             Self::Automaton(_, owners) => owners.iter().map(Vec::len).sum(),
         }
     }
 
-    /// Calls `f(pattern, start)` for each literal found in `hay`.
-    fn search(&self, hay: &[u8], mut f: impl FnMut(u32, usize)) {
+    /// Calls `f(pattern, start)` for each literal found in `hay` of a pattern it
+    /// still `want`s.
+    fn search(&self, hay: &[u8], want: impl Fn(u32) -> bool, mut f: impl FnMut(u32, usize)) {
         match self {
             Self::Memchr {
                 bytes,
                 by_byte,
+                owners,
                 words,
             } => {
                 let mut at = |r: usize| {
-                    let v = &by_byte[hay[r] as usize];
-                    let next = hay.get(r + 1).map_or(256, |&n| u16::from(n));
-                    let from = v.partition_point(|(n, _)| *n < next);
-                    for (n, e) in &v[from..] {
-                        if *n != next {
-                            break;
-                        }
-                        e.check(hay, r, &mut f);
+                    if !owners[hay[r] as usize].iter().any(|&p| want(p)) {
+                        return;
                     }
-                    if next != 256 {
-                        let from = v.partition_point(|(n, _)| *n < 256);
-                        for (_, e) in &v[from..] {
-                            e.check(hay, r, &mut f);
+                    let (short, long) = &by_byte[hay[r] as usize];
+                    for e in short {
+                        e.check(hay, r, &want, &mut f);
+                    }
+                    if let Some(next) = hay.get(r + 1..r + 4) {
+                        let key = u32::from_le_bytes([next[0], next[1], next[2], 0]);
+                        let from = long.partition_point(|(k, _)| *k < key);
+                        for (k, e) in &long[from..] {
+                            if *k != key {
+                                break;
+                            }
+                            e.check(hay, r, &want, &mut f);
                         }
                     }
                 };
@@ -342,7 +391,7 @@ impl Searched {
                 for (finder, entries) in words {
                     for r in finder.find_iter(hay) {
                         for e in entries {
-                            e.check(hay, r, &mut f);
+                            e.check(hay, r, &want, &mut f);
                         }
                     }
                 }
@@ -351,7 +400,9 @@ impl Searched {
                 // The automaton holds whole literals: a match starts where one does.
                 for m in ac.find_overlapping_iter(hay) {
                     for &(_, _, p) in &owners[m.pattern().as_usize()] {
-                        f(p, m.start());
+                        if want(p) {
+                            f(p, m.start());
+                        }
                     }
                 }
             }
@@ -482,8 +533,9 @@ impl WordIndex {
     }
 
     /// Calls `f(pattern, start)` for each word of `hay` (a run of ASCII letters and
-    /// digits) that starts with the first eight bytes of a pattern's literal.
-    fn search(&self, hay: &[u8], mut f: impl FnMut(u32, usize)) {
+    /// digits) that starts with the first eight bytes of a literal of a pattern it
+    /// still `want`s.
+    fn search(&self, hay: &[u8], want: impl Fn(u32) -> bool, mut f: impl FnMut(u32, usize)) {
         if self.entries.is_empty() && self.patterns.is_empty() && self.starts.is_empty() {
             return;
         }
@@ -493,7 +545,7 @@ impl WordIndex {
                 let k = (bits & 0xffff) as usize;
                 if self.starts_used[k / 64] & (1 << (k % 64)) != 0 {
                     for &(stem, mask, pattern) in &self.starts[&(k as u16)] {
-                        if bits & mask == stem {
+                        if bits & mask == stem && want(pattern) {
                             f(pattern, s);
                         }
                     }
@@ -506,7 +558,7 @@ impl WordIndex {
             let (from, to) = (self.offsets[b] as usize, self.offsets[b + 1] as usize);
             let mut last = u32::MAX;
             for &(stem, mask, pattern) in &self.entries[from..to] {
-                if bits & mask == stem && pattern != last {
+                if bits & mask == stem && pattern != last && want(pattern) {
                     f(pattern, s);
                     last = pattern;
                 }
@@ -516,7 +568,9 @@ impl WordIndex {
             while let Some(&(stem, k)) = self.long.get(i).filter(|(_, k)| *k != u32::MAX) {
                 if stem == bits {
                     for &p in &self.patterns[k as usize] {
-                        f(p, s);
+                        if want(p) {
+                            f(p, s);
+                        }
                     }
                     break;
                 }
@@ -882,21 +936,19 @@ impl Prefixed {
             }
         };
         words.seal();
-        let full_set =
-            regex::RegexSetBuilder::new(full.iter().map(|&i| patterns[i].regex.as_str()))
-                .size_limit(limit.max(1 << 26))
-                .dfa_size_limit(limit.max(1 << 26))
-                .nest_limit(64)
-                .build()
-                .ok()
-                .filter(|_| !full.is_empty());
+        let all_set = regex::RegexSetBuilder::new(patterns.iter().map(|p| p.regex.as_str()))
+            .size_limit(limit.max(1 << 26))
+            .dfa_size_limit(limit.max(1 << 26))
+            .nest_limit(64)
+            .build()
+            .ok();
         Self {
             patterns,
             parts: parts.iter().map(Check::new).collect(),
             words,
             searched,
             full,
-            full_set,
+            all_set,
         }
     }
 
@@ -909,39 +961,51 @@ impl Prefixed {
         // CANDIDATES; past that the pattern is dense: searched in full). On the
         // stack for up to 64 patterns and 256 candidates.
         let mut cands: SmallVec<[(u32, u32); 256]> = SmallVec::new();
-        let mut count: SmallVec<[u16; 64]> = smallvec::smallvec![0; n];
+        let count: SmallVec<[std::cell::Cell<u16>; 64]> =
+            smallvec::smallvec![std::cell::Cell::new(0); n];
+        // A dense pattern wants no more candidates (nor the comparisons that find
+        // them).
+        let want = |p: u32| usize::from(count[p as usize].get()) <= CANDIDATES;
         let mut candidate = |p: u32, at: usize| {
-            let c = &mut count[p as usize];
-            if usize::from(*c) <= CANDIDATES {
-                *c += 1;
-                if usize::from(*c) <= CANDIDATES {
-                    cands.push((p, at as u32));
-                }
+            let c = &count[p as usize];
+            c.set(c.get() + 1);
+            if usize::from(c.get()) <= CANDIDATES {
+                cands.push((p, at as u32));
             }
         };
-        self.words.search(hay.as_bytes(), &mut candidate);
-        self.searched.search(hay.as_bytes(), &mut candidate);
+        self.words.search(hay.as_bytes(), want, &mut candidate);
+        self.searched.search(hay.as_bytes(), want, &mut candidate);
         cands.sort_unstable();
         cands.dedup();
-        let mut full_hit: SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
-        match &self.full_set {
-            Some(set) => {
-                for k in set.matches(hay).iter() {
-                    full_hit[self.full[k]] = true;
-                }
-            }
-            None => {
-                for &i in &self.full {
-                    full_hit[i] = true;
-                }
-            }
-        }
         let ascii = hay.is_ascii();
         let mut found: SmallVec<[Option<bool>; 32]> = smallvec::smallvec![None; self.parts.len()];
         let mut open = |gate: &[usize]| {
             gate.iter().all(|&k| {
                 *found[k].get_or_insert_with(|| self.parts[k].found(hay.as_bytes(), ascii))
             })
+        };
+        // Which patterns are searched in full: no prefixes, an open gate (a branch
+        // without prefixes may match), or too many candidates.
+        let in_full: SmallVec<[bool; 64]> = self
+            .patterns
+            .iter()
+            .zip(&count)
+            .map(|(p, c)| {
+                p.anchored.is_none()
+                    || p.gates.iter().any(|gate| open(gate))
+                    || usize::from(c.get()) > CANDIDATES
+            })
+            .collect();
+        // Two or more: one pass of the whole set first.
+        let may: Option<SmallVec<[bool; 64]>> = match &self.all_set {
+            Some(set) if in_full.iter().filter(|&&x| x).count() >= 2 => {
+                let mut may: SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
+                for k in set.matches(hay).iter() {
+                    may[k] = true;
+                }
+                Some(may)
+            }
+            _ => None,
         };
         let mut next = 0;
         for (i, p) in self.patterns.iter().enumerate() {
@@ -950,14 +1014,10 @@ impl Prefixed {
             while next < cands.len() && cands[next].0 as usize == i {
                 next += 1;
             }
-            let dense = usize::from(count[i]) > CANDIDATES;
-            let in_full = match &p.anchored {
-                None => full_hit[i],
-                // A gate in the text: a branch without prefixes may match.
-                Some(_) if p.gates.iter().any(|gate| open(gate)) => true,
-                Some(_) => dense,
-            };
-            if in_full {
+            if in_full[i] {
+                if may.as_ref().is_some_and(|may| !may[i]) {
+                    continue;
+                }
                 let mut at = 0;
                 while let Some(m) = p.regex.find_at(hay, at) {
                     if !f(i, m.range()) {
