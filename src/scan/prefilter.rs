@@ -1,26 +1,38 @@
-//! Patterns found through their literal prefixes.
+//! Patterns found through what their matches must start with or contain, so
+//! that a pattern's regex runs only where it can match.
 //!
-//! Every match of a pattern whose prefixes form a finite set of literals starts
-//! with one of them (`regex-syntax`'s literal extraction), so one Aho-Corasick pass
-//! over the prefixes of all the patterns says where a match can start, and an
-//! anchored search at each of those places (`regex-automata`) confirms it, with the
-//! whole text as context for look-behind (`\b`). A text with no candidate costs the
-//! one pass; a pattern's regex runs only where one of its prefixes occurs.
+//! Each pattern's top-level branches are read with `regex-syntax`:
 //!
-//! The matches are the ones `Regex::find_iter` finds over the whole text (leftmost
-//! first, non-overlapping): no match starts before a pattern's first candidate, and
-//! the anchored search at a start prefers what the unanchored one prefers.
+//! - A branch whose matches all start at a word boundary with one of a finite set
+//!   of literals that start with a letter or digit is **looked up by word**: the
+//!   text's words (runs of ASCII letters and digits, found eight bytes at a time)
+//!   are looked up in a table by their first bytes, and literals of eight bytes or
+//!   more by those eight bytes. A word that starts no literal costs one bit test.
+//! - A branch whose matches all start with one of a finite set of other literals
+//!   (punctuation, after any leading whitespace) is **searched for** by that byte
+//!   with `memchr`, three bytes a pass, each occurrence compared with the literals
+//!   that have it there (split by the three bytes that follow); a few letter-led
+//!   literals by their first four bytes with `memmem`. Past 24 bytes or 8 such
+//!   stems, one Aho-Corasick pass over the literals instead.
+//! - Any other branch gets a **gate**: up to three parts every match goes through
+//!   (the literals a part starts with, or a class of a few ASCII bytes such as the
+//!   digits), each checked once per text with `memchr`/`memmem`. While a gate is
+//!   shut, the branch cannot match; when one is open, the pattern is searched in
+//!   full. A pattern with a branch that has none of the three is always searched
+//!   in full.
 //!
-//! A pattern whose every match starts at a word boundary with a literal that
-//! starts with a letter or digit is not searched for at all: its literals are
-//! keyed by the word they start with, and the text's words are looked up in one
-//! pass over them (a table probe per word, no automaton per byte).
+//! At each candidate, the pattern (not the branch) is confirmed by an anchored
+//! search (`regex-automata`) with the whole text as context for look-behind
+//! (`\b`). The matches are the ones `Regex::find_iter` finds over the whole text
+//! (leftmost first, non-overlapping): no match starts anywhere but at a candidate,
+//! and the anchored search at a start prefers what the unanchored one prefers.
+//! A text with no candidate and shut gates costs the word pass, the `memchr`
+//! passes and the gate checks, and no regex at all.
 //!
-//! Patterns without such a set (an unbounded class first) or whose prefixes occur
-//! everywhere (a space) are searched in full, and so is a pattern with more
-//! candidates than [`CANDIDATES`] in one text (one linear pass instead of many
-//! anchored ones: dense adversarial text stays linear). When two or more are, one
-//! `RegexSet` pass over the text first says which can match at all.
+//! A pattern with more candidates than [`CANDIDATES`] in one text is searched in
+//! full (one linear pass instead of many anchored ones: dense adversarial text
+//! stays linear), and when two or more patterns are searched in full, one
+//! `RegexSet` pass first says which can match at all.
 
 use std::ops::Range;
 
