@@ -1406,16 +1406,7 @@ mod tests {
     #[test]
     fn the_ascii_word_reader_agrees_with_the_general_one() {
         const BYTES: &[u8] = b"aZ09 '\n.,-_'Ab";
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        for _ in 0..3000 {
-            let mut s = String::new();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            for k in 0..(x % 48) {
-                let r = x.rotate_left(k as u32 * 7) ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                s.push(BYTES[(r % BYTES.len() as u64) as usize] as char);
-            }
+        for s in crate::scan::testgen::texts(BYTES, 48, 3000) {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for_each_ascii_word(&s, |at, h| a.push((at, h)));
             for_each_char_word(&s, |at, h| b.push((at, h)));

@@ -443,17 +443,7 @@ mod tests {
     #[test]
     fn ascii_tokens_are_split_whitespace() {
         const BYTES: &[u8] = b"ab \t\n\x0b\x0c\r\x1c\x1f\x00.=";
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for _ in 0..3000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let s: String = (0..x % 40)
-                .map(|k| {
-                    let r = x.rotate_left(k as u32 * 5) ^ k.wrapping_mul(0x2545_F491_4F6C_DD1D);
-                    BYTES[(r % BYTES.len() as u64) as usize] as char
-                })
-                .collect();
+        for s in crate::scan::testgen::texts(BYTES, 40, 3000) {
             let ours: Vec<&str> = tokens(&s).collect();
             let std: Vec<&str> = s.split_whitespace().collect();
             assert_eq!(ours, std, "{s:?}");

@@ -77,6 +77,8 @@ mod onnx;
 mod prefilter;
 mod redaction;
 mod secrets;
+#[cfg(test)]
+pub(crate) mod testgen;
 mod unicode;
 
 pub use classifier::{Classifier, Example, Level, Score, Trainer};

@@ -396,18 +396,9 @@ mod tests {
 
     #[test]
     fn the_ascii_path_agrees_with_the_general_one() {
-        // A small deterministic generator over the bytes that matter.
+        // Texts over the bytes that matter.
         const BYTES: &[u8] = b"aZ01926347@$' \t\n\r\x0b\x0c.-:<|\x1b";
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for _ in 0..20000 {
-            let mut s = String::new();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            for k in 0..(x % 40) {
-                let r = x.rotate_left(k as u32 * 5) ^ k.wrapping_mul(0x2545_F491_4F6C_DD1D);
-                s.push(BYTES[(r % BYTES.len() as u64) as usize] as char);
-            }
+        for s in crate::scan::testgen::texts(BYTES, 40, 20000) {
             let (a, b) = (normalize_ascii(&s), normalize_chars(&s));
             assert_eq!(a.text, b.text, "{s:?}");
             for i in 0..=a.text.len() + 1 {

@@ -1223,14 +1223,7 @@ mod tests {
     #[test]
     fn words_eight_bytes_at_a_time_are_the_byte_loop_s() {
         const BYTES: &[u8] = b"aZz09/:@[`{ \x7f\x80\xc3\xa9_-";
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        for _ in 0..20000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let hay: Vec<u8> = (0..x % 40)
-                .map(|k| BYTES[(x.rotate_left(k as u32 * 5) % BYTES.len() as u64) as usize])
-                .collect();
+        for hay in crate::scan::testgen::strings(BYTES, 40, 20000) {
             let mut ours = Vec::new();
             ascii_words(&hay, |s, e| ours.push((s, e)));
             let mut theirs = Vec::new();
