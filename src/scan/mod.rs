@@ -104,8 +104,9 @@ struct Inner {
     rules: secrets::RuleSet,
     classifier: Option<Classifier>,
     redaction: Redaction,
-    families: Vec<heuristics::Family>,
-    family_set: prefilter::Prefixed,
+    /// The built-in rule families and their prefilter (compiled once per process,
+    /// shared by every scanner).
+    families: &'static (Vec<heuristics::Family>, prefilter::Prefixed),
     encodings: encoding::Patterns,
     threshold: f32,
     disabled: HashSet<String>,
@@ -216,8 +217,7 @@ impl ScannerBuilder {
                 rules: secrets::RuleSet::new(rules),
                 classifier: self.classifier.clone(),
                 redaction: self.redaction.clone(),
-                family_set: heuristics::family_set(&heuristics::families()),
-                families: heuristics::families(),
+                families: builtin_families(),
                 encodings: encoding::patterns(),
                 threshold: self.threshold,
                 disabled: self.disabled.clone(),
@@ -312,7 +312,7 @@ impl Scanner {
         let nested = depth > 0;
         let before = out.len();
         let n = normalize::normalize(text);
-        let verdict = heuristics::evaluate(&g.families, &g.family_set, text, &n);
+        let verdict = heuristics::evaluate(&g.families.0, &g.families.1, text, &n);
         // Encoded payloads first: a text that carries one is judged by the rules as
         // before (the classifier has not learnt encodings; the decoding rules have).
         let enc_from = out.len();
@@ -325,7 +325,7 @@ impl Scanner {
         let f = classifier.map(|c| c.features(&n.text));
         match (classifier, f) {
             (None, _) | (_, None) => {
-                heuristics::findings(&g.families, &verdict, g.threshold, at, out);
+                heuristics::findings(&g.families.0, &verdict, g.threshold, at, out);
             }
             (Some(c), Some(f)) if f.word_count() < classifier::MIN_WORDS => {
                 // A short text gives the classifier little to go on (a task
@@ -333,7 +333,7 @@ impl Scanner {
                 // template's first line): the rules decide, and the classifier only
                 // when a head is nearly certain; it never only flags one.
                 let from = out.len();
-                heuristics::findings(&g.families, &verdict, g.threshold, at, out);
+                heuristics::findings(&g.families.0, &verdict, g.threshold, at, out);
                 let fired: Vec<usize> = verdict.fired.iter().map(|(i, _)| *i).collect();
                 let (v, short) = c.score_short(&f, &fired);
                 if v.level == Level::Pass {
@@ -374,7 +374,7 @@ impl Scanner {
                     Level::Flag => g.threshold * classifier::BAND_RULES,
                     _ => f32::INFINITY,
                 };
-                heuristics::findings(&g.families, &verdict, rules_at, at, out);
+                heuristics::findings(&g.families.0, &verdict, rules_at, at, out);
                 if v.level != Level::Pass {
                     let span = f.window_span(text, &n, v.words.0, v.words.1);
                     let finding = Finding::new(
@@ -397,7 +397,7 @@ impl Scanner {
             // ROT13: the same heuristics on the rotated text.
             let rotated_text = encoding::rot13(text);
             let rotated = normalize::normalize(&rotated_text);
-            let v = heuristics::evaluate(&g.families, &g.family_set, &rotated_text, &rotated);
+            let v = heuristics::evaluate(&g.families.0, &g.families.1, &rotated_text, &rotated);
             if v.score >= g.threshold {
                 out.push(Finding::new(
                     "encoding.rot13",
@@ -451,16 +451,21 @@ impl Scanner {
     }
 }
 
-/// The built-in rule families that fire on a text (indices; `n` is its
-/// normalization), for the classifier on its own and its trainer.
-pub(crate) fn families_fired(text: &str, n: &normalize::Normalized) -> Vec<usize> {
+/// The built-in rule families and their prefilter, compiled on first use.
+fn builtin_families() -> &'static (Vec<heuristics::Family>, prefilter::Prefixed) {
     static SET: std::sync::OnceLock<(Vec<heuristics::Family>, prefilter::Prefixed)> =
         std::sync::OnceLock::new();
-    let (families, set) = SET.get_or_init(|| {
+    SET.get_or_init(|| {
         let f = heuristics::families();
         let s = heuristics::family_set(&f);
         (f, s)
-    });
+    })
+}
+
+/// The built-in rule families that fire on a text (indices; `n` is its
+/// normalization), for the classifier on its own and its trainer.
+pub(crate) fn families_fired(text: &str, n: &normalize::Normalized) -> Vec<usize> {
+    let (families, set) = builtin_families();
     heuristics::evaluate(families, set, text, n)
         .fired
         .into_iter()
