@@ -156,6 +156,12 @@ fn placeholder(v: &str) -> bool {
     .any(|p| l.contains(p))
 }
 
+thread_local! {
+    /// The text being scanned, ASCII-lowercased for the anchor automaton (kept per
+    /// thread so that no scan allocates it).
+    static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// A compiled set of rules.
 #[derive(Clone, Debug)]
 pub(crate) struct RuleSet {
@@ -182,11 +188,14 @@ impl RuleSet {
                 anchor_rule.push(i);
             }
         }
+        // Anchors match case-insensitively (ASCII): the automaton holds them in
+        // lowercase and reads the text lowercased (faster than folding case in the
+        // automaton; the same matches, at the same offsets).
+        let lowered: Vec<String> = literals.iter().map(|a| a.to_ascii_lowercase()).collect();
         let prefilter = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
             .match_kind(MatchKind::Standard)
             .kind(Some(AhoCorasickKind::DFA))
-            .build(&literals)
+            .build(&lowered)
             .unwrap_or_else(|_| {
                 AhoCorasick::new(Vec::<String>::new()).unwrap_or_else(|_| unreachable!())
             });
@@ -226,27 +235,15 @@ impl RuleSet {
             replacer,
             out,
         };
-        // Windows around anchors, merged per rule: each rule's pattern runs once over
-        // each stretch of text that its anchors cover, however dense they are.
-        let mut open: Vec<Option<(usize, usize)>> = vec![None; self.rules.len()];
-        for m in self.prefilter.find_overlapping_iter(text) {
-            let ri = self.anchor_rule[m.pattern().as_usize()];
-            let w = self.rules[ri].window;
-            let (from, to) = (m.start().saturating_sub(w), m.end() + w);
-            match &mut open[ri] {
-                Some((_, end)) if from <= *end => *end = (*end).max(to),
-                slot => {
-                    if let Some((f, t)) = slot.replace((from, to)) {
-                        self.run(ri, f, t, &mut cx);
-                    }
-                }
+        LOWER.with_borrow_mut(|lower| {
+            lower.clear();
+            lower.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
+            self.anchor_windows(lower, &mut cx);
+            // A thread keeps at most 1 MiB of it between scans.
+            if lower.capacity() > 1 << 20 {
+                *lower = Vec::new();
             }
-        }
-        for (ri, slot) in open.into_iter().enumerate() {
-            if let Some((f, t)) = slot {
-                self.run(ri, f, t, &mut cx);
-            }
-        }
+        });
         self.anchorless_set.for_each_match(text, |k, m| {
             let ri = self.anchorless[k];
             if cx.disabled.contains(self.rules[ri].id.as_ref()) {
@@ -255,6 +252,32 @@ impl RuleSet {
             self.accept(ri, 0, text, m, &mut cx);
             true
         });
+    }
+
+    /// Runs each rule over the windows around its anchors in `lower` (the text,
+    /// ASCII-lowercased: the same offsets).
+    fn anchor_windows(&self, lower: &[u8], cx: &mut ScanCx<'_, '_, '_>) {
+        // Windows around anchors, merged per rule: each rule's pattern runs once over
+        // each stretch of text that its anchors cover, however dense they are.
+        let mut open: Vec<Option<(usize, usize)>> = vec![None; self.rules.len()];
+        for m in self.prefilter.find_overlapping_iter(lower) {
+            let ri = self.anchor_rule[m.pattern().as_usize()];
+            let w = self.rules[ri].window;
+            let (from, to) = (m.start().saturating_sub(w), m.end() + w);
+            match &mut open[ri] {
+                Some((_, end)) if from <= *end => *end = (*end).max(to),
+                slot => {
+                    if let Some((f, t)) = slot.replace((from, to)) {
+                        self.run(ri, f, t, cx);
+                    }
+                }
+            }
+        }
+        for (ri, slot) in open.into_iter().enumerate() {
+            if let Some((f, t)) = slot {
+                self.run(ri, f, t, cx);
+            }
+        }
     }
 
     /// Runs rule `ri` over `text[from..to]` (widened to character boundaries).
@@ -840,6 +863,36 @@ mod tests {
             assert!(eip55(&a.to_ascii_lowercase()));
         }
         assert!(!eip55("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"));
+    }
+
+    #[test]
+    fn anchors_match_whatever_the_case_on_either_side() {
+        let rule = Rule::new(
+            "acme.key",
+            Category::Secret,
+            Severity::Critical,
+            r"(?i)\bacme_[0-9a-f]{8}\b",
+        )
+        .unwrap()
+        .anchors(["AcMe_"]);
+        let set = RuleSet::new(vec![rule]);
+        let mask = super::super::Redaction::mask();
+        for text in [
+            "key ACME_0123abcd here",
+            "key acme_0123abcd here",
+            "aCmE_0123abcd",
+        ] {
+            let mut out = Vec::new();
+            let mut replacer = super::super::redaction::Replacer::new(&mask);
+            set.scan(
+                text,
+                Location::Message(0),
+                &HashSet::new(),
+                &mut replacer,
+                &mut out,
+            );
+            assert_eq!(out.len(), 1, "{text}");
+        }
     }
 
     #[test]
