@@ -105,8 +105,6 @@ pub(crate) struct Prefixed {
     words: WordIndex,
     /// The literals searched for.
     searched: Searched,
-    /// The patterns searched in full, and their set.
-    full: Vec<usize>,
     /// Every pattern in one set: when two or more are to be searched in full in a
     /// text (no prefixes, an open gate, too many candidates), one pass says which
     /// can match at all, and only those are searched.
@@ -120,7 +118,12 @@ impl std::fmt::Debug for Prefixed {
             .field("searched", &self.searched.len())
             .field("word_literals", &self.words.len())
             .field("gate_parts", &self.parts.len())
-            .field("full", &self.full)
+            .field(
+                "full",
+                &(0..self.patterns.len())
+                    .filter(|&i| self.patterns[i].anchored.is_none())
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -886,7 +889,6 @@ impl Prefixed {
     pub(crate) fn new(regexes: Vec<regex::Regex>, limit: usize) -> Self {
         let mut literals: Vec<(Vec<u8>, usize, u32)> = Vec::new();
         let mut patterns = Vec::with_capacity(regexes.len());
-        let mut full = Vec::new();
         let mut words = WordIndex::new();
         let mut parts: Vec<Part> = Vec::new();
         for (i, regex) in regexes.into_iter().enumerate() {
@@ -925,9 +927,6 @@ impl Prefixed {
                 }
                 Some(re)
             });
-            if anchored.is_none() {
-                full.push(i);
-            }
             patterns.push(Pattern {
                 regex,
                 anchored,
@@ -939,7 +938,6 @@ impl Prefixed {
             Some(s) => s,
             None => {
                 // No automaton (it could not be built): every pattern in full.
-                full = (0..patterns.len()).collect();
                 words = WordIndex::new();
                 for p in &mut patterns {
                     p.anchored = None;
@@ -959,7 +957,6 @@ impl Prefixed {
             parts: parts.iter().map(Check::new).collect(),
             words,
             searched,
-            full,
             all_set,
         }
     }
