@@ -222,6 +222,9 @@ struct CanaryForms {
     /// In the text without whitespace, case-sensitive: the stable middles of its
     /// base64 encodings at the three alignments.
     base64: Vec<String>,
+    /// Searchers for `compact` and `base64`, built once.
+    compact_finders: Vec<memchr::memmem::Finder<'static>>,
+    base64_finders: Vec<memchr::memmem::Finder<'static>>,
 }
 
 impl CanaryForms {
@@ -248,8 +251,16 @@ impl CanaryForms {
                 base64.push(enc[start..end].to_owned());
             }
         }
+        let finders = |forms: &[String]| {
+            forms
+                .iter()
+                .map(|f| memchr::memmem::Finder::new(f.as_bytes()).into_owned())
+                .collect()
+        };
         Self {
             raw: token.to_ascii_lowercase(),
+            compact_finders: finders(&compact),
+            base64_finders: finders(&base64),
             compact,
             base64,
         }
@@ -1307,17 +1318,20 @@ fn scan_canaries(
     // Letters and digits only, lowercased, with the offset of each: the token itself
     // (wherever it is, however it is cased, spaced or split), reversed, hex, ROT13.
     // And everything but whitespace, case kept, for base64 (which may be wrapped).
+    // Written without a branch per byte: every byte is stored, and the end moves
+    // past it only when it is kept.
     let b = text.as_bytes();
-    let mut compact: Vec<u8> = Vec::with_capacity(b.len());
-    let mut dense: Vec<u8> = Vec::with_capacity(b.len());
-    for &c in b {
-        if c.is_ascii_alphanumeric() {
-            compact.push(c.to_ascii_lowercase());
-        }
-        if !c.is_ascii_whitespace() {
-            dense.push(c);
-        }
+    let (mut compact, mut dense) = (vec![0u8; b.len()], vec![0u8; b.len()]);
+    let (mut nc, mut nd) = (0, 0);
+    for (i, &c) in b.iter().enumerate() {
+        compact[nc] = c.to_ascii_lowercase();
+        nc += usize::from(c.is_ascii_alphanumeric());
+        dense[nd] = c;
+        nd += usize::from(!c.is_ascii_whitespace());
+        debug_assert!(nc <= i + 1 && nd <= i + 1);
     }
+    compact.truncate(nc);
+    dense.truncate(nd);
     // Where the kept bytes came from, worked out only for a hit (matched bytes are
     // ASCII: a span ends one byte after its last).
     let span_of = |keep: fn(u8) -> bool, s: usize, e: usize| {
@@ -1334,20 +1348,19 @@ fn scan_canaries(
         };
         start..crate::finding::ceil_boundary(text, last + 1)
     };
-    let find = |hay: &[u8], needle: &str| memchr::memmem::find(hay, needle.as_bytes());
     for c in deployment.iter().chain(request) {
         if let Some((s, n)) = c
-            .compact
+            .compact_finders
             .iter()
-            .find_map(|f| find(&compact, f).map(|s| (s, f.len())))
+            .find_map(|f| f.find(&compact).map(|s| (s, f.needle().len())))
         {
             push(out, span_of(|c| c.is_ascii_alphanumeric(), s, s + n));
             continue;
         }
         if let Some((s, n)) = c
-            .base64
+            .base64_finders
             .iter()
-            .find_map(|f| find(&dense, f).map(|s| (s, f.len())))
+            .find_map(|f| f.find(&dense).map(|s| (s, f.needle().len())))
         {
             push(out, span_of(|c| !c.is_ascii_whitespace(), s, s + n));
         }
