@@ -6,6 +6,9 @@
 //! cargo run --release --example load --features axum,policy [-- --seconds 5 --concurrency 16 --rounds 3]
 //! ```
 //!
+//! `--guarded-only 1` runs only the guarded gateway (for a profile of the guard's
+//! side: `perf record -e cpu-clock -g -- target/release/examples/load --guarded-only 1`).
+//!
 //! Both gateways run in this process (on loopback, ephemeral ports) and share the
 //! machine with the load generator (a keep-alive HTTP client with `--concurrency`
 //! workers). The rounds alternate guard off and guard on; the median round of each
@@ -95,6 +98,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let seconds = arg("--seconds", 5);
     let workers = arg("--concurrency", 16);
     let rounds = arg("--rounds", 5).max(1);
+    let guarded_only = arg("--guarded-only", 0) != 0;
     let (guard, keys) = common::demo_guard_with(Quota::per_second(1_000_000), false)?;
     let key = keys[0].1.clone();
     let on = serve(common::Config {
@@ -134,7 +138,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut offs, mut ons, mut failures) = (Vec::new(), Vec::new(), 0);
     println!("round  guard off (req/s)  guard on (req/s)");
     for r in 0..rounds {
-        let (a, fa) = run(off, &key, &body, seconds, workers).await;
+        let (a, fa) = if guarded_only {
+            (f64::NAN, 0)
+        } else {
+            run(off, &key, &body, seconds, workers).await
+        };
         let (b, fb) = run(on, &key, &body, seconds, workers).await;
         failures += fa + fb;
         offs.push(a);
