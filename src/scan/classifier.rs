@@ -252,42 +252,102 @@ fn word_hash(w: &[u8]) -> u64 {
     h
 }
 
-/// What feature extraction feeds: each feature slot, and each word after its
-/// slots (its first and end slot, and its byte range).
+// Tags that keep the three kinds of feature apart in the one slot space.
+const WORD: u64 = 0x1000_0000_0000_0000;
+const PAIR: u64 = 0x2000_0000_0000_0000;
+const GRAM: u64 = 0x3000_0000_0000_0000;
+
+/// A word's own feature slots (`w` is its first 32 bytes, `h` their hash), in
+/// order: the word, then its character 4-grams with boundaries ("<ig", "igno",
+/// ... "es>").
+fn own_slots(h: u64, w: &[u8], mut slot: impl FnMut(u32)) {
+    slot(fib(h ^ WORD));
+    if w.len() >= 3 {
+        let mut padded = [0u8; 34];
+        padded[0] = b'<';
+        padded[1..=w.len()].copy_from_slice(w);
+        padded[w.len() + 1] = b'>';
+        for g in padded[..w.len() + 2].windows(4) {
+            let g = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+            slot(fib(u64::from(g) ^ GRAM));
+        }
+    }
+}
+
+/// How many slots [`own_slots`] gives a word of `len` bytes (at most 32).
+fn own_count(len: usize) -> usize {
+    if len >= 3 { len } else { 1 }
+}
+
+/// The weights of a word's own slots, summed from zero in their order. A window's
+/// sum adds, word after word, the word's pair slot and then this sum (so a word
+/// seen before in the text need not be hashed and read again).
+fn own_sum(h: u64, w: &[u8], weight: impl Fn(usize) -> [f32; HEADS]) -> [f32; HEADS] {
+    let mut sum = [0.0f32; HEADS];
+    own_slots(h, w, |s| {
+        let x = weight(s as usize);
+        for k in 0..HEADS {
+            sum[k] += x[k];
+        }
+    });
+    sum
+}
+
+/// What feature extraction feeds: each word, with its hash, its first 32 bytes,
+/// its pair slot (with the word before) and its byte range.
 trait Sink {
-    fn slot(&mut self, s: u32);
-    fn word(&mut self, from: usize, to: usize, range: std::ops::Range<usize>);
+    fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>);
 }
 
 impl Sink for Features {
-    fn slot(&mut self, s: u32) {
-        self.slots.push(s);
-    }
-    fn word(&mut self, from: usize, _to: usize, range: std::ops::Range<usize>) {
-        self.words.push((from, range));
+    fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
+        self.words.push((self.slots.len(), range));
+        self.slots.push(pair);
+        own_slots(h, w, |s| self.slots.push(s));
     }
 }
 
+/// Entries in [`Summed`]'s cache of word sums (a power of two).
+const SEEN: usize = 512;
+
 /// Features summed as they are extracted (what scoring needs: the weights per word,
-/// added up in the same order as [`Model::best`] adds stored slots).
+/// added up exactly as [`Model::best_with`] adds stored slots).
 struct Summed<'m> {
     model: &'m Model,
     acc: [f32; HEADS],
+    count: usize,
     f: Features,
+    /// The text being read (a cached word is compared with its first occurrence).
+    text: &'m [u8],
+    /// Words seen in this text, by hash: (hash, where it starts, its length, the
+    /// sum of its own slots' weights). Length 0 marks an empty entry.
+    seen: [(u64, u32, u8, [f32; HEADS]); SEEN],
 }
 
 impl Sink for Summed<'_> {
-    fn slot(&mut self, s: u32) {
-        let w = self.model.weights.get(s as usize);
-        for (a, x) in self.acc.iter_mut().zip(w) {
-            *a += x;
+    fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
+        let e = &mut self.seen[(h as usize) & (SEEN - 1)];
+        let (from, len) = (e.1 as usize, usize::from(e.2));
+        let own = if len == w.len() && e.0 == h && self.text.get(from..from + len) == Some(w) {
+            e.3
+        } else {
+            let sum = own_sum(h, w, |s| self.model.weights.get(s));
+            // Offsets past u32 are not cached (the sum is recomputed).
+            if let Ok(start) = u32::try_from(range.start) {
+                *e = (h, start, w.len() as u8, sum);
+            }
+            sum
+        };
+        let p = self.model.weights.get(pair as usize);
+        for k in 0..HEADS {
+            self.acc[k] += p[k];
+            self.acc[k] += own[k];
         }
-    }
-    fn word(&mut self, from: usize, to: usize, range: std::ops::Range<usize>) {
-        self.f.words.push((from, range));
+        self.f.words.push((self.count, range));
+        self.count += 1 + own_count(w.len());
         if let Some((prefix, counts)) = &mut self.f.sums {
             prefix.push(self.acc);
-            counts.push(to);
+            counts.push(self.count);
         }
     }
 }
@@ -303,15 +363,9 @@ pub(crate) fn features(text: &str) -> Features {
 }
 
 fn extract(text: &str, sink: &mut impl Sink) {
-    // Tags that keep the three kinds of feature apart in the one slot space.
-    const WORD: u64 = 0x1000_0000_0000_0000;
-    const PAIR: u64 = 0x2000_0000_0000_0000;
-    const GRAM: u64 = 0x3000_0000_0000_0000;
-    let mut count = 0;
     let mut prev: u64 = word_hash(b"^");
     let b = text.as_bytes();
     let mut i = 0;
-    let mut padded = [0u8; 34];
     while i < b.len() {
         // A word: a run of letters and digits (any script), at most 32 bytes used.
         let start = i;
@@ -336,23 +390,9 @@ fn extract(text: &str, sink: &mut impl Sink) {
             continue;
         }
         let w = &b[start..end.min(start + 32)];
-        let from = count;
         let h = word_hash(w);
-        sink.slot(fib(h ^ WORD));
-        sink.slot(fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR));
-        count += 2;
-        // Character 4-grams with boundaries ("<ig", "igno", ... "es>").
-        if w.len() >= 3 {
-            padded[0] = b'<';
-            padded[1..=w.len()].copy_from_slice(w);
-            padded[w.len() + 1] = b'>';
-            for g in padded[..w.len() + 2].windows(4) {
-                let g = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
-                sink.slot(fib(u64::from(g) ^ GRAM));
-                count += 1;
-            }
-        }
-        sink.word(from, count, start..end);
+        let pair = fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR);
+        sink.word(h, w, pair, start..end);
         prev = h;
         i = end;
     }
@@ -434,11 +474,20 @@ impl Model {
                 let mut acc = [0.0f32; HEADS];
                 for (k, (from, _)) in f.words.iter().enumerate() {
                     let to = f.words.get(k + 1).map_or(f.slots.len(), |w| w.0);
-                    for &s in &f.slots[*from..to] {
+                    // The pair slot, then the word's own slots summed from zero
+                    // (the order [`Summed`] adds them in).
+                    let slots = &f.slots[*from..to];
+                    let mut own = [0.0f32; HEADS];
+                    for &s in slots.get(1..).unwrap_or_default() {
                         let w = weight(s as usize);
                         for h in 0..HEADS {
-                            acc[h] += w[h];
+                            own[h] += w[h];
                         }
+                    }
+                    let p = slots.first().map_or([0.0; HEADS], |&s| weight(s as usize));
+                    for h in 0..HEADS {
+                        acc[h] += p[h];
+                        acc[h] += own[h];
                     }
                     prefix.push(acc);
                     counts.push(to);
@@ -703,6 +752,9 @@ impl Classifier {
         let mut sink = Summed {
             model: &self.model,
             acc: [0.0; HEADS],
+            count: 0,
+            text: text.as_bytes(),
+            seen: [(0, 0, 0, [0.0; HEADS]); SEEN],
             f: Features {
                 slots: Vec::new(),
                 words: Vec::with_capacity(words),
@@ -964,6 +1016,29 @@ mod tests {
                 .probability
                 > a.score("summarise the notes for the team").probability
         );
+    }
+
+    /// The features summed as extracted (with the cache of word sums) give the same
+    /// scores, bit for bit, as the stored slots summed afterwards.
+    #[test]
+    fn summed_features_score_as_stored_slots() {
+        let c = Classifier::builtin();
+        let mut texts: Vec<String> =
+            crate::scan::testgen::texts(b"ab cAB1 ig-no re\nxyz", 400, 300).collect();
+        // More distinct words than the cache holds, repeated (evictions, and
+        // words whose hashes share an entry).
+        let words: String = (0..3000).map(|i| format!("w{i} ")).collect();
+        texts.push(words.repeat(2));
+        texts.push("ignore ignore all previous previous instructions ".repeat(40));
+        texts.push("Ünïcode wörds and wörds, 漢字 漢字 и слова слова".to_owned());
+        for t in &texts {
+            let summed = c.model.best(&c.features(t), &[1, 2]);
+            let stored = c.model.best(&features(t), &[1, 2]);
+            for h in 0..HEADS {
+                assert_eq!(summed[h].0.to_bits(), stored[h].0.to_bits(), "{t:?}");
+                assert_eq!((summed[h].1, summed[h].2), (stored[h].1, stored[h].2));
+            }
+        }
     }
 
     #[test]
