@@ -495,6 +495,9 @@ fn reads_as_english(text: &str) -> bool {
                 | b"with"
         )
     };
+    // Common words in 8% of the first 400 words. From 32 hits on, that holds
+    // whatever follows (at most 400 words): the answer is known.
+    const ENOUGH: usize = 32;
     let mut words = 0usize;
     let mut hits = 0usize;
     if text.is_ascii() {
@@ -507,6 +510,9 @@ fn reads_as_english(text: &str) -> bool {
         {
             words += 1;
             hits += usize::from(common(w));
+            if hits >= ENOUGH && words >= 8 {
+                return true;
+            }
         }
     } else {
         for w in text
@@ -516,6 +522,9 @@ fn reads_as_english(text: &str) -> bool {
         {
             words += 1;
             hits += usize::from(common(w.as_bytes()));
+            if hits >= ENOUGH && words >= 8 {
+                return true;
+            }
         }
     }
     words >= 8 && hits * 100 >= words * 8
@@ -554,5 +563,39 @@ impl OutputValidator for Scanner {
 
     fn name(&self) -> &str {
         "scanner"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `reads_as_english` stops counting once the answer is known: the same answer
+    /// as counting all of the first 400 words.
+    #[test]
+    fn reads_as_english_stops_early_with_the_same_answer() {
+        let full = |text: &str| {
+            let w: Vec<&str> = text
+                .split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .take(400)
+                .collect();
+            let common = [
+                "the", "and", "to", "of", "is", "you", "a", "in", "that", "it", "for", "on", "are",
+                "with",
+            ];
+            let hits = w.iter().filter(|w| common.contains(w)).count();
+            w.len() >= 8 && hits * 100 >= w.len() * 8
+        };
+        let mut texts: Vec<String> =
+            super::testgen::texts(b"the a to x yz, is.", 3000, 400).collect();
+        texts.extend(super::testgen::texts(b"the \xc3\xa9 a", 600, 50).map(|t| t + " é"));
+        texts.push("the cat ".repeat(300));
+        texts.push(format!("{} {}", "zz ".repeat(500), "the ".repeat(100)));
+        texts.push(format!("{} {}", "the and ".repeat(20), "zz ".repeat(500)));
+        let mut english = 0;
+        for t in &texts {
+            assert_eq!(super::reads_as_english(t), full(t), "{t:?}");
+            english += usize::from(full(t));
+        }
+        assert!(english > 10 && english < texts.len() - 10, "{english}");
     }
 }
