@@ -196,12 +196,24 @@ const CLASS: [u8; 256] = {
     t
 };
 
+/// How many of the eight ASCII bytes in `x` (little-endian) are letters from the
+/// first, and the bytes with those letters lowercased (the others changed too).
+fn letter_run(x: u64) -> (usize, u64) {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let y = x | (0x20 * ONES);
+    // Per byte (each below 0x80, so nothing carries): the high bit of y + 0x1f is
+    // y >= b'a', of 0xfa - y is y <= b'z'.
+    let letters = (y + 0x1f * ONES) & ((0xfa * ONES) - y) & (0x80 * ONES);
+    let k = ((!letters & (0x80 * ONES)).trailing_zeros() / 8) as usize;
+    (k, y)
+}
+
 /// The same as [`normalize_chars`] for ASCII text, in one pass over the bytes with
 /// a table: nothing to fold but case and leetspeak, nothing invisible, and the map
 /// back is a list of stretches (only whitespace is dropped).
 fn normalize_ascii(text: &str) -> Normalized {
     let b = text.as_bytes();
-    let mut out = vec![0u8; b.len()];
+    let mut out = vec![0u8; b.len() + 8];
     let mut o = 0;
     let mut runs: Vec<(u32, u32)> = vec![(0, 0)];
     // A byte was dropped: the next one kept starts a stretch.
@@ -220,8 +232,42 @@ fn normalize_ascii(text: &str) -> Normalized {
             *word = usize::MAX;
         }
     };
-    for (i, &c) in b.iter().enumerate() {
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
         let class = CLASS[c as usize];
+        if class == LETTER {
+            // A run of letters, up to eight at a time (what the general case below
+            // does for each of them: no stretch, no word, no leet character to
+            // note after the first).
+            last_space = false;
+            last_newline = false;
+            if moved {
+                runs.push((o as u32, i as u32));
+                moved = false;
+            }
+            if word == usize::MAX {
+                (word, letters, leety) = (o, 0, 0);
+            }
+            let k = match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+                Some(chunk) => {
+                    let (k, lower) = letter_run(u64::from_le_bytes(chunk));
+                    // `out` has eight bytes of room past the text (o <= i); the
+                    // bytes after the run are written again or cut off.
+                    out[o..o + 8].copy_from_slice(&lower.to_le_bytes());
+                    k
+                }
+                None => {
+                    out[o] = c.to_ascii_lowercase();
+                    1
+                }
+            };
+            letters += k;
+            o += k;
+            i += k;
+            continue;
+        }
+        i += 1;
         if class >= SPACE {
             end_word(&mut out, &mut word, o, letters, leety);
             if class == NEWLINE && !last_newline {
@@ -233,7 +279,7 @@ fn normalize_ascii(text: &str) -> Normalized {
                     moved = true;
                 }
                 if moved {
-                    runs.push((o as u32, i as u32));
+                    runs.push((o as u32, (i - 1) as u32));
                     moved = false;
                 }
                 out[o] = b'\n';
@@ -241,7 +287,7 @@ fn normalize_ascii(text: &str) -> Normalized {
                 last_newline = true;
             } else if !last_space {
                 if moved {
-                    runs.push((o as u32, i as u32));
+                    runs.push((o as u32, (i - 1) as u32));
                     moved = false;
                 }
                 out[o] = b' ';
@@ -255,7 +301,7 @@ fn normalize_ascii(text: &str) -> Normalized {
         last_space = false;
         last_newline = false;
         if moved {
-            runs.push((o as u32, i as u32));
+            runs.push((o as u32, (i - 1) as u32));
             moved = false;
         }
         if class == OTHER {
@@ -398,7 +444,11 @@ mod tests {
     fn the_ascii_path_agrees_with_the_general_one() {
         // Texts over the bytes that matter.
         const BYTES: &[u8] = b"aZ01926347@$' \t\n\r\x0b\x0c.-:<|\x1b";
-        for s in crate::scan::testgen::texts(BYTES, 40, 20000) {
+        // Runs of letters longer than eight, and the bytes beside the letters.
+        const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzAMZ@[`{ \n1";
+        let texts = crate::scan::testgen::texts(BYTES, 40, 20000)
+            .chain(crate::scan::testgen::texts(LETTERS, 120, 5000));
+        for s in texts {
             let (a, b) = (normalize_ascii(&s), normalize_chars(&s));
             assert_eq!(a.text, b.text, "{s:?}");
             for i in 0..=a.text.len() + 1 {
