@@ -239,17 +239,44 @@ fn fib(x: u64) -> u32 {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as u32
 }
 
+/// Up to eight bytes as a little-endian integer, zero-padded.
+#[inline]
+fn chunk(c: &[u8]) -> u64 {
+    match <[u8; 8]>::try_from(c) {
+        Ok(b) => u64::from_le_bytes(b),
+        Err(_) => c
+            .iter()
+            .enumerate()
+            .fold(0, |v, (k, &b)| v | u64::from(b) << (8 * k)),
+    }
+}
+
 /// A word's 64-bit hash, eight bytes at a time.
 fn word_hash(w: &[u8]) -> u64 {
     let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ w.len() as u64;
     for c in w.chunks(8) {
-        let mut b = [0u8; 8];
-        b[..c.len()].copy_from_slice(c);
-        h = (h ^ u64::from_le_bytes(b))
+        h = (h ^ chunk(c))
             .wrapping_mul(0xff51_afd7_ed55_8ccd)
             .rotate_left(29);
     }
     h
+}
+
+/// How many of the eight bytes in `x` (little-endian) are ASCII letters or digits
+/// from the first.
+#[inline]
+fn alnum_run(x: u64) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let ascii = !x & (0x80 * ONES);
+    // Per byte, with the high bit cleared so that nothing carries: the high bit of
+    // y + 0x1f is y >= b'a', of 0xfa - y is y <= b'z'; of z + 0x50 is z >= b'0',
+    // of 0xb9 - z is z <= b'9'.
+    let z = x & (0x7f * ONES);
+    let y = z | (0x20 * ONES);
+    let letter = (y + 0x1f * ONES) & ((0xfa * ONES) - y);
+    let digit = (z + 0x50 * ONES) & ((0xb9 * ONES) - z);
+    let ok = (letter | digit) & ascii;
+    ((!ok & (0x80 * ONES)).trailing_zeros() / 8) as usize
 }
 
 // Tags that keep the three kinds of feature apart in the one slot space.
@@ -319,22 +346,30 @@ struct Summed<'m> {
     f: Features,
     /// The text being read (a cached word is compared with its first occurrence).
     text: &'m [u8],
-    /// Words seen in this text, by hash: (hash, where it starts, its length, the
-    /// sum of its own slots' weights). Length 0 marks an empty entry.
-    seen: [(u64, u32, u8, [f32; HEADS]); SEEN],
+    /// Words seen in this text, by hash: (hash, first eight bytes, where it starts,
+    /// its length, the sum of its own slots' weights). Length 0 marks an empty
+    /// entry.
+    seen: [(u64, u64, u32, u8, [f32; HEADS]); SEEN],
 }
 
 impl Sink for Summed<'_> {
     fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
         let e = &mut self.seen[(h as usize) & (SEEN - 1)];
-        let (from, len) = (e.1 as usize, usize::from(e.2));
-        let own = if len == w.len() && e.0 == h && self.text.get(from..from + len) == Some(w) {
-            e.3
+        let (from, len) = (e.2 as usize, usize::from(e.3));
+        let first = chunk(&w[..w.len().min(8)]);
+        // The same word: the same length and bytes (the first eight compared as
+        // an integer, the rest only for a longer word).
+        let own = if len == w.len()
+            && e.0 == h
+            && e.1 == first
+            && (len <= 8 || self.text.get(from..from + len) == Some(w))
+        {
+            e.4
         } else {
             let sum = own_sum(h, w, |s| self.model.weights.get(s));
             // Offsets past u32 are not cached (the sum is recomputed).
             if let Ok(start) = u32::try_from(range.start) {
-                *e = (h, start, w.len() as u8, sum);
+                *e = (h, first, start, w.len() as u8, sum);
             }
             sum
         };
@@ -371,6 +406,14 @@ fn extract(text: &str, sink: &mut impl Sink) {
         let start = i;
         let mut end = i;
         while end < b.len() {
+            // ASCII letters and digits eight at a time, the rest one at a time.
+            if let Some(x) = b.get(end..end + 8).map(chunk) {
+                let k = alnum_run(x);
+                end += k;
+                if k == 8 {
+                    continue;
+                }
+            }
             let c = b[end];
             if c.is_ascii() {
                 if !c.is_ascii_alphanumeric() {
@@ -754,7 +797,7 @@ impl Classifier {
             acc: [0.0; HEADS],
             count: 0,
             text: text.as_bytes(),
-            seen: [(0, 0, 0, [0.0; HEADS]); SEEN],
+            seen: [(0, 0, 0, 0, [0.0; HEADS]); SEEN],
             f: Features {
                 slots: Vec::new(),
                 words: Vec::with_capacity(words),
@@ -1016,6 +1059,34 @@ mod tests {
                 .probability
                 > a.score("summarise the notes for the team").probability
         );
+    }
+
+    /// The eight-at-a-time helpers agree with the byte at a time they replace.
+    #[test]
+    fn word_helpers_agree_with_bytes() {
+        let reference_hash = |w: &[u8]| {
+            let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ w.len() as u64;
+            for c in w.chunks(8) {
+                let mut b = [0u8; 8];
+                b[..c.len()].copy_from_slice(c);
+                h = (h ^ u64::from_le_bytes(b))
+                    .wrapping_mul(0xff51_afd7_ed55_8ccd)
+                    .rotate_left(29);
+            }
+            h
+        };
+        for w in crate::scan::testgen::strings(b"az09AZ_\xff\x80", 40, 3000) {
+            assert_eq!(word_hash(&w), reference_hash(&w), "{w:?}");
+        }
+        // Every byte value in every position, beside letters and digits.
+        for v in 0..=255u8 {
+            for at in 0..8 {
+                let mut x = *b"aZ09qzAM";
+                x[at] = v;
+                let run = x.iter().take_while(|c| c.is_ascii_alphanumeric()).count();
+                assert_eq!(alnum_run(u64::from_le_bytes(x)), run, "{v:#x} at {at}");
+            }
+        }
     }
 
     /// The features summed as extracted (with the cache of word sums) give the same
