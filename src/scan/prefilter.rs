@@ -164,15 +164,17 @@ fn leading_space(literal: &[u8]) -> usize {
 
 /// Up to eight bytes of `hay` from `at`, little-endian, zero-padded.
 fn load(hay: &[u8], at: usize) -> u64 {
-    let mut b = [0u8; 8];
-    match hay.get(at..at + 8) {
-        Some(w) => b.copy_from_slice(w),
-        None => {
-            let rest = &hay[at.min(hay.len())..];
-            b[..rest.len()].copy_from_slice(rest);
-        }
+    match hay
+        .get(at..at + 8)
+        .and_then(|w| <[u8; 8]>::try_from(w).ok())
+    {
+        Some(b) => u64::from_le_bytes(b),
+        // The last few bytes, without a copy.
+        None => hay[at.min(hay.len())..]
+            .iter()
+            .enumerate()
+            .fold(0, |v, (k, &b)| v | u64::from(b) << (8 * k)),
     }
-    u64::from_le_bytes(b)
 }
 
 /// Words are bucketed by their first three bytes (zero-padded when shorter).
@@ -442,9 +444,12 @@ struct WordIndex {
     /// A bit per bucket that any literal (short or long) starts in: most words
     /// start none and cost one bit test.
     used: Vec<u64>,
+    /// A bit per bucket that a literal of eight bytes or more starts in (the
+    /// others skip the table of long literals).
+    long_used: Vec<u64>,
     /// Literals that are the first two bytes of a word that may go on, by those
-    /// bytes, and a bit per two bytes that start one.
-    starts: std::collections::HashMap<u16, Vec<(u64, u64, u32)>>,
+    /// bytes (sorted by them), and a bit per two bytes that start one.
+    starts: Vec<(u16, (u64, u64, u32))>,
     starts_used: Vec<u64>,
     /// (bucket, entry) while building.
     pending: Vec<(usize, (u64, u64, u32))>,
@@ -458,7 +463,8 @@ impl WordIndex {
             long: Vec::new(),
             patterns: Vec::new(),
             used: Vec::new(),
-            starts: std::collections::HashMap::new(),
+            long_used: Vec::new(),
+            starts: Vec::new(),
             starts_used: vec![0; (1 << 16) / 64],
             pending: Vec::new(),
         }
@@ -482,7 +488,7 @@ impl WordIndex {
             // by the word's first two bytes.
             let k = usize::from(u16::from_le_bytes([literal[0], literal[1]]));
             self.starts_used[k / 64] |= 1 << (k % 64);
-            self.starts.entry(k as u16).or_default().push(entry);
+            self.starts.push((k as u16, entry));
             return;
         }
         // The text's word is this literal's word, or starts with its first bytes.
@@ -493,9 +499,15 @@ impl WordIndex {
 
     fn seal(&mut self) {
         let pending = std::mem::take(&mut self.pending);
+        // In the order they were added, for each two bytes.
+        self.starts.sort_by_key(|(k, _)| *k);
         self.used = vec![0; (1 << BUCKET_BITS) / 64];
-        for &(b, _) in &pending {
+        self.long_used = vec![0; (1 << BUCKET_BITS) / 64];
+        for &(b, (_, mask, _)) in &pending {
             self.used[b / 64] |= 1 << (b % 64);
+            if mask == u64::MAX {
+                self.long_used[b / 64] |= 1 << (b % 64);
+            }
         }
         // Literals of eight bytes or more: by those bytes, in one table.
         let mut long: Vec<(u64, u32)> = pending
@@ -542,9 +554,7 @@ impl WordIndex {
     }
 
     fn len(&self) -> usize {
-        self.entries.len()
-            + self.patterns.iter().map(Vec::len).sum::<usize>()
-            + self.starts.values().map(Vec::len).sum::<usize>()
+        self.entries.len() + self.patterns.iter().map(Vec::len).sum::<usize>() + self.starts.len()
     }
 
     /// Calls `f(pattern, start)` for each word of `hay` (a run of ASCII letters and
@@ -559,7 +569,13 @@ impl WordIndex {
             if e - s >= 2 {
                 let k = (bits & 0xffff) as usize;
                 if self.starts_used[k / 64] & (1 << (k % 64)) != 0 {
-                    for &(stem, mask, pattern) in &self.starts[&(k as u16)] {
+                    let from = self
+                        .starts
+                        .partition_point(|(key, _)| usize::from(*key) < k);
+                    for &(key, (stem, mask, pattern)) in &self.starts[from..] {
+                        if usize::from(key) != k {
+                            break;
+                        }
                         if bits & mask == stem && want(pattern) {
                             f(pattern, s);
                         }
@@ -577,6 +593,9 @@ impl WordIndex {
                     f(pattern, s);
                     last = pattern;
                 }
+            }
+            if self.long_used[b / 64] & (1 << (b % 64)) == 0 {
+                return;
             }
             let size = self.long.len();
             let mut i = slot(bits, size);
