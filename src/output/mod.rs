@@ -754,7 +754,7 @@ struct Shingles {
     /// Per prompt (base, then extra): its shingles seen in the answer.
     seen: Vec<ShingleSet>,
     /// The answer's last words (hashes), and where the oldest of them started.
-    window: std::collections::VecDeque<(u64, usize)>,
+    window: Window,
     /// A bit per shingle hash of every prompt: most of an answer's shingles are in
     /// no prompt and cost one bit test.
     filter: Vec<u64>,
@@ -774,13 +774,7 @@ struct ShingleHasher(u64);
 
 impl std::hash::Hasher for ShingleHasher {
     fn finish(&self) -> u64 {
-        // murmur3's 64-bit finalizer.
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
+        mix(self.0)
     }
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
@@ -830,9 +824,60 @@ fn word_hash(w: &str) -> u64 {
 }
 
 fn shingle_hash(words: impl Iterator<Item = u64>) -> u64 {
-    words.fold(0x9e37_79b9_7f4a_7c15, |acc, w| {
-        (acc ^ w).rotate_left(23).wrapping_mul(FNV_PRIME)
-    })
+    mix(words.fold(0, |p, w| p.wrapping_mul(SHINGLE_BASE).wrapping_add(w)))
+}
+
+/// The base of a shingle's polynomial in its words' hashes (odd).
+const SHINGLE_BASE: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// `SHINGLE_BASE` to the power `SHINGLE`: what the oldest word weighs when it
+/// leaves the window.
+const SHINGLE_TOP: u64 = {
+    let mut p: u64 = 1;
+    let mut k = 0;
+    while k < SHINGLE {
+        p = p.wrapping_mul(SHINGLE_BASE);
+        k += 1;
+    }
+    p
+};
+
+/// murmur3's 64-bit finalizer.
+fn mix(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The last `SHINGLE` words of an answer and their shingle's polynomial, rolled
+/// one word at a time (two multiplications a word instead of hashing the whole
+/// shingle again).
+#[derive(Default)]
+struct Window {
+    /// (hash, start) of each word, oldest at `next` once full.
+    words: [(u64, usize); SHINGLE],
+    len: usize,
+    next: usize,
+    poly: u64,
+}
+
+impl Window {
+    /// Takes the next word; once there are `SHINGLE`, the hash of the last
+    /// `SHINGLE` ([`shingle_hash`]) and where the oldest of them starts.
+    fn push(&mut self, h: u64, at: usize) -> Option<(u64, usize)> {
+        let oldest = self.words[self.next].0;
+        self.poly = self.poly.wrapping_mul(SHINGLE_BASE).wrapping_add(h);
+        if self.len == SHINGLE {
+            self.poly = self.poly.wrapping_sub(oldest.wrapping_mul(SHINGLE_TOP));
+        } else {
+            self.len += 1;
+        }
+        self.words[self.next] = (h, at);
+        self.next = (self.next + 1) % SHINGLE;
+        (self.len == SHINGLE).then(|| (mix(self.poly), self.words[self.next].1))
+    }
 }
 
 /// Calls `f(offset, hash)` for each word of `text` (a run of letters, digits and
@@ -902,7 +947,7 @@ impl Shingles {
             base,
             extra: Vec::new(),
             seen,
-            window: std::collections::VecDeque::new(),
+            window: Window::default(),
             filter,
             first: None,
             reported: false,
@@ -948,12 +993,7 @@ impl Shingles {
             ..
         } = self;
         for_each_word(&text[start..end], |at, h| {
-            window.push_back((h, start + at));
-            if window.len() > SHINGLE {
-                window.pop_front();
-            }
-            if window.len() == SHINGLE {
-                let h = shingle_hash(window.iter().map(|(h, _)| *h));
+            if let Some((h, oldest)) = window.push(h, start + at) {
                 let (i, bit) = filter_bit(h);
                 if filter[i] & bit == 0 {
                     return;
@@ -961,7 +1001,7 @@ impl Shingles {
                 for (prompt, seen) in base.iter().chain(extra.iter()).zip(seen.iter_mut()) {
                     if prompt.contains(&h) && seen.insert(h) {
                         if first.is_none() {
-                            *first = window.front().map(|(_, s)| *s);
+                            *first = Some(oldest);
                         }
                         reached |= seen.len() as f32 / prompt.len() as f32 >= threshold;
                     }
@@ -1400,6 +1440,26 @@ fn check_json(text: &str, schema: Option<&serde_json::Value>, out: &mut Vec<Find
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The rolled window gives every shingle's hash as hashing it whole does, and
+    /// where its first word starts.
+    #[test]
+    fn the_rolled_window_hashes_every_shingle() {
+        let words: Vec<u64> = (0..200u64)
+            .map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (i << 40))
+            .collect();
+        let mut w = Window::default();
+        for (i, &h) in words.iter().enumerate() {
+            let got = w.push(h, i * 10);
+            if i + 1 < SHINGLE {
+                assert_eq!(got, None);
+            } else {
+                let first = i + 1 - SHINGLE;
+                let want = shingle_hash(words[first..=i].iter().copied());
+                assert_eq!(got, Some((want, first * 10)), "at {i}");
+            }
+        }
+    }
 
     #[test]
     fn canary_spans_cover_the_disguised_token() {
