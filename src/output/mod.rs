@@ -794,20 +794,18 @@ fn filter_bit(h: u64) -> (usize, u64) {
     (k / 64, 1 << (k % 64))
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0100_0000_01b3;
+/// The word hash's starting value.
+const WORD_SEED: u64 = 0xcbf2_9ce4_8422_2325;
 
 fn word_hash(w: &str) -> u64 {
-    // FNV-1a over the lowercased letters and digits.
-    let mut h: u64 = FNV_OFFSET;
+    let mut h = WordHasher::new();
     if w.is_ascii() {
         for &b in w.as_bytes() {
             if b.is_ascii_alphanumeric() {
-                h ^= u64::from(b.to_ascii_lowercase());
-                h = h.wrapping_mul(FNV_PRIME);
+                h.feed(u64::from(b.to_ascii_lowercase()), 1);
             }
         }
-        return h;
+        return h.finish();
     }
     for c in w
         .chars()
@@ -816,13 +814,56 @@ fn word_hash(w: &str) -> u64 {
     {
         let mut buf = [0u8; 4];
         for b in c.encode_utf8(&mut buf).bytes() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(FNV_PRIME);
+            h.feed(u64::from(b), 1);
         }
     }
-    h
+    h.finish()
 }
 
+/// A word's hash over its lowercased letters and digits (UTF-8), taken eight
+/// bytes at a time: the same value however the bytes are fed.
+struct WordHasher {
+    h: u64,
+    /// Bytes not yet taken (`n` of them, the first lowest).
+    pending: u64,
+    n: usize,
+    len: u64,
+}
+
+impl WordHasher {
+    fn new() -> Self {
+        Self {
+            h: WORD_SEED,
+            pending: 0,
+            n: 0,
+            len: 0,
+        }
+    }
+
+    fn round(h: u64, x: u64) -> u64 {
+        (h ^ x).wrapping_mul(0xff51_afd7_ed55_8ccd).rotate_left(29)
+    }
+
+    /// Takes the `k` bytes (1 to 8) of `bytes`, the first lowest; the bytes past
+    /// them are zero.
+    #[inline]
+    fn feed(&mut self, bytes: u64, k: usize) {
+        self.len += k as u64;
+        if self.n + k < 8 {
+            self.pending |= bytes << (8 * self.n);
+            self.n += k;
+            return;
+        }
+        let take = 8 - self.n;
+        self.h = Self::round(self.h, self.pending | bytes << (8 * self.n));
+        self.pending = if take >= 8 { 0 } else { bytes >> (8 * take) };
+        self.n = k - take;
+    }
+
+    fn finish(&self) -> u64 {
+        Self::round(self.h ^ self.len, self.pending)
+    }
+}
 fn shingle_hash(words: impl Iterator<Item = u64>) -> u64 {
     mix(words.fold(0, |p, w| p.wrapping_mul(SHINGLE_BASE).wrapping_add(w)))
 }
@@ -901,6 +942,7 @@ fn for_each_char_word(text: &str, mut f: impl FnMut(usize, u64)) {
 }
 
 fn for_each_ascii_word(text: &str, mut f: impl FnMut(usize, u64)) {
+    use crate::scan::swar;
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -910,18 +952,27 @@ fn for_each_ascii_word(text: &str, mut f: impl FnMut(usize, u64)) {
             continue;
         }
         let start = i;
-        let mut h = FNV_OFFSET;
-        let mut alnum = false;
-        while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'\'') {
-            if b[i].is_ascii_alphanumeric() {
-                alnum = true;
-                h ^= u64::from(b[i].to_ascii_lowercase());
-                h = h.wrapping_mul(FNV_PRIME);
+        let mut h = WordHasher::new();
+        loop {
+            // Letters and digits eight at a time (lowered by their 0x20 bit, which
+            // leaves digits as they are), an apostrophe skipped.
+            let x = swar::load(b, i);
+            let k = swar::run(swar::alnum(x));
+            if k > 0 {
+                h.feed(swar::first(x | (0x20 * swar::LO), k), k);
+                i += k;
+                if k == 8 {
+                    continue;
+                }
             }
-            i += 1;
+            if b.get(i) == Some(&b'\'') {
+                i += 1;
+                continue;
+            }
+            break;
         }
-        if alnum {
-            f(start, h);
+        if h.len > 0 {
+            f(start, h.finish());
         }
     }
 }
@@ -1441,6 +1492,24 @@ fn check_json(text: &str, schema: Option<&serde_json::Value>, out: &mut Vec<Find
 mod tests {
     use super::*;
 
+    /// A word's hash does not depend on how its bytes are fed.
+    #[test]
+    fn the_word_hash_is_the_same_however_fed() {
+        for w in crate::scan::testgen::strings(b"abcdefgh0123", 40, 500) {
+            let mut one = WordHasher::new();
+            for &b in &w {
+                one.feed(u64::from(b), 1);
+            }
+            for step in 2..=8 {
+                let mut chunked = WordHasher::new();
+                for c in w.chunks(step) {
+                    chunked.feed(crate::scan::swar::load(c, 0), c.len());
+                }
+                assert_eq!(chunked.finish(), one.finish(), "{w:?} by {step}");
+            }
+        }
+    }
+
     /// The rolled window gives every shingle's hash as hashing it whole does, and
     /// where its first word starts.
     #[test]
@@ -1479,7 +1548,12 @@ mod tests {
     #[test]
     fn the_ascii_word_reader_agrees_with_the_general_one() {
         const BYTES: &[u8] = b"aZ09 '\n.,-_'Ab";
-        for s in crate::scan::testgen::texts(BYTES, 48, 3000) {
+        // Long words (past eight bytes, apostrophes inside) and bytes beside the
+        // letter and digit ranges.
+        const LONG: &[u8] = b"abcdefghijklmnopqrstuvwxyzQ0189'@[`{/: ";
+        let texts = crate::scan::testgen::texts(BYTES, 48, 3000)
+            .chain(crate::scan::testgen::texts(LONG, 120, 3000));
+        for s in texts {
             let (mut a, mut b) = (Vec::new(), Vec::new());
             for_each_ascii_word(&s, |at, h| a.push((at, h)));
             for_each_char_word(&s, |at, h| b.push((at, h)));

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
+use super::swar;
+
 use crate::error::BuildError;
 use crate::finding::Category;
 
@@ -239,44 +241,15 @@ fn fib(x: u64) -> u32 {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as u32
 }
 
-/// Up to eight bytes as a little-endian integer, zero-padded.
-#[inline]
-fn chunk(c: &[u8]) -> u64 {
-    match <[u8; 8]>::try_from(c) {
-        Ok(b) => u64::from_le_bytes(b),
-        Err(_) => c
-            .iter()
-            .enumerate()
-            .fold(0, |v, (k, &b)| v | u64::from(b) << (8 * k)),
-    }
-}
-
 /// A word's 64-bit hash, eight bytes at a time.
 fn word_hash(w: &[u8]) -> u64 {
     let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ w.len() as u64;
     for c in w.chunks(8) {
-        h = (h ^ chunk(c))
+        h = (h ^ swar::load(c, 0))
             .wrapping_mul(0xff51_afd7_ed55_8ccd)
             .rotate_left(29);
     }
     h
-}
-
-/// How many of the eight bytes in `x` (little-endian) are ASCII letters or digits
-/// from the first.
-#[inline]
-fn alnum_run(x: u64) -> usize {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let ascii = !x & (0x80 * ONES);
-    // Per byte, with the high bit cleared so that nothing carries: the high bit of
-    // y + 0x1f is y >= b'a', of 0xfa - y is y <= b'z'; of z + 0x50 is z >= b'0',
-    // of 0xb9 - z is z <= b'9'.
-    let z = x & (0x7f * ONES);
-    let y = z | (0x20 * ONES);
-    let letter = (y + 0x1f * ONES) & ((0xfa * ONES) - y);
-    let digit = (z + 0x50 * ONES) & ((0xb9 * ONES) - z);
-    let ok = (letter | digit) & ascii;
-    ((!ok & (0x80 * ONES)).trailing_zeros() / 8) as usize
 }
 
 // Tags that keep the three kinds of feature apart in the one slot space.
@@ -356,7 +329,7 @@ impl Sink for Summed<'_> {
     fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
         let e = &mut self.seen[(h as usize) & (SEEN - 1)];
         let (from, len) = (e.2 as usize, usize::from(e.3));
-        let first = chunk(&w[..w.len().min(8)]);
+        let first = swar::load(w, 0);
         // The same word: the same length and bytes (the first eight compared as
         // an integer, the rest only for a longer word).
         let own = if len == w.len()
@@ -407,8 +380,8 @@ fn extract(text: &str, sink: &mut impl Sink) {
         let mut end = i;
         while end < b.len() {
             // ASCII letters and digits eight at a time, the rest one at a time.
-            if let Some(x) = b.get(end..end + 8).map(chunk) {
-                let k = alnum_run(x);
+            if let Some(x) = b.get(end..end + 8).map(|c| swar::load(c, 0)) {
+                let k = swar::run(swar::alnum(x));
                 end += k;
                 if k == 8 {
                     continue;
@@ -1061,9 +1034,9 @@ mod tests {
         );
     }
 
-    /// The eight-at-a-time helpers agree with the byte at a time they replace.
+    /// The word hash, eight bytes at a time, is the one that copied each chunk.
     #[test]
-    fn word_helpers_agree_with_bytes() {
+    fn word_hash_reads_chunks_as_before() {
         let reference_hash = |w: &[u8]| {
             let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ w.len() as u64;
             for c in w.chunks(8) {
@@ -1077,15 +1050,6 @@ mod tests {
         };
         for w in crate::scan::testgen::strings(b"az09AZ_\xff\x80", 40, 3000) {
             assert_eq!(word_hash(&w), reference_hash(&w), "{w:?}");
-        }
-        // Every byte value in every position, beside letters and digits.
-        for v in 0..=255u8 {
-            for at in 0..8 {
-                let mut x = *b"aZ09qzAM";
-                x[at] = v;
-                let run = x.iter().take_while(|c| c.is_ascii_alphanumeric()).count();
-                assert_eq!(alnum_run(u64::from_le_bytes(x)), run, "{v:#x} at {at}");
-            }
         }
     }
 

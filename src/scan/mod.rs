@@ -77,6 +77,7 @@ mod onnx;
 mod prefilter;
 mod redaction;
 mod secrets;
+pub(crate) mod swar;
 #[cfg(test)]
 pub(crate) mod testgen;
 mod unicode;

@@ -196,18 +196,6 @@ const CLASS: [u8; 256] = {
     t
 };
 
-/// How many of the eight ASCII bytes in `x` (little-endian) are letters from the
-/// first, and the bytes with those letters lowercased (the others changed too).
-fn letter_run(x: u64) -> (usize, u64) {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    let y = x | (0x20 * ONES);
-    // Per byte (each below 0x80, so nothing carries): the high bit of y + 0x1f is
-    // y >= b'a', of 0xfa - y is y <= b'z'.
-    let letters = (y + 0x1f * ONES) & ((0xfa * ONES) - y) & (0x80 * ONES);
-    let k = ((!letters & (0x80 * ONES)).trailing_zeros() / 8) as usize;
-    (k, y)
-}
-
 /// The same as [`normalize_chars`] for ASCII text, in one pass over the bytes with
 /// a table: nothing to fold but case and leetspeak, nothing invisible, and the map
 /// back is a list of stretches (only whitespace is dropped).
@@ -251,7 +239,13 @@ fn normalize_ascii(text: &str) -> Normalized {
             }
             let k = match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
                 Some(chunk) => {
-                    let (k, lower) = letter_run(u64::from_le_bytes(chunk));
+                    let x = u64::from_le_bytes(chunk);
+                    // Letters lowered by their 0x20 bit (the other bytes too,
+                    // written past the run).
+                    let (k, lower) = (
+                        super::swar::run(super::swar::letters(x)),
+                        x | (0x20 * super::swar::LO),
+                    );
                     // `out` has eight bytes of room past the text (o <= i); the
                     // bytes after the run are written again or cut off.
                     out[o..o + 8].copy_from_slice(&lower.to_le_bytes());

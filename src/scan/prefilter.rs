@@ -43,6 +43,8 @@ use regex_automata::{Anchored, Input, meta};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
+use super::swar::{HI, alnum, load};
+
 /// Candidates kept per pattern and text; past this the pattern is searched in full.
 pub(crate) const CANDIDATES: usize = 64;
 
@@ -160,21 +162,6 @@ fn leading_space(literal: &[u8]) -> usize {
         break;
     }
     at
-}
-
-/// Up to eight bytes of `hay` from `at`, little-endian, zero-padded.
-fn load(hay: &[u8], at: usize) -> u64 {
-    match hay
-        .get(at..at + 8)
-        .and_then(|w| <[u8; 8]>::try_from(w).ok())
-    {
-        Some(b) => u64::from_le_bytes(b),
-        // The last few bytes, without a copy.
-        None => hay[at.min(hay.len())..]
-            .iter()
-            .enumerate()
-            .fold(0, |v, (k, &b)| v | u64::from(b) << (8 * k)),
-    }
 }
 
 /// Words are bucketed by their first three bytes (zero-padded when shorter).
@@ -617,24 +604,6 @@ impl WordIndex {
 /// The slot of eight bytes in an open-addressed table of `size` (a power of two).
 fn slot(key: u64, size: usize) -> usize {
     ((key ^ (key >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize & (size - 1)
-}
-
-const LO: u64 = 0x0101_0101_0101_0101;
-const HI: u64 = 0x8080_8080_8080_8080;
-
-/// The high bit of each byte of `x` (all below 0x80) that is at least `k`.
-fn at_least(x: u64, k: u8) -> u64 {
-    ((x | HI) - LO * u64::from(k)) & HI
-}
-
-/// The high bit of each byte of `x` that is an ASCII letter or digit, eight bytes
-/// at a time.
-fn alnum(x: u64) -> u64 {
-    let y = x & !HI;
-    let range = |a: u8, b: u8| at_least(y, a) & !at_least(y, b + 1);
-    let lower =
-        at_least(y | 0x2020_2020_2020_2020, b'a') & !at_least(y | 0x2020_2020_2020_2020, b'z' + 1);
-    (range(b'0', b'9') | lower) & !x & HI
 }
 
 /// Calls `f(start, end)` for each run of ASCII letters and digits in `hay`, in

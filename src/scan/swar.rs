@@ -1,0 +1,94 @@
+//! Eight bytes at a time ("SIMD within a register"): the byte classes the word
+//! readers need, over a `u64` loaded little-endian (the first byte lowest).
+
+pub(crate) const LO: u64 = 0x0101_0101_0101_0101;
+pub(crate) const HI: u64 = 0x8080_8080_8080_8080;
+
+/// The eight bytes of `hay` from `at`, zero-padded past its end.
+#[inline]
+pub(crate) fn load(hay: &[u8], at: usize) -> u64 {
+    match hay
+        .get(at..at + 8)
+        .and_then(|w| <[u8; 8]>::try_from(w).ok())
+    {
+        Some(b) => u64::from_le_bytes(b),
+        // The last few bytes, without a copy.
+        None => hay[at.min(hay.len())..]
+            .iter()
+            .enumerate()
+            .fold(0, |v, (k, &b)| v | u64::from(b) << (8 * k)),
+    }
+}
+
+/// The high bit of each byte of `x` (all below 0x80) that is at least `k`.
+#[inline]
+pub(crate) fn at_least(x: u64, k: u8) -> u64 {
+    ((x | HI) - LO * u64::from(k)) & HI
+}
+
+/// The high bit of each byte of `x` that is an ASCII letter.
+#[inline]
+pub(crate) fn letters(x: u64) -> u64 {
+    let y = (x & !HI) | (0x20 * LO);
+    at_least(y, b'a') & !at_least(y, b'z' + 1) & !x & HI
+}
+
+/// The high bit of each byte of `x` that is an ASCII letter or digit.
+#[inline]
+pub(crate) fn alnum(x: u64) -> u64 {
+    let y = x & !HI;
+    let digits = at_least(y, b'0') & !at_least(y, b'9' + 1) & !x & HI;
+    letters(x) | digits
+}
+
+/// How many bytes of `x` from the first have their high bit in `mask`.
+#[inline]
+pub(crate) fn run(mask: u64) -> usize {
+    ((!mask & HI).trailing_zeros() / 8) as usize
+}
+
+/// `x` with its bytes past the first `k` cleared.
+#[inline]
+pub(crate) fn first(x: u64, k: usize) -> u64 {
+    if k >= 8 {
+        x
+    } else {
+        x & ((1u64 << (8 * k)) - 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte value in every position, beside letters and digits.
+    #[test]
+    fn classes_agree_with_bytes() {
+        for v in 0..=255u8 {
+            for at in 0..8 {
+                let mut x = *b"aZ09qzAM";
+                x[at] = v;
+                let w = u64::from_le_bytes(x);
+                for (k, c) in x.iter().enumerate() {
+                    let bit = 0x80u64 << (8 * k);
+                    assert_eq!(
+                        letters(w) & bit != 0,
+                        c.is_ascii_alphabetic(),
+                        "{v:#x} at {at}"
+                    );
+                    assert_eq!(
+                        alnum(w) & bit != 0,
+                        c.is_ascii_alphanumeric(),
+                        "{v:#x} at {at}"
+                    );
+                }
+                let n = x.iter().take_while(|c| c.is_ascii_alphanumeric()).count();
+                assert_eq!(run(alnum(w)), n);
+            }
+        }
+        assert_eq!(load(b"abc", 1), u64::from(b'b') | u64::from(b'c') << 8);
+        assert_eq!(load(b"abc", 3), 0);
+        assert_eq!(first(u64::MAX, 3), 0xff_ffff);
+        assert_eq!(first(7, 8), 7);
+    }
+}
