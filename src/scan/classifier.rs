@@ -329,7 +329,7 @@ impl Sink for Summed<'_> {
     fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
         let e = &mut self.seen[(h as usize) & (SEEN - 1)];
         let (from, len) = (e.2 as usize, usize::from(e.3));
-        let first = swar::load(w, 0);
+        let first = swar::first(swar::load(self.text, range.start), w.len());
         // The same word: the same length and bytes (the first eight compared as
         // an integer, the rest only for a longer word).
         let own = if len == w.len()

@@ -12,11 +12,32 @@ pub(crate) fn load(hay: &[u8], at: usize) -> u64 {
         .and_then(|w| <[u8; 8]>::try_from(w).ok())
     {
         Some(b) => u64::from_le_bytes(b),
-        // The last few bytes, without a copy.
-        None => hay[at.min(hay.len())..]
-            .iter()
-            .enumerate()
-            .fold(0, |v, (k, &b)| v | u64::from(b) << (8 * k)),
+        None => partial(&hay[at.min(hay.len())..]),
+    }
+}
+
+/// Fewer than eight bytes, zero-padded: two loads that overlap (the bytes they
+/// share are the same), no loop.
+#[inline]
+fn partial(r: &[u8]) -> u64 {
+    let n = r.len();
+    let pair = |lo: u64, hi: u64, width: usize| lo | hi << (8 * (n - width));
+    match n {
+        4.. => {
+            let (lo, hi) = (&r[..4], &r[n - 4..]);
+            pair(
+                u64::from(u32::from_le_bytes([lo[0], lo[1], lo[2], lo[3]])),
+                u64::from(u32::from_le_bytes([hi[0], hi[1], hi[2], hi[3]])),
+                4,
+            )
+        }
+        2.. => pair(
+            u64::from(u16::from_le_bytes([r[0], r[1]])),
+            u64::from(u16::from_le_bytes([r[n - 2], r[n - 1]])),
+            2,
+        ),
+        1 => u64::from(r[0]),
+        _ => 0,
     }
 }
 
@@ -84,6 +105,19 @@ mod tests {
                 }
                 let n = x.iter().take_while(|c| c.is_ascii_alphanumeric()).count();
                 assert_eq!(run(alnum(w)), n);
+            }
+        }
+        for n in 0..=12 {
+            let hay: Vec<u8> = (1..=n as u8).collect();
+            for at in 0..=n + 1 {
+                let want = hay
+                    .get(at..)
+                    .unwrap_or_default()
+                    .iter()
+                    .take(8)
+                    .enumerate()
+                    .fold(0u64, |v, (k, &b)| v | u64::from(b) << (8 * k));
+                assert_eq!(load(&hay, at), want, "{n} bytes at {at}");
             }
         }
         assert_eq!(load(b"abc", 1), u64::from(b'b') | u64::from(b'c') << 8);
