@@ -133,6 +133,14 @@ fn canaries_are_found_in_every_disguise() {
     };
     let split = format!("**{}**{}", &t[..12], &t[12..]);
     let wrapped = format!("{}\n{}", &t[..15], &t[15..]);
+    let rot13: String = t
+        .chars()
+        .map(|c| match c {
+            'a'..='z' => (((c as u8 - b'a' + 13) % 26) + b'a') as char,
+            'A'..='Z' => (((c as u8 - b'A' + 13) % 26) + b'A') as char,
+            _ => c,
+        })
+        .collect();
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});
     for answer in [
         format!("Sure: {t}"),
@@ -143,6 +151,7 @@ fn canaries_are_found_in_every_disguise() {
         format!("Encoded: {b64}"),
         format!("Formatted: {split}"),
         format!("Wrapped: {wrapped}"),
+        format!("In ROT13: {rot13}"),
     ] {
         let r = check(
             &g,

@@ -225,6 +225,51 @@ struct CanaryForms {
     /// Searchers for `compact` and `base64`, built once.
     compact_finders: Vec<memchr::memmem::Finder<'static>>,
     base64_finders: Vec<memchr::memmem::Finder<'static>>,
+    /// Bytes that all occur in any text one of the forms is found in (a few of
+    /// the rarest of each form, with their other case for the compact forms):
+    /// a text without one of them is not searched for that form.
+    compact_needs: Vec<Vec<[u8; 2]>>,
+    base64_needs: Vec<Vec<[u8; 2]>>,
+}
+
+/// Up to three of the rarest bytes of `form` (by English letter frequency;
+/// digits, symbols and, when case matters, capitals rarest), each as the pair
+/// of bytes either of which must occur (both cases when `fold`).
+fn rare_bytes(form: &str, fold: bool) -> Vec<[u8; 2]> {
+    const COMMON: &[u8] = b"etaoinshrdlcumwfgypbvkjxqz";
+    let rank = |c: u8| {
+        let lower = c.to_ascii_lowercase();
+        let pos = COMMON
+            .iter()
+            .position(|&x| x == lower)
+            .unwrap_or(COMMON.len());
+        pos + if !fold && c.is_ascii_uppercase() {
+            10
+        } else {
+            0
+        }
+    };
+    let mut bytes: Vec<u8> = form.bytes().collect();
+    bytes.sort_by_key(|&c| std::cmp::Reverse(rank(c)));
+    bytes.dedup();
+    bytes
+        .into_iter()
+        .take(3)
+        .map(|c| {
+            if fold {
+                [c.to_ascii_lowercase(), c.to_ascii_uppercase()]
+            } else {
+                [c, c]
+            }
+        })
+        .collect()
+}
+
+/// Whether `hay` has a byte of each pair.
+fn has_all(hay: &[u8], needs: &[[u8; 2]]) -> bool {
+    needs
+        .iter()
+        .all(|&[a, b]| memchr::memchr2(a, b, hay).is_some())
 }
 
 impl CanaryForms {
@@ -261,6 +306,8 @@ impl CanaryForms {
             raw: token.to_ascii_lowercase(),
             compact_finders: finders(&compact),
             base64_finders: finders(&base64),
+            compact_needs: compact.iter().map(|f| rare_bytes(f, true)).collect(),
+            base64_needs: base64.iter().map(|f| rare_bytes(f, false)).collect(),
             compact,
             base64,
         }
@@ -1391,7 +1438,13 @@ fn scan_canaries(
     text: &str,
     out: &mut Vec<Finding>,
 ) {
-    if deployment.is_empty() && request.is_empty() {
+    // Most texts lack a rare byte of every form: no copies, no searches.
+    let b = text.as_bytes();
+    let possible = |c: &CanaryForms| {
+        c.compact_needs.iter().any(|n| has_all(b, n))
+            || c.base64_needs.iter().any(|n| has_all(b, n))
+    };
+    if !deployment.iter().chain(request).any(possible) {
         return;
     }
     let push = |out: &mut Vec<Finding>, span: std::ops::Range<usize>| {
@@ -1411,7 +1464,6 @@ fn scan_canaries(
     // And everything but whitespace, case kept, for base64 (which may be wrapped).
     // Written without a branch per byte: every byte is stored, and the end moves
     // past it only when it is kept.
-    let b = text.as_bytes();
     let (mut compact, mut dense) = (vec![0u8; b.len()], vec![0u8; b.len()]);
     let (mut nc, mut nd) = (0, 0);
     for (i, &c) in b.iter().enumerate() {
