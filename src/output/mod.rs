@@ -250,7 +250,7 @@ fn rare_bytes(form: &str, fold: bool) -> Vec<[u8; 2]> {
         }
     };
     let mut bytes: Vec<u8> = form.bytes().collect();
-    bytes.sort_by_key(|&c| std::cmp::Reverse(rank(c)));
+    bytes.sort_by_key(|&c| (std::cmp::Reverse(rank(c)), c));
     bytes.dedup();
     bytes
         .into_iter()

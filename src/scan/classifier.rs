@@ -98,8 +98,8 @@ struct Model {
 
 /// The hashed feature weights as the weights file holds them: a 16-bit integer
 /// per head and slot, times the head's scale. Half the memory of `f32` weights
-/// (1.5 MiB), so the table stays in a core's second-level cache beside the rest of
-/// a server's working set; a weight read is the same `f32` the file describes.
+/// (1.5 MiB instead of 3 MiB per process); a weight read is the same `f32` the
+/// file describes.
 #[derive(Clone)]
 struct Weights {
     q: Vec<[i16; HEADS]>,
