@@ -443,7 +443,11 @@ mod tests {
     #[test]
     fn ascii_tokens_are_split_whitespace() {
         const BYTES: &[u8] = b"ab \t\n\x0b\x0c\r\x1c\x1f\x00.=";
-        for s in crate::scan::testgen::texts(BYTES, 40, 3000) {
+        // Tokens and runs of whitespace longer than eight bytes.
+        const LONG: &[u8] = b"abcdefgh.= \t\n   ";
+        let texts = crate::scan::testgen::texts(BYTES, 40, 3000)
+            .chain(crate::scan::testgen::texts(LONG, 200, 2000));
+        for s in texts {
             let ours: Vec<&str> = tokens(&s).collect();
             let std: Vec<&str> = s.split_whitespace().collect();
             assert_eq!(ours, std, "{s:?}");
@@ -461,6 +465,7 @@ mod tests {
         assert_eq!(rules("🏄🤫🚓🎑🛡🌏🍢🍻📑").0, ["encoding.emoji_blob"]);
         assert_eq!(rules(".-- --- --. .-.").0, ["encoding.morse"]);
         assert_eq!(rules("Bravo Oscar Oscar November India Echo").1, ["boonie"]);
+        assert_eq!(rules("ALFA bRaVo X-RAY (Zulu)").1, ["abxz"]);
         // Requests to decode are a heuristic family, over normalized text.
         let s = crate::scan::Scanner::new();
         for t in [
