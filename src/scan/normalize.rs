@@ -237,13 +237,25 @@ fn normalize_ascii(text: &str) -> Normalized {
             if word == usize::MAX {
                 (word, letters, leety) = (o, 0, 0);
             }
-            // Letters lowered by their 0x20 bit (the other bytes too, written past
-            // the run: `out` has eight bytes of room past the text and o <= i, and
-            // what follows the run is written again or cut off). Past the end of
-            // the text the bytes read as zero, which is no letter.
-            let x = super::swar::load(b, i);
-            let k = super::swar::run(super::swar::letters(x));
-            out[o..o + 8].copy_from_slice(&(x | (0x20 * super::swar::LO)).to_le_bytes());
+            let k = match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+                Some(chunk) => {
+                    let x = u64::from_le_bytes(chunk);
+                    // Letters lowered by their 0x20 bit (the other bytes too,
+                    // written past the run).
+                    let (k, lower) = (
+                        super::swar::run(super::swar::letters(x)),
+                        x | (0x20 * super::swar::LO),
+                    );
+                    // `out` has eight bytes of room past the text (o <= i); the
+                    // bytes after the run are written again or cut off.
+                    out[o..o + 8].copy_from_slice(&lower.to_le_bytes());
+                    k
+                }
+                None => {
+                    out[o] = c.to_ascii_lowercase();
+                    1
+                }
+            };
             letters += k;
             o += k;
             i += k;
