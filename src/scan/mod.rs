@@ -68,6 +68,7 @@
 //! assert!(scanner.scan_text("Please summarise the attached report.", Location::Message(0)).is_empty());
 //! ```
 
+mod anchors;
 mod classifier;
 mod encoding;
 mod heuristics;

@@ -5,10 +5,8 @@
 use std::borrow::Cow;
 use std::collections::HashSet;
 
-use aho_corasick::automaton::{Automaton, StateID};
-use aho_corasick::dfa::DFA;
-use aho_corasick::{Anchored, MatchKind, StartKind};
 use regex::{Regex, RegexBuilder};
+use smallvec::SmallVec;
 
 use crate::finding::{Action, Category, Finding, Location, Severity};
 
@@ -158,79 +156,13 @@ fn placeholder(v: &str) -> bool {
     .any(|p| l.contains(p))
 }
 
-thread_local! {
-    /// The text being scanned, ASCII-lowercased for the anchor automaton (kept per
-    /// thread so that no scan allocates it).
-    static LOWER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Texts from this long are walked as two halves side by side by [`overlapping`].
-const STRIPED: usize = 256;
-
-/// Calls `f(pattern, start, end)` for every occurrence of `dfa`'s patterns in
-/// `hay`, overlapping ones included, in the order of their ends (as
-/// `AhoCorasick::find_overlapping_iter` gives them).
-///
-/// A text of [`STRIPED`] bytes or more is walked as two halves side by side: the
-/// second from the longest pattern's length before its half (so that its state is
-/// exact where the half starts), reporting only what ends in it. Two independent
-/// chains of transitions instead of one: about a third faster on this machine.
-fn overlapping(dfa: &DFA, hay: &[u8], mut f: impl FnMut(usize, usize, usize)) {
-    let Ok(start) = dfa.start_state(Anchored::No) else {
-        // `RuleSet::new` keeps only an automaton that has one.
-        return;
-    };
-    // The matches of state `s` after reading up to `end`.
-    let matches = |s: StateID, end: usize, f: &mut dyn FnMut(usize, usize, usize)| {
-        if dfa.is_special(s) && dfa.is_match(s) {
-            for i in 0..dfa.match_len(s) {
-                let p = dfa.match_pattern(s, i);
-                f(p.as_usize(), end - dfa.pattern_len(p), end);
-            }
-        }
-    };
-    if hay.len() < STRIPED {
-        let mut s = start;
-        for (i, &b) in hay.iter().enumerate() {
-            s = dfa.next_state(Anchored::No, s, b);
-            matches(s, i + 1, &mut f);
-        }
-        return;
-    }
-    let mid = hay.len() / 2;
-    let from = mid.saturating_sub(dfa.max_pattern_len());
-    let (first, second) = (&hay[..mid], &hay[from..]);
-    // What the second walk finds, reported after the first's.
-    let mut later: Vec<(usize, usize, usize)> = Vec::new();
-    let mut keep = |p: usize, s: usize, e: usize| {
-        if e > mid {
-            later.push((p, s, e));
-        }
-    };
-    let (mut a, mut b) = (start, start);
-    for (i, (&x, &y)) in first.iter().zip(second).enumerate() {
-        a = dfa.next_state(Anchored::No, a, x);
-        b = dfa.next_state(Anchored::No, b, y);
-        matches(a, i + 1, &mut f);
-        matches(b, from + i + 1, &mut keep);
-    }
-    // The second half is the longer one.
-    for (i, &y) in second.iter().enumerate().skip(first.len()) {
-        b = dfa.next_state(Anchored::No, b, y);
-        matches(b, from + i + 1, &mut keep);
-    }
-    for (p, s, e) in later {
-        f(p, s, e);
-    }
-}
-
 /// A compiled set of rules.
 #[derive(Clone, Debug)]
 pub(crate) struct RuleSet {
     rules: Vec<Rule>,
-    /// Every rule's anchors, lowercased, in one automaton (`None` when it
-    /// cannot be built: then every anchored rule runs over the whole text).
-    prefilter: Option<DFA>,
+    /// Every rule's anchors in one automaton (`None` when it cannot be built:
+    /// then every anchored rule runs over the whole text).
+    prefilter: Option<super::anchors::Anchors>,
     anchor_rule: Vec<usize>,
     anchorless: Vec<usize>,
     /// The anchorless rules' patterns behind one prefilter (their literal prefixes,
@@ -252,16 +184,7 @@ impl RuleSet {
                 anchor_rule.push(i);
             }
         }
-        // Anchors match case-insensitively (ASCII): the automaton holds them in
-        // lowercase and reads the text lowercased (faster than folding case in the
-        // automaton; the same matches, at the same offsets).
-        let lowered: Vec<String> = literals.iter().map(|a| a.to_ascii_lowercase()).collect();
-        let prefilter = aho_corasick::dfa::Builder::new()
-            .match_kind(MatchKind::Standard)
-            .start_kind(StartKind::Unanchored)
-            .build(&lowered)
-            .ok()
-            .filter(|d| d.start_state(Anchored::No).is_ok());
+        let prefilter = super::anchors::Anchors::new(&literals);
         let anchorless_set = super::prefilter::Prefixed::new(
             anchorless.iter().map(|&i| rules[i].regex.clone()).collect(),
             1 << 22,
@@ -298,15 +221,7 @@ impl RuleSet {
             replacer,
             out,
         };
-        LOWER.with_borrow_mut(|lower| {
-            lower.clear();
-            lower.extend(text.bytes().map(|b| b.to_ascii_lowercase()));
-            self.anchor_windows(lower, &mut cx);
-            // A thread keeps at most 1 MiB of it between scans.
-            if lower.capacity() > 1 << 20 {
-                *lower = Vec::new();
-            }
-        });
+        self.anchor_windows(&mut cx);
         self.anchorless_set.for_each_match(text, |k, m| {
             let ri = self.anchorless[k];
             if cx.disabled.contains(self.rules[ri].id.as_ref()) {
@@ -317,15 +232,15 @@ impl RuleSet {
         });
     }
 
-    /// Runs each rule over the windows around its anchors in `lower` (the text,
-    /// ASCII-lowercased: the same offsets).
-    fn anchor_windows(&self, lower: &[u8], cx: &mut ScanCx<'_, '_, '_>) {
+    /// Runs each rule over the windows around its anchors in the text.
+    fn anchor_windows(&self, cx: &mut ScanCx<'_, '_, '_>) {
         // Windows around anchors, merged per rule: each rule's pattern runs once over
         // each stretch of text that its anchors cover, however dense they are.
-        let mut open: Vec<Option<(usize, usize)>> = vec![None; self.rules.len()];
-        let Some(dfa) = &self.prefilter else {
+        let mut open: SmallVec<[Option<(usize, usize)>; 128]> =
+            smallvec::smallvec![None; self.rules.len()];
+        let Some(anchors) = &self.prefilter else {
             for &ri in &self.anchor_rule {
-                open[ri] = Some((0, lower.len()));
+                open[ri] = Some((0, cx.text.len()));
             }
             for (ri, slot) in open.into_iter().enumerate() {
                 if let Some((f, t)) = slot {
@@ -334,7 +249,7 @@ impl RuleSet {
             }
             return;
         };
-        overlapping(dfa, lower, |pattern, start, end| {
+        anchors.for_each(cx.text.as_bytes(), |pattern, start, end| {
             let ri = self.anchor_rule[pattern];
             let w = self.rules[ri].window;
             let (from, to) = (start.saturating_sub(w), end + w);
@@ -894,54 +809,19 @@ pub(crate) fn pii_rules() -> Vec<Rule> {
     ]
 }
 
+/// The built-in rules' anchors.
+#[cfg(test)]
+pub(crate) fn builtin_anchors() -> Vec<String> {
+    secret_rules()
+        .iter()
+        .chain(&pii_rules())
+        .flat_map(|r| r.anchors.iter().cloned())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The striped walk finds what Aho-Corasick's overlapping search finds, in the
-    /// same order, on either side of the striping length and the middle.
-    #[test]
-    fn striped_walk_matches_overlapping_search() {
-        let anchors: Vec<String> = secret_rules()
-            .iter()
-            .chain(&pii_rules())
-            .flat_map(|r| r.anchors.iter().map(|a| a.to_ascii_lowercase()))
-            .collect();
-        let dfa = aho_corasick::dfa::Builder::new()
-            .match_kind(MatchKind::Standard)
-            .build(&anchors)
-            .unwrap();
-        let ac = aho_corasick::AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
-            .build(&anchors)
-            .unwrap();
-        let mut texts: Vec<Vec<u8>> =
-            crate::scan::testgen::strings(b"sk-ant_apikeytoenpwd:/.= ", 1200, 600).collect();
-        texts.push(b"sk-ant-api_key token ".repeat(40));
-        // Every anchor across the middle of texts around the striping length.
-        for a in &anchors {
-            for len in [STRIPED, STRIPED + 1, 301] {
-                let mid = len / 2;
-                for at in mid.saturating_sub(a.len())..=mid {
-                    let mut t = vec![b'x'; len];
-                    t[at..at + a.len()].copy_from_slice(a.as_bytes());
-                    texts.push(t);
-                }
-            }
-        }
-        let mut total = 0;
-        for t in &texts {
-            let mut got = Vec::new();
-            overlapping(&dfa, t, |p, s, e| got.push((p, s, e)));
-            let want: Vec<_> = ac
-                .find_overlapping_iter(t.as_slice())
-                .map(|m| (m.pattern().as_usize(), m.start(), m.end()))
-                .collect();
-            assert_eq!(got, want, "{}", String::from_utf8_lossy(t));
-            total += got.len();
-        }
-        assert!(total > 5000, "{total}");
-    }
 
     #[test]
     fn validators() {
