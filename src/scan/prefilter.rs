@@ -438,6 +438,10 @@ struct WordIndex {
     /// bytes (sorted by them), and a bit per two bytes that start one.
     starts: Vec<(u16, (u64, u64, u32))>,
     starts_used: Vec<u64>,
+    /// A bit per first two bytes of a word (the first byte and zero for a word of
+    /// one byte) that any literal can start with: most words of a text start
+    /// none and cost one bit test.
+    heads: Vec<u64>,
     /// (bucket, entry) while building.
     pending: Vec<(usize, (u64, u64, u32))>,
 }
@@ -453,6 +457,7 @@ impl WordIndex {
             long_used: Vec::new(),
             starts: Vec::new(),
             starts_used: vec![0; (1 << 16) / 64],
+            heads: vec![0; (1 << 16) / 64],
             pending: Vec::new(),
         }
     }
@@ -470,6 +475,11 @@ impl WordIndex {
             (1u64 << (8 * stem.len())) - 1
         };
         let entry = (load(stem, 0), mask, pattern);
+        let k = usize::from(u16::from_le_bytes([
+            literal[0],
+            if w > 1 { literal[1] } else { 0 },
+        ]));
+        self.heads[k / 64] |= 1 << (k % 64);
         if w == literal.len() && w < HEAD {
             // The literal is the start of a short word, which may go on: looked up
             // by the word's first two bytes.
@@ -553,51 +563,69 @@ impl WordIndex {
         }
         ascii_words(hay, |s, e| {
             let bits = load(hay, s);
-            if e - s >= 2 {
-                let k = (bits & 0xffff) as usize;
-                if self.starts_used[k / 64] & (1 << (k % 64)) != 0 {
-                    let from = self
-                        .starts
-                        .partition_point(|(key, _)| usize::from(*key) < k);
-                    for &(key, (stem, mask, pattern)) in &self.starts[from..] {
-                        if usize::from(key) != k {
-                            break;
-                        }
-                        if bits & mask == stem && want(pattern) {
-                            f(pattern, s);
-                        }
-                    }
-                }
-            }
-            let b = bucket(bits, e - s);
-            if self.used[b / 64] & (1 << (b % 64)) == 0 {
-                return;
-            }
-            let (from, to) = (self.offsets[b] as usize, self.offsets[b + 1] as usize);
-            let mut last = u32::MAX;
-            for &(stem, mask, pattern) in &self.entries[from..to] {
-                if bits & mask == stem && pattern != last && want(pattern) {
-                    f(pattern, s);
-                    last = pattern;
-                }
-            }
-            if self.long_used[b / 64] & (1 << (b % 64)) == 0 {
-                return;
-            }
-            let size = self.long.len();
-            let mut i = slot(bits, size);
-            while let Some(&(stem, k)) = self.long.get(i).filter(|(_, k)| *k != u32::MAX) {
-                if stem == bits {
-                    for &p in &self.patterns[k as usize] {
-                        if want(p) {
-                            f(p, s);
-                        }
-                    }
-                    break;
-                }
-                i = (i + 1) & (size - 1);
+            let k = (bits & if e - s >= 2 { 0xffff } else { 0xff }) as usize;
+            if self.heads[k / 64] & (1 << (k % 64)) != 0 {
+                self.lookup(bits, s, e, &want, &mut f);
             }
         });
+    }
+
+    /// The literals a word `hay[s..e]` whose first eight bytes are `bits` starts
+    /// (past the filter of its first two bytes: out of line, so that the loop over
+    /// the words stays small).
+    #[inline(never)]
+    fn lookup(
+        &self,
+        bits: u64,
+        s: usize,
+        e: usize,
+        want: &impl Fn(u32) -> bool,
+        f: &mut impl FnMut(u32, usize),
+    ) {
+        if e - s >= 2 {
+            let k = (bits & 0xffff) as usize;
+            if self.starts_used[k / 64] & (1 << (k % 64)) != 0 {
+                let from = self
+                    .starts
+                    .partition_point(|(key, _)| usize::from(*key) < k);
+                for &(key, (stem, mask, pattern)) in &self.starts[from..] {
+                    if usize::from(key) != k {
+                        break;
+                    }
+                    if bits & mask == stem && want(pattern) {
+                        f(pattern, s);
+                    }
+                }
+            }
+        }
+        let b = bucket(bits, e - s);
+        if self.used[b / 64] & (1 << (b % 64)) == 0 {
+            return;
+        }
+        let (from, to) = (self.offsets[b] as usize, self.offsets[b + 1] as usize);
+        let mut last = u32::MAX;
+        for &(stem, mask, pattern) in &self.entries[from..to] {
+            if bits & mask == stem && pattern != last && want(pattern) {
+                f(pattern, s);
+                last = pattern;
+            }
+        }
+        if self.long_used[b / 64] & (1 << (b % 64)) == 0 {
+            return;
+        }
+        let size = self.long.len();
+        let mut i = slot(bits, size);
+        while let Some(&(stem, k)) = self.long.get(i).filter(|(_, k)| *k != u32::MAX) {
+            if stem == bits {
+                for &p in &self.patterns[k as usize] {
+                    if want(p) {
+                        f(p, s);
+                    }
+                }
+                break;
+            }
+            i = (i + 1) & (size - 1);
+        }
     }
 }
 
@@ -1096,6 +1124,7 @@ mod tests {
             r"(?m)^[ \t>*_#-]*(?:user|system)[ \t]*:[ \t]*\S",
             r"\b(?:stay|remain) in [\w-]+ mode\b|\b[\w-]+ mode (?:is )?(?:enabled|on)\b",
             r"\b(?:\d[ \-]?){3,5}\d\b",
+            r"\bi am (?:dan|free)\b",
         ];
         let regexes: Vec<regex::Regex> = patterns
             .iter()
@@ -1104,6 +1133,11 @@ mod tests {
         let set = Prefixed::new(regexes.clone(), 1 << 22);
         const WORDS: &[&str] = &[
             "ignore",
+            "i",
+            "am",
+            "free",
+            "i am dan",
+            "i am free",
             "all",
             "the",
             "rules",
