@@ -80,6 +80,14 @@ impl Check {
         }
     }
 
+    /// How many passes over a text looking for it takes (at most).
+    fn passes(&self) -> usize {
+        match self {
+            Self::Literals(l) => l.len(),
+            Self::Class(bytes, _) => bytes.len().div_ceil(3),
+        }
+    }
+
     /// Whether `hay` has the part (`ascii`: whether `hay` is all ASCII).
     fn found(&self, hay: &[u8], ascii: bool) -> bool {
         match self {
@@ -962,6 +970,14 @@ impl Prefixed {
             }
         };
         words.seal();
+        let parts: Vec<Check> = parts.iter().map(Check::new).collect();
+        // Each gate's parts with fewer passes first (a gate is closed by any part
+        // not found; among equals, the rarer-looking first, as `required` ranks them).
+        for p in &mut patterns {
+            for gate in &mut p.gates {
+                gate.sort_by_key(|&k| parts[k].passes());
+            }
+        }
         let all_set = regex::RegexSetBuilder::new(patterns.iter().map(|p| p.regex.as_str()))
             .size_limit(limit.max(1 << 26))
             .dfa_size_limit(limit.max(1 << 26))
@@ -970,7 +986,7 @@ impl Prefixed {
             .ok();
         Self {
             patterns,
-            parts: parts.iter().map(Check::new).collect(),
+            parts,
             words,
             searched,
             all_set,
@@ -1005,6 +1021,10 @@ impl Prefixed {
         let ascii = hay.is_ascii();
         let mut found: SmallVec<[Option<bool>; 32]> = smallvec::smallvec![None; self.parts.len()];
         let mut open = |gate: &[usize]| {
+            // A part already looked for and not found closes the gate at no cost.
+            if gate.iter().any(|&k| found[k] == Some(false)) {
+                return false;
+            }
             gate.iter().all(|&k| {
                 *found[k].get_or_insert_with(|| self.parts[k].found(hay.as_bytes(), ascii))
             })
