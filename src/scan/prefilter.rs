@@ -684,6 +684,10 @@ struct Analysis {
     gates: Vec<Gate>,
 }
 
+/// More two-byte word starts of lowercase letters than this are too weak a prefix
+/// (see [`analyze`]).
+const WEAK: usize = 16;
+
 /// At most this many literals per part of a gate (a `memmem` pass each).
 const GATES: usize = 16;
 
@@ -878,7 +882,19 @@ fn analyze(pattern: &str) -> Option<Analysis> {
             let at = leading_space(l);
             l.len() == at || l.len() == at + 1 && l[at].is_ascii_alphanumeric()
         };
-        if let Some(lits) = lits {
+        // Two-byte starts from a class of lowercase letters (`[0-9a-f]{32}` starts
+        // with any of 256, 36 of them such as "de" or "ca") start a good share of
+        // the words of any text: what the branch requires is a better test, when
+        // it has one.
+        let weak = |lits: &[Vec<u8>]| {
+            lits.iter().all(|l| l.len() <= 2)
+                && lits
+                    .iter()
+                    .filter(|l| l.iter().all(u8::is_ascii_lowercase))
+                    .count()
+                    > WEAK
+        };
+        if let Some(lits) = lits.filter(|l| !weak(l) || required(branch).is_none()) {
             let by_word = at_word
                 && lits
                     .iter()
@@ -1145,6 +1161,7 @@ mod tests {
             r"\b(?:stay|remain) in [\w-]+ mode\b|\b[\w-]+ mode (?:is )?(?:enabled|on)\b",
             r"\b(?:\d[ \-]?){3,5}\d\b",
             r"\bi am (?:dan|free)\b",
+            r"\b[a-f0-9]{4}-us\b",
         ];
         let regexes: Vec<regex::Regex> = patterns
             .iter()
@@ -1158,6 +1175,9 @@ mod tests {
             "free",
             "i am dan",
             "i am free",
+            "be",
+            "dead-us",
+            "ca-us",
             "all",
             "the",
             "rules",
@@ -1357,5 +1377,14 @@ mod tests {
             Some(vec![vec![Part::Class(b"0123456789".to_vec(), true)]])
         );
         assert!(gates(r"\w+").is_none());
+        // Two-byte word starts of many lowercase pairs ("de", "ca", ...): the
+        // literal the pattern requires instead. Uppercase pairs stay word starts.
+        assert_eq!(kinds(r"\b[0-9a-f]{32}-us\d\b"), Some(vec![]));
+        assert_eq!(
+            gates(r"\b[0-9a-f]{32}-us\d\b").map(|g| g[0][0].clone()),
+            Some(lits(&["-us"]))
+        );
+        assert!(kinds(r"\b[A-Z]{2}\d{2}[A-Z0-9]{12}\b").is_some_and(|k| k.iter().all(|&w| w)));
+        assert!(kinds(r"\b[a-z]\d{2}-x").is_some_and(|k| k.iter().all(|&w| w)));
     }
 }
