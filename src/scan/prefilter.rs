@@ -31,8 +31,11 @@
 //!
 //! A pattern with more candidates than [`CANDIDATES`] in one text is searched in
 //! full (one linear pass instead of many anchored ones: dense adversarial text
-//! stays linear), and when two or more patterns are searched in full, one
-//! `RegexSet` pass first says which can match at all.
+//! stays linear). Patterns searched in full are searched one by one, each with its
+//! own literal optimizations: a `RegexSet` of them all, tried as a first pass,
+//! builds a lazy DFA whose states differ from text to text (the patterns' bounded
+//! repetitions multiply), and was 5-10x slower on a corpus of real prompts than
+//! the searches it was to spare.
 
 use std::ops::Range;
 
@@ -65,7 +68,7 @@ struct Pattern {
 #[derive(Clone)]
 enum Check {
     Literals(Vec<memchr::memmem::Finder<'static>>),
-    Class(Vec<u8>, bool),
+    Class(Vec<u8>, Beyond),
 }
 
 impl Check {
@@ -76,7 +79,7 @@ impl Check {
                     .map(|l| memchr::memmem::Finder::new(l).into_owned())
                     .collect(),
             ),
-            Part::Class(ascii, other) => Self::Class(ascii.clone(), *other),
+            Part::Class(ascii, beyond) => Self::Class(ascii.clone(), beyond.clone()),
         }
     }
 
@@ -89,18 +92,51 @@ impl Check {
     }
 
     /// Whether `hay` has the part (`ascii`: whether `hay` is all ASCII).
-    fn found(&self, hay: &[u8], ascii: bool) -> bool {
+    fn found(&self, hay: &str, ascii: bool) -> bool {
         match self {
-            Self::Literals(l) => l.iter().any(|l| l.find(hay).is_some()),
-            Self::Class(bytes, other) => {
-                (*other && !ascii)
-                    || bytes.chunks(3).any(|g| match *g {
-                        [a] => memchr::memchr(a, hay).is_some(),
-                        [a, b] => memchr::memchr2(a, b, hay).is_some(),
-                        [a, b, c] => memchr::memchr3(a, b, c, hay).is_some(),
-                        _ => false,
-                    })
+            Self::Literals(l) => l.iter().any(|l| l.find(hay.as_bytes()).is_some()),
+            Self::Class(bytes, beyond) => {
+                bytes.chunks(3).any(|g| match *g {
+                    [a] => memchr::memchr(a, hay.as_bytes()).is_some(),
+                    [a, b] => memchr::memchr2(a, b, hay.as_bytes()).is_some(),
+                    [a, b, c] => memchr::memchr3(a, b, c, hay.as_bytes()).is_some(),
+                    _ => false,
+                }) || !ascii && beyond.found(hay)
             }
+        }
+    }
+}
+
+/// The characters of a gate's class outside ASCII.
+#[derive(Clone, Debug, PartialEq)]
+enum Beyond {
+    None,
+    /// Any byte past ASCII (a class of bytes).
+    Bytes,
+    /// These ranges of characters (sorted; `\d` has the digits of many scripts).
+    Chars(Vec<(char, char)>),
+}
+
+impl Beyond {
+    /// Whether `hay` (not all ASCII) has one.
+    fn found(&self, hay: &str) -> bool {
+        match self {
+            Self::None => false,
+            Self::Bytes => true,
+            Self::Chars(ranges) => hay.chars().any(|c| {
+                !c.is_ascii()
+                    && ranges
+                        .binary_search_by(|&(a, b)| {
+                            if b < c {
+                                std::cmp::Ordering::Less
+                            } else if a > c {
+                                std::cmp::Ordering::Greater
+                            } else {
+                                std::cmp::Ordering::Equal
+                            }
+                        })
+                        .is_ok()
+            }),
         }
     }
 }
@@ -115,10 +151,6 @@ pub(crate) struct Prefixed {
     words: WordIndex,
     /// The literals searched for.
     searched: Searched,
-    /// Every pattern in one set: when two or more are to be searched in full in a
-    /// text (no prefixes, an open gate, too many candidates), one pass says which
-    /// can match at all, and only those are searched.
-    all_set: Option<regex::RegexSet>,
 }
 
 impl std::fmt::Debug for Prefixed {
@@ -712,8 +744,8 @@ enum Part {
     /// It starts with one of these literals (past any leading whitespace).
     Literals(Vec<Vec<u8>>),
     /// It is one character of a class: these ASCII bytes (at most [`GATES`]), and
-    /// whether the class has characters outside ASCII too (`\d` has).
-    Class(Vec<u8>, bool),
+    /// those outside ASCII (`\d` has many).
+    Class(Vec<u8>, Beyond),
 }
 
 impl Part {
@@ -761,26 +793,42 @@ fn gate_part(h: &Hir) -> Option<Part> {
 /// `h` as a class part, when it is a class of at most [`GATES`] ASCII bytes (and
 /// any number of other characters) without a space or a tab.
 fn class_part(h: &Hir) -> Option<Part> {
-    let (ascii, other): (Vec<u8>, bool) = match h.kind() {
-        HirKind::Class(regex_syntax::hir::Class::Unicode(c)) => (
-            c.ranges()
+    let (ascii, beyond): (Vec<u8>, Beyond) = match h.kind() {
+        HirKind::Class(regex_syntax::hir::Class::Unicode(c)) => {
+            let beyond: Vec<(char, char)> = c
+                .ranges()
                 .iter()
-                .flat_map(|r| u32::from(r.start())..=u32::from(r.end()).min(127))
-                .map(|c| c as u8)
-                .collect(),
-            c.ranges().iter().any(|r| u32::from(r.end()) > 127),
-        ),
+                .filter(|r| !r.end().is_ascii())
+                .map(|r| (r.start().max('\u{80}'), r.end()))
+                .collect();
+            (
+                c.ranges()
+                    .iter()
+                    .flat_map(|r| u32::from(r.start())..=u32::from(r.end()).min(127))
+                    .map(|c| c as u8)
+                    .collect(),
+                if beyond.is_empty() {
+                    Beyond::None
+                } else {
+                    Beyond::Chars(beyond)
+                },
+            )
+        }
         HirKind::Class(regex_syntax::hir::Class::Bytes(c)) => (
             c.ranges()
                 .iter()
                 .flat_map(|r| r.start()..=r.end().min(127))
                 .collect(),
-            c.ranges().iter().any(|r| r.end() > 127),
+            if c.ranges().iter().any(|r| r.end() > 127) {
+                Beyond::Bytes
+            } else {
+                Beyond::None
+            },
         ),
         _ => return None,
     };
     (!ascii.contains(&b' ') && !ascii.contains(&b'\t') && ascii.len() <= GATES)
-        .then_some(Part::Class(ascii, other))
+        .then_some(Part::Class(ascii, beyond))
 }
 
 /// The gate of `h` (see [`Gate`]), when it has one.
@@ -994,18 +1042,11 @@ impl Prefixed {
                 gate.sort_by_key(|&k| parts[k].passes());
             }
         }
-        let all_set = regex::RegexSetBuilder::new(patterns.iter().map(|p| p.regex.as_str()))
-            .size_limit(limit.max(1 << 26))
-            .dfa_size_limit(limit.max(1 << 26))
-            .nest_limit(64)
-            .build()
-            .ok();
         Self {
             patterns,
             parts,
             words,
             searched,
-            all_set,
         }
     }
 
@@ -1041,9 +1082,8 @@ impl Prefixed {
             if gate.iter().any(|&k| found[k] == Some(false)) {
                 return false;
             }
-            gate.iter().all(|&k| {
-                *found[k].get_or_insert_with(|| self.parts[k].found(hay.as_bytes(), ascii))
-            })
+            gate.iter()
+                .all(|&k| *found[k].get_or_insert_with(|| self.parts[k].found(hay, ascii)))
         };
         // Which patterns are searched in full: no prefixes, an open gate (a branch
         // without prefixes may match), or too many candidates.
@@ -1057,17 +1097,6 @@ impl Prefixed {
                     || usize::from(c.get()) > CANDIDATES
             })
             .collect();
-        // Two or more: one pass of the whole set first.
-        let may: Option<SmallVec<[bool; 64]>> = match &self.all_set {
-            Some(set) if in_full.iter().filter(|&&x| x).count() >= 2 => {
-                let mut may: SmallVec<[bool; 64]> = smallvec::smallvec![false; n];
-                for k in set.matches(hay).iter() {
-                    may[k] = true;
-                }
-                Some(may)
-            }
-            _ => None,
-        };
         let mut next = 0;
         for (i, p) in self.patterns.iter().enumerate() {
             // This pattern's candidates, in order.
@@ -1076,9 +1105,6 @@ impl Prefixed {
                 next += 1;
             }
             if in_full[i] {
-                if may.as_ref().is_some_and(|may| !may[i]) {
-                    continue;
-                }
                 let mut at = 0;
                 while let Some(m) = p.regex.find_at(hay, at) {
                     if !f(i, m.range()) {
@@ -1175,6 +1201,8 @@ mod tests {
             "free",
             "i am dan",
             "i am free",
+            "\u{663}\u{663}\u{663}\u{663}",
+            "\u{663}",
             "be",
             "dead-us",
             "ca-us",
@@ -1372,10 +1400,16 @@ mod tests {
             Some(vec![vec![lits(&["user", "human"]), lits(&[":"])]])
         );
         // A class of a few ASCII bytes: the digits (and `\d`'s other digits).
-        assert_eq!(
-            gates(r"\b(?:\d[ \-]?){12,18}\d\b"),
-            Some(vec![vec![Part::Class(b"0123456789".to_vec(), true)]])
-        );
+        let digits = gates(r"\b(?:\d[ \-]?){12,18}\d\b").unwrap();
+        let [Part::Class(ascii, Beyond::Chars(beyond))] = digits[0].as_slice() else {
+            panic!("{digits:?}");
+        };
+        assert_eq!(ascii, b"0123456789");
+        assert!(beyond.len() > 50 && beyond.contains(&('\u{660}', '\u{669}')));
+        // A text outside ASCII opens that gate only with a digit of another script.
+        let check = Check::new(&digits[0][0]);
+        assert!(!check.found("café au lait", false));
+        assert!(check.found("café ٣", false) && check.found("café 3", false));
         assert!(gates(r"\w+").is_none());
         // Two-byte word starts of many lowercase pairs ("de", "ca", ...): the
         // literal the pattern requires instead. Uppercase pairs stay word starts.
