@@ -4,6 +4,8 @@
 use base64::Engine;
 use regex::Regex;
 
+use smallvec::SmallVec;
+
 use crate::finding::{Category, Finding, Location, Severity};
 
 pub(crate) struct Patterns {
@@ -354,27 +356,40 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         push(out, "encoding.zalgo", at, 0..text.len());
     }
     for token in text.split_whitespace() {
+        // An ASCII token has no emoji and one script.
+        if token.is_ascii() {
+            continue;
+        }
         let start = token.as_ptr() as usize - text.as_ptr() as usize;
-        let chars: Vec<char> = token.chars().collect();
-        let emoji = chars.iter().filter(|c| is_emoji(**c)).count();
-        let distinct: std::collections::HashSet<char> =
-            chars.iter().copied().filter(|c| is_emoji(*c)).collect();
+        // Counted in one pass, without allocating: the distinct emoji and scripts
+        // only up to the four the tests need.
+        let (mut chars, mut emoji, mut letters) = (0usize, 0usize, 0usize);
+        let mut distinct: SmallVec<[char; 4]> = SmallVec::new();
+        let mut scripts: SmallVec<[u32; 4]> = SmallVec::new();
+        for c in token.chars() {
+            chars += 1;
+            if is_emoji(c) {
+                emoji += 1;
+                if distinct.len() < 4 && !distinct.contains(&c) {
+                    distinct.push(c);
+                }
+            }
+            if c.is_alphabetic() {
+                letters += 1;
+                let s = script_class(c);
+                if scripts.len() < 4 && !scripts.contains(&s) {
+                    scripts.push(s);
+                }
+            }
+        }
         // Five emoji or more, four of them distinct: a decorative run ("🧙🔮📜✨")
         // is shorter, and four emoji of Ecoji carry at most five bytes, too few
         // for an instruction.
-        if emoji >= 5 && distinct.len() >= 4 && emoji * 10 >= chars.len() * 9 {
+        if emoji >= 5 && distinct.len() >= 4 && emoji * 10 >= chars * 9 {
             push(out, "encoding.emoji_blob", at, start..start + token.len());
         }
-        if chars.len() >= 5 {
-            let scripts: std::collections::HashSet<u32> = chars
-                .iter()
-                .filter(|c| c.is_alphabetic())
-                .map(|c| script_class(*c))
-                .collect();
-            let letters = chars.iter().filter(|c| c.is_alphabetic()).count();
-            if scripts.len() >= 4 && letters * 10 >= chars.len() * 8 {
-                push(out, "encoding.script_blob", at, start..start + token.len());
-            }
+        if chars >= 5 && scripts.len() >= 4 && letters * 10 >= chars * 8 {
+            push(out, "encoding.script_blob", at, start..start + token.len());
         }
     }
     decoded
@@ -463,6 +478,15 @@ mod tests {
         assert_eq!(rules("x 486168612070776e656421 y").1, ["Haha pwned!"]);
         assert_eq!(rules("⠃⠕⠕⠝⠊⠑").0, ["encoding.braille"]);
         assert_eq!(rules("🏄🤫🚓🎑🛡🌏🍢🍻📑").0, ["encoding.emoji_blob"]);
+        // Four distinct emoji are needed, and nine in ten characters emoji.
+        assert!(rules("🏄🤫🚓🏄🤫🚓").0.is_empty());
+        assert_eq!(rules("x 🏄🤫🚓🎑🏄 y").0, ["encoding.emoji_blob"]);
+        assert!(rules("🏄🤫🚓🎑ab").0.is_empty());
+        // Letters from four scripts in one token (base2048 and the like); three
+        // are a word in a mixed text, not a blob.
+        assert_eq!(rules("see aβдաxβдա here").0, ["encoding.script_blob"]);
+        assert!(rules("see aβдaβд here").0.is_empty());
+        assert!(rules("see aβдա1234567 here").0.is_empty());
         assert_eq!(rules(".-- --- --. .-.").0, ["encoding.morse"]);
         assert_eq!(rules("Bravo Oscar Oscar November India Echo").1, ["boonie"]);
         assert_eq!(rules("ALFA bRaVo X-RAY (Zulu)").1, ["abxz"]);
