@@ -13,7 +13,10 @@
 //!   around each, and a validator where the format has one (GitHub and npm token
 //!   checksums, this crate's API-key checksum, Luhn, IBAN mod-97, US SSN ranges,
 //!   base58check, bech32). Documented example and placeholder values are ignored.
-//!   Users add rules ([`ScannerBuilder::rule`]) and disable built-ins by id.
+//!   The built-in patterns read `\b`, `\d` and `\w` as ASCII (the formats are
+//!   ASCII; a Unicode word boundary would cost the regex engine its DFAs on any
+//!   text outside ASCII). Users add rules ([`ScannerBuilder::rule`]) and disable
+//!   built-ins by id.
 //!
 //! # How it decides
 //!
