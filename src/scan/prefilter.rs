@@ -124,18 +124,11 @@ impl Beyond {
             Self::None => false,
             Self::Bytes => true,
             Self::Chars(ranges) => hay.chars().any(|c| {
-                !c.is_ascii()
-                    && ranges
-                        .binary_search_by(|&(a, b)| {
-                            if b < c {
-                                std::cmp::Ordering::Less
-                            } else if a > c {
-                                std::cmp::Ordering::Greater
-                            } else {
-                                std::cmp::Ordering::Equal
-                            }
-                        })
-                        .is_ok()
+                !c.is_ascii() && {
+                    // The first range that does not end before `c`.
+                    let i = ranges.partition_point(|&(_, end)| end < c);
+                    ranges.get(i).is_some_and(|&(start, _)| start <= c)
+                }
             }),
         }
     }

@@ -859,6 +859,21 @@ pub(crate) fn builtin_anchors() -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// The ids of what `rules` finds in `text`.
+    fn found(rules: &RuleSet, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let mask = super::super::Redaction::mask();
+        let mut replacer = super::super::redaction::Replacer::new(&mask);
+        rules.scan(
+            text,
+            Location::Message(0),
+            &HashSet::new(),
+            &mut replacer,
+            &mut out,
+        );
+        out.iter().map(|f| f.rule_id().to_owned()).collect()
+    }
+
     /// The built-in rules read word boundaries, digits and word characters as
     /// ASCII (and an escaped backslash stays one).
     #[test]
@@ -868,21 +883,7 @@ mod tests {
             r"(?-u:\b)(?:[0-9][ \-]?){12}[[0-9A-Za-z_]\-]\\b\s\B"
         );
         let rules = RuleSet::new(secret_rules().into_iter().chain(pii_rules()).collect());
-        let mask = super::super::Redaction::mask();
-        let found = |text: &str| {
-            let mut out = Vec::new();
-            let mut r = super::super::redaction::Replacer::new(&mask);
-            rules.scan(
-                text,
-                Location::Message(0),
-                &HashSet::new(),
-                &mut r,
-                &mut out,
-            );
-            out.iter()
-                .map(|f| f.rule_id().to_owned())
-                .collect::<Vec<_>>()
-        };
+        let found = |text: &str| found(&rules, text);
         // What was found in a text with characters outside ASCII still is, and a
         // number glued to a letter outside ASCII is found too.
         let text = "Café “4111 1111 1111 1111” — SSN 078-05-1120, IP 192.168.1.10.";
@@ -951,22 +952,12 @@ mod tests {
         .unwrap()
         .anchors(["AcMe_"]);
         let set = RuleSet::new(vec![rule]);
-        let mask = super::super::Redaction::mask();
         for text in [
             "key ACME_0123abcd here",
             "key acme_0123abcd here",
             "aCmE_0123abcd",
         ] {
-            let mut out = Vec::new();
-            let mut replacer = super::super::redaction::Replacer::new(&mask);
-            set.scan(
-                text,
-                Location::Message(0),
-                &HashSet::new(),
-                &mut replacer,
-                &mut out,
-            );
-            assert_eq!(out.len(), 1, "{text}");
+            assert_eq!(found(&set, text), ["acme.key"], "{text}");
         }
     }
 
