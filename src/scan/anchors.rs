@@ -21,6 +21,8 @@ pub(crate) const STRIPED: usize = 256;
 const LANES: usize = 4;
 /// The bit of a transition that says the state it leads to reports matches.
 const MATCH: u32 = 1 << 31;
+/// The start state (numbered first when the table is read off the DFA).
+const START: u32 = 0;
 
 /// What the lanes after the first found, kept to be reported after it.
 type Kept = [SmallVec<[(usize, usize, usize); 16]>; LANES - 1];
@@ -35,7 +37,6 @@ pub(crate) struct Anchors {
     /// `trans[s + column]` for state `s` (a multiple of `stride`): the next
     /// state, with [`MATCH`] set when it reports matches.
     trans: Vec<u32>,
-    start: u32,
     /// Per state (`s / stride`): the (pattern, length) of what it reports.
     matches: Vec<SmallVec<[(u32, u32); 2]>>,
     /// The longest anchor's length.
@@ -133,7 +134,6 @@ impl Anchors {
             classes,
             stride: u32::try_from(stride).ok()?,
             trans,
-            start: 0,
             matches,
             longest: lowered.iter().map(Vec::len).max().unwrap_or(0),
         })
@@ -166,7 +166,7 @@ impl Anchors {
     /// order after the first's.
     pub(crate) fn for_each(&self, hay: &[u8], mut f: impl FnMut(usize, usize, usize)) {
         if hay.len() < STRIPED {
-            let mut s = self.start;
+            let mut s = START;
             for (i, &b) in hay.iter().enumerate() {
                 let t = self.step(s, b);
                 if t & MATCH != 0 {
@@ -192,7 +192,7 @@ impl Anchors {
         }
         let common = (0..LANES).map(|k| to[k] - from[k]).min().unwrap_or(0);
         let mut later: Kept = Default::default();
-        let mut s = [self.start; LANES];
+        let mut s = [START; LANES];
         let lanes: [&[u8]; LANES] = std::array::from_fn(|k| &hay[from[k]..from[k] + common]);
         #[allow(clippy::needless_range_loop)] // the same index into every lane
         for i in 0..common {
