@@ -62,7 +62,8 @@ pub struct StreamGuard {
     /// `finish` is running: nothing more will arrive, hold nothing back.
     finishing: bool,
     /// SHA-256 of everything released to the caller, for the receipt.
-    sent: ring::digest::Context,
+    /// The digest of what was released, kept only when the guard signs receipts.
+    sent: Option<ring::digest::Context>,
 }
 
 /// How a stream ended: the rest of the text, the tool calls that may be sent, and the
@@ -110,6 +111,10 @@ impl StreamGuard {
                 }
             }
         }
+        let sent = admission
+            .guard()
+            .receipt_signer()
+            .map(|_| ring::digest::Context::new(&ring::digest::SHA256));
         Self {
             admission,
             text: String::new(),
@@ -121,7 +126,7 @@ impl StreamGuard {
             spent: Duration::ZERO,
             failed_open: false,
             finishing: false,
-            sent: ring::digest::Context::new(&ring::digest::SHA256),
+            sent,
         }
     }
 
@@ -392,11 +397,9 @@ impl StreamGuard {
         self.record_stage(outcome);
         self.admission
             .finish_stream(Outcome::Completed, None, usage, &self.text)?;
-        let receipt = guard.receipt_signer().map(|signer| {
-            let digest = format!(
-                "sha256:{}",
-                crate::codec::hex(self.sent.clone().finish().as_ref())
-            );
+        let sent = self.sent.take();
+        let receipt = guard.receipt_signer().zip(sent).map(|(signer, sent)| {
+            let digest = format!("sha256:{}", crate::codec::hex(sent.finish().as_ref()));
             let principal = self.admission.principal().clone();
             let (_, request, trace) = self.admission.parts_mut();
             guard.sign_receipt(
@@ -562,7 +565,9 @@ impl StreamGuard {
                 }
             }
         }
-        self.sent.update(out.as_bytes());
+        if let Some(sent) = &mut self.sent {
+            sent.update(out.as_bytes());
+        }
         Ok(out)
     }
 }
