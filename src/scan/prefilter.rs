@@ -64,44 +64,67 @@ struct Pattern {
     gates: Vec<Vec<usize>>,
 }
 
-/// A gate's part, ready to look for.
+/// A gate's part, ready to look for: what to look for, and how many times a match
+/// needs it.
 #[derive(Clone)]
-enum Check {
+struct Check {
+    what: Seek,
+    times: usize,
+}
+
+/// What a [`Check`] looks for.
+#[derive(Clone)]
+enum Seek {
     Literals(Vec<memchr::memmem::Finder<'static>>),
     Class(Vec<u8>, Beyond),
 }
 
 impl Check {
-    fn new(part: &Part) -> Self {
-        match part {
-            Part::Literals(l) => Self::Literals(
+    fn new(need: &Need) -> Self {
+        let what = match &need.part {
+            Part::Literals(l) => Seek::Literals(
                 l.iter()
                     .map(|l| memchr::memmem::Finder::new(l).into_owned())
                     .collect(),
             ),
-            Part::Class(ascii, beyond) => Self::Class(ascii.clone(), beyond.clone()),
+            Part::Class(ascii, beyond) => Seek::Class(ascii.clone(), beyond.clone()),
+        };
+        Self {
+            what,
+            times: need.times,
         }
     }
 
     /// How many passes over a text looking for it takes (at most).
     fn passes(&self) -> usize {
-        match self {
-            Self::Literals(l) => l.len(),
-            Self::Class(bytes, _) => bytes.len().div_ceil(3),
+        match &self.what {
+            Seek::Literals(l) => l.len(),
+            Seek::Class(bytes, _) => bytes.len().div_ceil(3),
         }
     }
 
-    /// Whether `hay` has the part (`ascii`: whether `hay` is all ASCII).
+    /// Whether `hay` has the part as many times as a match needs it (`ascii`:
+    /// whether `hay` is all ASCII). Occurrences are counted without overlaps, per
+    /// literal: at least as many as any match could hold apart.
     fn found(&self, hay: &str, ascii: bool) -> bool {
-        match self {
-            Self::Literals(l) => l.iter().any(|l| l.find(hay.as_bytes()).is_some()),
-            Self::Class(bytes, beyond) => {
-                bytes.chunks(3).any(|g| match *g {
-                    [a] => memchr::memchr(a, hay.as_bytes()).is_some(),
-                    [a, b] => memchr::memchr2(a, b, hay.as_bytes()).is_some(),
-                    [a, b, c] => memchr::memchr3(a, b, c, hay.as_bytes()).is_some(),
-                    _ => false,
-                }) || !ascii && beyond.found(hay)
+        let b = hay.as_bytes();
+        let need = self.times;
+        let mut seen = 0;
+        match &self.what {
+            Seek::Literals(l) => l.iter().any(|l| {
+                seen += l.find_iter(b).take(need - seen).count();
+                seen >= need
+            }),
+            Seek::Class(bytes, beyond) => {
+                bytes.chunks(3).any(|g| {
+                    seen += match *g {
+                        [a] => memchr::memchr_iter(a, b).take(need - seen).count(),
+                        [a, c] => memchr::memchr2_iter(a, c, b).take(need - seen).count(),
+                        [a, c, d] => memchr::memchr3_iter(a, c, d, b).take(need - seen).count(),
+                        _ => 0,
+                    };
+                    seen >= need
+                }) || !ascii && seen + beyond.count(hay, need - seen) >= need
             }
         }
     }
@@ -118,18 +141,23 @@ enum Beyond {
 }
 
 impl Beyond {
-    /// Whether `hay` (not all ASCII) has one.
-    fn found(&self, hay: &str) -> bool {
+    /// How many `hay` (not all ASCII) has, counted up to `up_to` (a class of bytes
+    /// past ASCII: `up_to`, without counting).
+    fn count(&self, hay: &str, up_to: usize) -> usize {
         match self {
-            Self::None => false,
-            Self::Bytes => true,
-            Self::Chars(ranges) => hay.chars().any(|c| {
-                !c.is_ascii() && {
-                    // The first range that does not end before `c`.
-                    let i = ranges.partition_point(|&(_, end)| end < c);
-                    ranges.get(i).is_some_and(|&(start, _)| start <= c)
-                }
-            }),
+            Self::None => 0,
+            Self::Bytes => up_to,
+            Self::Chars(ranges) => hay
+                .chars()
+                .filter(|&c| {
+                    !c.is_ascii() && {
+                        // The first range that does not end before `c`.
+                        let i = ranges.partition_point(|&(_, end)| end < c);
+                        ranges.get(i).is_some_and(|&(start, _)| start <= c)
+                    }
+                })
+                .take(up_to)
+                .count(),
         }
     }
 }
@@ -728,8 +756,26 @@ fn prefix_literals(h: &Hir) -> Option<Vec<Vec<u8>>> {
 }
 
 /// What every match of a branch contains: up to [`PARTS`] parts every match goes
-/// through. A text that lacks one part has no match.
-type Gate = Vec<Part>;
+/// through, each as many times as it needs it. A text that lacks one part (or has
+/// it fewer times) has no match.
+type Gate = Vec<Need>;
+
+/// A part, and how many times (at least) every match holds it, without overlaps
+/// (a repetition `{5,}` of what has it once: five).
+#[derive(Clone, Debug, PartialEq)]
+struct Need {
+    part: Part,
+    times: usize,
+}
+
+impl Need {
+    fn once(part: Part) -> Self {
+        Self { part, times: 1 }
+    }
+}
+
+/// A gate counts a part up to this many times.
+const TIMES: usize = 64;
 
 /// One required part of a match.
 #[derive(Clone, Debug, PartialEq)]
@@ -831,34 +877,62 @@ fn required(h: &Hir) -> Option<Gate> {
     }
     match h.kind() {
         HirKind::Capture(c) => required(&c.sub),
-        HirKind::Repetition(r) if r.min >= 1 => required(&r.sub),
+        // Each of the `min` repetitions holds what one does, apart from the others.
+        HirKind::Repetition(r) if r.min >= 1 => {
+            let mut gate = required(&r.sub)?;
+            let min = usize::try_from(r.min).unwrap_or(TIMES);
+            for need in &mut gate {
+                need.times = need.times.saturating_mul(min).min(TIMES);
+            }
+            Some(gate)
+        }
         HirKind::Concat(parts) => {
-            let mut gate: Gate = parts.iter().filter_map(required).flatten().collect();
-            gate.sort_by_key(|part| std::cmp::Reverse(part.strength()));
-            gate.dedup();
+            // The same part in two places of a concatenation: the times add up
+            // (their matches do not overlap).
+            let mut gate: Gate = Vec::new();
+            for need in parts.iter().filter_map(required).flatten() {
+                match gate.iter_mut().find(|n| n.part == need.part) {
+                    Some(n) => n.times = (n.times + need.times).min(TIMES),
+                    None => gate.push(need),
+                }
+            }
+            gate.sort_by_key(|n| {
+                (
+                    std::cmp::Reverse(n.part.strength()),
+                    std::cmp::Reverse(n.times),
+                )
+            });
             gate.truncate(PARTS);
             (!gate.is_empty()).then_some(gate)
         }
         HirKind::Alternation(bs) => {
             if let Some(part) = gate_part(h) {
-                return Some(vec![part]);
+                return Some(vec![Need::once(part)]);
             }
             // Each branch's first literal part, together: a match goes through one
-            // of them.
+            // of them, as many times as the branch that needs it least.
             let mut part: Vec<Vec<u8>> = Vec::new();
+            let mut times = TIMES;
             for b in bs {
-                let Part::Literals(lits) = required(b)?.swap_remove(0) else {
+                let first = required(b)?.swap_remove(0);
+                let Part::Literals(lits) = first.part else {
                     return None;
                 };
+                times = times.min(first.times);
                 for l in lits {
                     if !part.contains(&l) {
                         part.push(l);
                     }
                 }
             }
-            (part.len() <= GATES).then(|| vec![Part::Literals(part)])
+            (part.len() <= GATES).then(|| {
+                vec![Need {
+                    part: Part::Literals(part),
+                    times,
+                }]
+            })
         }
-        _ => gate_part(h).map(|part| vec![part]),
+        _ => gate_part(h).map(|part| vec![Need::once(part)]),
     }
 }
 
@@ -971,7 +1045,7 @@ impl Prefixed {
         let mut literals: Vec<(Vec<u8>, usize, u32)> = Vec::new();
         let mut patterns = Vec::with_capacity(regexes.len());
         let mut words = WordIndex::new();
-        let mut parts: Vec<Part> = Vec::new();
+        let mut parts: Vec<Need> = Vec::new();
         for (i, regex) in regexes.into_iter().enumerate() {
             let mut gates = Vec::new();
             let anchored = analyze(regex.as_str()).and_then(|found| {
@@ -1181,6 +1255,7 @@ mod tests {
             r"\b(?:\d[ \-]?){3,5}\d\b",
             r"\bi am (?:dan|free)\b",
             r"\b[a-f0-9]{4}-us\b",
+            r"(?:[^()\n]{0,8}\([a-z ]\)[^()\n]{0,8}\n){2,}",
         ];
         let regexes: Vec<regex::Regex> = patterns
             .iter()
@@ -1261,6 +1336,10 @@ mod tests {
             "enabled",
             "on",
             "is",
+            "(a)\n",
+            "(b) x\n(c)\n",
+            "(",
+            ")",
         ];
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut total = vec![0usize; patterns.len()];
@@ -1386,7 +1465,11 @@ mod tests {
         assert!(analyze(r"a|bcd").is_none());
         // No prefixes, but every match goes through "@example" or "user".
         let gates = |p: &str| analyze(p).map(|a| a.gates);
-        let lits = |l: &[&str]| Part::Literals(l.iter().map(|l| l.as_bytes().to_vec()).collect());
+        let lits = |l: &[&str]| {
+            Need::once(Part::Literals(
+                l.iter().map(|l| l.as_bytes().to_vec()).collect(),
+            ))
+        };
         assert_eq!(gates(r"\w+@example"), Some(vec![vec![lits(&["@example"])]]));
         assert_eq!(
             gates(r"(?m)^[ \t>*_#-]*(?:user|human)[ \t]*:"),
@@ -1394,15 +1477,33 @@ mod tests {
         );
         // A class of a few ASCII bytes: the digits (and `\d`'s other digits).
         let digits = gates(r"\b(?:\d[ \-]?){12,18}\d\b").unwrap();
-        let [Part::Class(ascii, Beyond::Chars(beyond))] = digits[0].as_slice() else {
+        let [
+            Need {
+                part: Part::Class(ascii, Beyond::Chars(beyond)),
+                times: 13,
+            },
+        ] = digits[0].as_slice()
+        else {
             panic!("{digits:?}");
         };
         assert_eq!(ascii, b"0123456789");
         assert!(beyond.len() > 50 && beyond.contains(&('\u{660}', '\u{669}')));
-        // A text outside ASCII opens that gate only with a digit of another script.
+        // A card has thirteen digits or more: a text with fewer shuts the gate. A
+        // text outside ASCII counts the digits of other scripts too.
         let check = Check::new(&digits[0][0]);
         assert!(!check.found("café au lait", false));
-        assert!(check.found("café ٣", false) && check.found("café 3", false));
+        assert!(!check.found("café ٣ 3", false) && !check.found(&"3".repeat(12), true));
+        assert!(check.found(&"3".repeat(13), true));
+        assert!(check.found(&format!("café ٣ {}", "3".repeat(12)), false));
+        assert!(!check.found(&format!("café {}", "3".repeat(12)), false));
+        // A repetition needs what it repeats as many times; a concatenation adds up.
+        let lines = gates(r"(?:[^()\n]{0,40}\(\s?[a-z ]\s?\)[^()\n]{0,40}\n){5,}").unwrap();
+        assert!(lines[0].iter().all(|n| n.times == 5), "{lines:?}");
+        let check: Vec<Check> = lines[0].iter().map(Check::new).collect();
+        let open = |t: &str| check.iter().all(|c| c.found(t, t.is_ascii()));
+        assert!(!open(&"(a) apple\n".repeat(4)) && open(&"(a) apple\n".repeat(5)));
+        let twice = gates(r"\d{3}-\d{4}").unwrap();
+        assert_eq!(twice[0].iter().map(|n| n.times).max(), Some(7), "{twice:?}");
         assert!(gates(r"\w+").is_none());
         // Two-byte word starts of many lowercase pairs ("de", "ca", ...): the
         // literal the pattern requires instead. Uppercase pairs stay word starts.
