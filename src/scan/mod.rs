@@ -398,7 +398,12 @@ impl Scanner {
                 }
             }
         }
-        if verdict.score < g.threshold && text.len() >= 20 && !reads_as_english(&n.text) {
+        // A text without an ASCII letter reads the same in ROT13: nothing new to find.
+        if verdict.score < g.threshold
+            && text.len() >= 20
+            && text.bytes().any(|c| c.is_ascii_alphabetic())
+            && !reads_as_english(&n.text)
+        {
             // ROT13: the same heuristics on the rotated text.
             let rotated_text = encoding::rot13(text);
             let rotated = normalize::normalize(&rotated_text);
