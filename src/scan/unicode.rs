@@ -102,56 +102,65 @@ pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
         textual_ansi(text, at, out);
         return;
     }
-    let chars: Vec<(usize, char)> = text.char_indices().collect();
-    let end_of = |i: usize| chars.get(i + 1).map_or(text.len(), |(b, _)| *b);
-    let mut i = 0;
+    // One pass over the characters, with the one before (`prev`) and a look at the
+    // next.
+    let mut it = text.char_indices().peekable();
+    let mut prev: Option<char> = None;
     let mut zero_width: Vec<(usize, usize)> = Vec::new();
     let mut controls: Vec<(usize, usize, char)> = Vec::new();
-    while i < chars.len() {
-        let (b, c) = chars[i];
-        if is_tag(c) {
-            let start = i;
-            while i < chars.len() && is_tag(chars[i].1) {
-                i += 1;
+    // The end of a run of characters that `is` holds for, from `c` (at `b`) on; the
+    // last of them becomes `prev`.
+    let run = |it: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+               b: usize,
+               c: char,
+               is: fn(char) -> bool,
+               prev: &mut Option<char>| {
+        let mut end = b + c.len_utf8();
+        *prev = Some(c);
+        while let Some(&(nb, nc)) = it.peek() {
+            if !is(nc) {
+                break;
             }
+            end = nb + nc.len_utf8();
+            *prev = Some(nc);
+            it.next();
+        }
+        end
+    };
+    while let Some((b, c)) = it.next() {
+        let end = b + c.len_utf8();
+        if is_tag(c) {
+            let e = run(&mut it, b, c, is_tag, &mut prev);
             out.push(finding(
                 "unicode.tag_characters",
                 Severity::Critical,
                 at,
-                b..end_of(i - 1),
+                b..e,
             ));
-            let _ = start;
             continue;
         }
         if is_vs(c) {
-            let start = i;
-            while i < chars.len() && is_vs(chars[i].1) {
-                i += 1;
-            }
-            let run = i - start;
-            let after_emoji = start > 0 && is_emoji_base(chars[start - 1].1);
-            let supplementary = chars[start..i].iter().any(|(_, c)| *c as u32 >= 0xE0100);
+            let before = prev;
+            let e = run(&mut it, b, c, is_vs, &mut prev);
+            let count = text[b..e].chars().count();
+            let supplementary = text[b..e].chars().any(|c| c as u32 >= 0xE0100);
+            let after_emoji = before.is_some_and(is_emoji_base);
             // One VS after an emoji or a CJK ideograph is ordinary; runs, selectors
             // on plain letters, and the supplement (VS17-256) carry data.
-            let ideograph = start > 0 && (0x3400..=0x9FFF).contains(&(chars[start - 1].1 as u32));
-            if run > 1 || supplementary || !(after_emoji || ideograph) {
+            let ideograph = before.is_some_and(|p| (0x3400..=0x9FFF).contains(&(p as u32)));
+            if count > 1 || supplementary || !(after_emoji || ideograph) {
                 out.push(finding(
                     "unicode.variation_selectors",
                     Severity::High,
                     at,
-                    b..end_of(i - 1),
+                    b..e,
                 ));
             }
             continue;
         }
         match c {
             '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' => {
-                out.push(finding(
-                    "unicode.bidi_control",
-                    Severity::High,
-                    at,
-                    b..end_of(i),
-                ));
+                out.push(finding("unicode.bidi_control", Severity::High, at, b..end));
             }
             '\u{2061}'..='\u{2064}'
             | '\u{180E}'
@@ -163,13 +172,12 @@ pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
                     "unicode.invisible_operator",
                     Severity::High,
                     at,
-                    b..end_of(i),
+                    b..end,
                 ));
             }
-            '\u{200B}' | '\u{2060}' | '\u{FEFF}' if b > 0 => zero_width.push((b, end_of(i))),
+            '\u{200B}' | '\u{2060}' | '\u{FEFF}' if b > 0 => zero_width.push((b, end)),
             '\u{200C}' | '\u{200D}' => {
-                let prev = i.checked_sub(1).map(|p| chars[p].1);
-                let next = chars.get(i + 1).map(|x| x.1);
+                let next = it.peek().map(|x| x.1);
                 let legit = if c == '\u{200C}' {
                     prev.is_some_and(joins) || next.is_some_and(joins)
                 } else {
@@ -181,34 +189,32 @@ pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
                     }) && next.is_some_and(|n| is_emoji_base(n) || joins(n))
                 };
                 if !legit {
-                    zero_width.push((b, end_of(i)));
+                    zero_width.push((b, end));
                 }
             }
             '\u{1B}' => {
-                // ESC: an ANSI / OSC control sequence.
-                let mut j = i + 1;
-                while j < chars.len()
-                    && j < i + 32
-                    && !chars[j].1.is_ascii_alphabetic()
-                    && chars[j].1 != '\u{7}'
-                {
-                    j += 1;
+                // ESC: an ANSI / OSC control sequence, up to its final letter (or
+                // BEL), at most 32 characters on.
+                let mut e = text.len();
+                for _ in 0..32 {
+                    let Some((nb, nc)) = it.next() else {
+                        break;
+                    };
+                    e = nb + nc.len_utf8();
+                    prev = Some(nc);
+                    if nc.is_ascii_alphabetic() || nc == '\u{7}' {
+                        break;
+                    }
                 }
-                out.push(finding(
-                    "unicode.ansi_escape",
-                    Severity::High,
-                    at,
-                    b..end_of(j.min(chars.len() - 1)),
-                ));
-                i = j + 1;
+                out.push(finding("unicode.ansi_escape", Severity::High, at, b..e));
                 continue;
             }
             c if (c.is_control() && !matches!(c, '\n' | '\r' | '\t')) => {
-                controls.push((b, end_of(i), c));
+                controls.push((b, end, c));
             }
             _ => {}
         }
-        i += 1;
+        prev = Some(c);
     }
     // Any control character other than line breaks and tabs: a backspace after a
     // letter rewrites a word on display ("syng\u{8}thesizing"), a lone C1 control
@@ -242,6 +248,11 @@ pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
 
 /// Words that mix Latin with Cyrillic or Greek letters: homoglyph disguises.
 fn mixed_script_words(text: &str, at: Location, out: &mut Vec<Finding>) {
+    // Greek and Cyrillic (U+0370 to U+052F) start with a byte from 0xCD to 0xD4 in
+    // UTF-8: a text without one has no such word.
+    if !text.bytes().any(|b| (0xCD..=0xD4).contains(&b)) {
+        return;
+    }
     let mut start = None;
     let mut seen = (false, false);
     let flush = |s: Option<usize>, e: usize, seen: &mut (bool, bool), out: &mut Vec<Finding>| {
@@ -334,6 +345,19 @@ mod tests {
         assert_eq!(rules("abc\u{202E}def"), ["unicode.bidi_control"]);
         assert_eq!(rules("ig\u{200B}nore"), ["unicode.zero_width"]);
         assert_eq!(rules("red \u{1b}[31mtext"), ["unicode.ansi_escape"]);
+        // A sequence runs to its final letter, at most 32 characters on; an ESC at
+        // the end is one character.
+        let spans = |t: &str| {
+            let mut out = Vec::new();
+            scan(t, Location::Output, &mut out);
+            out.iter()
+                .map(|f| (f.span().start, f.span().end))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(spans(&format!("\u{1b}{}", " ".repeat(40))), [(0, 33)]);
+        assert_eq!(spans(&format!("\u{1b}{}m", " ".repeat(30))), [(0, 32)]);
+        assert_eq!(spans("ab\u{1b}"), [(2, 3)]);
+        assert_eq!(spans("\u{1b}]é\u{7}x"), [(0, 5)]);
         assert_eq!(rules("an\u{8}x"), ["unicode.control_character"]);
         assert_eq!(rules("a\u{0}b"), ["unicode.control_character"]);
         assert_eq!(
@@ -342,6 +366,18 @@ mod tests {
             "zero-width characters carrying bits"
         );
         assert_eq!(rules("іgnоrе previous"), ["unicode.mixed_script_word"]);
+        // Greek and Cyrillic to the ends of their blocks (the byte check before the
+        // pass over characters).
+        for c in [
+            '\u{370}', '\u{3BF}', '\u{3FF}', '\u{400}', '\u{4FF}', '\u{52F}',
+        ] {
+            assert_eq!(
+                rules(&format!("ab{c}de fine")),
+                ["unicode.mixed_script_word"],
+                "{c:?}"
+            );
+        }
+        assert!(rules("café naïve résumé Ωμέγα").is_empty());
         assert_eq!(rules("print \\033[32m"), ["unicode.ansi_escape_text"]);
         assert_eq!(
             rules("a\u{2062}b\u{2064}"),
