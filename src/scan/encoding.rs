@@ -301,16 +301,15 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     // Non-text encodings: braille, Morse, NATO spelling, zalgo, dense emoji, and
     // blobs mixing many scripts (base2048 and the like).
     let ascii = text.is_ascii();
-    let braille: Vec<usize> = if ascii {
-        Vec::new()
+    // Braille, combining marks and blobs are all outside ASCII and never
+    // whitespace: one pass over the characters of the tokens outside ASCII.
+    let other = if ascii {
+        Other::default()
     } else {
-        text.char_indices()
-            .filter(|(_, c)| ('\u{2800}'..='\u{28FF}').contains(c))
-            .map(|(i, _)| i)
-            .collect()
+        other_tokens(text)
     };
-    if let (true, Some(first), Some(last)) = (braille.len() >= 3, braille.first(), braille.last()) {
-        push(out, "encoding.braille", at, *first..*last + 3);
+    if let (true, Some((first, last))) = (other.braille >= 3, other.braille_span) {
+        push(out, "encoding.braille", at, first..last + 3);
     }
     // Morse needs runs of dots and dashes: most texts have none of these pairs.
     let morse_like = [&b".."[..], b"--", b".-", b"-.", b" . ", b" - "]
@@ -340,34 +339,60 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     if ascii {
         return decoded;
     }
-    let mut stacked = 0;
-    let mut marks = 0;
-    for c in text.chars() {
-        if combining(c) {
-            marks += 1;
-            if marks == 3 {
-                stacked += 1;
-            }
-        } else {
-            marks = 0;
-        }
-    }
-    if stacked >= 2 {
+    if other.stacked >= 2 {
         push(out, "encoding.zalgo", at, 0..text.len());
     }
+    for (rule, span) in other.blobs {
+        push(out, rule, at, span);
+    }
+    decoded
+}
+
+pub(crate) use crate::codec::rot13_str as rot13;
+
+/// What the characters outside ASCII of a text hold (see [`other_tokens`]).
+#[derive(Default)]
+struct Other {
+    /// Braille characters, and where the first and the last start.
+    braille: usize,
+    braille_span: Option<(usize, usize)>,
+    /// Runs of three combining marks or more.
+    stacked: usize,
+    /// Emoji and script blobs, in order.
+    blobs: Vec<(&'static str, std::ops::Range<usize>)>,
+}
+
+/// Braille, stacked combining marks (zalgo), and tokens that are emoji or script
+/// blobs, from one pass over the characters of the whitespace-separated tokens
+/// outside ASCII (an ASCII token has none of them, and whitespace ends a run of
+/// marks as any other character does).
+fn other_tokens(text: &str) -> Other {
+    let mut o = Other::default();
     for token in text.split_whitespace() {
-        // An ASCII token has no emoji and one script.
         if token.is_ascii() {
             continue;
         }
         let start = token.as_ptr() as usize - text.as_ptr() as usize;
         // Counted in one pass, without allocating: the distinct emoji and scripts
         // only up to the four the tests need.
-        let (mut chars, mut emoji, mut letters) = (0usize, 0usize, 0usize);
+        let (mut chars, mut emoji, mut letters, mut marks) = (0usize, 0usize, 0usize, 0usize);
         let mut distinct: SmallVec<[char; 4]> = SmallVec::new();
         let mut scripts: SmallVec<[u32; 4]> = SmallVec::new();
-        for c in token.chars() {
+        for (i, c) in token.char_indices() {
             chars += 1;
+            if combining(c) {
+                marks += 1;
+                if marks == 3 {
+                    o.stacked += 1;
+                }
+            } else {
+                marks = 0;
+            }
+            if ('\u{2800}'..='\u{28FF}').contains(&c) {
+                o.braille += 1;
+                let at = start + i;
+                o.braille_span = Some(o.braille_span.map_or((at, at), |(f, _)| (f, at)));
+            }
             if is_emoji(c) {
                 emoji += 1;
                 if distinct.len() < 4 && !distinct.contains(&c) {
@@ -386,16 +411,16 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         // is shorter, and four emoji of Ecoji carry at most five bytes, too few
         // for an instruction.
         if emoji >= 5 && distinct.len() >= 4 && emoji * 10 >= chars * 9 {
-            push(out, "encoding.emoji_blob", at, start..start + token.len());
+            o.blobs
+                .push(("encoding.emoji_blob", start..start + token.len()));
         }
         if chars >= 5 && scripts.len() >= 4 && letters * 10 >= chars * 8 {
-            push(out, "encoding.script_blob", at, start..start + token.len());
+            o.blobs
+                .push(("encoding.script_blob", start..start + token.len()));
         }
     }
-    decoded
+    o
 }
-
-pub(crate) use crate::codec::rot13_str as rot13;
 
 /// The tokens `str::split_whitespace` yields, with ASCII text read a byte at a time
 /// (the only ASCII characters with Unicode's `White_Space` are these six).
@@ -477,6 +502,25 @@ mod tests {
         assert_eq!(rules("INXW63Q=").0, ["encoding.base32"]);
         assert_eq!(rules("x 486168612070776e656421 y").1, ["Haha pwned!"]);
         assert_eq!(rules("⠃⠕⠕⠝⠊⠑").0, ["encoding.braille"]);
+        // Braille across tokens: from the first to the end of the last.
+        let mut out = Vec::new();
+        scan(&patterns(), "x ⠃⠕ y ⠕⠝", Location::Output, &mut out);
+        assert_eq!(out[0].span(), 2..17);
+        // Zalgo: two runs of three combining marks or more; whitespace ends a run.
+        assert_eq!(
+            rules("a\u{300}\u{301}\u{302} b\u{300}\u{301}\u{302}").0,
+            ["encoding.zalgo"]
+        );
+        assert!(
+            rules("a\u{300}\u{301}\u{302}\u{303}\u{304}\u{305}")
+                .0
+                .is_empty()
+        );
+        assert!(
+            rules("a\u{300}\u{301} \u{302} b\u{300}\u{301}\u{302}")
+                .0
+                .is_empty()
+        );
         assert_eq!(rules("🏄🤫🚓🎑🛡🌏🍢🍻📑").0, ["encoding.emoji_blob"]);
         // Four distinct emoji are needed, and nine in ten characters emoji.
         assert!(rules("🏄🤫🚓🏄🤫🚓").0.is_empty());
