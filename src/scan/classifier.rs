@@ -307,7 +307,8 @@ impl Sink for Features {
     }
 }
 
-/// Entries in [`Summed`]'s cache of word sums (a power of two).
+/// Entries in [`Summed`]'s cache of word sums, at most (a power of two; a short
+/// text gets fewer: one per four bytes, rounded up).
 const SEEN: usize = 512;
 
 /// Features summed as they are extracted (what scoring needs: the weights per word,
@@ -321,13 +322,15 @@ struct Summed<'m> {
     text: &'m [u8],
     /// Words seen in this text, by hash: (hash, first eight bytes, where it starts,
     /// its length, the sum of its own slots' weights). Length 0 marks an empty
-    /// entry.
-    seen: [(u64, u64, u32, u8, [f32; HEADS]); SEEN],
+    /// entry. A power of two long. A cache only: a word that misses is summed
+    /// again, to the same sum.
+    seen: Vec<(u64, u64, u32, u8, [f32; HEADS])>,
 }
 
 impl Sink for Summed<'_> {
     fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
-        let e = &mut self.seen[(h as usize) & (SEEN - 1)];
+        let slot = (h as usize) & (self.seen.len() - 1);
+        let e = &mut self.seen[slot];
         let (from, len) = (e.2 as usize, usize::from(e.3));
         let first = swar::first(swar::load(self.text, range.start), w.len());
         // The same word: the same length and bytes (the first eight compared as
@@ -770,7 +773,10 @@ impl Classifier {
             acc: [0.0; HEADS],
             count: 0,
             text: text.as_bytes(),
-            seen: [(0, 0, 0, 0, [0.0; HEADS]); SEEN],
+            seen: vec![
+                (0, 0, 0, 0, [0.0; HEADS]);
+                (text.len() / 4 + 1).next_power_of_two().min(SEEN)
+            ],
             f: Features {
                 slots: Vec::new(),
                 words: Vec::with_capacity(words),
