@@ -241,12 +241,20 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
             })
     };
     let (mut run, mut nato) = (0, false);
+    // Braille, combining marks and blobs are all outside ASCII and never
+    // whitespace: read from the characters of the tokens outside ASCII, in the same
+    // pass (reported below, in their place).
+    let ascii = text.is_ascii();
+    let mut other = Other::default();
     for token in tokens(text) {
         if !nato {
             run = if is_nato(token) { run + 1 } else { 0 };
             nato = run >= 4;
         }
         let start = token.as_ptr() as usize - text.as_ptr() as usize;
+        if !ascii && !token.is_ascii() {
+            other.add(token, start);
+        }
         if token.len() < if alone { 4 } else { 12 } {
             continue;
         }
@@ -300,14 +308,6 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     }
     // Non-text encodings: braille, Morse, NATO spelling, zalgo, dense emoji, and
     // blobs mixing many scripts (base2048 and the like).
-    let ascii = text.is_ascii();
-    // Braille, combining marks and blobs are all outside ASCII and never
-    // whitespace: one pass over the characters of the tokens outside ASCII.
-    let other = if ascii {
-        Other::default()
-    } else {
-        other_tokens(text)
-    };
     if let (true, Some((first, last))) = (other.braille >= 3, other.braille_span) {
         push(out, "encoding.braille", at, first..last + 3);
     }
@@ -350,7 +350,8 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
 
 pub(crate) use crate::codec::rot13_str as rot13;
 
-/// What the characters outside ASCII of a text hold (see [`other_tokens`]).
+/// What the characters outside ASCII of a text hold, token by token (see
+/// [`Other::add`]).
 #[derive(Default)]
 struct Other {
     /// Braille characters, and where the first and the last start.
@@ -362,17 +363,12 @@ struct Other {
     blobs: Vec<(&'static str, std::ops::Range<usize>)>,
 }
 
-/// Braille, stacked combining marks (zalgo), and tokens that are emoji or script
-/// blobs, from one pass over the characters of the whitespace-separated tokens
-/// outside ASCII (an ASCII token has none of them, and whitespace ends a run of
-/// marks as any other character does).
-fn other_tokens(text: &str) -> Other {
-    let mut o = Other::default();
-    for token in text.split_whitespace() {
-        if token.is_ascii() {
-            continue;
-        }
-        let start = token.as_ptr() as usize - text.as_ptr() as usize;
+impl Other {
+    /// Braille, stacked combining marks (zalgo), and whether it is an emoji or
+    /// script blob, from the characters of a whitespace-separated token outside
+    /// ASCII that starts at `start` (an ASCII token has none of them, and
+    /// whitespace ends a run of marks as any other character does).
+    fn add(&mut self, token: &str, start: usize) {
         // Counted in one pass, without allocating: the distinct emoji and scripts
         // only up to the four the tests need.
         let (mut chars, mut emoji, mut letters, mut marks) = (0usize, 0usize, 0usize, 0usize);
@@ -383,15 +379,15 @@ fn other_tokens(text: &str) -> Other {
             if combining(c) {
                 marks += 1;
                 if marks == 3 {
-                    o.stacked += 1;
+                    self.stacked += 1;
                 }
             } else {
                 marks = 0;
             }
             if ('\u{2800}'..='\u{28FF}').contains(&c) {
-                o.braille += 1;
+                self.braille += 1;
                 let at = start + i;
-                o.braille_span = Some(o.braille_span.map_or((at, at), |(f, _)| (f, at)));
+                self.braille_span = Some(self.braille_span.map_or((at, at), |(f, _)| (f, at)));
             }
             if is_emoji(c) {
                 emoji += 1;
@@ -411,15 +407,14 @@ fn other_tokens(text: &str) -> Other {
         // is shorter, and four emoji of Ecoji carry at most five bytes, too few
         // for an instruction.
         if emoji >= 5 && distinct.len() >= 4 && emoji * 10 >= chars * 9 {
-            o.blobs
+            self.blobs
                 .push(("encoding.emoji_blob", start..start + token.len()));
         }
         if chars >= 5 && scripts.len() >= 4 && letters * 10 >= chars * 8 {
-            o.blobs
+            self.blobs
                 .push(("encoding.script_blob", start..start + token.len()));
         }
     }
-    o
 }
 
 /// The tokens `str::split_whitespace` yields, with ASCII text read a byte at a time
