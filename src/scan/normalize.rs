@@ -327,7 +327,7 @@ fn normalize_chars(text: &str) -> Normalized {
     // Words are processed as units so leetspeak is only undone inside words that mix
     // letters and leet digits ("1gn0r3"), never in plain numbers ("2024"). Each entry:
     // original offset, character after folding.
-    let mut word: Vec<(u32, char)> = Vec::new();
+    let mut word = Word::default();
     for (i, orig) in text.char_indices() {
         let c = if orig.is_ascii() {
             orig
@@ -356,8 +356,12 @@ fn normalize_chars(text: &str) -> Normalized {
         }
         last_space = false;
         last_newline = false;
-        if c.is_alphanumeric() || leet(c).is_some() || c == '\'' {
-            word.push((i as u32, c));
+        let letter = c.is_alphabetic();
+        let leety = leet(c).is_some();
+        if letter || leety || c == '\'' || c.is_alphanumeric() {
+            word.chars.push((i as u32, c));
+            word.letters += usize::from(letter);
+            word.leety += usize::from(leety);
         } else {
             flush(&mut word, &mut n);
             n.push_lower(c, i as u32);
@@ -397,18 +401,27 @@ impl Chars {
     }
 }
 
-fn flush(word: &mut Vec<(u32, char)>, n: &mut Chars) {
-    if word.is_empty() {
+/// The word being read: each character's original offset and the character after
+/// folding, and how many are letters and leet characters.
+#[derive(Default)]
+struct Word {
+    chars: Vec<(u32, char)>,
+    letters: usize,
+    leety: usize,
+}
+
+fn flush(word: &mut Word, n: &mut Chars) {
+    if word.chars.is_empty() {
         return;
     }
-    let letters = word.iter().filter(|(_, c)| c.is_alphabetic()).count();
-    let leety = word.iter().filter(|(_, c)| leet(*c).is_some()).count();
+    let (letters, leety) = (word.letters, word.leety);
     let undo_leet = letters > 0 && leety > 0 && letters + leety >= 3;
-    for &(at, c) in word.iter() {
+    for &(at, c) in &word.chars {
         let c = if undo_leet { leet(c).unwrap_or(c) } else { c };
         n.push_lower(c, at);
     }
-    word.clear();
+    word.chars.clear();
+    (word.letters, word.leety) = (0, 0);
 }
 
 #[cfg(test)]
