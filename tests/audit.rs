@@ -955,3 +955,72 @@ fn ocsf_events_map_the_audit_trail_and_validate_against_the_published_schema() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A writer with a given room left: it takes what fits and then fails, as a full
+/// disk does.
+#[derive(Clone)]
+struct Cramped {
+    out: Arc<std::sync::Mutex<Vec<u8>>>,
+    room: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Write for Cramped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let room = self.room.load(SeqCst);
+        if room == 0 {
+            return Err(std::io::Error::other("no space left on device"));
+        }
+        let n = room.min(buf.len());
+        self.room.store(room - n, SeqCst);
+        self.out.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_torn_json_line_is_ended_before_the_next_record() {
+    let w = Cramped {
+        out: Arc::default(),
+        room: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
+    };
+    torn_line_then_whole_ones(&w, guard_with(JsonLinesSink::new(w.clone()), |_| {}));
+    let w = Cramped {
+        out: Arc::default(),
+        room: Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX)),
+    };
+    torn_line_then_whole_ones(&w, guard_with(OcsfSink::new(w.clone()), |_| {}));
+}
+
+/// A record, one torn by a full disk, one refused outright, one after: the torn line
+/// is ended before the last one, every other line is JSON, no line is empty.
+fn torn_line_then_whole_ones(w: &Cramped, guard: InferenceGuard) {
+    use std::sync::atomic::Ordering::SeqCst;
+    assert!(complete(&guard, "first", "ok").is_ok());
+    // Twenty bytes of the next record fit; then the disk is full: the answer is
+    // refused (the sink is synchronous) and part of a line is on disk.
+    w.room.store(20, SeqCst);
+    assert_eq!(complete(&guard, "second", "ok").unwrap_err().status(), 503);
+    // Nothing fits: nothing is written, not even a line break.
+    assert_eq!(complete(&guard, "third", "ok").unwrap_err().status(), 503);
+    w.room.store(usize::MAX, SeqCst);
+    let fourth = complete(&guard, "fourth", "ok").unwrap();
+    let out = String::from_utf8(w.out.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    let torn: Vec<usize> = (0..lines.len())
+        .filter(|&i| serde_json::from_str::<serde_json::Value>(lines[i]).is_err())
+        .collect();
+    assert_eq!(torn.len(), 1, "{out}");
+    assert_eq!(lines[torn[0]].len(), 20, "the torn line: {out}");
+    assert!(lines.iter().all(|l| !l.is_empty()), "{out}");
+    assert!(torn[0] > 0 && torn[0] + 1 < lines.len(), "{out}");
+    assert!(
+        lines[torn[0] + 1..]
+            .iter()
+            .any(|l| l.contains(&fourth.request_id().to_string()))
+    );
+    assert!(out.ends_with('\n'));
+}

@@ -123,8 +123,10 @@ impl AuditSink for MemorySink {
 
 /// A sink that writes each event as one line of JSON to a writer.
 ///
-/// Each event is serialized first and written with one `write_all`, under a lock, so
-/// lines never interleave. The writer is not flushed per event; call
+/// Each event is serialized first and written under a lock, so lines never
+/// interleave. A write that fails part way (a full disk) leaves part of a line: the
+/// next event ends it first, so that it starts a line of its own and every line but
+/// the torn one parses. The writer is not flushed per event; call
 /// [`AuditSink::flush`] (wrap a file in a `BufWriter` for throughput).
 ///
 /// ```
@@ -133,20 +135,67 @@ impl AuditSink for MemorySink {
 /// # let _ = sink;
 /// ```
 pub struct JsonLinesSink<W> {
-    writer: Mutex<W>,
+    writer: Mutex<Lines<W>>,
 }
 
 impl<W: Write + Send + 'static> JsonLinesSink<W> {
     /// A sink writing to `writer`.
     pub fn new(writer: W) -> Self {
         Self {
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Lines::new(writer)),
         }
     }
 
     /// Returns the writer.
     pub fn into_inner(self) -> W {
-        self.writer.into_inner().unwrap_or_else(|p| p.into_inner())
+        self.writer
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .w
+    }
+}
+
+/// A writer of whole lines: a write that fails part way (a full disk) leaves part
+/// of a line, which the next write ends first, so that each write starts a line.
+pub(crate) struct Lines<W> {
+    pub(crate) w: W,
+    /// Whether the last write stopped inside a line.
+    torn: bool,
+}
+
+impl<W: Write> Lines<W> {
+    pub(crate) fn new(w: W) -> Self {
+        Self { w, torn: false }
+    }
+
+    /// Writes `lines` (ending with a line break) whole, after a line break when the
+    /// last write was torn.
+    pub(crate) fn write(&mut self, lines: &[u8]) -> std::io::Result<()> {
+        if self.torn {
+            self.write_some(b"\n").map_err(|(_, e)| e)?;
+            self.torn = false;
+        }
+        self.write_some(lines).map_err(|(written, e)| {
+            self.torn = written > 0;
+            e
+        })
+    }
+
+    /// `write_all`, and on failure how many bytes were written before it.
+    fn write_some(&mut self, mut buf: &[u8]) -> Result<(), (usize, std::io::Error)> {
+        let mut written = 0;
+        while !buf.is_empty() {
+            match self.w.write(buf) {
+                Ok(0) => return Err((written, std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    written += n;
+                    buf = &buf[n..];
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err((written, e)),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -162,13 +211,13 @@ impl<W: Write + Send + 'static> AuditSink for JsonLinesSink<W> {
             .map_err(|e| Error::with_source(ErrorKind::Audit, "serialize audit event", e))?;
         buf.push(b'\n');
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.write_all(&buf)
+        w.write(&buf)
             .map_err(|e| Error::with_source(ErrorKind::Audit, "write audit event", e))
     }
 
     fn flush(&self) -> Result<(), Error> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.flush()
+        w.w.flush()
             .map_err(|e| Error::with_source(ErrorKind::Audit, "flush audit log", e))
     }
 

@@ -255,7 +255,9 @@ fn finding(c: &Common<'_, '_>, f: &Finding, direction: &str, n: usize) -> Value 
 }
 
 /// A sink that writes each audit event as OCSF events ([`to_ocsf`]), one JSON
-/// object per line, to a writer (a file a SIEM collector tails).
+/// object per line, to a writer (a file a SIEM collector tails). A write that
+/// fails part way (a full disk) leaves part of a line, which the next write ends
+/// first (as [`JsonLinesSink`](crate::JsonLinesSink) does).
 ///
 /// ```
 /// use inference_guard::audit::OcsfSink;
@@ -263,20 +265,23 @@ fn finding(c: &Common<'_, '_>, f: &Finding, direction: &str, n: usize) -> Value 
 /// # let _ = sink;
 /// ```
 pub struct OcsfSink<W> {
-    writer: Mutex<W>,
+    writer: Mutex<super::Lines<W>>,
 }
 
 impl<W: Write + Send + 'static> OcsfSink<W> {
     /// A sink writing to `writer`.
     pub fn new(writer: W) -> Self {
         Self {
-            writer: Mutex::new(writer),
+            writer: Mutex::new(super::Lines::new(writer)),
         }
     }
 
     /// Returns the writer.
     pub fn into_inner(self) -> W {
-        self.writer.into_inner().unwrap_or_else(|p| p.into_inner())
+        self.writer
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .w
     }
 }
 
@@ -295,13 +300,13 @@ impl<W: Write + Send + 'static> AuditSink for OcsfSink<W> {
             buf.push(b'\n');
         }
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.write_all(&buf)
+        w.write(&buf)
             .map_err(|e| Error::with_source(ErrorKind::Audit, "write OCSF events", e))
     }
 
     fn flush(&self) -> Result<(), Error> {
         let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        w.flush()
+        w.w.flush()
             .map_err(|e| Error::with_source(ErrorKind::Audit, "flush OCSF events", e))
     }
 
