@@ -67,3 +67,20 @@ impl Clock for ManualClock {
         Duration::from_nanos(self.0.load(Ordering::SeqCst))
     }
 }
+
+/// The time-stamp counter read directly, for timing the guard's own work where it
+/// is counted many times per request (each chunk of a stream): a read of the
+/// counter without the global clock's per-thread lookup (about 9 ns instead of 14
+/// on the machines we measure on).
+static TICKS: std::sync::OnceLock<quanta::Clock> = std::sync::OnceLock::new();
+
+/// The counter now (see [`since`]).
+pub(crate) fn ticks() -> u64 {
+    TICKS.get_or_init(quanta::Clock::new).raw()
+}
+
+/// The time since `start`, a reading of [`ticks`].
+pub(crate) fn since(start: u64) -> Duration {
+    let c = TICKS.get_or_init(quanta::Clock::new);
+    Duration::from_nanos(c.delta_as_nanos(start, c.raw()))
+}

@@ -207,7 +207,7 @@ impl StreamGuard {
         if let Some(r) = &self.blocked {
             return Err(r.clone());
         }
-        let t0 = Instant::now();
+        let t0 = crate::clock::ticks();
         self.text.push_str(delta);
         let mut findings = Vec::new();
         if self.text.len() > self.admission.guard().limits().output_bytes() {
@@ -227,7 +227,7 @@ impl StreamGuard {
                     findings.extend(verdict.findings);
                 }
                 Err(e) => {
-                    self.spent += t0.elapsed();
+                    self.spent += crate::clock::since(t0);
                     return self.stage_failed(e);
                 }
             }
@@ -309,7 +309,7 @@ impl StreamGuard {
         for c in tool_calls {
             calls = calls.with_tool_call(c);
         }
-        let t0 = Instant::now();
+        let t0 = crate::clock::ticks();
         let mut out = String::new();
         let mut findings = Vec::new();
         let mut failure = None;
@@ -364,7 +364,7 @@ impl StreamGuard {
         }
         let before = self.admission.parts_mut().2.output_findings.len();
         if let Some(e) = failure {
-            self.spent += t0.elapsed();
+            self.spent += crate::clock::since(t0);
             // Fail-open releases everything held; fail-closed blocks.
             out.push_str(&self.stage_failed(e)?);
             findings.clear();
@@ -477,7 +477,7 @@ impl StreamGuard {
         &mut self,
         mut findings: Vec<Finding>,
         safe: usize,
-        t0: Instant,
+        t0: u64,
     ) -> Result<String, Rejection> {
         if !findings.is_empty() {
             let guard = self.admission.guard().clone();
@@ -497,13 +497,13 @@ impl StreamGuard {
                 );
             }
             if let Err(r) = verdict {
-                self.spent += t0.elapsed();
+                self.spent += crate::clock::since(t0);
                 self.record_stage(StageOutcome::Rejected);
                 return Err(self.block(r));
             }
         }
         let out = self.release(safe);
-        self.spent += t0.elapsed();
+        self.spent += crate::clock::since(t0);
         out
     }
 
