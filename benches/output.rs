@@ -1,6 +1,6 @@
 //! Output validation: whole-answer throughput next to input scanning of the same text,
-//! and a 4 KiB answer streamed in 16-byte deltas next to the same answer validated
-//! whole, through the guard, in the same run.
+//! and a 4 KiB answer streamed in 16-byte and in 4-byte deltas next to the same
+//! answer validated whole, through the guard, in the same run.
 #![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
 use std::hint::black_box;
@@ -81,27 +81,34 @@ fn bench(c: &mut Criterion) {
             black_box(adm.check_response(GuardResponse::new(text.clone())).is_ok())
         })
     });
-    grp.bench_function("guard_stream_16B_deltas_4096", |b| {
-        b.iter(|| {
-            let mut s = g
-                .check_request(request().with_stream(true))
-                .unwrap()
-                .stream();
-            let mut sent = 0;
-            let mut at = 0;
-            while at < text.len() {
-                let mut end = (at + 16).min(text.len());
-                while !text.is_char_boundary(end) {
-                    end += 1;
-                }
-                sent += s.push(&text[at..end]).unwrap().len();
-                at = end;
-            }
-            sent += s.finish(None).unwrap().len();
-            black_box(sent)
-        })
-    });
+    // 16-byte deltas, and 4-byte ones (about a token each: what a model streams).
+    for delta in [16, 4] {
+        grp.bench_function(format!("guard_stream_{delta}B_deltas_4096"), |b| {
+            b.iter(|| stream(&g, &text, delta))
+        });
+    }
     grp.finish();
+}
+
+/// Streams `text` through the guard in deltas of `delta` bytes (widened to
+/// character boundaries); returns the bytes released.
+fn stream(g: &InferenceGuard, text: &str, delta: usize) -> usize {
+    let mut s = g
+        .check_request(request().with_stream(true))
+        .unwrap()
+        .stream();
+    let mut sent = 0;
+    let mut at = 0;
+    while at < text.len() {
+        let mut end = (at + delta).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        sent += s.push(&text[at..end]).unwrap().len();
+        at = end;
+    }
+    sent += s.finish(None).unwrap().len();
+    black_box(sent)
 }
 
 criterion_group!(benches, bench);
