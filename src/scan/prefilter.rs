@@ -936,6 +936,31 @@ fn required(h: &Hir) -> Option<Gate> {
     }
 }
 
+/// `h` as branches when it is a concatenation whose first part past any
+/// look-around is a choice (`\b(?:a|b)c`: `\bac`, `\bbc`); otherwise `h`.
+fn split_first_choice(h: &Hir) -> Vec<Hir> {
+    let HirKind::Concat(parts) = h.kind() else {
+        return vec![h.clone()];
+    };
+    let Some(k) = parts
+        .iter()
+        .position(|h| !matches!(h.kind(), HirKind::Look(_)))
+    else {
+        return vec![h.clone()];
+    };
+    let HirKind::Alternation(bs) = parts[k].kind() else {
+        return vec![h.clone()];
+    };
+    bs.iter()
+        .map(|b| {
+            let mut v = parts[..k].to_vec();
+            v.push(b.clone());
+            v.extend_from_slice(&parts[k + 1..]);
+            Hir::concat(v)
+        })
+        .collect()
+}
+
 /// How `pattern`'s matches can be found, branch by branch (top-level branches):
 /// by their literal prefixes, when every match of the branch starts with one of
 /// a finite set and none of those searched for (rather than looked up by word) is
@@ -949,30 +974,12 @@ fn analyze(pattern: &str) -> Option<Analysis> {
         .parse(pattern)
         .ok()?;
     // Top-level branches, with what they share written out (the parser factors a
-    // common `\b` out of `\ba|\bb`).
+    // common `\b` out of `\ba|\bb`), and a branch that starts with a choice split
+    // by it (`(?:\(\d{3}\)|\b\d{3}-)\d{4}` is two branches, each with prefixes
+    // of its own).
     let branches: Vec<Hir> = match hir.kind() {
-        HirKind::Alternation(bs) => bs.clone(),
-        HirKind::Concat(parts) => {
-            match parts
-                .iter()
-                .position(|h| !matches!(h.kind(), HirKind::Look(_)))
-            {
-                Some(k) => match parts[k].kind() {
-                    HirKind::Alternation(bs) => bs
-                        .iter()
-                        .map(|b| {
-                            let mut v = parts[..k].to_vec();
-                            v.push(b.clone());
-                            v.extend_from_slice(&parts[k + 1..]);
-                            Hir::concat(v)
-                        })
-                        .collect(),
-                    _ => vec![hir.clone()],
-                },
-                None => vec![hir.clone()],
-            }
-        }
-        _ => vec![hir.clone()],
+        HirKind::Alternation(bs) => bs.iter().flat_map(split_first_choice).collect(),
+        _ => split_first_choice(&hir),
     };
     let mut out = Vec::new();
     let mut gates: Vec<Gate> = Vec::new();
@@ -1256,6 +1263,7 @@ mod tests {
             r"\bi am (?:dan|free)\b",
             r"\b[a-f0-9]{4}-us\b",
             r"(?:[^()\n]{0,8}\([a-z ]\)[^()\n]{0,8}\n){2,}",
+            r"(?:\([0-9]{2}\)\s?|\b[0-9]{2}[.\-])[0-9]{2}\b",
         ];
         let regexes: Vec<regex::Regex> = patterns
             .iter()
@@ -1336,6 +1344,8 @@ mod tests {
             "enabled",
             "on",
             "is",
+            "(55)",
+            "12-",
             "(a)\n",
             "(b) x\n(c)\n",
             "(",
@@ -1463,6 +1473,12 @@ mod tests {
                 .is_some_and(|a| a.prefixes.contains(&Prefix::Searched(b" ##".to_vec(), 1)))
         );
         assert!(analyze(r"a|bcd").is_none());
+        // A branch that starts with a choice is one branch per choice, each with
+        // prefixes of its own: no gate.
+        assert!(
+            analyze(r"(?:\([0-9]{3}\)\s?|\b[0-9]{3}[.\-])[2-9][0-9]{2}[.\-][0-9]{4}\b|\bfoo")
+                .is_some_and(|a| a.gates.is_empty() && !a.prefixes.is_empty())
+        );
         // No prefixes, but every match goes through "@example" or "user".
         let gates = |p: &str| analyze(p).map(|a| a.gates);
         let lits = |l: &[&str]| {
