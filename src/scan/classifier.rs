@@ -311,6 +311,14 @@ impl Sink for Features {
 /// text gets fewer: one per four bytes, rounded up).
 const SEEN: usize = 512;
 
+/// Entries of a cache of word sums; see [`Summed::seen`].
+type Seen = Vec<(u64, u64, u32, u8, [f32; HEADS])>;
+
+thread_local! {
+    /// Each thread's table for [`Summed::seen`], kept between texts.
+    static SEEN_TABLE: std::cell::RefCell<Seen> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Features summed as they are extracted (what scoring needs: the weights per word,
 /// added up exactly as [`Model::best_with`] adds stored slots).
 struct Summed<'m> {
@@ -324,7 +332,7 @@ struct Summed<'m> {
     /// its length, the sum of its own slots' weights). Length 0 marks an empty
     /// entry. A power of two long. A cache only: a word that misses is summed
     /// again, to the same sum.
-    seen: Vec<(u64, u64, u32, u8, [f32; HEADS])>,
+    seen: Seen,
 }
 
 impl Sink for Summed<'_> {
@@ -773,18 +781,24 @@ impl Classifier {
             acc: [0.0; HEADS],
             count: 0,
             text: text.as_bytes(),
-            seen: vec![
-                (0, 0, 0, 0, [0.0; HEADS]);
-                (text.len() / 4 + 1).next_power_of_two().min(SEEN)
-            ],
+            seen: SEEN_TABLE.with(|t| std::mem::take(&mut *t.borrow_mut())),
             f: Features {
                 slots: Vec::new(),
                 words: Vec::with_capacity(words),
                 sums: Some((prefix, counts)),
             },
         };
+        // This thread's table, cleared as far as this text needs it (no allocation
+        // once it has grown to that size).
+        sink.seen.clear();
+        sink.seen.resize(
+            (text.len() / 4 + 1).next_power_of_two().min(SEEN),
+            (0, 0, 0, 0, [0.0; HEADS]),
+        );
         extract(text, &mut sink);
-        sink.f
+        let Summed { f, seen, .. } = sink;
+        SEEN_TABLE.with(|t| *t.borrow_mut() = seen);
+        f
     }
 
     /// Scores normalized text (what [`Scanner`](super::Scanner) feeds it) given
