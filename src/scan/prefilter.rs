@@ -1,7 +1,8 @@
 //! Patterns found through what their matches must start with or contain, so
 //! that a pattern's regex runs only where it can match.
 //!
-//! Each pattern's top-level branches are read with `regex-syntax`:
+//! Each pattern's top-level branches are read with `regex-syntax` (a branch that
+//! starts with a choice, `(?:\(\d{3}\)|\d{3}-)\d{4}`, as one branch per choice):
 //!
 //! - A branch whose matches all start at a word boundary with one of a finite set
 //!   of literals that start with a letter or digit is **looked up by word**: the
@@ -16,7 +17,9 @@
 //!   stems, one Aho-Corasick pass over the literals instead.
 //! - Any other branch gets a **gate**: up to three parts every match goes through
 //!   (the literals a part starts with, or a class of a few ASCII bytes such as the
-//!   digits), each checked once per text with `memchr`/`memmem`. While a gate is
+//!   digits), each as many times as every match holds it (a repetition `{5,}` of
+//!   what holds it once: five; a card's thirteen digits), each checked once per
+//!   text with `memchr`/`memmem`, counting without overlaps. While a gate is
 //!   shut, the branch cannot match; when one is open, the pattern is searched in
 //!   full. A pattern with a branch that has none of the three is always searched
 //!   in full.
