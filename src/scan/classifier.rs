@@ -799,33 +799,32 @@ impl Classifier {
             (Vec::with_capacity(words + 1), Vec::with_capacity(words + 1));
         prefix.push([0.0; HEADS]);
         counts.push(0);
+        // This thread's table, as long as this text needs (grown once), under the
+        // next text number: nothing to clear.
+        let slots = (text.len() / 4 + 1).next_power_of_two().min(SEEN);
+        let (mut seen, mut number) = SEEN_TABLE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        number = number.wrapping_add(1);
+        if number == 0 {
+            seen.fill(Seen::default());
+            number = 1;
+        }
+        if seen.len() < slots {
+            seen.resize(slots, Seen::default());
+        }
         let mut sink = Summed {
             model: &self.model,
             acc: [0.0; HEADS],
             count: 0,
             text: text.as_bytes(),
-            seen: Vec::new(),
-            mask: 0,
-            number: 0,
+            seen,
+            mask: slots - 1,
+            number,
             f: Features {
                 slots: Vec::new(),
                 words: Vec::with_capacity(words),
                 sums: Some((prefix, counts)),
             },
         };
-        // This thread's table, as long as this text needs (grown once), under the
-        // next text number: nothing to clear.
-        let slots = (text.len() / 4 + 1).next_power_of_two().min(SEEN);
-        (sink.seen, sink.number) = SEEN_TABLE.with(|t| std::mem::take(&mut *t.borrow_mut()));
-        sink.number = sink.number.wrapping_add(1);
-        if sink.number == 0 {
-            sink.seen.fill(Seen::default());
-            sink.number = 1;
-        }
-        if sink.seen.len() < slots {
-            sink.seen.resize(slots, Seen::default());
-        }
-        sink.mask = slots - 1;
         extract(text, &mut sink);
         let Summed {
             f, seen, number, ..
