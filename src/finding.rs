@@ -326,6 +326,13 @@ impl Finding {
         self
     }
 
+    /// The same finding in another message (the scanner's cache of earlier
+    /// messages serves a message's findings at the place it now has).
+    pub(crate) fn at(mut self, location: Location) -> Self {
+        self.location = location;
+        self
+    }
+
     /// The byte span in that text.
     pub fn span(&self) -> Range<usize> {
         self.span.clone()

@@ -75,6 +75,7 @@ mod anchors;
 mod classifier;
 mod encoding;
 mod heuristics;
+mod history;
 pub(crate) mod normalize;
 #[cfg(feature = "onnx")]
 mod onnx;
@@ -87,6 +88,7 @@ pub(crate) mod testgen;
 mod unicode;
 
 pub use classifier::{Classifier, Example, Level, Score, Trainer};
+pub use history::HistoryStats;
 #[cfg(feature = "onnx")]
 #[cfg_attr(docsrs, doc(cfg(feature = "onnx")))]
 pub use onnx::{OnnxClassifier, OnnxClassifierBuilder, OnnxStats};
@@ -118,6 +120,8 @@ struct Inner {
     max_decoded_bytes: usize,
     max_depth: u8,
     scan_instructions: bool,
+    /// What the heuristics found in messages scanned before (none when off).
+    history: Option<history::HistoryCache>,
 }
 
 /// The input scanner; see the [module docs](self). Cheap to clone.
@@ -152,6 +156,7 @@ pub struct ScannerBuilder {
     max_decoded_bytes: usize,
     max_depth: u8,
     scan_instructions: bool,
+    history: usize,
 }
 
 impl ScannerBuilder {
@@ -205,6 +210,53 @@ impl ScannerBuilder {
         self
     }
 
+    /// How many messages' findings the scanner keeps for the caller's next request
+    /// (default 8,192; 0 turns the cache off).
+    ///
+    /// A chat request carries the conversation so far, and every message before
+    /// the newest was in the caller's previous request, where it was scanned. What
+    /// the scanner finds in a message is a function of its text (custom rules'
+    /// validators are plain functions of the match), so it keeps the findings,
+    /// keyed by the SHA-256 digest of the caller's qualified id and the text, and
+    /// a later request's copy of that message is served from the cache instead of
+    /// read again. The newest message of a request is always read; a cached
+    /// message is only served to the caller that sent it (never to anonymous
+    /// callers: they are one principal). With
+    /// [`Redaction::pseudonymize`] (pseudonyms are numbered per request) only the
+    /// injection, jailbreak and encoding findings are kept, and credentials,
+    /// personal data and smuggling are looked for in every message. The oldest
+    /// entries are evicted first; a message with more than 16 findings is not kept.
+    ///
+    /// ```
+    /// use inference_guard::scan::Scanner;
+    /// use inference_guard::{verifier_fn, CredentialKind, GuardRequest, InferenceGuard, NoopSink, Principal, Role};
+    ///
+    /// let scanner = Scanner::builder().history_cache(100_000).build();
+    /// let mut b = InferenceGuard::builder();
+    /// b.identity(verifier_fn(|_| Ok(Principal::builder("svc-chat", CredentialKind::ApiKey).build())))
+    ///     .authorize_all()
+    ///     .input_scanner(scanner.clone())
+    ///     .audit_sink(NoopSink);
+    /// let guard = b.build()?;
+    /// let question = "What is the refund window for annual plans?";
+    /// guard.check_request(GuardRequest::new("m").with_message(Role::User, question))?;
+    /// guard.check_request(
+    ///     GuardRequest::new("m")
+    ///         .with_message(Role::User, question)
+    ///         .with_message(Role::Assistant, "Thirty days from the renewal date.")
+    ///         .with_message(Role::User, "And for monthly plans?"),
+    /// )?;
+    /// // The first question was read once; the second request read the answer and
+    /// // the new question.
+    /// let s = scanner.history_stats();
+    /// assert_eq!((s.hits, s.misses), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn history_cache(&mut self, entries: usize) -> &mut Self {
+        self.history = entries;
+        self
+    }
+
     /// Adds a rule of your own (it runs with the built-in credential and
     /// personal-data rules).
     pub fn rule(&mut self, rule: Rule) -> &mut Self {
@@ -229,6 +281,7 @@ impl ScannerBuilder {
                 max_decoded_bytes: self.max_decoded_bytes,
                 max_depth: self.max_depth,
                 scan_instructions: self.scan_instructions,
+                history: history::HistoryCache::new(self.history),
             }),
         }
     }
@@ -251,6 +304,7 @@ impl Scanner {
             max_decoded_bytes: 64 * 1024,
             max_depth: 2,
             scan_instructions: false,
+            history: 8192,
         }
     }
 
@@ -267,10 +321,19 @@ impl Scanner {
         self.inner.rules.anchors()
     }
 
+    /// How the cache of earlier messages has served
+    /// ([`ScannerBuilder::history_cache`]; zero when it is off).
+    pub fn history_stats(&self) -> HistoryStats {
+        self.inner
+            .history
+            .as_ref()
+            .map_or_else(HistoryStats::default, history::HistoryCache::stats)
+    }
+
     /// Scans any text; findings carry `location` and byte spans into `text`.
     pub fn scan_text(&self, text: &str, location: Location) -> Vec<Finding> {
         let mut replacer = redaction::Replacer::new(&self.inner.redaction);
-        self.scan_with(text, location, &mut replacer, true)
+        self.scan_with(text, location, &mut replacer, true, None)
     }
 
     /// Credentials and personal data only, masked: the output stage's leak check.
@@ -288,18 +351,41 @@ impl Scanner {
         location: Location,
         replacer: &mut redaction::Replacer<'_>,
         heuristics: bool,
+        cached: Option<Cached>,
     ) -> Vec<Finding> {
+        let g = &*self.inner;
         let mut out = Vec::new();
+        let cache = cached.and_then(|c| g.history.as_ref().map(|h| (h, c)));
+        // With replacements a function of the value alone, all of a message's
+        // findings are its text's; with pseudonyms (numbered per request) only the
+        // heuristics' are.
+        let whole = !g.redaction.per_request();
+        if let Some((h, c)) = cache.filter(|(_, c)| whole && c.lookup) {
+            if h.get(&c.key, location, &mut out) {
+                return out;
+            }
+        }
         let mut budget = self.inner.max_decoded_bytes;
         // Credentials, personal data and smuggling are judged on the raw text, once.
         unicode::scan(text, location, &mut out);
-        let g = &*self.inner;
         g.rules
             .scan(text, location, &g.disabled, replacer, &mut out);
         if heuristics {
-            self.scan_into(text, location, 0, &mut budget, &mut out);
+            match cache.filter(|_| !whole) {
+                Some((h, c)) => {
+                    if !(c.lookup && h.get(&c.key, location, &mut out)) {
+                        let from = out.len();
+                        self.scan_into(text, location, 0, &mut budget, &mut out);
+                        h.insert(c.key, &out[from..]);
+                    }
+                }
+                None => self.scan_into(text, location, 0, &mut budget, &mut out),
+            }
         }
         out.retain(|f| !self.inner.disabled.contains(f.rule_id()));
+        if let Some((h, c)) = cache.filter(|_| whole) {
+            h.insert(c.key, &out);
+        }
         out
     }
 
@@ -542,17 +628,31 @@ fn reads_as_english(text: &str) -> bool {
 
 impl InputScanner for Scanner {
     fn scan<'a>(&'a self, cx: StageContext<'a>) -> Step<'a, Result<Vec<Finding>, StageError>> {
+        let g = &*self.inner;
         let request = cx.request();
         // One replacer for the request: a value gets the same pseudonym in every message.
-        let mut replacer = redaction::Replacer::new(&self.inner.redaction);
+        let mut replacer = redaction::Replacer::new(&g.redaction);
         let mut out = Vec::new();
+        let newest = request.messages().len().saturating_sub(1);
         for (i, m) in request.messages().iter().enumerate() {
             let at = Location::Message(i);
             // The operator's own instructions (marked by the application, never by
             // role: over HTTP every role is written by the caller): leaks and
             // smuggling only, by default.
-            let heuristics = !m.is_operator() || self.inner.scan_instructions;
-            out.extend(self.scan_with(m.content(), at, &mut replacer, heuristics));
+            let heuristics = !m.is_operator() || g.scan_instructions;
+            // Earlier messages may be served from the cache; the newest is read and
+            // kept for the caller's next request. (Nothing to keep of a message
+            // the heuristics skip when pseudonyms are per request.)
+            let cached = g
+                .history
+                .as_ref()
+                .filter(|_| heuristics || !g.redaction.per_request())
+                .and_then(|_| history::HistoryCache::key(cx.principal(), heuristics, m.content()))
+                .map(|key| Cached {
+                    key,
+                    lookup: i < newest,
+                });
+            out.extend(self.scan_with(m.content(), at, &mut replacer, heuristics, cached));
         }
         Step::ready(Ok(out))
     }
@@ -560,6 +660,14 @@ impl InputScanner for Scanner {
     fn name(&self) -> &str {
         "scanner"
     }
+}
+
+/// A message's entry in the cache of earlier messages, and whether to look it up
+/// (or only keep what is found).
+#[derive(Clone, Copy)]
+struct Cached {
+    key: history::Key,
+    lookup: bool,
 }
 
 impl OutputValidator for Scanner {

@@ -85,6 +85,12 @@ impl Redaction {
     pub fn pseudonymize() -> Self {
         Self(Mode::Pseudonymize)
     }
+
+    /// Whether a replacement depends on the request (pseudonyms are numbered per
+    /// request) rather than on the value alone.
+    pub(crate) fn per_request(&self) -> bool {
+        matches!(self.0, Mode::Pseudonymize)
+    }
 }
 
 /// In a policy file (feature `policy`): `"mask"`, `"partial"` (four characters
