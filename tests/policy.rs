@@ -57,6 +57,7 @@ max_message_bytes = 2048
 
 [input]
 redaction = "pseudonymize"
+history_cache = 4096
 
 [output]
 allow_hosts = ["docs.example.com"]

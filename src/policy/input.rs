@@ -25,6 +25,8 @@ pub(super) struct Input {
     pub(super) classifier_block: Option<f32>,
     #[serde(default)]
     pub(super) classifier_thresholds: std::collections::BTreeMap<String, CategoryThresholds>,
+    #[serde(default)]
+    pub(super) history_cache: Option<usize>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -49,6 +51,7 @@ impl Default for Input {
             classifier_flag: None,
             classifier_block: None,
             classifier_thresholds: std::collections::BTreeMap::new(),
+            history_cache: None,
         }
     }
 }
@@ -65,6 +68,9 @@ impl Policy {
                 s.disable(d.clone());
             }
             s.scan_instructions(self.input.scan_instructions);
+            if let Some(n) = self.input.history_cache {
+                s.history_cache(n);
+            }
             let classifier = if self.input.classifier {
                 let mut c = crate::scan::Classifier::builtin();
                 let heads: Vec<Category> = c.categories().cloned().collect();

@@ -55,6 +55,7 @@
 //! # per category (prompt_injection, jailbreak, system_prompt_leak), over the above
 //! classifier_thresholds = { jailbreak = { flag = 0.5, block = 0.95 } }
 //! disable = ["jailbreak.hypothetical"]
+//! history_cache = 8192              # messages whose findings are kept for the caller's next turn (0: off)
 //!
 //! [output]
 //! allow_hosts = ["docs.example.com"]
