@@ -243,6 +243,7 @@ macro_rules! reason_codes {
 pub mod audit;
 pub mod authz;
 pub mod builtin;
+mod cache;
 mod clock;
 mod codec;
 mod decision;

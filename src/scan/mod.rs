@@ -666,7 +666,7 @@ impl InputScanner for Scanner {
 /// (or only keep what is found).
 #[derive(Clone, Copy)]
 struct Cached {
-    key: history::Key,
+    key: crate::cache::Key,
     lookup: bool,
 }
 
