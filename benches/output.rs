@@ -88,6 +88,74 @@ fn bench(c: &mut Criterion) {
         });
     }
     grp.finish();
+
+    // A 1 KiB answer to a request whose system prompt is 4 KiB (operators' prompts
+    // run from one to several KiB): the prompt's six-word runs kept per caller
+    // (default), or hashed again for every request.
+    let caller = Principal::builder("svc-support", CredentialKind::ApiKey).build();
+    let long = long_system_prompt();
+    let req = GuardRequest::new("m")
+        .with_message(Role::System, long.as_str())
+        .with_message(Role::User, "Where is my order?");
+    let answer = GuardResponse::new(repeat_to(ANSWER, 1024));
+    let mut grp = c.benchmark_group(format!("output_system_prompt_{}", long.len()));
+    for (name, cache) in [("kept per caller", 256), ("hashed per request", 0)] {
+        let v = AnswerValidator::builder()
+            .allow_hosts(["docs.northwind.test"])
+            .reference_cache(cache)
+            .build()
+            .unwrap();
+        grp.bench_function(format!("validate_1024, system prompt {name}"), |b| {
+            b.iter(|| {
+                let cx = StageContext::new(&caller, &req);
+                black_box(v.validate(cx, black_box(&answer)).into_ready())
+            })
+        });
+    }
+    let short = request();
+    grp.bench_function("validate_1024, one-line system prompt", |b| {
+        b.iter(|| {
+            let cx = StageContext::new(&caller, &short);
+            black_box(validator.validate(cx, black_box(&answer)).into_ready())
+        })
+    });
+    grp.finish();
+}
+
+/// A support desk's system prompt of about 4 KiB: numbered rules, each its own.
+fn long_system_prompt() -> String {
+    let topics = [
+        "refunds for damaged items",
+        "orders that have not shipped",
+        "changes to a delivery address",
+        "gift cards and store credit",
+        "warranty claims on electronics",
+        "bulk orders from businesses",
+        "missing items in a parcel",
+        "returns without a receipt",
+        "price matching requests",
+        "subscription cancellations",
+        "loyalty points that did not post",
+        "deliveries left with a neighbour",
+        "international shipping and customs",
+        "orders paid twice by mistake",
+        "accessibility requests for the website",
+        "complaints about a courier",
+    ];
+    let mut p = String::from(
+        "You are the support assistant of Northwind Traders. Answer in the customer's \
+         language, keep a friendly tone, and never promise what the rules below do not allow.\n",
+    );
+    for (i, t) in topics.iter().enumerate() {
+        p.push_str(&format!(
+            "{}. For {t}: check the order number first, quote the policy page for {t}, offer \
+             the option the customer is entitled to, and hand over to a person when the \
+             customer asks twice or the amount is above {} euros.\n",
+            i + 1,
+            100 * (i + 2)
+        ));
+    }
+    p
 }
 
 /// Streams `text` through the guard in deltas of `delta` bytes (widened to

@@ -318,9 +318,14 @@ struct Inner {
     scanner: Option<Scanner>,
     canaries: Vec<CanaryForms>,
     request_canaries: bool,
-    /// Each configured system prompt's shingles, hashed once at build.
+    /// Each configured system prompt's shingles, hashed once at build, and their
+    /// bits of the shingle filter.
     system_shingles: Arc<Vec<ShingleSet>>,
+    system_filter: Vec<u64>,
     overlap_from_request: bool,
+    /// The request's system messages' shingles, per caller and text (none when
+    /// off).
+    references: Option<crate::cache::Fifo<Arc<Reference>>>,
     overlap_threshold: f32,
     links: links::LinkPolicy,
     code_is_inert: bool,
@@ -369,6 +374,7 @@ pub struct AnswerValidatorBuilder {
     system_prompts: Vec<String>,
     overlap_from_request: bool,
     overlap_threshold: f32,
+    reference_cache: usize,
     allow_hosts: Vec<String>,
     strict_links: bool,
     markdown: bool,
@@ -418,6 +424,26 @@ impl AnswerValidatorBuilder {
     /// (default on).
     pub fn overlap_from_request(&mut self, on: bool) -> &mut Self {
         self.overlap_from_request = on;
+        self
+    }
+
+    /// How many of the requests' system and developer messages the validator keeps
+    /// the six-word runs of (default 256; 0 turns the cache off).
+    ///
+    /// Every request of a chat carries the same system prompt, and hashing a 3 KB
+    /// prompt's runs costs several times the check of a short answer. They are
+    /// kept per caller and text (the SHA-256 digest of the caller's qualified id
+    /// and the text; never across callers, never for anonymous callers), the oldest
+    /// evicted first.
+    ///
+    /// ```
+    /// use inference_guard::output::AnswerValidator;
+    /// let v = AnswerValidator::builder().reference_cache(1024).build()?;
+    /// # let _ = v;
+    /// # Ok::<(), inference_guard::BuildError>(())
+    /// ```
+    pub fn reference_cache(&mut self, entries: usize) -> &mut Self {
+        self.reference_cache = entries;
         self
     }
 
@@ -502,6 +528,16 @@ impl AnswerValidatorBuilder {
                 ));
             }
         }
+        let system_shingles: Vec<ShingleSet> = self
+            .system_prompts
+            .iter()
+            .map(|p| {
+                let mut set = ShingleSet::default();
+                add_shingles(&mut set, p);
+                set
+            })
+            .filter(|set| !set.is_empty())
+            .collect();
         Ok(AnswerValidator {
             inner: Arc::new(Inner {
                 scanner: self.scanner.clone(),
@@ -511,18 +547,10 @@ impl AnswerValidatorBuilder {
                     .map(|c| CanaryForms::new(c.token()))
                     .collect(),
                 request_canaries: self.request_canaries,
-                system_shingles: Arc::new(
-                    self.system_prompts
-                        .iter()
-                        .map(|p| {
-                            let mut set = ShingleSet::default();
-                            add_shingles(&mut set, p);
-                            set
-                        })
-                        .filter(|set| !set.is_empty())
-                        .collect(),
-                ),
+                system_filter: filter_of(system_shingles.iter()),
+                system_shingles: Arc::new(system_shingles),
                 overlap_from_request: self.overlap_from_request,
+                references: crate::cache::Fifo::new(self.reference_cache),
                 overlap_threshold: self.overlap_threshold,
                 links: links::LinkPolicy {
                     allow: self.allow_hosts.clone(),
@@ -556,6 +584,7 @@ impl AnswerValidator {
             system_prompts: Vec::new(),
             overlap_from_request: true,
             overlap_threshold: 0.5,
+            reference_cache: 256,
             allow_hosts: Vec::new(),
             strict_links: false,
             markdown: true,
@@ -566,7 +595,7 @@ impl AnswerValidator {
         }
     }
 
-    fn engine(&self, request: &GuardRequest) -> Engine {
+    fn engine(&self, principal: &crate::Principal, request: &GuardRequest) -> Engine {
         let i = &*self.inner;
         // Canaries of this request only; the deployment's stay in `Inner`.
         let mut canaries: Vec<CanaryForms> = Vec::new();
@@ -587,10 +616,22 @@ impl AnswerValidator {
                 }
             }
         }
-        let mut reference = Shingles::new(i.system_shingles.clone());
+        let mut reference = Shingles::new(i.system_shingles.clone(), &i.system_filter);
         if i.overlap_from_request {
             for text in system_texts() {
-                reference.add_reference(text);
+                let cached = i
+                    .references
+                    .as_ref()
+                    .and_then(|c| Some((c, crate::cache::key(principal, REFERENCE, text)?)));
+                let r = match cached {
+                    Some((c, key)) => c.with(&key, Arc::clone).unwrap_or_else(|| {
+                        let r = Arc::new(Reference::new(text));
+                        c.insert(key, r.clone());
+                        r
+                    }),
+                    None => Arc::new(Reference::new(text)),
+                };
+                reference.add_reference(r);
             }
         }
         Engine {
@@ -769,7 +810,7 @@ impl OutputValidator for AnswerValidator {
         cx: StageContext<'a>,
         response: &'a GuardResponse,
     ) -> Step<'a, Result<Vec<Finding>, StageError>> {
-        let mut engine = self.engine(cx.request());
+        let mut engine = self.engine(cx.principal(), cx.request());
         let mut out = Vec::new();
         // An answer that is only tool calls has no text to hold to a JSON shape.
         if !response.tool_calls().is_empty() && response.text().trim().is_empty() {
@@ -782,7 +823,7 @@ impl OutputValidator for AnswerValidator {
     }
 
     fn stream(&self, cx: StageContext<'_>) -> Option<Box<dyn StreamValidator>> {
-        Some(Box::new(self.engine(cx.request())))
+        Some(Box::new(self.engine(cx.principal(), cx.request())))
     }
 
     fn name(&self) -> &str {
@@ -797,7 +838,7 @@ struct Shingles {
     /// Each configured system prompt's shingle hashes (shared by every answer).
     base: Arc<Vec<ShingleSet>>,
     /// Each of the request's own system messages' shingle hashes.
-    extra: Vec<ShingleSet>,
+    extra: Vec<Arc<Reference>>,
     /// Per prompt (base, then extra): its shingles seen in the answer.
     seen: Vec<ShingleSet>,
     /// The answer's last words (hashes), and where the oldest of them started.
@@ -1033,35 +1074,62 @@ fn add_shingles(set: &mut ShingleSet, text: &str) {
     }
 }
 
+/// The shingle filter's bits of `sets`.
+fn filter_of<'s>(sets: impl Iterator<Item = &'s ShingleSet>) -> Vec<u64> {
+    let mut filter = vec![0u64; FILTER_WORDS];
+    for &h in sets.flatten() {
+        let (i, bit) = filter_bit(h);
+        filter[i] |= bit;
+    }
+    filter
+}
+
+/// The [`crate::cache::key`] purpose of a system message's shingles.
+const REFERENCE: u8 = 2;
+
+/// A request's system message as the overlap check reads it: its shingles and
+/// their bits of the filter (kept per caller and text in
+/// [`AnswerValidatorBuilder::reference_cache`]).
+struct Reference {
+    set: ShingleSet,
+    filter: Vec<u64>,
+}
+
+impl Reference {
+    fn new(text: &str) -> Self {
+        let mut set = ShingleSet::default();
+        add_shingles(&mut set, text);
+        let filter = filter_of(std::iter::once(&set));
+        Self { set, filter }
+    }
+}
+
 impl Shingles {
-    fn new(base: Arc<Vec<ShingleSet>>) -> Self {
+    fn new(base: Arc<Vec<ShingleSet>>, filter: &[u64]) -> Self {
         let seen = vec![ShingleSet::default(); base.len()];
-        let mut filter = vec![0u64; FILTER_WORDS];
-        for &h in base.iter().flatten() {
-            let (i, bit) = filter_bit(h);
-            filter[i] |= bit;
-        }
         Self {
             base,
             extra: Vec::new(),
             seen,
             window: Window::default(),
-            filter,
+            filter: filter.to_vec(),
             first: None,
             reported: false,
         }
     }
 
-    fn add_reference(&mut self, text: &str) {
-        let mut set = ShingleSet::default();
-        add_shingles(&mut set, text);
+    fn add_reference(&mut self, r: Arc<Reference>) {
         // The configured prompt sent again as a system message is already there.
-        if !set.is_empty() && !self.base.iter().chain(&self.extra).any(|b| *b == set) {
-            for &h in &set {
-                let (i, bit) = filter_bit(h);
-                self.filter[i] |= bit;
+        let known = self.base.iter().any(|b| *b == r.set)
+            || self
+                .extra
+                .iter()
+                .any(|e| Arc::ptr_eq(e, &r) || e.set == r.set);
+        if !r.set.is_empty() && !known {
+            for (f, bits) in self.filter.iter_mut().zip(&r.filter) {
+                *f |= bits;
             }
-            self.extra.push(set);
+            self.extra.push(r);
             self.seen.push(ShingleSet::default());
         }
     }
@@ -1096,7 +1164,11 @@ impl Shingles {
                 if filter[i] & bit == 0 {
                     return;
                 }
-                for (prompt, seen) in base.iter().chain(extra.iter()).zip(seen.iter_mut()) {
+                for (prompt, seen) in base
+                    .iter()
+                    .chain(extra.iter().map(|r| &r.set))
+                    .zip(seen.iter_mut())
+                {
                     if prompt.contains(&h) && seen.insert(h) {
                         if first.is_none() {
                             *first = Some(oldest);
@@ -1543,6 +1615,58 @@ fn check_json(text: &str, schema: Option<&serde_json::Value>, out: &mut Vec<Find
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A request's system prompts are kept per caller and text: each request is
+    /// judged against its own prompts, served from the cache or not.
+    #[test]
+    fn system_prompts_are_kept_per_caller_and_text() {
+        use crate::{CredentialKind, Principal, Role, StageContext};
+        let prompts = [
+            "You are Atlas, the travel desk assistant for Northwind. Book only economy fares, \
+             never reveal supplier discounts, and answer in the traveller's language.",
+            "You are Ledger, the expense helper for Contoso finance. Reject receipts older than \
+             ninety days and route anything above two thousand euros to a manager.",
+        ];
+        let a = Principal::builder("svc-a", CredentialKind::ApiKey).build();
+        let b = Principal::builder("svc-b", CredentialKind::ApiKey).build();
+        let anon = Principal::anonymous();
+        let on = AnswerValidator::new();
+        let off = AnswerValidator::builder()
+            .reference_cache(0)
+            .build()
+            .unwrap();
+        let leaks = |v: &AnswerValidator, p: &Principal, prompt: &str, answer: &str| {
+            let r = GuardRequest::new("m")
+                .with_message(Role::System, prompt)
+                .with_message(Role::User, "hello");
+            let found = v
+                .validate(StageContext::new(p, &r), &GuardResponse::new(answer))
+                .into_ready()
+                .ok()
+                .unwrap()
+                .unwrap();
+            found.iter().any(|f| f.rule_id() == "system_prompt.overlap")
+        };
+        let entries = |v: &AnswerValidator| v.inner.references.as_ref().map_or(0, |c| c.len());
+        for round in 0..2 {
+            for (i, prompt) in prompts.iter().enumerate() {
+                let other = prompts[1 - i];
+                for p in [&a, &b, &anon] {
+                    for v in [&on, &off] {
+                        assert!(leaks(v, p, prompt, prompt), "{round} {i}");
+                        assert!(!leaks(v, p, prompt, other), "{round} {i}");
+                        assert!(
+                            !leaks(v, p, prompt, "Your flight is booked."),
+                            "{round} {i}"
+                        );
+                    }
+                }
+            }
+            // Two prompts for each of two callers; none for the anonymous one.
+            assert_eq!(entries(&on), 4);
+            assert_eq!(entries(&off), 0);
+        }
+    }
 
     /// A word's hash does not depend on how its bytes are fed.
     #[test]
