@@ -62,6 +62,7 @@ history_cache = 4096
 [output]
 allow_hosts = ["docs.example.com"]
 html = "strip"
+reference_cache = 64
 
 [[actions]]
 rule = "secret.*"

@@ -61,6 +61,7 @@
 //! allow_hosts = ["docs.example.com"]
 //! html = "escape"                   # escape, strip, block
 //! canary_env = "GUARD_CANARY"
+//! reference_cache = 256             # system prompts whose six-word runs are kept per caller (0: off)
 //!
 //! [[actions]]
 //! rule = "secret.*"

@@ -21,6 +21,8 @@ pub(super) struct Output {
     pub(super) system_prompt_file: Option<String>,
     #[serde(default)]
     pub(super) overlap_threshold: Option<f32>,
+    #[serde(default)]
+    pub(super) reference_cache: Option<usize>,
 }
 
 impl Default for Output {
@@ -34,6 +36,7 @@ impl Default for Output {
             canary_env: None,
             system_prompt_file: None,
             overlap_threshold: None,
+            reference_cache: None,
         }
     }
 }
@@ -57,6 +60,9 @@ impl Policy {
             }
             if let Some(m) = self.output.ansi {
                 v.ansi(m);
+            }
+            if let Some(n) = self.output.reference_cache {
+                v.reference_cache(n);
             }
             if let Some(t) = self.output.overlap_threshold {
                 v.overlap_threshold(t);
