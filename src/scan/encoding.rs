@@ -6,6 +6,7 @@ use regex::Regex;
 
 use smallvec::SmallVec;
 
+use super::swar;
 use crate::finding::{Category, Finding, Location, Severity};
 
 pub(crate) struct Patterns {
@@ -114,41 +115,61 @@ fn a85_decode(token: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// Whether a lowercase ASCII word is one of [`NATO`] (a `match`: no loop over the
-/// list for every word of every text).
+/// [`NATO`]'s words as integers (their bytes, the first lowest).
+const fn packed(w: &[u8]) -> u64 {
+    let mut x = 0u64;
+    let mut k = 0;
+    while k < w.len() {
+        x |= (w[k] as u64) << (8 * k);
+        k += 1;
+    }
+    x
+}
+
+/// Slots of [`NATO_TABLE`] (a power of two), and its multiplier: the first odd
+/// constant of a sequence under which [`NATO`]'s words fall into distinct slots,
+/// found at compile time.
+const NATO_BITS: u32 = 7;
+const NATO_MUL: u64 = {
+    let mut k: u64 = 0x9e37_79b9_7f4a_7c15;
+    'search: loop {
+        let mut used = [false; 1 << NATO_BITS];
+        let mut i = 0;
+        while i < NATO.len() {
+            let h = (packed(NATO[i].as_bytes()).wrapping_mul(k) >> (64 - NATO_BITS)) as usize;
+            if used[h] {
+                k = k.wrapping_add(0x2545_f491_4f6c_dd1e);
+                continue 'search;
+            }
+            used[h] = true;
+            i += 1;
+        }
+        break k;
+    }
+};
+
+/// [`NATO`]'s words by slot (an empty slot holds 0, which no word is).
+const NATO_TABLE: [u64; 1 << NATO_BITS] = {
+    let mut t = [0u64; 1 << NATO_BITS];
+    let mut i = 0;
+    while i < NATO.len() {
+        let x = packed(NATO[i].as_bytes());
+        t[(x.wrapping_mul(NATO_MUL) >> (64 - NATO_BITS)) as usize] = x;
+        i += 1;
+    }
+    t
+};
+
+/// Whether an ASCII word of one to eight bytes is one of [`NATO`], in any case:
+/// its bytes as an integer, letters lowered, looked up in [`NATO_TABLE`].
 fn nato_word(w: &[u8]) -> bool {
-    matches!(
-        w,
-        b"alfa"
-            | b"alpha"
-            | b"bravo"
-            | b"charlie"
-            | b"delta"
-            | b"echo"
-            | b"foxtrot"
-            | b"golf"
-            | b"hotel"
-            | b"india"
-            | b"juliett"
-            | b"juliet"
-            | b"kilo"
-            | b"lima"
-            | b"mike"
-            | b"november"
-            | b"oscar"
-            | b"papa"
-            | b"quebec"
-            | b"romeo"
-            | b"sierra"
-            | b"tango"
-            | b"uniform"
-            | b"victor"
-            | b"whiskey"
-            | b"x-ray"
-            | b"xray"
-            | b"yankee"
-            | b"zulu"
-    )
+    if w.is_empty() || w.len() > 8 {
+        return false;
+    }
+    let x = swar::first(swar::load(w, 0), w.len());
+    // A letter's 0x20 bit set: the high bit of each letter byte, shifted.
+    let lower = x | (swar::letters(x) >> 2);
+    NATO_TABLE[(lower.wrapping_mul(NATO_MUL) >> (64 - NATO_BITS)) as usize] == lower
 }
 
 const NATO: &[&str] = &[
@@ -225,13 +246,7 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
             };
             let e = b.iter().rposition(keep).map_or(s, |e| e + 1);
             let t = &b[s..e];
-            if !(4..=8).contains(&t.len()) || !t[0].is_ascii_alphabetic() {
-                return false;
-            }
-            let mut lower = [0u8; 8];
-            lower[..t.len()].copy_from_slice(t);
-            lower.make_ascii_lowercase();
-            return nato_word(&lower[..t.len()]);
+            return (4..=8).contains(&t.len()) && nato_word(t);
         }
         let w = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-');
         (4..=8).contains(&w.len())
@@ -473,6 +488,32 @@ mod tests {
             assert!(nato_word(n.as_bytes()), "{n}");
         }
         assert!(!nato_word(b"alphab") && !nato_word(b"zul"));
+        assert!(!nato_word(b"november1") && nato_word(b"NoVeMbEr"));
+        // Any case of the list, nothing else: against a comparison with the list
+        // after ASCII lowercasing, on words of the list's bytes, their capitals and
+        // the bytes one 0x20 bit away from them.
+        let old = |w: &[u8]| {
+            let lower = w.to_ascii_lowercase();
+            NATO.iter().any(|n| n.as_bytes() == lower.as_slice())
+        };
+        const BYTES: &[u8] = b"alphbrvoALPHBRVOxrayXRAY-\r@[`{^~";
+        let mut words: Vec<Vec<u8>> = crate::scan::testgen::strings(BYTES, 9, 20_000).collect();
+        for n in NATO {
+            let b = n.as_bytes();
+            for i in 0..b.len() {
+                for flip in [0x20, 0x40, 0x60] {
+                    let mut w = b.to_vec();
+                    w[i] ^= flip;
+                    words.push(w);
+                }
+            }
+        }
+        let mut hits = 0;
+        for w in &words {
+            assert_eq!(nato_word(w), old(w), "{:?}", String::from_utf8_lossy(w));
+            hits += usize::from(old(w));
+        }
+        assert!(hits > 50, "{hits}");
     }
 
     #[test]
