@@ -6,6 +6,11 @@
 //! cargo run --release --example load --features axum,policy [-- --seconds 5 --concurrency 16 --rounds 3]
 //! ```
 //!
+//! `--turns N` sends a chat at its N-th turn: the N-1 earlier questions (about 250
+//! bytes each) and answers (about 1 KiB) before the 4 KiB prompt, the same
+//! conversation in every request (the steady state of chats at their N-th turn: the
+//! scanner has seen the earlier messages, the newest is read every time).
+//!
 //! `--guarded-only 1` runs only the guarded gateway (for a profile of the guard's
 //! side: `perf record -e cpu-clock -g -- target/release/examples/load --guarded-only 1`).
 //!
@@ -128,10 +133,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         prompt.push_str(sentence);
     }
     prompt.truncate(4096);
-    let body = serde_json::json!({"model": "demo-small", "messages": [
-        {"role": "system", "content": "You are a helpful assistant for the finance team."},
-        {"role": "user", "content": prompt}]})
-    .to_string();
+    let turns = arg("--turns", 1).max(1);
+    let mut messages = vec![serde_json::json!(
+        {"role": "system", "content": "You are a helpful assistant for the finance team."})];
+    for turn in 1..turns {
+        messages.push(serde_json::json!({"role": "user", "content": earlier(turn, 3)}));
+        messages.push(serde_json::json!({"role": "assistant", "content": earlier(turn + 100, 13)}));
+    }
+    messages.push(serde_json::json!({"role": "user", "content": prompt}));
+    let body = serde_json::json!({"model": "demo-small", "messages": messages}).to_string();
     // Warm up both (lazy regex states, connection pools).
     run(off, &key, &body, 1, workers).await;
     run(on, &key, &body, 1, workers).await;
@@ -161,9 +171,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "{}",
-        serde_json::json!({"prompt_bytes": 4096, "concurrency": workers, "seconds": seconds, "rounds": rounds,
+        serde_json::json!({"prompt_bytes": 4096, "turns": turns, "body_bytes": body.len(), "concurrency": workers, "seconds": seconds, "rounds": rounds,
             "rps_guard_off": median_off.round(), "rps_guard_on": median_on.round(),
             "cost_share": (cost * 1000.0).round() / 1000.0, "failed": failures})
     );
     Ok(())
+}
+
+/// An earlier message of the conversation: `n` sentences, from an offset of its
+/// own, marked with its turn so that no two are the same.
+fn earlier(turn: u64, n: usize) -> String {
+    const SENTENCES: [&str; 12] = [
+        "Can you check why the March invoice for the Lisbon office shows two support seats?",
+        "The contract lists one seat, and the second was added during the migration.",
+        "Please draft a short note to the account owner explaining the difference.",
+        "Our finance team closes the quarter on Friday, so the correction should land before then.",
+        "The seat was added by the onboarding script when the old billing system was retired.",
+        "Credits are issued as a line on the next invoice rather than as a refund.",
+        "The account owner asked for the note in plain language, without internal system names.",
+        "If the seat is still in use, we should keep it and update the contract instead.",
+        "The usage report shows no logins on the second seat since the migration weekend.",
+        "I have attached last quarter's summary so you can compare the two periods.",
+        "Keep the tone friendly; the customer has been with us for six years.",
+        "Let me know if anything in the report looks inconsistent with the ledger.",
+    ];
+    let mut t = format!("(turn {turn}) ");
+    for k in 0..n {
+        t.push_str(SENTENCES[(turn as usize * 5 + k * 7) % SENTENCES.len()]);
+        t.push(' ');
+    }
+    t
 }

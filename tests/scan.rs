@@ -495,12 +495,9 @@ fn earlier_messages_are_served_from_the_cache_with_the_same_findings() {
             })
             .collect()
     };
-    // Masks are a function of the value (all of a message's findings are kept);
-    // pseudonyms are numbered per request (only the heuristics' are).
-    for (redaction, pseudonyms) in [
-        (Redaction::mask(), false),
-        (Redaction::pseudonymize(), true),
-    ] {
+    // Masks are a function of the value; pseudonyms are numbered per request (a
+    // served message's values are numbered again, in order).
+    for redaction in [Redaction::mask(), Redaction::pseudonymize()] {
         let cached = Scanner::builder().redaction(redaction.clone()).build();
         let fresh = Scanner::builder()
             .redaction(redaction.clone())
@@ -514,11 +511,8 @@ fn earlier_messages_are_served_from_the_cache_with_the_same_findings() {
             let want = scan_request(&fresh, &svc, &req);
             assert_eq!(show(&got), show(&want), "turn {n}, {redaction:?}");
             // Every message before the newest was the newest of the request
-            // before (with pseudonyms, but for the operator's system prompt).
+            // before.
             hits += n - 1;
-            if n > 1 && pseudonyms {
-                hits -= 1;
-            }
             assert_eq!(cached.history_stats().hits, hits as u64, "turn {n}");
             assert_eq!(cached.history_stats().misses, 0, "turn {n}");
             let at = |i| got.iter().any(|f| f.location() == Location::Message(i));
@@ -578,4 +572,56 @@ fn the_cache_serves_a_message_only_to_its_caller_and_never_the_newest() {
     let f = scan_request(&s, &anon, &later);
     assert!(blocks(&f));
     assert_eq!(s.history_stats(), before);
+}
+
+#[test]
+fn pseudonyms_in_served_messages_are_numbered_and_restored_as_if_read() {
+    use inference_guard::scan::Redaction;
+    let scanner = Scanner::builder()
+        .redaction(Redaction::pseudonymize())
+        .build();
+    let mut b = InferenceGuard::builder();
+    b.identity(verifier_fn(|_| {
+        Ok(Principal::builder("svc-chat", CredentialKind::ApiKey).build())
+    }))
+    .authorize_all()
+    .input_scanner(scanner.clone())
+    .audit_sink(NoopSink);
+    let guard = b.build().unwrap();
+    let first = "Please write to ana.lopez@contoso.org about the invoice.";
+    let adm = guard
+        .check_request(GuardRequest::new("m").with_message(Role::User, first))
+        .unwrap();
+    assert_eq!(
+        adm.request().messages()[0].content(),
+        "Please write to <EMAIL_1> about the invoice."
+    );
+    adm.fail();
+    // The next turn: the first message is served from the cache, and a new address
+    // comes before the old one in the newest message.
+    let adm = guard
+        .check_request(
+            GuardRequest::new("m")
+                .with_message(Role::User, first)
+                .with_message(Role::Assistant, "Done.")
+                .with_message(
+                    Role::User,
+                    "Copy bob@contoso.org and ana.lopez@contoso.org.",
+                ),
+        )
+        .unwrap();
+    assert_eq!(scanner.history_stats().hits, 1);
+    let m = adm.request().messages();
+    assert_eq!(
+        m[0].content(),
+        "Please write to <EMAIL_1> about the invoice."
+    );
+    assert_eq!(m[2].content(), "Copy <EMAIL_2> and <EMAIL_1>.");
+    let out = adm
+        .check_response(GuardResponse::new("Sent to <EMAIL_1> and <EMAIL_2>."))
+        .unwrap();
+    assert_eq!(
+        out.response().text(),
+        "Sent to ana.lopez@contoso.org and bob@contoso.org."
+    );
 }

@@ -5,11 +5,9 @@
 //! keeps what the scanner found in a message (usually nothing), keyed by the
 //! SHA-256 digest of the caller's qualified id, whether the heuristics read it,
 //! and the text, so the next request's copy of that message is not read again.
-//! What the scanner finds in a message is a function of its text, but for
-//! pseudonyms, which are numbered per request: with
-//! [`Redaction::pseudonymize`](super::Redaction::pseudonymize) only the
-//! heuristics' findings are kept, and credentials, personal data and smuggling are
-//! looked for again.
+//! What the scanner finds in a message is a function of its text; pseudonyms,
+//! numbered per request, are given again to a served message's values (read from
+//! the text at the findings' spans) in the order a scan gives them.
 //!
 //! Kept in a [`Fifo`]: a message evicted is only read again. Entries hold findings
 //! (rule ids, spans, masked replacements), never the text.

@@ -221,10 +221,10 @@ impl ScannerBuilder {
     /// a later request's copy of that message is served from the cache instead of
     /// read again. The newest message of a request is always read; a cached
     /// message is only served to the caller that sent it (never to anonymous
-    /// callers: they are one principal). With
-    /// [`Redaction::pseudonymize`] (pseudonyms are numbered per request) only the
-    /// injection, jailbreak and encoding findings are kept, and credentials,
-    /// personal data and smuggling are looked for in every message. The oldest
+    /// callers: they are one principal). With [`Redaction::pseudonymize`]
+    /// (pseudonyms are numbered per request) a served message's values are numbered
+    /// again, in the order a scan gives them, so the request gets the pseudonyms
+    /// and the restoring vault it would get if the message were read. The oldest
     /// entries are evicted first; a message with more than 16 findings is not kept.
     ///
     /// ```
@@ -356,12 +356,18 @@ impl Scanner {
         let g = &*self.inner;
         let mut out = Vec::new();
         let cache = cached.and_then(|c| g.history.as_ref().map(|h| (h, c)));
-        // With replacements a function of the value alone, all of a message's
-        // findings are its text's; with pseudonyms (numbered per request) only the
-        // heuristics' are.
-        let whole = !g.redaction.per_request();
-        if let Some((h, c)) = cache.filter(|(_, c)| whole && c.lookup) {
+        if let Some((h, c)) = cache.filter(|(_, c)| c.lookup) {
             if h.get(&c.key, location, &mut out) {
+                if g.redaction.per_request() {
+                    // Pseudonyms are numbered per request: the replacer sees the
+                    // message's values again, in the order a scan gives them.
+                    for f in &mut out {
+                        if let Some(value) = text.get(f.span()) {
+                            let (rule, category) = (f.rule_id().to_owned(), f.category().clone());
+                            *f = replacer.apply(f.clone(), &rule, &category, value);
+                        }
+                    }
+                }
                 return out;
             }
         }
@@ -371,19 +377,10 @@ impl Scanner {
         g.rules
             .scan(text, location, &g.disabled, replacer, &mut out);
         if heuristics {
-            match cache.filter(|_| !whole) {
-                Some((h, c)) => {
-                    if !(c.lookup && h.get(&c.key, location, &mut out)) {
-                        let from = out.len();
-                        self.scan_into(text, location, 0, &mut budget, &mut out);
-                        h.insert(c.key, &out[from..]);
-                    }
-                }
-                None => self.scan_into(text, location, 0, &mut budget, &mut out),
-            }
+            self.scan_into(text, location, 0, &mut budget, &mut out);
         }
         out.retain(|f| !self.inner.disabled.contains(f.rule_id()));
-        if let Some((h, c)) = cache.filter(|_| whole) {
+        if let Some((h, c)) = cache {
             h.insert(c.key, &out);
         }
         out
@@ -641,12 +638,10 @@ impl InputScanner for Scanner {
             // smuggling only, by default.
             let heuristics = !m.is_operator() || g.scan_instructions;
             // Earlier messages may be served from the cache; the newest is read and
-            // kept for the caller's next request. (Nothing to keep of a message
-            // the heuristics skip when pseudonyms are per request.)
+            // kept for the caller's next request.
             let cached = g
                 .history
                 .as_ref()
-                .filter(|_| heuristics || !g.redaction.per_request())
                 .and_then(|_| history::HistoryCache::key(cx.principal(), heuristics, m.content()))
                 .map(|key| Cached {
                     key,
