@@ -11,6 +11,9 @@
 //! conversation in every request (the steady state of chats at their N-th turn: the
 //! scanner has seen the earlier messages, the newest is read every time).
 //!
+//! `--history-cache 0` turns the scanner's cache of earlier messages off (default
+//! 8192 messages).
+//!
 //! `--guarded-only 1` runs only the guarded gateway (for a profile of the guard's
 //! side: `perf record -e cpu-clock -g -- target/release/examples/load --guarded-only 1`).
 //!
@@ -104,7 +107,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers = arg("--concurrency", 16);
     let rounds = arg("--rounds", 5).max(1);
     let guarded_only = arg("--guarded-only", 0) != 0;
-    let (guard, keys) = common::demo_guard_with(Quota::per_second(1_000_000), false)?;
+    let history_cache = arg("--history-cache", 8192) as usize;
+    let (guard, keys) =
+        common::demo_guard_with(Quota::per_second(1_000_000), false, history_cache)?;
     let key = keys[0].1.clone();
     let on = serve(common::Config {
         addr: String::new(),
@@ -171,7 +176,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "{}",
-        serde_json::json!({"prompt_bytes": 4096, "turns": turns, "body_bytes": body.len(), "concurrency": workers, "seconds": seconds, "rounds": rounds,
+        serde_json::json!({"prompt_bytes": 4096, "turns": turns, "history_cache": history_cache, "body_bytes": body.len(), "concurrency": workers, "seconds": seconds, "rounds": rounds,
             "rps_guard_off": median_off.round(), "rps_guard_on": median_on.round(),
             "cost_share": (cost * 1000.0).round() / 1000.0, "failed": failures})
     );

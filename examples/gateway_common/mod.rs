@@ -129,14 +129,17 @@ pub type DemoKeys = Vec<(&'static str, String)>;
 /// `limited`: `demo-small` only, no streaming), 30 requests a minute per principal,
 /// every scanner, the answer validator, abuse responses and an audit log on stderr.
 pub fn demo_guard() -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Error>> {
-    demo_guard_with(Quota::per_minute(30), true)
+    demo_guard_with(Quota::per_minute(30), true, 8192)
 }
 
 /// The demo policy with another per-principal request quota, audit records on
-/// stderr or not (the load run uses a quota it never reaches and no audit output).
+/// stderr or not, and another size of the scanner's cache of earlier messages (the
+/// load run uses a quota it never reaches, no audit output, and the cache on or
+/// off).
 pub fn demo_guard_with(
     quota: Quota,
     audit_to_stderr: bool,
+    history_cache: usize,
 ) -> Result<(InferenceGuard, DemoKeys), Box<dyn std::error::Error>> {
     let store = InMemoryKeyStore::new();
     let mut secret = [0u8; 32];
@@ -181,6 +184,7 @@ pub fn demo_guard_with(
         .input_scanner(
             Scanner::builder()
                 .redaction(Redaction::pseudonymize())
+                .history_cache(history_cache)
                 .build(),
         )
         .output_validator(
