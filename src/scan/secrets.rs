@@ -130,30 +130,45 @@ impl Rule {
     }
 }
 
-/// Documented example and placeholder values are not findings.
+/// Documented example and placeholder values contain one of these (in any case).
+const PLACEHOLDERS: [&str; 17] = [
+    "example",
+    "xxxx",
+    "<your",
+    "your_",
+    "your-",
+    "${",
+    "{{",
+    "changeme",
+    "placeholder",
+    "dummy",
+    "redacted",
+    "0000000000",
+    "1234567890",
+    "abcdefghij",
+    "*****",
+    "fake",
+    "sample",
+];
+
+/// Documented example and placeholder values are not findings: one automaton of
+/// [`PLACEHOLDERS`], ASCII case folded (no lowercased copy of every candidate, no
+/// searcher per word).
 fn placeholder(v: &str) -> bool {
-    let l = v.to_ascii_lowercase();
-    [
-        "example",
-        "xxxx",
-        "<your",
-        "your_",
-        "your-",
-        "${",
-        "{{",
-        "changeme",
-        "placeholder",
-        "dummy",
-        "redacted",
-        "0000000000",
-        "1234567890",
-        "abcdefghij",
-        "*****",
-        "fake",
-        "sample",
-    ]
-    .iter()
-    .any(|p| l.contains(p))
+    static AC: std::sync::OnceLock<Option<aho_corasick::AhoCorasick>> = std::sync::OnceLock::new();
+    match AC.get_or_init(|| {
+        aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(PLACEHOLDERS)
+            .ok()
+    }) {
+        Some(ac) => ac.is_match(v),
+        // Not reached (the automaton is small); the same test without it.
+        None => {
+            let l = v.to_ascii_lowercase();
+            PLACEHOLDERS.iter().any(|p| l.contains(p))
+        }
+    }
 }
 
 /// A compiled set of rules.
@@ -858,6 +873,31 @@ pub(crate) fn builtin_anchors() -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The automaton says what lowercasing and `contains` said, on generated
+    /// values of the placeholders' bytes in both cases.
+    #[test]
+    fn placeholders_are_found_in_any_case() {
+        let old = |v: &str| {
+            let l = v.to_ascii_lowercase();
+            PLACEHOLDERS.iter().any(|p| l.contains(p))
+        };
+        let mut hits = 0;
+        let values =
+            crate::scan::testgen::strings(b"exampleXAMPLEyour_-<${*0123456789Fk", 16, 60_000);
+        for v in values {
+            let v = String::from_utf8(v).unwrap();
+            assert_eq!(placeholder(&v), old(&v), "{v:?}");
+            hits += usize::from(old(&v));
+        }
+        for p in PLACEHOLDERS {
+            let upper = p.to_ascii_uppercase();
+            assert!(placeholder(&format!("sk-{upper}-1")), "{p}");
+            hits += 1;
+        }
+        assert!(hits > 100, "{hits}");
+        assert!(!placeholder("ghp_R4nd0mV4lu3"));
+    }
 
     /// The ids of what `rules` finds in `text`.
     fn found(rules: &RuleSet, text: &str) -> Vec<String> {
