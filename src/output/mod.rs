@@ -430,11 +430,12 @@ impl AnswerValidatorBuilder {
     /// How many of the requests' system and developer messages the validator keeps
     /// the six-word runs of (default 256; 0 turns the cache off).
     ///
-    /// Every request of a chat carries the same system prompt, and hashing a 3 KB
-    /// prompt's runs costs several times the check of a short answer. They are
+    /// Every request of a chat carries the same system prompt, and hashing a 4 KB
+    /// prompt's runs costs about as much as the check of a 1 KiB answer. They are
     /// kept per caller and text (the SHA-256 digest of the caller's qualified id
     /// and the text; never across callers, never for anonymous callers), the oldest
-    /// evicted first.
+    /// evicted first; a message of more than 2,048 runs (about 12 KB) is not kept,
+    /// so the cache holds a few MB at most.
     ///
     /// ```
     /// use inference_guard::output::AnswerValidator;
@@ -626,7 +627,9 @@ impl AnswerValidator {
                 let r = match cached {
                     Some((c, key)) => c.with(&key, Arc::clone).unwrap_or_else(|| {
                         let r = Arc::new(Reference::new(text));
-                        c.insert(key, r.clone());
+                        if r.set.len() <= REFERENCE_SHINGLES {
+                            c.insert(key, r.clone());
+                        }
                         r
                     }),
                     None => Arc::new(Reference::new(text)),
@@ -1086,6 +1089,11 @@ fn filter_of<'s>(sets: impl Iterator<Item = &'s ShingleSet>) -> Vec<u64> {
 
 /// The [`crate::cache::key`] purpose of a system message's shingles.
 const REFERENCE: u8 = 2;
+
+/// A system message with more shingles than this (about 12 KB of prose) is not
+/// kept: the cache's memory stays under a few MB (256 entries of at most about
+/// 20 KB) whatever callers send.
+const REFERENCE_SHINGLES: usize = 2048;
 
 /// A request's system message as the overlap check reads it: its shingles and
 /// their bits of the filter (kept per caller and text in
@@ -1663,6 +1671,10 @@ mod tests {
                 }
             }
             // Two prompts for each of two callers; none for the anonymous one.
+            assert_eq!(entries(&on), 4);
+            // A prompt of more runs than are kept is read again each time.
+            let long: String = (0..2100).map(|i| format!("w{i} ")).collect();
+            assert!(leaks(&on, &a, &long, &long));
             assert_eq!(entries(&on), 4);
             assert_eq!(entries(&off), 0);
         }
