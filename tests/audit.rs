@@ -1024,3 +1024,72 @@ fn torn_line_then_whole_ones(w: &Cramped, guard: InferenceGuard) {
     );
     assert!(out.ends_with('\n'));
 }
+
+/// A request whose record is long (a finding per address: about 25 KB, longer
+/// than a write buffer).
+fn long_record_request(i: usize) -> GuardRequest {
+    let mut text = format!("request {i}:");
+    for k in 0..250 {
+        text.push_str(&format!(" u{k}x@example.com"));
+    }
+    request(&text)
+}
+
+/// Fills the disk `dir` is on but for a few long records, sends `sink` twelve of
+/// them (writes fail part way), makes room and sends three short ones.
+fn through_a_full_disk(dir: &std::path::Path, sink: Arc<dyn AuditSink>) {
+    let filler = fill(dir, 40 * 1024);
+    let guard = guard_with(sink, |_| {});
+    let (mut ok, mut refused) = (0, 0);
+    for i in 0..12 {
+        let answer = guard
+            .check_request(long_record_request(i))
+            .and_then(|adm| adm.check_response(GuardResponse::new("ok")));
+        match answer {
+            Ok(_) => ok += 1,
+            Err(r) => {
+                assert_eq!(r.status(), 503, "{r:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0 && ok > 0, "{ok} answered, {refused} refused");
+    std::fs::remove_file(&filler).unwrap();
+    for i in 0..3 {
+        complete(&guard, &format!("after {i}"), "ok").unwrap();
+    }
+}
+
+#[test]
+fn file_sinks_on_a_full_disk_keep_whole_lines() {
+    let Some(disk) = small_disk() else {
+        return;
+    };
+    let dir = disk.join(format!("lines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rotating = Arc::new(RotatingFileSink::new(dir.join("rotating.jsonl"), 1 << 20, 1).unwrap());
+    through_a_full_disk(&dir, rotating.clone());
+    rotating.flush().unwrap();
+    let text = std::fs::read_to_string(dir.join("rotating.jsonl")).unwrap();
+    let mut after = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("a torn line ({e}): {}", &line[..line.len().min(80)]));
+        after += usize::from(v["outcome"] == "completed" && line.len() < 4096);
+    }
+    assert_eq!(after, 3, "the records written once there was room");
+    std::fs::remove_file(dir.join("rotating.jsonl")).unwrap();
+
+    let key = AuditSigningKey::generate("audit-full").unwrap();
+    let public = key.public_key();
+    let chained = Arc::new(ChainedLogSink::create(dir.join("chained.jsonl"), key).unwrap());
+    through_a_full_disk(&dir, chained.clone());
+    chained.close().unwrap();
+    let report = verify(&dir.join("chained.jsonl"), &public);
+    assert_eq!(report.status, LogStatus::Intact, "{report}");
+    assert!(
+        report.first_bad_line.is_none() && !report.partial_last_line,
+        "{report}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,8 +1,8 @@
 //! The tamper-evident audit log and its verifier; see [`ChainedLogSink`].
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, BufWriter, Read, Write};
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -330,7 +330,7 @@ impl AuditPublicKey {
 }
 
 struct ChainState {
-    out: BufWriter<File>,
+    out: super::LineFile,
     seq: u64,
     prev: [u8; 32],
     events: u64,
@@ -458,7 +458,7 @@ impl ChainedLogSink {
             .map_err(audit_err("create audit log"))?;
         Ok(Self {
             state: Mutex::new(ChainState {
-                out: BufWriter::new(file),
+                out: super::LineFile::new(file).map_err(audit_err("create audit log"))?,
                 seq: 0,
                 prev: GENESIS,
                 events: 0,
@@ -517,7 +517,7 @@ impl ChainedLogSink {
         buf.extend_from_slice(line);
         buf.push(b'\n');
         st.out
-            .write_all(&buf)
+            .write_line(&buf)
             .map_err(audit_err("write audit log"))?;
         let d = ring::digest::digest(&ring::digest::SHA256, line);
         st.prev.copy_from_slice(d.as_ref());
@@ -574,7 +574,7 @@ impl ChainedLogSink {
     fn sync(&self, st: &mut ChainState) -> Result<(), Error> {
         st.out.flush().map_err(audit_err("flush audit log"))?;
         st.out
-            .get_ref()
+            .file()
             .sync_data()
             .map_err(audit_err("sync audit log"))?;
         self.durable.store(st.events, Ordering::Release);

@@ -199,6 +199,79 @@ impl<W: Write> Lines<W> {
     }
 }
 
+/// Whole lines appended to a file, buffered (8 KiB): a write that fails part way
+/// (a full disk) is cut off the file again, so the file holds whole lines only
+/// (a `BufWriter` writes a line longer than its buffer straight through, and a
+/// line torn there had the next one appended to it).
+pub(crate) struct LineFile {
+    file: std::fs::File,
+    /// Whole lines not yet written.
+    pending: Vec<u8>,
+    /// The file's length with every line written so far.
+    len: u64,
+}
+
+/// [`LineFile`] writes once this much is pending.
+const LINE_FILE_BUFFER: usize = 8 * 1024;
+
+impl LineFile {
+    pub(crate) fn new(file: std::fs::File) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        Ok(Self {
+            file,
+            pending: Vec::with_capacity(LINE_FILE_BUFFER),
+            len,
+        })
+    }
+
+    /// Adds `line` (with its line break); written once the buffer is full. When
+    /// that write fails, this line is dropped (its caller learns it was not
+    /// recorded and may write it again) and the lines before it stay pending; the
+    /// file is as it was.
+    pub(crate) fn write_line(&mut self, line: &[u8]) -> std::io::Result<()> {
+        let before = self.pending.len();
+        self.pending.extend_from_slice(line);
+        if self.pending.len() >= LINE_FILE_BUFFER {
+            if let Err(e) = self.write_out() {
+                self.pending.truncate(before);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending (kept when the write fails; the file as it was).
+    pub(crate) fn flush(&mut self) -> std::io::Result<()> {
+        self.write_out()
+    }
+
+    /// The file.
+    pub(crate) fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    fn write_out(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        match self.file.write_all(&self.pending) {
+            Ok(()) => {
+                self.len += self.pending.len() as u64;
+                self.pending.clear();
+                Ok(())
+            }
+            Err(e) => {
+                // Cut what part of it went out (shortening needs no room), and write
+                // next where the whole lines end (a file not opened for appending
+                // would leave a hole of zeros).
+                let _ = self.file.set_len(self.len);
+                let _ = std::io::Seek::seek(&mut self.file, std::io::SeekFrom::Start(self.len));
+                Err(e)
+            }
+        }
+    }
+}
+
 impl<W> fmt::Debug for JsonLinesSink<W> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("JsonLinesSink")

@@ -1,8 +1,8 @@
 //! Sinks that write files, run in the background, or emit `tracing` events.
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::fs::{self, OpenOptions};
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -36,7 +36,7 @@ pub struct RotatingFileSink {
     path: PathBuf,
     max_bytes: u64,
     keep: usize,
-    state: Mutex<(BufWriter<File>, u64)>,
+    state: Mutex<(super::LineFile, u64)>,
 }
 
 impl fmt::Debug for RotatingFileSink {
@@ -67,7 +67,10 @@ impl RotatingFileSink {
             path,
             max_bytes: max_bytes.max(1),
             keep,
-            state: Mutex::new((BufWriter::new(file), len)),
+            state: Mutex::new((
+                super::LineFile::new(file).map_err(io_err("open audit log"))?,
+                len,
+            )),
         })
     }
 
@@ -77,11 +80,11 @@ impl RotatingFileSink {
         PathBuf::from(s)
     }
 
-    fn rotate(&self, state: &mut (BufWriter<File>, u64)) -> Result<(), Error> {
+    fn rotate(&self, state: &mut (super::LineFile, u64)) -> Result<(), Error> {
         state.0.flush().map_err(io_err("flush audit log"))?;
         state
             .0
-            .get_ref()
+            .file()
             .sync_data()
             .map_err(io_err("sync audit log"))?;
         if self.keep == 0 {
@@ -101,7 +104,10 @@ impl RotatingFileSink {
             .append(true)
             .open(&self.path)
             .map_err(io_err("open audit log"))?;
-        *state = (BufWriter::new(file), 0);
+        *state = (
+            super::LineFile::new(file).map_err(io_err("open audit log"))?,
+            0,
+        );
         Ok(())
     }
 
@@ -120,7 +126,7 @@ impl AuditSink for RotatingFileSink {
         if st.1 > 0 && st.1 + line.len() as u64 > self.max_bytes {
             self.rotate(&mut st)?;
         }
-        st.0.write_all(&line).map_err(io_err("write audit log"))?;
+        st.0.write_line(&line).map_err(io_err("write audit log"))?;
         st.1 += line.len() as u64;
         Ok(())
     }
@@ -128,7 +134,7 @@ impl AuditSink for RotatingFileSink {
     fn flush(&self) -> Result<(), Error> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         st.0.flush().map_err(io_err("flush audit log"))?;
-        st.0.get_ref().sync_data().map_err(io_err("sync audit log"))
+        st.0.file().sync_data().map_err(io_err("sync audit log"))
     }
 
     fn name(&self) -> &str {
