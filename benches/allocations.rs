@@ -12,6 +12,9 @@
 use inference_guard::openai::{ChatCompletionRequest, ChatCompletionResponse};
 use inference_guard::*;
 
+#[path = "fixtures/chat.rs"]
+#[allow(dead_code)] // the `request` bench's conversation
+mod chat;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "fixtures/request.rs"]

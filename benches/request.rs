@@ -22,6 +22,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use inference_guard::openai::{ChatCompletionRequest, ChatCompletionResponse};
 use inference_guard::*;
 
+#[path = "fixtures/chat.rs"]
+mod chat;
 #[path = "../tests/common/mod.rs"]
 mod common;
 #[path = "fixtures/request.rs"]

@@ -25,6 +25,8 @@
 //! reached, the input scanner with pseudonyms, the answer validator, abuse
 //! monitoring) with a no-op audit sink. Prints a table and one JSON line.
 
+#[path = "../benches/fixtures/chat.rs"]
+mod chat;
 #[path = "gateway_common/mod.rs"]
 mod common;
 
@@ -142,8 +144,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut messages = vec![serde_json::json!(
         {"role": "system", "content": "You are a helpful assistant for the finance team."})];
     for turn in 1..turns {
-        messages.push(serde_json::json!({"role": "user", "content": earlier(turn, 3)}));
-        messages.push(serde_json::json!({"role": "assistant", "content": earlier(turn + 100, 13)}));
+        let turn = turn as usize;
+        messages.push(serde_json::json!({"role": "user", "content": chat::message(turn, 3)}));
+        messages.push(
+            serde_json::json!({"role": "assistant", "content": chat::message(turn + 100, 13)}),
+        );
     }
     messages.push(serde_json::json!({"role": "user", "content": prompt}));
     let body = serde_json::json!({"model": "demo-small", "messages": messages}).to_string();
@@ -181,29 +186,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "cost_share": (cost * 1000.0).round() / 1000.0, "failed": failures})
     );
     Ok(())
-}
-
-/// An earlier message of the conversation: `n` sentences, from an offset of its
-/// own, marked with its turn so that no two are the same.
-fn earlier(turn: u64, n: usize) -> String {
-    const SENTENCES: [&str; 12] = [
-        "Can you check why the March invoice for the Lisbon office shows two support seats?",
-        "The contract lists one seat, and the second was added during the migration.",
-        "Please draft a short note to the account owner explaining the difference.",
-        "Our finance team closes the quarter on Friday, so the correction should land before then.",
-        "The seat was added by the onboarding script when the old billing system was retired.",
-        "Credits are issued as a line on the next invoice rather than as a refund.",
-        "The account owner asked for the note in plain language, without internal system names.",
-        "If the seat is still in use, we should keep it and update the contract instead.",
-        "The usage report shows no logins on the second seat since the migration weekend.",
-        "I have attached last quarter's summary so you can compare the two periods.",
-        "Keep the tone friendly; the customer has been with us for six years.",
-        "Let me know if anything in the report looks inconsistent with the ledger.",
-    ];
-    let mut t = format!("(turn {turn}) ");
-    for k in 0..n {
-        t.push_str(SENTENCES[(turn as usize * 5 + k * 7) % SENTENCES.len()]);
-        t.push(' ');
-    }
-    t
 }
