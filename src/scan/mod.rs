@@ -120,7 +120,7 @@ struct Inner {
     max_decoded_bytes: usize,
     max_depth: u8,
     scan_instructions: bool,
-    /// What the heuristics found in messages scanned before (none when off).
+    /// What the scanner found in messages it read before (none when off).
     history: Option<history::HistoryCache>,
 }
 
