@@ -8,7 +8,7 @@
 //! 0. vocabulary: `codec` (hex, base62, CRC-32, strict JSON, JWS segments), `clock`,
 //!    `decision`, `error`, `finding`, `id`, `principal`, `request`, `response`,
 //!    `record` (the audit event and its parts), `step`, `openai` (wire types),
-//!    `store` (the Redis connection);
+//!    `store` (the Redis connection), `cache` (bounded maps keyed per caller);
 //! 1. the stage traits: `stage`;
 //! 2. the stages and what observes them: `identity`, `authz`, `rate_limit`, `scan`,
 //!    `output`, `audit`, `respond`, `receipt`, `inventory`, `builtin`,
@@ -35,6 +35,7 @@ const FLOORS: &[&[&str]] = &[
         "step",
         "openai",
         "store",
+        "cache",
     ],
     &["stage"],
     &[
