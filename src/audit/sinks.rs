@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::fs::{self, OpenOptions};
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
