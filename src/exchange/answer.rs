@@ -41,9 +41,9 @@ fn ident(s: &str, max: usize) -> Option<&str> {
     .then_some(s)
 }
 
-fn text_of(v: &Value) -> Option<String> {
+fn text_of(v: Value) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s),
         // Content parts in an answer: the text parts, joined.
         Value::Array(parts) => Some(
             parts
@@ -119,17 +119,18 @@ impl Parsed {
                 ..Choice::default()
             };
             if endpoint == Endpoint::Completions {
-                let Some(t) = c.get("text").and_then(Value::as_str) else {
+                let Some(Value::String(t)) = c.remove("text") else {
                     return Err(fail());
                 };
                 out.parts.push(GuardResponse::new(t));
                 out.choices.push(choice);
                 continue;
             }
-            let Some(Value::Object(m)) = c.remove("message") else {
+            let Some(Value::Object(mut m)) = c.remove("message") else {
                 return Err(fail());
             };
-            let content = match m.get("content") {
+            // The texts are taken out of the tree, not copied.
+            let content = match m.remove("content") {
                 None | Some(Value::Null) => {
                     choice.content_null = true;
                     String::new()
@@ -174,15 +175,16 @@ impl Parsed {
                 main = main.with_finish_reason(f.clone());
             }
             out.parts.push(main);
-            if let Some(r) = m.get("refusal").and_then(Value::as_str) {
+            if let Some(Value::String(r)) = m.remove("refusal") {
                 choice.refusal = Some(out.parts.len());
                 out.parts.push(GuardResponse::new(r));
             }
-            let reasoning = m
-                .get("reasoning_content")
-                .or_else(|| m.get("reasoning"))
-                .and_then(Value::as_str);
-            if let Some(r) = reasoning {
+            // `reasoning_content` when the field is there (whatever it holds).
+            let reasoning = match m.remove("reasoning_content") {
+                None => m.remove("reasoning"),
+                r => r,
+            };
+            if let Some(Value::String(r)) = reasoning {
                 choice.reasoning = Some(out.parts.len());
                 out.parts.push(GuardResponse::new(r));
             }
@@ -199,118 +201,262 @@ impl Parsed {
         )
     }
 
-    /// The answer for the caller, from the validated parts.
     /// The answer for the caller, from the validated parts, with the guard's id
     /// (the request id, as in the audit record) and the model the caller asked for.
+    ///
+    /// Written from borrowed parts in one pass (keys in the order a sorted map
+    /// gives them, as the tree of `Value`s this replaced did: the same bytes).
     pub(super) fn rebuild(&self, parts: &[GuardResponse], id: &str, model: &str) -> Vec<u8> {
-        let mut out = Map::new();
+        let text = |i: usize| parts.get(i).map_or("", GuardResponse::text);
+        let usage = self.usage.map(|(p, c)| match self.endpoint {
+            Endpoint::Embeddings => UsageOut {
+                completion_tokens: None,
+                prompt_tokens: p,
+                total_tokens: p,
+            },
+            _ => UsageOut {
+                completion_tokens: Some(c),
+                prompt_tokens: p,
+                total_tokens: p + c,
+            },
+        });
         let prefix = match self.endpoint {
             Endpoint::ChatCompletions => "chatcmpl-",
             Endpoint::Completions => "cmpl-",
             Endpoint::Embeddings => "",
         };
-        if !prefix.is_empty() {
-            out.insert("id".into(), Value::from(format!("{prefix}{id}")));
-        }
-        if let Some(c) = self.created {
-            out.insert("created".into(), Value::from(c));
-        }
-        out.insert("model".into(), Value::from(model));
-        let text = |i: usize| parts.get(i).map_or("", GuardResponse::text);
+        let mut out = Out {
+            choices: None,
+            created: self.created,
+            data: None,
+            id: (!prefix.is_empty()).then(|| Prefixed(prefix, id)),
+            model,
+            object: "list",
+            usage,
+        };
         match self.endpoint {
             Endpoint::Embeddings => {
-                out.insert("object".into(), Value::from("list"));
-                let data: Vec<Value> = self
-                    .embeddings
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| json!({"object": "embedding", "index": i, "embedding": e}))
-                    .collect();
-                out.insert("data".into(), Value::Array(data));
-                if let Some((p, _)) = self.usage {
-                    out.insert(
-                        "usage".into(),
-                        json!({"prompt_tokens": p, "total_tokens": p}),
-                    );
-                }
+                out.data = Some(
+                    self.embeddings
+                        .iter()
+                        .enumerate()
+                        .map(|(index, embedding)| EmbeddingOut {
+                            embedding,
+                            index,
+                            object: "embedding",
+                        })
+                        .collect(),
+                );
             }
             Endpoint::Completions => {
-                out.insert("object".into(), Value::from("text_completion"));
-                let choices: Vec<Value> = self
-                    .choices
-                    .iter()
-                    .map(|c| json!({"index": c.index, "text": text(c.main), "finish_reason": c.finish}))
-                    .collect();
-                out.insert("choices".into(), Value::Array(choices));
-                self.put_usage(&mut out);
+                out.object = "text_completion";
+                out.choices = Some(
+                    self.choices
+                        .iter()
+                        .map(|c| {
+                            ChoiceOut::Text(TextChoiceOut {
+                                finish_reason: c.finish.as_deref(),
+                                index: c.index,
+                                text: text(c.main),
+                            })
+                        })
+                        .collect(),
+                );
             }
             Endpoint::ChatCompletions => {
-                out.insert("object".into(), Value::from("chat.completion"));
-                let choices: Vec<Value> = self
-                    .choices
-                    .iter()
-                    .map(|c| {
-                        let main = parts.get(c.main);
-                        let body = text(c.main);
-                        let mut msg = Map::new();
-                        msg.insert("role".into(), Value::from("assistant"));
-                        msg.insert(
-                            "content".into(),
-                            if c.content_null && body.is_empty() {
-                                Value::Null
-                            } else {
-                                Value::from(body)
-                            },
-                        );
-                        if let Some(i) = c.refusal {
-                            msg.insert("refusal".into(), Value::from(text(i)));
-                        }
-                        if let Some(i) = c.reasoning {
-                            msg.insert("reasoning_content".into(), Value::from(text(i)));
-                        }
-                        let calls = main.map_or(&[][..], GuardResponse::tool_calls);
-                        if c.legacy_function {
-                            if let Some(f) = calls.iter().find(|k| k.id() == "function_call") {
-                                msg.insert(
-                                    "function_call".into(),
-                                    json!({"name": f.name(), "arguments": f.arguments()}),
-                                );
-                            }
-                        }
-                        let tool_calls: Vec<Value> = calls
-                            .iter()
-                            .filter(|k| !(c.legacy_function && k.id() == "function_call"))
-                            .map(|k| {
-                                json!({"id": k.id(), "type": "function",
-                                       "function": {"name": k.name(), "arguments": k.arguments()}})
+                out.object = "chat.completion";
+                out.choices = Some(
+                    self.choices
+                        .iter()
+                        .map(|c| {
+                            let body = text(c.main);
+                            let calls =
+                                parts.get(c.main).map_or(&[][..], GuardResponse::tool_calls);
+                            let legacy =
+                                |k: &&ToolCall| c.legacy_function && k.id() == "function_call";
+                            ChoiceOut::Chat(ChatChoiceOut {
+                                finish_reason: c.finish.as_deref(),
+                                index: c.index,
+                                message: MessageOut {
+                                    content: (!(c.content_null && body.is_empty())).then_some(body),
+                                    function_call: calls.iter().find(legacy).map(|f| FunctionOut {
+                                        arguments: f.arguments(),
+                                        name: f.name(),
+                                    }),
+                                    reasoning_content: c.reasoning.map(text),
+                                    refusal: c.refusal.map(text),
+                                    role: "assistant",
+                                    tool_calls: calls
+                                        .iter()
+                                        .filter(|k| !legacy(k))
+                                        .map(|k| ToolCallOut {
+                                            function: FunctionOut {
+                                                arguments: k.arguments(),
+                                                name: k.name(),
+                                            },
+                                            id: k.id(),
+                                            kind: "function",
+                                        })
+                                        .collect(),
+                                },
                             })
-                            .collect();
-                        if !tool_calls.is_empty() {
-                            msg.insert("tool_calls".into(), Value::Array(tool_calls));
-                        }
-                        json!({"index": c.index, "message": msg, "finish_reason": c.finish})
-                    })
-                    .collect();
-                out.insert("choices".into(), Value::Array(choices));
-                self.put_usage(&mut out);
+                        })
+                        .collect(),
+                );
             }
         }
-        serde_json::to_vec(&Value::Object(out)).unwrap_or_default()
-    }
-
-    fn put_usage(&self, out: &mut Map<String, Value>) {
-        if let Some((p, c)) = self.usage {
-            out.insert(
-                "usage".into(),
-                json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}),
-            );
+        let size = parts.iter().map(|p| p.text().len()).sum::<usize>() + 256;
+        let mut body = Vec::with_capacity(size);
+        match serde_json::to_writer(&mut body, &out) {
+            Ok(()) => body,
+            Err(_) => Vec::new(),
         }
     }
+}
+
+/// `prefix` then `id`, serialized as one string.
+struct Prefixed<'a>(&'a str, &'a str);
+
+impl serde::Serialize for Prefixed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}{}", self.0, self.1))
+    }
+}
+
+// The rebuilt answer's shape. Fields are in alphabetical order (the order the
+// `Value` maps this replaced wrote them in); absent optional fields are left out,
+// `null`s written where the old maps held one.
+#[derive(serde::Serialize)]
+struct Out<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    choices: Option<Vec<ChoiceOut<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Vec<EmbeddingOut<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<Prefixed<'a>>,
+    model: &'a str,
+    object: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    usage: Option<UsageOut>,
+}
+
+#[derive(serde::Serialize)]
+struct UsageOut {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    completion_tokens: Option<u64>,
+    prompt_tokens: u64,
+    total_tokens: u64,
+}
+
+#[derive(serde::Serialize)]
+struct EmbeddingOut<'a> {
+    embedding: &'a Value,
+    index: usize,
+    object: &'a str,
+}
+
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ChoiceOut<'a> {
+    Chat(ChatChoiceOut<'a>),
+    Text(TextChoiceOut<'a>),
+}
+
+#[derive(serde::Serialize)]
+struct TextChoiceOut<'a> {
+    finish_reason: Option<&'a str>,
+    index: u64,
+    text: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct ChatChoiceOut<'a> {
+    finish_reason: Option<&'a str>,
+    index: u64,
+    message: MessageOut<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct MessageOut<'a> {
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    function_call: Option<FunctionOut<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    refusal: Option<&'a str>,
+    role: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallOut<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct FunctionOut<'a> {
+    arguments: &'a str,
+    name: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct ToolCallOut<'a> {
+    function: FunctionOut<'a>,
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The answer written field by field is what the sorted `serde_json` maps it
+    /// replaced wrote, byte for byte (the expected texts are theirs): key order,
+    /// `null`s, left-out fields, escapes.
+    #[test]
+    fn the_rebuilt_answer_keeps_the_bytes_of_sorted_maps() {
+        let cases: &[(Endpoint, &[u8], &str)] = &[
+            (
+                Endpoint::ChatCompletions,
+                br#"{"id":"c","created":1,"choices":[{"index":0,"message":{"content":"one","audio":{}},"finish_reason":"stop"},{"index":1,"message":{"content":null,"refusal":"no","reasoning_content":"think","function_call":{"name":"f","arguments":"{}"},"tool_calls":[{"id":"t1","type":"function","function":{"name":"g","arguments":"{\"a\":1}"}}]},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+                r#"{"choices":[{"finish_reason":"stop","index":0,"message":{"content":"new \"q\" \u0001 </script>","role":"assistant"}},{"finish_reason":"tool_calls","index":1,"message":{"content":null,"function_call":{"arguments":"{}","name":"f"},"reasoning_content":"think","refusal":"no","role":"assistant","tool_calls":[{"function":{"arguments":"{\"a\":1}","name":"g"},"id":"t1","type":"function"}]}}],"created":1,"id":"chatcmpl-r1","model":"m\"x","object":"chat.completion","usage":{"completion_tokens":4,"prompt_tokens":3,"total_tokens":7}}"#,
+            ),
+            (
+                Endpoint::ChatCompletions,
+                br#"{"choices":[{"message":{"content":[{"type":"text","text":"a"},{"text":"b"}],"reasoning":"r"}},{"message":{"tool_calls":[{"function":{"name":"g","arguments":"x"}}]},"finish_reason":"bad reason!"}]}"#,
+                r#"{"choices":[{"finish_reason":null,"index":0,"message":{"content":"new \"q\" \u0001 </script>","reasoning_content":"r","role":"assistant"}},{"finish_reason":null,"index":1,"message":{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":"x","name":"g"},"id":"call_0","type":"function"}]}}],"id":"chatcmpl-r1","model":"m\"x","object":"chat.completion"}"#,
+            ),
+            (
+                Endpoint::Completions,
+                br#"{"id":"x","created":5,"choices":[{"index":0,"text":"a","finish_reason":"length"},{"index":1,"text":"b"}],"usage":{"prompt_tokens":1}}"#,
+                r#"{"choices":[{"finish_reason":"length","index":0,"text":"new \"q\" \u0001 </script>"},{"finish_reason":null,"index":1,"text":"b"}],"created":5,"id":"cmpl-r1","model":"m\"x","object":"text_completion","usage":{"completion_tokens":0,"prompt_tokens":1,"total_tokens":1}}"#,
+            ),
+            (
+                Endpoint::Embeddings,
+                br#"{"data":[{"embedding":[0.1,2e3,-1]},{"embedding":"QUJD"}],"usage":{"prompt_tokens":2,"completion_tokens":9},"created":3}"#,
+                r#"{"created":3,"data":[{"embedding":[0.1,2000.0,-1],"index":0,"object":"embedding"},{"embedding":"QUJD","index":1,"object":"embedding"}],"model":"m\"x","object":"list","usage":{"prompt_tokens":2,"total_tokens":2}}"#,
+            ),
+        ];
+        for (endpoint, body, expected) in cases {
+            let mut p = Parsed::parse(*endpoint, body).unwrap();
+            let (mut parts, _) = p.take_parts();
+            if let Some(first) = parts.first_mut() {
+                first.set_text("new \"q\" \u{1} </script>".into());
+            }
+            let out = p.rebuild(&parts, "r1", "m\"x");
+            assert_eq!(String::from_utf8(out).unwrap(), *expected);
+        }
+    }
+
+    #[test]
+    fn reasoning_content_present_but_null_hides_reasoning_as_before() {
+        let mut p = Parsed::parse(
+            Endpoint::ChatCompletions,
+            br#"{"choices":[{"message":{"content":"a","reasoning_content":null,"reasoning":"r"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(p.take_parts().0.len(), 1);
+    }
 
     #[test]
     fn every_choice_and_field_is_a_part_and_unknown_fields_are_dropped() {
