@@ -2,7 +2,7 @@
 //! the guard validates, and the answer the caller gets is rebuilt from the
 //! validated parts (allow-listed: unknown fields, `logprobs` and audio never pass).
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use super::Endpoint;
 use crate::response::{GuardResponse, ToolCall, Usage};
@@ -229,7 +229,7 @@ impl Parsed {
             choices: None,
             created: self.created,
             data: None,
-            id: (!prefix.is_empty()).then(|| Prefixed(prefix, id)),
+            id: (!prefix.is_empty()).then_some(Prefixed(prefix, id)),
             model,
             object: "list",
             usage,
