@@ -1,6 +1,8 @@
 //! Output validation: whole-answer throughput next to input scanning of the same text,
 //! and a 4 KiB answer streamed in 16-byte and in 4-byte deltas next to the same
-//! answer validated whole, through the guard, in the same run.
+//! answer validated whole, through the guard, in the same run; the same answer as
+//! OpenAI server-sent events through the `SseGuard`, next to `serde_json` reading
+//! and writing each event.
 #![allow(missing_docs)] // criterion_group! generates an undocumented pub fn
 
 use std::hint::black_box;
@@ -89,6 +91,40 @@ fn bench(c: &mut Criterion) {
     }
     grp.finish();
 
+    // The same answer as an OpenAI server-sent-event stream (about a token per
+    // event, in the upstream's chunk shape) through the `SseGuard` a gateway relays
+    // with, next to `serde_json` reading and writing each event (typed) in the same
+    // run: what any proxy that rebuilds events does at least.
+    let events = sse_events(&text, 4);
+    let mut grp = c.benchmark_group(format!("sse_{}_events", events.len()));
+    grp.throughput(Throughput::Bytes(text.len() as u64));
+    grp.bench_function("serde_json parse + serialize each event (typed)", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for e in &events {
+                let data = &e.as_bytes()[6..e.len() - 2];
+                if data == b"[DONE]" {
+                    continue;
+                }
+                let c: openai::ChatCompletionChunk = serde_json::from_slice(data).unwrap();
+                n += serde_json::to_vec(&c).unwrap().len();
+            }
+            black_box(n)
+        })
+    });
+    grp.bench_function("SseGuard, every event", |b| {
+        b.iter(|| {
+            let adm = g.check_request(request().with_stream(true)).unwrap();
+            let mut sse = SseGuard::new(adm.stream());
+            let mut n = 0;
+            for e in &events {
+                n += sse.push(black_box(e.as_bytes())).len();
+            }
+            black_box(n)
+        })
+    });
+    grp.finish();
+
     // A 1 KiB answer to a request whose system prompt is 4 KiB (operators' prompts
     // run from one to several KiB): the prompt's six-word runs kept per caller
     // (default), or hashed again for every request.
@@ -156,6 +192,34 @@ fn long_system_prompt() -> String {
         ));
     }
     p
+}
+
+/// `text` as OpenAI `chat.completion.chunk` events of `delta` bytes of content
+/// (widened to character boundaries), with a role first, a finish reason and
+/// `[DONE]` last.
+fn sse_events(text: &str, delta: usize) -> Vec<String> {
+    let head = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4o-2024-08-06","system_fingerprint":"fp_eb9dce56a8","#;
+    let event = |choice: String| format!("data: {head}\"choices\":[{choice}]}}\n\n");
+    let mut out = vec![event(
+        r#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}"#.to_owned(),
+    )];
+    let mut at = 0;
+    while at < text.len() {
+        let mut end = (at + delta).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        let content = serde_json::to_string(&text[at..end]).unwrap();
+        out.push(event(format!(
+            r#"{{"index":0,"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}"#
+        )));
+        at = end;
+    }
+    out.push(event(
+        r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}"#.to_owned(),
+    ));
+    out.push("data: [DONE]\n\n".to_owned());
+    out
 }
 
 /// Streams `text` through the guard in deltas of `delta` bytes (widened to

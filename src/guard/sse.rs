@@ -66,7 +66,7 @@ pub struct SseGuard {
     stream: Option<StreamGuard>,
     line: Vec<u8>,
     data: Vec<u8>,
-    template: Option<ChatCompletionChunk>,
+    template: Option<Template>,
     calls: Vec<CallParts>,
     finish_reason: Option<String>,
     usage: Option<Usage>,
@@ -133,39 +133,50 @@ impl SseGuard {
 
     async fn push_inner(&mut self, bytes: &[u8], sync: bool) -> Vec<u8> {
         let mut out = Vec::new();
-        for &b in bytes {
-            if self.ended {
+        let mut rest = bytes;
+        while !self.ended && !rest.is_empty() {
+            // Up to the next line break (or all of it, when the line goes on).
+            let (piece, ends) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], Some(i + 1)),
+                None => (rest, None),
+            };
+            self.line.extend_from_slice(piece);
+            if self.line.len() + self.data.len() > MAX_EVENT {
+                self.fail(
+                    Rejection::output_blocked("upstream event too large")
+                        .with_code("upstream_event_too_large"),
+                    &mut out,
+                );
                 break;
             }
-            if b != b'\n' {
-                self.line.push(b);
-                if self.line.len() + self.data.len() > MAX_EVENT {
-                    self.fail(
-                        Rejection::output_blocked("upstream event too large")
-                            .with_code("upstream_event_too_large"),
-                        &mut out,
-                    );
-                }
-                continue;
-            }
+            let Some(next) = ends else {
+                break;
+            };
+            rest = &rest[next..];
+            // The line and the event's data are taken out to be read and put back
+            // empty (their buffers are kept for the next ones).
             let mut line = std::mem::take(&mut self.line);
             if line.last() == Some(&b'\r') {
                 line.pop();
             }
             if line.is_empty() {
-                let data = std::mem::take(&mut self.data);
-                if !data.is_empty() {
+                if !self.data.is_empty() {
+                    let mut data = std::mem::take(&mut self.data);
                     self.event(&data, &mut out, sync).await;
+                    data.clear();
+                    self.data = data;
                 }
-            } else if let Some(rest) = line.strip_prefix(b"data:") {
-                let rest = rest.strip_prefix(b" ").unwrap_or(rest);
+            } else if let Some(field) = line.strip_prefix(b"data:") {
+                let field = field.strip_prefix(b" ").unwrap_or(field);
                 if !self.data.is_empty() {
                     self.data.push(b'\n');
                 }
-                self.data.extend_from_slice(rest);
+                self.data.extend_from_slice(field);
             }
             // Comments (`:`) and other fields (`event`, `id`, `retry`) carry nothing
             // the guard needs.
+            line.clear();
+            self.line = line;
         }
         out
     }
@@ -212,13 +223,37 @@ impl SseGuard {
             self.done(out, sync).await;
             return;
         }
+        // An ordinary chunk is read straight into its type; anything else (an
+        // `error` member, a duplicated member, a chunk that does not read) takes
+        // the general path below, which decides as before.
+        let chunk = match serde_json::from_slice::<Incoming>(data) {
+            Ok(c) if !c.error.0 => ChatCompletionChunk {
+                id: c.id,
+                object: c.object,
+                created: c.created,
+                model: c.model,
+                choices: c.choices,
+                usage: c.usage,
+            },
+            _ => match self.read_event(data, out) {
+                Some(c) => c,
+                None => return,
+            },
+        };
+        self.chunk(chunk, out, sync).await;
+    }
+
+    /// An event that is not an ordinary chunk: the upstream's error (forwarded; the
+    /// stream ends), a malformed event (the stream fails), or a chunk with
+    /// duplicated members (the last one counts).
+    fn read_event(&mut self, data: &[u8], out: &mut Vec<u8>) -> Option<ChatCompletionChunk> {
         let value: serde_json::Value = match serde_json::from_slice(data) {
             Ok(v) => v,
             Err(_) => {
                 let r = Rejection::output_blocked("malformed upstream event")
                     .with_code("upstream_malformed_event");
                 self.fail(r, out);
-                return;
+                return None;
             }
         };
         if value.get("error").is_some() {
@@ -226,31 +261,24 @@ impl SseGuard {
             event(out, &value.to_string());
             self.ended = true;
             self.stream = None;
-            return;
+            return None;
         }
-        let chunk: ChatCompletionChunk = match serde_json::from_value(value) {
-            Ok(c) => c,
+        match serde_json::from_value(value) {
+            Ok(c) => Some(c),
             Err(_) => {
                 let r = Rejection::output_blocked("malformed upstream chunk")
                     .with_code("upstream_malformed_event");
                 self.fail(r, out);
-                return;
+                None
             }
-        };
+        }
+    }
+
+    async fn chunk(&mut self, chunk: ChatCompletionChunk, out: &mut Vec<u8>, sync: bool) {
         if let Some(u) = chunk.usage {
             self.usage = Some(u.into());
         }
-        let mut template = chunk.clone();
-        template.choices.clear();
-        template.usage = None;
-        // The id and model are echoed in every event: the guard's (the request id,
-        // the model asked for), so that no upstream string rides along unvalidated.
-        if let Some(s) = &self.stream {
-            template.id = format!("chatcmpl-{}", s.admission().request_id());
-            template.model = s.admission().request().model().to_owned();
-        }
-        template.object = "chat.completion.chunk".to_owned();
-        self.template = Some(template);
+        self.set_template(&chunk);
         for choice in chunk.choices {
             if choice.index != 0 {
                 let r = Rejection::output_blocked("more than one choice streamed")
@@ -335,7 +363,11 @@ impl SseGuard {
                     self.emit(out, None, None, None, reason);
                 }
                 if let Some(u) = self.usage {
-                    let mut c = self.template.clone().unwrap_or_default();
+                    let mut c = self
+                        .template
+                        .as_ref()
+                        .map(|t| t.head.clone())
+                        .unwrap_or_default();
                     c.usage = Some(u.into());
                     event(out, &serde_json::to_string(&c).unwrap_or_default());
                 }
@@ -353,6 +385,33 @@ impl SseGuard {
         }
     }
 
+    /// The head every event sent carries, from the upstream's chunk: its `created`;
+    /// the guard's id (the request id) and the model asked for, so that no upstream
+    /// string rides along unvalidated. Serialized again only when it changes.
+    fn set_template(&mut self, chunk: &ChatCompletionChunk) {
+        let guard = self.stream.as_ref().map(|s| s.admission());
+        if guard.is_some()
+            && self
+                .template
+                .as_ref()
+                .is_some_and(|t| t.head.created == chunk.created)
+        {
+            return;
+        }
+        let head = ChatCompletionChunk {
+            id: guard.map_or_else(
+                || chunk.id.clone(),
+                |a| format!("chatcmpl-{}", a.request_id()),
+            ),
+            object: "chat.completion.chunk".to_owned(),
+            created: chunk.created,
+            model: guard.map_or_else(|| chunk.model.clone(), |a| a.request().model().to_owned()),
+            choices: Vec::new(),
+            usage: None,
+        };
+        self.template = Some(Template::new(head));
+    }
+
     fn emit(
         &self,
         out: &mut Vec<u8>,
@@ -361,14 +420,7 @@ impl SseGuard {
         tool_calls: Option<Vec<ChatToolCallDelta>>,
         finish_reason: Option<String>,
     ) {
-        let mut c = self
-            .template
-            .clone()
-            .unwrap_or_else(|| ChatCompletionChunk {
-                object: "chat.completion.chunk".to_owned(),
-                ..ChatCompletionChunk::default()
-            });
-        c.choices = vec![ChatChunkChoice {
+        let choice = ChatChunkChoice {
             index: 0,
             delta: ChatDelta {
                 role,
@@ -376,8 +428,73 @@ impl SseGuard {
                 tool_calls,
             },
             finish_reason,
-        }];
-        event(out, &serde_json::to_string(&c).unwrap_or_default());
+        };
+        let blank;
+        let template = match &self.template {
+            Some(t) => t,
+            None => {
+                blank = Template::new(ChatCompletionChunk {
+                    object: "chat.completion.chunk".to_owned(),
+                    ..ChatCompletionChunk::default()
+                });
+                &blank
+            }
+        };
+        // The chunk with this one choice, as `serde_json` writes it: the head's
+        // bytes up to the choices, the choice, and the end.
+        let start = out.len();
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&template.prefix);
+        if serde_json::to_writer(&mut *out, &choice).is_err() {
+            // Writing these types to a `Vec` does not fail; should it, no half
+            // event is sent.
+            out.truncate(start);
+            return;
+        }
+        out.extend_from_slice(b"]}\n\n");
+    }
+}
+
+/// The head of the chunks sent (no choices, no usage) and its serialization up to
+/// and including the `[` of its choices.
+struct Template {
+    head: ChatCompletionChunk,
+    prefix: Vec<u8>,
+}
+
+impl Template {
+    fn new(head: ChatCompletionChunk) -> Self {
+        // `{..,"choices":[]}` (the head's fields come before the choices, and
+        // `usage` is left out when it is `None`): all but the last two bytes.
+        let mut prefix = serde_json::to_vec(&head).unwrap_or_default();
+        debug_assert!(prefix.ends_with(b",\"choices\":[]}"));
+        prefix.truncate(prefix.len().saturating_sub(2));
+        Self { head, prefix }
+    }
+}
+
+/// An upstream chunk as [`ChatCompletionChunk`] reads it, and whether the event
+/// has an `error` member (whatever it holds, `null` too).
+#[derive(serde::Deserialize)]
+struct Incoming {
+    id: String,
+    object: String,
+    created: u64,
+    model: String,
+    choices: Vec<ChatChunkChoice>,
+    #[serde(default)]
+    usage: Option<crate::openai::ChatUsage>,
+    #[serde(default)]
+    error: Present,
+}
+
+/// Whether a member is there: any value, `null` included.
+#[derive(Default)]
+struct Present(bool);
+
+impl<'de> serde::Deserialize<'de> for Present {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(d).map(|_| Self(true))
     }
 }
 
@@ -385,4 +502,124 @@ fn event(out: &mut Vec<u8>, data: &str) {
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(data.as_bytes());
     out.extend_from_slice(b"\n\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SseGuard;
+    use crate::openai::ChatCompletionChunk;
+    use crate::output::AnswerValidator;
+    use crate::*;
+
+    fn guard() -> InferenceGuard {
+        let mut b = InferenceGuard::builder();
+        b.allow_anonymous()
+            .authorize_all()
+            .audit_sink(NoopSink)
+            .output_validator(AnswerValidator::new());
+        b.build().unwrap()
+    }
+
+    /// Runs `body` through a fresh `SseGuard`, `piece` bytes at a time; returns what
+    /// was sent and the request id.
+    fn relay(g: &InferenceGuard, body: &str, piece: usize) -> (String, String) {
+        let req = GuardRequest::new("asked-model")
+            .with_stream(true)
+            .with_tool(ToolSpec::new("get"));
+        let adm = g.check_request(req).unwrap();
+        let id = adm.request_id().to_string();
+        let mut sse = SseGuard::new(adm.stream());
+        let mut out = Vec::new();
+        for p in body.as_bytes().chunks(piece) {
+            out.extend(sse.push(p));
+        }
+        out.extend(sse.close());
+        (String::from_utf8(out).unwrap(), id)
+    }
+
+    fn chunk(created: u32, choice: &str) -> String {
+        format!(
+            "data: {{\"id\":\"up\",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":\"up-model\",\"system_fingerprint\":\"fp\",\"choices\":[{choice}]}}\n\n"
+        )
+    }
+
+    /// The events are written from a head serialized once and each choice: the
+    /// bytes are what `serde_json` writes for the whole chunk, the head is the
+    /// guard's (request id, model asked for) with the upstream's `created`, also
+    /// when it changes mid-stream.
+    #[test]
+    fn each_event_is_the_chunk_serde_json_writes() {
+        let g = guard();
+        let body = [
+            chunk(1, r#"{"index":0,"delta":{"role":"assistant","content":""}}"#),
+            chunk(1, r#"{"index":0,"delta":{"content":"Say \"hi\"\t\u00e9\n"}}"#),
+            chunk(2, r#"{"index":0,"delta":{"content":" a < b \\ c, done."},"logprobs":null}"#),
+            chunk(2, r#"{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"get","arguments":"{}"}}]}}"#),
+            chunk(2, r#"{"index":0,"delta":{},"finish_reason":"tool_calls"}"#),
+            "data: {\"id\":\"up\",\"object\":\"x\",\"created\":2,\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n".to_owned(),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        for piece in [1, 7, body.len()] {
+            let (sent, id) = relay(&g, &body, piece);
+            let events: Vec<&str> = sent
+                .split("\n\n")
+                .filter(|e| !e.is_empty())
+                .map(|e| e.strip_prefix("data: ").unwrap())
+                .collect();
+            assert_eq!(events.last(), Some(&"[DONE]"));
+            let mut created = Vec::new();
+            let mut text = String::new();
+            for e in &events[..events.len() - 1] {
+                let c: ChatCompletionChunk = serde_json::from_str(e).unwrap();
+                assert_eq!(serde_json::to_string(&c).unwrap(), *e);
+                assert_eq!(c.id, format!("chatcmpl-{id}"));
+                assert_eq!(
+                    (c.model.as_str(), c.object.as_str()),
+                    ("asked-model", "chat.completion.chunk")
+                );
+                created.push(c.created);
+                for ch in &c.choices {
+                    text.push_str(ch.delta.content.as_deref().unwrap_or(""));
+                }
+            }
+            assert_eq!(text, "Say \"hi\"\t\u{e9}\n a < b \\ c, done.");
+            assert_eq!(created.first(), Some(&1));
+            assert_eq!(created.last(), Some(&2));
+            assert!(sent.contains(r#""tool_calls":[{"index":0,"id":"c1","type":"function""#));
+            assert!(sent.contains(r#""usage":{"prompt_tokens":1,"completion_tokens":2"#));
+        }
+    }
+
+    /// An event with an `error` member is the upstream's error, whatever the
+    /// member holds (`null` too) and whatever else the event has: forwarded as it
+    /// is, and the stream ends.
+    #[test]
+    fn an_error_member_even_null_ends_the_stream_with_the_upstreams_event() {
+        let g = guard();
+        let body = [
+            chunk(1, r#"{"index":0,"delta":{"content":"Hello"}}"#),
+            "data: {\"id\":\"up\",\"object\":\"o\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"more\"}}],\"error\":null}\n\n".to_owned(),
+            chunk(1, r#"{"index":0,"delta":{"content":"after"}}"#),
+        ]
+        .concat();
+        let (sent, _) = relay(&g, &body, body.len());
+        assert!(sent.contains(r#""error":null"#) && sent.contains(r#""content":"more""#));
+        assert!(!sent.contains("after") && !sent.contains("[DONE]"));
+    }
+
+    /// A member given twice counts its last value, as a JSON object read into a
+    /// map does.
+    #[test]
+    fn a_member_given_twice_counts_its_last_value() {
+        let g = guard();
+        let body = [
+            "data: {\"id\":\"up\",\"object\":\"o\",\"created\":1,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"first\"}}],\"choices\":[{\"index\":0,\"delta\":{\"content\":\"second\"}}]}\n\n",
+            "data: [DONE]\n\n",
+        ]
+        .concat();
+        let (sent, _) = relay(&g, &body, 3);
+        assert!(sent.contains("second") && !sent.contains("first"), "{sent}");
+        assert!(sent.ends_with("data: [DONE]\n\n"));
+    }
 }
