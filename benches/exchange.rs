@@ -3,7 +3,9 @@
 //! `Admitted::answer`, next to `serde_json` parsing the request and serializing the
 //! answer in the same run (what any proxy in front of a model does at least), with
 //! trivial stages (the exchange's own cost) and with the demo gateway's stages (input
-//! scanner with pseudonyms, answer validator).
+//! scanner with pseudonyms, answer validator). The answer streamed as OpenAI chunks
+//! of about a token through the exchange's `SseRelay`, next to the `SseGuard` it
+//! drives.
 //!
 //! ```text
 //! cargo bench --bench exchange
@@ -55,6 +57,10 @@ fn bodies() -> (Vec<u8>, Vec<u8>) {
 }
 
 fn exchange(full: bool) -> Exchange {
+    Exchange::new(guard(full), ExchangeConfig::default())
+}
+
+fn guard(full: bool) -> InferenceGuard {
     let principal = Principal::builder("svc-bench", CredentialKind::ApiKey).build();
     let mut b = InferenceGuard::builder();
     b.identity(verifier_fn(move |_r| Ok(principal.clone())))
@@ -74,7 +80,7 @@ fn exchange(full: bool) -> Exchange {
                 .unwrap(),
         );
     }
-    Exchange::new(b.build().unwrap(), ExchangeConfig::default())
+    b.build().unwrap()
 }
 
 fn round_trip(ex: &Exchange, req: &[u8], answer: &[u8]) -> usize {
@@ -126,6 +132,98 @@ fn bench(c: &mut Criterion) {
         });
     });
     g.finish();
+
+    // The same answer streamed: OpenAI chunks of about a token, relayed by the
+    // exchange's `SseRelay` (what the tower and actix adapters drive), next to the
+    // `SseGuard` it wraps fed the same events.
+    let events = sse_events(&format!("You said: {}", prompt()), 4);
+    let stream_req = {
+        let mut v: serde_json::Value = serde_json::from_slice(&req).unwrap();
+        v["stream"] = serde_json::Value::Bool(true);
+        serde_json::to_vec(&v).unwrap()
+    };
+    let mut g = c.benchmark_group(format!("exchange_stream_{}_events", events.len()));
+    let plain = guard(false);
+    g.bench_function("SseGuard, every event", |b| {
+        b.iter(|| {
+            let req = GuardRequest::new("demo-small")
+                .with_credentials(Credentials::from_bearer("bench-token"))
+                .with_message(Role::User, "hi")
+                .with_stream(true);
+            let mut sse = SseGuard::new(plain.check_request(req).unwrap().stream());
+            black_box(
+                events
+                    .iter()
+                    .map(|e| sse.push(e.as_bytes()).len())
+                    .sum::<usize>(),
+            )
+        });
+    });
+    g.bench_function("SseRelay, every event", |b| {
+        b.iter(|| black_box(relay(&trivial, &stream_req, &events)));
+    });
+    g.finish();
+}
+
+fn admit(ex: &Exchange, req: &[u8]) -> inference_guard::exchange::Admitted {
+    let headers = [
+        ("authorization", &b"Bearer bench-token"[..]),
+        ("content-type", b"application/json"),
+    ];
+    let pending = ex
+        .begin(
+            "POST",
+            "/v1/chat/completions",
+            headers.iter().map(|(n, v)| (*n, *v)),
+        )
+        .unwrap()
+        .unwrap();
+    let body = req.to_vec();
+    once(ex.admit(pending, async { Ok::<_, ErrorResponse>(body) }, None)).unwrap()
+}
+
+/// Relays `events` (one upstream chunk each) through the exchange; the bytes sent.
+fn relay(ex: &Exchange, req: &[u8], events: &[String]) -> usize {
+    let mut relay = admit(ex, req).relay();
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut next = events.iter();
+    let mut sent = 0;
+    loop {
+        let upstream = |_: &mut std::task::Context<'_>| {
+            std::task::Poll::Ready(next.next().map(|e| Ok::<_, ()>(e.as_bytes())))
+        };
+        match relay.poll_relay(&mut cx, upstream) {
+            std::task::Poll::Ready(Some(out)) => sent += out.len(),
+            std::task::Poll::Ready(None) => return sent,
+            std::task::Poll::Pending => panic!("a trivial stage waited"),
+        }
+    }
+}
+
+/// `text` as OpenAI `chat.completion.chunk` events of `delta` bytes of content
+/// (widened to character boundaries), a finish reason and `[DONE]` last.
+fn sse_events(text: &str, delta: usize) -> Vec<String> {
+    let head =
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"demo-small","#;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < text.len() {
+        let mut end = (at + delta).min(text.len());
+        while !text.is_char_boundary(end) {
+            end += 1;
+        }
+        let content = serde_json::to_string(&text[at..end]).unwrap();
+        out.push(format!(
+            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{content}}},\"finish_reason\":null}}]}}\n\n"
+        ));
+        at = end;
+    }
+    out.push(format!(
+        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n"
+    ));
+    out.push("data: [DONE]\n\n".to_owned());
+    out
 }
 
 criterion_group!(benches, bench);
