@@ -327,10 +327,10 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         push(out, "encoding.braille", at, first..last + 3);
     }
     // Morse needs runs of dots and dashes: most texts have none of these pairs.
-    let morse_like = [&b".."[..], b"--", b".-", b"-.", b" . ", b" - "]
-        .iter()
-        .any(|n| memchr::memmem::find(text.as_bytes(), n).is_some());
-    if let Some(m) = morse_like.then(|| p.morse.find(text)).flatten() {
+    if let Some(m) = morse_like(text.as_bytes())
+        .then(|| p.morse.find(text))
+        .flatten()
+    {
         let s = m.as_str();
         if s.contains('.') && s.contains('-') {
             push(out, "encoding.morse", at, m.range());
@@ -472,6 +472,15 @@ impl<'a> Iterator for Tokens<'a> {
     }
 }
 
+/// Whether `b` has `..`, `--`, `.-`, `-.`, ` . ` or ` - `: one pass over its dots
+/// and dashes (six `memmem` searches, each built for the text, before).
+fn morse_like(b: &[u8]) -> bool {
+    memchr::memchr2_iter(b'.', b'-', b).any(|i| {
+        let next = b.get(i + 1).copied();
+        matches!(next, Some(b'.' | b'-')) || (i > 0 && b[i - 1] == b' ' && next == Some(b' '))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,6 +523,22 @@ mod tests {
             hits += usize::from(old(w));
         }
         assert!(hits > 50, "{hits}");
+    }
+
+    #[test]
+    fn morse_like_is_the_six_searches() {
+        const BYTES: &[u8] = b".- x";
+        for s in crate::scan::testgen::strings(BYTES, 12, 20_000) {
+            let searched = [&b".."[..], b"--", b".-", b"-.", b" . ", b" - "]
+                .iter()
+                .any(|n| memchr::memmem::find(&s, n).is_some());
+            assert_eq!(
+                morse_like(&s),
+                searched,
+                "{:?}",
+                String::from_utf8_lossy(&s)
+            );
+        }
     }
 
     #[test]
