@@ -18,10 +18,12 @@ use crate::step::BoxFuture;
 /// for chunks (an `http_body::Body`, a `futures` `Stream`): it returns the next bytes
 /// to send, or `None` when the response is over.
 pub struct SseRelay {
-    sse: Option<SseGuard>,
+    /// Boxed once: each chunk's future takes it and gives it back (a pointer, not
+    /// the guard's 664 bytes, moves).
+    sse: Option<Box<SseGuard>>,
     /// A chunk being validated by a validator that returned a future: it owns the
     /// guard until it is done.
-    busy: Option<BoxFuture<'static, (Option<SseGuard>, Vec<u8>)>>,
+    busy: Option<BoxFuture<'static, (Option<Box<SseGuard>>, Vec<u8>)>>,
 }
 
 impl fmt::Debug for SseRelay {
@@ -36,7 +38,7 @@ impl fmt::Debug for SseRelay {
 impl SseRelay {
     pub(super) fn new(sse: SseGuard) -> Self {
         Self {
-            sse: Some(sse),
+            sse: Some(Box::new(sse)),
             busy: None,
         }
     }
@@ -51,12 +53,12 @@ impl SseRelay {
 
     /// The upstream ended (or failed): returns the last bytes to send.
     pub fn end(&mut self) -> Vec<u8> {
-        self.sse.take().map(SseGuard::close).unwrap_or_default()
+        self.sse.take().map(|s| s.close()).unwrap_or_default()
     }
 
     /// Whether nothing more will be sent.
     pub fn is_done(&self) -> bool {
-        self.busy.is_none() && self.sse.as_ref().is_none_or(SseGuard::is_ended)
+        self.busy.is_none() && self.sse.as_ref().is_none_or(|s| s.is_ended())
     }
 
     /// Polls `upstream` for chunks until there are bytes to send (`Some`), the
@@ -92,7 +94,7 @@ impl SseRelay {
             let Some(mut sse) = self.sse.take() else {
                 return Poll::Ready(None);
             };
-            let work: BoxFuture<'static, (Option<SseGuard>, Vec<u8>)> = match upstream(cx) {
+            let work: BoxFuture<'static, (Option<Box<SseGuard>>, Vec<u8>)> = match upstream(cx) {
                 Poll::Pending => {
                     self.sse = Some(sse);
                     return Poll::Pending;
