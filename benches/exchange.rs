@@ -24,6 +24,8 @@ use inference_guard::*;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "fixtures/sse.rs"]
+mod sse;
 
 /// In-memory stages decide in one poll.
 fn once<F: Future>(f: F) -> F::Output {
@@ -84,20 +86,7 @@ fn guard(full: bool) -> InferenceGuard {
 }
 
 fn round_trip(ex: &Exchange, req: &[u8], answer: &[u8]) -> usize {
-    let headers = [
-        ("authorization", &b"Bearer bench-token"[..]),
-        ("content-type", b"application/json"),
-    ];
-    let pending = ex
-        .begin(
-            "POST",
-            "/v1/chat/completions",
-            headers.iter().map(|(n, v)| (*n, *v)),
-        )
-        .unwrap()
-        .unwrap();
-    let body = req.to_vec();
-    let admitted = once(ex.admit(pending, async { Ok::<_, ErrorResponse>(body) }, None)).unwrap();
+    let admitted = admit(ex, req);
     let forwarded = admitted.body().len();
     once(admitted.answer(answer)).unwrap().body().len() + forwarded
 }
@@ -136,7 +125,7 @@ fn bench(c: &mut Criterion) {
     // The same answer streamed: OpenAI chunks of about a token, relayed by the
     // exchange's `SseRelay` (what the tower and actix adapters drive), next to the
     // `SseGuard` it wraps fed the same events.
-    let events = sse_events(&format!("You said: {}", prompt()), 4);
+    let events = sse::events(&format!("You said: {}", prompt()), 4);
     let stream_req = {
         let mut v: serde_json::Value = serde_json::from_slice(&req).unwrap();
         v["stream"] = serde_json::Value::Bool(true);
@@ -199,31 +188,6 @@ fn relay(ex: &Exchange, req: &[u8], events: &[String]) -> usize {
             std::task::Poll::Pending => panic!("a trivial stage waited"),
         }
     }
-}
-
-/// `text` as OpenAI `chat.completion.chunk` events of `delta` bytes of content
-/// (widened to character boundaries), a finish reason and `[DONE]` last.
-fn sse_events(text: &str, delta: usize) -> Vec<String> {
-    let head =
-        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"demo-small","#;
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < text.len() {
-        let mut end = (at + delta).min(text.len());
-        while !text.is_char_boundary(end) {
-            end += 1;
-        }
-        let content = serde_json::to_string(&text[at..end]).unwrap();
-        out.push(format!(
-            "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{content}}},\"finish_reason\":null}}]}}\n\n"
-        ));
-        at = end;
-    }
-    out.push(format!(
-        "data: {head}\"choices\":[{{\"index\":0,\"delta\":{{}},\"finish_reason\":\"stop\"}}]}}\n\n"
-    ));
-    out.push("data: [DONE]\n\n".to_owned());
-    out
 }
 
 criterion_group!(benches, bench);

@@ -14,6 +14,8 @@ use inference_guard::*;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "fixtures/sse.rs"]
+mod sse;
 use common::repeat_to;
 
 const ANSWER: &str = "Thanks for reaching out! Your order **#4421** shipped on Tuesday with the \
@@ -95,7 +97,7 @@ fn bench(c: &mut Criterion) {
     // event, in the upstream's chunk shape) through the `SseGuard` a gateway relays
     // with, next to `serde_json` reading and writing each event (typed) in the same
     // run: what any proxy that rebuilds events does at least.
-    let events = sse_events(&text, 4);
+    let events = sse::events(&text, 4);
     let mut grp = c.benchmark_group(format!("sse_{}_events", events.len()));
     grp.throughput(Throughput::Bytes(text.len() as u64));
     grp.bench_function("serde_json parse + serialize each event (typed)", |b| {
@@ -192,34 +194,6 @@ fn long_system_prompt() -> String {
         ));
     }
     p
-}
-
-/// `text` as OpenAI `chat.completion.chunk` events of `delta` bytes of content
-/// (widened to character boundaries), with a role first, a finish reason and
-/// `[DONE]` last.
-fn sse_events(text: &str, delta: usize) -> Vec<String> {
-    let head = r#"{"id":"chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT","object":"chat.completion.chunk","created":1741569952,"model":"gpt-4o-2024-08-06","system_fingerprint":"fp_eb9dce56a8","#;
-    let event = |choice: String| format!("data: {head}\"choices\":[{choice}]}}\n\n");
-    let mut out = vec![event(
-        r#"{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null}"#.to_owned(),
-    )];
-    let mut at = 0;
-    while at < text.len() {
-        let mut end = (at + delta).min(text.len());
-        while !text.is_char_boundary(end) {
-            end += 1;
-        }
-        let content = serde_json::to_string(&text[at..end]).unwrap();
-        out.push(event(format!(
-            r#"{{"index":0,"delta":{{"content":{content}}},"logprobs":null,"finish_reason":null}}"#
-        )));
-        at = end;
-    }
-    out.push(event(
-        r#"{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}"#.to_owned(),
-    ));
-    out.push("data: [DONE]\n\n".to_owned());
-    out
 }
 
 /// Streams `text` through the guard in deltas of `delta` bytes (widened to
