@@ -140,8 +140,8 @@ impl SseGuard {
                 Some(i) => (&rest[..i], Some(i + 1)),
                 None => (rest, None),
             };
-            self.line.extend_from_slice(piece);
-            if self.line.len() + self.data.len() > MAX_EVENT {
+            // Refused before it is copied: no more than an event's worth is kept.
+            if self.line.len() + piece.len() + self.data.len() > MAX_EVENT {
                 self.fail(
                     Rejection::output_blocked("upstream event too large")
                         .with_code("upstream_event_too_large"),
@@ -149,6 +149,7 @@ impl SseGuard {
                 );
                 break;
             }
+            self.line.extend_from_slice(piece);
             let Some(next) = ends else {
                 break;
             };
@@ -606,6 +607,22 @@ mod tests {
         let (sent, _) = relay(&g, &body, body.len());
         assert!(sent.contains(r#""error":null"#) && sent.contains(r#""content":"more""#));
         assert!(!sent.contains("after") && !sent.contains("[DONE]"));
+    }
+
+    /// An event of more than 1 MiB (its lines so far and the line being read) ends
+    /// the stream, however its bytes are cut; one just under it is read.
+    #[test]
+    fn an_event_past_its_bound_ends_the_stream() {
+        let g = guard();
+        let half = "x".repeat(super::MAX_EVENT / 2);
+        let over = format!("data: \"{half}\n data: {half}\"\n\n");
+        let under = format!("data: {}\n\n", " ".repeat(super::MAX_EVENT - 6));
+        for piece in [4096, over.len()] {
+            let (sent, _) = relay(&g, &over, piece);
+            assert!(sent.contains("upstream_event_too_large"), "{piece}");
+            let (sent, _) = relay(&g, &under, piece);
+            assert!(sent.contains("upstream_malformed_event"), "{piece}");
+        }
     }
 
     /// A member given twice counts its last value, as a JSON object read into a
