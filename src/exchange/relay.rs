@@ -23,8 +23,12 @@ pub struct SseRelay {
     sse: Option<Box<SseGuard>>,
     /// A chunk being validated by a validator that returned a future: it owns the
     /// guard until it is done.
-    busy: Option<BoxFuture<'static, (Option<Box<SseGuard>>, Vec<u8>)>>,
+    busy: Option<Work>,
 }
+
+/// One chunk's validation: gives back the guard (none once the stream is closed)
+/// and the bytes to send.
+type Work = BoxFuture<'static, (Option<Box<SseGuard>>, Vec<u8>)>;
 
 impl fmt::Debug for SseRelay {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,7 +98,7 @@ impl SseRelay {
             let Some(mut sse) = self.sse.take() else {
                 return Poll::Ready(None);
             };
-            let work: BoxFuture<'static, (Option<Box<SseGuard>>, Vec<u8>)> = match upstream(cx) {
+            let work: Work = match upstream(cx) {
                 Poll::Pending => {
                     self.sse = Some(sse);
                     return Poll::Pending;
