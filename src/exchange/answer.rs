@@ -217,7 +217,7 @@ impl Parsed {
             _ => UsageOut {
                 completion_tokens: Some(c),
                 prompt_tokens: p,
-                total_tokens: p + c,
+                total_tokens: p.saturating_add(c),
             },
         });
         let prefix = match self.endpoint {
@@ -446,6 +446,21 @@ mod tests {
             let out = p.rebuild(&parts, "r1", "m\"x");
             assert_eq!(String::from_utf8(out).unwrap(), *expected);
         }
+    }
+
+    /// Token counts are the upstream's numbers: a total past `u64` saturates (it
+    /// overflowed: a panic in a debug build, a wrong total in a release one).
+    #[test]
+    fn an_upstream_usage_past_u64_saturates() {
+        let body = format!(
+            r#"{{"choices":[{{"message":{{"content":"a"}}}}],"usage":{{"prompt_tokens":{},"completion_tokens":2}}}}"#,
+            u64::MAX
+        );
+        let mut p = Parsed::parse(Endpoint::ChatCompletions, body.as_bytes()).unwrap();
+        let (parts, usage) = p.take_parts();
+        assert_eq!(usage, Some(Usage::new(u64::MAX, 2)));
+        let out: Value = serde_json::from_slice(&p.rebuild(&parts, "r1", "m")).unwrap();
+        assert_eq!(out["usage"]["total_tokens"], u64::MAX);
     }
 
     #[test]
