@@ -115,7 +115,18 @@ impl Check {
         let mut seen = 0;
         match &self.what {
             Seek::Literals(l) => l.iter().any(|l| {
-                seen += l.find_iter(b).take(need - seen).count();
+                // What `find_iter` counts (each search starts past the last match),
+                // without the copy of the searcher an iterator takes.
+                let mut at = 0;
+                while seen < need {
+                    match b.get(at..).and_then(|h| l.find(h)) {
+                        Some(i) => {
+                            seen += 1;
+                            at += i + l.needle().len().max(1);
+                        }
+                        None => break,
+                    }
+                }
                 seen >= need
             }),
             Seek::Class(bytes, beyond) => {
@@ -1233,6 +1244,30 @@ impl Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A literal part counts what `find_iter` counts over each literal: matches
+    /// that do not overlap (an overlapping count opens gates that should stay shut).
+    #[test]
+    fn literal_parts_count_as_find_iter() {
+        let lits: Vec<Vec<u8>> = vec![b"aa".to_vec(), b"aba".to_vec(), b"b".to_vec()];
+        for times in 1..6 {
+            let check = Check::new(&Need {
+                part: Part::Literals(lits.clone()),
+                times,
+            });
+            for hay in crate::scan::testgen::texts(b"ab ", 16, 3000) {
+                // The part is there as often as the literals are, one after another.
+                let mut seen = 0;
+                let expected = lits.iter().any(|l| {
+                    seen += memchr::memmem::find_iter(hay.as_bytes(), l)
+                        .take(times - seen)
+                        .count();
+                    seen >= times
+                });
+                assert_eq!(check.found(&hay, true), expected, "{hay:?} x{times}");
+            }
+        }
+    }
 
     fn reference(regexes: &[regex::Regex], hay: &str) -> Vec<(usize, Range<usize>)> {
         let mut out = Vec::new();

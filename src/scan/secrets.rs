@@ -257,8 +257,9 @@ impl RuleSet {
             for &ri in &self.anchor_rule {
                 open[ri] = Some((0, cx.text.len()));
             }
-            for (ri, slot) in open.into_iter().enumerate() {
-                if let Some((f, t)) = slot {
+            // Read in place: moving the vector into an iterator copied its 3 KB.
+            for (ri, slot) in open.iter().enumerate() {
+                if let Some((f, t)) = *slot {
                     self.run(ri, f, t, cx);
                 }
             }
@@ -277,8 +278,8 @@ impl RuleSet {
                 }
             }
         });
-        for (ri, slot) in open.into_iter().enumerate() {
-            if let Some((f, t)) = slot {
+        for (ri, slot) in open.iter().enumerate() {
+            if let Some((f, t)) = *slot {
                 self.run(ri, f, t, cx);
             }
         }
