@@ -251,9 +251,9 @@ impl RuleSet {
     fn anchor_windows(&self, cx: &mut ScanCx<'_, '_, '_>) {
         // Windows around anchors, merged per rule: each rule's pattern runs once over
         // each stretch of text that its anchors cover, however dense they are.
-        let mut open: SmallVec<[Option<(usize, usize)>; 128]> =
-            smallvec::smallvec![None; self.rules.len()];
+        let mut open: SmallVec<[Option<(usize, usize)>; 128]> = SmallVec::new();
         let Some(anchors) = &self.prefilter else {
+            open.resize(self.rules.len(), None);
             for &ri in &self.anchor_rule {
                 open[ri] = Some((0, cx.text.len()));
             }
@@ -266,6 +266,10 @@ impl RuleSet {
             return;
         };
         anchors.for_each(cx.text.as_bytes(), |pattern, start, end| {
+            // A slot per rule from the first anchor on (most texts have none).
+            if open.is_empty() {
+                open.resize(self.rules.len(), None);
+            }
             let ri = self.anchor_rule[pattern];
             let w = self.rules[ri].window;
             let (from, to) = (start.saturating_sub(w), end + w);
