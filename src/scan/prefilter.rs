@@ -180,6 +180,10 @@ impl Beyond {
 #[derive(Clone)]
 pub(crate) struct Prefixed {
     patterns: Vec<Pattern>,
+    /// The patterns that may be searched in full without a candidate (no
+    /// prefixes, or gates), ascending: the others are looked at only when a text
+    /// gives them candidates.
+    special: Vec<usize>,
     /// Every distinct gate part, checked at most once per text.
     parts: Vec<Check>,
     /// The prefixes looked up by word.
@@ -1130,8 +1134,12 @@ impl Prefixed {
                 gate.sort_by_key(|&k| parts[k].passes());
             }
         }
+        let special = (0..patterns.len())
+            .filter(|&i| patterns[i].anchored.is_none() || !patterns[i].gates.is_empty())
+            .collect();
         Self {
             patterns,
+            special,
             parts,
             words,
             searched,
@@ -1173,26 +1181,33 @@ impl Prefixed {
             gate.iter()
                 .all(|&k| *found[k].get_or_insert_with(|| self.parts[k].found(hay, ascii)))
         };
-        // Which patterns are searched in full: no prefixes, an open gate (a branch
-        // without prefixes may match), or too many candidates.
-        let in_full: SmallVec<[bool; 64]> = self
-            .patterns
-            .iter()
-            .zip(&count)
-            .map(|(p, c)| {
-                p.anchored.is_none()
-                    || p.gates.iter().any(|gate| open(gate))
-                    || usize::from(c.get()) > CANDIDATES
-            })
-            .collect();
-        let mut next = 0;
-        for (i, p) in self.patterns.iter().enumerate() {
+        // The patterns to look at, ascending: those that may be searched in full
+        // without a candidate, and those with candidates (a pattern with neither
+        // has nothing to do).
+        let (mut special, mut next) = (self.special.iter().peekable(), 0);
+        loop {
+            let i = match (special.peek(), cands.get(next)) {
+                (None, None) => break,
+                (s, c) => {
+                    let s = s.map_or(usize::MAX, |&&s| s);
+                    s.min(c.map_or(usize::MAX, |c| c.0 as usize))
+                }
+            };
+            if special.peek() == Some(&&i) {
+                special.next();
+            }
+            let p = &self.patterns[i];
             // This pattern's candidates, in order.
             let from = next;
             while next < cands.len() && cands[next].0 as usize == i {
                 next += 1;
             }
-            if in_full[i] {
+            // Searched in full: no prefixes, an open gate (a branch without
+            // prefixes may match), or too many candidates.
+            let in_full = p.anchored.is_none()
+                || p.gates.iter().any(|gate| open(gate))
+                || usize::from(count[i].get()) > CANDIDATES;
+            if in_full {
                 let mut at = 0;
                 while let Some(m) = p.regex.find_at(hay, at) {
                     if !f(i, m.range()) {
