@@ -842,7 +842,10 @@ pub(crate) fn pii_rules() -> Vec<Rule> {
             r"(?i)\b(?:ssn|social security(?: number)?)\b[^\d\n]{0,20}(?P<v>\d{9})\b",
         )
         .validator(ssn),
-        p("pii.ipv4", &[], r"\b(?:\d{1,3}\.){3}\d{1,3}\b").validator(ipv4),
+        // Written out rather than `(?:\d{1,3}\.){3}`: the same matches, but the
+        // regex engine then looks for the dots first, where the repetition had it
+        // stop at every digit (21 us against 1 us over 4 KiB dense with digits).
+        p("pii.ipv4", &[], r"\b\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}\b").validator(ipv4),
         p(
             "pii.ipv6",
             &[":"],
@@ -943,6 +946,24 @@ mod tests {
         );
         // Digits of other scripts are not card numbers (Luhn reads ASCII digits).
         assert!(found("٤١١١١١١١١١١١١١١١").is_empty());
+    }
+
+    /// The IPv4 rule's pattern, written out, finds what the repetition found.
+    #[test]
+    fn ipv4_pattern_written_out_matches_as_the_repetition() {
+        let rule = pii_rules()
+            .into_iter()
+            .find(|r| r.id == "pii.ipv4")
+            .expect("ipv4 rule");
+        let repeated = regex::Regex::new(&ascii_classes(r"\b(?:\d{1,3}\.){3}\d{1,3}\b")).unwrap();
+        let mut matched = 0;
+        for hay in crate::scan::testgen::texts(b"0123..4 a", 24, 20_000) {
+            let ours: Vec<_> = rule.regex.find_iter(&hay).map(|m| m.range()).collect();
+            let theirs: Vec<_> = repeated.find_iter(&hay).map(|m| m.range()).collect();
+            assert_eq!(ours, theirs, "{hay:?}");
+            matched += ours.len();
+        }
+        assert!(matched > 100, "{matched}");
     }
 
     #[test]
