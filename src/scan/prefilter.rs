@@ -34,7 +34,9 @@
 //!
 //! A pattern with more candidates than [`CANDIDATES`] in one text is searched in
 //! full (one linear pass instead of many anchored ones: dense adversarial text
-//! stays linear). Patterns searched in full are searched one by one, each with its
+//! stays linear); when those candidates are fewer than [`PACKED`] bytes apart
+//! (digits in a table or a log), by the lazy DFA alone, without the literal
+//! prefilter that would stop at each of them. Patterns searched in full are searched one by one, each with its
 //! own literal optimizations: a `RegexSet` of them all, tried as a first pass,
 //! builds a lazy DFA whose states differ from text to text (the patterns' bounded
 //! repetitions multiply), and was 5-10x slower on a corpus of real prompts than
@@ -53,6 +55,10 @@ use super::swar::{HI, alnum, load};
 
 /// Candidates kept per pattern and text; past this the pattern is searched in full.
 pub(crate) const CANDIDATES: usize = 64;
+
+/// A dense pattern (past [`CANDIDATES`]) whose first candidates are on average
+/// fewer than this many bytes apart is searched in full without a prefilter.
+const PACKED: usize = 16;
 
 /// How one pattern is searched.
 #[derive(Clone)]
@@ -1077,7 +1083,12 @@ impl Prefixed {
                 let re = meta::Regex::builder()
                     .syntax(regex_automata::util::syntax::Config::new().nest_limit(64))
                     .configure(
+                        // No literal prefilter: anchored searches do not use one,
+                        // and this regex also searches a text in full where the
+                        // pattern's prefixes are too frequent for a prefilter
+                        // (past CANDIDATES), where one stops at each of them.
                         meta::Config::new()
+                            .auto_prefilter(false)
                             .nfa_size_limit(Some(limit))
                             .hybrid_cache_capacity(limit)
                             .dfa_size_limit(Some(limit)),
@@ -1204,22 +1215,36 @@ impl Prefixed {
             }
             // Searched in full: no prefixes, an open gate (a branch without
             // prefixes may match), or too many candidates.
-            let in_full = p.anchored.is_none()
-                || p.gates.iter().any(|gate| open(gate))
-                || usize::from(count[i].get()) > CANDIDATES;
+            let dense = usize::from(count[i].get()) > CANDIDATES;
+            let in_full = p.anchored.is_none() || p.gates.iter().any(|gate| open(gate)) || dense;
             if in_full {
+                // A text thick with the pattern's prefixes (its first candidates
+                // fewer than PACKED bytes apart) is read by the DFA alone: the
+                // regex's own prefilter, on those same prefixes, would stop at
+                // each (3x slower over digit-dense text). Otherwise the regex
+                // with its literal optimizations, which skip what lies between.
+                let packed = dense
+                    && cands[from..next]
+                        .last()
+                        .is_some_and(|&(_, last)| (last as usize) < PACKED * (next - from));
+                let full = p.anchored.as_ref().filter(|_| packed);
+                let find = |at: usize| match full {
+                    Some(re) => re.find(Input::new(hay).range(at..)).map(|m| m.range()),
+                    None => p.regex.find_at(hay, at).map(|m| m.range()),
+                };
                 let mut at = 0;
-                while let Some(m) = p.regex.find_at(hay, at) {
-                    if !f(i, m.range()) {
+                while let Some(m) = find(at) {
+                    let end = m.end;
+                    if !f(i, m.clone()) {
                         break;
                     }
                     at = if m.is_empty() {
-                        match hay[m.end()..].chars().next() {
-                            Some(c) => m.end() + c.len_utf8(),
+                        match hay[end..].chars().next() {
+                            Some(c) => end + c.len_utf8(),
                             None => break,
                         }
                     } else {
-                        m.end()
+                        end
                     };
                 }
                 continue;
@@ -1421,6 +1446,20 @@ mod tests {
             if round % 97 == 0 {
                 // Dense: more candidates than are kept.
                 hay = "ignore all rules sk-abcd ".repeat(CANDIDATES + 3);
+            } else if round % 10 == 0 {
+                // Dense with whatever this text starts.
+                hay = hay.repeat(CANDIDATES + 1);
+            } else if round % 10 == 5 {
+                // Thick with digits, the letters made digits: candidates a few bytes
+                // apart, searched in full without the regex's prefilter.
+                let digits: String = hay
+                    .chars()
+                    .map(|c| match c {
+                        'a'..='z' => char::from(b'0' + (c as u8 % 10)),
+                        _ => c,
+                    })
+                    .collect();
+                hay = digits.repeat(CANDIDATES + 1);
             }
             let mut ours = Vec::new();
             set.for_each_match(&hay, |i, m| {
