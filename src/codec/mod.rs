@@ -65,9 +65,20 @@ pub(crate) fn rot13(c: char) -> char {
     }
 }
 
-/// ROT13 of a text.
+/// ROT13 of a text, a byte at a time (only ASCII letters change, to ASCII
+/// letters: the bytes of other characters are left as they are, and the text
+/// stays UTF-8). Branch-free, so that the compiler can do many bytes at once: a
+/// character at a time it took 1.8 ns a byte.
 pub(crate) fn rot13_str(text: &str) -> String {
-    text.chars().map(rot13).collect()
+    let bytes: Vec<u8> = text
+        .bytes()
+        .map(|b| {
+            let i = (b | 0x20).wrapping_sub(b'a');
+            let shift = if i < 13 { 13 } else { 0u8.wrapping_sub(13) };
+            b.wrapping_add(if i < 26 { shift } else { 0 })
+        })
+        .collect();
+    String::from_utf8(bytes).unwrap_or_else(|_| text.chars().map(rot13).collect())
 }
 
 /// Keccak-256 with the original padding, as Ethereum uses it (not SHA3-256).
@@ -160,6 +171,17 @@ mod tests {
         assert_eq!(&base62_fixed::<6>(0), b"000000");
         assert_eq!(&base62_fixed::<6>(61), b"00000z");
         assert_eq!(&base62_fixed::<6>(62), b"000010");
+    }
+
+    /// The byte-wise ROT13 is the character-wise one, on every kind of byte.
+    #[test]
+    fn rot13_bytes_are_rot13_chars() {
+        for text in crate::scan::testgen::texts(b"aAmMnNzZ@[`{ 09\x7f\xe9\xff", 24, 5000) {
+            let chars: String = text.chars().map(rot13).collect();
+            assert_eq!(rot13_str(&text), chars, "{text:?}");
+        }
+        let all: String = (0u8..128).map(char::from).chain(['é', '€', '😀']).collect();
+        assert_eq!(rot13_str(&all), all.chars().map(rot13).collect::<String>());
     }
 
     #[test]
