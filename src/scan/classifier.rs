@@ -216,6 +216,14 @@ pub(crate) struct Features {
 }
 
 impl Features {
+    fn empty() -> Self {
+        Self {
+            slots: Vec::new(),
+            words: Vec::new(),
+            sums: None,
+        }
+    }
+
     pub(crate) fn word_count(&self) -> usize {
         self.words.len()
     }
@@ -439,12 +447,49 @@ fn extract(text: &str, sink: &mut impl Sink) {
             i += text[i..].chars().next().map_or(1, char::len_utf8);
             continue;
         }
-        let w = &b[start..end.min(start + 32)];
-        let h = word_hash(w);
-        let pair = fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR);
-        sink.word(h, w, pair, start..end);
-        prev = h;
+        prev = feed(b, start, end, prev, sink);
         i = end;
+    }
+}
+
+/// Feeds word `b[start..end]` (after the word whose hash is `prev`) to `sink`;
+/// returns its hash.
+#[inline]
+fn feed(b: &[u8], start: usize, end: usize, prev: u64, sink: &mut impl Sink) -> u64 {
+    let w = &b[start..end.min(start + 32)];
+    let h = word_hash(w);
+    let pair = fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR);
+    sink.word(h, w, pair, start..end);
+    h
+}
+
+/// [`Classifier::features`] fed a word at a time by another pass over the same
+/// text (the scanner's word lookups): the words must be the text's runs of
+/// ASCII letters and digits, in order, which are the classifier's words only
+/// when the text is ASCII.
+pub(crate) struct Extractor<'m> {
+    sink: Summed<'m>,
+    prev: u64,
+}
+
+impl Extractor<'_> {
+    /// The next word, `text[start..end]`.
+    pub(crate) fn word(&mut self, start: usize, end: usize) {
+        self.prev = feed(self.sink.text, start, end, self.prev, &mut self.sink);
+    }
+
+    /// The features of the words given.
+    pub(crate) fn finish(mut self) -> Features {
+        std::mem::replace(&mut self.sink.f, Features::empty())
+    }
+}
+
+impl Drop for Extractor<'_> {
+    /// This thread's table of word sums goes back for the next text.
+    fn drop(&mut self) {
+        let seen = std::mem::take(&mut self.sink.seen);
+        let number = self.sink.number;
+        SEEN_TABLE.with(|t| *t.borrow_mut() = (seen, number));
     }
 }
 
@@ -792,6 +837,13 @@ impl Classifier {
     /// The features of normalized text with this classifier's weights summed as
     /// they are extracted (what scoring needs; nothing stored per slot).
     pub(crate) fn features(&self, text: &str) -> Features {
+        let mut x = self.extractor(text);
+        extract(text, &mut x.sink);
+        x.finish()
+    }
+
+    /// An [`Extractor`] for normalized ASCII text `text`, to be given its words.
+    pub(crate) fn extractor<'a>(&'a self, text: &'a str) -> Extractor<'a> {
         // Room for a word every four bytes (prose averages one every five or six):
         // one allocation per vector for most texts.
         let words = text.len() / 4 + 16;
@@ -811,26 +863,23 @@ impl Classifier {
         if seen.len() < slots {
             seen.resize(slots, Seen::default());
         }
-        let mut sink = Summed {
-            model: &self.model,
-            acc: [0.0; HEADS],
-            count: 0,
-            text: text.as_bytes(),
-            seen,
-            mask: slots - 1,
-            number,
-            f: Features {
-                slots: Vec::new(),
-                words: Vec::with_capacity(words),
-                sums: Some((prefix, counts)),
+        Extractor {
+            sink: Summed {
+                model: &self.model,
+                acc: [0.0; HEADS],
+                count: 0,
+                text: text.as_bytes(),
+                seen,
+                mask: slots - 1,
+                number,
+                f: Features {
+                    slots: Vec::new(),
+                    words: Vec::with_capacity(words),
+                    sums: Some((prefix, counts)),
+                },
             },
-        };
-        extract(text, &mut sink);
-        let Summed {
-            f, seen, number, ..
-        } = sink;
-        SEEN_TABLE.with(|t| *t.borrow_mut() = (seen, number));
-        f
+            prev: word_hash(b"^"),
+        }
     }
 
     /// Scores normalized text (what [`Scanner`](super::Scanner) feeds it) given

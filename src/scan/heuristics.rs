@@ -336,15 +336,19 @@ pub(crate) fn family_set(families: &[Family]) -> Prefixed {
     Prefixed::new(families.iter().map(|f| f.regex.clone()).collect(), 1 << 23)
 }
 
+/// The families that fire on normalized text `n` of `original`; each word of the
+/// normalized text (a run of ASCII letters and digits) is also given to `word`,
+/// in order, from the pass that looks the words up.
 pub(crate) fn evaluate(
     families: &[Family],
     set: &Prefixed,
     original: &str,
     n: &Normalized,
+    word: Option<&mut dyn FnMut(usize, usize)>,
 ) -> Verdict {
     let mut fired = Vec::new();
     let mut score = 0.0;
-    for (i, m) in set.first_matches(&n.text) {
+    for (i, m) in set.first_matches(&n.text, word) {
         let f = &families[i];
         score += f.weight;
         fired.push((i, n.original_span(original, m.start, m.end)));

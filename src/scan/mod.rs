@@ -400,7 +400,6 @@ impl Scanner {
         let nested = depth > 0;
         let before = out.len();
         let n = normalize::normalize(text);
-        let verdict = heuristics::evaluate(&g.families.0, &g.families.1, text, &n);
         // Encoded payloads first: a text that carries one is judged by the rules as
         // before (the classifier has not learnt encodings; the decoding rules have).
         let enc_from = out.len();
@@ -408,9 +407,23 @@ impl Scanner {
         let carries_encoding = out[enc_from..]
             .iter()
             .any(|f| *f.category() == crate::Category::EncodedPayload);
-        // Features only for a text the classifier will judge.
+        // Features only for a text the classifier will judge. Those of ASCII text
+        // are read from the families' word lookups (the same words, in order).
         let classifier = g.classifier.as_ref().filter(|_| !carries_encoding);
-        let f = classifier.map(|c| c.features(&n.text));
+        let mut words = classifier
+            .filter(|_| n.is_ascii())
+            .map(|c| c.extractor(&n.text));
+        let verdict = match words.as_mut() {
+            Some(x) => {
+                let mut feed = |s: usize, e: usize| x.word(s, e);
+                heuristics::evaluate(&g.families.0, &g.families.1, text, &n, Some(&mut feed))
+            }
+            None => heuristics::evaluate(&g.families.0, &g.families.1, text, &n, None),
+        };
+        let f = match words {
+            Some(x) => Some(x.finish()),
+            None => classifier.map(|c| c.features(&n.text)),
+        };
         match (classifier, f) {
             (None, _) | (_, None) => {
                 heuristics::findings(&g.families.0, &verdict, g.threshold, at, out);
@@ -490,7 +503,8 @@ impl Scanner {
             // ROT13: the same heuristics on the rotated text.
             let rotated_text = encoding::rot13(text);
             let rotated = normalize::normalize(&rotated_text);
-            let v = heuristics::evaluate(&g.families.0, &g.families.1, &rotated_text, &rotated);
+            let v =
+                heuristics::evaluate(&g.families.0, &g.families.1, &rotated_text, &rotated, None);
             if v.score >= g.threshold {
                 out.push(Finding::new(
                     "encoding.rot13",
@@ -559,7 +573,7 @@ fn builtin_families() -> &'static (Vec<heuristics::Family>, prefilter::Prefixed)
 /// normalization), for the classifier on its own and its trainer.
 pub(crate) fn families_fired(text: &str, n: &normalize::Normalized) -> Vec<usize> {
     let (families, set) = builtin_families();
-    heuristics::evaluate(families, set, text, n)
+    heuristics::evaluate(families, set, text, n, None)
         .fired
         .into_iter()
         .map(|(i, _)| i)

@@ -24,6 +24,11 @@ enum Origin {
 }
 
 impl Normalized {
+    /// Whether the text was ASCII (so the normalized text is too).
+    pub(crate) fn is_ascii(&self) -> bool {
+        matches!(self.origin, Origin::Runs(..))
+    }
+
     /// The original offset of normalized byte `i` (`i` up to the normalized
     /// length, which maps to the original length).
     fn origin(&self, i: usize) -> Option<usize> {

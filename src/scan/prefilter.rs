@@ -642,11 +642,25 @@ impl WordIndex {
     /// Calls `f(pattern, start)` for each word of `hay` (a run of ASCII letters and
     /// digits) that starts with the first eight bytes of a literal of a pattern it
     /// still `want`s.
-    fn search(&self, hay: &[u8], want: impl Fn(u32) -> bool, mut f: impl FnMut(u32, usize)) {
+    /// Every word is also given to `word(start, end)`, in order (another reader of
+    /// the same words, fed from this pass).
+    fn search(
+        &self,
+        hay: &[u8],
+        want: impl Fn(u32) -> bool,
+        mut f: impl FnMut(u32, usize),
+        mut word: Option<&mut dyn FnMut(usize, usize)>,
+    ) {
         if self.entries.is_empty() && self.patterns.is_empty() && self.starts.is_empty() {
+            if let Some(word) = word {
+                ascii_words(hay, word);
+            }
             return;
         }
         ascii_words(hay, |s, e| {
+            if let Some(word) = word.as_mut() {
+                word(s, e);
+            }
             let bits = load(hay, s);
             let k = (bits & if e - s >= 2 { 0xffff } else { 0xff }) as usize;
             if self.heads[k / 64] & (1 << (k % 64)) != 0 {
@@ -1160,7 +1174,19 @@ impl Prefixed {
     /// Calls `f(pattern, span)` for each match of each pattern in `hay`, pattern
     /// after pattern in ascending order, each pattern's matches in order as
     /// `find_iter` finds them; `f` returns whether it wants that pattern's next match.
-    pub(crate) fn for_each_match(&self, hay: &str, mut f: impl FnMut(usize, Range<usize>) -> bool) {
+    pub(crate) fn for_each_match(&self, hay: &str, f: impl FnMut(usize, Range<usize>) -> bool) {
+        self.for_each_match_words(hay, None, f);
+    }
+
+    /// [`for_each_match`](Self::for_each_match), giving each word of `hay` (a run
+    /// of ASCII letters and digits) to `word(start, end)` in order, from the pass
+    /// that looks the words up.
+    pub(crate) fn for_each_match_words(
+        &self,
+        hay: &str,
+        word: Option<&mut dyn FnMut(usize, usize)>,
+        mut f: impl FnMut(usize, Range<usize>) -> bool,
+    ) {
         let n = self.patterns.len();
         // The candidates, (pattern, start), and per pattern how many (up to
         // CANDIDATES; past that the pattern is dense: searched in full). On the
@@ -1178,7 +1204,8 @@ impl Prefixed {
                 cands.push((p, at as u32));
             }
         };
-        self.words.search(hay.as_bytes(), want, &mut candidate);
+        self.words
+            .search(hay.as_bytes(), want, &mut candidate, word);
         self.searched.search(hay.as_bytes(), want, &mut candidate);
         cands.sort_unstable();
         cands.dedup();
@@ -1271,9 +1298,13 @@ impl Prefixed {
 
     /// The first match of each pattern that matches, in pattern order (what
     /// `Regex::find` returns for each).
-    pub(crate) fn first_matches(&self, hay: &str) -> Vec<(usize, Range<usize>)> {
+    pub(crate) fn first_matches(
+        &self,
+        hay: &str,
+        word: Option<&mut dyn FnMut(usize, usize)>,
+    ) -> Vec<(usize, Range<usize>)> {
         let mut out = Vec::new();
-        self.for_each_match(hay, |i, m| {
+        self.for_each_match_words(hay, word, |i, m| {
             out.push((i, m));
             false
         });
@@ -1475,10 +1506,24 @@ mod tests {
                 .enumerate()
                 .filter_map(|(i, r)| r.find(&hay).map(|m| (i, m.range())))
                 .collect();
-            assert_eq!(set.first_matches(&hay), first, "{hay:?}");
+            // Every word (a run of ASCII letters and digits) given in order.
+            let mut words = Vec::new();
+            let mut word = |s: usize, e: usize| words.push(&hay[s..e]);
+            assert_eq!(set.first_matches(&hay, Some(&mut word)), first, "{hay:?}");
+            let expected: Vec<&str> = hay
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .collect();
+            assert_eq!(words, expected, "{hay:?}");
         }
         // Every pattern matched somewhere: the comparison was not vacuous.
         assert!(total.iter().all(|&t| t > 3), "{total:?}");
+        // Words are given also by a set that looks none up.
+        let none = Prefixed::new(vec![regex::Regex::new(r"<\|im_start").unwrap()], 1 << 20);
+        let mut words = Vec::new();
+        let hay = "a <|im_start|> b2c, d\u{e9}f";
+        none.first_matches(hay, Some(&mut |s: usize, e: usize| words.push(&hay[s..e])));
+        assert_eq!(words, ["a", "im", "start", "b2c", "d", "f"]);
     }
 
     #[test]
