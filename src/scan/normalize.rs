@@ -232,7 +232,9 @@ fn normalize_ascii(text: &str) -> Normalized {
         if class == LETTER {
             // A run of letters, up to eight at a time (what the general case below
             // does for each of them: no stretch, no word, no leet character to
-            // note after the first).
+            // note after the first), with the single spaces after a letter when
+            // the word they end has no leet character (ending it changes nothing:
+            // the space is copied, and the next word starts).
             last_space = false;
             last_newline = false;
             if moved {
@@ -242,26 +244,43 @@ fn normalize_ascii(text: &str) -> Normalized {
             if word == usize::MAX {
                 (word, letters, leety) = (o, 0, 0);
             }
-            let k = match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
+            let (k, spaces) = match b.get(i..i + 8).and_then(|c| <[u8; 8]>::try_from(c).ok()) {
                 Some(chunk) => {
+                    use super::swar;
                     let x = u64::from_le_bytes(chunk);
+                    let l = swar::letters(x);
+                    let spaces = if leety == 0 {
+                        let y = x & !swar::HI;
+                        swar::at_least(y, b' ') & !swar::at_least(y, b' ' + 1) & !x & (l << 8)
+                    } else {
+                        0
+                    };
                     // Letters lowered by their 0x20 bit (the other bytes too,
-                    // written past the run).
-                    let (k, lower) = (
-                        super::swar::run(super::swar::letters(x)),
-                        x | (0x20 * super::swar::LO),
-                    );
+                    // written past the run; a space is its own 0x20 bit).
+                    let (k, lower) = (swar::run(l | spaces), x | (0x20 * swar::LO));
                     // `out` has eight bytes of room past the text (o <= i); the
                     // bytes after the run are written again or cut off.
                     out[o..o + 8].copy_from_slice(&lower.to_le_bytes());
-                    k
+                    (k, swar::first(spaces, k))
                 }
                 None => {
                     out[o] = c.to_ascii_lowercase();
-                    1
+                    (1, 0)
                 }
             };
-            letters += k;
+            if spaces == 0 {
+                letters += k;
+            } else {
+                // The last space copied: the words before it ended, the one after
+                // it (if the run goes on) is the word being copied.
+                let last = (63 - spaces.leading_zeros() as usize) / 8;
+                if last + 1 == k {
+                    word = usize::MAX;
+                    last_space = true;
+                } else {
+                    (word, letters, leety) = (o + last + 1, k - last - 1, 0);
+                }
+            }
             o += k;
             i += k;
             continue;
