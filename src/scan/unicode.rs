@@ -95,10 +95,7 @@ pub fn decode_tags(text: &str) -> String {
 pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
     // Printable ASCII with ordinary whitespace holds nothing of the above but escapes
     // written out as text.
-    if text
-        .bytes()
-        .all(|b| (0x20..0x7F).contains(&b) || matches!(b, b'\n' | b'\r' | b'\t'))
-    {
+    if printable_ascii(text.as_bytes()) {
         textual_ansi(text, at, out);
         return;
     }
@@ -287,6 +284,16 @@ fn mixed_script_words(text: &str, at: Location, out: &mut Vec<Finding>) {
 
 /// ANSI escapes written out as text (`\033[`, `\x1b[`, `\u001b[`, `\e[`), which a
 /// model may be asked to reproduce raw.
+/// Whether every byte is printable ASCII or ordinary whitespace (`\n`, `\r`,
+/// `\t`): 64 bytes at a time without a branch per byte, which the compiler
+/// turns into vector instructions (a byte at a time with an early exit, this
+/// was a quarter of a nanosecond a byte).
+fn printable_ascii(b: &[u8]) -> bool {
+    let ok = |c: u8| (0x20..0x7F).contains(&c) | (c == b'\n') | (c == b'\r') | (c == b'\t');
+    b.chunks(64)
+        .all(|chunk| chunk.iter().fold(true, |all, &c| all & ok(c)))
+}
+
 fn textual_ansi(text: &str, at: Location, out: &mut Vec<Finding>) {
     if !text.contains('\\') {
         return;
@@ -308,6 +315,20 @@ fn textual_ansi(text: &str, at: Location, out: &mut Vec<Finding>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_ascii_is_the_byte_test() {
+        let bytes: Vec<u8> = (0..=255u8).collect();
+        for at in [0, 5, 63, 64, 65, 130] {
+            for &v in &bytes {
+                let mut t = vec![b'a'; 140];
+                t[at] = v;
+                let one = (0x20..0x7F).contains(&v) || matches!(v, b'\n' | b'\r' | b'\t');
+                assert_eq!(printable_ascii(&t), one, "{v:#x} at {at}");
+            }
+        }
+        assert!(printable_ascii(b""));
+    }
 
     fn rules(text: &str) -> Vec<String> {
         let mut out = Vec::new();
