@@ -607,7 +607,7 @@ impl Rejection {
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs();
     if d.subsec_nanos() > 0 || s == 0 {
-        s + 1
+        s.saturating_add(1)
     } else {
         s
     }

@@ -22,13 +22,17 @@ struct Setup {
 }
 
 fn setup(shadow: bool) -> Setup {
+    setup_with(shadow, Duration::from_secs(900))
+}
+
+fn setup_with(shadow: bool, suspend_for: Duration) -> Setup {
     let clock = ManualClock::new();
     let alerts = Arc::new(Mutex::new(Vec::new()));
     let a = alerts.clone();
     let monitor = AbuseMonitor::builder()
         .clock(clock.clone())
         .throttle_at(6.0, Quota::per_minute(2))
-        .suspend_at(12.0, Duration::from_secs(900))
+        .suspend_at(12.0, suspend_for)
         .shadow(shadow)
         .on_alert(move |x| a.lock().unwrap().push(x.clone()))
         .build()
@@ -281,6 +285,43 @@ fn operators_lift_and_suspend() {
     assert_eq!(status(&s, "good-key-b", "hello").0, 200);
     assert!(!s.monitor.lift(&svc_b));
     assert!(s.monitor.responding().is_empty());
+}
+
+/// A suspension "for ever" (`Duration::MAX`, from the policy or an operator)
+/// neither panics nor ends: its record says until the last second RFC 3339
+/// writes, and the refusal's Retry-After is as long as it lasts.
+#[test]
+fn a_suspension_for_ever_neither_panics_nor_ends() {
+    let s = setup_with(false, Duration::MAX);
+    let svc_a = Subject::Principal("api_key|svc-a".into());
+    let mut n = 0;
+    while s.monitor.status(&svc_a).map(|x| x.level()) != Some(Level::Suspended) {
+        s.clock.advance(Duration::from_secs(30));
+        status(&s, "good-key-a", ATTACK);
+        n += 1;
+        assert!(n <= 10, "not suspended after {n} attacks");
+    }
+    let rec = s.sink.records().pop().unwrap();
+    assert_eq!(rec["abuse"]["level"], "suspended");
+    assert_eq!(rec["abuse"]["until"], "9999-12-31T23:59:59Z");
+    let r = s
+        .guard
+        .check_request(req("good-key-a", "hello"))
+        .unwrap_err();
+    assert_eq!((r.status(), r.code()), (403, "suspended"));
+    assert!(r.retry_after().unwrap() > Duration::from_secs(1 << 40));
+    let svc_b = Subject::Principal("api_key|svc-b".into());
+    let a = s.monitor.suspend(&svc_b, Duration::MAX);
+    assert_eq!(
+        a.until(),
+        Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+    );
+    s.clock.advance(Duration::from_secs(100 * 365 * 86_400));
+    assert_eq!(
+        status(&s, "good-key-b", "hello"),
+        (403, "suspended".to_owned())
+    );
+    assert_eq!(status(&s, "good-key-a", "hello").0, 403);
 }
 
 #[test]

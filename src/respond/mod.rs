@@ -76,6 +76,10 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+/// 9999-12-31T23:59:59Z after the Unix epoch: the latest "until" an action
+/// carries (what RFC 3339 can write).
+const FOREVER: Duration = Duration::from_secs(253_402_300_799);
+
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{RejectReason, Rejection, Stage};
 use crate::error::BuildError;
@@ -391,7 +395,15 @@ impl AbuseMonitor {
             level,
             score,
             shadow: self.inner.shadow,
-            until: until.map(|u| self.inner.epoch + u),
+            // A suspension past what a clock can write (an operator's
+            // `Duration::MAX`, "for ever") reads as the last second of 9999.
+            until: until.map(|u| {
+                self.inner
+                    .epoch
+                    .checked_add(u)
+                    .filter(|t| *t < SystemTime::UNIX_EPOCH + FOREVER)
+                    .unwrap_or(SystemTime::UNIX_EPOCH + FOREVER)
+            }),
         }
     }
 
@@ -427,7 +439,7 @@ impl AbuseMonitor {
         st.at = now;
         let mut level = self.level_now(st, now);
         if st.score >= i.suspend_at && before != Level::Suspended {
-            st.suspended_until = Some(now + i.suspend_for);
+            st.suspended_until = Some(now.saturating_add(i.suspend_for));
             level = Level::Suspended;
         }
         st.level = level;
@@ -617,7 +629,7 @@ impl AbuseMonitor {
             suspended_until: None,
             tat: 0,
         });
-        st.suspended_until = Some(now + duration);
+        st.suspended_until = Some(now.saturating_add(duration));
         st.level = Level::Suspended;
         let a = self.action(
             subject,
@@ -660,7 +672,7 @@ impl AbuseMonitor {
             st.at = now;
         }
         if let Some(left) = suspended_for {
-            let until = now + left;
+            let until = now.saturating_add(left);
             if st.suspended_until.is_none_or(|u| u < until) {
                 st.suspended_until = Some(until);
             }
