@@ -541,6 +541,20 @@ mod tests {
         }
     }
 
+    /// The byte-wise ROT13 is the character-wise one, on every kind of byte.
+    #[test]
+    fn rot13_bytes_are_rot13_chars() {
+        for text in crate::scan::testgen::texts(b"aAmMnNzZ@[`{ 09\x7f\xe9\xff", 24, 5000) {
+            let chars: String = text.chars().map(crate::codec::rot13).collect();
+            assert_eq!(crate::codec::rot13_str(&text), chars, "{text:?}");
+        }
+        let all: String = (0u8..128).map(char::from).chain(['é', '€', '😀']).collect();
+        assert_eq!(
+            crate::codec::rot13_str(&all),
+            all.chars().map(crate::codec::rot13).collect::<String>()
+        );
+    }
+
     #[test]
     fn ascii_tokens_are_split_whitespace() {
         const BYTES: &[u8] = b"ab \t\n\x0b\x0c\r\x1c\x1f\x00.=";
