@@ -5,6 +5,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// 9999-12-31T23:59:59Z after the Unix epoch: the latest wall-clock time the
+/// crate hands on (in an audit record, an abuse action, to a replay store). RFC
+/// 3339 writes no later year; a time past it (a suspension or a token lifetime
+/// "for ever") is clamped to it rather than overflowing a `SystemTime` or `time`'s
+/// dates.
+pub(crate) const LAST_SECOND: Duration = Duration::from_secs(253_402_300_799);
+
+/// `base + after`, or [`LAST_SECOND`] when that is later (or past what a
+/// `SystemTime` holds).
+pub(crate) fn wall_time(base: std::time::SystemTime, after: Duration) -> std::time::SystemTime {
+    let last = std::time::UNIX_EPOCH + LAST_SECOND;
+    base.checked_add(after)
+        .filter(|t| *t < last)
+        .unwrap_or(last)
+}
+
 /// A monotonic clock for limiters, abuse monitors and anything else that counts
 /// time. Implement it to drive time in tests, or use [`ManualClock`].
 pub trait Clock: Send + Sync + 'static {

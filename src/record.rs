@@ -306,7 +306,7 @@ fn rfc3339(t: SystemTime) -> String {
     let Some(d) = t
         .duration_since(SystemTime::UNIX_EPOCH)
         .ok()
-        .filter(|d| d.as_secs() < 253_402_300_800)
+        .filter(|d| d.as_secs() <= crate::clock::LAST_SECOND.as_secs())
     else {
         return rfc3339_by_time(t);
     };

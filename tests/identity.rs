@@ -1059,3 +1059,52 @@ fn each_key_signs_for_its_own_issuer_and_principals_are_namespaced() {
         401
     );
 }
+
+/// A verifier that allows any lifetime hands the shared replay store a token's
+/// expiry however far it is: past what a `SystemTime` holds, the last second of
+/// 9999 (it panicked adding the expiry to the epoch).
+#[test]
+fn a_far_expiry_reaches_the_shared_replay_store_without_a_panic() {
+    struct Seen(Arc<std::sync::Mutex<Vec<SystemTime>>>);
+    impl ReplayStore for Seen {
+        fn first_use<'a>(
+            &'a self,
+            _id: &'a [u8; 32],
+            until: SystemTime,
+        ) -> Step<'a, Result<bool, Error>> {
+            self.0.lock().unwrap().push(until);
+            Step::ready(Ok(true))
+        }
+    }
+    let s = signers();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let v = JwtVerifier::builder()
+        .issuer(ISS)
+        .audience(AUD)
+        .keys(s.keys())
+        .max_lifetime(Duration::MAX)
+        .shared_replay_cache(Seen(seen.clone()))
+        .build()
+        .unwrap();
+    let guard = InferenceGuard::builder()
+        .identity(v)
+        .authorize_all()
+        .audit_sink(NoopSink)
+        .build()
+        .unwrap();
+    let mut c = claims();
+    c["exp"] = json!(1e19);
+    c["jti"] = json!("far");
+    let token = token_with(&s, "EdDSA", json!({}), c);
+    let req = GuardRequest::new("m").with_credentials(Credentials::from_bearer(token));
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(guard.check_request_async(req))
+        .unwrap()
+        .fail();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [UNIX_EPOCH + Duration::from_secs(253_402_300_799)]
+    );
+}

@@ -901,7 +901,12 @@ impl IdentityVerifier for JwtVerifier {
                 let Some(store) = self.inner.shared_replay.as_deref() else {
                     return Step::ready(Ok(p));
                 };
-                let until = UNIX_EPOCH + Duration::from_secs_f64(until.max(0.0));
+                // An expiry past what a `SystemTime` holds (a verifier that allows
+                // any lifetime) is kept until the last second of 9999.
+                let until = crate::clock::wall_time(
+                    UNIX_EPOCH,
+                    Duration::try_from_secs_f64(until.max(0.0)).unwrap_or(Duration::MAX),
+                );
                 Step::future(async move {
                     match store.first_use(&id, until).await {
                         Ok(true) => Ok(p),

@@ -76,10 +76,6 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-/// 9999-12-31T23:59:59Z after the Unix epoch: the latest "until" an action
-/// carries (what RFC 3339 can write).
-const FOREVER: Duration = Duration::from_secs(253_402_300_799);
-
 use crate::clock::{Clock, SystemClock};
 use crate::decision::{RejectReason, Rejection, Stage};
 use crate::error::BuildError;
@@ -397,13 +393,7 @@ impl AbuseMonitor {
             shadow: self.inner.shadow,
             // A suspension past what a clock can write (an operator's
             // `Duration::MAX`, "for ever") reads as the last second of 9999.
-            until: until.map(|u| {
-                self.inner
-                    .epoch
-                    .checked_add(u)
-                    .filter(|t| *t < SystemTime::UNIX_EPOCH + FOREVER)
-                    .unwrap_or(SystemTime::UNIX_EPOCH + FOREVER)
-            }),
+            until: until.map(|u| crate::clock::wall_time(self.inner.epoch, u)),
         }
     }
 
