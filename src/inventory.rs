@@ -364,7 +364,8 @@ impl Inventory {
                     .iter()
                     .find_map(|k| principal.attributes().get(*k))
                     .and_then(|v| v.parse::<u64>().ok())
-                    .map(|s| UNIX_EPOCH + Duration::from_secs(s));
+                    // Past what a clock holds: the last second of 9999.
+                    .map(|s| crate::clock::wall_time(UNIX_EPOCH, Duration::from_secs(s)));
                 let k = f.keys.entry(kid.to_owned()).or_insert_with(|| KeyUse {
                     first_seen: now,
                     last_seen: now,

@@ -316,3 +316,35 @@ fn concurrent_requests_are_all_counted_and_the_bound_holds() {
     assert_eq!(report.principals().len(), 40);
     assert_eq!(counted + inventory.untracked(), 1000);
 }
+
+/// A principal's creation time is read from attributes an identity plugin sets: a
+/// number past what a `SystemTime` holds is taken as the last second of 9999:
+/// the use is counted, with no age (the credential is not created yet).
+#[test]
+fn a_creation_time_past_any_clock_is_clamped() {
+    let inventory = Inventory::with_bounds(100, 8);
+    let mut b = InferenceGuard::builder();
+    b.identity(verifier_fn(|_: &GuardRequest| {
+        Ok(Principal::builder("svc-far", CredentialKind::ApiKey)
+            .key_id("key_far")
+            .attribute("credential_created", u64::MAX.to_string())
+            .build())
+    }))
+    .authorize_all()
+    .audit_sink(NoopSink)
+    .inventory(inventory.clone());
+    let guard = b.build().unwrap();
+    let req = GuardRequest::new("m").with_message(Role::User, "hello");
+    guard
+        .check_request(req)
+        .unwrap()
+        .check_response(GuardResponse::new("ok"))
+        .unwrap();
+    let report = inventory.report(&InventoryPolicy::default(), SystemTime::now());
+    assert_eq!(report.principals().len(), 1);
+    // The key's use is counted (a panic in the observer, which the guard catches,
+    // lost it).
+    let key = &report.principals()[0].keys()["key_far"];
+    assert_eq!(key.uses(), 1);
+    assert_eq!(key.age_at_last_use(), None);
+}

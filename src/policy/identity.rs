@@ -123,7 +123,8 @@ impl Policy {
             for s in &k.scopes {
                 p = p.scope(s.clone());
             }
-            let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+            let at =
+                |s: u64| crate::clock::wall_time(SystemTime::UNIX_EPOCH, Duration::from_secs(s));
             store.insert(ApiKeyRecord::from_digest(
                 k.id.clone(),
                 p.build(),
