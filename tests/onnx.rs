@@ -228,6 +228,20 @@ fn whole_answers_are_validated() {
     assert_eq!(ok.response().text(), prose(50));
 }
 
+/// `deadline(Duration::MAX)` ("no deadline") classifies; it panicked adding the
+/// deadline to the time of the call.
+#[test]
+fn no_deadline_classifies() {
+    if !ready() {
+        return;
+    }
+    let c = builder("tiny.onnx")
+        .deadline(Duration::MAX)
+        .build()
+        .unwrap();
+    assert!(c.classify("hello there", Location::Message(0)).is_ok());
+}
+
 #[test]
 fn a_full_queue_is_a_503_at_once_and_a_late_call_times_out() {
     if !ready() {

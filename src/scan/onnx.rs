@@ -1125,7 +1125,11 @@ impl Pool {
             }
         }
         let weak: Weak<dyn Expire> = Arc::downgrade(&(slot.clone() as Arc<dyn Expire>));
-        self.watch.add(Instant::now() + deadline, weak);
+        // A deadline past what an `Instant` holds (`Duration::MAX`: no deadline)
+        // is never watched.
+        if let Some(at) = Instant::now().checked_add(deadline) {
+            self.watch.add(at, weak);
+        }
         Ok(Wait(slot))
     }
 }
