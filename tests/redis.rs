@@ -352,6 +352,40 @@ async fn abuse_responses_are_shared_between_replicas() {
     assert_eq!(sa.errors() + sb.errors(), 0);
 }
 
+/// A replica that syncs only when asked (`Duration::MAX`) still shares what it
+/// does: its worker task panicked computing the next sync and shared nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_never_syncs_by_itself_still_shares() {
+    use inference_guard::respond::{AbuseMonitor, Level, Subject};
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix("never");
+    let a = AbuseMonitor::new().unwrap();
+    let b = AbuseMonitor::new().unwrap();
+    let sa = a
+        .share_via_redis(&url, &prefix, Duration::MAX)
+        .await
+        .unwrap();
+    let sb = b
+        .share_via_redis(&url, &prefix, Duration::MAX)
+        .await
+        .unwrap();
+    let who = Subject::Principal("api_key|svc-y".into());
+    // After each replica's first sync, which computes the next.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.suspend(&who, Duration::from_secs(60));
+    let mut shared = false;
+    for _ in 0..200 {
+        sb.sync().await.unwrap();
+        if b.status(&who).map(|s| s.level()) == Some(Level::Suspended) {
+            shared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(shared, "replica B never saw A's suspension");
+    assert_eq!(sa.errors() + sb.errors(), 0);
+}
+
 /// An HS256 token with a `jti`, for the shared replay cache.
 fn jwt(secret: &[u8], jti: &str) -> String {
     let now = std::time::SystemTime::now()

@@ -274,7 +274,13 @@ impl AbuseMonitor {
                         if worker.sync().await.is_err() {
                             worker.errors.fetch_add(1, Ordering::Relaxed);
                         }
-                        next_sync = tokio::time::Instant::now() + sync_every;
+                        // `Duration::MAX` ("only when asked"): past what an
+                        // `Instant` holds, a year from now (it panicked, and the
+                        // task that shares every strike ended with it).
+                        let now = tokio::time::Instant::now();
+                        next_sync = now
+                            .checked_add(sync_every)
+                            .unwrap_or(now + Duration::from_secs(365 * 86_400));
                     }
                 }
             }
