@@ -324,6 +324,43 @@ fn a_suspension_for_ever_neither_panics_nor_ends() {
     assert_eq!(status(&s, "good-key-a", "hello").0, 403);
 }
 
+/// A throttle of one request per `Duration::MAX` lets one through and refuses
+/// the next (the next allowed time overflowed: a panic in a debug build, no
+/// throttle at all in a release one).
+#[test]
+fn a_throttle_of_one_per_ever_holds() {
+    let clock = ManualClock::new();
+    // A clock past its origin (at zero, the sum did not overflow).
+    clock.advance(Duration::from_secs(3600));
+    let monitor = AbuseMonitor::builder()
+        .clock(clock)
+        .throttle_at(6.0, Quota::per(Duration::MAX, 1))
+        .build()
+        .unwrap();
+    let mut b = InferenceGuard::builder();
+    b.identity(verifier_fn(|_: &GuardRequest| {
+        Ok(Principal::builder("svc-a", CredentialKind::ApiKey).build())
+    }))
+    .authorize_all()
+    .input_scanner(Scanner::new())
+    .abuse_monitor(monitor.clone())
+    .audit_sink(NoopSink);
+    let guard = b.build().unwrap();
+    let check = |text: &str| match guard.check_request(req("good-key-a", text)) {
+        Ok(a) => {
+            a.fail();
+            (200, String::new())
+        }
+        Err(r) => (r.status(), r.code().to_owned()),
+    };
+    assert_eq!(check(ATTACK).0, 422);
+    assert_eq!(check(ATTACK).0, 422);
+    let svc_a = Subject::Principal("api_key|svc-a".into());
+    assert_eq!(monitor.status(&svc_a).unwrap().level(), Level::Throttled);
+    assert_eq!(check("hello").0, 200);
+    assert_eq!(check("hello"), (429, "abuse_throttled".to_owned()));
+}
+
 #[test]
 fn state_is_bounded_and_suspensions_are_kept_longest() {
     let clock = ManualClock::new();

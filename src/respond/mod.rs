@@ -542,7 +542,9 @@ impl AbuseMonitor {
                         .with_code(code)
                         .with_message("slowed down after repeated policy violations"));
                 }
-                st.tat = tat + interval;
+                // Saturating: a quota of one request per `Duration::MAX` wrapped
+                // (a panic in a debug build, no throttle in a release one).
+                st.tat = tat.saturating_add(interval);
                 Ok(())
             }
         }
