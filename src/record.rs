@@ -301,14 +301,14 @@ impl<'a> AuditEvent<'a> {
 /// `t` in RFC 3339, UTC, as `time` writes it (the fraction of a second without
 /// its trailing zeros, none when it is zero): written directly for the years
 /// 1970 to 9999, two per audit record (`time`'s formatter, which reads a format
-/// description, took about 300 ns each).
+/// description, took about 300 ns each); before 1970 by `time`; past 9999, which
+/// RFC 3339 cannot write (and where `time`'s conversion panics), the last instant
+/// of 9999.
 fn rfc3339(t: SystemTime) -> String {
-    let Some(d) = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .ok()
-        .filter(|d| d.as_secs() <= crate::clock::LAST_SECOND.as_secs())
-    else {
-        return rfc3339_by_time(t);
+    let d = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) if d.as_secs() <= crate::clock::LAST_SECOND.as_secs() => d,
+        Ok(_) => return String::from("9999-12-31T23:59:59.999999999Z"),
+        Err(e) => return rfc3339_before_1970(e.duration()),
     };
     let secs = d.as_secs();
     let (year, month, day) = civil(secs / 86_400);
@@ -333,24 +333,16 @@ fn rfc3339(t: SystemTime) -> String {
     out
 }
 
-/// `time`'s RFC 3339 for the times before 1970; past the year 9999 (which RFC
-/// 3339 cannot write, and where `time`'s conversion of a `SystemTime` panics)
-/// the last instant of 9999.
-fn rfc3339_by_time(t: SystemTime) -> String {
-    let epoch = time::OffsetDateTime::UNIX_EPOCH;
-    let at = match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(after) => time::Duration::try_from(after)
-            .ok()
-            .and_then(|d| epoch.checked_add(d)),
-        Err(e) => time::Duration::try_from(e.duration())
-            .ok()
-            .and_then(|d| epoch.checked_sub(d)),
-    };
-    at.and_then(|at| {
-        at.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .unwrap_or_else(|| String::from("9999-12-31T23:59:59.999999999Z"))
+/// `time`'s RFC 3339 of the time `before` the Unix epoch (empty past its range).
+fn rfc3339_before_1970(before: Duration) -> String {
+    time::Duration::try_from(before)
+        .ok()
+        .and_then(|d| time::OffsetDateTime::UNIX_EPOCH.checked_sub(d))
+        .and_then(|at| {
+            at.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// The (year, month, day) of `days` since 1970-01-01 (Howard Hinnant's
