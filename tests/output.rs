@@ -434,6 +434,20 @@ fn unsafe_markup_is_escaped_stripped_or_blocked() {
         c.response().text(),
         "Hi &lt;script&gt;alert(1)&lt;/script&gt; and &lt;b onmouseover=\"steal()\"&gt;x</b> red link"
     );
+    // The 8-bit (C1) control sequence introducers and DEL are removed too, also
+    // far into a long answer (past the first 64-byte chunks the check reads).
+    for c1 in ["\u{9b}31m", "\u{9d}8;;https://evil.test\u{9c}", "\u{7f}"] {
+        let pad = "plain words ".repeat(20);
+        let answer = format!("{pad}{c1}red");
+        let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
+        let out = c.response().text();
+        assert!(
+            out.starts_with(&pad)
+                && out.ends_with("red")
+                && !out.contains(['\u{9b}', '\u{9d}', '\u{7f}']),
+            "{answer:?} -> {out:?}"
+        );
+    }
     let v = AnswerValidator::builder()
         .html(MarkupMode::Block)
         .build()

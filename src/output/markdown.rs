@@ -245,7 +245,11 @@ pub(crate) fn judge_segment(
                 }
             }
             Event::Text(t) => {
-                if t.contains(['[', ']', '`', '<']) && frames.is_empty() {
+                if frames.is_empty()
+                    && crate::scan::swar::any(t.as_bytes(), |b| {
+                        matches!(b, b'[' | b']' | b'`' | b'<')
+                    })
+                {
                     tail_risky = true;
                 }
                 if let Some(f) = frames.last_mut() {
@@ -303,8 +307,10 @@ pub(crate) fn judge_segment(
         }
     }
     out.append(&mut found);
-    let pem_open = seg
-        .rfind("-----BEGIN ")
+    // Most answers have no PEM block: a forward search (vectorized) says so
+    // before the backward one (byte by byte) looks for the last.
+    let pem_open = memchr::memmem::find(seg.as_bytes(), b"-----BEGIN ")
+        .and_then(|_| seg.rfind("-----BEGIN "))
         .is_some_and(|b| !seg[b..].contains("-----END "));
     let closed = !open_nested && !pem_open;
     Judged {

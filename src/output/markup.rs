@@ -174,9 +174,9 @@ pub(crate) fn terminal(
     offset: usize,
     out: &mut Vec<Finding>,
 ) {
-    let controls = text
-        .bytes()
-        .any(|b| (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t')) || b == 0x7f || b == 0xc2);
+    let controls = crate::scan::swar::any(text.as_bytes(), |b| {
+        ((b < 0x20) & !matches!(b, b'\n' | b'\r' | b'\t')) | (b == 0x7f) | (b == 0xc2)
+    });
     if controls {
         for m in p.terminal.find_iter(text) {
             let escaped: String = m

@@ -78,6 +78,15 @@ pub(crate) fn first(x: u64, k: usize) -> u64 {
     }
 }
 
+/// Whether any byte of `b` is in the class `f`: 64 bytes at a time without a
+/// branch per byte, which the compiler turns into vector instructions (a byte
+/// loop with an early exit reads about a quarter of a nanosecond a byte).
+#[inline]
+pub(crate) fn any(b: &[u8], f: impl Fn(u8) -> bool) -> bool {
+    b.chunks(64)
+        .any(|chunk| chunk.iter().fold(false, |any, &c| any | f(c)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +133,26 @@ mod tests {
         assert_eq!(load(b"abc", 3), 0);
         assert_eq!(first(u64::MAX, 3), 0xff_ffff);
         assert_eq!(first(7, 8), 7);
+    }
+
+    /// Every byte value at chunk edges and past them, and the empty slice.
+    #[test]
+    fn any_is_the_byte_loop() {
+        for at in [0, 5, 63, 64, 65, 127, 128, 130] {
+            for v in 0..=255u8 {
+                let mut t = [b'a'; 140];
+                t[at] = v;
+                for len in [at, at + 1, 140] {
+                    let t = &t[..len];
+                    let class = |c: u8| c < 0x20 || c == b'[' || c >= 0xc0;
+                    assert_eq!(
+                        any(t, class),
+                        t.iter().any(|&c| class(c)),
+                        "{v:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!any(b"", |_| true));
     }
 }

@@ -290,8 +290,7 @@ fn mixed_script_words(text: &str, at: Location, out: &mut Vec<Finding>) {
 /// was a quarter of a nanosecond a byte).
 fn printable_ascii(b: &[u8]) -> bool {
     let ok = |c: u8| (0x20..0x7F).contains(&c) | (c == b'\n') | (c == b'\r') | (c == b'\t');
-    b.chunks(64)
-        .all(|chunk| chunk.iter().fold(true, |all, &c| all & ok(c)))
+    !super::swar::any(b, |c| !ok(c))
 }
 
 fn textual_ansi(text: &str, at: Location, out: &mut Vec<Finding>) {
