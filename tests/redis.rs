@@ -386,6 +386,39 @@ async fn a_replica_that_never_syncs_by_itself_still_shares() {
     assert_eq!(sa.errors() + sb.errors(), 0);
 }
 
+/// A sync interval of zero (or under 10 ms) is refused before Redis is reached:
+/// the replica's task would ask Redis for the suspensions in a loop.
+#[tokio::test]
+async fn a_sync_interval_of_zero_is_refused() {
+    use inference_guard::respond::AbuseMonitor;
+    let m = AbuseMonitor::new().unwrap();
+    for every in [
+        Duration::ZERO,
+        Duration::from_nanos(1),
+        Duration::from_millis(9),
+    ] {
+        // No server listens on port 1: the interval is judged first.
+        let e = m
+            .share_via_redis("redis://127.0.0.1:1/", "igtest-zero", every)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.kind(), ErrorKind::Internal, "{every:?}: {e}");
+        assert!(e.message().contains("sync_every"), "{e}");
+    }
+    // At the floor, the interval is taken and the connection is what fails.
+    let e = m
+        .share_via_redis(
+            "redis://127.0.0.1:1/",
+            "igtest-zero",
+            Duration::from_millis(10),
+        )
+        .await
+        .err()
+        .expect("nothing listens");
+    assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
+}
+
 /// An HS256 token with a `jti`, for the shared replay cache.
 fn jwt(secret: &[u8], jti: &str) -> String {
     let now = std::time::SystemTime::now()

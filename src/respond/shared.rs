@@ -222,6 +222,9 @@ impl SharedAbuse {
     }
 }
 
+/// The shortest `sync_every` [`AbuseMonitor::share_via_redis`] takes.
+const MIN_SYNC: Duration = Duration::from_millis(10);
+
 /// How long one call to Redis may take before it fails (and is retried once).
 const TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -239,13 +242,23 @@ impl AbuseMonitor {
     /// # Errors
     ///
     /// An [`Error`] when the URL is invalid or Redis cannot be reached; its message
-    /// names the kind of failure, never the URL (which may carry a password).
+    /// names the kind of failure, never the URL (which may carry a password). An
+    /// [`ErrorKind::Internal`](crate::ErrorKind::Internal) error when `sync_every`
+    /// is under 10 ms (zero would make every replica ask Redis in a loop).
+    /// `Duration::MAX` syncs only when asked ([`SharedAbuse::sync`]; in fact
+    /// yearly).
     pub async fn share_via_redis(
         &self,
         url: &str,
         prefix: &str,
         sync_every: Duration,
     ) -> Result<SharedAbuse, Error> {
+        if sync_every < MIN_SYNC {
+            return Err(Error::new(
+                crate::ErrorKind::Internal,
+                "abuse monitor: sync_every must be at least 10 ms",
+            ));
+        }
         let conn = crate::store::connect(url, TIMEOUT).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
         let dropped = Arc::new(AtomicU64::new(0));
