@@ -20,7 +20,13 @@ use crate::step::Step;
 use crate::store::{connect, redis_err};
 
 /// One GCRA decision for one key, on the server's clock (microseconds since the
-/// epoch fit exactly in Lua's doubles). Returns `{allowed, tat - now, base - now}`.
+/// epoch fit exactly in Lua's doubles). Returns `{allowed, tat - now, base - now,
+/// tat - now - burst}` (the last, when refused, is how long to wait).
+///
+/// Times ahead are capped where Redis still turns them into integers (9e18 µs,
+/// 285,000 years: past `i64`, a reply was garbage, a Retry-After of 1 s for a
+/// quota of one request per `Duration::MAX`), and expiries where `SET` takes
+/// them (written out as integers, never in exponent form).
 const DECIDE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -30,11 +36,13 @@ local cost = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 local base = math.max(tat, now)
 local new = base + cost * interval
+local cap = 9e18
 if new - now > burst then
-  return {0, new - now, base - now}
+  return {0, math.min(new - now, cap), math.min(base - now, cap), math.min(new - now - burst, cap)}
 end
-redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1000)
-return {1, new - now, base - now}
+local ttl = math.min(math.ceil((new - now) / 1000) + 1000, 9e15)
+redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', string.format('%.0f', ttl))
+return {1, math.min(new - now, cap), math.min(base - now, cap), 0}
 ";
 
 /// Moves a key's TAT: back by a refund (not below now), forward by a debt (carried in
@@ -52,7 +60,8 @@ else
   new = math.max(tat, now) + d
 end
 if new > now then
-  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000) + 1000)
+  local ttl = math.min(math.ceil((new - now) / 1000) + 1000, 9e15)
+  redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX', string.format('%.0f', ttl))
 else
   redis.call('DEL', KEYS[1])
 end
@@ -384,7 +393,7 @@ impl RedisRateLimiter {
                 Unit::Tokens => tokens,
             };
             let burst = u64::from(l.limit.quota.burst());
-            let answer: Result<(i64, i64, i64), _> = g
+            let answer: Result<(i64, i64, i64, i64), _> = g
                 .decide
                 .key(&key)
                 .arg(l.interval_us)
@@ -392,7 +401,7 @@ impl RedisRateLimiter {
                 .arg(units)
                 .invoke_async(&mut conn)
                 .await;
-            let (allowed, ahead, base_ahead) = match answer {
+            let (allowed, ahead, base_ahead, wait) = match answer {
                 Ok(a) => a,
                 Err(e) => {
                     self.rollback(&held).await;
@@ -411,7 +420,7 @@ impl RedisRateLimiter {
                 });
             } else {
                 self.rollback(&held).await;
-                let retry = Duration::from_micros(ahead.saturating_sub(l.burst_us));
+                let retry = Duration::from_micros(u64::try_from(wait).unwrap_or(0));
                 let reset = Duration::from_micros(u64::try_from(base_ahead).unwrap_or(0));
                 return Err(Rejection::new(
                     crate::RejectReason::RateLimited,
