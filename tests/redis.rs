@@ -154,6 +154,60 @@ async fn token_budgets_settle_through_redis() {
     assert_eq!(r.status(), 429);
 }
 
+/// Periods past what the scripts' numbers print as integers (one request per
+/// "ever", a token budget per thousand years): the first request passes, the next
+/// is refused with a Retry-After of the period, and a token debt settles; no
+/// script error (which the guard turns into a 503 for every request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periods_of_centuries_and_more_limit_without_script_errors() {
+    let Some(url) = redis_url() else { return };
+    let millennium = Duration::from_secs(1000 * 365 * 86_400);
+    for (period, retry_at_least) in [
+        (Duration::MAX, 1u64 << 40),
+        (millennium, 1000 * 365 * 86_400 - 60),
+    ] {
+        let limiter = RedisRateLimiter::builder()
+            .prefix(prefix("ever"))
+            .limit(Limit::requests("once", Quota::per(period, 1)).key_by(KeyBy::PRINCIPAL))
+            .connect(&url)
+            .await
+            .unwrap();
+        let g = guard(limiter, MemorySink::new(), false);
+        let first = g.check_request_async(req("a")).await;
+        assert!(first.is_ok(), "{period:?}: {first:?}");
+        let r = g.check_request_async(req("a")).await.unwrap_err();
+        assert_eq!(r.status(), 429, "{period:?}: {r:?}");
+        let retry = r.retry_after_secs().expect("a retry-after");
+        assert!(retry >= retry_at_least, "{period:?}: retry after {retry} s");
+        // Another principal has its own once.
+        assert!(g.check_request_async(req("b")).await.is_ok());
+    }
+    // A token budget per millennium overrun by far: the debt is carried, the
+    // next request waits it out.
+    let limiter = RedisRateLimiter::builder()
+        .prefix(prefix("ever-tokens"))
+        .limit(Limit::tokens("tokens", Quota::per(millennium, 1000)).key_by(KeyBy::TENANT))
+        .max_output_reservation(10)
+        .connect(&url)
+        .await
+        .unwrap();
+    let g = guard(limiter.clone(), MemorySink::new(), false);
+    let a = g
+        .check_request_async(req("a").with_max_output_tokens(10))
+        .await
+        .unwrap();
+    a.check_response_async(GuardResponse::new("x").with_usage(Usage::new(6, 1_000_000)))
+        .await
+        .unwrap();
+    limiter.settled().await;
+    let r = g
+        .check_request_async(req("a").with_max_output_tokens(1))
+        .await
+        .unwrap_err();
+    assert_eq!(r.status(), 429, "{r:?}");
+    assert!(r.retry_after_secs().expect("a retry-after") > 1000 * 365 * 86_400);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_permits_through_redis() {
     let Some(url) = redis_url() else { return };
@@ -352,6 +406,66 @@ async fn abuse_responses_are_shared_between_replicas() {
     assert_eq!(sa.errors() + sb.errors(), 0);
 }
 
+/// A suspension "for ever" (`Duration::MAX`), by an operator or by strikes, holds
+/// on both replicas through their syncs: its time left did not read back as a
+/// number, so the other replica never got it and the replica that made it
+/// forgot it at its next sync (as if lifted elsewhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_for_ever_is_shared_and_kept() {
+    use inference_guard::respond::{AbuseMonitor, Level, Offense, Subject};
+    let Some(url) = redis_url() else { return };
+    let prefix = prefix("ever");
+    let monitor = || {
+        AbuseMonitor::builder()
+            .suspend_at(12.0, Duration::MAX)
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (monitor(), monitor());
+    let sa = a
+        .share_via_redis(&url, &prefix, Duration::MAX)
+        .await
+        .unwrap();
+    let sb = b
+        .share_via_redis(&url, &prefix, Duration::MAX)
+        .await
+        .unwrap();
+    let settle = |s: &inference_guard::respond::SharedAbuse| {
+        let s = s.clone();
+        async move {
+            for _ in 0..200 {
+                if s.pending() == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Past the worker's own first sync, then ours.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            s.sync().await.unwrap();
+        }
+    };
+    let banned = Subject::Principal("api_key|svc-banned".into());
+    a.suspend(&banned, Duration::MAX);
+    let striker = Subject::Principal("api_key|svc-striker".into());
+    for _ in 0..40 {
+        a.strike(&striker, Offense::InputBlocked);
+    }
+    for _ in 0..2 {
+        settle(&sa).await;
+        settle(&sb).await;
+        for who in [&banned, &striker] {
+            for (m, name) in [(&a, "A"), (&b, "B")] {
+                assert_eq!(
+                    m.status(who).map(|s| s.level()),
+                    Some(Level::Suspended),
+                    "replica {name}, {who:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(sa.errors() + sb.errors(), 0);
+}
+
 /// A replica that syncs only when asked (`Duration::MAX`) still shares what it
 /// does: its worker task panicked computing the next sync and shared nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -398,24 +512,26 @@ async fn a_sync_interval_of_zero_is_refused() {
         Duration::from_millis(9),
     ] {
         // No server listens on port 1: the interval is judged first.
-        let e = m
+        let Err(e) = m
             .share_via_redis("redis://127.0.0.1:1/", "igtest-zero", every)
             .await
-            .err()
-            .expect("refused");
+        else {
+            panic!("{every:?} taken");
+        };
         assert_eq!(e.kind(), ErrorKind::Internal, "{every:?}: {e}");
         assert!(e.message().contains("sync_every"), "{e}");
     }
     // At the floor, the interval is taken and the connection is what fails.
-    let e = m
+    let Err(e) = m
         .share_via_redis(
             "redis://127.0.0.1:1/",
             "igtest-zero",
             Duration::from_millis(10),
         )
         .await
-        .err()
-        .expect("nothing listens");
+    else {
+        panic!("nothing listens on port 1");
+    };
     assert_eq!(e.kind(), ErrorKind::Backend, "{e}");
 }
 

@@ -160,7 +160,7 @@ impl SharedAbuse {
             let (Some(m), Some(left)) = (pair.first(), pair.get(1)) else {
                 continue;
             };
-            let (Some(s), Ok(left)) = (subject(m), left.parse::<u64>()) else {
+            let (Some(s), Some(left)) = (subject(m), micros_left(left)) else {
                 continue;
             };
             self.monitor
@@ -189,13 +189,13 @@ impl SharedAbuse {
                     .arg(w)
                     .arg(u64::try_from(half.as_micros()).unwrap_or(u64::MAX))
                     .arg(suspend_at)
-                    .arg(u64::try_from(suspend_for.as_micros()).unwrap_or(u64::MAX))
+                    .arg(micros(suspend_for))
                     .arg(member(&s))
                     .invoke_async(&mut conn)
                     .await
                     .map_err(unavailable)?;
                 let score = score.parse::<f64>().unwrap_or(0.0);
-                let left = left.parse::<u64>().unwrap_or(0);
+                let left = micros_left(&left).unwrap_or(0);
                 self.monitor
                     .merge(&s, score, (left > 0).then(|| Duration::from_micros(left)));
             }
@@ -211,7 +211,7 @@ impl SharedAbuse {
                 Script::new(SUSPEND)
                     .key(key(&s))
                     .key(&active)
-                    .arg(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+                    .arg(micros(d))
                     .arg(member(&s))
                     .invoke_async::<i64>(&mut conn)
                     .await
@@ -220,6 +220,29 @@ impl SharedAbuse {
         }
         Ok(())
     }
+}
+
+/// A duration in microseconds as the scripts are given it: at most 9e18 (285,000
+/// years), so that the times they compute from it in doubles read back as
+/// integers (`Duration::MAX` made the time left of a suspension 2^64 or just
+/// under, depending on the rounding).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .min(9_000_000_000_000_000_000)
+}
+
+/// The microseconds left that a script wrote (`%.0f`): an integer, or past
+/// `u64::MAX` (a suspension made before this cap), which saturates. A time left
+/// that did not read was skipped, and the replica that made the suspension
+/// then dropped it as lifted elsewhere.
+fn micros_left(s: &str) -> Option<u64> {
+    s.parse::<u64>().ok().or_else(|| {
+        s.parse::<f64>()
+            .ok()
+            .filter(|v| *v >= 0.0)
+            .map(|v| v as u64)
+    })
 }
 
 /// The shortest `sync_every` [`AbuseMonitor::share_via_redis`] takes.
@@ -299,5 +322,28 @@ impl AbuseMonitor {
             }
         });
         Ok(shared)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_left_read_back_whatever_their_size() {
+        assert_eq!(micros_left("1500"), Some(1500));
+        assert_eq!(micros_left("0"), Some(0));
+        // 2^64: what `%.0f` wrote for a suspension of `Duration::MAX`.
+        assert_eq!(micros_left("18446744073709551616"), Some(u64::MAX));
+        assert_eq!(micros_left("1e300"), Some(u64::MAX));
+        assert_eq!(micros_left("-5"), None);
+        assert_eq!(micros_left("soon"), None);
+        assert_eq!(micros(Duration::MAX), 9_000_000_000_000_000_000);
+        assert_eq!(micros(Duration::from_secs(2)), 2_000_000);
+        // The cap plus any time since the epoch in microseconds, minus a later
+        // now, stays an integer below u64::MAX in a double.
+        let now = 4.0e15_f64;
+        let untl = now + micros(Duration::MAX) as f64;
+        assert!(untl - (now - 1.0) < u64::MAX as f64);
     }
 }
