@@ -464,6 +464,24 @@ async fn a_suspension_for_ever_is_shared_and_kept() {
         }
     }
     assert_eq!(sa.errors() + sb.errors(), 0);
+    // Strikes that never decay (a half-life of `Duration::MAX`) are shared too:
+    // the expiry of their record was passed to Redis in exponent form, refused.
+    let c = AbuseMonitor::builder()
+        .half_life(Duration::MAX)
+        .build()
+        .unwrap();
+    let sc = c
+        .share_via_redis(&url, &prefix, Duration::MAX)
+        .await
+        .unwrap();
+    let slow = Subject::Principal("api_key|svc-slow".into());
+    for _ in 0..40 {
+        c.strike(&slow, Offense::InputBlocked);
+    }
+    settle(&sc).await;
+    settle(&sb).await;
+    assert_eq!(sc.errors(), 0, "strikes refused by Redis");
+    assert_eq!(b.status(&slow).map(|s| s.level()), Some(Level::Suspended));
 }
 
 /// A replica that syncs only when asked (`Duration::MAX`) still shares what it

@@ -39,6 +39,9 @@ impl Outbox {
 
 /// Adds a strike on the server's clock; starts a suspension at the threshold.
 /// Returns `{score, microseconds of suspension left}` as strings.
+/// Expiries are written as integers (a number past 17 digits is passed to Redis
+/// in exponent form, which `PEXPIRE` refuses: a half-life of 150,000 years made
+/// every strike fail).
 const STRIKE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -57,7 +60,7 @@ if score >= suspend_at and untl <= now then
   redis.call('ZADD', KEYS[2], untl, ARGV[5])
 end
 redis.call('HSET', KEYS[1], 'score', tostring(score), 'at', string.format('%.0f', now), 'until', string.format('%.0f', untl))
-redis.call('PEXPIRE', KEYS[1], math.ceil(math.max(untl - now, 20 * half) / 1000))
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(math.ceil(math.max(untl - now, 20 * half) / 1000), 9e15)))
 return {tostring(score), string.format('%.0f', math.max(untl - now, 0))}
 ";
 
@@ -69,7 +72,7 @@ local untl = now + tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], 'until', string.format('%.0f', untl))
 redis.call('HSETNX', KEYS[1], 'score', '0')
 redis.call('HSETNX', KEYS[1], 'at', string.format('%.0f', now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((untl - now) / 1000) + 1000)
+redis.call('PEXPIRE', KEYS[1], string.format('%.0f', math.min(math.ceil((untl - now) / 1000) + 1000, 9e15)))
 redis.call('ZADD', KEYS[2], untl, ARGV[2])
 return 1
 ";
@@ -187,7 +190,7 @@ impl SharedAbuse {
                     .key(key(&s))
                     .key(&active)
                     .arg(w)
-                    .arg(u64::try_from(half.as_micros()).unwrap_or(u64::MAX))
+                    .arg(micros(half))
                     .arg(suspend_at)
                     .arg(micros(suspend_for))
                     .arg(member(&s))
