@@ -231,6 +231,28 @@ async fn concurrency_permits_through_redis() {
     c.fail();
 }
 
+/// A permit lease "for ever" (`Duration::MAX`): the expiry Redis was given did not
+/// fit its integers, and every request was refused 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_for_ever_still_admits() {
+    let Some(url) = redis_url() else { return };
+    let limiter = RedisRateLimiter::builder()
+        .prefix(prefix("conc-ever"))
+        .concurrency(KeyBy::PRINCIPAL, 1, Duration::MAX)
+        .connect(&url)
+        .await
+        .unwrap();
+    let g = guard(limiter.clone(), MemorySink::new(), false);
+    let a = g.check_request_async(req("a")).await.unwrap();
+    assert_eq!(
+        g.check_request_async(req("a")).await.unwrap_err().status(),
+        429
+    );
+    drop(a);
+    limiter.settled().await;
+    g.check_request_async(req("a")).await.unwrap().fail();
+}
+
 struct Server(Child);
 
 impl Drop for Server {

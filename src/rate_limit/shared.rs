@@ -434,7 +434,11 @@ impl RedisRateLimiter {
         let mut concurrency = None;
         if let Some((key_by, max, lease)) = g.concurrency {
             let key = redis_key(&g.prefix, "concurrency", key_by, p, r);
-            let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+            // `PEXPIRE` takes what fits its integers once added to the clock:
+            // a lease of `Duration::MAX` failed every request.
+            let lease_ms = u64::try_from(lease.as_millis())
+                .unwrap_or(u64::MAX)
+                .clamp(1, 9_000_000_000_000_000);
             let answer: Result<i64, _> = g
                 .acquire
                 .key(&key)
