@@ -529,16 +529,18 @@ impl AnswerValidatorBuilder {
                 ));
             }
         }
+        let mut system_filter = vec![0u64; 2 * FILTER_WORDS];
         let system_shingles: Vec<ShingleSet> = self
             .system_prompts
             .iter()
             .map(|p| {
                 let mut set = ShingleSet::default();
-                add_shingles(&mut set, p);
+                add_shingles(&mut set, &mut system_filter, p);
                 set
             })
             .filter(|set| !set.is_empty())
             .collect();
+        add_shingle_bits(&mut system_filter, system_shingles.iter());
         Ok(AnswerValidator {
             inner: Arc::new(Inner {
                 scanner: self.scanner.clone(),
@@ -548,7 +550,7 @@ impl AnswerValidatorBuilder {
                     .map(|c| CanaryForms::new(c.token()))
                     .collect(),
                 request_canaries: self.request_canaries,
-                system_filter: filter_of(system_shingles.iter()),
+                system_filter,
                 system_shingles: Arc::new(system_shingles),
                 overlap_from_request: self.overlap_from_request,
                 references: crate::cache::Fifo::new(self.reference_cache),
@@ -877,8 +879,15 @@ impl std::hash::Hasher for ShingleHasher {
     }
 }
 
-/// The shingle filter: 2^14 bits.
+/// The shingle filter: 2^14 bits (a filter is twice that: the shingles' bits, then
+/// the words' bits).
 const FILTER_WORDS: usize = (1 << 14) / 64;
+
+/// The bit of a prompt word's hash `h`, in the second half of a filter.
+fn word_bit(h: u64) -> (usize, u64) {
+    let (i, bit) = filter_bit(h);
+    (FILTER_WORDS + i, bit)
+}
 
 fn filter_bit(h: u64) -> (usize, u64) {
     let k = (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - 14)) as usize;
@@ -962,18 +971,6 @@ fn shingle_hash(words: impl Iterator<Item = u64>) -> u64 {
 /// The base of a shingle's polynomial in its words' hashes (odd).
 const SHINGLE_BASE: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// `SHINGLE_BASE` to the power `SHINGLE`: what the oldest word weighs when it
-/// leaves the window.
-const SHINGLE_TOP: u64 = {
-    let mut p: u64 = 1;
-    let mut k = 0;
-    while k < SHINGLE {
-        p = p.wrapping_mul(SHINGLE_BASE);
-        k += 1;
-    }
-    p
-};
-
 /// murmur3's 64-bit finalizer.
 fn mix(mut h: u64) -> u64 {
     h ^= h >> 33;
@@ -983,32 +980,39 @@ fn mix(mut h: u64) -> u64 {
     h ^ (h >> 33)
 }
 
-/// The last `SHINGLE` words of an answer and their shingle's polynomial, rolled
-/// one word at a time (two multiplications a word instead of hashing the whole
-/// shingle again).
+/// The last `SHINGLE` words of an answer, and how many of the last words in a row
+/// are words of a prompt: a shingle holding a word that is in no prompt is in no
+/// prompt's set, so it is hashed only when all its words are (most words of an
+/// answer that does not quote a prompt cost one bit test, where rolling every
+/// shingle's hash cost five multiplications a word).
 #[derive(Default)]
 struct Window {
     /// (hash, start) of each word, oldest at `next` once full.
     words: [(u64, usize); SHINGLE],
-    len: usize,
     next: usize,
-    poly: u64,
+    /// The words in a row, up to this one, that are in the filter of prompt words.
+    run: usize,
 }
 
 impl Window {
-    /// Takes the next word; once there are `SHINGLE`, the hash of the last
-    /// `SHINGLE` ([`shingle_hash`]) and where the oldest of them starts.
-    fn push(&mut self, h: u64, at: usize) -> Option<(u64, usize)> {
-        let oldest = self.words[self.next].0;
-        self.poly = self.poly.wrapping_mul(SHINGLE_BASE).wrapping_add(h);
-        if self.len == SHINGLE {
-            self.poly = self.poly.wrapping_sub(oldest.wrapping_mul(SHINGLE_TOP));
-        } else {
-            self.len += 1;
-        }
+    /// Takes the next word (`known` when it is in the filter of prompt words);
+    /// when it and the `SHINGLE - 1` words before it are all known, the hash of
+    /// those `SHINGLE` words ([`shingle_hash`]) and where the oldest of them starts.
+    #[inline]
+    fn push(&mut self, h: u64, at: usize, known: bool) -> Option<(u64, usize)> {
         self.words[self.next] = (h, at);
-        self.next = (self.next + 1) % SHINGLE;
-        (self.len == SHINGLE).then(|| (mix(self.poly), self.words[self.next].1))
+        self.next = if self.next + 1 == SHINGLE {
+            0
+        } else {
+            self.next + 1
+        };
+        self.run = if known { self.run + 1 } else { 0 };
+        if self.run < SHINGLE {
+            return None;
+        }
+        let (head, tail) = self.words.split_at(self.next);
+        let h = shingle_hash(tail.iter().chain(head).map(|w| w.0));
+        Some((h, self.words[self.next].1))
     }
 }
 
@@ -1068,23 +1072,28 @@ fn for_each_ascii_word(text: &str, mut f: impl FnMut(usize, u64)) {
     }
 }
 
-/// Adds the shingles of `text` to `set`.
-fn add_shingles(set: &mut ShingleSet, text: &str) {
+/// The shingles of a prompt, and its words' bits in the second half of `filter`
+/// (a prompt of fewer than `SHINGLE` words has no shingle and sets no bit).
+fn add_shingles(set: &mut ShingleSet, filter: &mut [u64], text: &str) {
     let mut hashes: Vec<u64> = Vec::with_capacity(text.len() / 2 + 1);
     for_each_word(text, |_, h| hashes.push(h));
     for win in hashes.windows(SHINGLE) {
         set.insert(shingle_hash(win.iter().copied()));
     }
+    if hashes.len() >= SHINGLE {
+        for &h in &hashes {
+            let (i, bit) = word_bit(h);
+            filter[i] |= bit;
+        }
+    }
 }
 
-/// The shingle filter's bits of `sets`.
-fn filter_of<'s>(sets: impl Iterator<Item = &'s ShingleSet>) -> Vec<u64> {
-    let mut filter = vec![0u64; FILTER_WORDS];
+/// Sets the shingle bits of `sets` in the first half of `filter`.
+fn add_shingle_bits<'s>(filter: &mut [u64], sets: impl Iterator<Item = &'s ShingleSet>) {
     for &h in sets.flatten() {
         let (i, bit) = filter_bit(h);
         filter[i] |= bit;
     }
-    filter
 }
 
 /// The [`crate::cache::key`] purpose of a system message's shingles.
@@ -1092,11 +1101,11 @@ const REFERENCE: u8 = 2;
 
 /// A system message with more shingles than this (about 12 KB of prose) is not
 /// kept: the cache's memory stays under a few MB (256 entries of at most about
-/// 20 KB) whatever callers send.
+/// 22 KB: the shingles and 4 KB of filter bits) whatever callers send.
 const REFERENCE_SHINGLES: usize = 2048;
 
-/// A request's system message as the overlap check reads it: its shingles and
-/// their bits of the filter (kept per caller and text in
+/// A request's system message as the overlap check reads it: its shingles, and the
+/// filter bits of its shingles and its words (kept per caller and text in
 /// [`AnswerValidatorBuilder::reference_cache`]).
 struct Reference {
     set: ShingleSet,
@@ -1106,8 +1115,9 @@ struct Reference {
 impl Reference {
     fn new(text: &str) -> Self {
         let mut set = ShingleSet::default();
-        add_shingles(&mut set, text);
-        let filter = filter_of(std::iter::once(&set));
+        let mut filter = vec![0u64; 2 * FILTER_WORDS];
+        add_shingles(&mut set, &mut filter, text);
+        add_shingle_bits(&mut filter, std::iter::once(&set));
         Self { set, filter }
     }
 }
@@ -1167,7 +1177,8 @@ impl Shingles {
             ..
         } = self;
         for_each_word(&text[start..end], |at, h| {
-            if let Some((h, oldest)) = window.push(h, start + at) {
+            let (w, wbit) = word_bit(h);
+            if let Some((h, oldest)) = window.push(h, start + at, filter[w] & wbit != 0) {
                 let (i, bit) = filter_bit(h);
                 if filter[i] & bit == 0 {
                     return;
@@ -1698,24 +1709,163 @@ mod tests {
         }
     }
 
-    /// The rolled window gives every shingle's hash as hashing it whole does, and
-    /// where its first word starts.
+    /// The window gives the hash of every shingle whose words are all known, as
+    /// hashing it whole does, and where its first word starts; none other.
     #[test]
-    fn the_rolled_window_hashes_every_shingle() {
-        let words: Vec<u64> = (0..200u64)
+    fn the_window_hashes_every_shingle_of_known_words() {
+        let words: Vec<u64> = (0..2000u64)
             .map(|i| i.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (i << 40))
             .collect();
+        // All known, then runs of known words of every length up to 9.
+        let known = |i: usize| i < 200 || mix(i as u64 / 3) % 10 != 0 && i % 11 != 0;
         let mut w = Window::default();
+        let mut hashed = 0;
         for (i, &h) in words.iter().enumerate() {
-            let got = w.push(h, i * 10);
-            if i + 1 < SHINGLE {
-                assert_eq!(got, None);
-            } else {
-                let first = i + 1 - SHINGLE;
-                let want = shingle_hash(words[first..=i].iter().copied());
-                assert_eq!(got, Some((want, first * 10)), "at {i}");
+            let got = w.push(h, i * 10, known(i));
+            let first = (i + 1).checked_sub(SHINGLE);
+            match first.filter(|&f| (f..=i).all(known)) {
+                Some(first) => {
+                    let want = shingle_hash(words[first..=i].iter().copied());
+                    assert_eq!(got, Some((want, first * 10)), "at {i}");
+                    hashed += 1;
+                }
+                None => assert_eq!(got, None, "at {i}"),
             }
         }
+        assert!(hashed > 200 + 100 && hashed < 1900, "{hashed}");
+    }
+
+    /// The overlap check over segments reports what reading every shingle of
+    /// the whole answer does: the span from the first shared shingle to the end
+    /// of the segment where a prompt's share is reached (answers mixing two
+    /// prompts' words, other words and quoted runs; cut at random spaces).
+    #[test]
+    fn the_overlap_check_reports_as_every_shingle_read() {
+        const VOCAB: [&str; 12] = [
+            "you",
+            "are",
+            "the",
+            "assistant",
+            "of",
+            "acme",
+            "never",
+            "reveal",
+            "rules",
+            "and",
+            "tools",
+            "Bank",
+        ];
+        const OTHER: [&str; 6] = ["weather", "is", "fine", "today", "in", "Lisbon"];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n) as usize
+        };
+        let from_request = AnswerValidator::builder()
+            .leaks(None)
+            .reference_cache(0)
+            .build()
+            .unwrap();
+        let mut reports = 0;
+        for case in 0..600 {
+            let prompt = |n: usize, next: &mut dyn FnMut(u64) -> usize| {
+                (0..n)
+                    .map(|_| VOCAB[next(VOCAB.len() as u64)])
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            let prompts = [
+                prompt(6 + next(30), &mut next),
+                prompt(6 + next(10), &mut next),
+            ];
+            let mut words: Vec<String> = Vec::new();
+            while words.len() < 20 + case % 120 {
+                match next(4) {
+                    0 => words.push(OTHER[next(6)].to_owned()),
+                    1 => {
+                        // A run quoted from a prompt.
+                        let p: Vec<&str> = prompts[next(2)].split(' ').collect();
+                        let from = next(p.len() as u64);
+                        let to = (from + 1 + next(12)).min(p.len());
+                        words.extend(p[from..to].iter().map(|w| (*w).to_owned()));
+                    }
+                    _ => words.push(VOCAB[next(VOCAB.len() as u64)].to_owned()),
+                }
+            }
+            let answer = words.join(" ");
+            let threshold = [0.2f32, 0.5, 0.9][case % 3];
+            // Every shingle of the answer, in order.
+            let sets: Vec<ShingleSet> = prompts
+                .iter()
+                .map(|p| {
+                    let mut set = ShingleSet::default();
+                    add_shingles(&mut set, &mut vec![0; 2 * FILTER_WORDS], p);
+                    set
+                })
+                .collect();
+            let mut hashes = Vec::new();
+            for_each_word(&answer, |at, h| hashes.push((at, h)));
+            let mut seen = vec![ShingleSet::default(); 2];
+            let (mut first, mut reached_at) = (None, None);
+            for (k, win) in hashes.windows(SHINGLE).enumerate() {
+                let h = shingle_hash(win.iter().map(|w| w.1));
+                for (set, seen) in sets.iter().zip(&mut seen) {
+                    if set.contains(&h) && seen.insert(h) {
+                        first.get_or_insert(win[0].0);
+                        if reached_at.is_none() && seen.len() as f32 / set.len() as f32 >= threshold
+                        {
+                            reached_at = Some(k + SHINGLE - 1);
+                        }
+                    }
+                }
+            }
+            // The same answer through the check, in segments cut at spaces: the
+            // prompts are the request's system messages, or (every tenth case;
+            // a build takes tens of milliseconds) configured.
+            let mut sh = if case % 10 == 0 {
+                let v = AnswerValidator::builder()
+                    .leaks(None)
+                    .system_prompt(prompts[0].clone())
+                    .system_prompt(prompts[1].clone())
+                    .build()
+                    .unwrap();
+                Shingles::new(v.inner.system_shingles.clone(), &v.inner.system_filter)
+            } else {
+                let r = GuardRequest::new("m")
+                    .with_message(Role::System, prompts[0].as_str())
+                    .with_message(Role::Developer, prompts[1].as_str());
+                from_request
+                    .engine(&crate::Principal::anonymous(), &r)
+                    .overlap
+                    .expect("two prompts")
+            };
+            let spaces: Vec<usize> = answer.match_indices(' ').map(|(i, _)| i).collect();
+            let mut cuts: Vec<usize> = spaces.into_iter().filter(|_| next(5) == 0).collect();
+            cuts.push(answer.len());
+            let mut start = 0;
+            let mut got = None;
+            for end in cuts {
+                if let Some(span) = sh.feed(&answer, start, end, threshold) {
+                    assert!(got.is_none(), "reported twice");
+                    got = Some((span, end));
+                }
+                start = end;
+            }
+            match reached_at {
+                None => assert_eq!(got, None, "{answer:?}"),
+                Some(k) => {
+                    // Reported at the end of the segment holding the word that
+                    // reached the share.
+                    let (span, end) = got.expect("reported");
+                    assert_eq!(span, first.unwrap()..end, "{answer:?}");
+                    assert!(hashes[k].0 < end, "{answer:?}");
+                    reports += 1;
+                }
+            }
+        }
+        assert!(reports > 100 && reports < 590, "{reports}");
     }
 
     #[test]
