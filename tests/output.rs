@@ -421,6 +421,35 @@ fn markup_is_judged_as_renderers_parse_it() {
     assert!(c.response().text().contains("&lt;img"));
 }
 
+/// The text that replaces a removed image or link is its text as a renderer
+/// decodes it: character references to control characters (an escape sequence
+/// written `&#27;[2J`) must not come out as the characters themselves, which
+/// the answer did not hold.
+#[test]
+fn a_removed_image_leaves_no_control_character_its_text_encoded() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    for answer in [
+        "see ![&#27;[2J](https://evil.test/a.png) here",
+        "see ![x&#x1b;]8;;https://evil.test&#7;y](https://evil.test/a.png?d=1)",
+        "see ![&#155;31mred](https://evil.test/a.png)",
+        "see ![&#127;&#0;&#8;](https://evil.test/a.png)",
+        "see <img alt=\"&#27;[2J\" src=\"https://evil.test/x.png\"> here",
+        "see [go&#27;[2J](javascript:alert(1))",
+        "- .##{:/_;&#6;__*\n!--G\n`<^",
+    ] {
+        let out = check(&g, request(None), GuardResponse::new(answer))
+            .unwrap()
+            .response()
+            .text()
+            .to_owned();
+        assert!(
+            !out.chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')),
+            "{answer:?} -> {out:?}"
+        );
+    }
+}
+
 #[test]
 fn unsafe_markup_is_escaped_stripped_or_blocked() {
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});

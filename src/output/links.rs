@@ -93,10 +93,15 @@ pub(crate) fn data_like(url: &str) -> bool {
         .any(|seg| seg.len() >= 40 && encoded(seg))
 }
 
-/// Text safe to put back in place of a link: no markup characters.
+/// Text safe to put back in place of a link: no markup characters, and no
+/// control characters but line breaks and tabs. The text is as a renderer decodes
+/// it, so a character reference in the answer (`&#27;[2J`) would otherwise come
+/// out as the control character itself, a terminal sequence the answer did not
+/// hold.
 pub(crate) fn plain(text: &str) -> String {
     text.chars()
         .filter(|c| !matches!(c, '<' | '>' | '[' | ']' | '(' | ')' | '`'))
+        .filter(|&c| !c.is_control() || matches!(c, '\n' | '\t'))
         .collect()
 }
 
