@@ -203,16 +203,28 @@ impl Verdict {
     }
 }
 
-/// The features of a text, in order: for each word, the byte offset where it
-/// starts (in `text`) and its feature slots.
+/// The features of a text, in order: for each word, its byte range (in `text`)
+/// and its feature slots, or (when a classifier extracted them) the running sums
+/// of their weights.
 pub(crate) struct Features {
     /// Feature slots, word after word (none when they were summed as extracted).
     slots: Vec<u32>,
-    /// For each word: where its slots start, and its byte range.
-    words: Vec<(usize, std::ops::Range<usize>)>,
-    /// When a classifier extracted them: the prefix sums of the weights per word
-    /// and head, and the number of slots up to each word (each with a leading 0).
-    sums: Option<(Vec<[f32; HEADS]>, Vec<usize>)>,
+    /// Each word, in order.
+    words: Vec<Word>,
+    /// Whether the words hold running sums (`slots` is then empty).
+    summed: bool,
+}
+
+/// A word of [`Features`]: one entry, one push per word.
+#[derive(Clone)]
+struct Word {
+    range: std::ops::Range<usize>,
+    /// With stored slots: where its slots start. Summed: the number of slots of
+    /// the text up to and including it.
+    at: usize,
+    /// Summed: the weights of the slots of the text up to and including it, per
+    /// head (added up as [`Model::best_with`] adds stored slots).
+    sum: [f32; HEADS],
 }
 
 impl Features {
@@ -220,7 +232,7 @@ impl Features {
         Self {
             slots: Vec::new(),
             words: Vec::new(),
-            sums: None,
+            summed: false,
         }
     }
 
@@ -237,7 +249,7 @@ impl Features {
         e: usize,
     ) -> std::ops::Range<usize> {
         match (self.words.get(s), self.words.get(e.saturating_sub(1))) {
-            (Some(a), Some(b)) => n.original_span(original, a.1.start, b.1.end),
+            (Some(a), Some(b)) => n.original_span(original, a.range.start, b.range.end),
             _ => 0..original.len(),
         }
     }
@@ -309,7 +321,11 @@ trait Sink {
 
 impl Sink for Features {
     fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
-        self.words.push((self.slots.len(), range));
+        self.words.push(Word {
+            range,
+            at: self.slots.len(),
+            sum: [0.0; HEADS],
+        });
         self.slots.push(pair);
         own_slots(h, w, |s| self.slots.push(s));
     }
@@ -393,12 +409,12 @@ impl Sink for Summed<'_> {
             self.acc[k] += p[k];
             self.acc[k] += own[k];
         }
-        self.f.words.push((self.count, range));
         self.count += 1 + own_count(w.len());
-        if let Some((prefix, counts)) = &mut self.f.sums {
-            prefix.push(self.acc);
-            counts.push(self.count);
-        }
+        self.f.words.push(Word {
+            range,
+            at: self.count,
+            sum: self.acc,
+        });
     }
 }
 
@@ -406,7 +422,7 @@ pub(crate) fn features(text: &str) -> Features {
     let mut f = Features {
         slots: Vec::with_capacity(text.len()),
         words: Vec::with_capacity(text.len() / 5),
-        sums: None,
+        summed: false,
     };
     extract(text, &mut f);
     f
@@ -556,46 +572,52 @@ impl Model {
                 fam[h] += w[h];
             }
         }
-        // Prefix sums of the weights, per word and head (summed as they were
+        // Running sums of the weights, per word and head (summed as they were
         // extracted, or from the stored slots).
         let computed;
-        let (prefix, counts) = match &f.sums {
-            Some((prefix, counts)) => (prefix, counts),
-            None => {
-                let mut prefix = Vec::with_capacity(f.words.len() + 1);
-                let mut counts = Vec::with_capacity(f.words.len() + 1);
-                prefix.push([0.0f32; HEADS]);
-                counts.push(0usize);
-                let mut acc = [0.0f32; HEADS];
-                for (k, (from, _)) in f.words.iter().enumerate() {
-                    let to = f.words.get(k + 1).map_or(f.slots.len(), |w| w.0);
-                    // The pair slot, then the word's own slots summed from zero
-                    // (the order [`Summed`] adds them in).
-                    let slots = &f.slots[*from..to];
-                    let mut own = [0.0f32; HEADS];
-                    for &s in slots.get(1..).unwrap_or_default() {
-                        let w = weight(s as usize);
-                        for h in 0..HEADS {
-                            own[h] += w[h];
-                        }
-                    }
-                    let p = slots.first().map_or([0.0; HEADS], |&s| weight(s as usize));
+        let words: &[Word] = if f.summed {
+            &f.words
+        } else {
+            let mut summed = Vec::with_capacity(f.words.len());
+            let mut acc = [0.0f32; HEADS];
+            for (k, word) in f.words.iter().enumerate() {
+                let (from, to) = (word.at, f.words.get(k + 1).map_or(f.slots.len(), |w| w.at));
+                // The pair slot, then the word's own slots summed from zero
+                // (the order [`Summed`] adds them in).
+                let slots = &f.slots[from..to];
+                let mut own = [0.0f32; HEADS];
+                for &s in slots.get(1..).unwrap_or_default() {
+                    let w = weight(s as usize);
                     for h in 0..HEADS {
-                        acc[h] += p[h];
-                        acc[h] += own[h];
+                        own[h] += w[h];
                     }
-                    prefix.push(acc);
-                    counts.push(to);
                 }
-                computed = (prefix, counts);
-                (&computed.0, &computed.1)
+                let p = slots.first().map_or([0.0; HEADS], |&s| weight(s as usize));
+                for h in 0..HEADS {
+                    acc[h] += p[h];
+                    acc[h] += own[h];
+                }
+                summed.push(Word {
+                    range: word.range.clone(),
+                    at: to,
+                    sum: acc,
+                });
             }
+            computed = summed;
+            &computed
+        };
+        // The sums and slot counts before word `i` (word `i - 1`'s running ones).
+        let before = |i: usize| {
+            i.checked_sub(1)
+                .and_then(|i| words.get(i))
+                .map_or(([0.0f32; HEADS], 0), |w| (w.sum, w.at))
         };
         let mut best = [(f32::NEG_INFINITY, 0, 0); HEADS];
-        for (s, e) in windows(f.words.len()) {
-            let n = ((counts[e] - counts[s]).max(1) as f32).sqrt();
+        for (s, e) in windows(words.len()) {
+            let ((sum_s, count_s), (sum_e, count_e)) = (before(s), before(e));
+            let n = ((count_e - count_s).max(1) as f32).sqrt();
             for h in 0..HEADS {
-                let z = self.bias[h] + (prefix[e][h] - prefix[s][h]) / n + fam[h];
+                let z = self.bias[h] + (sum_e[h] - sum_s[h]) / n + fam[h];
                 if z > best[h].0 {
                     best[h] = (z, s, e);
                 }
@@ -845,12 +867,8 @@ impl Classifier {
     /// An [`Extractor`] for normalized ASCII text `text`, to be given its words.
     pub(crate) fn extractor<'a>(&'a self, text: &'a str) -> Extractor<'a> {
         // Room for a word every four bytes (prose averages one every five or six):
-        // one allocation per vector for most texts.
+        // one allocation for most texts.
         let words = text.len() / 4 + 16;
-        let (mut prefix, mut counts) =
-            (Vec::with_capacity(words + 1), Vec::with_capacity(words + 1));
-        prefix.push([0.0; HEADS]);
-        counts.push(0);
         // This thread's table, as long as this text needs (grown once), under the
         // next text number: nothing to clear.
         let slots = (text.len() / 4 + 1).next_power_of_two().min(SEEN);
@@ -875,7 +893,7 @@ impl Classifier {
                 f: Features {
                     slots: Vec::new(),
                     words: Vec::with_capacity(words),
-                    sums: Some((prefix, counts)),
+                    summed: true,
                 },
             },
             prev: word_hash(b"^"),
@@ -1066,8 +1084,8 @@ impl Trainer {
                     if g.abs() < 1e-6 {
                         continue;
                     }
-                    let from = d.f.words.get(s).map_or(0, |w| w.0);
-                    let to = d.f.words.get(e).map_or(d.f.slots.len(), |w| w.0);
+                    let from = d.f.words.get(s).map_or(0, |w| w.at);
+                    let to = d.f.words.get(e).map_or(d.f.slots.len(), |w| w.at);
                     let n = ((to - from).max(1) as f32).sqrt();
                     for &sl in &d.f.slots[from..to] {
                         let i = sl as usize;
