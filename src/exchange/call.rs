@@ -103,6 +103,8 @@ pub(super) struct Call {
     completion_tokens_field: bool,
     /// Token ids in a token-array prompt or input.
     token_count: u64,
+    /// The length of the body as received (the forwarded one is about as long).
+    body_len: usize,
 }
 
 fn unknown(config: &ExchangeConfig, field: &str) -> Result<(), ErrorResponse> {
@@ -269,7 +271,7 @@ impl Call {
         };
         let invalid_json = || ErrorResponse::new(400, "invalid_json", "the body is not valid JSON");
         let shape = |what: &str| ErrorResponse::new(400, "invalid_request", what);
-        match endpoint {
+        let call = match endpoint {
             Endpoint::ChatCompletions => {
                 let chat: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
                     if syntax(&e) {
@@ -287,7 +289,11 @@ impl Call {
                 };
                 Self::other(endpoint, map, config)
             }
-        }
+        };
+        call.map(|c| Self {
+            body_len: body.len(),
+            ..c
+        })
     }
 
     fn chat(
@@ -455,6 +461,7 @@ impl Call {
             slots,
             completion_tokens_field,
             token_count: 0,
+            body_len: 0,
         })
     }
 
@@ -524,6 +531,7 @@ impl Call {
             slots,
             completion_tokens_field: false,
             token_count,
+            body_len: 0,
         })
     }
 
@@ -682,6 +690,14 @@ impl Call {
             }
         }
         let ceiling = admitted.max_output_tokens();
+        // Room for the body as received and an operator prompt: written once,
+        // without growing (from 128 bytes, a 4 KiB body was copied six times).
+        let operator = self
+            .slots
+            .first()
+            .filter(|(s, _)| matches!(s, Slot::Operator))
+            .map_or(0, |(_, p)| p.len());
+        let mut out = Vec::with_capacity(self.body_len + operator + 256);
         let body = match &mut self.chat {
             Some(chat) => {
                 if let Some(prompt) = self
@@ -709,16 +725,16 @@ impl Call {
                         chat.max_tokens = Some(c);
                     }
                 }
-                serde_json::to_vec(chat)
+                serde_json::to_writer(&mut out, chat)
             }
             None => {
                 if let (Some(c), Endpoint::Completions) = (ceiling, self.endpoint) {
                     self.other.insert("max_tokens".into(), Value::from(c));
                 }
-                serde_json::to_vec(&self.other)
+                serde_json::to_writer(&mut out, &self.other)
             }
         };
-        body.map_err(|_| {
+        body.map(|()| out).map_err(|_| {
             ErrorResponse::new(500, "internal_error", "the request could not be forwarded")
         })
     }
