@@ -450,6 +450,33 @@ fn a_removed_image_leaves_no_control_character_its_text_encoded() {
     }
 }
 
+/// The text put in place of a removed image holds no link the validator would
+/// remove: taking the markup out of its text can join pieces into one URL (found
+/// by the `markup` fuzz target: what was released the first time had a link
+/// removed the second).
+#[test]
+fn a_removed_image_leaves_no_link_its_pieces_make() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    for answer in [
+        "see ![www.evil.test/?d=c2VjcmV0<x>IGRhdGEgZ29lcyBoZXJlIGFuZCBoZXJl][nope] ok",
+        "![go to https://evil.test/c?<i>q=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ</i>](https://evil.test/a.png)",
+        "[!![</style>>UUU\u{1ab}WWU:WWW.-Q!ppppppppppppppppppppppppp?>p\u{1f};&#0;<E++Ae+A?\\Z*\\\u{15}E]][@|",
+    ] {
+        let once = check(&g, request(None), GuardResponse::new(answer))
+            .unwrap()
+            .response()
+            .text()
+            .to_owned();
+        let again = check(&g, request(None), GuardResponse::new(once.as_str())).unwrap();
+        let removed: Vec<&Finding> = again
+            .findings()
+            .iter()
+            .filter(|f| f.action() != Action::Flag)
+            .collect();
+        assert!(removed.is_empty(), "{answer:?} -> {once:?}: {removed:?}");
+    }
+}
+
 #[test]
 fn unsafe_markup_is_escaped_stripped_or_blocked() {
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});

@@ -12,7 +12,7 @@ use pulldown_cmark::{
 };
 
 use super::MarkupMode;
-use super::links::{Kind, LinkPolicy, bare_urls, judge, plain};
+use super::links::{Kind, LinkPolicy, bare_urls, judge, replacement};
 use super::markup::judge_tags;
 use crate::finding::{Action, Category, Finding, Location, Severity};
 
@@ -342,7 +342,14 @@ fn judge_frame(
         if by_reference || unknown || f.link_type == LinkType::Email {
             return;
         }
-        judge(links, Kind::Link, &f.dest, &plain(&f.text), span, out);
+        judge(
+            links,
+            Kind::Link,
+            &f.dest,
+            &replacement(links, &f.text),
+            span,
+            out,
+        );
         return;
     }
     // An image by reference uses the first definition of its label, which may sit
@@ -362,9 +369,16 @@ fn judge_frame(
                 span,
             )
             .with_action(Action::Redact)
-            .with_replacement(plain(&f.text)),
+            .with_replacement(replacement(links, &f.text)),
         );
         return;
     }
-    judge(links, Kind::Image, &dest, &plain(&f.text), span, out);
+    judge(
+        links,
+        Kind::Image,
+        &dest,
+        &replacement(links, &f.text),
+        span,
+        out,
+    );
 }

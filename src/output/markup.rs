@@ -140,7 +140,7 @@ pub(crate) fn judge_tags(
         let replacement = if link {
             String::new()
         } else {
-            super::links::plain(tag.attr("alt").unwrap_or(""))
+            super::links::replacement(links, tag.attr("alt").unwrap_or(""))
         };
         for a in &tag.attrs {
             let kind = if LOADS.contains(&a.name.as_str()) {
