@@ -215,15 +215,17 @@ pub(crate) fn scan(text: &str, at: Location, out: &mut Vec<Finding>) {
     }
     // Any control character other than line breaks and tabs: a lone C1 control
     // starts a terminal sequence, other C0 controls come in pasted text (a form
-    // feed from a PDF). A backspace after a letter or digit erases it on display,
-    // so the text shown is not the text the model reads ("syng\u{8}thesizing"
-    // shows "synthesizing"): blocked, unless it overstrikes as old manual pages
-    // print bold and underline (`N\u{8}N`, `_\u{8}N`), which show what they hold.
+    // feed from a PDF). A backspace after a letter erases it on display, so the
+    // text shown is not the text the model reads ("syng\u{8}thesizing" shows
+    // "synthesizing"): blocked, unless it overstrikes as old manual pages print
+    // bold and underline (`N\u{8}N`, `_\u{8}N`), which show what they hold. After a
+    // digit it stays flagged: captured terminal output counts that way
+    // (`1\u{8}2\u{8}3`).
     for (s, e, c) in controls {
         let before = text[..s].chars().next_back();
         let after = text[e..].chars().next();
         let erases = c == '\u{8}'
-            && before.is_some_and(char::is_alphanumeric)
+            && before.is_some_and(char::is_alphabetic)
             && after != before
             && after != Some('_')
             && before != Some('_');
@@ -390,6 +392,10 @@ mod tests {
         assert_eq!(spans("\u{1b}]é\u{7}x"), [(0, 5)]);
         assert_eq!(rules("an\u{8}x"), ["unicode.backspace_erase"]);
         assert_eq!(rules("word \u{8}x"), ["unicode.control_character"]);
+        assert_eq!(
+            rules("done 1\u{8}2\u{8}3"),
+            ["unicode.control_character"; 2]
+        );
         assert_eq!(rules("(\u{8}T - Three"), ["unicode.control_character"]);
         // Overstrike bold and underline (unformatted manual pages) show what they
         // hold.
