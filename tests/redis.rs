@@ -353,6 +353,29 @@ async fn redis_stopping_fails_closed_or_open_as_configured_and_recovers() {
     assert!(recovered, "the limiter did not reconnect");
 }
 
+/// `m` shared through Redis, syncing only when asked (`Duration::MAX`; in fact
+/// yearly).
+async fn syncing_when_asked(
+    m: &inference_guard::respond::AbuseMonitor,
+    url: &str,
+    prefix: &str,
+) -> inference_guard::respond::SharedAbuse {
+    m.share_via_redis(url, prefix, Duration::MAX).await.unwrap()
+}
+
+/// Waits until a replica has sent what it queued (the last operation taken off
+/// the queue is given 50 ms to be applied), then pulls the active suspensions.
+async fn settle(s: &inference_guard::respond::SharedAbuse) {
+    for _ in 0..200 {
+        if s.pending() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.sync().await.unwrap();
+}
+
 /// Abuse responses reached on one replica are enforced by another, and an operator's
 /// lift on one is seen by the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,20 +423,8 @@ async fn abuse_responses_are_shared_between_replicas() {
         );
     }
     let who = Subject::Principal("api_key|svc-x".into());
-    let wait = |s: &inference_guard::respond::SharedAbuse| {
-        let s = s.clone();
-        async move {
-            for _ in 0..200 {
-                if s.pending() == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            s.sync().await.unwrap();
-        }
-    };
-    wait(&sa).await;
-    wait(&sb).await;
+    settle(&sa).await;
+    settle(&sb).await;
     for m in [&a, &b] {
         assert_eq!(m.status(&who).unwrap().level(), Level::Suspended);
     }
@@ -421,8 +432,8 @@ async fn abuse_responses_are_shared_between_replicas() {
     assert_eq!((r.status(), r.code()), (403, "suspended"));
     // An operator lifts it on replica B; replica A follows at its next sync.
     assert!(b.lift(&who));
-    wait(&sb).await;
-    wait(&sa).await;
+    settle(&sb).await;
+    settle(&sa).await;
     assert_ne!(a.status(&who).map(|s| s.level()), Some(Level::Suspended));
     assert!(ga.check_request(req("hello")).is_ok());
     assert_eq!(sa.errors() + sb.errors(), 0);
@@ -444,28 +455,10 @@ async fn a_suspension_for_ever_is_shared_and_kept() {
             .unwrap()
     };
     let (a, b) = (monitor(), monitor());
-    let sa = a
-        .share_via_redis(&url, &prefix, Duration::MAX)
-        .await
-        .unwrap();
-    let sb = b
-        .share_via_redis(&url, &prefix, Duration::MAX)
-        .await
-        .unwrap();
-    let settle = |s: &inference_guard::respond::SharedAbuse| {
-        let s = s.clone();
-        async move {
-            for _ in 0..200 {
-                if s.pending() == 0 {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            // Past the worker's own first sync, then ours.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            s.sync().await.unwrap();
-        }
-    };
+    let (sa, sb) = (
+        syncing_when_asked(&a, &url, &prefix).await,
+        syncing_when_asked(&b, &url, &prefix).await,
+    );
     let banned = Subject::Principal("api_key|svc-banned".into());
     a.suspend(&banned, Duration::MAX);
     let striker = Subject::Principal("api_key|svc-striker".into());
@@ -492,10 +485,7 @@ async fn a_suspension_for_ever_is_shared_and_kept() {
         .half_life(Duration::MAX)
         .build()
         .unwrap();
-    let sc = c
-        .share_via_redis(&url, &prefix, Duration::MAX)
-        .await
-        .unwrap();
+    let sc = syncing_when_asked(&c, &url, &prefix).await;
     let slow = Subject::Principal("api_key|svc-slow".into());
     for _ in 0..40 {
         c.strike(&slow, Offense::InputBlocked);
@@ -515,14 +505,10 @@ async fn a_replica_that_never_syncs_by_itself_still_shares() {
     let prefix = prefix("never");
     let a = AbuseMonitor::new().unwrap();
     let b = AbuseMonitor::new().unwrap();
-    let sa = a
-        .share_via_redis(&url, &prefix, Duration::MAX)
-        .await
-        .unwrap();
-    let sb = b
-        .share_via_redis(&url, &prefix, Duration::MAX)
-        .await
-        .unwrap();
+    let (sa, sb) = (
+        syncing_when_asked(&a, &url, &prefix).await,
+        syncing_when_asked(&b, &url, &prefix).await,
+    );
     let who = Subject::Principal("api_key|svc-y".into());
     // After each replica's first sync, which computes the next.
     tokio::time::sleep(Duration::from_millis(200)).await;
