@@ -262,6 +262,21 @@ impl Drop for Server {
     }
 }
 
+/// A `redis-server` of the test's own on a free port, and its URL (a test that
+/// stops or pauses Redis must not stop the others').
+fn own_server() -> Option<(Server, u16, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Some(server) = start_server(port) else {
+        missing("redis-server");
+        return None;
+    };
+    Some((server, port, format!("redis://127.0.0.1:{port}")))
+}
+
 fn start_server(port: u16) -> Option<Server> {
     let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
     let child = Command::new(bin)
@@ -291,16 +306,9 @@ fn start_server(port: u16) -> Option<Server> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopping_fails_closed_or_open_as_configured_and_recovers() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Some(server) = start_server(port) else {
-        missing("redis-server");
+    let Some((server, port, url)) = own_server() else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{port}");
     let limiter = RedisRateLimiter::builder()
         .prefix(prefix("outage"))
         .limit(Limit::requests("per-principal", Quota::per_minute(100)))
@@ -496,6 +504,48 @@ async fn a_suspension_for_ever_is_shared_and_kept() {
     assert_eq!(b.status(&slow).map(|s| s.level()), Some(Level::Suspended));
 }
 
+/// A suspension made on a replica while its sync's answer is on the way is kept:
+/// it was taken for one lifted elsewhere (not in Redis yet) and dropped, and the
+/// subject went free on the replica that suspended it until its next sync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_made_during_a_sync_is_kept() {
+    use inference_guard::respond::{AbuseMonitor, Level, Subject};
+    // Its own server: the pause below holds every client of it.
+    let Some((_server, _, url)) = own_server() else {
+        return;
+    };
+    let prefix = prefix("during");
+    let a = AbuseMonitor::new().unwrap();
+    let sa = syncing_when_asked(&a, &url, &prefix).await;
+    settle(&sa).await;
+    let mut side = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // Redis answers no client for 400 ms: the sync below waits for its answer.
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("ALL")
+        .query_async(&mut side)
+        .await
+        .unwrap();
+    let sync = tokio::spawn({
+        let sa = sa.clone();
+        async move { sa.sync().await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let who = Subject::Principal("api_key|svc-late".into());
+    a.suspend(&who, Duration::from_secs(60));
+    sync.await.unwrap().unwrap();
+    assert_eq!(a.status(&who).map(|s| s.level()), Some(Level::Suspended));
+    // And it reaches Redis once the queue is sent.
+    settle(&sa).await;
+    assert_eq!(a.status(&who).map(|s| s.level()), Some(Level::Suspended));
+    assert_eq!(sa.errors(), 0);
+}
+
 /// A replica that syncs only when asked (`Duration::MAX`) still shares what it
 /// does: its worker task panicked computing the next sync and shared nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -656,16 +706,9 @@ async fn a_token_replayed_to_another_replica_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shared_replay_cache_fails_closed_or_falls_back_to_the_replica() {
     use inference_guard::identity::RedisReplayCache;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Some(server) = start_server(port) else {
-        missing("redis-server");
+    let Some((server, _, url)) = own_server() else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{port}");
     let timeout = Duration::from_millis(200);
     let closed = jwt_guard(
         RedisReplayCache::connect(&url, "ig", timeout)
@@ -772,16 +815,9 @@ async fn a_key_revoked_on_one_replica_is_refused_on_the_other_within_the_bound()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_revocations_fail_closed_when_redis_is_gone() {
     use inference_guard::identity::{ApiKeyFormat, ApiKeys, InMemoryKeyStore, RedisRevocations};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Some(server) = start_server(port) else {
-        missing("redis-server");
+    let Some((server, _, url)) = own_server() else {
         return;
     };
-    let url = format!("redis://127.0.0.1:{port}");
     let secret = [6u8; 32];
     let store = InMemoryKeyStore::new();
     let keys = ApiKeys::new(&secret, ApiKeyFormat::new("igk").unwrap(), store.clone()).unwrap();

@@ -146,12 +146,29 @@ impl SharedAbuse {
     }
 
     /// Pulls the active suspensions now (the background task does it every
-    /// `sync_every`).
+    /// `sync_every`). A suspension this replica holds that Redis no longer has
+    /// was lifted elsewhere and is dropped here, but only when nothing this
+    /// replica queued is still to be sent ([`pending`](Self::pending) is 0).
     ///
     /// # Errors
     ///
     /// An [`Error`] of kind `Backend` when Redis cannot be reached.
     pub async fn sync(&self) -> Result<(), Error> {
+        // A suspension missing from the answer was lifted elsewhere, if this
+        // replica held it before asking and had sent it: one made while the
+        // answer is on its way, or still queued, is not in Redis yet (it was
+        // dropped, and the subject went free here until the next sync). With
+        // operations queued, no suspension is taken for lifted this time.
+        let held: Vec<Subject> = if self.pending() == 0 {
+            self.monitor
+                .responding()
+                .into_iter()
+                .filter(|(_, st)| st.level() == Level::Suspended)
+                .map(|(s, _)| s)
+                .collect()
+        } else {
+            Vec::new()
+        };
         let mut conn = self.conn.clone();
         let reply: Vec<String> = Script::new(ACTIVE)
             .key(format!("{{{}}}:active", self.prefix))
@@ -171,8 +188,8 @@ impl SharedAbuse {
             active.insert(s);
         }
         // Suspensions lifted elsewhere.
-        for (s, st) in self.monitor.responding() {
-            if st.level() == Level::Suspended && !active.contains(&s) {
+        for s in held {
+            if !active.contains(&s) {
                 self.monitor.forget(&s);
             }
         }
