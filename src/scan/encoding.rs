@@ -299,7 +299,11 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         // valid base64 ("Hello" is not) must still decode to natural text.
         for (rule, bytes) in candidates {
             if let Some(d) = bytes.as_deref().and_then(natural) {
-                if t.chars().all(char::is_alphabetic) && !alone {
+                // A word (letters only) is read as an encoding only when it is the
+                // whole message and decodes to a dozen characters or more: a
+                // one-word message ("Only", "With", "Seeking") decodes as base64
+                // to three or four characters that pass for text.
+                if t.chars().all(char::is_alphabetic) && (!alone || d.chars().count() < 12) {
                     continue;
                 }
                 push(out, rule, at, span.clone());
@@ -595,10 +599,12 @@ mod tests {
                 (vec!["encoding.base64".to_owned()], vec![plain.to_owned()])
             );
         }
-        // One-word replies are not encodings: read untrimmed as ASCII85, "Done."
-        // decodes to "o\u{264}/", three characters that pass for text.
+        // One-word messages are not encodings: read untrimmed as ASCII85, "Done."
+        // decodes to "o\u{264}/"; as base64, "Only" to ":yr", as ASCII85 "Facts"
+        // to "u~Kh": all pass for text.
         for reply in [
-            "Done.", "Thanks!", "Hello,", "Sure:", "Great.", "Cool!", "Good.",
+            "Done.", "Thanks!", "Hello,", "Sure:", "Great.", "Cool!", "Good.", "Only", "With",
+            "Will", "bill", "Seeking", "Facts", "Fact",
         ] {
             assert!(rules(reply).0.is_empty(), "{reply}");
         }
