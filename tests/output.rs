@@ -477,6 +477,34 @@ fn a_removed_image_leaves_no_link_its_pieces_make() {
     }
 }
 
+/// When an escaped tag and the settled rewrite (the segment judged again after
+/// its rewrites) cover the same stretch, the settled text is what goes out: the
+/// escape was applied instead, and the images the settling removed were
+/// released (found by the `markup` fuzz target; these are its inputs).
+#[test]
+fn the_settled_rewrite_wins_over_an_escape_of_the_same_stretch() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    for answer in [
+        "\n|';\n^</style\n \0[!![:![:]]<[|]\u{e} +\n+\n <</style\n \0^</s+tyle><<       ```\n  y|||",
+        "j><<<><<<dz--7://!![:@\0]\0\0?\non<#\0....\0@![:].?#\0\0\t'[\n9\0\n\0\0[.;\0*T`\r\0\08\u{6}7j><<<><<<dz--7://777>7",
+        "</style\0\t=\r<!~~<!\u{1}[\u{1}\0\0i<=\r<!~]~]~~[=\n<![?>~[=\n<![= -!J\nA",
+    ] {
+        let once = check(&g, request(None), GuardResponse::new(answer))
+            .unwrap()
+            .response()
+            .text()
+            .to_owned();
+        let again = check(&g, request(None), GuardResponse::new(once.as_str())).unwrap();
+        let removed: Vec<&str> = again
+            .findings()
+            .iter()
+            .filter(|f| f.action() != Action::Flag)
+            .map(Finding::rule_id)
+            .collect();
+        assert!(removed.is_empty(), "{answer:?} -> {once:?}: {removed:?}");
+    }
+}
+
 #[test]
 fn unsafe_markup_is_escaped_stripped_or_blocked() {
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});

@@ -1371,7 +1371,12 @@ impl Engine {
         let mut judged = judged;
         if found.iter().any(|f| f.action() == Action::Redact) {
             if let Some((f, carry)) = self.settle(seg, start, &found, &rules, cut.is_none()) {
-                found.push(f);
+                // First: where spans are equal, the first finding's replacement is
+                // the one applied, and the settled text must be (after the others,
+                // an escape over the same stretch was applied instead and the
+                // images the settling removed went out: found by the `markup`
+                // fuzz target).
+                found.insert(0, f);
                 judged.carry = carry;
             }
         }
