@@ -450,6 +450,24 @@ fn a_removed_image_leaves_no_control_character_its_text_encoded() {
     }
 }
 
+/// What the guard releases of `answer` validates again with nothing to remove or
+/// block: a rewrite builds no new construct.
+fn released_validates_clean(g: &InferenceGuard, answer: &str) {
+    let once = check(g, request(None), GuardResponse::new(answer))
+        .unwrap()
+        .response()
+        .text()
+        .to_owned();
+    let again = check(g, request(None), GuardResponse::new(once.as_str())).unwrap();
+    let removed: Vec<&str> = again
+        .findings()
+        .iter()
+        .filter(|f| f.action() != Action::Flag)
+        .map(Finding::rule_id)
+        .collect();
+    assert!(removed.is_empty(), "{answer:?} -> {once:?}: {removed:?}");
+}
+
 /// The text put in place of a removed image holds no link the validator would
 /// remove: taking the markup out of its text can join pieces into one URL (found
 /// by the `markup` fuzz target: what was released the first time had a link
@@ -462,18 +480,7 @@ fn a_removed_image_leaves_no_link_its_pieces_make() {
         "![go to https://evil.test/c?<i>q=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ</i>](https://evil.test/a.png)",
         "[!![</style>>UUU\u{1ab}WWU:WWW.-Q!ppppppppppppppppppppppppp?>p\u{1f};&#0;<E++Ae+A?\\Z*\\\u{15}E]][@|",
     ] {
-        let once = check(&g, request(None), GuardResponse::new(answer))
-            .unwrap()
-            .response()
-            .text()
-            .to_owned();
-        let again = check(&g, request(None), GuardResponse::new(once.as_str())).unwrap();
-        let removed: Vec<&Finding> = again
-            .findings()
-            .iter()
-            .filter(|f| f.action() != Action::Flag)
-            .collect();
-        assert!(removed.is_empty(), "{answer:?} -> {once:?}: {removed:?}");
+        released_validates_clean(&g, answer);
     }
 }
 
@@ -489,19 +496,7 @@ fn the_settled_rewrite_wins_over_an_escape_of_the_same_stretch() {
         "j><<<><<<dz--7://!![:@\0]\0\0?\non<#\0....\0@![:].?#\0\0\t'[\n9\0\n\0\0[.;\0*T`\r\0\08\u{6}7j><<<><<<dz--7://777>7",
         "</style\0\t=\r<!~~<!\u{1}[\u{1}\0\0i<=\r<!~]~]~~[=\n<![?>~[=\n<![= -!J\nA",
     ] {
-        let once = check(&g, request(None), GuardResponse::new(answer))
-            .unwrap()
-            .response()
-            .text()
-            .to_owned();
-        let again = check(&g, request(None), GuardResponse::new(once.as_str())).unwrap();
-        let removed: Vec<&str> = again
-            .findings()
-            .iter()
-            .filter(|f| f.action() != Action::Flag)
-            .map(Finding::rule_id)
-            .collect();
-        assert!(removed.is_empty(), "{answer:?} -> {once:?}: {removed:?}");
+        released_validates_clean(&g, answer);
     }
 }
 
