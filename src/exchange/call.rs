@@ -271,7 +271,7 @@ impl Call {
         };
         let invalid_json = || ErrorResponse::new(400, "invalid_json", "the body is not valid JSON");
         let shape = |what: &str| ErrorResponse::new(400, "invalid_request", what);
-        let call = match endpoint {
+        let mut call = match endpoint {
             Endpoint::ChatCompletions => {
                 let chat: ChatCompletionRequest = serde_json::from_slice(body).map_err(|e| {
                     if syntax(&e) {
@@ -289,11 +289,9 @@ impl Call {
                 };
                 Self::other(endpoint, map, config)
             }
-        };
-        call.map(|c| Self {
-            body_len: body.len(),
-            ..c
-        })
+        }?;
+        call.body_len = body.len();
+        Ok(call)
     }
 
     fn chat(
@@ -690,22 +688,18 @@ impl Call {
             }
         }
         let ceiling = admitted.max_output_tokens();
-        // Room for the body as received and an operator prompt: written once,
-        // without growing (from 128 bytes, a 4 KiB body was copied six times).
         let operator = self
             .slots
             .first()
             .filter(|(s, _)| matches!(s, Slot::Operator))
-            .map_or(0, |(_, p)| p.len());
-        let mut out = Vec::with_capacity(self.body_len + operator + 256);
+            .map(|(_, p)| p.clone());
+        // Room for the body as received and an operator prompt: written once,
+        // without growing (from 128 bytes, a 4 KiB body was copied six times).
+        let mut out =
+            Vec::with_capacity(self.body_len + operator.as_ref().map_or(0, String::len) + 256);
         let body = match &mut self.chat {
             Some(chat) => {
-                if let Some(prompt) = self
-                    .slots
-                    .first()
-                    .filter(|(s, _)| matches!(s, Slot::Operator))
-                    .map(|(_, p)| p.clone())
-                {
+                if let Some(prompt) = operator {
                     chat.messages.insert(
                         0,
                         crate::openai::ChatMessage {

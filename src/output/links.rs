@@ -107,22 +107,11 @@ pub(crate) fn replacement(policy: &LinkPolicy, text: &str) -> String {
     for _ in 0..3 {
         let mut found = Vec::new();
         bare_urls(policy, &out, 0, &mut found);
-        let mut edits: Vec<(std::ops::Range<usize>, String)> = found
-            .iter()
-            .filter(|f| f.action() == Action::Redact)
-            .map(|f| (f.span(), f.replacement().unwrap_or_default().to_owned()))
-            .collect();
-        if edits.is_empty() {
+        found.retain(|f| f.action() == Action::Redact);
+        if found.is_empty() {
             break;
         }
-        edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
-        let mut end = out.len();
-        for (r, with) in edits {
-            if r.end <= end && out.is_char_boundary(r.start) && out.is_char_boundary(r.end) {
-                out.replace_range(r.clone(), &with);
-                end = r.start;
-            }
-        }
+        out = crate::finding::redact(&out, &found);
     }
     out
 }
