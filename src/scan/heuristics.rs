@@ -19,6 +19,19 @@ pub(crate) struct Family {
     /// Reported whenever it fires, whatever the score (it weighs nothing).
     standalone: bool,
     regex: Regex,
+    /// When `regex` is the family's pattern searched another way (see [`Lead`]).
+    lead: Option<Box<Lead>>,
+}
+
+/// A family whose pattern starts with `[^X]{0,N}` in a branch, searched without
+/// it: an unanchored search with a leading bounded repetition tracks every start
+/// it may have had (14x slower for the letter puzzle's). The match found starts at
+/// most `N` characters not in `X` after the pattern's first match; the pattern
+/// (`whole`) is searched again from there for its exact span.
+struct Lead {
+    whole: Regex,
+    not: &'static str,
+    most: usize,
 }
 
 /// ASCII word boundaries: the families are English and the text is normalized, and
@@ -40,6 +53,7 @@ fn family(id: &'static str, category: Category, weight: f32, pattern: &str) -> F
         weight,
         standalone: false,
         regex,
+        lead: None,
     }
 }
 
@@ -309,12 +323,22 @@ pub(crate) fn families() -> Vec<Family> {
             1.0,
             r"<\s*(?:interaction-config|blocked-modes|allowed-modes|allowed-responses|blocked-responses|blocked-strings?|request interaction-mode|dr-house-config|scene-summary|scene-rules)\b|\binteraction-mode\s*=|\bblocked (?:strings?|modes)\s*[:=]",
         ),
-        family(
-            "jailbreak.letter_puzzle",
-            jb(),
-            1.0,
-            r"(?:[^()\n]{0,40}\(\s?[a-z ]\s?\)[^()\n]{0,40}\n){5,}|\b(?:read|take|extract|combine|concatenate|put together) (?:the )?(?:first|last|capital(?:i[sz]ed)?|parenthes\w+|bracketed|bold) (?:letters?|characters?|words?)\b",
-        ),
+        // Five lines or more with a letter in parentheses, searched from the first
+        // line's parenthesis (see `Lead`).
+        {
+            let list = r"(?:[^()\n]{0,40}\(\s?[a-z ]\s?\)[^()\n]{0,40}\n)";
+            let words = r"\b(?:read|take|extract|combine|concatenate|put together) (?:the )?(?:first|last|capital(?:i[sz]ed)?|parenthes\w+|bracketed|bold) (?:letters?|characters?|words?)\b";
+            let searched = format!(r"\(\s?[a-z ]\s?\)[^()\n]{{0,40}}\n{list}{{4,}}|{words}");
+            let whole = family("", jb(), 0.0, &format!("{list}{{5,}}|{words}")).regex;
+            Family {
+                lead: Some(Box::new(Lead {
+                    whole,
+                    not: "()\n",
+                    most: 40,
+                })),
+                ..family("jailbreak.letter_puzzle", jb(), 1.0, &searched)
+            }
+        },
         family(
             "jailbreak.adversarial_suffix",
             jb(),
@@ -351,9 +375,28 @@ pub(crate) fn evaluate(
     for (i, m) in set.first_matches(&n.text, word) {
         let f = &families[i];
         score += f.weight;
+        let m = match &f.lead {
+            Some(l) => {
+                let from = widen(&n.text, m.start, l.not, l.most);
+                l.whole.find_at(&n.text, from).map_or(m, |w| w.range())
+            }
+            None => m,
+        };
         fired.push((i, n.original_span(original, m.start, m.end)));
     }
     Verdict { score, fired }
+}
+
+/// Where a match at `start` of `text` starts when widened back over up to `most`
+/// characters not in `not` (what a leading `[^not]{0,most}` would have taken).
+fn widen(text: &str, start: usize, not: &str, most: usize) -> usize {
+    text[..start]
+        .char_indices()
+        .rev()
+        .take(most)
+        .take_while(|&(_, c)| !not.contains(c))
+        .last()
+        .map_or(start, |(i, _)| i)
 }
 
 pub(crate) fn findings(
@@ -388,6 +431,80 @@ pub(crate) fn findings(
         out.push(
             Finding::new(f.id, f.category.clone(), severity, at, span.clone())
                 .with_confidence(confidence),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The letter-puzzle family, searched from its first parenthesis and widened
+    /// back, reports the span its whole pattern's first match has, on generated
+    /// lists (lines with and without a letter in parentheses, the word branch
+    /// near them, long lines, a parenthesis between lines).
+    #[test]
+    fn letter_puzzle_widened_is_the_whole_pattern_s_match() {
+        let families = families();
+        let set = family_set(&families);
+        let i = families
+            .iter()
+            .position(|f| f.id == "jailbreak.letter_puzzle")
+            .expect("family");
+        let whole = Regex::new(&ascii_boundaries(
+            r"(?:[^()\n]{0,40}\(\s?[a-z ]\s?\)[^()\n]{0,40}\n){5,}|\b(?:read|take|extract|combine|concatenate|put together) (?:the )?(?:first|last|capital(?:i[sz]ed)?|parenthes\w+|bracketed|bold) (?:letters?|characters?|words?)\b",
+        ))
+        .expect("pattern");
+        // Each generated string is a recipe: a line per byte, most of them list
+        // items (words, a letter in parentheses, words), some not.
+        let words = [
+            "a",
+            "b c",
+            "word",
+            "longer words here and",
+            "-",
+            ".",
+            "é",
+            "q r s t u v",
+        ];
+        let (mut seen, mut matched) = (0, 0);
+        for bytes in
+            crate::scan::testgen::strings(b"0123456789abcdefghijklmnopqrstuvwxyz", 12, 20_000)
+        {
+            let mut text = String::new();
+            for &b in &bytes {
+                let (before, after) = (
+                    words[usize::from(b) % words.len()].repeat(usize::from(b % 4)),
+                    words[usize::from(b / 3) % words.len()],
+                );
+                let item = ["(a)", "( b )", "(c )", "( d)", "(ab)", "( )"][usize::from(b / 5) % 6];
+                let line = match b % 17 {
+                    0 => "read the first letters of each line".to_owned(),
+                    1 => format!("{before} (x) ({after})"),
+                    2 => format!("{before}{}", "z".repeat(40)),
+                    _ => format!("{before} {item} {after}"),
+                };
+                text.push_str(line.trim());
+                text.push('\n');
+            }
+            let n = crate::scan::normalize::normalize(&text);
+            if n.text != text {
+                continue;
+            }
+            seen += 1;
+            let got = evaluate(&families, &set, &text, &n, None)
+                .fired
+                .into_iter()
+                .find(|(f, _)| *f == i)
+                .map(|(_, span)| span);
+            let want = whole.find(&text).map(|m| m.range());
+            assert_eq!(got, want, "{text:?}");
+            // Matches of the list branch (the word branch starts with "read").
+            matched += usize::from(want.is_some_and(|m| !text[m].starts_with("read")));
+        }
+        assert!(
+            seen > 10_000 && matched > 500,
+            "{seen} texts, {matched} lists matched"
         );
     }
 }

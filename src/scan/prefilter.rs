@@ -815,6 +815,10 @@ impl Need {
 /// A gate counts a part up to this many times.
 const TIMES: usize = 64;
 
+/// A branch searched by its punctuation prefix is gated instead when its gate
+/// needs literals this many times (see [`analyze`]).
+const REPEATED: usize = 4;
+
 /// One required part of a match.
 #[derive(Clone, Debug, PartialEq)]
 enum Part {
@@ -1063,7 +1067,17 @@ fn analyze(pattern: &str) -> Option<Analysis> {
                 out.extend(lits.into_iter().map(Prefix::Word));
                 continue 'branch;
             }
-            if !lits.iter().any(|l| frequent(l)) {
+            // A branch that repeats what it holds (five list items, each with a
+            // parenthesis and a line break) is rarer than the byte it starts with:
+            // its gate, when it has one that counts literals REPEATED times or more
+            // (a class such as the digits of a phone number is not rarer).
+            let repeats = || {
+                required(branch).is_some_and(|g| {
+                    g.iter()
+                        .any(|n| n.times >= REPEATED && matches!(n.part, Part::Literals(_)))
+                })
+            };
+            if !lits.iter().any(|l| frequent(l)) && !repeats() {
                 out.extend(lits.into_iter().map(|l| {
                     let at = leading_space(&l);
                     Prefix::Searched(l, at)
@@ -1615,6 +1629,13 @@ mod tests {
         assert!(
             analyze(r"(?:\([0-9]{3}\)\s?|\b[0-9]{3}[.\-])[2-9][0-9]{2}[.\-][0-9]{4}\b|\bfoo")
                 .is_some_and(|a| a.gates.is_empty() && !a.prefixes.is_empty())
+        );
+        // Five list items, each with a parenthesis: gated by what it repeats (a
+        // text without five parentheses and line breaks has none), not searched at
+        // every parenthesis; a phone number's digits do not count as such.
+        assert!(
+            analyze(r"\([a-z]\)[^()\n]{0,40}\n(?:[^()\n]{0,40}\([a-z]\)[^()\n]{0,40}\n){4,}")
+                .is_some_and(|a| a.prefixes.is_empty() && a.gates.len() == 1)
         );
         // No prefixes, but every match goes through "@example" or "user".
         let gates = |p: &str| analyze(p).map(|a| a.gates);
