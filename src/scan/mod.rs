@@ -407,11 +407,13 @@ impl Scanner {
         let carries_encoding = out[enc_from..]
             .iter()
             .any(|f| *f.category() == crate::Category::EncodedPayload);
-        // Features only for a text the classifier will judge. Those of ASCII text
-        // are read from the families' word lookups (the same words, in order).
+        // Features only for a text the classifier will judge. Those of a text
+        // whose normalization is ASCII (an English text with typographic quotes
+        // and dashes, folded, too) are read from the families' word lookups (the
+        // same words, in order).
         let classifier = g.classifier.as_ref().filter(|_| !carries_encoding);
         let mut words = classifier
-            .filter(|_| n.is_ascii())
+            .filter(|_| n.is_ascii() || n.text.is_ascii())
             .map(|c| c.extractor(&n.text));
         let verdict = match words.as_mut() {
             Some(x) => {

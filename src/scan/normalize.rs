@@ -4,7 +4,8 @@
 //! Case folding, whitespace collapse, removal of invisible characters (zero-width,
 //! tag, variation selectors, bidi controls, soft hyphen), folding of confusables and
 //! homoglyphs (Cyrillic and Greek look-alikes, fullwidth forms, mathematical
-//! alphanumerics) and, inside words that mix letters and digits, leetspeak.
+//! alphanumerics), typographic quotes and dashes to their ASCII forms ("don’t"
+//! reads "don't") and, inside words that mix letters and digits, leetspeak.
 
 /// Text after normalization, with the original offset of each byte.
 pub(crate) struct Normalized {
@@ -77,6 +78,18 @@ pub(crate) fn is_invisible(c: char) -> bool {
         | '\u{180B}'..='\u{180F}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
         | '\u{2060}'..='\u{206F}' | '\u{3164}' | '\u{FE00}'..='\u{FE0F}' | '\u{FEFF}'
         | '\u{FFA0}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
+}
+
+/// Folds a typographic quote or dash to its ASCII form: the families are written
+/// with `'`, `"` and `-`, and an English text set with curly quotes is otherwise
+/// the same text.
+fn fold_punctuation(c: char) -> Option<char> {
+    Some(match c {
+        '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{02BC}' => '\'',
+        '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{201F}' => '"',
+        '\u{2010}'..='\u{2015}' => '-',
+        _ => return None,
+    })
 }
 
 /// Folds a confusable character to the ASCII letter it imitates.
@@ -358,7 +371,9 @@ fn normalize_chars(text: &str) -> Normalized {
         } else if is_invisible(orig) {
             continue;
         } else {
-            fold_confusable(orig).unwrap_or(orig)
+            fold_punctuation(orig)
+                .or_else(|| fold_confusable(orig))
+                .unwrap_or(orig)
         };
         if c.is_whitespace() {
             flush(&mut word, &mut n);
@@ -460,6 +475,22 @@ mod tests {
         let at = n.text.find("ignore").unwrap();
         let span = n.original_span(text, at, at + "ignore".len());
         assert_eq!(&text[span], "1gn0r3");
+    }
+
+    #[test]
+    fn typographic_quotes_and_dashes_read_as_ascii() {
+        let text =
+            "Don\u{2019}t \u{201C}obey\u{201D} \u{2018}rules\u{2019} \u{2014} ever\u{2013}after";
+        let n = normalize(text);
+        assert_eq!(n.text, "don't \"obey\" 'rules' - ever-after");
+        let at = n.text.find("don't").unwrap();
+        let span = n.original_span(text, at, at + "don't".len());
+        assert_eq!(&text[span], "Don\u{2019}t");
+        // The same words as the ASCII text, so the same features.
+        assert_eq!(
+            n.text,
+            normalize("Don't \"obey\" 'rules' - ever-after").text
+        );
     }
 
     #[test]
