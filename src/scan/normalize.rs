@@ -355,17 +355,56 @@ fn normalize_ascii(text: &str) -> Normalized {
 }
 
 fn normalize_chars(text: &str) -> Normalized {
+    let b = text.as_bytes();
     let mut n = Chars {
-        text: String::with_capacity(text.len()),
+        text: Vec::with_capacity(text.len()),
         origin: Vec::with_capacity(text.len() + 1),
     };
     let mut last_space = true;
     let mut last_newline = false;
     // Words are processed as units so leetspeak is only undone inside words that mix
-    // letters and leet digits ("1gn0r3"), never in plain numbers ("2024"). Each entry:
-    // original offset, character after folding.
-    let mut word = Word::default();
-    for (i, orig) in text.char_indices() {
+    // letters and leet digits ("1gn0r3"), never in plain numbers ("2024"): each is
+    // written as it is read, and its leet characters folded when it ends.
+    let mut word = Word::NONE;
+    let mut i = 0;
+    while i < b.len() {
+        let (orig, len) = if b[i].is_ascii() {
+            if b[i].is_ascii_alphabetic() {
+                // A run of ASCII letters, eight bytes at a time: lowered, each byte
+                // its own origin, in the word being read.
+                let mut k = 0;
+                loop {
+                    let r = super::swar::run(super::swar::letters(super::swar::load(b, i + k)));
+                    k += r;
+                    if r < 8 {
+                        break;
+                    }
+                }
+                if word.start == usize::MAX {
+                    word = Word {
+                        start: n.text.len(),
+                        letters: 0,
+                        leety: 0,
+                    };
+                }
+                n.text
+                    .extend(b[i..i + k].iter().map(u8::to_ascii_lowercase));
+                n.origin.extend((i..i + k).map(|o| o as u32));
+                word.letters += k;
+                last_space = false;
+                last_newline = false;
+                i += k;
+                continue;
+            }
+            (char::from(b[i]), 1)
+        } else {
+            match text.get(i..).and_then(|t| t.chars().next()) {
+                Some(c) => (c, c.len_utf8()),
+                None => break,
+            }
+        };
+        let at = i as u32;
+        i += len;
         let c = if orig.is_ascii() {
             orig
         } else if is_invisible(orig) {
@@ -376,19 +415,19 @@ fn normalize_chars(text: &str) -> Normalized {
                 .unwrap_or(orig)
         };
         if c.is_whitespace() {
-            flush(&mut word, &mut n);
+            word.end(&mut n);
             // Runs of whitespace collapse to one space, or to one newline when they
             // hold a line break (line-anchored patterns need lines).
             if c == '\n' && !last_newline {
-                if last_space && n.text.ends_with(' ') {
+                if last_space && n.text.last() == Some(&b' ') {
                     n.text.pop();
                     n.origin.pop();
                 }
-                n.push('\n', i as u32);
+                n.push('\n', at);
                 last_space = true;
                 last_newline = true;
             } else if !last_space {
-                n.push(' ', i as u32);
+                n.push(' ', at);
                 last_space = true;
             }
             continue;
@@ -398,39 +437,46 @@ fn normalize_chars(text: &str) -> Normalized {
         let letter = c.is_alphabetic();
         let leety = leet(c).is_some();
         if letter || leety || c == '\'' || c.is_alphanumeric() {
-            word.chars.push((i as u32, c));
+            if word.start == usize::MAX {
+                word = Word {
+                    start: n.text.len(),
+                    letters: 0,
+                    leety: 0,
+                };
+            }
             word.letters += usize::from(letter);
             word.leety += usize::from(leety);
         } else {
-            flush(&mut word, &mut n);
-            n.push_lower(c, i as u32);
+            word.end(&mut n);
         }
+        n.push_lower(c, at);
     }
-    flush(&mut word, &mut n);
+    word.end(&mut n);
     n.origin.push(text.len() as u32);
     Normalized {
-        text: n.text,
+        // Whole characters were written.
+        text: String::from_utf8(n.text).unwrap_or_default(),
         origin: Origin::Bytes(n.origin),
     }
 }
 
 /// The general path's output as it is built.
 struct Chars {
-    text: String,
+    text: Vec<u8>,
     origin: Vec<u32>,
 }
 
 impl Chars {
     fn push(&mut self, c: char, at: u32) {
-        for _ in 0..c.len_utf8() {
-            self.origin.push(at);
-        }
-        self.text.push(c);
+        let mut buf = [0u8; 4];
+        let bytes = c.encode_utf8(&mut buf).as_bytes();
+        self.text.extend_from_slice(bytes);
+        self.origin.extend(std::iter::repeat_n(at, bytes.len()));
     }
 
     fn push_lower(&mut self, c: char, at: u32) {
         if c.is_ascii() {
-            self.text.push(c.to_ascii_lowercase());
+            self.text.push(c.to_ascii_lowercase() as u8);
             self.origin.push(at);
         } else {
             for l in c.to_lowercase() {
@@ -440,27 +486,36 @@ impl Chars {
     }
 }
 
-/// The word being read: each character's original offset and the character after
-/// folding, and how many are letters and leet characters.
-#[derive(Default)]
+/// The word being read: where it starts in the normalized text (`usize::MAX`: no
+/// word), and how many of its characters are letters and leet characters.
 struct Word {
-    chars: Vec<(u32, char)>,
+    start: usize,
     letters: usize,
     leety: usize,
 }
 
-fn flush(word: &mut Word, n: &mut Chars) {
-    if word.chars.is_empty() {
-        return;
+impl Word {
+    const NONE: Self = Self {
+        start: usize::MAX,
+        letters: 0,
+        leety: 0,
+    };
+
+    /// Ends the word: a word that mixes letters and leet characters (three or
+    /// more in all) has its leet characters, all ASCII, folded in place.
+    fn end(&mut self, n: &mut Chars) {
+        if self.start == usize::MAX {
+            return;
+        }
+        if self.letters > 0 && self.leety > 0 && self.letters + self.leety >= 3 {
+            for c in &mut n.text[self.start..] {
+                if let Some(l) = leet(char::from(*c)).filter(|_| c.is_ascii()) {
+                    *c = l as u8;
+                }
+            }
+        }
+        *self = Self::NONE;
     }
-    let (letters, leety) = (word.letters, word.leety);
-    let undo_leet = letters > 0 && leety > 0 && letters + leety >= 3;
-    for &(at, c) in &word.chars {
-        let c = if undo_leet { leet(c).unwrap_or(c) } else { c };
-        n.push_lower(c, at);
-    }
-    word.chars.clear();
-    (word.letters, word.leety) = (0, 0);
 }
 
 #[cfg(test)]
@@ -517,5 +572,143 @@ mod tests {
                 assert_eq!(a.origin(i), b.origin(i), "{s:?} at {i}");
             }
         }
+    }
+
+    /// The general path as it was (a character at a time, each word buffered
+    /// and written when it ends): the path with ASCII letter runs and words
+    /// folded in place gives the same text and origins.
+    fn reference(text: &str) -> Normalized {
+        let mut n = RefChars {
+            text: String::with_capacity(text.len()),
+            origin: Vec::with_capacity(text.len() + 1),
+        };
+        let mut last_space = true;
+        let mut last_newline = false;
+        // Words are processed as units so leetspeak is only undone inside words that mix
+        // letters and leet digits ("1gn0r3"), never in plain numbers ("2024"). Each entry:
+        // original offset, character after folding.
+        let mut word = RefWord::default();
+        for (i, orig) in text.char_indices() {
+            let c = if orig.is_ascii() {
+                orig
+            } else if is_invisible(orig) {
+                continue;
+            } else {
+                fold_punctuation(orig)
+                    .or_else(|| fold_confusable(orig))
+                    .unwrap_or(orig)
+            };
+            if c.is_whitespace() {
+                ref_flush(&mut word, &mut n);
+                // Runs of whitespace collapse to one space, or to one newline when they
+                // hold a line break (line-anchored patterns need lines).
+                if c == '\n' && !last_newline {
+                    if last_space && n.text.ends_with(' ') {
+                        n.text.pop();
+                        n.origin.pop();
+                    }
+                    n.push('\n', i as u32);
+                    last_space = true;
+                    last_newline = true;
+                } else if !last_space {
+                    n.push(' ', i as u32);
+                    last_space = true;
+                }
+                continue;
+            }
+            last_space = false;
+            last_newline = false;
+            let letter = c.is_alphabetic();
+            let leety = leet(c).is_some();
+            if letter || leety || c == '\'' || c.is_alphanumeric() {
+                word.chars.push((i as u32, c));
+                word.letters += usize::from(letter);
+                word.leety += usize::from(leety);
+            } else {
+                ref_flush(&mut word, &mut n);
+                n.push_lower(c, i as u32);
+            }
+        }
+        ref_flush(&mut word, &mut n);
+        n.origin.push(text.len() as u32);
+        Normalized {
+            text: n.text,
+            origin: Origin::Bytes(n.origin),
+        }
+    }
+
+    /// The general path's output as it is built.
+    struct RefChars {
+        text: String,
+        origin: Vec<u32>,
+    }
+
+    impl RefChars {
+        fn push(&mut self, c: char, at: u32) {
+            for _ in 0..c.len_utf8() {
+                self.origin.push(at);
+            }
+            self.text.push(c);
+        }
+
+        fn push_lower(&mut self, c: char, at: u32) {
+            if c.is_ascii() {
+                self.text.push(c.to_ascii_lowercase());
+                self.origin.push(at);
+            } else {
+                for l in c.to_lowercase() {
+                    self.push(l, at);
+                }
+            }
+        }
+    }
+
+    /// The word being read: each character's original offset and the character after
+    /// folding, and how many are letters and leet characters.
+    #[derive(Default)]
+    struct RefWord {
+        chars: Vec<(u32, char)>,
+        letters: usize,
+        leety: usize,
+    }
+
+    fn ref_flush(word: &mut RefWord, n: &mut RefChars) {
+        if word.chars.is_empty() {
+            return;
+        }
+        let (letters, leety) = (word.letters, word.leety);
+        let undo_leet = letters > 0 && leety > 0 && letters + leety >= 3;
+        for &(at, c) in &word.chars {
+            let c = if undo_leet { leet(c).unwrap_or(c) } else { c };
+            n.push_lower(c, at);
+        }
+        word.chars.clear();
+        (word.letters, word.leety) = (0, 0);
+    }
+
+    #[test]
+    fn general_path_is_the_character_loop_s() {
+        const CHARS: [char; 32] = [
+            'a', 'B', 'z', 'e', ' ', ' ', '\n', '\t', '0', '1', '3', '4', '@', '$', '\'', '.', '-',
+            'é', 'а', 'Σ', 'İ', '日', '\u{200B}', '\u{FF14}', '\u{2019}', '\u{2014}', '\u{A0}',
+            '\u{3000}', 'ß', 'x', 'K', '\u{212A}',
+        ];
+        let mut count = 0;
+        for bytes in crate::scan::testgen::strings(b"0123456789abcdefghijklmnopqrstuv", 48, 30_000)
+        {
+            let text: String = bytes
+                .iter()
+                .map(|&b| CHARS[usize::from(b) % CHARS.len()])
+                .chain(std::iter::once('\u{e9}'))
+                .collect();
+            let (got, want) = (normalize_chars(&text), reference(&text));
+            assert_eq!(got.text, want.text, "{text:?}");
+            let (Origin::Bytes(g), Origin::Bytes(w)) = (&got.origin, &want.origin) else {
+                panic!("byte origins");
+            };
+            assert_eq!(g, w, "{text:?}");
+            count += usize::from(text.contains(['1', '3', '4']));
+        }
+        assert!(count > 10_000);
     }
 }
