@@ -240,6 +240,20 @@ impl Features {
         self.words.len()
     }
 
+    /// What [`reads_as_english`](super::reads_as_english) says of `text`, the
+    /// normalized text these are the features of, from its words.
+    pub(crate) fn reads_as_english(&self, text: &str) -> bool {
+        let b = text.as_bytes();
+        let first = &self.words[..self.words.len().min(super::ENGLISH_WORDS)];
+        let hits = first
+            .iter()
+            .filter(|w| {
+                w.range.len() <= 4 && b.get(w.range.clone()).is_some_and(super::common_english)
+            })
+            .count();
+        super::english_share(first.len(), hits)
+    }
+
     /// The byte span, in `original`, of words `s..e` of the normalized `n`.
     pub(crate) fn window_span(
         &self,

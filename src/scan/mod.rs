@@ -426,6 +426,9 @@ impl Scanner {
             Some(x) => Some(x.finish()),
             None => classifier.map(|c| c.features(&n.text)),
         };
+        // Whether it reads as English, from the words the features hold (the
+        // words `reads_as_english` splits the text into).
+        let english = f.as_ref().map(|f| f.reads_as_english(&n.text));
         match (classifier, f) {
             (None, _) | (_, None) => {
                 heuristics::findings(&g.families.0, &verdict, g.threshold, at, out);
@@ -500,7 +503,7 @@ impl Scanner {
         if verdict.score < g.threshold
             && text.len() >= 20
             && text.bytes().any(|c| c.is_ascii_alphabetic())
-            && !reads_as_english(&n.text)
+            && !english.unwrap_or_else(|| reads_as_english(&n.text))
         {
             // ROT13: the same heuristics on the rotated text.
             let rotated_text = encoding::rot13(text);
@@ -585,25 +588,6 @@ pub(crate) fn families_fired(text: &str, n: &normalize::Normalized) -> Vec<usize
 /// Whether normalized text is plain English already (so a ROT13 reading of it is not
 /// worth trying): function words are common in English and absent from ROT13 of it.
 fn reads_as_english(text: &str) -> bool {
-    let common = |w: &[u8]| {
-        matches!(
-            w,
-            b"the"
-                | b"and"
-                | b"to"
-                | b"of"
-                | b"is"
-                | b"you"
-                | b"a"
-                | b"in"
-                | b"that"
-                | b"it"
-                | b"for"
-                | b"on"
-                | b"are"
-                | b"with"
-        )
-    };
     // Common words in 8% of the first 400 words. From 32 hits on, that holds
     // whatever follows (at most 400 words): the answer is known.
     const ENOUGH: usize = 32;
@@ -615,10 +599,10 @@ fn reads_as_english(text: &str) -> bool {
             .as_bytes()
             .split(|c| !c.is_ascii_alphanumeric())
             .filter(|w| !w.is_empty())
-            .take(400)
+            .take(ENGLISH_WORDS)
         {
             words += 1;
-            hits += usize::from(common(w));
+            hits += usize::from(common_english(w));
             if hits >= ENOUGH && words >= 8 {
                 return true;
             }
@@ -627,16 +611,46 @@ fn reads_as_english(text: &str) -> bool {
         for w in text
             .split(|c: char| !c.is_alphanumeric())
             .filter(|w| !w.is_empty())
-            .take(400)
+            .take(ENGLISH_WORDS)
         {
             words += 1;
-            hits += usize::from(common(w.as_bytes()));
+            hits += usize::from(common_english(w.as_bytes()));
             if hits >= ENOUGH && words >= 8 {
                 return true;
             }
         }
     }
+    english_share(words, hits)
+}
+
+/// How many of a text's first words [`reads_as_english`] reads.
+pub(crate) const ENGLISH_WORDS: usize = 400;
+
+/// Whether `hits` common words in the first `words` (at most [`ENGLISH_WORDS`])
+/// read as English.
+pub(crate) fn english_share(words: usize, hits: usize) -> bool {
     words >= 8 && hits * 100 >= words * 8
+}
+
+/// An English function word (lowercase).
+pub(crate) fn common_english(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"the"
+            | b"and"
+            | b"to"
+            | b"of"
+            | b"is"
+            | b"you"
+            | b"a"
+            | b"in"
+            | b"that"
+            | b"it"
+            | b"for"
+            | b"on"
+            | b"are"
+            | b"with"
+    )
 }
 
 impl InputScanner for Scanner {
@@ -731,7 +745,8 @@ mod tests {
     }
 
     /// `reads_as_english` stops counting once the answer is known: the same answer
-    /// as counting all of the first 400 words.
+    /// as counting all of the first 400 words, and as counting the words of the
+    /// classifier's features.
     #[test]
     fn reads_as_english_stops_early_with_the_same_answer() {
         let full = |text: &str| {
@@ -750,12 +765,16 @@ mod tests {
         let mut texts: Vec<String> =
             super::testgen::texts(b"the a to x yz, is.", 3000, 400).collect();
         texts.extend(super::testgen::texts(b"the \xc3\xa9 a", 600, 50).map(|t| t + " é"));
+        texts.extend(super::testgen::texts(b"with that ok", 2000, 200));
         texts.push("the cat ".repeat(300));
         texts.push(format!("{} {}", "zz ".repeat(500), "the ".repeat(100)));
         texts.push(format!("{} {}", "the and ".repeat(20), "zz ".repeat(500)));
         let mut english = 0;
+        let classifier = super::Classifier::builtin();
         for t in &texts {
             assert_eq!(super::reads_as_english(t), full(t), "{t:?}");
+            // The same answer from the words of the classifier's features.
+            assert_eq!(classifier.features(t).reads_as_english(t), full(t), "{t:?}");
             english += usize::from(full(t));
         }
         assert!(english > 10 && english < texts.len() - 10, "{english}");
