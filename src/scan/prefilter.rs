@@ -71,6 +71,10 @@ struct Pattern {
     /// [`Prefixed::parts`]): when one is open in the text, the pattern is searched
     /// in full.
     gates: Vec<Vec<usize>>,
+    /// The gates of line branches (see [`Analysis::lines`]), each with the part
+    /// whose literals locate the lines: when one is open, the starts of the lines
+    /// that hold those literals are candidates.
+    lines: Vec<(Vec<usize>, usize)>,
 }
 
 /// A gate's part, ready to look for: what to look for, and how many times a match
@@ -190,6 +194,8 @@ pub(crate) struct Prefixed {
     /// prefixes, or gates), ascending: the others are looked at only when a text
     /// gives them candidates.
     special: Vec<usize>,
+    /// The patterns with line gates, ascending.
+    lined: Vec<usize>,
     /// Every distinct gate part, checked at most once per text.
     parts: Vec<Check>,
     /// The prefixes looked up by word.
@@ -773,6 +779,11 @@ struct Analysis {
     /// For each other branch: what its matches contain. When no branch's gate
     /// is open in a text, those branches cannot match in it.
     gates: Vec<Gate>,
+    /// Line branches: branches without prefixes whose matches start a line
+    /// (`(?m)^`) and hold no line break, with a gate that has literals (the
+    /// index of that part in the gate). Every match starts the line of one of
+    /// those literals' occurrences.
+    lines: Vec<(Gate, usize)>,
 }
 
 /// More two-byte word starts of lowercase letters than this are too weak a prefix
@@ -1025,6 +1036,7 @@ fn analyze(pattern: &str) -> Option<Analysis> {
     };
     let mut out = Vec::new();
     let mut gates: Vec<Gate> = Vec::new();
+    let mut lines: Vec<(Gate, usize)> = Vec::new();
     'branch: for branch in &branches {
         let lits = prefix_literals(branch);
         // At a word boundary, a match that starts with a letter or digit starts a
@@ -1086,14 +1098,51 @@ fn analyze(pattern: &str) -> Option<Analysis> {
             }
         }
         let gate = required(branch)?;
-        if !gates.contains(&gate) {
-            gates.push(gate);
+        let starts_line = branch
+            .properties()
+            .look_set_prefix()
+            .contains(Look::StartLF);
+        let locate = gate
+            .iter()
+            .position(|n| matches!(n.part, Part::Literals(_)))
+            .filter(|_| starts_line && one_line(branch));
+        match locate {
+            Some(k) => {
+                if !lines.iter().any(|(g, _)| *g == gate) {
+                    lines.push((gate, k));
+                }
+            }
+            None => {
+                if !gates.contains(&gate) {
+                    gates.push(gate);
+                }
+            }
         }
     }
     Some(Analysis {
         prefixes: out,
         gates,
+        lines,
     })
+}
+
+/// Whether no match of `h` holds a line break.
+fn one_line(h: &Hir) -> bool {
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => true,
+        HirKind::Literal(l) => !l.0.contains(&b'\n'),
+        HirKind::Class(regex_syntax::hir::Class::Unicode(c)) => !c
+            .ranges()
+            .iter()
+            .any(|r| r.start() <= '\n' && '\n' <= r.end()),
+        HirKind::Class(regex_syntax::hir::Class::Bytes(c)) => !c
+            .ranges()
+            .iter()
+            .any(|r| r.start() <= b'\n' && b'\n' <= r.end()),
+        HirKind::Repetition(r) => one_line(&r.sub),
+        HirKind::Capture(c) => one_line(&c.sub),
+        HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().all(one_line),
+    }
 }
 
 impl Prefixed {
@@ -1107,6 +1156,7 @@ impl Prefixed {
         let mut parts: Vec<Need> = Vec::new();
         for (i, regex) in regexes.into_iter().enumerate() {
             let mut gates = Vec::new();
+            let mut lines = Vec::new();
             let anchored = analyze(regex.as_str()).and_then(|found| {
                 let re = meta::Regex::builder()
                     .syntax(regex_automata::util::syntax::Config::new().nest_limit(64))
@@ -1123,19 +1173,25 @@ impl Prefixed {
                     )
                     .build(regex.as_str())
                     .ok()?;
+                let mut index = |part: Need| match parts.iter().position(|p| *p == part) {
+                    Some(k) => k,
+                    None => {
+                        parts.push(part);
+                        parts.len() - 1
+                    }
+                };
                 gates = found
                     .gates
                     .into_iter()
-                    .map(|gate| {
-                        gate.into_iter()
-                            .map(|part| match parts.iter().position(|p| *p == part) {
-                                Some(k) => k,
-                                None => {
-                                    parts.push(part);
-                                    parts.len() - 1
-                                }
-                            })
-                            .collect()
+                    .map(|gate| gate.into_iter().map(&mut index).collect())
+                    .collect();
+                lines = found
+                    .lines
+                    .into_iter()
+                    .map(|(gate, k)| {
+                        let gate: Vec<usize> = gate.into_iter().map(&mut index).collect();
+                        let locate = gate[k];
+                        (gate, locate)
                     })
                     .collect();
                 for prefix in found.prefixes {
@@ -1150,6 +1206,7 @@ impl Prefixed {
                 regex,
                 anchored,
                 gates,
+                lines,
             });
         }
         let searched = Searched::new(literals);
@@ -1160,6 +1217,7 @@ impl Prefixed {
                 words = WordIndex::new();
                 for p in &mut patterns {
                     p.anchored = None;
+                    p.lines.clear();
                 }
                 Searched::empty()
             }
@@ -1169,16 +1227,20 @@ impl Prefixed {
         // Each gate's parts with fewer passes first (a gate is closed by any part
         // not found; among equals, the rarer-looking first, as `required` ranks them).
         for p in &mut patterns {
-            for gate in &mut p.gates {
+            for gate in p.gates.iter_mut().chain(p.lines.iter_mut().map(|(g, _)| g)) {
                 gate.sort_by_key(|&k| parts[k].passes());
             }
         }
+        let lined = (0..patterns.len())
+            .filter(|&i| !patterns[i].lines.is_empty())
+            .collect();
         let special = (0..patterns.len())
             .filter(|&i| patterns[i].anchored.is_none() || !patterns[i].gates.is_empty())
             .collect();
         Self {
             patterns,
             special,
+            lined,
             parts,
             words,
             searched,
@@ -1221,8 +1283,6 @@ impl Prefixed {
         self.words
             .search(hay.as_bytes(), want, &mut candidate, word);
         self.searched.search(hay.as_bytes(), want, &mut candidate);
-        cands.sort_unstable();
-        cands.dedup();
         let ascii = hay.is_ascii();
         let mut found: SmallVec<[Option<bool>; 32]> = smallvec::smallvec![None; self.parts.len()];
         let mut open = |gate: &[usize]| {
@@ -1233,6 +1293,37 @@ impl Prefixed {
             gate.iter()
                 .all(|&k| *found[k].get_or_insert_with(|| self.parts[k].found(hay, ascii)))
         };
+        // Line branches with an open gate: the start of each line that holds one
+        // of the locating literals (a line once per literal).
+        for &i in &self.lined {
+            for (gate, locate) in &self.patterns[i].lines {
+                if !open(gate) {
+                    continue;
+                }
+                let Seek::Literals(lits) = &self.parts[*locate].what else {
+                    continue;
+                };
+                let b = hay.as_bytes();
+                for l in lits {
+                    let mut at = 0;
+                    while want(i as u32) {
+                        let Some(o) = b.get(at..).and_then(|h| l.find(h)).map(|k| at + k) else {
+                            break;
+                        };
+                        candidate(
+                            i as u32,
+                            memchr::memrchr(b'\n', &b[..o]).map_or(0, |j| j + 1),
+                        );
+                        match memchr::memchr(b'\n', &b[o..]) {
+                            Some(j) => at = o + j + 1,
+                            None => break,
+                        }
+                    }
+                }
+            }
+        }
+        cands.sort_unstable();
+        cands.dedup();
         // The patterns to look at, ascending: those that may be searched in full
         // without a candidate, and those with candidates (a pattern with neither
         // has nothing to do).
@@ -1387,6 +1478,8 @@ mod tests {
             r"\b[a-f0-9]{4}-us\b",
             r"(?:[^()\n]{0,8}\([a-z ]\)[^()\n]{0,8}\n){2,}",
             r"(?:\([0-9]{2}\)\s?|\b[0-9]{2}[.\-])[0-9]{2}\b",
+            r"(?m)^[ \t]*(?:-{2,}|\[)[ \t]*(?:[a-z]+[ \t]+){0,2}(?:instructions?|task)\b[^\n]{0,8}$",
+            r"(?m)^[ \t>*_#-]*(?:ab|dan)[ \t]*:|\bfree\b",
         ];
         let regexes: Vec<regex::Regex> = patterns
             .iter()
@@ -1473,6 +1566,13 @@ mod tests {
             "(b) x\n(c)\n",
             "(",
             ")",
+            "--",
+            "[",
+            "task",
+            "-- new task",
+            "\n[ instructions",
+            "dan:",
+            "> ab :",
         ];
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut total = vec![0usize; patterns.len()];
@@ -1645,8 +1745,17 @@ mod tests {
             ))
         };
         assert_eq!(gates(r"\w+@example"), Some(vec![vec![lits(&["@example"])]]));
+        // A line branch (it starts a line and holds no line break): its lines are
+        // located by the literals of its gate; with `\s`, which matches a line
+        // break, it is gated.
+        let line = analyze(r"(?m)^[ \t>*_#-]*(?:user|human)[ \t]*:").unwrap();
+        assert!(line.gates.is_empty());
         assert_eq!(
-            gates(r"(?m)^[ \t>*_#-]*(?:user|human)[ \t]*:"),
+            line.lines,
+            [(vec![lits(&["user", "human"]), lits(&[":"])], 0)]
+        );
+        assert_eq!(
+            gates(r"(?m)^\s*(?:user|human)\s*:"),
             Some(vec![vec![lits(&["user", "human"]), lits(&[":"])]])
         );
         // A class of a few ASCII bytes: the digits (and `\d`'s other digits).
