@@ -857,3 +857,55 @@ async fn stale_revocations_fail_closed_when_redis_is_gone() {
         "{r:?}"
     );
 }
+
+/// A suspension whose operation the replica's task has taken off the queue but
+/// not yet written to Redis is kept by a sync asked for meanwhile (the queue is
+/// empty then): it was taken for one lifted elsewhere and dropped. Redis's
+/// scripts are flushed first, so the task's write waits a round trip to load its
+/// script again, and clients are held so that the sync asks in that gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_being_written_is_kept_by_a_sync_asked_meanwhile() {
+    use inference_guard::respond::{AbuseMonitor, Level, Subject};
+    let Some((_server, _, url)) = own_server() else {
+        return;
+    };
+    let prefix = prefix("inflight");
+    let a = AbuseMonitor::new().unwrap();
+    let sa = syncing_when_asked(&a, &url, &prefix).await;
+    settle(&sa).await;
+    let mut side = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut kept = 0;
+    for round in 0..20 {
+        let () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut side)
+            .await
+            .unwrap();
+        let () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(100)
+            .arg("ALL")
+            .query_async(&mut side)
+            .await
+            .unwrap();
+        let who = Subject::Principal(format!("api_key|svc-inflight-{round}"));
+        a.suspend(&who, Duration::from_secs(60));
+        // The task takes the operation off the queue and waits on Redis.
+        for _ in 0..100 {
+            if sa.pending() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        sa.sync().await.unwrap();
+        kept += usize::from(a.status(&who).map(|s| s.level()) == Some(Level::Suspended));
+        // The task's write done before the next flush (which would fail it).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(kept, 20);
+    assert_eq!(sa.errors(), 0);
+}

@@ -27,14 +27,28 @@ pub(crate) enum Op {
 pub(crate) struct Outbox {
     tx: tokio::sync::mpsc::Sender<Op>,
     dropped: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 }
 
 impl Outbox {
+    /// Queues `op` (called before the monitor changes its own state for it).
     pub(crate) fn send(&self, op: Op) {
+        self.progress.started.fetch_add(1, Ordering::SeqCst);
         if self.tx.try_send(op).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.progress.finished.fetch_add(1, Ordering::SeqCst);
         }
     }
+}
+
+/// Operations queued (or dropped) and operations done with (written to Redis,
+/// failed, or dropped), counted: a sync takes a suspension missing from Redis's
+/// answer for one lifted elsewhere only when every operation started before it
+/// asked is done and none started since.
+#[derive(Default)]
+struct Progress {
+    started: AtomicU64,
+    finished: AtomicU64,
 }
 
 /// Adds a strike on the server's clock; starts a suspension at the threshold.
@@ -118,6 +132,7 @@ pub struct SharedAbuse {
     tx: tokio::sync::mpsc::Sender<Op>,
     dropped: Arc<AtomicU64>,
     errors: Arc<AtomicU64>,
+    progress: Arc<Progress>,
 }
 
 impl std::fmt::Debug for SharedAbuse {
@@ -147,19 +162,25 @@ impl SharedAbuse {
 
     /// Pulls the active suspensions now (the background task does it every
     /// `sync_every`). A suspension this replica holds that Redis no longer has
-    /// was lifted elsewhere and is dropped here, but only when nothing this
-    /// replica queued is still to be sent ([`pending`](Self::pending) is 0).
+    /// was lifted elsewhere and is dropped here, but only when every operation
+    /// this replica queued before asking has been written to Redis (or failed)
+    /// and none was queued while the answer was on its way.
     ///
     /// # Errors
     ///
     /// An [`Error`] of kind `Backend` when Redis cannot be reached.
     pub async fn sync(&self) -> Result<(), Error> {
         // A suspension missing from the answer was lifted elsewhere, if this
-        // replica held it before asking and had sent it: one made while the
-        // answer is on its way, or still queued, is not in Redis yet (it was
-        // dropped, and the subject went free here until the next sync). With
-        // operations queued, no suspension is taken for lifted this time.
-        let held: Vec<Subject> = if self.pending() == 0 {
+        // replica held it before asking and had written it: one whose operation
+        // is queued, or taken off the queue but not written yet (the task waits on
+        // Redis), or made while the answer is on its way, is not in Redis yet (it
+        // was dropped, and the subject went free here until the next sync). The
+        // monitor queues an operation before it changes its own state: a
+        // suspension held here whose operation started after `before` shows in
+        // `started` once the answer is in.
+        let p = &self.progress;
+        let before = p.started.load(Ordering::SeqCst);
+        let mut held: Vec<Subject> = if p.finished.load(Ordering::SeqCst) == before {
             self.monitor
                 .responding()
                 .into_iter()
@@ -186,6 +207,9 @@ impl SharedAbuse {
             self.monitor
                 .merge(&s, 0.0, Some(Duration::from_micros(left)));
             active.insert(s);
+        }
+        if p.started.load(Ordering::SeqCst) != before {
+            held.clear();
         }
         // Suspensions lifted elsewhere.
         for s in held {
@@ -305,6 +329,7 @@ impl AbuseMonitor {
         let conn = crate::store::connect(url, TIMEOUT).await?;
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
         let dropped = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Progress::default());
         let shared = SharedAbuse {
             monitor: self.clone(),
             conn,
@@ -312,8 +337,13 @@ impl AbuseMonitor {
             tx: tx.clone(),
             dropped: dropped.clone(),
             errors: Arc::new(AtomicU64::new(0)),
+            progress: progress.clone(),
         };
-        *self.inner.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(Outbox { tx, dropped });
+        *self.inner.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(Outbox {
+            tx,
+            dropped,
+            progress,
+        });
         let worker = shared.clone();
         tokio::spawn(async move {
             let mut next_sync = tokio::time::Instant::now();
@@ -324,6 +354,7 @@ impl AbuseMonitor {
                         if worker.apply(op).await.is_err() {
                             worker.errors.fetch_add(1, Ordering::Relaxed);
                         }
+                        worker.progress.finished.fetch_add(1, Ordering::SeqCst);
                     }
                     Ok(None) => break,
                     Err(_) => {
