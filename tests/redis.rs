@@ -504,25 +504,38 @@ async fn a_suspension_for_ever_is_shared_and_kept() {
     assert_eq!(b.status(&slow).map(|s| s.level()), Some(Level::Suspended));
 }
 
+/// A replica syncing only when asked, settled, on a `redis-server` of its own (the
+/// tests that hold every client of it), and a connection of the test's own to it.
+async fn paused_replica(
+    name: &str,
+) -> Option<(
+    Server,
+    inference_guard::respond::AbuseMonitor,
+    inference_guard::respond::SharedAbuse,
+    redis::aio::MultiplexedConnection,
+)> {
+    let (server, _, url) = own_server()?;
+    let a = inference_guard::respond::AbuseMonitor::new().unwrap();
+    let sa = syncing_when_asked(&a, &url, &prefix(name)).await;
+    settle(&sa).await;
+    let side = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    Some((server, a, sa, side))
+}
+
 /// A suspension made on a replica while its sync's answer is on the way is kept:
 /// it was taken for one lifted elsewhere (not in Redis yet) and dropped, and the
 /// subject went free on the replica that suspended it until its next sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspension_made_during_a_sync_is_kept() {
-    use inference_guard::respond::{AbuseMonitor, Level, Subject};
+    use inference_guard::respond::{Level, Subject};
     // Its own server: the pause below holds every client of it.
-    let Some((_server, _, url)) = own_server() else {
+    let Some((_server, a, sa, mut side)) = paused_replica("during").await else {
         return;
     };
-    let prefix = prefix("during");
-    let a = AbuseMonitor::new().unwrap();
-    let sa = syncing_when_asked(&a, &url, &prefix).await;
-    settle(&sa).await;
-    let mut side = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     // Redis answers no client for 400 ms: the sync below waits for its answer.
     let () = redis::cmd("CLIENT")
         .arg("PAUSE")
@@ -865,19 +878,10 @@ async fn stale_revocations_fail_closed_when_redis_is_gone() {
 /// script again, and clients are held so that the sync asks in that gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_suspension_being_written_is_kept_by_a_sync_asked_meanwhile() {
-    use inference_guard::respond::{AbuseMonitor, Level, Subject};
-    let Some((_server, _, url)) = own_server() else {
+    use inference_guard::respond::{Level, Subject};
+    let Some((_server, a, sa, mut side)) = paused_replica("inflight").await else {
         return;
     };
-    let prefix = prefix("inflight");
-    let a = AbuseMonitor::new().unwrap();
-    let sa = syncing_when_asked(&a, &url, &prefix).await;
-    settle(&sa).await;
-    let mut side = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let mut kept = 0;
     for round in 0..20 {
         let () = redis::cmd("SCRIPT")
