@@ -40,13 +40,17 @@ fn ascii_boundaries(pattern: &str) -> String {
     pattern.replace("\\b", "(?-u:\\b)")
 }
 
-fn family(id: &'static str, category: Category, weight: f32, pattern: &str) -> Family {
-    let pattern = ascii_boundaries(pattern);
-    let regex = RegexBuilder::new(&pattern)
+/// A built-in pattern compiled (with ASCII word boundaries).
+fn compile(id: &str, pattern: &str) -> Regex {
+    RegexBuilder::new(&ascii_boundaries(pattern))
         .size_limit(1 << 23)
         .dfa_size_limit(1 << 23)
         .build()
-        .unwrap_or_else(|e| panic!("built-in pattern {id}: {e}"));
+        .unwrap_or_else(|e| panic!("built-in pattern {id}: {e}"))
+}
+
+fn family(id: &'static str, category: Category, weight: f32, pattern: &str) -> Family {
+    let regex = compile(id, pattern);
     Family {
         id,
         category,
@@ -329,7 +333,7 @@ pub(crate) fn families() -> Vec<Family> {
             let list = r"(?:[^()\n]{0,40}\(\s?[a-z ]\s?\)[^()\n]{0,40}\n)";
             let words = r"\b(?:read|take|extract|combine|concatenate|put together) (?:the )?(?:first|last|capital(?:i[sz]ed)?|parenthes\w+|bracketed|bold) (?:letters?|characters?|words?)\b";
             let searched = format!(r"\(\s?[a-z ]\s?\)[^()\n]{{0,40}}\n{list}{{4,}}|{words}");
-            let whole = family("", jb(), 0.0, &format!("{list}{{5,}}|{words}")).regex;
+            let whole = compile("jailbreak.letter_puzzle", &format!("{list}{{5,}}|{words}"));
             Family {
                 lead: Some(Box::new(Lead {
                     whole,

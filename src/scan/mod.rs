@@ -426,9 +426,14 @@ impl Scanner {
             Some(x) => Some(x.finish()),
             None => classifier.map(|c| c.features(&n.text)),
         };
-        // Whether it reads as English, from the words the features hold (the
-        // words `reads_as_english` splits the text into).
-        let english = f.as_ref().map(|f| f.reads_as_english(&n.text));
+        // Whether it reads as English (asked below before trying ROT13), from the
+        // words the features hold (the words `reads_as_english` splits the text
+        // into).
+        let rot13_asks = verdict.score < g.threshold && text.len() >= 20;
+        let english = f
+            .as_ref()
+            .filter(|_| rot13_asks)
+            .map(|f| f.reads_as_english(&n.text));
         match (classifier, f) {
             (None, _) | (_, None) => {
                 heuristics::findings(&g.families.0, &verdict, g.threshold, at, out);
@@ -500,8 +505,7 @@ impl Scanner {
             }
         }
         // A text without an ASCII letter reads the same in ROT13: nothing new to find.
-        if verdict.score < g.threshold
-            && text.len() >= 20
+        if rot13_asks
             && text.bytes().any(|c| c.is_ascii_alphabetic())
             && !english.unwrap_or_else(|| reads_as_english(&n.text))
         {

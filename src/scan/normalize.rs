@@ -380,13 +380,7 @@ fn normalize_chars(text: &str) -> Normalized {
                         break;
                     }
                 }
-                if word.start == usize::MAX {
-                    word = Word {
-                        start: n.text.len(),
-                        letters: 0,
-                        leety: 0,
-                    };
-                }
+                word.begin(n.text.len());
                 n.text
                     .extend(b[i..i + k].iter().map(u8::to_ascii_lowercase));
                 n.origin.extend((i..i + k).map(|o| o as u32));
@@ -437,13 +431,7 @@ fn normalize_chars(text: &str) -> Normalized {
         let letter = c.is_alphabetic();
         let leety = leet(c).is_some();
         if letter || leety || c == '\'' || c.is_alphanumeric() {
-            if word.start == usize::MAX {
-                word = Word {
-                    start: n.text.len(),
-                    letters: 0,
-                    leety: 0,
-                };
-            }
+            word.begin(n.text.len());
             word.letters += usize::from(letter);
             word.leety += usize::from(leety);
         } else {
@@ -501,6 +489,17 @@ impl Word {
         leety: 0,
     };
 
+    /// Starts a word at `at` in the normalized text, unless one is being read.
+    fn begin(&mut self, at: usize) {
+        if self.start == usize::MAX {
+            *self = Self {
+                start: at,
+                letters: 0,
+                leety: 0,
+            };
+        }
+    }
+
     /// Ends the word: a word that mixes letters and leet characters (three or
     /// more in all) has its leet characters, all ASCII, folded in place.
     fn end(&mut self, n: &mut Chars) {
@@ -509,7 +508,7 @@ impl Word {
         }
         if self.letters > 0 && self.leety > 0 && self.letters + self.leety >= 3 {
             for c in &mut n.text[self.start..] {
-                if let Some(l) = leet(char::from(*c)).filter(|_| c.is_ascii()) {
+                if let Some(l) = leet(char::from(*c)) {
                     *c = l as u8;
                 }
             }

@@ -1039,6 +1039,7 @@ fn analyze(pattern: &str) -> Option<Analysis> {
     let mut lines: Vec<(Gate, usize)> = Vec::new();
     'branch: for branch in &branches {
         let lits = prefix_literals(branch);
+        let need = required(branch);
         // At a word boundary, a match that starts with a letter or digit starts a
         // word.
         let boundary = branch.properties().look_set_prefix();
@@ -1070,7 +1071,7 @@ fn analyze(pattern: &str) -> Option<Analysis> {
                     .count()
                     > WEAK
         };
-        if let Some(lits) = lits.filter(|l| !weak(l) || required(branch).is_none()) {
+        if let Some(lits) = lits.filter(|l| !weak(l) || need.is_none()) {
             let by_word = at_word
                 && lits
                     .iter()
@@ -1083,13 +1084,11 @@ fn analyze(pattern: &str) -> Option<Analysis> {
             // parenthesis and a line break) is rarer than the byte it starts with:
             // its gate, when it has one that counts literals REPEATED times or more
             // (a class such as the digits of a phone number is not rarer).
-            let repeats = || {
-                required(branch).is_some_and(|g| {
-                    g.iter()
-                        .any(|n| n.times >= REPEATED && matches!(n.part, Part::Literals(_)))
-                })
-            };
-            if !lits.iter().any(|l| frequent(l)) && !repeats() {
+            let repeats = need.as_ref().is_some_and(|g| {
+                g.iter()
+                    .any(|n| n.times >= REPEATED && matches!(n.part, Part::Literals(_)))
+            });
+            if !lits.iter().any(|l| frequent(l)) && !repeats {
                 out.extend(lits.into_iter().map(|l| {
                     let at = leading_space(&l);
                     Prefix::Searched(l, at)
@@ -1097,7 +1096,7 @@ fn analyze(pattern: &str) -> Option<Analysis> {
                 continue 'branch;
             }
         }
-        let gate = required(branch)?;
+        let gate = need?;
         let starts_line = branch
             .properties()
             .look_set_prefix()
