@@ -500,6 +500,61 @@ fn the_settled_rewrite_wins_over_an_escape_of_the_same_stretch() {
     }
 }
 
+/// A construct the validator rewrites (an image, an escaped tag) is replaced by
+/// text made of its own pieces: a secret among them is masked there too, and
+/// pieces a removal joins into a secret are masked. Before, the image's or tag's
+/// replacement covered the secret's finding and the key went out whole.
+#[test]
+fn a_secret_inside_a_rewritten_construct_is_masked() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let key = "AKIAZ4QW7RTY2UIOPL3M";
+    // A tag left open is escaped only before the end of the answer: a first
+    // segment long enough to be judged on its own.
+    let long = "The order shipped on Tuesday and should arrive soon. ".repeat(20);
+    for answer in [
+        format!("see ![key {key}](https://evil.test/a.png) ok"),
+        "see ![key AKIAZ4QW7R&#84;Y2UIOPL3M](https://evil.test/a.png) ok".to_owned(),
+        "see AKIAZ4QW7R![](https://evil.test/a.png)TY2UIOPL3M ok".to_owned(),
+        format!("see <img alt='{key}' src='https://evil.test/a.png'> ok"),
+        format!("{long}\nsee <b title=x key {key} end\n\nmore text"),
+    ] {
+        for out in [
+            whole_outcome(&g, request(None), &answer).unwrap(),
+            stream_outcome(&g, request(None), &[&answer]).unwrap(),
+        ] {
+            assert!(!out.contains(key), "{answer:?} -> {out:?}");
+            assert!(out.contains("[REDACTED:AWS_ACCESS_KEY_ID]"), "{out:?}");
+        }
+        released_validates_clean(&g, &answer);
+    }
+}
+
+/// The settled rewrite of a segment (judged again after its rewrites until
+/// nothing changes) replaces at least every finding it was built from. It used
+/// to end where its text and the answer's became equal again, so an escaped tag
+/// reaching past that end had its own replacement, the original text escaped,
+/// written a second time after it: an image the settling had removed went out
+/// (found by the `markup` fuzz target on a 1 KiB answer of control bytes and
+/// brackets; this is the same failure in words).
+#[test]
+fn a_settled_rewrite_covers_every_finding_it_was_built_from() {
+    let v = AnswerValidator::builder()
+        .allow_hosts(["docs.example.com"])
+        .build()
+        .unwrap();
+    let (g, _) = guard_with(v, |_| {});
+    let long = "The order shipped on Tuesday and should arrive soon. ".repeat(20);
+    let answer =
+        format!("{long}\n[!![:![:]]<[|] <b title=x ![a](https://evil.test/a.png) end\n\nmore text");
+    let out = whole_outcome(&g, request(None), &answer).unwrap();
+    assert_eq!(
+        &out[long.len()..],
+        "\n[!::<[|] &lt;b title=x a end\n\nmore text"
+    );
+    assert_eq!(stream_outcome(&g, request(None), &[&answer]).unwrap(), out);
+    released_validates_clean(&g, &answer);
+}
+
 #[test]
 fn unsafe_markup_is_escaped_stripped_or_blocked() {
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});

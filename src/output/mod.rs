@@ -1429,9 +1429,17 @@ impl Engine {
         let mut text = crate::finding::redact(seg, &local);
         let mut rule: Option<Finding> = None;
         let mut carry = None;
+        let v = &*self.v;
         for round in 0..4 {
             let mut again = Vec::new();
             let j = markdown::judge_segment(&text, 0, &self.carry, rules, last, &mut again);
+            // Leaks and canaries too: a replacement made of the answer's own text
+            // (an escaped tag, a link's text) holds what the findings inside its
+            // span were to mask, and joining pieces can make a secret whole.
+            if let Some(s) = &v.scanner {
+                s.scan_leaks(&text, Location::Output, &mut again);
+            }
+            scan_canaries(&v.canaries, &self.canaries, &text, &mut again);
             again.retain(|f| f.action() != Action::Flag);
             if again.is_empty() {
                 carry = Some(j.carry);
@@ -1450,19 +1458,29 @@ impl Engine {
             text = crate::finding::redact(&text, &again);
         }
         let rule = rule?;
-        // The changed stretch: from the first differing byte to the last.
+        // The changed stretch: from the first differing byte to the last, and at
+        // least every finding the settled text was built from. The replacement is
+        // applied first and the findings inside it are skipped, but one that
+        // starts inside and ends after it would have its own replacement written
+        // again after it (found by the `markup` fuzz target: a stretch of the
+        // answer went out twice, and the second copy held reference images).
+        let (first, last) = local.iter().fold((seg.len(), 0), |(a, b), f| {
+            (a.min(f.span().start), b.max(f.span().end))
+        });
         let p = seg
             .bytes()
             .zip(text.bytes())
             .take_while(|(a, b)| a == b)
-            .count();
+            .count()
+            .min(first);
         let p = crate::finding::floor_boundary(seg, p.min(text.len()));
         let q = seg[p..]
             .bytes()
             .rev()
             .zip(text[p..].bytes().rev())
             .take_while(|(a, b)| a == b)
-            .count();
+            .count()
+            .min(seg.len().saturating_sub(last));
         let (seg_end, text_end) = (seg.len() - q, text.len() - q);
         let seg_end = crate::finding::ceil_boundary(seg, seg_end.max(p));
         let text_end = crate::finding::ceil_boundary(&text, text_end.max(p));
