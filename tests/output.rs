@@ -351,10 +351,13 @@ fn markup_is_judged_as_renderers_parse_it() {
             "<img src=https://%31%36%39.254.169.254/x.png>".into(),
             String::new(),
         ),
-        // A tag left open at the end of a block takes attributes from what follows.
+        // A tag left open at the end of a block takes attributes from what follows:
+        // judged whole, as a browser reads it (a stream escapes it at the cut).
         (
             format!("<img src=x alt=\"\n\n{filler}\n\n<div>\" onerror=alert(1) x=\"\">"),
-            format!("&lt;img src=x alt=\"\n\n{filler}\n\n<div>\" onerror=alert(1) x=\"\">"),
+            format!(
+                "&lt;img src=x alt=\"\n\n{filler}\n\n&lt;div&gt;\" onerror=alert(1) x=\"\"&gt;"
+            ),
         ),
     ];
     for (answer, expected) in &cases {
@@ -546,12 +549,39 @@ fn a_settled_rewrite_covers_every_finding_it_was_built_from() {
     let long = "The order shipped on Tuesday and should arrive soon. ".repeat(20);
     let answer =
         format!("{long}\n[!![:![:]]<[|] <b title=x ![a](https://evil.test/a.png) end\n\nmore text");
-    let out = whole_outcome(&g, request(None), &answer).unwrap();
+    // A stream cuts the answer after the blank line and escapes the tag left open
+    // there (judged whole, the tag runs to the end of the answer, where a browser
+    // drops it: not escaped).
+    let out = stream_outcome(&g, request(None), &[&answer]).unwrap();
     assert_eq!(
         &out[long.len()..],
         "\n[!::<[|] &lt;b title=x a end\n\nmore text"
     );
-    assert_eq!(stream_outcome(&g, request(None), &[&answer]).unwrap(), out);
+    let out = whole_outcome(&g, request(None), &answer).unwrap();
+    assert_eq!(
+        &out[long.len()..],
+        "\n[!::<[|] <b title=x a end\n\nmore text"
+    );
+    released_validates_clean(&g, &answer);
+}
+
+/// Judged whole, a tag left open is judged with what follows it, wherever the
+/// answer's cuts fall: the released answer (72 control bytes shorter, so its cuts
+/// fall elsewhere) validates clean. Before, the tag stood at the end of the last
+/// segment the first time (not escaped: a browser drops it) and at a cut the
+/// second (escaped; found by the `markup` fuzz target).
+#[test]
+fn where_the_cuts_fall_does_not_decide_whether_a_tag_is_escaped() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let prose = "Plain\u{1} prose\u{1} about\u{1} the\u{1} order and its delivery window. ";
+    let answer = format!(
+        "{}\n\n{}\n\n<p title=x{}\n\nthe end\n",
+        &prose.repeat(20)[..1000],
+        "word ".repeat(10),
+        " yy".repeat(20)
+    );
+    let out = whole_outcome(&g, request(None), &answer).unwrap();
+    assert!(out.contains("\n\n<p title=x yy"), "{out:?}");
     released_validates_clean(&g, &answer);
 }
 

@@ -25,8 +25,10 @@
 //!   `vbscript:` and `data:` URLs always go;
 //! - **unsafe markup**: HTML script, iframe, object, embed, form, meta, base, style,
 //!   svg and similar elements, event-handler attributes, script in `style`, and a
-//!   tag left open at the end of a block (escaped by default), ANSI and OSC terminal
-//!   sequences and C1 controls (stripped by default); see [`MarkupMode`];
+//!   tag a stream leaves open where it is released (escaped by default: it would
+//!   take its attributes from what follows; a whole answer's tag is judged with what
+//!   follows it), ANSI and OSC terminal sequences and C1 controls (stripped by
+//!   default); see [`MarkupMode`];
 //! - **code is code**: code spans and fenced code blocks are shown as code by a
 //!   markdown renderer, so nothing in them is rewritten as markup or links (leaks,
 //!   canaries and terminal sequences count everywhere). Indented code is judged like
@@ -1267,14 +1269,14 @@ impl Engine {
             } else {
                 Cut::Block
             };
-            if !self.segment(text, end, Some(cut), out) {
+            if !self.segment(text, end, Some(cut), eos, out) {
                 // Tries back off as the segment grows: parsing stays linear in the
                 // answer even when no cut qualifies for a long time.
                 self.next_try = end + (end - self.done).max(MIN_SEGMENT);
             }
         }
         if eos && self.done < text.len() {
-            self.segment(text, text.len(), None, out);
+            self.segment(text, text.len(), None, true, out);
             self.line = text.len();
         }
         if eos && self.json {
@@ -1314,11 +1316,16 @@ impl Engine {
 
     /// Judges `text[self.done..end]` as one segment; unless this is the end of the
     /// answer, refuses (and judges nothing) when a construct is left open there.
+    /// When the whole answer is at hand (`whole`), it also refuses a cut inside a
+    /// tag left open: the tag is judged with what follows it, as a browser reads
+    /// it, and where the cuts fall does not decide whether it is escaped (the
+    /// answer validated again after its rewrites, shorter, has its cuts elsewhere).
     fn segment(
         &mut self,
         text: &str,
         end: usize,
         cut: Option<Cut>,
+        whole: bool,
         out: &mut Vec<Finding>,
     ) -> bool {
         let start = self.done;
@@ -1353,7 +1360,9 @@ impl Engine {
             None => false,
             Some(Cut::Block) => !judged.closed,
             Some(Cut::Line) => !judged.line_cut,
-        };
+        } || (whole
+            && cut.is_some()
+            && found.iter().any(|f| f.rule_id() == "markup.unclosed_tag"));
         if refused || (cut.is_some() && self.canary_tail(seg)) {
             return false;
         }
