@@ -585,6 +585,26 @@ fn where_the_cuts_fall_does_not_decide_whether_a_tag_is_escaped() {
     released_validates_clean(&g, &answer);
 }
 
+/// Answers the `markup` fuzz target found (`tests/data/markup_fuzz`, kept as it
+/// wrote them: control bytes, brackets and tags a kilobyte long): what the guard
+/// releases of each validates clean, with the fuzz target's validator.
+#[test]
+fn answers_the_fuzzer_found_validate_clean_once_released() {
+    let v = AnswerValidator::builder()
+        .allow_hosts(["docs.example.com"])
+        .build()
+        .unwrap();
+    let (g, _) = guard_with(v, |_| {});
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/markup_fuzz");
+    let mut n = 0;
+    for f in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(f.unwrap().path()).unwrap();
+        released_validates_clean(&g, std::str::from_utf8(&bytes).unwrap());
+        n += 1;
+    }
+    assert_eq!(n, 3);
+}
+
 #[test]
 fn unsafe_markup_is_escaped_stripped_or_blocked() {
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});

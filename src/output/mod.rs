@@ -1458,9 +1458,21 @@ impl Engine {
                 rule = again.first().cloned();
             }
             if round == 3 || again.iter().any(|f| f.action() == Action::Block) {
-                // It does not settle: nothing of the changed stretch goes out.
+                // It does not settle: nothing of the changed stretch goes out. The
+                // segment's line breaks at its end stay, and what carries over to
+                // the next segment is that of the text that goes out: the next
+                // segment starts a line, or a block, as it did (found by the
+                // `markup` fuzz target: a reference definition after a blank line
+                // was read as a paragraph's continuation, and released).
                 let cut = again.iter().map(|f| f.span().start).min().unwrap_or(0);
                 text.truncate(crate::finding::floor_boundary(&text, cut));
+                let tail = &seg[seg.trim_end().len()..];
+                if tail.contains('\n') && !text.ends_with(tail) {
+                    text.truncate(text.trim_end().len());
+                    text.push_str(tail);
+                }
+                let mut ignored = Vec::new();
+                let j = markdown::judge_segment(&text, 0, &self.carry, rules, last, &mut ignored);
                 carry = Some(j.carry);
                 break;
             }
