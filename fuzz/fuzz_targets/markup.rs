@@ -1,7 +1,11 @@
 //! The markdown, HTML and URL path of the answer validator on arbitrary answers.
 //! Properties: no panic; what the validator releases is clean, so validating it
-//! again finds no image, link, script URL or markup to remove (a rewrite never
-//! builds a new construct out of the pieces it leaves).
+//! again finds no image, link, script URL, markup or credential to remove (a
+//! rewrite never builds a new construct out of the pieces it leaves, and never
+//! releases a credential it was to mask inside a construct it rewrote).
+//!
+//! The first byte, when odd, puts an AWS access key into the answer at a place it
+//! chooses (the fuzzer would seldom write one).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -13,12 +17,13 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
+const KEY: &str = "AKIAZ4QW7RTY2UIOPL3M";
+
 fn guard() -> &'static InferenceGuard {
     static G: OnceLock<InferenceGuard> = OnceLock::new();
     G.get_or_init(|| {
         let v = AnswerValidator::builder()
             .allow_hosts(["docs.example.com"])
-            .leaks(None)
             .build()
             .unwrap();
         common::open_guard(|b| {
@@ -37,10 +42,21 @@ fn released(answer: &str) -> Option<(String, Vec<Finding>)> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let Some((&first, rest)) = data.split_first() else {
         return;
     };
-    let Some((once, _)) = released(text) else {
+    let Ok(text) = std::str::from_utf8(rest) else {
+        return;
+    };
+    let mut answer = text.to_owned();
+    if first & 1 == 1 {
+        let mut at = usize::from(first >> 1) * text.len() / 128;
+        while !text.is_char_boundary(at) {
+            at -= 1;
+        }
+        answer.insert_str(at, KEY);
+    }
+    let Some((once, _)) = released(&answer) else {
         return;
     };
     let Some((twice, findings)) = released(&once) else {
@@ -52,7 +68,7 @@ fuzz_target!(|data: &[u8]| {
         .filter(|f| {
             matches!(
                 f.category(),
-                Category::UnsafeMarkup | Category::Exfiltration
+                Category::UnsafeMarkup | Category::Exfiltration | Category::Secret
             )
         })
         .map(Finding::rule_id)
