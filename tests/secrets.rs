@@ -260,6 +260,48 @@ fn planted_values_of_every_supported_format_are_found() {
     );
 }
 
+/// The same values with a zero-width space, a soft hyphen or a word joiner inside
+/// are found too (the model reads them whole; only the zero-width space was
+/// flagged, as smuggling, and the value went to the model), and the finding covers
+/// the whole value.
+#[test]
+fn planted_values_split_by_invisible_characters_are_found() {
+    let scanner = Scanner::new();
+    let mut missed = Vec::new();
+    let mut total = 0;
+    for seed in 1..=20u64 {
+        let mut g = Gen(seed);
+        for (k, (rule, value)) in planted(&mut g).into_iter().enumerate() {
+            let mut mid = value.len() / 2;
+            while !value.is_char_boundary(mid) {
+                mid += 1;
+            }
+            let split = format!(
+                "{}{}{}",
+                &value[..mid],
+                ["\u{200b}", "\u{ad}", "\u{2060}"][k % 3],
+                &value[mid..]
+            );
+            total += 1;
+            let text = format!("Here is the config we use in staging: {split} (do not share)");
+            let found = scanner.scan_text(&text, Location::Message(0));
+            let at = text.find(&split).unwrap();
+            let hit = found.iter().any(|f| {
+                f.rule_id() == rule && f.span().start <= at + mid && f.span().end > at + mid
+            });
+            if !hit {
+                missed.push(format!("{rule}: {split:?}"));
+            }
+        }
+    }
+    let rate = 1.0 - missed.len() as f64 / total as f64;
+    assert!(
+        rate >= 0.99,
+        "found {:.1}% of {total}; missed: {missed:#?}",
+        rate * 100.0
+    );
+}
+
 #[test]
 fn checksums_and_placeholders() {
     let scanner = Scanner::new();

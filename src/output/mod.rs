@@ -706,7 +706,7 @@ impl AnswerValidator {
                 // JSON escapes (`\u0041KIA...`) or split by what renders as nothing
                 // is whole there.
                 if !found.iter().any(|f| *f.category() == Category::Secret)
-                    && (args.contains('\\') || visible::view(args).is_some())
+                    && (args.contains('\\') || crate::scan::visible::view(args, true).is_some())
                 {
                     if let Ok(value) = serde_json::from_str::<serde_json::Value>(args) {
                         let mut strings = Vec::new();

@@ -1,114 +1,17 @@
-//! The text of an answer as a reader sees it, for the credential rules: a key a
-//! model writes with a zero-width space, a soft hyphen or a bidirectional control
-//! inside, or split by inline markup that renders as nothing between its halves
-//! (`AKIA…**REST**`, `` AKIA…`REST` ``, `AKIA…<b></b>REST`), is shown whole, and
-//! the rules must see it whole too.
+//! The credential rules over an answer as a reader sees it (see
+//! `scan::visible`).
 
 use crate::Location;
 use crate::finding::Finding;
 use crate::scan::Scanner;
 
-/// Characters shown as nothing: soft hyphen, Mongolian vowel separator, zero-width
-/// and directional marks, bidirectional embeddings and isolates, word joiner and
-/// invisible operators, the byte-order mark, tag characters.
-fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{ad}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
-        | '\u{e0000}'..='\u{e007f}')
-}
-
-/// Whether the byte can start an invisible character's UTF-8 encoding.
-fn invisible_lead(b: u8) -> bool {
-    matches!(b, 0xc2 | 0xe1 | 0xe2 | 0xef | 0xf3)
-}
-
-/// The length of the inline markup at `text[i..]` that renders as nothing when it
-/// stands inside a word: a run of `*`, `~` or `` ` `` (emphasis, strikethrough,
-/// code span), or HTML tags back to back (each on one line, at most 64 bytes).
-/// Zero when there is none.
-fn markup_len(b: &[u8], i: usize) -> usize {
-    match b[i] {
-        c @ (b'*' | b'~' | b'`') => b[i..].iter().take_while(|&&x| x == c).count(),
-        b'<' => {
-            let mut j = i;
-            while b.get(j) == Some(&b'<')
-                && b.get(j + 1)
-                    .is_some_and(|&x| x.is_ascii_alphabetic() || x == b'/' || x == b'!')
-            {
-                let Some(close) = b[j..]
-                    .iter()
-                    .take(64)
-                    .position(|&x| x == b'>' || x == b'\n')
-                else {
-                    break;
-                };
-                if b[j + close] != b'>' || close < 2 {
-                    break;
-                }
-                j += close + 1;
-            }
-            j - i
-        }
-        _ => 0,
-    }
-}
-
-/// `text` without the characters shown as nothing and without inline markup
-/// between two letters or digits, and for each byte of it (and its end) the
-/// offset in `text` it comes from; `None` when that is `text` itself (the common
-/// case, found with a byte search).
-pub(crate) fn view(text: &str) -> Option<(String, Vec<usize>)> {
-    let b = text.as_bytes();
-    let joins = |i: usize, n: usize| {
-        i > 0
-            && b[i - 1].is_ascii_alphanumeric()
-            && b.get(i + n).is_some_and(u8::is_ascii_alphanumeric)
-    };
-    // Most markup follows whitespace: the byte before it is tested first.
-    let any_markup = memchr::memchr3_iter(b'*', b'~', b'`', b)
-        .chain(memchr::memchr_iter(b'<', b))
-        .any(|i| {
-            i > 0 && b[i - 1].is_ascii_alphanumeric() && {
-                let n = markup_len(b, i);
-                n > 0 && joins(i, n)
-            }
-        });
-    let any_invisible = !text.is_ascii()
-        && b.iter()
-            .enumerate()
-            .any(|(i, &x)| invisible_lead(x) && text[i..].chars().next().is_some_and(invisible));
-    if !any_markup && !any_invisible {
-        return None;
-    }
-    let mut out = String::with_capacity(text.len());
-    let mut map = Vec::with_capacity(text.len() + 1);
-    let mut i = 0;
-    while i < b.len() {
-        let n = markup_len(b, i);
-        if n > 0 && joins(i, n) {
-            i += n;
-            continue;
-        }
-        let c = text[i..].chars().next().unwrap_or('\0');
-        let len = c.len_utf8();
-        if !invisible(c) {
-            out.push(c);
-            map.extend(i..i + len);
-        }
-        i += len;
-    }
-    map.push(text.len());
-    Some((out, map))
-}
-
 /// The credential and personal-data rules over `text` and, when it differs, over
-/// what a reader sees of it ([`view`]): a finding there that no finding in `text`
+/// what a reader sees of it (`scan::visible::view`): a finding there that no finding in `text`
 /// covers is added with its span in `text` (from its first character to its last).
 pub(crate) fn scan_leaks(s: &Scanner, text: &str, at: Location, out: &mut Vec<Finding>) {
     let from = out.len();
     s.scan_leaks(text, at, out);
-    let Some((view, map)) = view(text) else {
+    let Some((view, map)) = crate::scan::visible::view(text, true) else {
         return;
     };
     let mut seen = Vec::new();
@@ -125,40 +28,6 @@ pub(crate) fn scan_leaks(s: &Scanner, text: &str, at: Location, out: &mut Vec<Fi
             .any(|g| g.span().start <= at.start && at.end <= g.span().end);
         if !covered {
             out.push(f.with_span(at));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_view_drops_what_renders_as_nothing_inside_a_word() {
-        for (text, seen) in [
-            ("AKIA\u{200b}Z4\u{ad}QW", "AKIAZ4QW"),
-            ("ab**cd** ef", "abcd** ef"),
-            ("ab`cd` ef", "abcd` ef"),
-            ("ab<b></b>cd", "abcd"),
-            ("a\u{e0041}b", "ab"),
-        ] {
-            let (v, map) = view(text).unwrap();
-            assert_eq!(v, seen);
-            assert_eq!(map.len(), v.len() + 1);
-            for (k, &at) in map[..v.len()].iter().enumerate() {
-                assert_eq!(v.as_bytes()[k], text.as_bytes()[at], "{text:?}");
-            }
-        }
-        // Markup between words, and text without invisible characters, is the
-        // text itself.
-        for text in [
-            "a **bold** word, `code` and <b>tags</b>",
-            "2 < 3 and 4 > 1",
-            "plain ümlaut text",
-            "x*",
-            "<",
-        ] {
-            assert!(view(text).is_none(), "{text:?}");
         }
     }
 }

@@ -86,6 +86,7 @@ pub(crate) mod swar;
 #[cfg(test)]
 pub(crate) mod testgen;
 mod unicode;
+pub(crate) mod visible;
 
 pub use classifier::{Classifier, Example, Level, Score, Trainer};
 pub use history::HistoryStats;
@@ -376,6 +377,7 @@ impl Scanner {
         unicode::scan(text, location, &mut out);
         g.rules
             .scan(text, location, &g.disabled, replacer, &mut out);
+        self.scan_visible(text, location, replacer, &mut out);
         if heuristics {
             self.scan_into(text, location, 0, &mut budget, &mut out);
         }
@@ -384,6 +386,44 @@ impl Scanner {
             h.insert(c.key, &out);
         }
         out
+    }
+
+    /// The credential and personal-data rules over the text without the characters
+    /// shown as nothing, when it has any: a key with a zero-width space inside is
+    /// read whole by the model. A finding there that none in `out` covers is added
+    /// with its span in `text`.
+    fn scan_visible(
+        &self,
+        text: &str,
+        location: Location,
+        replacer: &mut redaction::Replacer<'_>,
+        out: &mut Vec<Finding>,
+    ) {
+        let Some((view, map)) = visible::view(text, false) else {
+            return;
+        };
+        let g = &*self.inner;
+        let mut seen = Vec::new();
+        g.rules
+            .scan(&view, location, &g.disabled, replacer, &mut seen);
+        for f in seen {
+            let sp = f.span();
+            if sp.start >= sp.end || sp.end > view.len() {
+                continue;
+            }
+            let at = map[sp.start]..map[sp.end - 1] + 1;
+            let at = at.start..crate::finding::ceil_boundary(text, at.end);
+            let covered = out.iter().any(|g| {
+                matches!(
+                    g.category(),
+                    crate::Category::Secret | crate::Category::PersonalData
+                ) && g.span().start <= at.start
+                    && at.end <= g.span().end
+            });
+            if !covered {
+                out.push(f.with_span(at));
+            }
+        }
     }
 
     fn scan_into(

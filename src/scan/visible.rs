@@ -1,0 +1,132 @@
+//! The text as a reader sees it, for the credential rules: a key written with a
+//! zero-width space, a soft hyphen or a bidirectional control inside, or (in an
+//! answer, which is rendered) split by inline markup that shows as nothing between
+//! its halves (`AKIA…**REST**`, `` AKIA…`REST` ``, `AKIA…<b></b>REST`), is shown
+//! whole, and the rules must see it whole too.
+
+/// Characters shown as nothing: soft hyphen, Mongolian vowel separator, zero-width
+/// and directional marks, bidirectional embeddings and isolates, word joiner and
+/// invisible operators, the byte-order mark, tag characters.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+        | '\u{e0000}'..='\u{e007f}')
+}
+
+/// The length of the inline markup at `text[i..]` that renders as nothing when it
+/// stands inside a word: a run of `*`, `~` or `` ` `` (emphasis, strikethrough,
+/// code span), or HTML tags back to back (each on one line, at most 64 bytes).
+/// Zero when there is none.
+fn markup_len(b: &[u8], i: usize) -> usize {
+    match b[i] {
+        c @ (b'*' | b'~' | b'`') => b[i..].iter().take_while(|&&x| x == c).count(),
+        b'<' => {
+            let mut j = i;
+            while b.get(j) == Some(&b'<')
+                && b.get(j + 1)
+                    .is_some_and(|&x| x.is_ascii_alphabetic() || x == b'/' || x == b'!')
+            {
+                let Some(close) = b[j..]
+                    .iter()
+                    .take(64)
+                    .position(|&x| x == b'>' || x == b'\n')
+                else {
+                    break;
+                };
+                if b[j + close] != b'>' || close < 2 {
+                    break;
+                }
+                j += close + 1;
+            }
+            j - i
+        }
+        _ => 0,
+    }
+}
+
+/// `text` without the characters shown as nothing and (with `markup`) without
+/// inline markup between two letters or digits, and for each byte of it (and its
+/// end) the offset in `text` it comes from; `None` when that is `text` itself (the
+/// common case, found with byte searches).
+pub(crate) fn view(text: &str, markup: bool) -> Option<(String, Vec<usize>)> {
+    let b = text.as_bytes();
+    let joins = |i: usize, n: usize| {
+        i > 0
+            && b[i - 1].is_ascii_alphanumeric()
+            && b.get(i + n).is_some_and(u8::is_ascii_alphanumeric)
+    };
+    // Most markup follows whitespace: the byte before it is tested first.
+    let any_markup = markup
+        && memchr::memchr3_iter(b'*', b'~', b'`', b)
+            .chain(memchr::memchr_iter(b'<', b))
+            .any(|i| {
+                i > 0 && b[i - 1].is_ascii_alphanumeric() && {
+                    let n = markup_len(b, i);
+                    n > 0 && joins(i, n)
+                }
+            });
+    let any_invisible = !text.is_ascii()
+        && memchr::memchr3_iter(0xc2, 0xe2, 0xef, b)
+            .chain(memchr::memchr2_iter(0xe1, 0xf3, b))
+            .any(|i| text[i..].chars().next().is_some_and(invisible));
+    if !any_markup && !any_invisible {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut map = Vec::with_capacity(text.len() + 1);
+    let mut i = 0;
+    while i < b.len() {
+        let n = if markup { markup_len(b, i) } else { 0 };
+        if n > 0 && joins(i, n) {
+            i += n;
+            continue;
+        }
+        let c = text[i..].chars().next().unwrap_or('\0');
+        let len = c.len_utf8();
+        if !invisible(c) {
+            out.push(c);
+            map.extend(i..i + len);
+        }
+        i += len;
+    }
+    map.push(text.len());
+    Some((out, map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_view_drops_what_renders_as_nothing_inside_a_word() {
+        for (text, seen) in [
+            ("AKIA\u{200b}Z4\u{ad}QW", "AKIAZ4QW"),
+            ("ab**cd** ef", "abcd** ef"),
+            ("ab`cd` ef", "abcd` ef"),
+            ("ab<b></b>cd", "abcd"),
+            ("a\u{e0041}b", "ab"),
+        ] {
+            let (v, map) = view(text, true).unwrap();
+            assert_eq!(v, seen);
+            assert_eq!(map.len(), v.len() + 1);
+            for (k, &at) in map[..v.len()].iter().enumerate() {
+                assert_eq!(v.as_bytes()[k], text.as_bytes()[at], "{text:?}");
+            }
+        }
+        // Markup between words, and text without invisible characters, is the
+        // text itself.
+        for text in [
+            "a **bold** word, `code` and <b>tags</b>",
+            "2 < 3 and 4 > 1",
+            "plain ümlaut text",
+            "x*",
+            "<",
+        ] {
+            assert!(view(text, true).is_none(), "{text:?}");
+        }
+        // Without markup, only the characters shown as nothing go.
+        assert!(view("ab**cd**", false).is_none());
+        assert_eq!(view("a\u{200b}b**c**", false).unwrap().0, "ab**c**");
+    }
+}
