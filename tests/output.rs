@@ -352,7 +352,7 @@ fn markup_is_judged_as_renderers_parse_it() {
             String::new(),
         ),
         // A tag left open at the end of a block takes attributes from what follows:
-        // judged whole, as a browser reads it (a stream escapes it at the cut).
+        // it is judged with them, as a browser reads it.
         (
             format!("<img src=x alt=\"\n\n{filler}\n\n<div>\" onerror=alert(1) x=\"\">"),
             format!(
@@ -569,13 +569,14 @@ fn a_key_shown_whole_is_masked_however_it_is_split() {
     assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
 }
 
-/// The settled rewrite of a segment (judged again after its rewrites until
-/// nothing changes) replaces at least every finding it was built from. It used
-/// to end where its text and the answer's became equal again, so an escaped tag
-/// reaching past that end had its own replacement, the original text escaped,
-/// written a second time after it: an image the settling had removed went out
-/// (found by the `markup` fuzz target on a 1 KiB answer of control bytes and
-/// brackets; this is the same failure in words).
+/// An answer the settled rewrite of a segment used to get wrong: the tag left
+/// open was escaped at the cut, its escape reached past the settled text and was
+/// written a second time, and the off-allowlist image the settling had removed went
+/// out in that copy (the span itself is checked in the unit test
+/// `output::tests::the_settled_rewrite_covers_the_findings_it_was_built_from`). A
+/// tag left open over a blank line is now judged with what follows it, in a stream
+/// as in a whole answer: here it runs to the end of the answer, where a browser
+/// drops it.
 #[test]
 fn a_settled_rewrite_covers_every_finding_it_was_built_from() {
     let v = AnswerValidator::builder()
@@ -586,19 +587,12 @@ fn a_settled_rewrite_covers_every_finding_it_was_built_from() {
     let long = "The order shipped on Tuesday and should arrive soon. ".repeat(20);
     let answer =
         format!("{long}\n[!![:![:]]<[|] <b title=x ![a](https://evil.test/a.png) end\n\nmore text");
-    // A stream cuts the answer after the blank line and escapes the tag left open
-    // there (judged whole, the tag runs to the end of the answer, where a browser
-    // drops it: not escaped).
-    let out = stream_outcome(&g, request(None), &[&answer]).unwrap();
-    assert_eq!(
-        &out[long.len()..],
-        "\n[!::<[|] &lt;b title=x a end\n\nmore text"
-    );
     let out = whole_outcome(&g, request(None), &answer).unwrap();
     assert_eq!(
         &out[long.len()..],
         "\n[!::<[|] <b title=x a end\n\nmore text"
     );
+    assert_eq!(stream_outcome(&g, request(None), &[&answer]).unwrap(), out);
     released_validates_clean(&g, &answer);
 }
 
@@ -620,6 +614,22 @@ fn where_the_cuts_fall_does_not_decide_whether_a_tag_is_escaped() {
     let out = whole_outcome(&g, request(None), &answer).unwrap();
     assert!(out.contains("\n\n<p title=x yy"), "{out:?}");
     released_validates_clean(&g, &answer);
+    // A stream holds the tag back until it closes or the answer ends, and
+    // releases what the whole answer does, here and when the tag closes over a
+    // blank line with a handler.
+    let filler = "Plain prose about the order and its delivery window. ".repeat(25);
+    let closes = format!("<img src=x alt=\"\n\n{filler}\n\n<div>\" onerror=alert(1) x=\"\">");
+    for a in [answer.as_str(), closes.as_str()] {
+        let chunks: Vec<&str> = a
+            .as_bytes()
+            .chunks(97)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        assert_eq!(
+            stream_outcome(&g, request(None), &chunks).unwrap(),
+            whole_outcome(&g, request(None), a).unwrap()
+        );
+    }
 }
 
 /// Answers the `markup` fuzz target found (`tests/data/markup_fuzz`, kept as it

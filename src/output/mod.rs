@@ -24,11 +24,11 @@
 //!   not allowed), a reference definition is judged as a link; `javascript:`,
 //!   `vbscript:` and `data:` URLs always go;
 //! - **unsafe markup**: HTML script, iframe, object, embed, form, meta, base, style,
-//!   svg and similar elements, event-handler attributes, script in `style`, and a
-//!   tag a stream leaves open where it is released (escaped by default: it would
-//!   take its attributes from what follows; a whole answer's tag is judged with what
-//!   follows it), ANSI and OSC terminal sequences and C1 controls (stripped by
-//!   default); see [`MarkupMode`];
+//!   svg and similar elements, event-handler attributes, script in `style` (a tag
+//!   left open over a blank line is judged with what follows it, as a browser reads
+//!   it; one left open at the end of the answer is dropped by a browser), ANSI and
+//!   OSC terminal sequences and C1 controls (stripped by default); see
+//!   [`MarkupMode`];
 //! - **code is code**: code spans and fenced code blocks are shown as code by a
 //!   markdown renderer, so nothing in them is rewritten as markup or links (leaks,
 //!   canaries and terminal sequences count everywhere). Indented code is judged like
@@ -1310,14 +1310,14 @@ impl Engine {
             } else {
                 Cut::Block
             };
-            if !self.segment(text, end, Some(cut), eos, out) {
+            if !self.segment(text, end, Some(cut), out) {
                 // Tries back off as the segment grows: parsing stays linear in the
                 // answer even when no cut qualifies for a long time.
                 self.next_try = end + (end - self.done).max(MIN_SEGMENT);
             }
         }
         if eos && self.done < text.len() {
-            self.segment(text, text.len(), None, true, out);
+            self.segment(text, text.len(), None, out);
             self.line = text.len();
         }
         if eos && self.json {
@@ -1356,9 +1356,8 @@ impl Engine {
     }
 
     /// Judges `text[self.done..end]` as one segment; unless this is the end of the
-    /// answer, refuses (and judges nothing) when a construct is left open there.
-    /// When the whole answer is at hand (`whole`), it also refuses a cut inside a
-    /// tag left open: the tag is judged with what follows it, as a browser reads
+    /// answer, refuses (and judges nothing) when a construct is left open there. A
+    /// tag left open is one: it is judged with what follows it, as a browser reads
     /// it, and where the cuts fall does not decide whether it is escaped (the
     /// answer validated again after its rewrites, shorter, has its cuts elsewhere).
     fn segment(
@@ -1366,7 +1365,6 @@ impl Engine {
         text: &str,
         end: usize,
         cut: Option<Cut>,
-        whole: bool,
         out: &mut Vec<Finding>,
     ) -> bool {
         let start = self.done;
@@ -1401,8 +1399,7 @@ impl Engine {
             None => false,
             Some(Cut::Block) => !judged.closed,
             Some(Cut::Line) => !judged.line_cut,
-        } || (whole
-            && cut.is_some()
+        } || (cut.is_some()
             && found.iter().any(|f| f.rule_id() == "markup.unclosed_tag"));
         if refused || (cut.is_some() && self.canary_tail(seg)) {
             return false;
@@ -1951,6 +1948,46 @@ mod tests {
             }
         }
         assert!(reports > 100 && reports < 590, "{reports}");
+    }
+
+    /// The settled rewrite covers every finding it was built from: an escape of a
+    /// tag left open (its replacement ends as the text it replaces) reaching past
+    /// the last changed byte had its replacement written a second time after the
+    /// settled text, and the image the settling removed went out in that copy
+    /// (found by the `markup` fuzz target).
+    #[test]
+    fn the_settled_rewrite_covers_the_findings_it_was_built_from() {
+        let v = AnswerValidator::builder()
+            .allow_hosts(["docs.example.com"])
+            .build()
+            .unwrap();
+        let r = GuardRequest::new("m");
+        let e = v.engine(&crate::Principal::anonymous(), &r);
+        let rules = markdown::Rules {
+            links: &e.v.links,
+            html: e.v.html,
+            code_is_inert: e.v.code_is_inert,
+            bare_urls: true,
+        };
+        let seg = "[!![:![:]]<[|] <b title=x ![a](https://evil.test/a.png) end\n\n";
+        // As judged at a cut (not the end of the answer): the tag left open is
+        // escaped.
+        let mut found = Vec::new();
+        markdown::judge_segment(seg, 0, &e.carry, &rules, false, &mut found);
+        assert!(found.iter().any(|f| f.rule_id() == "markup.unclosed_tag"));
+        let (settled, _) = e.settle(seg, 0, &found, &rules, false).expect("settles");
+        for f in found.iter().filter(|f| f.action() == Action::Redact) {
+            assert!(
+                settled.span().start <= f.span().start && f.span().end <= settled.span().end,
+                "{:?} outside {:?}",
+                f.span(),
+                settled.span()
+            );
+        }
+        let mut all = vec![settled];
+        all.extend(found);
+        let out = crate::finding::redact(seg, &all);
+        assert_eq!(out, "[!::<[|] &lt;b title=x a end\n\n");
     }
 
     #[test]
