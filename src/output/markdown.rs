@@ -43,7 +43,7 @@ pub(crate) struct Rules<'a> {
 /// The verdict on one segment.
 pub(crate) struct Judged {
     /// Whether the segment may end here: no fenced code block inside a container,
-    /// HTML block that spans blank lines, or PEM block is left open.
+    /// HTML block that spans blank lines, tag, or PEM block is left open.
     pub(crate) closed: bool,
     /// Whether the segment may also end here when its last line is not blank: the
     /// last block is not raw HTML and has no bracket, backtick or `<` left as
@@ -283,9 +283,10 @@ pub(crate) fn judge_segment(
         next.defs.insert(key, dest);
     }
     // HTML wherever a renderer passes it through: everything but code.
+    let mut tag_open = false;
     if seg.contains('<') {
         if code.is_empty() {
-            judge_tags(seg, seg, rules.html, rules.links, offset, last, &mut found);
+            tag_open = judge_tags(seg, seg, rules.html, rules.links, offset, last, &mut found);
         } else {
             let mut blank = seg.as_bytes().to_vec();
             for r in &code {
@@ -295,7 +296,7 @@ pub(crate) fn judge_segment(
                 }
             }
             let blanked = String::from_utf8(blank).unwrap_or_default();
-            judge_tags(
+            tag_open = judge_tags(
                 seg,
                 &blanked,
                 rules.html,
@@ -312,7 +313,7 @@ pub(crate) fn judge_segment(
     let pem_open = memchr::memmem::find(seg.as_bytes(), b"-----BEGIN ")
         .and_then(|_| seg.rfind("-----BEGIN "))
         .is_some_and(|b| !seg[b..].contains("-----END "));
-    let closed = !open_nested && !pem_open;
+    let closed = !open_nested && !pem_open && !tag_open;
     Judged {
         closed,
         line_cut: closed && !tail_risky && next.fence.is_none(),

@@ -88,7 +88,8 @@ const FOLLOWS: &[&str] = &["href", "action", "formaction", "cite", "ping", "long
 /// Judges the tags of `text` (a segment whose code is blanked out; `orig` is the
 /// same bytes as written): dangerous elements, event handlers, script in styles and
 /// tags left open before the end of the answer are markup findings; URLs in attributes are judged as images or
-/// links.
+/// links. Returns whether a tag is left open before the end of the answer (the
+/// segment may not end there: the tag takes its attributes from what follows).
 pub(crate) fn judge_tags(
     orig: &str,
     text: &str,
@@ -97,9 +98,10 @@ pub(crate) fn judge_tags(
     offset: usize,
     last: bool,
     out: &mut Vec<Finding>,
-) {
+) -> bool {
+    let mut open = false;
     if memchr::memchr(b'<', text.as_bytes()).is_none() {
-        return;
+        return open;
     }
     for tag in html::tags(text) {
         let span = offset + tag.span.start..offset + tag.span.end;
@@ -115,6 +117,7 @@ pub(crate) fn judge_tags(
             if last {
                 continue;
             }
+            open = true;
             out.push(finding("markup.unclosed_tag", mode, span, escaped()));
             continue;
         }
@@ -164,6 +167,7 @@ pub(crate) fn judge_tags(
             }
         }
     }
+    open
 }
 
 /// Terminal control sequences and C1 controls.

@@ -1399,8 +1399,7 @@ impl Engine {
             None => false,
             Some(Cut::Block) => !judged.closed,
             Some(Cut::Line) => !judged.line_cut,
-        } || (cut.is_some()
-            && found.iter().any(|f| f.rule_id() == "markup.unclosed_tag"));
+        };
         if refused || (cut.is_some() && self.canary_tail(seg)) {
             return false;
         }

@@ -406,24 +406,7 @@ impl Scanner {
         let mut seen = Vec::new();
         g.rules
             .scan(&view, location, &g.disabled, replacer, &mut seen);
-        for f in seen {
-            let sp = f.span();
-            if sp.start >= sp.end || sp.end > view.len() {
-                continue;
-            }
-            let at = map[sp.start]..map[sp.end - 1] + 1;
-            let at = at.start..crate::finding::ceil_boundary(text, at.end);
-            let covered = out.iter().any(|g| {
-                matches!(
-                    g.category(),
-                    crate::Category::Secret | crate::Category::PersonalData
-                ) && g.span().start <= at.start
-                    && at.end <= g.span().end
-            });
-            if !covered {
-                out.push(f.with_span(at));
-            }
-        }
+        visible::add_uncovered(text, &map, seen, out, 0);
     }
 
     fn scan_into(

@@ -94,6 +94,35 @@ pub(crate) fn view(text: &str, markup: bool) -> Option<(String, Vec<usize>)> {
     Some((out, map))
 }
 
+/// Adds the findings `seen` in a [`view`] of `text` (`map` is its offsets) that
+/// no credential or personal-data finding of `out[from..]` covers, with their
+/// spans in `text` (from a finding's first character to its last).
+pub(crate) fn add_uncovered(
+    text: &str,
+    map: &[usize],
+    seen: Vec<crate::finding::Finding>,
+    out: &mut Vec<crate::finding::Finding>,
+    from: usize,
+) {
+    for f in seen {
+        let sp = f.span();
+        if sp.start >= sp.end || sp.end >= map.len() {
+            continue;
+        }
+        let at = map[sp.start]..crate::finding::ceil_boundary(text, map[sp.end - 1] + 1);
+        let covered = out[from..].iter().any(|g| {
+            matches!(
+                g.category(),
+                crate::Category::Secret | crate::Category::PersonalData
+            ) && g.span().start <= at.start
+                && at.end <= g.span().end
+        });
+        if !covered {
+            out.push(f.with_span(at));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
