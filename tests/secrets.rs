@@ -229,6 +229,16 @@ fn planted(g: &mut Gen) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// At least 99% of `total` planted values found.
+fn assert_found_99(missed: &[String], total: usize) {
+    let rate = 1.0 - missed.len() as f64 / total as f64;
+    assert!(
+        rate >= 0.99,
+        "found {:.1}% of {total}; missed: {missed:#?}",
+        rate * 100.0
+    );
+}
+
 #[test]
 fn planted_values_of_every_supported_format_are_found() {
     let scanner = Scanner::new();
@@ -252,12 +262,7 @@ fn planted_values_of_every_supported_format_are_found() {
             }
         }
     }
-    let rate = 1.0 - missed.len() as f64 / total as f64;
-    assert!(
-        rate >= 0.99,
-        "found {:.1}% of {total}; missed: {missed:#?}",
-        rate * 100.0
-    );
+    assert_found_99(&missed, total);
 }
 
 /// The same values with a zero-width space, a soft hyphen or a word joiner inside
@@ -294,12 +299,7 @@ fn planted_values_split_by_invisible_characters_are_found() {
             }
         }
     }
-    let rate = 1.0 - missed.len() as f64 / total as f64;
-    assert!(
-        rate >= 0.99,
-        "found {:.1}% of {total}; missed: {missed:#?}",
-        rate * 100.0
-    );
+    assert_found_99(&missed, total);
 }
 
 #[test]
