@@ -189,6 +189,35 @@ fn repeating_the_system_prompt_is_blocked_but_sharing_a_phrase_is_not() {
     assert!(check(&g, bare, GuardResponse::new(SYSTEM)).is_err());
 }
 
+/// The system prompt repeated with a zero-width space, a soft hyphen or bold markup
+/// inside each word is shown as the prompt and blocked like it, whole and streamed
+/// (the overlap was measured on the words as written: none of these was found).
+#[test]
+fn a_system_prompt_is_found_however_its_words_are_split() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    for split in ["\u{200b}", "\u{ad}", "**"] {
+        let answer: String = SYSTEM
+            .split(' ')
+            .map(|w| {
+                let (a, b) = w.split_at(1);
+                if split == "**" && !b.is_empty() {
+                    format!("{a}**{b}**")
+                } else {
+                    format!("{a}{split}{b}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert_eq!(
+            whole_outcome(&g, request(None), &answer),
+            Err(422),
+            "{answer:?}"
+        );
+        let chunks: Vec<&str> = answer.split_inclusive(' ').collect();
+        assert_eq!(stream_outcome(&g, request(None), &chunks), Err(422));
+    }
+}
+
 #[test]
 fn overlap_is_measured_against_each_system_prompt_on_its_own() {
     // A long configured prompt and a short one: repeating the short one in full is a

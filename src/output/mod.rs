@@ -1209,6 +1209,19 @@ impl Shingles {
         end: usize,
         threshold: f32,
     ) -> Option<std::ops::Range<usize>> {
+        self.feed_words(&text[start..end], |at| start + at, end, threshold)
+    }
+
+    /// Like [`Shingles::feed`], for the words of `words` (the segment ending at
+    /// `end`, or what a reader sees of it), `offset` giving a word's offset in the
+    /// answer from its offset in `words`.
+    fn feed_words(
+        &mut self,
+        words: &str,
+        offset: impl Fn(usize) -> usize,
+        end: usize,
+        threshold: f32,
+    ) -> Option<std::ops::Range<usize>> {
         let mut reached = false;
         let Self {
             base,
@@ -1219,9 +1232,9 @@ impl Shingles {
             first,
             ..
         } = self;
-        for_each_word(&text[start..end], |at, h| {
+        for_each_word(words, |at, h| {
             let (w, wbit) = word_bit(h);
-            if let Some((h, oldest)) = window.push(h, start + at, filter[w] & wbit != 0) {
+            if let Some((h, oldest)) = window.push(h, offset(at), filter[w] & wbit != 0) {
                 let (i, bit) = filter_bit(h);
                 if filter[i] & bit == 0 {
                     return;
@@ -1403,10 +1416,14 @@ impl Engine {
         if refused || (cut.is_some() && self.canary_tail(seg)) {
             return false;
         }
-        // Leaks, terminal sequences and canaries count in code too.
+        // Leaks, terminal sequences and canaries count in code too. Leaks and the
+        // overlap with system prompts are also read in what a reader sees: a key
+        // or a prompt with a zero-width space or markup inside each word is shown
+        // whole.
+        let seen = crate::scan::visible::view(seg, true);
         let mut rest = Vec::new();
         if let Some(s) = &v.scanner {
-            visible::scan_leaks(s, seg, Location::Output, &mut rest);
+            visible::scan_leaks_in(s, seg, seen.as_ref(), Location::Output, &mut rest);
         }
         rest.append(&mut terminal);
         scan_canaries(&v.canaries, &self.canaries, seg, &mut rest);
@@ -1428,7 +1445,13 @@ impl Engine {
         }
         out.append(&mut found);
         if let Some(sh) = &mut self.overlap {
-            if let Some(span) = sh.feed(text, start, end, v.overlap_threshold) {
+            let span = match &seen {
+                Some((view, map)) => {
+                    sh.feed_words(view, |at| start + map[at], end, v.overlap_threshold)
+                }
+                None => sh.feed(text, start, end, v.overlap_threshold),
+            };
+            if let Some(span) = span {
                 out.push(Finding::new(
                     "system_prompt.overlap",
                     Category::SystemPromptLeak,
