@@ -4,15 +4,12 @@
 //! its halves (`AKIA…**REST**`, `` AKIA…`REST` ``, `AKIA…<b></b>REST`), is shown
 //! whole, and the rules must see it whole too.
 
-/// Characters shown as nothing: soft hyphen, Mongolian vowel separator, zero-width
-/// and directional marks, bidirectional embeddings and isolates, word joiner and
-/// invisible operators, the byte-order mark, tag characters.
-fn invisible(c: char) -> bool {
-    matches!(c,
-        '\u{ad}' | '\u{180e}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
-        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
-        | '\u{e0000}'..='\u{e007f}')
-}
+use super::normalize::is_invisible;
+
+/// The first bytes of the UTF-8 encodings of the characters shown as nothing
+/// ([`is_invisible`], the normalization's list), searched for before any
+/// character is decoded.
+const INVISIBLE_LEADS: [u8; 9] = [0xc2, 0xcd, 0xd8, 0xe1, 0xe2, 0xe3, 0xef, 0xf0, 0xf3];
 
 /// The length of the inline markup at `text[i..]` that renders as nothing when it
 /// stands inside a word: a run of `*`, `~` or `` ` `` (emphasis, strikethrough,
@@ -67,9 +64,10 @@ pub(crate) fn view(text: &str, markup: bool) -> Option<(String, Vec<usize>)> {
                 }
             });
     let any_invisible = !text.is_ascii()
-        && memchr::memchr3_iter(0xc2, 0xe2, 0xef, b)
-            .chain(memchr::memchr2_iter(0xe1, 0xf3, b))
-            .any(|i| text[i..].chars().next().is_some_and(invisible));
+        && INVISIBLE_LEADS
+            .chunks(3)
+            .flat_map(|l| memchr::memchr3_iter(l[0], l[1], l[2], b))
+            .any(|i| text[i..].chars().next().is_some_and(is_invisible));
     if !any_markup && !any_invisible {
         return None;
     }
@@ -84,7 +82,7 @@ pub(crate) fn view(text: &str, markup: bool) -> Option<(String, Vec<usize>)> {
         }
         let c = text[i..].chars().next().unwrap_or('\0');
         let len = c.len_utf8();
-        if !invisible(c) {
+        if !is_invisible(c) {
             out.push(c);
             map.extend(i..i + len);
         }
@@ -126,6 +124,18 @@ pub(crate) fn add_uncovered(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_invisible_character_starts_with_a_searched_byte() {
+        for c in (0..=0x10ffff)
+            .filter_map(char::from_u32)
+            .filter(|&c| is_invisible(c))
+        {
+            let mut buf = [0; 4];
+            let lead = c.encode_utf8(&mut buf).as_bytes()[0];
+            assert!(INVISIBLE_LEADS.contains(&lead), "{c:?}");
+        }
+    }
 
     #[test]
     fn the_view_drops_what_renders_as_nothing_inside_a_word() {
