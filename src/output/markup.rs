@@ -170,7 +170,14 @@ pub(crate) fn judge_tags(
     open
 }
 
-/// Terminal control sequences and C1 controls.
+/// Terminal control sequences and C1 controls; and carriage returns alone, which
+/// become line feeds whatever the mode.
+///
+/// A carriage return not followed by a line feed ends a line for CommonMark, for
+/// most renderers and for a terminal (which also moves back to overwrite the line),
+/// but not everywhere: `pulldown-cmark` 0.13 does not end a code fence's opening
+/// line there, so an image after a fence written with returns alone was code to it
+/// and a link to other renderers. As a line feed it is a line end to all of them.
 pub(crate) fn terminal(
     p: &Patterns,
     terminal: MarkupMode,
@@ -178,6 +185,7 @@ pub(crate) fn terminal(
     offset: usize,
     out: &mut Vec<Finding>,
 ) {
+    let base = out.len();
     let controls = crate::scan::swar::any(text.as_bytes(), |b| {
         ((b < 0x20) & !matches!(b, b'\n' | b'\r' | b'\t')) | (b == 0x7f) | (b == 0xc2)
     });
@@ -197,5 +205,33 @@ pub(crate) fn terminal(
             let span = offset + m.start()..offset + m.end();
             out.push(finding("markup.terminal", terminal, span, escaped));
         }
+    }
+    let b = text.as_bytes();
+    let first = out.len();
+    for at in memchr::memchr_iter(b'\r', b) {
+        if b.get(at + 1) == Some(&b'\n') {
+            continue;
+        }
+        let span = offset + at..offset + at + 1;
+        if out[base..first]
+            .iter()
+            .any(|f| f.span().start < span.end && span.start < f.span().end)
+        {
+            continue;
+        }
+        out.push(
+            Finding::new(
+                "markup.bare_cr",
+                Category::UnsafeMarkup,
+                Severity::Low,
+                Location::Output,
+                span,
+            )
+            .with_action(Action::Redact)
+            .with_replacement("\n"),
+        );
+    }
+    if out.len() > first && first > base {
+        out[base..].sort_by_key(|f| f.span().start);
     }
 }

@@ -27,7 +27,8 @@
 //!   svg and similar elements, event-handler attributes, script in `style` (a tag
 //!   left open over a blank line is judged with what follows it, as a browser reads
 //!   it; one left open at the end of the answer is dropped by a browser), ANSI and
-//!   OSC terminal sequences and C1 controls (stripped by default); see
+//!   OSC terminal sequences and C1 controls (stripped by default; a carriage return
+//!   alone becomes a line feed, the line end every renderer reads); see
 //!   [`MarkupMode`];
 //! - **code is code**: code spans and fenced code blocks are shown as code by a
 //!   markdown renderer, so nothing in them is rewritten as markup or links (leaks,
@@ -1299,12 +1300,22 @@ impl Engine {
         let b = text.as_bytes();
         loop {
             let from = self.seen.max(self.line).min(b.len());
-            let Some(nl) = memchr::memchr(b'\n', &b[from..]) else {
+            // A line ends at a line feed, a carriage return and line feed, or a
+            // carriage return alone (CommonMark): a return at the end of the text
+            // so far waits for the next byte.
+            let Some(at) = memchr::memchr2(b'\n', b'\r', &b[from..]).map(|i| from + i) else {
                 self.seen = b.len();
                 break;
             };
+            let end = match (b[at], b.get(at + 1)) {
+                (b'\r', Some(b'\n')) => at + 2,
+                (b'\r', None) if !eos => {
+                    self.seen = at;
+                    break;
+                }
+                _ => at + 1,
+            };
             let start = self.line;
-            let end = from + nl + 1;
             self.line = end;
             self.seen = end;
             let line = &text[start..end];
@@ -1527,7 +1538,7 @@ impl Engine {
                 let cut = again.iter().map(|f| f.span().start).min().unwrap_or(0);
                 text.truncate(crate::finding::floor_boundary(&text, cut));
                 let tail = &seg[seg.trim_end().len()..];
-                if tail.contains('\n') && !text.ends_with(tail) {
+                if tail.contains(['\n', '\r']) && !text.ends_with(tail) {
                     text.truncate(text.trim_end().len());
                     text.push_str(tail);
                 }
