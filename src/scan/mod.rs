@@ -27,7 +27,9 @@
 //!   flagged), C0/C1 controls and ANSI escapes, and words that mix Latin with
 //!   Cyrillic or Greek look-alikes.
 //! - **Injection and jailbreak intent** is read from a normalized text: case
-//!   folded, whitespace collapsed, invisible characters removed, confusables and
+//!   folded, whitespace collapsed (to one line break where the run holds a line
+//!   feed, a carriage return, NEL or a Unicode line or paragraph separator: each
+//!   starts a line), invisible characters removed, confusables and
 //!   leetspeak folded. The [`Classifier`] scores it (hashed words, word pairs and
 //!   character 4-grams, and which rule families fired: instruction override, fake
 //!   chat-template delimiters, requests for the system prompt, forged tool calls,

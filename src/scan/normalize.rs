@@ -80,6 +80,14 @@ pub(crate) fn is_invisible(c: char) -> bool {
         | '\u{FFA0}' | '\u{1D173}'..='\u{1D17A}' | '\u{E0000}'..='\u{E007F}' | '\u{E0100}'..='\u{E01EF}')
 }
 
+/// Whether `c` ends a line: a line feed, a carriage return (alone or before a line
+/// feed: the run of whitespace collapses to one line break), NEL or a Unicode line
+/// or paragraph separator. A model reads each as a line break, and line-anchored
+/// patterns (a fake conversation turn, an instruction header) need the lines.
+fn is_line_end(c: char) -> bool {
+    matches!(c, '\n' | '\r' | '\u{85}' | '\u{2028}' | '\u{2029}')
+}
+
 /// Folds a typographic quote or dash to its ASCII form: the families are written
 /// with `'`, `"` and `-`, and an English text set with curly quotes is otherwise
 /// the same text.
@@ -202,9 +210,9 @@ const CLASS: [u8; 256] = {
             LEET
         } else if b.is_ascii_digit() || b == b'\'' {
             WORD
-        } else if b == b'\n' {
+        } else if b == b'\n' || b == b'\r' {
             NEWLINE
-        } else if matches!(b, b' ' | b'\t' | b'\x0B' | b'\x0C' | b'\r') {
+        } else if matches!(b, b' ' | b'\t' | b'\x0B' | b'\x0C') {
             SPACE
         } else {
             OTHER
@@ -412,7 +420,7 @@ fn normalize_chars(text: &str) -> Normalized {
             word.end(&mut n);
             // Runs of whitespace collapse to one space, or to one newline when they
             // hold a line break (line-anchored patterns need lines).
-            if c == '\n' && !last_newline {
+            if is_line_end(c) && !last_newline {
                 if last_space && n.text.last() == Some(&b' ') {
                     n.text.pop();
                     n.origin.pop();
@@ -601,7 +609,7 @@ mod tests {
                 ref_flush(&mut word, &mut n);
                 // Runs of whitespace collapse to one space, or to one newline when they
                 // hold a line break (line-anchored patterns need lines).
-                if c == '\n' && !last_newline {
+                if is_line_end(c) && !last_newline {
                     if last_space && n.text.ends_with(' ') {
                         n.text.pop();
                         n.origin.pop();
