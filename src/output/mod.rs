@@ -32,7 +32,9 @@
 //!   [`MarkupMode`];
 //! - **code is code**: code spans and fenced code blocks are shown as code by a
 //!   markdown renderer, so nothing in them is rewritten as markup or links (leaks,
-//!   canaries and terminal sequences count everywhere). Indented code is judged like
+//!   canaries and terminal sequences count everywhere). A fence left open at the
+//!   end of the answer is closed (renderers that need the closing fence read the
+//!   rest as markdown, not code). Indented code is judged like
 //!   text (inside a list item the same indentation is a paragraph). Turn
 //!   [`markdown`](AnswerValidatorBuilder::markdown) off when the answer is put into
 //!   a page as HTML;
