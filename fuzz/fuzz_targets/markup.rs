@@ -4,6 +4,11 @@
 //! rewrite never builds a new construct out of the pieces it leaves, and never
 //! releases a credential it was to mask inside a construct it rewrote).
 //!
+//! A second renderer reads what was released: every image that `comrak` (a port
+//! of GitHub's cmark-gfm, with its extensions) renders loads from a place the
+//! validator allows (its own host or a relative URL): where two markdown readers
+//! disagree on what is an image, the validator must not be the one that missed it.
+//!
 //! The first byte, when odd, puts an AWS access key into the answer at a place it
 //! chooses (the fuzzer would seldom write one).
 #![no_main]
@@ -30,6 +35,43 @@ fn guard() -> &'static InferenceGuard {
             b.output_validator(v);
         })
     })
+}
+
+/// The `src` of every image `comrak` renders in `md` (raw HTML is omitted by its
+/// safe renderer: the validator's HTML rules are the `markup` property above).
+fn comrak_images(md: &str) -> Vec<String> {
+    let mut o = comrak::Options::default();
+    o.extension.strikethrough = true;
+    o.extension.table = true;
+    o.extension.autolink = true;
+    o.extension.tasklist = true;
+    o.extension.footnotes = true;
+    let html = comrak::markdown_to_html(md, &o);
+    html.match_indices("<img src=\"")
+        .map(|(i, m)| {
+            let rest = &html[i + m.len()..];
+            let src = &rest[..rest.find('"').unwrap_or(rest.len())];
+            src.replace("&quot;", "\"")
+                .replace("&#x27;", "'")
+                .replace("&lt;", "<")
+                .replace("&gt;", ">")
+                .replace("&amp;", "&")
+        })
+        .collect()
+}
+
+/// Whether an image at `src` loads from where the fuzz target's validator allows:
+/// the page itself (a relative URL, or none: comrak's safe renderer blanks a
+/// script URL) or `docs.example.com`.
+fn image_allowed(src: &str) -> bool {
+    let base = url::Url::parse("https://relative.invalid/").unwrap();
+    let Ok(u) = base.join(src) else {
+        return true; // a browser loads nothing
+    };
+    if !matches!(u.scheme(), "http" | "https" | "ftp" | "ws" | "wss") {
+        return u.scheme() != "data";
+    }
+    matches!(u.host_str(), Some("relative.invalid" | "docs.example.com"))
 }
 
 fn released(answer: &str) -> Option<(String, Vec<Finding>)> {
@@ -77,4 +119,7 @@ fuzz_target!(|data: &[u8]| {
         removed.is_empty(),
         "released text still has {removed:?}: {once:?} -> {twice:?}"
     );
+    for src in comrak_images(&once) {
+        assert!(image_allowed(&src), "comrak loads {src:?} from {once:?}");
+    }
 });
