@@ -740,6 +740,23 @@ fn a_carriage_return_alone_ends_a_line() {
     let c = check(&g, request(None), GuardResponse::new("one\rtwo\r\nthree\r")).unwrap();
     assert_eq!(c.response().text(), "one\ntwo\r\nthree\n");
     assert_eq!(ids(c.findings()), ["markup.bare_cr", "markup.bare_cr"]);
+    // A return inside a terminal sequence goes with the sequence.
+    let c = check(
+        &g,
+        request(None),
+        GuardResponse::new("a\u{1b}]0;ti\rtle\u{7}b\rc\u{1b}[1m\r"),
+    )
+    .unwrap();
+    assert_eq!(c.response().text(), "ab\nc\n");
+    assert_eq!(
+        ids(c.findings()),
+        [
+            "markup.terminal",
+            "markup.bare_cr",
+            "markup.terminal",
+            "markup.bare_cr"
+        ]
+    );
 }
 /// Answers the `markup` fuzz target found (`tests/data/markup_fuzz`, kept as it
 /// wrote them: control bytes, brackets and tags a kilobyte long): what the guard

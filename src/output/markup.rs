@@ -208,15 +208,18 @@ pub(crate) fn terminal(
     }
     let b = text.as_bytes();
     let first = out.len();
+    // The sequences found are in order and do not overlap: one pass over both
+    // (a return inside a sequence goes with it).
+    let mut seq = base;
     for at in memchr::memchr_iter(b'\r', b) {
         if b.get(at + 1) == Some(&b'\n') {
             continue;
         }
         let span = offset + at..offset + at + 1;
-        if out[base..first]
-            .iter()
-            .any(|f| f.span().start < span.end && span.start < f.span().end)
-        {
+        while seq < first && out[seq].span().end <= span.start {
+            seq += 1;
+        }
+        if seq < first && out[seq].span().start < span.end {
             continue;
         }
         out.push(
