@@ -177,7 +177,7 @@ pub(crate) fn judge_tags(
 /// most renderers and for a terminal (which also moves back to overwrite the line),
 /// but not everywhere: `pulldown-cmark` 0.13 does not end a code fence's opening
 /// line there, so an image after a fence written with returns alone was code to it
-/// and a link to other renderers. As a line feed it is a line end to all of them.
+/// and an image to other renderers. As a line feed it is a line end to all of them.
 pub(crate) fn terminal(
     p: &Patterns,
     terminal: MarkupMode,
