@@ -1303,25 +1303,31 @@ impl Engine {
         loop {
             let from = self.seen.max(self.line).min(b.len());
             // A line ends at a line feed, a carriage return and line feed, or a
-            // carriage return alone (CommonMark): a return at the end of the text
-            // so far waits for the next byte.
+            // carriage return alone (CommonMark).
             let Some(at) = memchr::memchr2(b'\n', b'\r', &b[from..]).map(|i| from + i) else {
                 self.seen = b.len();
                 break;
             };
             let end = match (b[at], b.get(at + 1)) {
                 (b'\r', Some(b'\n')) => at + 2,
-                (b'\r', None) if !eos => {
-                    self.seen = at;
-                    break;
-                }
                 _ => at + 1,
             };
+            // A line end at the end of the text so far waits for the next byte: a
+            // return may be the first half of a return and line feed, and the
+            // segment that ends the answer is judged as its end (a fence still
+            // open there is closed), which only the end of the stream tells.
+            if end == b.len() && !eos {
+                self.seen = at;
+                break;
+            }
             let start = self.line;
             self.line = end;
             self.seen = end;
             let line = &text[start..end];
             self.track_fence(line);
+            if end == b.len() {
+                break; // the end of the answer: its last segment is judged below
+            }
             if end - self.done < MIN_SEGMENT || end < self.next_try {
                 continue;
             }
