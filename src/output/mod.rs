@@ -484,6 +484,11 @@ impl AnswerValidatorBuilder {
     /// spans and fenced code blocks are then shown as code, so markup and links in
     /// them are not judged (credentials, canaries and terminal sequences still
     /// are). Turn it off when the answer is put into a page as HTML.
+    ///
+    /// Fenced code counts as code in the form every common renderer reads as code
+    /// (Python-Markdown's is the narrowest): a top-level block's fence lines are
+    /// rewritten into it (rule `markup.fence_form`), and the images and links in
+    /// a fenced block inside a quote or a list item are judged.
     pub fn markdown(&mut self, on: bool) -> &mut Self {
         self.markdown = on;
         self
