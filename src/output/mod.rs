@@ -851,6 +851,28 @@ fn cleaned(seg: &str, terminal: &[Finding]) -> (String, Vec<usize>) {
     (clean, map)
 }
 
+/// The spaces, tabs and line ends of the whitespace `tail`, as they go out: a
+/// carriage return alone becomes a line feed (rule `markup.bare_cr`), and
+/// whitespace that is a terminal control (a vertical tab, a form feed, NEL) is
+/// dropped (found by the `markup` fuzz target: a segment that did not settle put
+/// its own tail back, lone returns and all).
+fn line_ends(tail: &str) -> String {
+    let mut out = String::with_capacity(tail.len());
+    let mut chars = tail.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\r' if chars.peek() == Some(&'\n') => {
+                chars.next();
+                out.push_str("\r\n");
+            }
+            '\r' => out.push('\n'),
+            '\n' | ' ' | '\t' => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Canary-shaped tokens in a text.
 fn canary_tokens(text: &str) -> impl Iterator<Item = &str> {
     text.match_indices(CANARY_PREFIX).filter_map(move |(i, _)| {
@@ -1550,10 +1572,10 @@ impl Engine {
                 // was read as a paragraph's continuation, and released).
                 let cut = again.iter().map(|f| f.span().start).min().unwrap_or(0);
                 text.truncate(crate::finding::floor_boundary(&text, cut));
-                let tail = &seg[seg.trim_end().len()..];
-                if tail.contains(['\n', '\r']) && !text.ends_with(tail) {
+                let tail = line_ends(&seg[seg.trim_end().len()..]);
+                if tail.contains('\n') && !text.ends_with(&tail) {
                     text.truncate(text.trim_end().len());
-                    text.push_str(tail);
+                    text.push_str(&tail);
                 }
                 let mut ignored = Vec::new();
                 let j = markdown::judge_segment(&text, 0, &self.carry, rules, last, &mut ignored);
