@@ -715,7 +715,7 @@ fn a_fence_left_open_at_the_end_is_closed() {
 /// same fence; anywhere else its fences are text and the images between them load
 /// (checked with Python-Markdown 3.11.3, `extra`). Code is inert only in that
 /// form: a top-level block is given it, whole or streamed, and the content of a
-/// block inside a quote or a list item is judged as markdown.
+/// block inside a quote or a list item (an indented one too) is judged as markdown.
 #[test]
 fn fenced_code_only_in_the_form_every_renderer_reads_is_inert() {
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});
@@ -751,6 +751,9 @@ fn fenced_code_only_in_the_form_every_renderer_reads_is_inert() {
         format!("> ```\n> {image}\n>\n> ```\n"),
         format!("1. Step:\n   ~~~sh\n   run {image} now\n   ~~~\n2. Next"),
         format!("> ~~~{image}\n> code\n> ~~~\n"),
+        // Code to CommonMark (four columns past the item's text), a paragraph to
+        // Python-Markdown (four columns from the margin).
+        format!("- a\n\n      ```\n      {image}\n"),
         format!("{prose}\n\n- ```\n  {prose}\n  {image}\n  ```\n"),
         nest(3),
         nest(6),

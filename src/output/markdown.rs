@@ -236,6 +236,11 @@ fn judge_nested(
                             open_nested = true;
                         }
                     }
+                } else if rules.code_is_inert && (depth > 0 || nest > 0) {
+                    // Indented code in a list item: Python-Markdown indents a list
+                    // item's blocks by four columns, not to the item's text, so
+                    // what is code here by a column or two is a paragraph to it.
+                    disputed = Some(vec![local(r.start..r.start)]);
                 }
                 depth += 1;
             }
@@ -483,10 +488,11 @@ fn python_markdown_info(info: &str) -> bool {
     }
 }
 
-/// Judges the content of a fenced code block inside a container (its lines
-/// `lines`, spans into `seg`) as the markdown Python-Markdown shows there: it has
-/// no fenced code in a quote or a list item, so the fences are text and the images
-/// between them load.
+/// Judges the content of a code block inside a container (its info string and
+/// its lines, `lines`, spans into `seg`) as the markdown Python-Markdown shows
+/// there: it has no fenced code in a quote or a list item, so the fences are text
+/// and the images between them load, and it reads a list item's indented code
+/// from a different column.
 fn judge_disputed(
     seg: &str,
     lines: &[Range<usize>],

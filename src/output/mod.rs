@@ -488,7 +488,8 @@ impl AnswerValidatorBuilder {
     /// Fenced code counts as code in the form every common renderer reads as code
     /// (Python-Markdown's is the narrowest): a top-level block's fence lines are
     /// rewritten into it (rule `markup.fence_form`), and the images and links in
-    /// a fenced block inside a quote or a list item are judged.
+    /// a fenced block inside a quote or a list item, or an indented block in a
+    /// list item, are judged.
     pub fn markdown(&mut self, on: bool) -> &mut Self {
         self.markdown = on;
         self
