@@ -340,6 +340,10 @@ fn markup_is_judged_as_renderers_parse_it() {
             "a".into(),
         ),
         (format!("![{long_alt}](https://evil.test/x.png)"), long_alt),
+        // A path on an `https:` page, the host `evil.test` on an `http:` page.
+        ("![a](https:evil.test/p.png)".into(), "a".into()),
+        ("![a](HTTPS:/evil.test/p.png)".into(), "a".into()),
+        ("<img src=\"https:\\evil.test/p.png\">".into(), "".into()),
         (
             "![x][r]\n\n[r]:\n  https://evil.test/p.png".into(),
             "x\n\n[r]:\n  https://evil.test/p.png".into(),

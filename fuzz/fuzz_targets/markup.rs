@@ -64,8 +64,10 @@ fn comrak_images(md: &str) -> Vec<String> {
 /// the page itself (a relative URL, or none: comrak's safe renderer blanks a
 /// script URL) or `docs.example.com`.
 fn image_allowed(src: &str) -> bool {
+    // A URL with a scheme as on a page of another scheme (`https:evil.test` is
+    // a path only on an `https:` page).
     let base = url::Url::parse("https://relative.invalid/").unwrap();
-    let Ok(u) = base.join(src) else {
+    let Ok(u) = url::Url::parse(src).or_else(|_| base.join(src)) else {
         return true; // a browser loads nothing
     };
     if !matches!(u.scheme(), "http" | "https" | "ftp" | "ws" | "wss") {

@@ -143,8 +143,12 @@ pub(crate) fn host_of(u: &Url) -> Option<String> {
 /// spaces removed, tabs and newlines inside removed, backslashes as slashes, hosts
 /// percent-decoded and read in every IPv4 notation; relative URLs resolve against
 /// the page.
+///
+/// A URL with a scheme is read as on a page of another scheme: `https:evil.test/a`
+/// is a path on an `https:` page but the host `evil.test` on an `http:` page (and
+/// to a parser without a page), and where the answer is shown is not known.
 pub(crate) fn parse(url: &str) -> Result<Url, url::ParseError> {
-    base().join(url)
+    Url::parse(url).or_else(|_| base().join(url))
 }
 
 /// Whether a parsed URL stays on the page's own origin (a relative URL).
