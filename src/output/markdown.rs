@@ -246,7 +246,7 @@ fn judge_nested(
             }
             Event::End(TagEnd::CodeBlock) => {
                 if let Some(lines) = disputed.take() {
-                    judge_disputed(seg, &lines, offset, carry, rules, nest, &mut found);
+                    judge_disputed(seg, &lines, offset, carry, rules, nest, false, &mut found);
                 }
                 blocks.pop();
                 depth = depth.saturating_sub(1);
@@ -256,7 +256,20 @@ fn judge_nested(
                 if reaches_end(&r) && html_block_open(&src[r.clone()]) {
                     open_nested = true;
                 }
+                // Python-Markdown (`md_in_html`, in `extra`) renders the markdown
+                // in a block with `markdown="1"`, and reads a tag inside a quote
+                // or a list item, or text after a comment, as inline: its text
+                // is judged as markdown too.
+                if rules.code_is_inert {
+                    disputed = Some(vec![local(r.start..r.start)]);
+                }
                 depth += 1;
+            }
+            Event::End(TagEnd::HtmlBlock) => {
+                if let Some(lines) = disputed.take() {
+                    judge_disputed(seg, &lines, offset, carry, rules, nest, true, &mut found);
+                }
+                depth = depth.saturating_sub(1);
             }
             Event::Start(
                 ref tag @ (Tag::Image {
@@ -297,7 +310,13 @@ fn judge_nested(
                     code.push(local(r));
                 }
             }
-            Event::Html(_) | Event::InlineHtml(_) => tail_risky = true,
+            Event::Html(_) => {
+                if let Some(lines) = disputed.as_mut() {
+                    lines.push(local(r.clone()));
+                }
+                tail_risky = true;
+            }
+            Event::InlineHtml(_) => tail_risky = true,
             Event::SoftBreak | Event::HardBreak => {
                 if let Some(f) = frames.last_mut() {
                     f.text.push('\n');
@@ -492,7 +511,9 @@ fn python_markdown_info(info: &str) -> bool {
 /// its lines, `lines`, spans into `seg`) as the markdown Python-Markdown shows
 /// there: it has no fenced code in a quote or a list item, so the fences are text
 /// and the images between them load, and it reads a list item's indented code
-/// from a different column.
+/// from a different column. The text of an HTML block (`html`) is read with its
+/// `<` as spaces: its tags are judged as HTML, and no tag opens a block there.
+#[allow(clippy::too_many_arguments)]
 fn judge_disputed(
     seg: &str,
     lines: &[Range<usize>],
@@ -500,6 +521,7 @@ fn judge_disputed(
     carry: &Carry,
     rules: &Rules<'_>,
     nest: u8,
+    html: bool,
     out: &mut Vec<Finding>,
 ) {
     let (Some(first), Some(last)) = (lines.first(), lines.last()) else {
@@ -515,6 +537,9 @@ fn judge_disputed(
             text.push('\n');
             map.push(l.end);
         }
+    }
+    if html {
+        text = text.replace('<', " ");
     }
     // An image, a link or a definition needs a bracket; an autolink a `<`.
     if memchr::memchr2(b'[', b'<', text.as_bytes()).is_none() {
