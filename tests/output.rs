@@ -714,6 +714,33 @@ fn a_fence_left_open_at_the_end_is_closed() {
     assert_eq!(ids(c.findings()), ["link.image_off_allowlist"]);
 }
 
+/// A reference definition that goes leaves the label to the next definition of
+/// it: that one is judged too, in the same segment or a later one (found by the
+/// `markup` fuzz target: a second definition in the next segment went out, and
+/// every link by the label pointed at it).
+#[test]
+fn a_label_whose_definition_goes_is_judged_at_its_next_definition() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let def = "[d]: https://evil.test/l?q=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ";
+    let filler = "Plain prose about the order and its delivery window. ".repeat(24);
+    for answer in [
+        format!(
+            "See [the docs][d].\n\n{def}\n\n{filler}\n\n{filler}\n\n{def}\n\nEnd [again][d].\n"
+        ),
+        format!("See [the docs][d].\n\n{def}\n\n{def}\n\nEnd [again][d].\n"),
+    ] {
+        let out = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!out.contains("evil.test"), "{out:?}");
+        let chunks: Vec<&str> = answer
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), out);
+        released_validates_clean(&g, &answer);
+    }
+}
+
 /// Markdown in HTML is rendered by some renderers: Python-Markdown's `extra`
 /// renders a block with `markdown="1"`, and reads a tag inside a quote or a list
 /// item, or text after a comment on its line, as inline HTML in a paragraph
@@ -902,7 +929,7 @@ fn answers_the_fuzzer_found_validate_clean_once_released() {
         released_validates_clean(&g, std::str::from_utf8(&bytes).unwrap());
         n += 1;
     }
-    assert_eq!(n, 5);
+    assert_eq!(n, 6);
 }
 
 #[test]
