@@ -80,9 +80,12 @@ pub(crate) fn data_like(url: &str) -> bool {
     if query.len() >= 200 || query.matches("%20").count() + query.matches('+').count() >= 3 {
         return true;
     }
+    // Each run of encoding characters on its own: a character outside them
+    // (`…ZQ*`, `…ZQ'`) does not hide the run before it.
     if query
         .split('&')
-        .any(|pair| encoded(pair.split_once('=').map_or(pair, |(_, v)| v)))
+        .flat_map(|pair| runs(pair.split_once('=').map_or(pair, |(_, v)| v)))
+        .any(encoded)
     {
         return true;
     }
@@ -90,7 +93,15 @@ pub(crate) fn data_like(url: &str) -> bool {
     after_host
         .split('/')
         .skip(1)
+        .flat_map(runs)
         .any(|seg| seg.len() >= 40 && encoded(seg))
+}
+
+/// The runs of characters an encoding writes (base64, URL-safe base64, percent
+/// encoding) in `v`.
+fn runs(v: &str) -> impl Iterator<Item = &str> {
+    v.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=_-.%~".contains(c)))
+        .filter(|r| !r.is_empty())
 }
 
 /// The text to put in place of a removed link or image: its [`plain`] text with
@@ -271,6 +282,15 @@ mod tests {
         assert!(data_like(
             "https://x.test/p/aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgbW9yZSBkYXRh"
         ));
+        // A character outside the encoding does not hide the run before it.
+        for end in ["*", "`", "'", "!", ",x", "**"] {
+            assert!(data_like(&format!(
+                "https://x.test/i.png?q=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGE{end}"
+            )));
+            assert!(data_like(&format!(
+                "https://x.test/p/aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgbW9yZSBkYXRh{end}"
+            )));
+        }
         assert!(!data_like(
             "https://docs.rs/regex/latest/regex/struct.Regex.html"
         ));
