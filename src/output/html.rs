@@ -62,6 +62,11 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
                 out.push(tag);
                 i = end;
             }
+            // What a browser would skip as a comment is skipped only where a
+            // markdown renderer passes it through as HTML; elsewhere the renderer
+            // writes its `<` as `&lt;`, and the tags after it are tags (`<!`,
+            // `</ `, `<?` or an unclosed `<!--` before `<img src=…>` hid the image
+            // from the validator and not from the browser).
             Some(b'/') => match b.get(lt + 2) {
                 Some(c) if c.is_ascii_alphabetic() => {
                     let (tag, end) = tag(text, lt, lt + 2, true);
@@ -69,8 +74,8 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
                     i = end;
                 }
                 Some(b'>') => i = lt + 3,
-                // A bogus comment, to the next `>`.
-                _ => i = skip_to(b, lt + 2, b">"),
+                // A bogus comment to a browser, text to a markdown renderer.
+                _ => i = lt + 2,
             },
             Some(b'!') => {
                 if b[lt + 2..].starts_with(b"--") {
@@ -80,24 +85,65 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
                     } else if b[body..].starts_with(b"->") {
                         i = body + 2;
                     } else {
-                        let a = find(b, body, b"-->");
-                        let c = find(b, body, b"--!>");
+                        let a = find_raw(b, lt, body, b"-->");
+                        let c = find_raw(b, lt, body, b"--!>");
                         i = match (a, c) {
                             (Some(a), Some(c)) if c < a => c + 4,
                             (Some(a), _) => a + 3,
                             (None, Some(c)) => c + 4,
-                            (None, None) => b.len(),
+                            // Unclosed: text to a markdown renderer.
+                            (None, None) => lt + 2,
                         };
                     }
-                } else {
+                } else if (b.get(lt + 2).is_some_and(u8::is_ascii_alphabetic)
+                    || b[lt + 2..].starts_with(b"[CDATA["))
+                    && find_raw(b, lt, lt + 2, b">").is_some()
+                {
+                    // A declaration or CDATA: to the next `>` for a browser (a
+                    // renderer passes it through to its end, which is later).
                     i = skip_to(b, lt + 2, b">");
+                } else {
+                    i = lt + 2;
                 }
             }
-            Some(b'?') => i = skip_to(b, lt + 2, b">"),
+            // A processing instruction: raw to a renderer only up to a `?>`, a
+            // bogus comment to the next `>` for a browser.
+            Some(b'?') if find_raw(b, lt, lt + 2, b"?>").is_some() => {
+                i = skip_to(b, lt + 2, b">");
+            }
             _ => i = lt + 1,
         }
     }
     out
+}
+
+/// Where `needle` ends the raw HTML that starts at `lt`, for a markdown
+/// renderer: raw HTML inside a paragraph does not reach past a blank line (its
+/// `<` is then text, written as `&lt;`); one at the start of a line begins an HTML
+/// block, which does.
+fn find_raw(b: &[u8], lt: usize, from: usize, needle: &[u8]) -> Option<usize> {
+    let end = find(b, from, needle)?;
+    let line = b[..lt]
+        .iter()
+        .rposition(|&c| c == b'\n' || c == b'\r')
+        .map_or(0, |p| p + 1);
+    let block = lt - line <= 3 && b[line..lt].iter().all(|&c| c == b' ');
+    (block || !blank_line(&b[lt..end])).then_some(end)
+}
+
+/// Whether `b` holds a blank line (a line end, spaces or tabs, a line end).
+fn blank_line(b: &[u8]) -> bool {
+    let mut at_start = false;
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'\n' if i > 0 && b[i - 1] == b'\r' => {}
+            b'\n' | b'\r' if at_start => return true,
+            b'\n' | b'\r' => at_start = true,
+            b' ' | b'\t' => {}
+            _ => at_start = false,
+        }
+    }
+    false
 }
 
 fn find(b: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
