@@ -792,6 +792,10 @@ fn markdown_inside_html_blocks_is_judged() {
     for (answer, out) in [
         (format!("<div markdown=\"1\">\n{image}\n</div>"), "<div markdown=\"1\">\ns\n</div>".to_owned()),
         (format!("> <p>{image}</p>"), "> <p>s</p>".to_owned()),
+        (
+            "<div markdown=\"1\">\n<https://evil.test/l?q=aGVsbG8gd29ybGQgc2VjcmV0IGRhdGEgaGVyZQ>\n</div>".to_owned(),
+            "<div markdown=\"1\">\n(link removed)\n</div>".to_owned(),
+        ),
         (format!("<!-- -->{image}\n\nafter"), "<!-- -->s\n\nafter".to_owned()),
         (
             "<div>\n<img src=\"https://docs.example.com/a.png\">\n[x](https://docs.example.com/a) ![d](https://docs.example.com/d.png)\n</div>".to_owned(),

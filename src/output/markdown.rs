@@ -488,6 +488,26 @@ fn fence_info(src: &str, r: Range<usize>, fence: &str) -> Range<usize> {
     r.start + lead + run..r.start + line.len()
 }
 
+/// `text` with each `<` as a space, but for an autolink's (`<https://…>`): a tag
+/// opens no HTML block then, and a link stays a link.
+fn tags_as_spaces(text: &str) -> String {
+    let mut out = text.as_bytes().to_vec();
+    for (i, _) in text.match_indices('<') {
+        let rest = &text.as_bytes()[i + 1..];
+        let scheme = rest
+            .iter()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'.' | b'-'))
+            .count();
+        let autolink =
+            scheme >= 2 && rest[0].is_ascii_alphabetic() && rest.get(scheme) == Some(&b':');
+        if !autolink {
+            out[i] = b' ';
+        }
+    }
+    // Only ASCII `<` became ASCII spaces: still UTF-8.
+    String::from_utf8(out).unwrap_or_default()
+}
+
 /// A character Python-Markdown takes in a fence's language (`[\w#.+-]`).
 fn info_char(c: char) -> bool {
     c.is_alphanumeric() || matches!(c, '_' | '#' | '.' | '+' | '-')
@@ -546,7 +566,7 @@ fn judge_disputed(
         }
     }
     if html {
-        text = text.replace('<', " ");
+        text = tags_as_spaces(&text);
     }
     // An image, a link or a definition needs a bracket; an autolink a `<`.
     if memchr::memchr2(b'[', b'<', text.as_bytes()).is_none() {
