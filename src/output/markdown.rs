@@ -199,6 +199,13 @@ fn judge_nested(
                 blocks.push(fenced);
                 if fenced {
                     let (closed, fence) = fence_closed(&src[r.clone()]);
+                    // At the top level, exactly: a line of the code that looks like
+                    // a fence four columns in does not close it.
+                    let closed = if depth == 0 {
+                        closing_line(&src, r.clone(), &fence).is_some()
+                    } else {
+                        closed
+                    };
                     if rules.code_is_inert {
                         code.push(local(r.clone()));
                         // Python-Markdown reads fenced code only at the top level,
@@ -208,9 +215,7 @@ fn judge_nested(
                         // content of one inside a container is judged as markdown.
                         if depth == 0 && nest == 0 {
                             let synthetic = r.start < shift;
-                            for (span, with) in
-                                fence_form(&src, r.clone(), synthetic, &fence, closed)
-                            {
+                            for (span, with) in fence_form(&src, r.clone(), synthetic, &fence) {
                                 found.push(
                                     Finding::new(
                                         "markup.fence_form",
@@ -446,7 +451,6 @@ fn fence_form(
     r: Range<usize>,
     synthetic: bool,
     fence: &str,
-    closed: bool,
 ) -> smallvec::SmallVec<[(Range<usize>, String); 2]> {
     let mut out = smallvec::SmallVec::new();
     let r = r.start.min(src.len())..r.end.min(src.len());
@@ -463,14 +467,35 @@ fn fence_form(
             }
         }
     }
-    if closed {
-        let body = src[r.clone()].trim_end_matches(['\n', '\r']);
-        let at = body.rfind(['\n', '\r']).map_or(0, |i| i + 1);
-        if at > 0 && body[at..].trim_end_matches([' ', '\t']) != fence {
-            out.push((r.start + at..r.start + body.len(), fence.to_owned()));
+    if let Some(at) = closing_line(src, r, fence) {
+        if src[at.clone()].trim_end_matches([' ', '\t']) != fence {
+            out.push((at, fence.to_owned()));
         }
     }
     out
+}
+
+/// The closing line of the top-level fenced code block `src[r]` opened by
+/// `fence` (without its line end), or `None` when the block is open: its last
+/// line, when that is a closing fence (at most three spaces in, a run of at least
+/// the fence, nothing after but spaces and tabs). A block left open, or cut at the
+/// end of a segment, ends with a line of its code.
+fn closing_line(src: &str, r: Range<usize>, fence: &str) -> Option<Range<usize>> {
+    let r = r.start.min(src.len())..r.end.min(src.len());
+    let body = src[r.clone()].trim_end_matches(['\n', '\r']);
+    let at = body.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+    let line = &body[at..];
+    let indent = line.len() - line.trim_start_matches(' ').len();
+    let c = fence.as_bytes().first().copied().unwrap_or(b'`');
+    let run = line.as_bytes()[indent..]
+        .iter()
+        .take_while(|&&b| b == c)
+        .count();
+    let closer = at > 0
+        && indent <= 3
+        && run >= fence.len()
+        && line[indent + run..].trim_matches([' ', '\t']).is_empty();
+    closer.then(|| r.start + at..r.start + body.len())
 }
 
 /// Where the info string of the fenced code block `src[r]` (opened by `fence`)

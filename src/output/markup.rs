@@ -170,8 +170,8 @@ pub(crate) fn judge_tags(
     open
 }
 
-/// Terminal control sequences and C1 controls; and carriage returns alone, which
-/// become line feeds whatever the mode.
+/// Terminal control sequences and C1 controls; carriage returns alone, which
+/// become line feeds whatever the mode; and tabs after a closing code fence.
 ///
 /// A carriage return not followed by a line feed ends a line for CommonMark, for
 /// most renderers and for a terminal (which also moves back to overwrite the line),
@@ -234,7 +234,60 @@ pub(crate) fn terminal(
             .with_replacement("\n"),
         );
     }
-    if out.len() > first && first > base {
+    // A tab after a closing code fence: CommonMark allows spaces and tabs there,
+    // `pulldown-cmark` 0.13 only spaces, so "```\t" closed the fence for other
+    // renderers and not for the validator, and what followed was code to it and
+    // markdown (images and all) to them. The tab goes.
+    let cr = out.len();
+    if memchr::memchr(b'\t', b).is_some() {
+        let mut seq = base;
+        for at in memchr::memchr_iter(b'\t', b) {
+            if !fence_tail(b, at) {
+                continue;
+            }
+            let span = offset + at..offset + at + 1;
+            while seq < first && out[seq].span().end <= span.start {
+                seq += 1;
+            }
+            if seq < first && out[seq].span().start < span.end {
+                continue;
+            }
+            out.push(
+                Finding::new(
+                    "markup.fence_tab",
+                    Category::UnsafeMarkup,
+                    Severity::Low,
+                    Location::Output,
+                    span,
+                )
+                .with_action(Action::Redact)
+                .with_replacement(""),
+            );
+        }
+    }
+    if out.len() > first && (first > base || out.len() > cr && cr > first) {
         out[base..].sort_by_key(|f| f.span().start);
     }
+}
+
+/// Whether the tab at `at` is in the spaces and tabs that end a line after a run
+/// of three or more backticks or tildes.
+fn fence_tail(b: &[u8], at: usize) -> bool {
+    let after = b[at..]
+        .iter()
+        .take_while(|&&c| c == b' ' || c == b'\t')
+        .count();
+    if !matches!(b.get(at + after), None | Some(b'\n' | b'\r')) {
+        return false;
+    }
+    let before = b[..at]
+        .iter()
+        .rev()
+        .take_while(|&&c| c == b' ' || c == b'\t')
+        .count();
+    let end = at - before;
+    let Some(&c @ (b'`' | b'~')) = end.checked_sub(1).map(|i| &b[i]) else {
+        return false;
+    };
+    b[..end].iter().rev().take_while(|&&x| x == c).count() >= 3
 }
