@@ -101,11 +101,7 @@ fn whole_private_keys_and_labelled_aws_secrets_are_masked_in_input_and_output() 
         assert!(!out.contains("MIIEv07") && !out.contains(secret), "{out}");
         assert!(out.ends_with("Keep it safe."), "{out}");
         // Streamed in small pieces: not a byte of the body goes out.
-        let chunks: Vec<&str> = answer
-            .as_bytes()
-            .chunks(7)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
+        let chunks = in_pieces(&answer, 7);
         let streamed = stream_outcome(&g, request(None), &chunks).unwrap();
         assert_eq!(streamed, out);
         // And in a prompt, the whole block is redacted before the model sees it.
@@ -488,6 +484,14 @@ fn a_removed_image_leaves_no_control_character_its_text_encoded() {
 
 /// What the guard releases of `answer` validates again with nothing to remove or
 /// block: a rewrite builds no new construct.
+/// `text` cut every `n` bytes (an ASCII text: each piece is whole characters).
+fn in_pieces(text: &str, n: usize) -> Vec<&str> {
+    text.as_bytes()
+        .chunks(n)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect()
+}
+
 fn released_validates_clean(g: &InferenceGuard, answer: &str) {
     let once = check(g, request(None), GuardResponse::new(answer))
         .unwrap()
@@ -653,11 +657,7 @@ fn where_the_cuts_fall_does_not_decide_whether_a_tag_is_escaped() {
     let filler = "Plain prose about the order and its delivery window. ".repeat(25);
     let closes = format!("<img src=x alt=\"\n\n{filler}\n\n<div>\" onerror=alert(1) x=\"\">");
     for a in [answer.as_str(), closes.as_str()] {
-        let chunks: Vec<&str> = a
-            .as_bytes()
-            .chunks(97)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
+        let chunks = in_pieces(a, 97);
         assert_eq!(
             stream_outcome(&g, request(None), &chunks).unwrap(),
             whole_outcome(&g, request(None), a).unwrap()
@@ -696,11 +696,7 @@ fn a_fence_left_open_at_the_end_is_closed() {
         let c = check(&g, request(None), GuardResponse::new(answer.as_str())).unwrap();
         assert_eq!(c.response().text(), closed);
         assert_eq!(ids(c.findings()), ["markup.unclosed_fence"]);
-        let chunks: Vec<&str> = answer
-            .as_bytes()
-            .chunks(101)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
+        let chunks = in_pieces(&answer, 101);
         assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), closed);
         released_validates_clean(&g, &answer);
     }
@@ -764,11 +760,7 @@ fn a_label_whose_definition_goes_is_judged_at_its_next_definition() {
     ] {
         let out = whole_outcome(&g, request(None), &answer).unwrap();
         assert!(!out.contains("evil.test"), "{out:?}");
-        let chunks: Vec<&str> = answer
-            .as_bytes()
-            .chunks(64)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
+        let chunks = in_pieces(&answer, 64);
         assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), out);
         released_validates_clean(&g, &answer);
     }
@@ -803,11 +795,7 @@ fn markdown_inside_html_blocks_is_judged() {
         ),
     ] {
         assert_eq!(whole_outcome(&g, request(None), &answer).unwrap(), out);
-        let chunks: Vec<&str> = answer
-            .as_bytes()
-            .chunks(5)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
+        let chunks = in_pieces(&answer, 5);
         assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), out);
         released_validates_clean(&g, &answer);
     }
@@ -827,11 +815,7 @@ fn fenced_code_only_in_the_form_every_renderer_reads_is_inert() {
     let outcomes = |answer: &str| {
         let whole = whole_outcome(&g, request(None), answer).unwrap();
         for n in [7, 101] {
-            let chunks: Vec<&str> = answer
-                .as_bytes()
-                .chunks(n)
-                .map(|c| std::str::from_utf8(c).unwrap())
-                .collect();
+            let chunks = in_pieces(answer, n);
             assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), whole);
         }
         released_validates_clean(&g, answer);
@@ -914,11 +898,7 @@ fn a_tab_after_a_closing_fence_closes_it() {
         let out = whole_outcome(&g, request(None), &answer).unwrap();
         assert!(!out.contains("evil.test"), "{answer:?} -> {out:?}");
         assert!(out.contains("ls -l\n"), "{out:?}");
-        let chunks: Vec<&str> = answer
-            .as_bytes()
-            .chunks(3)
-            .map(|c| std::str::from_utf8(c).unwrap())
-            .collect();
+        let chunks = in_pieces(&answer, 3);
         assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), out);
         released_validates_clean(&g, &answer);
     }
@@ -946,11 +926,7 @@ fn a_carriage_return_alone_ends_a_line() {
         assert!(!whole.replace("\r\n", "").contains('\r'), "{whole:?}");
         let streamed: Vec<String> = (1..=3)
             .map(|n| {
-                let chunks: Vec<&str> = answer
-                    .as_bytes()
-                    .chunks(answer.len() / n + 1)
-                    .map(|c| std::str::from_utf8(c).unwrap())
-                    .collect();
+                let chunks = in_pieces(&answer, answer.len() / n + 1);
                 stream_outcome(&g, request(None), &chunks).unwrap()
             })
             .collect();

@@ -208,65 +208,51 @@ pub(crate) fn terminal(
     }
     let b = text.as_bytes();
     let first = out.len();
-    // The sequences found are in order and do not overlap: one pass over both
-    // (a return inside a sequence goes with it).
-    let mut seq = base;
-    for at in memchr::memchr_iter(b'\r', b) {
-        if b.get(at + 1) == Some(&b'\n') {
-            continue;
-        }
+    let returns = memchr::memchr_iter(b'\r', b).filter(|&at| b.get(at + 1) != Some(&b'\n'));
+    rewrite_bytes(out, base..first, returns, offset, "markup.bare_cr", "\n");
+    // A tab after a closing code fence: CommonMark allows spaces and tabs there,
+    // `pulldown-cmark` 0.13 only spaces, so "```\t" closed the fence for other
+    // renderers and not for the validator, and what followed was code to it and
+    // markdown (images and all) to them. The tab goes.
+    let cr = out.len();
+    let tabs = memchr::memchr_iter(b'\t', b).filter(|&at| fence_tail(b, at));
+    rewrite_bytes(out, base..first, tabs, offset, "markup.fence_tab", "");
+    if out.len() > first && (first > base || out.len() > cr && cr > first) {
+        out[base..].sort_by_key(|f| f.span().start);
+    }
+}
+
+/// Rewrites each byte at `positions` (in order) to `with`, a low finding of
+/// `rule`, but for one inside a terminal sequence (`out[sequences]`: in order and
+/// not overlapping, so one pass over both), which goes with the sequence.
+fn rewrite_bytes(
+    out: &mut Vec<Finding>,
+    sequences: std::ops::Range<usize>,
+    positions: impl Iterator<Item = usize>,
+    offset: usize,
+    rule: &'static str,
+    with: &'static str,
+) {
+    let mut seq = sequences.start;
+    for at in positions {
         let span = offset + at..offset + at + 1;
-        while seq < first && out[seq].span().end <= span.start {
+        while seq < sequences.end && out[seq].span().end <= span.start {
             seq += 1;
         }
-        if seq < first && out[seq].span().start < span.end {
+        if seq < sequences.end && out[seq].span().start < span.end {
             continue;
         }
         out.push(
             Finding::new(
-                "markup.bare_cr",
+                rule,
                 Category::UnsafeMarkup,
                 Severity::Low,
                 Location::Output,
                 span,
             )
             .with_action(Action::Redact)
-            .with_replacement("\n"),
+            .with_replacement(with),
         );
-    }
-    // A tab after a closing code fence: CommonMark allows spaces and tabs there,
-    // `pulldown-cmark` 0.13 only spaces, so "```\t" closed the fence for other
-    // renderers and not for the validator, and what followed was code to it and
-    // markdown (images and all) to them. The tab goes.
-    let cr = out.len();
-    if memchr::memchr(b'\t', b).is_some() {
-        let mut seq = base;
-        for at in memchr::memchr_iter(b'\t', b) {
-            if !fence_tail(b, at) {
-                continue;
-            }
-            let span = offset + at..offset + at + 1;
-            while seq < first && out[seq].span().end <= span.start {
-                seq += 1;
-            }
-            if seq < first && out[seq].span().start < span.end {
-                continue;
-            }
-            out.push(
-                Finding::new(
-                    "markup.fence_tab",
-                    Category::UnsafeMarkup,
-                    Severity::Low,
-                    Location::Output,
-                    span,
-                )
-                .with_action(Action::Redact)
-                .with_replacement(""),
-            );
-        }
-    }
-    if out.len() > first && (first > base || out.len() > cr && cr > first) {
-        out[base..].sort_by_key(|f| f.span().start);
     }
 }
 
