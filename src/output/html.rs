@@ -52,6 +52,7 @@ fn ws(b: u8) -> bool {
 pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
     let b = text.as_bytes();
     let mut out = Vec::new();
+    let mut raw = Raw::new(b);
     let mut i = 0;
     while let Some(off) = memchr::memchr(b'<', &b[i..]) {
         let lt = i + off;
@@ -85,8 +86,8 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
                     } else if b[body..].starts_with(b"->") {
                         i = body + 2;
                     } else {
-                        let a = find_raw(b, lt, body, b"-->");
-                        let c = find_raw(b, lt, body, b"--!>");
+                        let a = raw.end(lt, body, 0);
+                        let c = raw.end(lt, body, 1);
                         i = match (a, c) {
                             (Some(a), Some(c)) if c < a => c + 4,
                             (Some(a), _) => a + 3,
@@ -97,7 +98,7 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
                     }
                 } else if (b.get(lt + 2).is_some_and(u8::is_ascii_alphabetic)
                     || b[lt + 2..].starts_with(b"[CDATA["))
-                    && find_raw(b, lt, lt + 2, b">").is_some()
+                    && raw.end(lt, lt + 2, 2).is_some()
                 {
                     // A declaration or CDATA: to the next `>` for a browser (a
                     // renderer passes it through to its end, which is later).
@@ -108,7 +109,7 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
             }
             // A processing instruction: raw to a renderer only up to a `?>`, a
             // bogus comment to the next `>` for a browser.
-            Some(b'?') if find_raw(b, lt, lt + 2, b"?>").is_some() => {
+            Some(b'?') if raw.end(lt, lt + 2, 3).is_some() => {
                 i = skip_to(b, lt + 2, b">");
             }
             _ => i = lt + 1,
@@ -117,33 +118,80 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
     out
 }
 
-/// Where `needle` ends the raw HTML that starts at `lt`, for a markdown
-/// renderer: raw HTML inside a paragraph does not reach past a blank line (its
-/// `<` is then text, written as `&lt;`); one at the start of a line begins an HTML
-/// block, which does.
-fn find_raw(b: &[u8], lt: usize, from: usize, needle: &[u8]) -> Option<usize> {
-    let end = find(b, from, needle)?;
-    let line = b[..lt]
-        .iter()
-        .rposition(|&c| c == b'\n' || c == b'\r')
-        .map_or(0, |p| p + 1);
-    let block = lt - line <= 3 && b[line..lt].iter().all(|&c| c == b' ');
-    (block || !blank_line(&b[lt..end])).then_some(end)
+/// Where raw HTML ends for a markdown renderer: a comment (`-->`, `--!>`), a
+/// declaration (`>`) or a processing instruction (`?>`). Raw HTML inside a
+/// paragraph does not reach past a blank line (its `<` is then text, written as
+/// `&lt;`); one at the start of a line begins an HTML block, which does.
+///
+/// The searches go forward only (each opener is after the last), so each
+/// remembers its last answer: a text of many openers and no end is read once per
+/// needle, not once per opener.
+struct Raw<'a> {
+    b: &'a [u8],
+    /// Per needle, the next occurrence at or after the last search's start
+    /// (`None`: none to the end).
+    next: [Option<Option<usize>>; 4],
+    /// The next blank line's second line end at or after the last search's start.
+    blank: Option<Option<usize>>,
+    /// Where the line of the last opener starts, and how far line ends were read.
+    line: usize,
+    seen: usize,
 }
 
-/// Whether `b` holds a blank line (a line end, spaces or tabs, a line end).
-fn blank_line(b: &[u8]) -> bool {
+const NEEDLES: [&[u8]; 4] = [b"-->", b"--!>", b">", b"?>"];
+
+impl<'a> Raw<'a> {
+    fn new(b: &'a [u8]) -> Self {
+        Raw {
+            b,
+            next: [None; 4],
+            blank: None,
+            line: 0,
+            seen: 0,
+        }
+    }
+
+    /// Where needle `k` is found from `from`, when it ends the raw HTML opened at
+    /// `lt` (`from` and `lt` never go back between calls).
+    fn end(&mut self, lt: usize, from: usize, k: usize) -> Option<usize> {
+        let found = match self.next[k] {
+            Some(None) => None,
+            Some(Some(p)) if p >= from => Some(p),
+            _ => find(self.b, from, NEEDLES[k]),
+        };
+        self.next[k] = Some(found);
+        let end = found?;
+        let b = self.b;
+        if let Some(p) = memchr::memrchr2(b'\n', b'\r', &b[self.seen.min(lt)..lt]) {
+            self.line = self.seen + p + 1;
+        }
+        self.seen = lt;
+        let line = self.line;
+        let block = lt - line <= 3 && b[line..lt].iter().all(|&c| c == b' ');
+        let blank = match self.blank {
+            Some(None) => None,
+            Some(Some(p)) if p >= lt => Some(p),
+            _ => blank_line(b, lt),
+        };
+        self.blank = Some(blank);
+        (block || blank.is_none_or(|p| p >= end)).then_some(end)
+    }
+}
+
+/// Where the first blank line from `from` ends (its second line end): a line
+/// end, spaces or tabs, a line end.
+fn blank_line(b: &[u8], from: usize) -> Option<usize> {
     let mut at_start = false;
-    for (i, &c) in b.iter().enumerate() {
+    for (i, &c) in b.iter().enumerate().skip(from) {
         match c {
             b'\n' if i > 0 && b[i - 1] == b'\r' => {}
-            b'\n' | b'\r' if at_start => return true,
+            b'\n' | b'\r' if at_start => return Some(i),
             b'\n' | b'\r' => at_start = true,
             b' ' | b'\t' => {}
             _ => at_start = false,
         }
     }
-    false
+    None
 }
 
 fn find(b: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
