@@ -215,8 +215,17 @@ pub(crate) fn terminal(
     // renderers and not for the validator, and what followed was code to it and
     // markdown (images and all) to them. The tab goes.
     let cr = out.len();
-    let tabs = memchr::memchr_iter(b'\t', b).filter(|&at| fence_tail(b, at));
-    rewrite_bytes(out, base..first, tabs, offset, "markup.fence_tab", "");
+    if memchr::memchr(b'\t', b).is_some() {
+        let tabs = fence_tabs(b);
+        rewrite_bytes(
+            out,
+            base..first,
+            tabs.into_iter(),
+            offset,
+            "markup.fence_tab",
+            "",
+        );
+    }
     if out.len() > first && (first > base || out.len() > cr && cr > first) {
         out[base..].sort_by_key(|f| f.span().start);
     }
@@ -256,24 +265,28 @@ fn rewrite_bytes(
     }
 }
 
-/// Whether the tab at `at` is in the spaces and tabs that end a line after a run
-/// of three or more backticks or tildes.
-fn fence_tail(b: &[u8], at: usize) -> bool {
-    let after = b[at..]
-        .iter()
-        .take_while(|&&c| c == b' ' || c == b'\t')
-        .count();
-    if !matches!(b.get(at + after), None | Some(b'\n' | b'\r')) {
-        return false;
+/// The tabs in the spaces and tabs that end a line after a run of three or more
+/// backticks or tildes, in order (each run of spaces and tabs read once).
+fn fence_tabs(b: &[u8]) -> Vec<usize> {
+    let ws = |c: &&u8| matches!(**c, b' ' | b'\t');
+    let mut out = Vec::new();
+    let mut next = 0;
+    for at in memchr::memchr_iter(b'\t', b) {
+        if at < next {
+            continue;
+        }
+        let start = at - b[next..at].iter().rev().take_while(ws).count();
+        let end = at + b[at..].iter().take_while(ws).count();
+        next = end;
+        if !matches!(b.get(end), None | Some(b'\n' | b'\r')) {
+            continue;
+        }
+        let Some(&c @ (b'`' | b'~')) = start.checked_sub(1).map(|i| &b[i]) else {
+            continue;
+        };
+        if b[..start].iter().rev().take(3).filter(|&&x| x == c).count() == 3 {
+            out.extend((start..end).filter(|&i| b[i] == b'\t'));
+        }
     }
-    let before = b[..at]
-        .iter()
-        .rev()
-        .take_while(|&&c| c == b' ' || c == b'\t')
-        .count();
-    let end = at - before;
-    let Some(&c @ (b'`' | b'~')) = end.checked_sub(1).map(|i| &b[i]) else {
-        return false;
-    };
-    b[..end].iter().rev().take_while(|&&x| x == c).count() >= 3
+    out
 }
