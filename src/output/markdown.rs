@@ -355,7 +355,8 @@ fn judge_nested(
     if last && rules.code_is_inert {
         if let (Some(fence), Some(c)) = (&open_fence, seg.chars().next_back()) {
             let mut with = String::with_capacity(fence.len() + 2);
-            if c != '\r' {
+            // A tab after a fence goes (`markup.fence_tab`, which this replaces).
+            if c != '\r' && c != '\t' {
                 with.push(c);
             }
             if c != '\n' {

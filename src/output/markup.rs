@@ -216,7 +216,13 @@ pub(crate) fn terminal(
     // markdown (images and all) to them. The tab goes.
     let cr = out.len();
     if memchr::memchr(b'\t', b).is_some() {
-        let tabs = fence_tabs(b);
+        // Read as the text will be without its sequences (`` ```\x1f\t ``).
+        let tabs: Vec<usize> = if first > base {
+            let (clean, map) = without(b, &out[base..first], offset);
+            fence_tabs(&clean).into_iter().map(|i| map[i]).collect()
+        } else {
+            fence_tabs(b)
+        };
         rewrite_bytes(
             out,
             base..first,
@@ -263,6 +269,33 @@ fn rewrite_bytes(
             .with_replacement(with),
         );
     }
+}
+
+/// `b` with the terminal `sequences` (spans from `offset`, in order) replaced as
+/// they will be, and for each byte of the result the offset in `b` it comes from.
+fn without(b: &[u8], sequences: &[Finding], offset: usize) -> (Vec<u8>, Vec<usize>) {
+    let mut clean = Vec::with_capacity(b.len());
+    let mut map = Vec::with_capacity(b.len());
+    let mut pos = 0;
+    for f in sequences {
+        let s = f.span();
+        let (start, end) = (s.start - offset, s.end - offset);
+        if start < pos {
+            continue;
+        }
+        clean.extend_from_slice(&b[pos..start]);
+        map.extend(pos..start);
+        let r = match f.action() {
+            Action::Redact => f.replacement().unwrap_or(""),
+            _ => "",
+        };
+        clean.extend_from_slice(r.as_bytes());
+        map.extend(std::iter::repeat_n(start, r.len()));
+        pos = end;
+    }
+    clean.extend_from_slice(&b[pos..]);
+    map.extend(pos..b.len());
+    (clean, map)
 }
 
 /// The tabs in the spaces and tabs that end a line after a run of three or more
