@@ -218,8 +218,11 @@ pub(crate) fn terminal(
     if memchr::memchr(b'\t', b).is_some() {
         // Read as the text will be without its sequences (`` ```\x1f\t ``).
         let tabs: Vec<usize> = if first > base {
-            let (clean, map) = without(b, &out[base..first], offset);
-            fence_tabs(&clean).into_iter().map(|i| map[i]).collect()
+            let (clean, map) = without(text, &out[base..first], offset);
+            fence_tabs(clean.as_bytes())
+                .into_iter()
+                .map(|i| map[i])
+                .collect()
         } else {
             fence_tabs(b)
         };
@@ -271,11 +274,12 @@ fn rewrite_bytes(
     }
 }
 
-/// `b` with the terminal `sequences` (spans from `offset`, in order) replaced as
-/// they will be, and for each byte of the result the offset in `b` it comes from.
-fn without(b: &[u8], sequences: &[Finding], offset: usize) -> (Vec<u8>, Vec<usize>) {
-    let mut clean = Vec::with_capacity(b.len());
-    let mut map = Vec::with_capacity(b.len());
+/// `text` with the terminal `sequences` (spans from `offset`, in order) applied
+/// as they will be, and for each byte of the result, and for its end, the offset
+/// in `text` it comes from.
+pub(super) fn without(text: &str, sequences: &[Finding], offset: usize) -> (String, Vec<usize>) {
+    let mut clean = String::with_capacity(text.len());
+    let mut map = Vec::with_capacity(text.len() + 1);
     let mut pos = 0;
     for f in sequences {
         let s = f.span();
@@ -283,18 +287,19 @@ fn without(b: &[u8], sequences: &[Finding], offset: usize) -> (Vec<u8>, Vec<usiz
         if start < pos {
             continue;
         }
-        clean.extend_from_slice(&b[pos..start]);
+        clean.push_str(&text[pos..start]);
         map.extend(pos..start);
         let r = match f.action() {
             Action::Redact => f.replacement().unwrap_or(""),
             _ => "",
         };
-        clean.extend_from_slice(r.as_bytes());
+        clean.push_str(r);
         map.extend(std::iter::repeat_n(start, r.len()));
         pos = end;
     }
-    clean.extend_from_slice(&b[pos..]);
-    map.extend(pos..b.len());
+    clean.push_str(&text[pos..]);
+    map.extend(pos..text.len());
+    map.push(text.len());
     (clean, map)
 }
 

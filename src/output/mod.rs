@@ -824,34 +824,6 @@ fn json_strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>, depth:
     }
 }
 
-/// `seg` with the terminal findings applied as they will be, and for each byte
-/// of the result (and its end) the offset in `seg` it comes from.
-fn cleaned(seg: &str, terminal: &[Finding]) -> (String, Vec<usize>) {
-    let mut clean = String::with_capacity(seg.len());
-    let mut map = Vec::with_capacity(seg.len() + 1);
-    let mut pos = 0;
-    for f in terminal {
-        let s = f.span();
-        if s.start < pos {
-            continue;
-        }
-        clean.push_str(&seg[pos..s.start]);
-        map.extend(pos..s.start);
-        let r = if f.action() == Action::Redact {
-            f.replacement().unwrap_or("")
-        } else {
-            ""
-        };
-        clean.push_str(r);
-        map.extend(std::iter::repeat_n(s.start, r.len()));
-        pos = s.end;
-    }
-    clean.push_str(&seg[pos..]);
-    map.extend(pos..seg.len());
-    map.push(seg.len());
-    (clean, map)
-}
-
 /// The spaces, tabs and line ends of the whitespace `tail`, as they go out: a
 /// carriage return alone becomes a line feed (rule `markup.bare_cr`), and
 /// whitespace that is a terminal control (a vertical tab, a form feed, NEL) is
@@ -1444,7 +1416,7 @@ impl Engine {
         let judged = if terminal.is_empty() {
             markdown::judge_segment(seg, start, &self.carry, &rules, cut.is_none(), &mut found)
         } else {
-            let (clean, map) = cleaned(seg, &terminal);
+            let (clean, map) = markup::without(seg, &terminal, 0);
             let mut local = Vec::new();
             let judged =
                 markdown::judge_segment(&clean, 0, &self.carry, &rules, cut.is_none(), &mut local);
