@@ -536,7 +536,7 @@ impl Scanner {
         {
             // ROT13: the same heuristics on the rotated text.
             let rotated_text = encoding::rot13(text);
-            let rotated = normalize::normalize(&rotated_text);
+            let rotated = n.rot13(text);
             let v =
                 heuristics::evaluate(&g.families.0, &g.families.1, &rotated_text, &rotated, None);
             if v.score >= g.threshold {

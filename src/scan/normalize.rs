@@ -72,6 +72,57 @@ impl Normalized {
     }
 }
 
+impl Normalized {
+    /// The normalization of the ROT13 of `original` (the text this is the
+    /// normalization of), from this one: each byte that comes from an ASCII
+    /// letter is rotated. Normalization decides only on the kind of each
+    /// character (a letter, a leet character, a space), never on which letter it
+    /// is, and an ASCII letter's byte is the letter lowered; ROT13 changes only
+    /// ASCII letters, into ASCII letters. So `normalize(&rot13(original))` is
+    /// this text with those bytes rotated, and the same map back.
+    pub(crate) fn rot13(&self, original: &str) -> Self {
+        let src = original.as_bytes();
+        let rotate = |b: u8, from: usize| {
+            if src.get(from).is_some_and(u8::is_ascii_alphabetic) {
+                crate::codec::rot13(char::from(b)) as u8
+            } else {
+                b
+            }
+        };
+        let out: Vec<u8> = match &self.origin {
+            Origin::Bytes(v) => self
+                .text
+                .bytes()
+                .zip(v)
+                .map(|(b, &o)| rotate(b, o as usize))
+                .collect(),
+            Origin::Runs(runs, _) => {
+                let mut out = Vec::with_capacity(self.text.len());
+                for (k, &(n, o)) in runs.iter().enumerate() {
+                    let end = runs.get(k + 1).map_or(self.text.len(), |r| r.0 as usize);
+                    let stretch = self.text.as_bytes().get(n as usize..end).unwrap_or(&[]);
+                    out.extend(
+                        stretch
+                            .iter()
+                            .enumerate()
+                            .map(|(j, &b)| rotate(b, o as usize + j)),
+                    );
+                }
+                out
+            }
+        };
+        let origin = match &self.origin {
+            Origin::Bytes(v) => Origin::Bytes(v.clone()),
+            Origin::Runs(r, end) => Origin::Runs(r.clone(), *end),
+        };
+        Self {
+            // Only ASCII letters changed, into ASCII letters.
+            text: String::from_utf8(out).unwrap_or_default(),
+            origin,
+        }
+    }
+}
+
 pub(crate) fn is_invisible(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{034F}' | '\u{061C}' | '\u{115F}' | '\u{1160}' | '\u{17B4}' | '\u{17B5}'
@@ -579,6 +630,52 @@ mod tests {
                 assert_eq!(a.origin(i), b.origin(i), "{s:?} at {i}");
             }
         }
+    }
+
+    /// The normalization of a text's ROT13 is its normalization with the bytes
+    /// from ASCII letters rotated: the same text and the same map back.
+    #[test]
+    fn rot13_of_the_normalization_is_the_normalization_of_rot13() {
+        const BYTES: &[u8] = b"aZnM01926347@$' \t\n\r\x0b.-:<|";
+        const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzAMNZ@[`{ \n1";
+        // Pieces with characters that fold to ASCII letters or whitespace, lose
+        // case, or vanish: the Kelvin sign lowers to an ASCII `k`.
+        const PIECES: [&str; 14] = [
+            "a",
+            "N",
+            "1",
+            "@",
+            " ",
+            "\n",
+            "\u{430}",
+            "\u{212A}",
+            "\u{130}",
+            "\u{FF21}",
+            "\u{200B}",
+            "\u{2019}",
+            "\u{3000}",
+            "\u{1D400}",
+        ];
+        let mixed = crate::scan::testgen::strings(b"0123456789abcd", 40, 20000).map(|ix| {
+            ix.iter()
+                .map(|&i| PIECES[usize::from(i - b'0') % PIECES.len()])
+                .collect::<String>()
+        });
+        let texts = crate::scan::testgen::texts(BYTES, 40, 20000)
+            .chain(crate::scan::testgen::texts(LETTERS, 120, 5000))
+            .chain(mixed);
+        let mut non_ascii = 0;
+        for s in texts {
+            let n = normalize(&s);
+            non_ascii += usize::from(!n.is_ascii());
+            let (a, b) = (n.rot13(&s), normalize(&crate::codec::rot13_str(&s)));
+            assert_eq!(a.text, b.text, "{s:?}");
+            assert_eq!(a.is_ascii(), b.is_ascii(), "{s:?}");
+            for i in 0..=a.text.len() + 1 {
+                assert_eq!(a.origin(i), b.origin(i), "{s:?} at {i}");
+            }
+        }
+        assert!(non_ascii > 15000, "{non_ascii}");
     }
 
     /// The general path as it was (a character at a time, each word buffered
