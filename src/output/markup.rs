@@ -111,16 +111,18 @@ pub(crate) fn judge_tags(
                 .replace('<', "&lt;")
                 .replace('>', "&gt;")
         };
-        if !tag.closed {
-            // A tag left open takes its attributes from whatever follows; at the
-            // end of the answer nothing follows and a browser drops it.
-            if last {
-                continue;
-            }
+        if !tag.closed && !last {
+            // A tag left open takes its attributes from whatever follows.
             open = true;
             out.push(finding("markup.unclosed_tag", mode, span, escaped()));
             continue;
         }
+        // A tag left open at the end of the answer is judged as written: a
+        // browser drops it when the answer is the whole document (a fragment set
+        // as `innerHTML`), but a page that renders the answer into its own HTML
+        // on the server closes it with its own markup, and the element, its
+        // handlers and its URLs are live (`<style` swallows the page; found by the
+        // `markup` fuzz target reading `comrak`'s raw HTML).
         let dangerous = DANGEROUS.contains(&tag.name.as_str());
         if tag.end_tag {
             if dangerous {
