@@ -707,6 +707,59 @@ fn a_tag_left_open_at_the_end_is_judged_as_written() {
     }
 }
 
+/// A tag that is not one of CommonMark's is text to a markdown renderer: it
+/// writes its `<` as `&lt;` and reads what follows as markdown, where the tags
+/// CommonMark reads are raw HTML and live. A browser reads the same bytes as one
+/// tag whose attributes hold the others, and so did the validator: in
+/// `<T [x]<script>alert(1)</script>` it judged a harmless `<t>` and passed the
+/// script (found by the `markup` fuzz target reading `comrak`'s raw HTML).
+#[test]
+fn tags_inside_a_tag_a_renderer_escapes_are_judged() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    for (answer, live) in [
+        (
+            "Hi <T [x]<script>alert(1)</script> there".to_owned(),
+            "<script",
+        ),
+        (
+            "Hi <T\t[x]<script>alert(1)</script> there".to_owned(),
+            "<script",
+        ),
+        ("Hi </T [x]<iframe src=x> there".to_owned(), "<iframe"),
+        (
+            "Hi <b title=\"a\"x<style>p{}</style> there".to_owned(),
+            "<style",
+        ),
+        (
+            "Hi <T a='x\n\n<div onclick=alert(1)>y</div>' there".to_owned(),
+            "<div",
+        ),
+        // Where a line's blocks start, an HTML block is read as a browser
+        // reads it, CommonMark's tag or not.
+        ("Hi <T a\n[\n\n<scripT !\nx:s".to_owned(), "<scripT"),
+        (
+            "> Hi <T a=\"\n> <div>\n> <img/src=x onerror=alert(1)>\n\"".to_owned(),
+            "<img",
+        ),
+    ] {
+        let whole = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!whole.contains(live), "{answer:?} -> {whole:?}");
+        for n in [1, 7, 64] {
+            let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, n)).unwrap();
+            assert_eq!(streamed, whole, "{answer:?} in {n}-byte deltas");
+        }
+        released_validates_clean(&g, &answer);
+    }
+    // Tags a renderer passes whole are judged once, as a browser reads them: a
+    // quoted value may hold a tag's text.
+    for answer in [
+        "Hi <b title=\"<i>\">x</b> there",
+        "Hi <abbr title='a <b> c'\n data-x=y>x</abbr>",
+    ] {
+        assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
+    }
+}
+
 /// An answer that ends inside a fenced code block (cut short by a token limit, or
 /// written so) has the fence closed: CommonMark reads the rest as code, renderers
 /// that need the closing fence read it as markdown and load its images.
@@ -770,10 +823,27 @@ fn a_comment_a_renderer_escapes_hides_no_tag() {
         "<!-- x\n\n",
         "<? x\r\n\r\n",
         "<!x\n\n",
+        // Declarations to CommonMark 0.31, text to cmark-gfm (capitals and a
+        // space): the `<img …>` after them is live there.
+        "<!s/",
+        "<!doctype ",
     ] {
         let answer = format!("Hi {open}{img} there\n\n-->?>");
         let out = whole_outcome(&g, request(None), &answer).unwrap();
         assert!(!out.contains("evil.test"), "{answer:?} -> {out:?}");
+        released_validates_clean(&g, &answer);
+    }
+    // A paragraph also ends at a line that starts a block: a comment opened in
+    // it and closed past such a line is text, and the block is read as written
+    // (`<style` begins an HTML block; found by the `markup` fuzz target).
+    for (answer, live) in [
+        ("Hi <!-- x\n<style>\np{}\n-->".to_owned(), "<style"),
+        (format!("Hi <!-- x\n> {img}\n-->"), "evil.test"),
+        (format!("Hi <? x\n# {img}\n?>"), "evil.test"),
+        (format!("Hi <!-- x\n<div>\n{img}\n-->"), "evil.test"),
+    ] {
+        let out = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!out.contains(live), "{answer:?} -> {out:?}");
         released_validates_clean(&g, &answer);
     }
     for answer in [

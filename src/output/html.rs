@@ -53,27 +53,69 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut raw = Raw::new(b);
+    // A tag that is not one of CommonMark's (`<T [x]<script>`: no `[` in an
+    // attribute name) is text to a markdown renderer, which writes its `<` as
+    // `&lt;` and reads what follows as markdown again: up to where a browser
+    // would end it, the tags CommonMark reads there are tags too. An HTML block
+    // that starts there (`<scripT !` at a line's start) is read as a browser
+    // reads it, to the block's end, and the escaped text resumes after it.
+    let mut escaped_until = 0;
+    // The HTML block being read inside escaped text: its end, and where the
+    // escaped text around it ends.
+    let mut block: Option<(usize, usize)> = None;
     let mut i = 0;
     while let Some(off) = memchr::memchr(b'<', &b[i..]) {
         let lt = i + off;
+        if let Some((_, outer)) = block.filter(|&(end, _)| lt >= end) {
+            escaped_until = escaped_until.max(outer);
+            block = None;
+        }
         let next = b.get(lt + 1).copied();
-        match next {
-            Some(c) if c.is_ascii_alphabetic() => {
-                let (tag, end) = tag(text, lt, lt + 1, false);
-                out.push(tag);
-                i = end;
+        let tag_at = match next {
+            Some(c) if c.is_ascii_alphabetic() => Some(lt + 1),
+            Some(b'/') if b.get(lt + 2).is_some_and(u8::is_ascii_alphabetic) => Some(lt + 2),
+            _ => None,
+        };
+        if let Some(name_at) = tag_at {
+            let cm = commonmark_tag(b, lt);
+            // An HTML block starts: of the first six kinds, or a whole tag alone
+            // on its line (the seventh).
+            let starts_block = || {
+                line_start(b, lt)
+                    && (html_block_start(&b[lt..])
+                        || cm.is_some_and(|e| {
+                            b[e..]
+                                .iter()
+                                .take_while(|&&c| c != b'\n' && c != b'\r')
+                                .all(|&c| c == b' ' || c == b'\t')
+                        }))
+            };
+            if lt < escaped_until && block.is_none() && starts_block() {
+                block = Some((html_block_end(b, lt), escaped_until));
+                escaped_until = 0;
+            } else if lt < escaped_until && cm.is_none() {
+                i = lt + 1;
+                continue;
             }
+            // Inside such a block, a tag is read no further than the block.
+            let limit = block.map_or(b.len(), |(end, _)| end);
+            let (tag, end) = tag(&text[..limit], lt, name_at, name_at == lt + 2);
+            out.push(tag);
+            if cm == Some(end) {
+                i = end;
+            } else {
+                escaped_until = escaped_until.max(end);
+                i = lt + 1;
+            }
+            continue;
+        }
+        match next {
             // What a browser would skip as a comment is skipped only where a
             // markdown renderer passes it through as HTML; elsewhere the renderer
             // writes its `<` as `&lt;`, and the tags after it are tags (`<!`,
             // `</ `, `<?` or an unclosed `<!--` before `<img src=…>` hid the image
             // from the validator and not from the browser).
             Some(b'/') => match b.get(lt + 2) {
-                Some(c) if c.is_ascii_alphabetic() => {
-                    let (tag, end) = tag(text, lt, lt + 2, true);
-                    out.push(tag);
-                    i = end;
-                }
                 Some(b'>') => i = lt + 3,
                 // A bogus comment to a browser, text to a markdown renderer.
                 _ => i = lt + 2,
@@ -96,12 +138,15 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
                             (None, None) => lt + 2,
                         };
                     }
-                } else if (b.get(lt + 2).is_some_and(u8::is_ascii_alphabetic)
-                    || b[lt + 2..].starts_with(b"[CDATA["))
+                } else if (declaration(&b[lt + 2..]) || b[lt + 2..].starts_with(b"[CDATA["))
                     && raw.end(lt, lt + 2, 2).is_some()
                 {
                     // A declaration or CDATA: to the next `>` for a browser (a
                     // renderer passes it through to its end, which is later).
+                    // A declaration as the strictest renderer reads one (`<!s/…>`
+                    // is one to `pulldown-cmark`, text to cmark-gfm, which then
+                    // passes a `</style>` inside it as a tag; found by the
+                    // `markup` fuzz target).
                     i = skip_to(b, lt + 2, b">");
                 } else {
                     i = lt + 2;
@@ -118,10 +163,129 @@ pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
     out
 }
 
+/// Whether only whitespace and container markers (`>`, list bullets and
+/// numbers) stand between the start of `lt`'s line and `lt`: where a block, an
+/// HTML block among them, may start.
+fn line_start(b: &[u8], lt: usize) -> bool {
+    b[..lt]
+        .iter()
+        .rev()
+        .take_while(|&&c| c != b'\n' && c != b'\r')
+        .all(|&c| {
+            matches!(
+                c,
+                b' ' | b'\t' | b'>' | b'-' | b'*' | b'+' | b'.' | b')' | b'0'..=b'9'
+            )
+        })
+}
+
+/// Where the tag at `lt` ends (past its `>`) when it is an open or closing tag
+/// as CommonMark defines raw HTML ("6.6 Raw HTML"): a name of ASCII letters,
+/// digits and `-`; attributes of `[A-Za-z_:][A-Za-z0-9_.:-]*`, each after
+/// whitespace, with a value unquoted (no whitespace, quotes, `=`, `<`, `>` or
+/// backtick), in single or in double quotes; whitespace of spaces, tabs and at
+/// most one line end; no line inside that starts a block (see
+/// [`paragraph_break`]). `None` otherwise (a renderer writes its `<` as `&lt;`).
+fn commonmark_tag(b: &[u8], lt: usize) -> Option<usize> {
+    let end = tag_extent(b, lt)?;
+    // In a paragraph: a line inside that starts a block ends it first.
+    paragraph_break(&b[..end], lt).is_none().then_some(end)
+}
+
+/// Where the tag at `lt` ends by CommonMark's grammar of tags alone.
+fn tag_extent(b: &[u8], lt: usize) -> Option<usize> {
+    // Spaces and tabs with at most one line end, from `i`: where they end.
+    let space = |mut i: usize| {
+        let mut ends = 0;
+        while let Some(&c) = b.get(i) {
+            match c {
+                b' ' | b'\t' => i += 1,
+                b'\r' | b'\n' => {
+                    ends += 1;
+                    i += if c == b'\r' && b.get(i + 1) == Some(&b'\n') {
+                        2
+                    } else {
+                        1
+                    };
+                }
+                _ => break,
+            }
+        }
+        (ends <= 1).then_some(i)
+    };
+    let mut i = lt + 1;
+    let closing = b.get(i) == Some(&b'/');
+    i += usize::from(closing);
+    if !b.get(i)?.is_ascii_alphabetic() {
+        return None;
+    }
+    while b
+        .get(i)
+        .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'-')
+    {
+        i += 1;
+    }
+    if closing {
+        let w = space(i)?;
+        return (b.get(w) == Some(&b'>')).then_some(w + 1);
+    }
+    loop {
+        let w = space(i)?;
+        match *b.get(w)? {
+            b'>' => return Some(w + 1),
+            b'/' => return (b.get(w + 1) == Some(&b'>')).then_some(w + 2),
+            c if w > i && (c.is_ascii_alphabetic() || c == b'_' || c == b':') => {
+                let mut j = w + 1;
+                while b.get(j).is_some_and(|c| {
+                    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-')
+                }) {
+                    j += 1;
+                }
+                let k = space(j)?;
+                if b.get(k) == Some(&b'=') {
+                    let v = space(k + 1)?;
+                    j = match *b.get(v)? {
+                        q @ (b'"' | b'\'') => v + 1 + memchr::memchr(q, &b[v + 1..])? + 1,
+                        _ => {
+                            let n = b[v..]
+                                .iter()
+                                .take_while(|c| {
+                                    !matches!(
+                                        c,
+                                        b' ' | b'\t'
+                                            | b'\r'
+                                            | b'\n'
+                                            | b'\x0b'
+                                            | b'\x0c'
+                                            | b'"'
+                                            | b'\''
+                                            | b'='
+                                            | b'<'
+                                            | b'>'
+                                            | b'`'
+                                    )
+                                })
+                                .count();
+                            if n == 0 {
+                                return None;
+                            }
+                            v + n
+                        }
+                    };
+                }
+                i = j;
+            }
+            _ => return None,
+        }
+    }
+}
+
 /// Where raw HTML ends for a markdown renderer: a comment (`-->`, `--!>`), a
 /// declaration (`>`) or a processing instruction (`?>`). Raw HTML inside a
-/// paragraph does not reach past a blank line (its `<` is then text, written as
-/// `&lt;`); one at the start of a line begins an HTML block, which does.
+/// paragraph does not reach past the paragraph's end, a blank line or a line that
+/// starts a block (its `<` is then text, written as `&lt;`; found by the `markup`
+/// fuzz target: `<style` on the next line began an HTML block inside a comment);
+/// one at the start of a line begins an HTML block, which does.
 ///
 /// The searches go forward only (each opener is after the last), so each
 /// remembers its last answer: a text of many openers and no end is read once per
@@ -131,7 +295,8 @@ struct Raw<'a> {
     /// Per needle, the next occurrence at or after the last search's start
     /// (`None`: none to the end).
     next: [Option<Option<usize>>; 4],
-    /// The next blank line's second line end at or after the last search's start.
+    /// The next paragraph break ([`paragraph_break`]) at or after the last
+    /// search's start.
     blank: Option<Option<usize>>,
     /// Where the line of the last opener starts, and how far line ends were read.
     line: usize,
@@ -171,27 +336,214 @@ impl<'a> Raw<'a> {
         let blank = match self.blank {
             Some(None) => None,
             Some(Some(p)) if p >= lt => Some(p),
-            _ => blank_line(b, lt),
+            _ => paragraph_break(b, lt),
         };
         self.blank = Some(blank);
         (block || blank.is_none_or(|p| p >= end)).then_some(end)
     }
 }
 
-/// Where the first blank line from `from` ends (its second line end): a line
-/// end, spaces or tabs, a line end.
-fn blank_line(b: &[u8], from: usize) -> Option<usize> {
-    let mut at_start = false;
-    for (i, &c) in b.iter().enumerate().skip(from) {
-        match c {
-            b'\n' if i > 0 && b[i - 1] == b'\r' => {}
-            b'\n' | b'\r' if at_start => return Some(i),
-            b'\n' | b'\r' => at_start = true,
-            b' ' | b'\t' => {}
-            _ => at_start = false,
+/// Where the paragraph holding `from` ends for a markdown renderer, at the
+/// latest: the start of the first line after `from`'s that is blank or may
+/// start a block, which interrupts a paragraph (a quote, a heading, a fence, a
+/// thematic break or setext underline, a list item, a table's delimiter row, an
+/// HTML block). Read loosely where loose is safe: a line that may start one
+/// counts, indented or not.
+fn paragraph_break(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let e = i + memchr::memchr2(b'\n', b'\r', b.get(i..)?)?;
+        let q = e + if b[e] == b'\r' && b.get(e + 1) == Some(&b'\n') {
+            2
+        } else {
+            1
+        };
+        if q >= b.len() {
+            return None;
         }
+        if interrupts(&b[q..]) {
+            return Some(q);
+        }
+        i = q;
     }
-    None
+}
+
+/// Whether `line` (from its start to the end of the text) is blank or may start
+/// a block that interrupts a paragraph.
+fn interrupts(line: &[u8]) -> bool {
+    let indent = line
+        .iter()
+        .take_while(|&&c| c == b' ' || c == b'\t')
+        .count();
+    let rest = &line[indent..];
+    match rest.first() {
+        None | Some(b'\n' | b'\r') => true,
+        Some(b'>' | b'#' | b'-' | b'*' | b'+' | b'=' | b'_' | b'`' | b'~' | b'|' | b':') => true,
+        Some(b'0'..=b'9') => {
+            let digits = rest.iter().take_while(|c| c.is_ascii_digit()).count();
+            matches!(rest.get(digits), Some(b'.' | b')'))
+        }
+        Some(b'<') => html_block_start(rest),
+        _ => false,
+    }
+}
+
+/// Whether `r` (after `<!`) starts a declaration to every markdown renderer:
+/// CommonMark 0.31 asks for an ASCII letter, cmark-gfm (GitHub's, and `comrak`)
+/// for capital letters and then whitespace.
+fn declaration(r: &[u8]) -> bool {
+    let n = r.iter().take_while(|c| c.is_ascii_uppercase()).count();
+    n > 0
+        && matches!(
+            r.get(n),
+            Some(b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')
+        )
+}
+
+/// Where the HTML block that starts at `lt` ends: past the line that closes a
+/// `<script`, `<pre`, `<style` or `<textarea` block, else at the next blank line
+/// (the end of the text when there is none).
+fn html_block_end(b: &[u8], lt: usize) -> usize {
+    const RAW: [&[u8]; 4] = [b"script", b"pre", b"style", b"textarea"];
+    let name = &b[lt + 1..];
+    let n = name
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .count();
+    let end = if RAW.iter().any(|t| t.eq_ignore_ascii_case(&name[..n])) {
+        memchr::memchr_iter(b'<', &b[lt + 1..])
+            .map(|p| lt + 1 + p)
+            .find(|&p| {
+                RAW.iter().any(|t| {
+                    b.get(p + 1) == Some(&b'/')
+                        && b.get(p + 2..p + 2 + t.len())
+                            .is_some_and(|x| x.eq_ignore_ascii_case(t))
+                        && b.get(p + 2 + t.len()) == Some(&b'>')
+                })
+            })
+            .map(|p| p + memchr::memchr2(b'\n', b'\r', &b[p..]).unwrap_or(b.len() - p))
+    } else {
+        next_blank(b, lt)
+    };
+    end.unwrap_or(b.len())
+}
+
+/// Where the first blank line after `from`'s line starts.
+fn next_blank(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let e = i + memchr::memchr2(b'\n', b'\r', b.get(i..)?)?;
+        let q = e + if b[e] == b'\r' && b.get(e + 1) == Some(&b'\n') {
+            2
+        } else {
+            1
+        };
+        let line = &b[q.min(b.len())..];
+        let w = line
+            .iter()
+            .take_while(|&&c| c == b' ' || c == b'\t')
+            .count();
+        if matches!(line.get(w), Some(b'\n' | b'\r')) {
+            return Some(q);
+        }
+        if q >= b.len() {
+            return None;
+        }
+        i = q;
+    }
+}
+
+/// Whether `r`, at a line's start, opens an HTML block of CommonMark's first six
+/// kinds (those that may interrupt a paragraph): `<script`, `<pre`, `<style`,
+/// `<textarea`, a comment, a processing instruction, a declaration, CDATA, or a
+/// tag of a block-level element.
+fn html_block_start(r: &[u8]) -> bool {
+    const BLOCK: &[&str] = &[
+        "address",
+        "article",
+        "aside",
+        "base",
+        "basefont",
+        "blockquote",
+        "body",
+        "caption",
+        "center",
+        "col",
+        "colgroup",
+        "dd",
+        "details",
+        "dialog",
+        "dir",
+        "div",
+        "dl",
+        "dt",
+        "fieldset",
+        "figcaption",
+        "figure",
+        "footer",
+        "form",
+        "frame",
+        "frameset",
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+        "h6",
+        "head",
+        "header",
+        "hr",
+        "html",
+        "iframe",
+        "legend",
+        "li",
+        "link",
+        "main",
+        "menu",
+        "menuitem",
+        "nav",
+        "noframes",
+        "ol",
+        "optgroup",
+        "option",
+        "p",
+        "param",
+        "search",
+        "section",
+        "source",
+        "summary",
+        "table",
+        "tbody",
+        "td",
+        "tfoot",
+        "th",
+        "thead",
+        "title",
+        "tr",
+        "track",
+        "ul",
+        "script",
+        "pre",
+        "style",
+        "textarea",
+    ];
+    if r.starts_with(b"<!") || r.starts_with(b"<?") {
+        return true;
+    }
+    let at = if r.starts_with(b"</") { 2 } else { 1 };
+    let n = r[at..]
+        .iter()
+        .take_while(|c| c.is_ascii_alphanumeric())
+        .count();
+    let name = &r[at..at + n];
+    n > 0
+        && matches!(
+            r.get(at + n),
+            None | Some(b' ' | b'\t' | b'\n' | b'\r' | b'>' | b'/')
+        )
+        && BLOCK
+            .iter()
+            .any(|t| t.as_bytes().eq_ignore_ascii_case(name))
 }
 
 fn find(b: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
