@@ -10,8 +10,9 @@
 //! disagree on what is an image, the validator must not be the one that missed it.
 //!
 //! The same renderer with raw HTML on (`comrak`'s unsafe option, as a site that
-//! trusts its markdown renders it) writes no dangerous element, no event handler
-//! and no URL loaded from elsewhere without a click.
+//! trusts its markdown renders it), and `pulldown-cmark` (the validator's own
+//! reader, which passes raw HTML through), write no dangerous element, no event
+//! handler and no URL loaded from elsewhere without a click.
 //!
 //! The first byte, when odd, puts an AWS access key into the answer at a place it
 //! chooses (the fuzzer would seldom write one).
@@ -162,7 +163,25 @@ fn comrak_raw_html(md: &str) -> Vec<String> {
     o.extension.tasklist = true;
     o.extension.footnotes = true;
     o.render.r#unsafe = true;
-    let html = comrak::markdown_to_html(md, &o);
+    bad_html(&comrak::markdown_to_html(md, &o))
+}
+
+/// The same for `pulldown-cmark`'s HTML (the validator's own reader, with its
+/// extensions), which passes raw HTML through.
+fn pulldown_raw_html(md: &str) -> Vec<String> {
+    use pulldown_cmark::{Options, Parser};
+    let opts = Options::ENABLE_TABLES
+        | Options::ENABLE_STRIKETHROUGH
+        | Options::ENABLE_TASKLISTS
+        | Options::ENABLE_FOOTNOTES;
+    let mut html = String::new();
+    pulldown_cmark::html::push_html(&mut html, Parser::new_ext(md, opts));
+    bad_html(&html)
+}
+
+/// What in rendered `html` the validator removes: a dangerous element, an event
+/// handler, or a URL loaded without a click from elsewhere.
+fn bad_html(html: &str) -> Vec<String> {
     let b = html.as_bytes();
     let mut bad = Vec::new();
     let mut i = 0;
@@ -342,5 +361,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(
         raw.is_empty(),
         "comrak's raw HTML has {raw:?} from {once:?}"
+    );
+    let raw = pulldown_raw_html(&once);
+    assert!(
+        raw.is_empty(),
+        "pulldown-cmark's HTML has {raw:?} from {once:?}"
     );
 });
