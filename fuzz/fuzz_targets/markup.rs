@@ -45,13 +45,7 @@ fn guard() -> &'static InferenceGuard {
 /// The `src` of every image `comrak` renders in `md` (raw HTML is omitted by its
 /// safe renderer: the validator's HTML rules are the `markup` property above).
 fn comrak_images(md: &str) -> Vec<String> {
-    let mut o = comrak::Options::default();
-    o.extension.strikethrough = true;
-    o.extension.table = true;
-    o.extension.autolink = true;
-    o.extension.tasklist = true;
-    o.extension.footnotes = true;
-    let html = comrak::markdown_to_html(md, &o);
+    let html = comrak_html(md, false);
     html.match_indices("<img src=\"")
         .map(|(i, m)| {
             let rest = &html[i + m.len()..];
@@ -156,14 +150,20 @@ fn decode(v: &str) -> String {
 /// a browser reads them, roughly: comments and other `<!`/`<?` constructs are
 /// skipped, quoted values may hold `>`.
 fn comrak_raw_html(md: &str) -> Vec<String> {
+    bad_html(&comrak_html(md, true))
+}
+
+/// `md` rendered by `comrak` with GitHub's extensions, raw HTML passed through
+/// when `raw`.
+fn comrak_html(md: &str, raw: bool) -> String {
     let mut o = comrak::Options::default();
     o.extension.strikethrough = true;
     o.extension.table = true;
     o.extension.autolink = true;
     o.extension.tasklist = true;
     o.extension.footnotes = true;
-    o.render.r#unsafe = true;
-    bad_html(&comrak::markdown_to_html(md, &o))
+    o.render.r#unsafe = raw;
+    comrak::markdown_to_html(md, &o)
 }
 
 /// The same for `pulldown-cmark`'s HTML (the validator's own reader, with its

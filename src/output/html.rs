@@ -350,6 +350,12 @@ impl<'a> Raw<'a> {
 /// HTML block). Read loosely where loose is safe: a line that may start one
 /// counts, indented or not.
 fn paragraph_break(b: &[u8], from: usize) -> Option<usize> {
+    line_after(b, from, interrupts)
+}
+
+/// The start of the first line after `from`'s for which `found` holds (given
+/// the text from the line's start).
+fn line_after(b: &[u8], from: usize, found: impl Fn(&[u8]) -> bool) -> Option<usize> {
     let mut i = from;
     loop {
         let e = i + memchr::memchr2(b'\n', b'\r', b.get(i..)?)?;
@@ -361,7 +367,7 @@ fn paragraph_break(b: &[u8], from: usize) -> Option<usize> {
         if q >= b.len() {
             return None;
         }
-        if interrupts(&b[q..]) {
+        if found(&b[q..]) {
             return Some(q);
         }
         i = q;
@@ -430,27 +436,13 @@ fn html_block_end(b: &[u8], lt: usize) -> usize {
 
 /// Where the first blank line after `from`'s line starts.
 fn next_blank(b: &[u8], from: usize) -> Option<usize> {
-    let mut i = from;
-    loop {
-        let e = i + memchr::memchr2(b'\n', b'\r', b.get(i..)?)?;
-        let q = e + if b[e] == b'\r' && b.get(e + 1) == Some(&b'\n') {
-            2
-        } else {
-            1
-        };
-        let line = &b[q.min(b.len())..];
+    line_after(b, from, |line| {
         let w = line
             .iter()
             .take_while(|&&c| c == b' ' || c == b'\t')
             .count();
-        if matches!(line.get(w), Some(b'\n' | b'\r')) {
-            return Some(q);
-        }
-        if q >= b.len() {
-            return None;
-        }
-        i = q;
-    }
+        matches!(line.get(w), Some(b'\n' | b'\r'))
+    })
 }
 
 /// Whether `r`, at a line's start, opens an HTML block of CommonMark's first six
