@@ -760,6 +760,53 @@ fn tags_inside_a_tag_a_renderer_escapes_are_judged() {
     }
 }
 
+/// cmark-gfm (GitHub's renderer, and `comrak`) keeps where it last saw each
+/// length of backtick string, and after a backtick that opens no code span it
+/// misses the next code span of a length it passed: ``` ``x `a` and `<img …>` ```
+/// shows `a` as code and loads the image. It never closes a code span of more
+/// than 80 backticks either. A stray backtick is escaped, and such a code span
+/// gets the shortest string its content lacks: what every renderer reads as code.
+/// Found by the `markup` fuzz target reading `comrak`'s raw HTML.
+#[test]
+fn code_spans_cmark_gfm_misses_are_given_a_form_it_reads() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let img = "<img src=\"https://evil.test/x.png\">";
+    let long = "`".repeat(81);
+    for (answer, out) in [
+        (
+            format!("``x `a` and `{img}` end"),
+            format!("\\`\\`x `a` and `{img}` end"),
+        ),
+        (
+            "`/`````````>`````````>`````````</embed>`````````".to_owned(),
+            "\\`/`````````>`````````>`````````</embed>`````````".to_owned(),
+        ),
+        (
+            format!("See {long}{img}{long} here"),
+            format!("See `{img}` here"),
+        ),
+        (
+            format!("See {long}a ` b{long} here"),
+            "See ``a ` b`` here".to_owned(),
+        ),
+    ] {
+        assert_eq!(whole_outcome(&g, request(None), &answer).unwrap(), out);
+        for n in [1, 5, 64] {
+            let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, n)).unwrap();
+            assert_eq!(streamed, out, "{answer:?} in {n}-byte deltas");
+        }
+        released_validates_clean(&g, &answer);
+    }
+    // Code spans that close, and backticks already escaped, stay as written.
+    for answer in [
+        "Use `a` and ``b ` c`` here.",
+        "A \\` is a backtick.",
+        "```\n`x\n```",
+    ] {
+        assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
+    }
+}
+
 /// An answer that ends inside a fenced code block (cut short by a token limit, or
 /// written so) has the fence closed: CommonMark reads the rest as code, renderers
 /// that need the closing fence read it as markdown and load its images.
@@ -1021,9 +1068,13 @@ fn a_tab_after_a_closing_fence_closes_it() {
         assert_eq!(stream_outcome(&g, request(None), &chunks).unwrap(), out);
         released_validates_clean(&g, &answer);
     }
-    // A tab after other text stays.
+    // A tab after other text stays (the backticks, which open no code span, are
+    // escaped: `code_spans_cmark_gfm_misses_are_given_a_form_it_reads`).
     let answer = "a\tb ```\tc\n";
-    assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
+    assert_eq!(
+        whole_outcome(&g, request(None), answer).unwrap(),
+        "a\tb \\`\\`\\`\tc\n"
+    );
 }
 
 /// A carriage return alone ends a line for a CommonMark renderer: a code fence

@@ -312,7 +312,15 @@ fn judge_nested(
                     f.text.push_str(&t);
                 }
                 if rules.code_is_inert {
-                    code.push(local(r));
+                    let span = local(r.clone());
+                    if let Some((start, end, with)) = long_code_span(&src[r]) {
+                        found.push(low(
+                            "markup.long_code_span",
+                            at(span.start + start..span.start + end),
+                            with,
+                        ));
+                    }
+                    code.push(span);
                 }
             }
             Event::Html(_) => {
@@ -330,6 +338,18 @@ fn judge_nested(
             Event::Text(t) => {
                 if let Some(lines) = disputed.as_mut() {
                     lines.push(local(r.clone()));
+                }
+                // A backtick that opens no code span: cmark-gfm (GitHub's, and
+                // `comrak`) then misses the next code span of a length it passed
+                // on its way (a cache of where backtick strings were seen), and
+                // the code there is markdown and HTML to it, images and tags live
+                // (``` ``x `a` and `<img …>` ```; found by the `markup` fuzz
+                // target). Escaped, it reads the same everywhere.
+                if rules.code_is_inert && blocks.is_empty() {
+                    let span = local(r.clone());
+                    for i in stray_backticks(seg, span) {
+                        found.push(low("markup.stray_backtick", at(i..i + 1), "\\`".to_owned()));
+                    }
                 }
                 if frames.is_empty()
                     && crate::scan::swar::any(t.as_bytes(), |b| {
@@ -474,6 +494,53 @@ fn fence_form(
         }
     }
     out
+}
+
+/// A low rewrite of `span` to `with`.
+fn low(rule: &'static str, span: Range<usize>, with: String) -> Finding {
+    Finding::new(
+        rule,
+        Category::UnsafeMarkup,
+        Severity::Low,
+        Location::Output,
+        span,
+    )
+    .with_action(Action::Redact)
+    .with_replacement(with)
+}
+
+/// The backticks of `seg[span]` (text outside code) not escaped by a backslash.
+fn stray_backticks(seg: &str, span: Range<usize>) -> impl Iterator<Item = usize> + '_ {
+    let b = seg.as_bytes();
+    let span = span.start.min(b.len())..span.end.min(b.len());
+    memchr::memchr_iter(b'`', &b[span.clone()])
+        .map(move |i| span.start + i)
+        .filter(move |&i| b[..i].iter().rev().take_while(|&&c| c == b'\\').count() % 2 == 0)
+}
+
+/// A code span (`code`, as written) whose backtick strings are longer than 80,
+/// which cmark-gfm never closes (its content is markdown and HTML to it): the
+/// stretch from its opening string to its closing one, rewritten with the
+/// shortest string its content does not hold (or nothing, when it holds every
+/// length up to 80).
+fn long_code_span(code: &str) -> Option<(usize, usize, String)> {
+    let b = code.as_bytes();
+    let open = b.iter().take_while(|&&c| c == b'`').count();
+    if open <= 80 || b.len() < 2 * open {
+        return None;
+    }
+    let inner = &code[open..code.len() - open];
+    let mut lengths = [false; 81];
+    for run in inner.split(|c| c != '`').filter(|r| !r.is_empty()) {
+        if run.len() <= 80 {
+            lengths[run.len()] = true;
+        }
+    }
+    let with = match (1..=80).find(|&l| !lengths[l]) {
+        Some(l) => format!("{0}{inner}{0}", "`".repeat(l)),
+        None => String::new(),
+    };
+    Some((0, code.len(), with))
 }
 
 /// The closing line of the top-level fenced code block `src[r]` opened by
