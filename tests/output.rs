@@ -807,6 +807,34 @@ fn code_spans_cmark_gfm_misses_are_given_a_form_it_reads() {
     }
 }
 
+/// A segment never ends before a line that starts with a space or a tab: such a
+/// line may belong to the block before (a list item's next paragraph, a
+/// paragraph's next line), and judged on its own it was indented code. A list
+/// item of a kilobyte, a blank line and `    ![s](…)` released the image, which
+/// every renderer shows as a paragraph of the item. Found from a `markup` fuzz
+/// failure (controls before the list marker).
+#[test]
+fn a_cut_never_falls_before_an_indented_line() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let image = "![s](https://evil.test/p.png)";
+    let item = "Plain prose about the order and its delivery window. ".repeat(22);
+    let line = "word ".repeat(450);
+    for answer in [
+        format!("* {item}\n\n    {image}\n"),
+        format!("* {item}\n\n\t{image}\n"),
+        format!("* {item}\n\n\n    {image}\n"),
+        format!("\u{1}* {item}\n\n\u{1}    {image}\n"),
+        format!("1. {item}\n\n     {image} and more\n"),
+        format!("{line}\n    {image}\n"),
+    ] {
+        let out = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!out.contains("evil.test"), "{answer:?} -> {out:?}");
+        let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, 64)).unwrap();
+        assert_eq!(streamed, out);
+        released_validates_clean(&g, &answer);
+    }
+}
+
 /// An answer that ends inside a fenced code block (cut short by a token limit, or
 /// written so) has the fence closed: CommonMark reads the rest as code, renderers
 /// that need the closing fence read it as markdown and load its images.
@@ -1144,7 +1172,7 @@ fn answers_the_fuzzer_found_validate_clean_once_released() {
         released_validates_clean(&g, std::str::from_utf8(&bytes).unwrap());
         n += 1;
     }
-    assert_eq!(n, 10);
+    assert_eq!(n, 11);
 }
 
 #[test]

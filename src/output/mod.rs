@@ -824,6 +824,18 @@ fn json_strings<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a str>, depth:
     }
 }
 
+/// Whether the line at `at` starts with what a renderer reads as its content: not
+/// a space or a tab, nor a control the validator removes (which may stand before
+/// one), nor a line end (a blank line: the next one decides).
+fn starts_flush(b: &[u8], at: usize) -> bool {
+    match b.get(at) {
+        Some(&c) if c.is_ascii() => c > b' ' && c != 0x7f,
+        Some(0xC2) => !matches!(b.get(at + 1), Some(0x80..=0x9F)),
+        Some(_) => true,
+        None => false,
+    }
+}
+
 /// The spaces, tabs and line ends of the whitespace `tail`, as they go out: a
 /// carriage return alone becomes a line feed (rule `markup.bare_cr`), and
 /// whitespace that is a terminal control (a vertical tab, a form feed, NEL) is
@@ -1334,6 +1346,15 @@ impl Engine {
             // A blank line ends every block but a few; inside a top-level code fence
             // any line end will do; elsewhere a line end well past the minimum, when
             // nothing on the last line can continue on the next.
+            // Outside a fence, the next line must start flush: one that starts
+            // with a space or a tab may belong to the block before the cut (a
+            // list item's next paragraph, a paragraph's next line), and judged
+            // on its own it would be code (`* <a kilobyte>\n\n    ![s](…)` went
+            // out: a paragraph of the item to every renderer, indented code to
+            // the segment; found from a `markup` fuzz failure).
+            if self.fence.is_none() && !starts_flush(b, end) {
+                continue;
+            }
             let cut = if !line.trim().is_empty() && self.fence.is_none() {
                 if end - self.done < 2 * MIN_SEGMENT {
                     continue;
