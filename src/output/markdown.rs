@@ -216,17 +216,7 @@ fn judge_nested(
                         if depth == 0 && nest == 0 {
                             let synthetic = r.start < shift;
                             for (span, with) in fence_form(&src, r.clone(), synthetic, &fence) {
-                                found.push(
-                                    Finding::new(
-                                        "markup.fence_form",
-                                        Category::UnsafeMarkup,
-                                        Severity::Low,
-                                        Location::Output,
-                                        at(local(span)),
-                                    )
-                                    .with_action(Action::Redact)
-                                    .with_replacement(with),
-                                );
+                                found.push(low("markup.fence_form", at(local(span)), with));
                             }
                         } else {
                             // Its info string is text to such a renderer too.
@@ -383,17 +373,11 @@ fn judge_nested(
                 with.push('\n');
             }
             with.push_str(fence);
-            found.push(
-                Finding::new(
-                    "markup.unclosed_fence",
-                    Category::UnsafeMarkup,
-                    Severity::Low,
-                    Location::Output,
-                    at(seg.len() - c.len_utf8()..seg.len()),
-                )
-                .with_action(Action::Redact)
-                .with_replacement(with),
-            );
+            found.push(low(
+                "markup.unclosed_fence",
+                at(seg.len() - c.len_utf8()..seg.len()),
+                with,
+            ));
         }
     }
     // Reference definitions: a definition is judged as a link (an image by
@@ -496,8 +480,9 @@ fn fence_form(
     out
 }
 
-/// A low rewrite of `span` to `with`.
-fn low(rule: &'static str, span: Range<usize>, with: String) -> Finding {
+/// A low rewrite of `span` to `with` (markup every renderer reads alike once
+/// rewritten).
+pub(super) fn low(rule: &'static str, span: Range<usize>, with: String) -> Finding {
     Finding::new(
         rule,
         Category::UnsafeMarkup,

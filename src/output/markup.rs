@@ -262,17 +262,7 @@ fn rewrite_bytes(
         if seq < sequences.end && out[seq].span().start < span.end {
             continue;
         }
-        out.push(
-            Finding::new(
-                rule,
-                Category::UnsafeMarkup,
-                Severity::Low,
-                Location::Output,
-                span,
-            )
-            .with_action(Action::Redact)
-            .with_replacement(with),
-        );
+        out.push(super::markdown::low(rule, span, with.to_owned()));
     }
 }
 
