@@ -1512,6 +1512,27 @@ impl Engine {
         true
     }
 
+    /// A rewritten segment judged again: its carry, and what is still to rewrite
+    /// or block in it. Leaks and canaries too: a replacement made of the answer's
+    /// own text (an escaped tag, a link's text) holds what the findings inside its
+    /// span were to mask, and joining pieces can make a secret whole.
+    fn rejudge(
+        &self,
+        text: &str,
+        rules: &markdown::Rules<'_>,
+        last: bool,
+    ) -> (markdown::Carry, Vec<Finding>) {
+        let v = &*self.v;
+        let mut found = Vec::new();
+        let j = markdown::judge_segment(text, 0, &self.carry, rules, last, &mut found);
+        if let Some(s) = &v.scanner {
+            visible::scan_leaks(s, text, Location::Output, &mut found);
+        }
+        scan_canaries(&v.canaries, &self.canaries, text, &mut found);
+        found.retain(|f| f.action() != Action::Flag);
+        (j.carry, found)
+    }
+
     /// What a rewrite leaves must be clean too: removing a link can turn the
     /// brackets around it into a link, a mask can become a link's text. Judges the
     /// rewritten segment again until nothing changes (at most four rounds, then the
@@ -1538,20 +1559,10 @@ impl Engine {
         let mut text = crate::finding::redact(seg, &local);
         let mut rule: Option<Finding> = None;
         let mut carry = None;
-        let v = &*self.v;
         for round in 0..4 {
-            let mut again = Vec::new();
-            let j = markdown::judge_segment(&text, 0, &self.carry, rules, last, &mut again);
-            // Leaks and canaries too: a replacement made of the answer's own text
-            // (an escaped tag, a link's text) holds what the findings inside its
-            // span were to mask, and joining pieces can make a secret whole.
-            if let Some(s) = &v.scanner {
-                visible::scan_leaks(s, &text, Location::Output, &mut again);
-            }
-            scan_canaries(&v.canaries, &self.canaries, &text, &mut again);
-            again.retain(|f| f.action() != Action::Flag);
+            let (next, mut again) = self.rejudge(&text, rules, last);
             if again.is_empty() {
-                carry = Some(j.carry);
+                carry = Some(next);
                 break;
             }
             if rule.is_none() {
@@ -1582,15 +1593,9 @@ impl Engine {
                         text.truncate(text.trim_end().len());
                         text.push_str(&tail);
                     }
-                    let mut rest = Vec::new();
-                    let j = markdown::judge_segment(&text, 0, &self.carry, rules, last, &mut rest);
-                    if let Some(s) = &v.scanner {
-                        visible::scan_leaks(s, &text, Location::Output, &mut rest);
-                    }
-                    scan_canaries(&v.canaries, &self.canaries, &text, &mut rest);
-                    rest.retain(|f| f.action() != Action::Flag);
+                    let (next, rest) = self.rejudge(&text, rules, last);
                     if rest.is_empty() || cuts > 4 {
-                        carry = Some(j.carry);
+                        carry = Some(next);
                         break;
                     }
                     again = rest;
