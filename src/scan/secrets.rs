@@ -42,6 +42,10 @@ pub struct Rule {
     value_group: bool,
     pub(crate) validator: Option<Validator>,
     pub(crate) window: usize,
+    /// A check of the text around an anchor found at a byte offset (built-in
+    /// rules whose anchors are common: a colon, `://`): an anchor that fails it
+    /// opens no window. Every match holds an anchor that passes.
+    pub(crate) near: Option<fn(&[u8], usize) -> bool>,
 }
 
 impl Rule {
@@ -89,6 +93,7 @@ impl Rule {
             regex,
             validator: None,
             window: 512,
+            near: None,
         })
     }
 
@@ -121,6 +126,12 @@ impl Rule {
     #[must_use]
     pub fn window(mut self, bytes: usize) -> Self {
         self.window = bytes.max(16);
+        self
+    }
+
+    /// A check of the text around each anchor (see [`Rule::near`]'s field).
+    pub(crate) fn near(mut self, near: fn(&[u8], usize) -> bool) -> Self {
+        self.near = Some(near);
         self
     }
 
@@ -271,6 +282,12 @@ impl RuleSet {
                 open.resize(self.rules.len(), None);
             }
             let ri = self.anchor_rule[pattern];
+            if self.rules[ri]
+                .near
+                .is_some_and(|near| !near(cx.text.as_bytes(), start))
+            {
+                return;
+            }
             let w = self.rules[ri].window;
             let (from, to) = (start.saturating_sub(w), end + w);
             match &mut open[ri] {
@@ -738,8 +755,8 @@ pub(crate) fn secret_rules() -> Vec<Rule> {
         // The whole block, to its END line (PEM, or JSON with escaped line breaks as in
         // a service-account file); a block cut short goes to the end of its body.
         s("secret.private_key", &["-----begin"], r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?s:.)*?-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?:\\[nr]|[A-Za-z0-9+/=\r\n])*").window(16_384),
-        s("secret.connection_string_password", &["://"], r"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver|jdbc:[a-z]+|ftp|sftp|ldap)://[^\s:/@]{1,64}:(?P<v>[^\s:/@]{3,128})@[^\s/]+"),
-        s("secret.url_password", &["://"], r"\bhttps?://[^\s:/@]{1,64}:(?P<v>[^\s:/@]{3,128})@[A-Za-z0-9.\-]+"),
+        s("secret.connection_string_password", &["://"], r"\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver|jdbc:[a-z]+|ftp|sftp|ldap)://[^\s:/@]{1,64}:(?P<v>[^\s:/@]{3,128})@[^\s/]+").near(userinfo_after),
+        s("secret.url_password", &["://"], r"\bhttps?://[^\s:/@]{1,64}:(?P<v>[^\s:/@]{3,128})@[A-Za-z0-9.\-]+").near(userinfo_after),
         s("secret.basic_auth_header", &["basic "], r"(?i)\bauthorization\s*:\s*basic\s+(?P<v>[A-Za-z0-9+/]{8,}={0,2})"),
         s("secret.bearer_header", &["bearer "], r"(?i)\bauthorization\s*:\s*bearer\s+(?P<v>[A-Za-z0-9._~+/\-]{20,}=*)"),
         s("secret.shopify_token", &["shpat_", "shpss_", "shpca_", "shppa_"], r"\bshp(?:at|ss|ca|pa)_[a-fA-F0-9]{32}\b"),
@@ -791,6 +808,36 @@ fn p(id: &'static str, anchors: &[&str], pattern: &str) -> Rule {
         anchors,
         pattern,
     )
+}
+
+/// Whether the `://` at `at` has an `@` after it within the 194 bytes a user
+/// name (at most 64), a colon and a password (at most 128) take, before any ASCII
+/// whitespace: what a URL or connection string with a password has (most links
+/// have none, and then the pattern need not run around them).
+fn userinfo_after(b: &[u8], at: usize) -> bool {
+    let after = b.get(at + 3..).unwrap_or_default();
+    after
+        .iter()
+        .take(64 + 1 + 128 + 1)
+        .take_while(|c| !c.is_ascii_whitespace())
+        .any(|&c| c == b'@')
+}
+
+/// Whether the colon at `at` can be the first of an IPv6 address as
+/// `pii.ipv6` reads one: a hex digit before it, one to four after it, then
+/// another colon. Colons in prose and code ("Note:", "items:", "10:42") are not.
+fn ipv6_colon(b: &[u8], at: usize) -> bool {
+    let before = at.checked_sub(1).and_then(|i| b.get(i));
+    let run = b
+        .get(at + 1..)
+        .unwrap_or_default()
+        .iter()
+        .take(5)
+        .take_while(|c| c.is_ascii_hexdigit())
+        .count();
+    before.is_some_and(u8::is_ascii_hexdigit)
+        && (1..=4).contains(&run)
+        && b.get(at + 1 + run) == Some(&b':')
 }
 
 /// The built-in personal-data rules.
@@ -851,7 +898,8 @@ pub(crate) fn pii_rules() -> Vec<Rule> {
             &[":"],
             r"(?i)\b(?:[0-9a-f]{1,4}:){2,7}(?::|[0-9a-f]{1,4})(?:[0-9a-f:]*)\b",
         )
-        .validator(ipv6),
+        .validator(ipv6)
+        .near(ipv6_colon),
         p(
             "pii.bitcoin_address",
             &[],
@@ -1005,6 +1053,94 @@ mod tests {
             assert!(eip55(&a.to_ascii_lowercase()));
         }
         assert!(!eip55("0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAeD"));
+    }
+
+    /// The rules that open windows only at anchors their surroundings allow
+    /// (`Rule::near`) find what they found with a window at every anchor.
+    #[test]
+    fn anchors_passed_over_hold_no_match() {
+        const PIECES: [&str; 24] = [
+            "https://",
+            "http://",
+            "postgres://",
+            "jdbc:mysql://",
+            "user",
+            ":",
+            "pass",
+            "@",
+            "host.test",
+            " ",
+            "\n",
+            "2001",
+            "db8",
+            "::",
+            "1",
+            "ABCD",
+            "10:42",
+            "Note: ",
+            "x",
+            "é",
+            "/",
+            "fe80",
+            "0:",
+            "\u{a0}",
+        ];
+        let with: Vec<Rule> = secret_rules()
+            .into_iter()
+            .chain(pii_rules())
+            .filter(|r| r.near.is_some())
+            .collect();
+        assert_eq!(with.len(), 3);
+        let without: Vec<Rule> = with
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                r.near = None;
+                r
+            })
+            .collect();
+        let (with, without) = (RuleSet::new(with), RuleSet::new(without));
+        let spans = |set: &RuleSet, text: &str| {
+            let mut out = Vec::new();
+            let mask = super::super::Redaction::mask();
+            let mut replacer = super::super::redaction::Replacer::new(&mask);
+            set.scan(
+                text,
+                Location::Message(0),
+                &HashSet::new(),
+                &mut replacer,
+                &mut out,
+            );
+            out.iter()
+                .map(|f| (f.rule_id().to_owned(), f.span()))
+                .collect::<Vec<_>>()
+        };
+        let (mut found, mut texts) = (0, 0);
+        for picks in crate::scan::testgen::strings(b"abcdefghijklmnopqrstuvwx", 48, 40_000) {
+            let text: String = picks
+                .iter()
+                .map(|&c| PIECES[usize::from(c - b'a')])
+                .collect();
+            let a = spans(&with, &text);
+            assert_eq!(a, spans(&without, &text), "{text:?}");
+            found += a.len();
+            texts += 1;
+        }
+        // Texts of kilobytes: windows of distant anchors do not meet.
+        for k in [0, 300, 600, 2000] {
+            let pad = "Note: see the list:\n".repeat(k / 20);
+            for tail in [
+                "mail https://bob:hunter22@host.test now",
+                "db postgres://app:s3cret!@db.internal:5432/x",
+                "addr 2001:db8:85a3:0:0:8a2e:370:7334 ok",
+            ] {
+                let text = format!("{pad}{tail} {pad}");
+                let a = spans(&with, &text);
+                assert_eq!(a.len(), 1, "{tail}");
+                assert_eq!(a, spans(&without, &text));
+            }
+        }
+        assert!(found > 100 && texts == 40_000, "{found} findings");
     }
 
     #[test]
