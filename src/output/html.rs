@@ -49,7 +49,112 @@ fn ws(b: u8) -> bool {
 
 /// Every tag of `text`, in order. Text, comments, doctypes and processing
 /// instructions are skipped as a browser skips them.
+///
+/// In a block quote, a markdown renderer takes the quote markers off each line
+/// before it reads the line's HTML: `> Hi <img\n> src=https://…>` is, to it,
+/// `<img src=https://…>`, where the text holds a harmless `<img\n>` (the `>`
+/// that starts the second line ends it) and no URL. So the tags of the text with
+/// the markers taken off are read too, and each one that differs from every tag
+/// of the text as written is added, spanning the bytes of the text it comes from
+/// (found by the `markup` fuzz target).
 pub(crate) fn tags(text: &str) -> Vec<Tag<'_>> {
+    let mut out = read(text);
+    let Some((view, map)) = unquoted(text) else {
+        return out;
+    };
+    let written: std::collections::HashMap<(usize, usize), usize> = out
+        .iter()
+        .enumerate()
+        .map(|(k, t)| ((t.span.start, t.span.end), k))
+        .collect();
+    let mut added = false;
+    for t in read(&view) {
+        let span = map[t.span.start]..map[t.span.end.max(t.span.start + 1) - 1] + 1;
+        let same = |o: &Tag<'_>| {
+            o.name == t.name
+                && o.end_tag == t.end_tag
+                && o.closed == t.closed
+                && o.attrs.len() == t.attrs.len()
+                && o.attrs
+                    .iter()
+                    .zip(&t.attrs)
+                    .all(|(a, b)| a.name == b.name && a.value == b.value)
+        };
+        if written
+            .get(&(span.start, span.end))
+            .is_some_and(|&k| same(&out[k]))
+        {
+            continue;
+        }
+        added = true;
+        out.push(Tag {
+            name: t.name,
+            end_tag: t.end_tag,
+            span,
+            attrs: t
+                .attrs
+                .into_iter()
+                .map(|a| Attr {
+                    name: a.name,
+                    value: Cow::Owned(a.value.into_owned()),
+                })
+                .collect(),
+            closed: t.closed,
+        });
+    }
+    if added {
+        out.sort_by_key(|t| t.span.start);
+    }
+    out
+}
+
+/// `text` as a markdown renderer reads the inside of block quotes: at the start
+/// of each line, the quote markers (each a `>` after up to three spaces, with a
+/// space or tab after it) taken off; and, for each byte of that, where it is in
+/// `text`, with one more entry for the end. `None` when no line starts with a
+/// marker.
+fn unquoted(text: &str) -> Option<(String, Vec<usize>)> {
+    let b = text.as_bytes();
+    // The end of the markers at the start of the line that starts at `i`.
+    let markers = |mut i: usize| loop {
+        let mut k = i;
+        while k < b.len() && k - i < 3 && b[k] == b' ' {
+            k += 1;
+        }
+        if b.get(k) != Some(&b'>') {
+            return i;
+        }
+        k += 1;
+        if matches!(b.get(k), Some(b' ' | b'\t')) {
+            k += 1;
+        }
+        i = k;
+    };
+    let starts = std::iter::once(0).chain(
+        memchr::memchr2_iter(b'\n', b'\r', b)
+            .filter(|&e| !(b[e] == b'\r' && b.get(e + 1) == Some(&b'\n')))
+            .map(|e| e + 1),
+    );
+    if !starts.clone().any(|s| markers(s) > s) {
+        return None;
+    }
+    let mut view = Vec::with_capacity(b.len());
+    let mut map = Vec::with_capacity(b.len() + 1);
+    let mut from = 0;
+    for s in starts.skip(1).chain([b.len() + 1]) {
+        // The line from `from` (its markers off) to the next line's start.
+        let (start, end) = (markers(from).min(s), s.min(b.len()));
+        view.extend_from_slice(&b[start.min(end)..end]);
+        map.extend(start..end);
+        from = s;
+    }
+    map.push(b.len());
+    // Only ASCII bytes at the start of lines were left out.
+    Some((String::from_utf8(view).ok()?, map))
+}
+
+/// The tags of `text` as written (see [`tags`]).
+fn read(text: &str) -> Vec<Tag<'_>> {
     let b = text.as_bytes();
     let mut out = Vec::new();
     let mut raw = Raw::new(b);
