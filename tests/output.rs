@@ -741,6 +741,19 @@ fn tags_inside_a_tag_a_renderer_escapes_are_judged() {
             "> Hi <T a=\"\n> <div>\n> <img/src=x onerror=alert(1)>\n\"".to_owned(),
             "<img",
         ),
+        // A line inside the tag that a loose reading takes for a block and
+        // CommonMark for a line of the paragraph (indented by a tab; a `:`, `_`
+        // or `=` that starts no block): the tag is one to CommonMark.
+        ("Hi </su <style\n\t>>".to_owned(), "<style"),
+        (
+            "Hi <T [x]<script\n:x>alert(1)</script>".to_owned(),
+            "<script",
+        ),
+        (
+            "Hi <T [x]<script\n_x>alert(1)</script>".to_owned(),
+            "<script",
+        ),
+        ("Hi <T [x]<iframe a\n=x src=y>".to_owned(), "<iframe"),
     ] {
         let whole = whole_outcome(&g, request(None), &answer).unwrap();
         assert!(!whole.contains(live), "{answer:?} -> {whole:?}");

@@ -182,13 +182,21 @@ fn read(text: &str) -> Vec<Tag<'_>> {
             _ => None,
         };
         if let Some(name_at) = tag_at {
+            // Where the tag ends when every renderer reads it as a tag (no line
+            // inside may start a block, as loosely as a renderer may read one),
+            // and when some renderer may (only a blank line breaks it: `\t>` on
+            // the next line starts a quote to a loose reading, and is an
+            // indented line of the paragraph to CommonMark; found by the
+            // `markup` fuzz target, `</su <style\n\t>` passed a `<style>`).
             let cm = commonmark_tag(b, lt);
+            let cm_any =
+                cm.or_else(|| tag_extent(b, lt).filter(|&e| next_blank(&b[..e], lt).is_none()));
             // An HTML block starts: of the first six kinds, or a whole tag alone
             // on its line (the seventh).
             let starts_block = || {
                 line_start(b, lt)
                     && (html_block_start(&b[lt..])
-                        || cm.is_some_and(|e| {
+                        || cm_any.is_some_and(|e| {
                             b[e..]
                                 .iter()
                                 .take_while(|&&c| c != b'\n' && c != b'\r')
@@ -198,7 +206,7 @@ fn read(text: &str) -> Vec<Tag<'_>> {
             if lt < escaped_until && block.is_none() && starts_block() {
                 block = Some((html_block_end(b, lt), escaped_until));
                 escaped_until = 0;
-            } else if lt < escaped_until && cm.is_none() {
+            } else if lt < escaped_until && cm_any.is_none() {
                 i = lt + 1;
                 continue;
             }
