@@ -301,17 +301,21 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     // whitespace: read from the characters of the tokens outside ASCII, in the same
     // pass (reported below, in their place).
     let mut other = Other::default();
-    let mut each = |token: &str| {
-        let start = token.as_ptr() as usize - text.as_ptr() as usize;
+    // Each token, `text[start..end]` (cut out only where it is read).
+    let mut each = |start: usize, end: usize| {
         if !nato {
-            nato = spelled.next(text, start, token, is_nato);
+            nato = spelled.next(text, start, end, is_nato);
         }
-        if !ascii && !token.is_ascii() {
-            other.add(token, start);
+        if !ascii {
+            let token = &text[start..end];
+            if !token.is_ascii() {
+                other.add(token, start);
+            }
         }
-        if token.len() < if alone { 4 } else { 12 } {
+        if end - start < if alone { 4 } else { 12 } {
             return;
         }
+        let token = &text[start..end];
         let t = token.trim_matches(|c: char| "\"'`<>()[]{},.;:".contains(c) && c != '=');
         if t.len() < if alone { 4 } else { 12 } {
             return;
@@ -348,9 +352,12 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         }
     };
     if ascii {
-        ascii_tokens(text.as_bytes(), |s, e| each(&text[s..e]));
+        ascii_tokens(text.as_bytes(), each);
     } else {
-        tokens(text).for_each(each);
+        for token in tokens(text) {
+            let start = token.as_ptr() as usize - text.as_ptr() as usize;
+            each(start, start + token.len());
+        }
     }
     // URL encoding, quoted-printable and MIME encoded-words.
     for m in p.url_escapes.find_iter(text) {
@@ -504,27 +511,28 @@ struct Spelled {
 }
 
 impl Spelled {
-    /// Takes the next token, at `start` in `text`; whether four in a row are
+    /// Takes the next token, `text[start..end]`; whether four in a row are
     /// spelled so far.
     #[inline]
     fn next(
         &mut self,
         text: &str,
         start: usize,
-        token: &str,
+        end: usize,
         spelled: impl Fn(&str) -> bool,
     ) -> bool {
         let k = self.count;
         self.count += 1;
+        let token = || &text[start..end];
         if self.needed > 0 {
-            if !spelled(token) {
+            if !spelled(token()) {
                 self.needed = 0;
                 return false;
             }
             self.needed -= 1;
             return self.needed == 0;
         }
-        if k % 4 != 3 || !spelled(token) {
+        if k % 4 != 3 || !spelled(token()) {
             return false;
         }
         let before = text[..start]
@@ -697,7 +705,7 @@ mod tests {
                 every |= run >= 4;
                 let start = t.as_ptr() as usize - text.as_ptr() as usize;
                 if !quarter {
-                    quarter = s.next(&text, start, t, spelled);
+                    quarter = s.next(&text, start, start + t.len(), spelled);
                 }
             }
             assert_eq!(quarter, every, "{text:?}");
