@@ -301,23 +301,16 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     // whitespace: read from the characters of the tokens outside ASCII, in the same
     // pass (reported below, in their place).
     let mut other = Other::default();
-    // Each token, `text[start..end]` (cut out only where it is read).
-    let mut each = |start: usize, end: usize| {
-        if !nato {
-            nato = spelled.next(text, start, end, is_nato);
-        }
-        if !ascii {
-            let token = &text[start..end];
-            if !token.is_ascii() {
-                other.add(token, start);
-            }
-        }
-        if end - start < if alone { 4 } else { 12 } {
+    // A token, `text[start..end]`, as an encoded blob (one shorter than `min`
+    // is not).
+    let min = if alone { 4 } else { 12 };
+    let mut blob = |start: usize, end: usize| {
+        if end - start < min {
             return;
         }
         let token = &text[start..end];
         let t = token.trim_matches(|c: char| "\"'`<>()[]{},.;:".contains(c) && c != '=');
-        if t.len() < if alone { 4 } else { 12 } {
+        if t.len() < min {
             return;
         }
         let span = start..start + token.len();
@@ -352,11 +345,29 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         }
     };
     if ascii {
-        ascii_tokens(text.as_bytes(), each);
+        // Only the tokens read are cut out: most are neither long enough for a
+        // blob nor one NATO spelling asks about.
+        let b = text.as_bytes();
+        token_starts(b, min, |k, start, long| {
+            let asked = !nato && spelled.wants(k);
+            if asked || long {
+                let end = token_end(b, start);
+                if asked {
+                    nato = spelled.next(k, text, start, end, is_nato);
+                }
+                blob(start, end);
+            }
+        });
     } else {
-        for token in tokens(text) {
+        for (k, token) in tokens(text).enumerate() {
             let start = token.as_ptr() as usize - text.as_ptr() as usize;
-            each(start, start + token.len());
+            if !nato {
+                nato = spelled.next(k, text, start, start + token.len(), is_nato);
+            }
+            if !token.is_ascii() {
+                other.add(token, start);
+            }
+            blob(start, start + token.len());
         }
     }
     // URL encoding, quoted-printable and MIME encoded-words.
@@ -504,32 +515,39 @@ fn tokens(text: &str) -> Tokens<'_> {
 /// the time of the encoding pass over prose.)
 #[derive(Default)]
 struct Spelled {
-    /// The tokens so far.
-    count: usize,
-    /// Tokens still needed after a spelled one, for a row of four.
+    /// Tokens still needed after a spelled one, for a row of four, and the
+    /// number of the next.
     needed: usize,
+    next: usize,
 }
 
 impl Spelled {
-    /// Takes the next token, `text[start..end]`; whether four in a row are
-    /// spelled so far.
+    /// Whether it asks about token number `k` (given every token it asks about,
+    /// in order).
+    #[inline]
+    fn wants(&self, k: usize) -> bool {
+        k % 4 == 3 || (self.needed > 0 && k == self.next)
+    }
+
+    /// Takes token number `k`, `text[start..end]`, if it [`wants`](Self::wants)
+    /// it; whether four in a row are spelled so far.
     #[inline]
     fn next(
         &mut self,
+        k: usize,
         text: &str,
         start: usize,
         end: usize,
         spelled: impl Fn(&str) -> bool,
     ) -> bool {
-        let k = self.count;
-        self.count += 1;
         let token = || &text[start..end];
-        if self.needed > 0 {
+        if self.needed > 0 && k == self.next {
             if !spelled(token()) {
                 self.needed = 0;
                 return false;
             }
             self.needed -= 1;
+            self.next += 1;
             return self.needed == 0;
         }
         if k % 4 != 3 || !spelled(token()) {
@@ -541,7 +559,7 @@ impl Spelled {
             .take(3)
             .take_while(|t| spelled(t))
             .count();
-        self.needed = 3 - before;
+        (self.needed, self.next) = (3 - before, k + 1);
         self.needed == 0
     }
 }
@@ -549,41 +567,46 @@ impl Spelled {
 /// The ASCII characters with Unicode's `White_Space` (what separates tokens).
 const ASCII_SPACE: [u8; 6] = [b' ', b'\t', b'\n', b'\x0B', b'\x0C', b'\r'];
 
-/// Calls `f(start, end)` for each token of ASCII `b` (what [`tokens`] yields for
-/// it), found 64 bytes at a time: a bit per byte that is not whitespace, eight
-/// bytes at a time, and a token's edges where the bits change (most tokens are a
-/// word of a few bytes, read byte by byte at about a nanosecond a byte).
-fn ascii_tokens(b: &[u8], mut f: impl FnMut(usize, usize)) {
-    // The start of the token being read, and whether the byte before the block
-    // is not whitespace.
-    let (mut open, mut prev) = (None, 0u64);
-    let mut at = 0;
-    while at < b.len() {
-        let n = (b.len() - at).min(64);
-        // Bit k: byte `at + k` is not whitespace.
+/// Calls `f(k, start, long)` for each token of ASCII `b` (what [`tokens`]
+/// yields for it): its number, where it starts, and whether it is `min` bytes
+/// or longer (`min` at most 64). Read 64 bytes at a time: a bit per byte that is
+/// not whitespace, eight bytes at a time, a token's start where the bits go from
+/// 0 to 1, and its length from `min` bits in a row (no byte of most tokens is
+/// read one at a time, nor where they end: [`token_end`], for those asked about).
+fn token_starts(b: &[u8], min: usize, mut f: impl FnMut(usize, usize, bool)) {
+    // Bit k of block `i`: byte `64 i + k` is not whitespace.
+    let bits = |i: usize| {
+        let at = 64 * i;
+        let n = b.len().saturating_sub(at).min(64);
         let mut m = 0u64;
         for w in 0..n.div_ceil(8) {
             m |= not_space(swar::load(b, at + 8 * w)) << (8 * w);
         }
-        if n < 64 {
-            m &= (1u64 << n) - 1;
+        if n < 64 { m & ((1u64 << n) - 1) } else { m }
+    };
+    let (mut k, mut prev, mut cur) = (0, 0u64, bits(0));
+    for i in 0..b.len().div_ceil(64) {
+        let next = bits(i + 1);
+        // Where `min` bytes in a row that are not whitespace start.
+        let both = u128::from(cur) | u128::from(next) << 64;
+        let run = (1..min.min(65)).fold(both, |r, s| r & both >> s) as u64;
+        let mut starts = cur & !((cur << 1) | prev);
+        while starts != 0 {
+            let p = starts.trailing_zeros() as usize;
+            starts &= starts - 1;
+            f(k, 64 * i + p, run >> p & 1 == 1);
+            k += 1;
         }
-        // Starts (0 to 1) and ends (1 to 0), in turn.
-        let mut edges = m ^ ((m << 1) | prev);
-        while edges != 0 {
-            let k = at + edges.trailing_zeros() as usize;
-            edges &= edges - 1;
-            match open.take() {
-                None => open = Some(k),
-                Some(s) => f(s, k),
-            }
-        }
-        prev = m >> 63;
-        at += n;
+        (prev, cur) = (cur >> 63, next);
     }
-    if let Some(s) = open {
-        f(s, b.len());
-    }
+}
+
+/// Where the token of ASCII `b` that starts at `start` ends.
+fn token_end(b: &[u8], start: usize) -> usize {
+    b[start..]
+        .iter()
+        .position(|c| ASCII_SPACE.contains(c))
+        .map_or(b.len(), |k| start + k)
 }
 
 /// Of eight ASCII bytes, a bit for each that is not one of the six whitespace
@@ -670,7 +693,8 @@ mod tests {
     use super::*;
 
     /// The tokens of ASCII text found 64 bytes at a time are those
-    /// `split_whitespace` finds, at every length and alignment.
+    /// `split_whitespace` finds, at every length and alignment, with their
+    /// lengths read from the bits.
     #[test]
     fn ascii_tokens_are_split_whitespace_s() {
         let mut texts: Vec<String> =
@@ -678,10 +702,16 @@ mod tests {
         texts.extend((0..200).map(|n| "x ".repeat(n)));
         texts.extend((0..200).map(|n| format!("{} y", "x".repeat(n))));
         for t in &texts {
-            let mut got = Vec::new();
-            ascii_tokens(t.as_bytes(), |s, e| got.push(&t[s..e]));
-            let want: Vec<&str> = t.split_whitespace().collect();
-            assert_eq!(got, want, "{t:?}");
+            for min in [1, 4, 12, 64] {
+                let mut got = Vec::new();
+                token_starts(t.as_bytes(), min, |k, s, long| {
+                    let e = token_end(t.as_bytes(), s);
+                    assert_eq!(long, e - s >= min, "{t:?} {min}");
+                    got.push((k, &t[s..e]));
+                });
+                let want: Vec<(usize, &str)> = t.split_whitespace().enumerate().collect();
+                assert_eq!(got, want, "{t:?}");
+            }
         }
     }
 
@@ -700,12 +730,13 @@ mod tests {
         for text in crate::scan::testgen::texts(b"nnnx ", 120, 20_000) {
             let (mut run, mut every) = (0, false);
             let (mut s, mut quarter) = (Spelled::default(), false);
-            for t in text.split_whitespace() {
+            for (k, t) in text.split_whitespace().enumerate() {
                 run = if spelled(t) { run + 1 } else { 0 };
                 every |= run >= 4;
                 let start = t.as_ptr() as usize - text.as_ptr() as usize;
-                if !quarter {
-                    quarter = s.next(&text, start, start + t.len(), spelled);
+                // Only the tokens it asks about.
+                if !quarter && s.wants(k) {
+                    quarter = s.next(k, &text, start, start + t.len(), spelled);
                 }
             }
             assert_eq!(quarter, every, "{text:?}");
