@@ -969,8 +969,8 @@ mod tests {
         assert!(!placeholder("ghp_R4nd0mV4lu3"));
     }
 
-    /// The ids of what `rules` finds in `text`.
-    fn found(rules: &RuleSet, text: &str) -> Vec<String> {
+    /// What `rules` finds in `text`.
+    fn findings(rules: &RuleSet, text: &str) -> Vec<Finding> {
         let mut out = Vec::new();
         let mask = super::super::Redaction::mask();
         let mut replacer = super::super::redaction::Replacer::new(&mask);
@@ -981,7 +981,15 @@ mod tests {
             &mut replacer,
             &mut out,
         );
-        out.iter().map(|f| f.rule_id().to_owned()).collect()
+        out
+    }
+
+    /// The ids of what `rules` finds in `text`.
+    fn found(rules: &RuleSet, text: &str) -> Vec<String> {
+        findings(rules, text)
+            .iter()
+            .map(|f| f.rule_id().to_owned())
+            .collect()
     }
 
     /// The built-in rules read word boundaries, digits and word characters as
@@ -1121,17 +1129,8 @@ mod tests {
             .collect();
         let (with, without) = (RuleSet::new(with), RuleSet::new(without));
         let spans = |set: &RuleSet, text: &str| {
-            let mut out = Vec::new();
-            let mask = super::super::Redaction::mask();
-            let mut replacer = super::super::redaction::Replacer::new(&mask);
-            set.scan(
-                text,
-                Location::Message(0),
-                &HashSet::new(),
-                &mut replacer,
-                &mut out,
-            );
-            out.iter()
+            findings(set, text)
+                .iter()
                 .map(|f| (f.rule_id().to_owned(), f.span()))
                 .collect::<Vec<_>>()
         };
