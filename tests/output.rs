@@ -492,6 +492,19 @@ fn in_pieces(text: &str, n: usize) -> Vec<&str> {
         .collect()
 }
 
+/// What the guard releases of `answer` whole, after checking that it releases
+/// the same streamed in deltas of each of `sizes` bytes and that the release
+/// validates clean.
+fn released_alike(g: &InferenceGuard, answer: &str, sizes: [usize; 3]) -> String {
+    let whole = whole_outcome(g, request(None), answer).unwrap();
+    for n in sizes {
+        let streamed = stream_outcome(g, request(None), &in_pieces(answer, n)).unwrap();
+        assert_eq!(streamed, whole, "{answer:?} in {n}-byte deltas");
+    }
+    released_validates_clean(g, answer);
+    whole
+}
+
 fn released_validates_clean(g: &InferenceGuard, answer: &str) {
     let once = check(g, request(None), GuardResponse::new(answer))
         .unwrap()
@@ -693,13 +706,8 @@ fn a_tag_left_open_at_the_end_is_judged_as_written() {
         ),
         ("Hi\n\n</script".to_owned(), "</script"),
     ] {
-        let whole = whole_outcome(&g, request(None), &answer).unwrap();
+        let whole = released_alike(&g, &answer, [1, 5, 64]);
         assert!(!whole.contains(live), "{answer:?} -> {whole:?}");
-        for n in [1, 5, 64] {
-            let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, n)).unwrap();
-            assert_eq!(streamed, whole, "{answer:?} in {n}-byte deltas");
-        }
-        released_validates_clean(&g, &answer);
     }
     // Tags that load and run nothing stay as written.
     for answer in ["Hi\n\n<b title=x", "a <p title=x yy", "x <y"] {
@@ -755,13 +763,8 @@ fn tags_inside_a_tag_a_renderer_escapes_are_judged() {
         ),
         ("Hi <T [x]<iframe a\n=x src=y>".to_owned(), "<iframe"),
     ] {
-        let whole = whole_outcome(&g, request(None), &answer).unwrap();
+        let whole = released_alike(&g, &answer, [1, 7, 64]);
         assert!(!whole.contains(live), "{answer:?} -> {whole:?}");
-        for n in [1, 7, 64] {
-            let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, n)).unwrap();
-            assert_eq!(streamed, whole, "{answer:?} in {n}-byte deltas");
-        }
-        released_validates_clean(&g, &answer);
     }
     // Tags a renderer passes whole are judged once, as a browser reads them: a
     // quoted value may hold a tag's text.
@@ -804,13 +807,8 @@ fn a_tag_that_goes_on_over_a_quoted_line_is_judged_as_the_quote_reads() {
             "<script".to_owned(),
         ),
     ] {
-        let whole = whole_outcome(&g, request(None), &answer).unwrap();
+        let whole = released_alike(&g, &answer, [1, 7, 64]);
         assert!(!whole.contains(&live), "{answer:?} -> {whole:?}");
-        for n in [1, 7, 64] {
-            let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, n)).unwrap();
-            assert_eq!(streamed, whole, "{answer:?} in {n}-byte deltas");
-        }
-        released_validates_clean(&g, &answer);
     }
     // Quoted tags that load and run nothing stay as written.
     for answer in [
@@ -852,12 +850,7 @@ fn code_spans_cmark_gfm_misses_are_given_a_form_it_reads() {
             "See ``a ` b`` here".to_owned(),
         ),
     ] {
-        assert_eq!(whole_outcome(&g, request(None), &answer).unwrap(), out);
-        for n in [1, 5, 64] {
-            let streamed = stream_outcome(&g, request(None), &in_pieces(&answer, n)).unwrap();
-            assert_eq!(streamed, out, "{answer:?} in {n}-byte deltas");
-        }
-        released_validates_clean(&g, &answer);
+        assert_eq!(released_alike(&g, &answer, [1, 5, 64]), out);
     }
     // Code spans that close, and backticks already escaped, stay as written.
     for answer in [
