@@ -762,6 +762,10 @@ fn tags_inside_a_tag_a_renderer_escapes_are_judged() {
             "<script",
         ),
         ("Hi <T [x]<iframe a\n=x src=y>".to_owned(), "<iframe"),
+        // What seemed a block of the seventh kind (`<s>` alone on its line) is
+        // the paragraph's, which a `<style` on its own line interrupts.
+        ("Hi <r\n<s>\n<B\n<style".to_owned(), "<style"),
+        ("Hi <r\n<s>\n<B\n<script".to_owned(), "<script"),
     ] {
         let whole = released_alike(&g, &answer, [1, 7, 64]);
         assert!(!whole.contains(live), "{answer:?} -> {whole:?}");

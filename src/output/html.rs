@@ -206,7 +206,15 @@ fn read(text: &str) -> Vec<Tag<'_>> {
             if lt < escaped_until && block.is_none() && starts_block() {
                 block = Some((html_block_end(b, lt), escaped_until));
                 escaped_until = 0;
-            } else if lt < escaped_until && cm_any.is_none() {
+            } else if lt < escaped_until
+                && cm_any.is_none()
+                && !(line_start(b, lt) && html_block_start(&b[lt..]))
+            {
+                // Not a tag to any renderer, nor an HTML block that may
+                // interrupt a paragraph: a block of the seventh kind (a tag alone
+                // on its line) may not, so what seemed inside one may be a
+                // paragraph's, where `<style` on its own line starts a block
+                // (found by the `markup` fuzz target: `<s>\n<B\n<style`).
                 i = lt + 1;
                 continue;
             }
