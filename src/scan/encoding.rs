@@ -628,7 +628,7 @@ impl<'a> Iterator for Tokens<'a> {
     type Item = &'a str;
 
     fn next(&mut self) -> Option<&'a str> {
-        let ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r');
+        let ws = |b: u8| ASCII_SPACE.contains(&b);
         match self {
             Tokens::Other(it) => it.next(),
             Tokens::Ascii(text, i) => {
