@@ -13,6 +13,9 @@ use crate::step::poll_once;
 /// The most bytes one event may take before the stream is refused.
 const MAX_EVENT: usize = 1 << 20;
 
+/// U+FEFF in UTF-8, which a stream may start with.
+const BOM: &[u8] = "\u{feff}".as_bytes();
+
 #[derive(Default)]
 struct CallParts {
     id: String,
@@ -22,7 +25,9 @@ struct CallParts {
 
 /// Validates a streamed OpenAI chat completion as it passes through: feed it the
 /// upstream's bytes as they arrive (split anywhere, even inside a `data:` line or a
-/// UTF-8 character) and send on what it returns.
+/// UTF-8 character) and send on what it returns. The upstream is read as the
+/// EventSource standard reads a stream: lines end at CR LF, LF or a lone CR, and a
+/// byte order mark before the first line is skipped.
 ///
 /// - Text deltas go through the [`StreamGuard`]; each outgoing chunk carries the
 ///   text released so far, so nothing is sent before it is checked.
@@ -65,6 +70,10 @@ struct CallParts {
 pub struct SseGuard {
     stream: Option<StreamGuard>,
     line: Vec<u8>,
+    /// The last bytes pushed ended with a CR (a LF first in the next is its pair).
+    after_cr: bool,
+    /// A line has been read (a byte order mark may start only the first).
+    read_a_line: bool,
     data: Vec<u8>,
     template: Option<Template>,
     calls: Vec<CallParts>,
@@ -89,6 +98,8 @@ impl SseGuard {
         Self {
             stream: Some(stream),
             line: Vec::new(),
+            after_cr: false,
+            read_a_line: false,
             data: Vec::new(),
             template: None,
             calls: Vec::new(),
@@ -135,8 +146,18 @@ impl SseGuard {
         let mut out = Vec::new();
         let mut rest = bytes;
         while !self.ended && !rest.is_empty() {
-            // Up to the next line break (or all of it, when the line goes on).
-            let (piece, ends) = match memchr::memchr(b'\n', rest) {
+            // The line feed of a CR LF pair whose CR ended the last push.
+            if std::mem::take(&mut self.after_cr) && rest[0] == b'\n' {
+                rest = &rest[1..];
+                continue;
+            }
+            // Up to the next line break (or all of it, when the line goes on). As
+            // the EventSource standard reads a stream, a line ends at CR LF, at LF
+            // or at a CR alone.
+            let (piece, ends) = match memchr::memchr2(b'\n', b'\r', rest) {
+                Some(i) if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') => {
+                    (&rest[..i], Some(i + 2))
+                }
                 Some(i) => (&rest[..i], Some(i + 1)),
                 None => (rest, None),
             };
@@ -153,12 +174,15 @@ impl SseGuard {
             let Some(next) = ends else {
                 break;
             };
+            // A CR that ends the bytes given may be the first of a CR LF pair.
+            self.after_cr = next == rest.len() && rest[next - 1] == b'\r';
             rest = &rest[next..];
             // The line and the event's data are taken out to be read and put back
             // empty (their buffers are kept for the next ones).
             let mut line = std::mem::take(&mut self.line);
-            if line.last() == Some(&b'\r') {
-                line.pop();
+            // A byte order mark before the stream's first line is not part of it.
+            if !std::mem::replace(&mut self.read_a_line, true) && line.starts_with(BOM) {
+                line.drain(..BOM.len());
             }
             if line.is_empty() {
                 if !self.data.is_empty() {
@@ -167,7 +191,11 @@ impl SseGuard {
                     data.clear();
                     self.data = data;
                 }
-            } else if let Some(field) = line.strip_prefix(b"data:") {
+            } else if let Some(field) = line
+                .strip_prefix(b"data:")
+                .or((line == b"data").then_some(&[][..]))
+            {
+                // A `data` line without a colon is a data line with an empty value.
                 let field = field.strip_prefix(b" ").unwrap_or(field);
                 if !self.data.is_empty() {
                     self.data.push(b'\n');
@@ -622,6 +650,46 @@ mod tests {
             assert!(sent.contains("upstream_event_too_large"), "{piece}");
             let (sent, _) = relay(&g, &under, piece);
             assert!(sent.contains("upstream_malformed_event"), "{piece}");
+        }
+    }
+
+    /// The EventSource standard ends a line at CR LF, LF or a lone CR, and skips
+    /// a byte order mark that starts the stream: each of these, the pairs split
+    /// between pushes, relays the same events (an upstream whose lines end at a
+    /// lone CR was refused as one event too large).
+    #[test]
+    fn every_line_ending_the_standard_allows_relays_the_same() {
+        let g = guard();
+        let lf = [
+            chunk(
+                1,
+                r#"{"index":0,"delta":{"role":"assistant","content":"Hel"}}"#,
+            ),
+            chunk(1, r#"{"index":0,"delta":{"content":"lo"}}"#),
+            "data\n\n".to_owned(),
+            chunk(1, r#"{"index":0,"delta":{},"finish_reason":"stop"}"#),
+            "data: [DONE]\n\n".to_owned(),
+        ]
+        .concat();
+        let (want, id) = relay(&g, &lf, lf.len());
+        let want = want.replace(&id, "ID");
+        assert!(
+            want.contains(r#""content":"Hello""#) && want.ends_with("data: [DONE]\n\n"),
+            "{want}"
+        );
+        let bodies = [
+            lf.replace('\n', "\r\n"),
+            lf.replace('\n', "\r"),
+            format!("\u{feff}{lf}"),
+            format!("\u{feff}{}", lf.replace('\n', "\r")),
+            // Mixed, with an empty line between a CR and a LF.
+            lf.replacen("\n\n", "\r\r\n", 1).replacen("\n\n", "\n\r", 1),
+        ];
+        for body in &bodies {
+            for piece in [1, 2, 3, 7, body.len()] {
+                let (sent, id) = relay(&g, body, piece);
+                assert_eq!(sent.replace(&id, "ID"), want, "{body:?} in {piece}");
+            }
         }
     }
 
