@@ -51,7 +51,7 @@ use regex_automata::{Anchored, Input, meta};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-use super::swar::{HI, alnum, load};
+use super::swar::{HI, alnum, load, run};
 
 /// Candidates kept per pattern and text; past this the pattern is searched in full.
 pub(crate) const CANDIDATES: usize = 64;
@@ -533,6 +533,12 @@ struct WordIndex {
     /// one byte) that any literal can start with: most words of a text start
     /// none and cost one bit test.
     heads: Vec<u64>,
+    /// Rectangles of (first byte, second byte) that hold every head (the second
+    /// byte of a word of one byte is any), when [`COVER`] or fewer do: a text is
+    /// then looked at 64 bytes at a time for a word that starts in one, by
+    /// comparisons the compiler makes vector instructions of, and its words are
+    /// found only in the stretches that have one.
+    cover: Option<Cover>,
     /// (bucket, entry) while building.
     pending: Vec<(usize, (u64, u64, u32))>,
 }
@@ -549,6 +555,7 @@ impl WordIndex {
             starts: Vec::new(),
             starts_used: vec![0; (1 << 16) / 64],
             heads: vec![0; (1 << 16) / 64],
+            cover: None,
             pending: Vec::new(),
         }
     }
@@ -586,6 +593,7 @@ impl WordIndex {
     }
 
     fn seal(&mut self) {
+        self.cover = self.cover();
         let pending = std::mem::take(&mut self.pending);
         // In the order they were added, for each two bytes.
         self.starts.sort_by_key(|(k, _)| *k);
@@ -641,6 +649,44 @@ impl WordIndex {
         self.entries = short.iter().map(|&(_, e)| e).collect();
     }
 
+    /// Rectangles that cover the heads (see [`WordIndex::cover`]).
+    fn cover(&self) -> Option<Cover> {
+        let head = |k: usize| self.heads[k / 64] >> (k % 64) & 1 == 1;
+        // Per first byte, its second bytes as ranges (a word of one byte: any).
+        let seconds = |b: usize| -> Ranges {
+            if head(b) {
+                return vec![(0, 255)];
+            }
+            let mut r = Ranges::new();
+            for y in 1..=255u8 {
+                if head(b | usize::from(y) << 8) {
+                    match r.last_mut() {
+                        Some((_, hi)) if usize::from(*hi) + 1 == usize::from(y) => *hi = y,
+                        _ => r.push((y, y)),
+                    }
+                }
+            }
+            r
+        };
+        // First bytes in a row with the same second bytes share rectangles.
+        let mut rects: Vec<(u8, u8, Ranges)> = Vec::new();
+        for b in 0..=255u8 {
+            let r = seconds(usize::from(b));
+            if r.is_empty() {
+                continue;
+            }
+            match rects.last_mut() {
+                Some((_, hi, s)) if usize::from(*hi) + 1 == usize::from(b) && *s == r => *hi = b,
+                _ => rects.push((b, b, r)),
+            }
+        }
+        let flat: Vec<Rect> = rects
+            .iter()
+            .flat_map(|(lo, hi, r)| r.iter().map(|&(l2, h2)| [*lo, *hi - *lo, l2, h2 - l2]))
+            .collect();
+        Cover::new(&flat)
+    }
+
     fn len(&self) -> usize {
         self.entries.len() + self.patterns.iter().map(Vec::len).sum::<usize>() + self.starts.len()
     }
@@ -660,6 +706,46 @@ impl WordIndex {
         if self.entries.is_empty() && self.patterns.is_empty() && self.starts.is_empty() {
             if let Some(word) = word {
                 ascii_words(hay, word);
+            }
+            return;
+        }
+        if let (None, Some(cover)) = (&word, &self.cover) {
+            // No reader of every word: only the words that start in a stretch
+            // with a byte pair in the cover.
+            let start = |i: usize| {
+                let w = if i == 0 { b' ' } else { hay[i - 1] };
+                let y = hay.get(i + 1).copied().unwrap_or(b' ');
+                !w.is_ascii_alphanumeric() && cover.covers(hay[i], y)
+            };
+            let mut look = |i: usize| {
+                let bits = load(hay, i);
+                let two = hay.get(i + 1).is_some_and(u8::is_ascii_alphanumeric);
+                let k = (bits & if two { 0xffff } else { 0xff }) as usize;
+                if self.heads[k / 64] & (1 << (k % 64)) != 0 {
+                    self.lookup(bits, i, word_end(hay, i), &want, &mut f);
+                }
+            };
+            for (c, block) in (0..hay.len()).step_by(64).zip(hay.chunks(64)) {
+                // A whole block with a byte on each side: compared at once.
+                let whole = c.checked_sub(1).and_then(|b| {
+                    Some((
+                        <&[u8; 64]>::try_from(hay.get(b..b + 64)?).ok()?,
+                        <&[u8; 64]>::try_from(block).ok()?,
+                        <&[u8; 64]>::try_from(hay.get(c + 1..c + 65)?).ok()?,
+                    ))
+                });
+                match whole {
+                    Some((p, x, y)) => {
+                        let mut m = cover.starts(p, x, y);
+                        while m != 0 {
+                            look(c + m.trailing_zeros() as usize);
+                            m &= m - 1;
+                        }
+                    }
+                    None => (c..c + block.len())
+                        .filter(|&i| start(i))
+                        .for_each(&mut look),
+                }
             }
             return;
         }
@@ -740,35 +826,150 @@ fn slot(key: u64, size: usize) -> usize {
 }
 
 /// Calls `f(start, end)` for each run of ASCII letters and digits in `hay`, in
-/// order, finding them eight bytes at a time.
+/// order. Read 64 bytes at a time: a bit per byte that is a letter or digit,
+/// eight bytes at a time, and the words' starts and ends where the bits change
+/// (one loop over a block's changes, whose length the processor mispredicts
+/// once a block rather than once every eight bytes).
 fn ascii_words(hay: &[u8], mut f: impl FnMut(usize, usize)) {
-    let mut start = None;
-    // Whether the byte before the current chunk is in a word.
+    let mut start = 0;
+    // Whether the byte before the block is in a word.
     let mut carry = 0u64;
-    let mut at = 0;
-    while at < hay.len() {
-        let n = (hay.len() - at).min(8);
-        let mut m = alnum(load(hay, at));
-        if n < 8 {
-            m &= (1u64 << (8 * n)) - 1;
+    for at in (0..hay.len()).step_by(64) {
+        let n = (hay.len() - at).min(64);
+        let mut m = 0u64;
+        for w in 0..n.div_ceil(8) {
+            let x = alnum(load(hay, at + 8 * w)) & HI;
+            // The high bit of each byte, gathered into the low eight bits.
+            m |= ((x >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * w);
         }
-        // Bytes where a word starts or ends: differ from the byte before.
-        let prev = (m << 8) | carry;
-        let mut events = (m ^ prev) & HI;
-        while events != 0 {
-            let bit = events.trailing_zeros() as usize;
-            events &= events - 1;
-            let pos = at + bit / 8;
-            match start.take() {
-                None => start = Some(pos),
-                Some(s) => f(s, pos),
+        if n < 64 {
+            m &= (1u64 << n) - 1;
+        }
+        // Bytes where a word starts or ends: differ from the byte before. Starts
+        // and ends alternate, a start first.
+        let mut changes = m ^ ((m << 1) | carry);
+        while changes != 0 {
+            let p = at + changes.trailing_zeros() as usize;
+            changes &= changes - 1;
+            if (m >> (p - at)) & 1 == 1 {
+                start = p;
+            } else {
+                f(start, p);
             }
         }
-        carry = (m >> 56) & 0x80;
-        at += n;
+        carry = m >> 63;
     }
-    if let Some(s) = start {
-        f(s, hay.len());
+    if carry == 1 {
+        f(start, hay.len());
+    }
+}
+
+/// How many rectangles [`WordIndex::cover`] holds at most.
+const COVER: usize = 8;
+
+/// Ranges of bytes, from and to (both included).
+type Ranges = Vec<(u8, u8)>;
+
+/// A rectangle of byte pairs: the first byte from `r[0]` to `r[0] + r[1]`, the
+/// second from `r[2]` to `r[2] + r[3]`.
+type Rect = [u8; 4];
+
+/// Rectangles of byte pairs, as many as there are (a type each: the compiler
+/// then compares a block with each of them and no more).
+#[derive(Clone, Debug)]
+enum Cover {
+    One([Rect; 1]),
+    Two([Rect; 2]),
+    Three([Rect; 3]),
+    Four([Rect; 4]),
+    Five([Rect; 5]),
+    Six([Rect; 6]),
+    Seven([Rect; 7]),
+    Eight([Rect; 8]),
+}
+
+impl Cover {
+    /// The cover of `rects`: none when there are more than [`COVER`].
+    fn new(rects: &[Rect]) -> Option<Self> {
+        if rects.len() > COVER {
+            return None;
+        }
+        Some(match rects.len() {
+            1 => Self::One(rects.try_into().ok()?),
+            2 => Self::Two(rects.try_into().ok()?),
+            3 => Self::Three(rects.try_into().ok()?),
+            4 => Self::Four(rects.try_into().ok()?),
+            5 => Self::Five(rects.try_into().ok()?),
+            6 => Self::Six(rects.try_into().ok()?),
+            7 => Self::Seven(rects.try_into().ok()?),
+            8 => Self::Eight(rects.try_into().ok()?),
+            _ => return None,
+        })
+    }
+
+    /// Whether the byte pair (`x`, `y`) is in a rectangle.
+    fn covers(&self, x: u8, y: u8) -> bool {
+        match self {
+            Self::One(r) => covered(r, x, y),
+            Self::Two(r) => covered(r, x, y),
+            Self::Three(r) => covered(r, x, y),
+            Self::Four(r) => covered(r, x, y),
+            Self::Five(r) => covered(r, x, y),
+            Self::Six(r) => covered(r, x, y),
+            Self::Seven(r) => covered(r, x, y),
+            Self::Eight(r) => covered(r, x, y),
+        }
+    }
+
+    /// A bit for each byte of `x` where a word starts with its pair in a
+    /// rectangle: `p` is the bytes before each of `x`'s, `y` those after.
+    fn starts(&self, p: &[u8; 64], x: &[u8; 64], y: &[u8; 64]) -> u64 {
+        match self {
+            Self::One(r) => starts(r, p, x, y),
+            Self::Two(r) => starts(r, p, x, y),
+            Self::Three(r) => starts(r, p, x, y),
+            Self::Four(r) => starts(r, p, x, y),
+            Self::Five(r) => starts(r, p, x, y),
+            Self::Six(r) => starts(r, p, x, y),
+            Self::Seven(r) => starts(r, p, x, y),
+            Self::Eight(r) => starts(r, p, x, y),
+        }
+    }
+}
+
+/// Whether the byte pair (`x`, `y`) is in a rectangle of `rects`.
+#[inline(always)]
+fn covered<const N: usize>(rects: &[Rect; N], x: u8, y: u8) -> bool {
+    rects.iter().fold(false, |any, r| {
+        any | ((x.wrapping_sub(r[0]) <= r[1]) & (y.wrapping_sub(r[2]) <= r[3]))
+    })
+}
+
+/// [`Cover::starts`] for `N` rectangles, without a branch per byte: the
+/// compiler compares the bytes 16 or 32 at a time, and the flags are gathered
+/// into bits eight at a time.
+fn starts<const N: usize>(rects: &[Rect; N], p: &[u8; 64], x: &[u8; 64], y: &[u8; 64]) -> u64 {
+    let flags: [u8; 64] = std::array::from_fn(|i| {
+        u8::from(!p[i].is_ascii_alphanumeric() & covered(rects, x[i], y[i]))
+    });
+    flags.chunks_exact(8).enumerate().fold(0, |m, (k, c)| {
+        let v = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        // Bytes of 0 or 1: the low bit of each into the top byte, first lowest.
+        m | (v.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * k)
+    })
+}
+
+/// Where the run of ASCII letters and digits of `hay` that starts at `start`
+/// ends, eight bytes at a time.
+fn word_end(hay: &[u8], start: usize) -> usize {
+    let mut e = start;
+    loop {
+        // Past the end the bytes read are zero: not letters or digits.
+        let k = run(alnum(load(hay, e)));
+        e += k;
+        if k < 8 {
+            return e.min(hay.len());
+        }
     }
 }
 
@@ -1639,10 +1840,102 @@ mod tests {
         assert_eq!(words, ["a", "im", "start", "b2c", "d", "f"]);
     }
 
+    /// A set whose word literals start with few byte pairs finds its words 64
+    /// bytes at a time, only in the blocks with a pair of its cover: the same
+    /// matches as `find_iter`, and the same first ones as the walk over every word
+    /// (what a set with a reader of every word takes), on texts of up to a few
+    /// hundred bytes (whole blocks, words across their ends, matches at both ends
+    /// of the text).
     #[test]
-    fn words_eight_bytes_at_a_time_are_the_byte_loop_s() {
+    fn words_found_by_their_cover_are_those_of_every_word() {
+        let patterns = [
+            r"\b\d{3}-\d{4}\b",
+            r"\bpat[a-z]{2}\b",
+            r"\b[A-Z]{2}\d{2}\b",
+            r"\bkey-[0-9a-f]{4}\b",
+            r"\b[0-9]\b",
+        ];
+        let regexes: Vec<regex::Regex> = patterns
+            .iter()
+            .map(|p| regex::Regex::new(p).unwrap())
+            .collect();
+        let set = Prefixed::new(regexes.clone(), 1 << 22);
+        assert!(set.words.cover.is_some(), "{:?}", set.words.cover);
+        const WORDS: &[&str] = &[
+            "patio",
+            "pat",
+            "apatio",
+            "spat",
+            "key-beef",
+            "key-",
+            "keys",
+            "AB12",
+            "ABC12",
+            "xAB12",
+            "Ab12",
+            "AZ12",
+            "ZA12",
+            "ZZ99",
+            "555-0199",
+            "0",
+            "9",
+            "1555-0199",
+            "7",
+            "x7",
+            "7x",
+            "é",
+            "é7",
+            "\u{663}",
+            " ",
+            " ",
+            " ",
+            "\n",
+            ".",
+            "-",
+            "_",
+            "the",
+            "quarterly",
+            "Revenue",
+            "P",
+            "K",
+        ];
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut total = vec![0usize; patterns.len()];
+        for _ in 0..3000 {
+            let mut hay = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for k in 0..(x % 160) {
+                let r = x.rotate_left(k as u32 * 5) ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                hay.push_str(WORDS[(r % WORDS.len() as u64) as usize]);
+            }
+            let mut ours = Vec::new();
+            set.for_each_match(&hay, |i, m| {
+                ours.push((i, m));
+                true
+            });
+            assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
+            for (i, _) in &ours {
+                total[*i] += 1;
+            }
+            let mut every = |_: usize, _: usize| {};
+            assert_eq!(
+                set.first_matches(&hay, None),
+                set.first_matches(&hay, Some(&mut every)),
+                "{hay:?}"
+            );
+        }
+        assert!(total.iter().all(|&t| t > 50), "{total:?}");
+    }
+
+    #[test]
+    fn words_a_block_at_a_time_are_the_byte_loop_s() {
         const BYTES: &[u8] = b"aZz09/:@[`{ \x7f\x80\xc3\xa9_-";
-        for hay in crate::scan::testgen::strings(BYTES, 40, 20000) {
+        const WORDY: &[u8] = b"aaaaaZ09 ";
+        let long = crate::scan::testgen::strings(BYTES, 300, 5000)
+            .chain(crate::scan::testgen::strings(WORDY, 300, 5000));
+        for hay in crate::scan::testgen::strings(BYTES, 40, 20000).chain(long) {
             let mut ours = Vec::new();
             ascii_words(&hay, |s, e| ours.push((s, e)));
             let mut theirs = Vec::new();
