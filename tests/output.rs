@@ -961,8 +961,11 @@ fn a_comment_a_renderer_escapes_hides_no_tag() {
         // space): the `<img …>` after them is live there.
         "<!s/",
         "<!doctype ",
+        // CDATA is raw HTML only up to its `]]>` (found by the `markup` fuzz
+        // target: `x <![CDATA[ <style>`).
+        "<![CDATA[ ",
     ] {
-        let answer = format!("Hi {open}{img} there\n\n-->?>");
+        let answer = format!("Hi {open}{img} there\n\n-->?>]]>");
         let out = whole_outcome(&g, request(None), &answer).unwrap();
         assert!(!out.contains("evil.test"), "{answer:?} -> {out:?}");
         released_validates_clean(&g, &answer);
@@ -984,6 +987,7 @@ fn a_comment_a_renderer_escapes_hides_no_tag() {
         format!("<!-- x\n\n{img}\n\n-->"),
         format!("Hi <!-- x\n{img}\n-->"),
         format!("Hi <? x {img} ?>"),
+        format!("Hi <![CDATA[ x {img} ]]>"),
     ] {
         assert_eq!(whole_outcome(&g, request(None), &answer).unwrap(), answer);
     }

@@ -259,15 +259,18 @@ fn read(text: &str) -> Vec<Tag<'_>> {
                             (None, None) => lt + 2,
                         };
                     }
-                } else if (declaration(&b[lt + 2..]) || b[lt + 2..].starts_with(b"[CDATA["))
-                    && raw.end(lt, lt + 2, 2).is_some()
+                } else if (declaration(&b[lt + 2..]) && raw.end(lt, lt + 2, 2).is_some())
+                    || (b[lt + 2..].starts_with(b"[CDATA[") && raw.end(lt, lt + 9, 4).is_some())
                 {
                     // A declaration or CDATA: to the next `>` for a browser (a
                     // renderer passes it through to its end, which is later).
                     // A declaration as the strictest renderer reads one (`<!s/…>`
                     // is one to `pulldown-cmark`, text to cmark-gfm, which then
                     // passes a `</style>` inside it as a tag; found by the
-                    // `markup` fuzz target).
+                    // `markup` fuzz target). CDATA is raw HTML only up to a
+                    // `]]>`: without one, a renderer writes its `<` as `&lt;` and
+                    // passes the tags after it (`x <![CDATA[ <style>` hid a
+                    // `<style>`; found by the `markup` fuzz target).
                     i = skip_to(b, lt + 2, b">");
                 } else {
                     i = lt + 2;
@@ -415,7 +418,7 @@ struct Raw<'a> {
     b: &'a [u8],
     /// Per needle, the next occurrence at or after the last search's start
     /// (`None`: none to the end).
-    next: [Option<Option<usize>>; 4],
+    next: [Option<Option<usize>>; 5],
     /// The next paragraph break ([`paragraph_break`]) at or after the last
     /// search's start.
     blank: Option<Option<usize>>,
@@ -424,13 +427,13 @@ struct Raw<'a> {
     seen: usize,
 }
 
-const NEEDLES: [&[u8]; 4] = [b"-->", b"--!>", b">", b"?>"];
+const NEEDLES: [&[u8]; 5] = [b"-->", b"--!>", b">", b"?>", b"]]>"];
 
 impl<'a> Raw<'a> {
     fn new(b: &'a [u8]) -> Self {
         Raw {
             b,
-            next: [None; 4],
+            next: [None; 5],
             blank: None,
             line: 0,
             seen: 0,
