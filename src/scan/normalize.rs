@@ -276,14 +276,35 @@ const CLASS: [u8; 256] = {
 /// The same as [`normalize_chars`] for ASCII text, in one pass over the bytes with
 /// a table: nothing to fold but case and leetspeak, nothing invisible, and the map
 /// back is a list of stretches (only whitespace is dropped).
+///
+/// The text up to its first whitespace that is dropped or folded (a space
+/// first, two in a row, a tab, a carriage return, a vertical tab or form feed)
+/// loses none: it is copied lowercased, 64 bytes at a time, and only its words
+/// with a leet character are read one at a time.
 fn normalize_ascii(text: &str) -> Normalized {
     let b = text.as_bytes();
+    // Copied as it is, lowercased: up to the byte after the last space or line
+    // end before the first irregular whitespace, or all of it (the words it
+    // holds end in it).
+    let first = irregular(b);
+    let plain = if first == b.len() {
+        b.len()
+    } else {
+        b[..first]
+            .iter()
+            .rposition(|&c| c == b' ' || c == b'\n')
+            .map_or(0, |p| p + 1)
+    };
     let mut out = vec![0u8; b.len() + 8];
-    let mut o = 0;
+    out[..plain].copy_from_slice(&b[..plain]);
+    out[..plain].make_ascii_lowercase();
+    unleet(&mut out[..plain]);
+    let mut o = plain;
     let mut runs: Vec<(u32, u32)> = vec![(0, 0)];
     // A byte was dropped: the next one kept starts a stretch.
     let mut moved = false;
-    let (mut last_space, mut last_newline) = (true, false);
+    // After the copied stretch, as after the space or line end that ends it.
+    let (mut last_space, mut last_newline) = (true, plain > 0 && b[plain - 1] == b'\n');
     // The word being copied: where it starts in `out`, its letters and leet
     // characters.
     let (mut word, mut letters, mut leety) = (usize::MAX, 0usize, 0usize);
@@ -297,7 +318,7 @@ fn normalize_ascii(text: &str) -> Normalized {
             *word = usize::MAX;
         }
     };
-    let mut i = 0;
+    let mut i = plain;
     while i < b.len() {
         let c = b[i];
         let class = CLASS[c as usize];
@@ -410,6 +431,81 @@ fn normalize_ascii(text: &str) -> Normalized {
         // Only ASCII bytes were written.
         text: String::from_utf8(out).unwrap_or_default(),
         origin: Origin::Runs(runs, text.len() as u32),
+    }
+}
+
+/// Where the first whitespace of ASCII `b` is that [`normalize_ascii`] drops or
+/// folds: a space that starts it, two whitespace bytes in a row, a tab, a
+/// carriage return, a vertical tab or a form feed (`b.len()` when none is). 64
+/// bytes at a time, with no branch per byte.
+fn irregular(b: &[u8]) -> usize {
+    let space = |c: u8| c == b' ' || c == b'\n';
+    let odd = |c: u8| matches!(c, b'\t' | b'\r' | b'\x0B' | b'\x0C');
+    let at = |i: usize| {
+        let next = b.get(i + 1).copied().unwrap_or(b'x');
+        odd(b[i]) || (space(b[i]) && space(next))
+    };
+    if b.first() == Some(&b' ') {
+        return 0;
+    }
+    let mut c = 0;
+    while c + 65 <= b.len() {
+        let (Ok(x), Ok(y)) = (
+            <&[u8; 64]>::try_from(&b[c..c + 64]),
+            <&[u8; 64]>::try_from(&b[c + 1..c + 65]),
+        ) else {
+            break;
+        };
+        let found = (0..64).fold(false, |any, k| {
+            any | odd(x[k]) | (space(x[k]) & space(y[k]))
+        });
+        if found {
+            break;
+        }
+        c += 64;
+    }
+    (c..b.len()).find(|&i| at(i)).unwrap_or(b.len())
+}
+
+/// Maps the leet characters of each word of lowercased ASCII `b` that
+/// [`normalize_ascii`] maps them in (a run of letters, leet characters, other
+/// digits and apostrophes with a letter, a leet character and three of the two
+/// together), as its general pass does: blocks of 64 bytes without a leet
+/// character are passed over whole.
+fn unleet(b: &mut [u8]) {
+    let is_leet = |c: u8| CLASS[usize::from(c)] == LEET;
+    let in_word = |c: u8| matches!(CLASS[usize::from(c)], LETTER | LEET | WORD);
+    // Where the last word looked at ends.
+    let mut done = 0;
+    for c in (0..b.len()).step_by(64) {
+        let end = (c + 64).min(b.len());
+        if !b[c..end].iter().fold(false, |any, &x| any | is_leet(x)) {
+            continue;
+        }
+        for i in c.max(done)..end {
+            if !is_leet(b[i]) || i < done {
+                continue;
+            }
+            let s = b[..i]
+                .iter()
+                .rposition(|&x| !in_word(x))
+                .map_or(0, |p| p + 1);
+            let e = b[i..]
+                .iter()
+                .position(|&x| !in_word(x))
+                .map_or(b.len(), |p| i + p);
+            let letters = b[s..e]
+                .iter()
+                .filter(|&&x| CLASS[usize::from(x)] == LETTER)
+                .count();
+            let leety = b[s..e].iter().filter(|&&x| is_leet(x)).count();
+            if letters > 0 && leety > 0 && letters + leety >= 3 {
+                for w in &mut b[s..e] {
+                    *w = leet(*w as char).map_or(*w, |l| l as u8);
+                }
+            }
+            done = e;
+        }
     }
 }
 
@@ -621,8 +717,12 @@ mod tests {
         const BYTES: &[u8] = b"aZ01926347@$' \t\n\r\x0b\x0c.-:<|\x1b";
         // Runs of letters longer than eight, and the bytes beside the letters.
         const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzAMZ@[`{ \n1";
+        // Long stretches with single spaces and line ends only (copied whole up
+        // to the first irregular whitespace, if any).
+        const PLAIN: &[u8] = b"abcdefghijklmnopqrstuvwxyzAMZ0192634@$'.-:< \n";
         let texts = crate::scan::testgen::texts(BYTES, 40, 20000)
-            .chain(crate::scan::testgen::texts(LETTERS, 120, 5000));
+            .chain(crate::scan::testgen::texts(LETTERS, 120, 5000))
+            .chain(crate::scan::testgen::texts(PLAIN, 400, 5000));
         for s in texts {
             let (a, b) = (normalize_ascii(&s), normalize_chars(&s));
             assert_eq!(a.text, b.text, "{s:?}");
