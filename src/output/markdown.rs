@@ -28,6 +28,9 @@ pub(crate) struct Carry {
     pub(crate) defs: HashMap<String, String>,
     /// The fence of the top-level fenced code block the last cut fell inside.
     pub(crate) fence: Option<String>,
+    /// The last cut fell inside a paragraph with a line shaped like a table's
+    /// delimiter row (see [`Tables`]).
+    pub(crate) table: bool,
 }
 
 /// How the segment's markup is judged.
@@ -189,6 +192,8 @@ fn judge_nested(
     let mut tail_risky = false;
     // The lines of a fenced code block inside a container, while in one.
     let mut disputed: Option<Vec<Range<usize>>> = None;
+    // Where a table may cut a code span (read when the first one is met).
+    let mut tables: Option<Tables> = None;
     for (event, r) in iter.by_ref() {
         if depth == 0 && matches!(event, Event::Start(_)) && frames.is_empty() {
             tail_risky = false;
@@ -301,7 +306,16 @@ fn judge_nested(
                 if let Some(f) = frames.last_mut() {
                     f.text.push_str(&t);
                 }
-                if rules.code_is_inert {
+                // A code span in a paragraph that a table renderer may read as a
+                // table is not code to it: each row's cells are read apart, and
+                // a backtick in one row closes nothing in the next. There its
+                // text is judged as markup (found by the `markup` fuzz target:
+                // `comrak` took `x\n-|` for a table that `pulldown-cmark` did
+                // not, and a `</script>` two rows down was live).
+                let cut = tables
+                    .get_or_insert_with(|| Tables::new(&src, carry.table))
+                    .may_cut(&src, r.clone());
+                if rules.code_is_inert && !cut {
                     let span = local(r.clone());
                     if let Some((start, end, with)) = long_code_span(&src[r]) {
                         found.push(low(
@@ -386,6 +400,9 @@ fn judge_nested(
     let mut next = Carry {
         defs: carry.defs.clone(),
         fence: open_fence,
+        table: tables
+            .get_or_insert_with(|| Tables::new(&src, carry.table))
+            .open_at_end(),
     };
     let mut new_defs: Vec<(String, String, Range<usize>)> = iter
         .reference_definitions()
@@ -492,6 +509,68 @@ pub(super) fn low(rule: &'static str, span: Range<usize>, with: String) -> Findi
     )
     .with_action(Action::Redact)
     .with_replacement(with)
+}
+
+/// Where a table renderer may take a paragraph for a table: the lines shaped
+/// like a table's delimiter row (only `-`, `:`, `|`, spaces and tabs, with a
+/// `-` and a `|`: read loosely, as more renderers than one read tables), and
+/// the blank lines that end paragraphs, by where they start.
+struct Tables {
+    rows: Vec<usize>,
+    blanks: Vec<usize>,
+}
+
+impl Tables {
+    /// The lines of `src`; `carried`: the paragraph it starts in began in an
+    /// earlier segment with such a row (counted as one at its start).
+    fn new(src: &str, carried: bool) -> Self {
+        let (mut rows, mut blanks) = (Vec::new(), Vec::new());
+        if carried {
+            rows.push(0);
+        }
+        if carried || src.contains('|') {
+            let mut at = 0;
+            for line in src.split_inclusive('\n') {
+                let t = line.trim_matches([' ', '\t', '\r', '\n']);
+                if t.is_empty() {
+                    blanks.push(at);
+                } else if t.contains('-')
+                    && t.contains('|')
+                    && t.bytes()
+                        .all(|c| matches!(c, b'-' | b':' | b'|' | b' ' | b'\t'))
+                {
+                    rows.push(at);
+                }
+                at += line.len();
+            }
+        }
+        Self { rows, blanks }
+    }
+
+    /// Whether the text ends in a paragraph with a delimiter row.
+    fn open_at_end(&self) -> bool {
+        self.rows
+            .last()
+            .is_some_and(|&r| self.blanks.last().is_none_or(|&b| b < r))
+    }
+
+    /// Whether a table may cut the code span at `span`: a delimiter row stands
+    /// in its paragraph before its end, or on the line after its last (whose
+    /// line is then a table's header row).
+    fn may_cut(&self, src: &str, span: Range<usize>) -> bool {
+        if self.rows.is_empty() {
+            return false;
+        }
+        let from = self.blanks[..self.blanks.partition_point(|&b| b < span.start)]
+            .last()
+            .copied()
+            .unwrap_or(0);
+        // The end of the line after the span's last.
+        let next = |i: usize| src[i..].find('\n').map_or(src.len(), |k| i + k + 1);
+        let to = next(next(span.end.min(src.len())).min(src.len()));
+        let k = self.rows.partition_point(|&r| r < from);
+        self.rows.get(k).is_some_and(|&r| r < to)
+    }
 }
 
 /// The backticks of `seg[span]` (text outside code) not escaped by a backslash.
@@ -673,6 +752,7 @@ fn judge_disputed(
     let carry = Carry {
         defs: carry.defs.clone(),
         fence: None,
+        table: false,
     };
     let mut found = Vec::new();
     judge_nested(&text, 0, &carry, &inner, false, nest + 1, &mut found);
