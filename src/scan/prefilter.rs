@@ -1645,6 +1645,26 @@ mod tests {
         }
     }
 
+    /// The patterns' regexes and the set of them.
+    fn compiled(patterns: &[&str]) -> (Vec<regex::Regex>, Prefixed) {
+        let regexes: Vec<regex::Regex> = patterns
+            .iter()
+            .map(|p| regex::Regex::new(p).unwrap())
+            .collect();
+        let set = Prefixed::new(regexes.clone(), 1 << 22);
+        (regexes, set)
+    }
+
+    /// Every match the set finds in `hay`, in its order.
+    fn all_matches(set: &Prefixed, hay: &str) -> Vec<(usize, Range<usize>)> {
+        let mut ours = Vec::new();
+        set.for_each_match(hay, |i, m| {
+            ours.push((i, m));
+            true
+        });
+        ours
+    }
+
     fn reference(regexes: &[regex::Regex], hay: &str) -> Vec<(usize, Range<usize>)> {
         let mut out = Vec::new();
         for (i, r) in regexes.iter().enumerate() {
@@ -1681,11 +1701,7 @@ mod tests {
             r"(?m)^[ \t]*(?:-{2,}|\[)[ \t]*(?:[a-z]+[ \t]+){0,2}(?:instructions?|task)\b[^\n]{0,8}$",
             r"(?m)^[ \t>*_#-]*(?:ab|dan)[ \t]*:|\bfree\b",
         ];
-        let regexes: Vec<regex::Regex> = patterns
-            .iter()
-            .map(|p| regex::Regex::new(p).unwrap())
-            .collect();
-        let set = Prefixed::new(regexes.clone(), 1 << 22);
+        let (regexes, set) = compiled(&patterns);
         const WORDS: &[&str] = &[
             "ignore",
             "i",
@@ -1806,11 +1822,7 @@ mod tests {
                     .collect();
                 hay = digits.repeat(CANDIDATES + 1);
             }
-            let mut ours = Vec::new();
-            set.for_each_match(&hay, |i, m| {
-                ours.push((i, m));
-                true
-            });
+            let ours = all_matches(&set, &hay);
             assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
             for (i, _) in &ours {
                 total[*i] += 1;
@@ -1855,11 +1867,7 @@ mod tests {
             r"\bkey-[0-9a-f]{4}\b",
             r"\b[0-9]\b",
         ];
-        let regexes: Vec<regex::Regex> = patterns
-            .iter()
-            .map(|p| regex::Regex::new(p).unwrap())
-            .collect();
-        let set = Prefixed::new(regexes.clone(), 1 << 22);
+        let (regexes, set) = compiled(&patterns);
         assert!(set.words.cover.is_some(), "{:?}", set.words.cover);
         const WORDS: &[&str] = &[
             "patio",
@@ -1910,11 +1918,7 @@ mod tests {
                 let r = x.rotate_left(k as u32 * 5) ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 hay.push_str(WORDS[(r % WORDS.len() as u64) as usize]);
             }
-            let mut ours = Vec::new();
-            set.for_each_match(&hay, |i, m| {
-                ours.push((i, m));
-                true
-            });
+            let ours = all_matches(&set, &hay);
             assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
             for (i, _) in &ours {
                 total[*i] += 1;
@@ -1986,11 +1990,7 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut ours = Vec::new();
-            set.for_each_match(&hay, |i, m| {
-                ours.push((i, m));
-                true
-            });
+            let ours = all_matches(&set, &hay);
             assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
         }
     }
