@@ -1007,6 +1007,10 @@ fn a_code_span_a_table_cuts_hides_no_tag() {
             "x\n-|\na `b\nc <script>alert(1)</script>` d".to_owned(),
             "<script",
         ),
+        (
+            "> x\n> -|\n> a `b\n> c <script>alert(1)</script>` d".to_owned(),
+            "<script",
+        ),
         (format!("x `a\n{img}` y\n-|"), "evil.test"),
         (format!("a | b\n--|--\n`x | {img}` | y"), "evil.test"),
         (

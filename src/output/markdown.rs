@@ -312,10 +312,11 @@ fn judge_nested(
                 // text is judged as markup (found by the `markup` fuzz target:
                 // `comrak` took `x\n-|` for a table that `pulldown-cmark` did
                 // not, and a `</script>` two rows down was live).
-                let cut = tables
-                    .get_or_insert_with(|| Tables::new(&src, carry.table))
-                    .may_cut(&src, r.clone());
-                if rules.code_is_inert && !cut {
+                if rules.code_is_inert
+                    && !tables
+                        .get_or_insert_with(|| Tables::new(&src, carry.table))
+                        .may_cut(&src, r.clone())
+                {
                     let span = local(r.clone());
                     if let Some((start, end, with)) = long_code_span(&src[r]) {
                         found.push(low(
@@ -512,9 +513,10 @@ pub(super) fn low(rule: &'static str, span: Range<usize>, with: String) -> Findi
 }
 
 /// Where a table renderer may take a paragraph for a table: the lines shaped
-/// like a table's delimiter row (only `-`, `:`, `|`, spaces and tabs, with a
-/// `-` and a `|`: read loosely, as more renderers than one read tables), and
-/// the blank lines that end paragraphs, by where they start.
+/// like a table's delimiter row (after any quote markers, only `-`, `:`, `|`,
+/// spaces and tabs, with a `-` and a `|`: read loosely, as more renderers than
+/// one read tables), and the blank lines that end paragraphs, by where they
+/// start.
 struct Tables {
     rows: Vec<usize>,
     blanks: Vec<usize>,
@@ -531,7 +533,9 @@ impl Tables {
         if carried || src.contains('|') {
             let mut at = 0;
             for line in src.split_inclusive('\n') {
-                let t = line.trim_matches([' ', '\t', '\r', '\n']);
+                let t = line
+                    .trim_start_matches([' ', '\t', '>'])
+                    .trim_end_matches([' ', '\t', '\r', '\n']);
                 if t.is_empty() {
                     blanks.push(at);
                 } else if t.contains('-')
