@@ -310,11 +310,7 @@ fn normalize_ascii(text: &str) -> Normalized {
     let (mut word, mut letters, mut leety) = (usize::MAX, 0usize, 0usize);
     let end_word = |out: &mut [u8], word: &mut usize, o: usize, letters: usize, leety: usize| {
         if *word != usize::MAX {
-            if letters > 0 && leety > 0 && letters + leety >= 3 {
-                for w in &mut out[*word..o] {
-                    *w = leet(*w as char).map_or(*w, |l| l as u8);
-                }
-            }
+            unleet_word(&mut out[*word..o], letters, leety);
             *word = usize::MAX;
         }
     };
@@ -467,6 +463,16 @@ fn irregular(b: &[u8]) -> usize {
     (c..b.len()).find(|&i| at(i)).unwrap_or(b.len())
 }
 
+/// Maps the leet characters of an ASCII word with `letters` letters and `leety`
+/// leet characters, when it mixes them (three or more together).
+fn unleet_word(word: &mut [u8], letters: usize, leety: usize) {
+    if letters > 0 && leety > 0 && letters + leety >= 3 {
+        for w in word {
+            *w = leet(*w as char).map_or(*w, |l| l as u8);
+        }
+    }
+}
+
 /// Maps the leet characters of each word of lowercased ASCII `b` that
 /// [`normalize_ascii`] maps them in (a run of letters, leet characters, other
 /// digits and apostrophes with a letter, a leet character and three of the two
@@ -479,11 +485,11 @@ fn unleet(b: &mut [u8]) {
     let mut done = 0;
     for c in (0..b.len()).step_by(64) {
         let end = (c + 64).min(b.len());
-        if !b[c..end].iter().fold(false, |any, &x| any | is_leet(x)) {
+        if !super::swar::any(&b[c..end], is_leet) {
             continue;
         }
         for i in c.max(done)..end {
-            if !is_leet(b[i]) || i < done {
+            if !is_leet(b[i]) {
                 continue;
             }
             let s = b[..i]
@@ -499,11 +505,7 @@ fn unleet(b: &mut [u8]) {
                 .filter(|&&x| CLASS[usize::from(x)] == LETTER)
                 .count();
             let leety = b[s..e].iter().filter(|&&x| is_leet(x)).count();
-            if letters > 0 && leety > 0 && letters + leety >= 3 {
-                for w in &mut b[s..e] {
-                    *w = leet(*w as char).map_or(*w, |l| l as u8);
-                }
-            }
+            unleet_word(&mut b[s..e], letters, leety);
             done = e;
         }
     }
