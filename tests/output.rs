@@ -1245,14 +1245,15 @@ fn a_carriage_return_alone_ends_a_line() {
     let c = check(&g, request(None), GuardResponse::new("one\rtwo\r\nthree\r")).unwrap();
     assert_eq!(c.response().text(), "one\ntwo\r\nthree\n");
     assert_eq!(ids(c.findings()), ["markup.bare_cr", "markup.bare_cr"]);
-    // A return inside a terminal sequence goes with the sequence.
+    // A return inside a terminal sequence goes with the sequence, and leaves a
+    // line feed: a markdown renderer reads the line end.
     let c = check(
         &g,
         request(None),
         GuardResponse::new("a\u{1b}]0;ti\rtle\u{7}b\rc\u{1b}[1m\r"),
     )
     .unwrap();
-    assert_eq!(c.response().text(), "ab\nc\n");
+    assert_eq!(c.response().text(), "a\nb\nc\n");
     assert_eq!(
         ids(c.findings()),
         [
@@ -1280,7 +1281,7 @@ fn answers_the_fuzzer_found_validate_clean_once_released() {
         released_validates_clean(&g, std::str::from_utf8(&bytes).unwrap());
         n += 1;
     }
-    assert_eq!(n, 11);
+    assert_eq!(n, 12);
 }
 
 #[test]
@@ -1310,6 +1311,19 @@ fn unsafe_markup_is_escaped_stripped_or_blocked() {
             "{answer:?} -> {out:?}"
         );
     }
+    // Escaped, a sequence is spelled out; its line ends stay line ends.
+    let v = AnswerValidator::builder()
+        .ansi(MarkupMode::Escape)
+        .build()
+        .unwrap();
+    let (g, _) = guard_with(v, |_| {});
+    let c = check(
+        &g,
+        request(None),
+        GuardResponse::new("a\u{1b}]0;x\r\n\ry\u{7}b"),
+    )
+    .unwrap();
+    assert_eq!(c.response().text(), "a\\u{1b}]0;x\n\ny\\u{7}b");
     let v = AnswerValidator::builder()
         .html(MarkupMode::Block)
         .build()

@@ -193,19 +193,19 @@ pub(crate) fn terminal(
     });
     if controls {
         for m in p.terminal.find_iter(text) {
-            let escaped: String = m
-                .as_str()
-                .chars()
-                .map(|c| {
-                    if c.is_control() {
-                        format!("\\u{{{:x}}}", c as u32)
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect();
+            // The line ends of a sequence stay, each as a line feed (escaped or
+            // stripped): a markdown renderer reads them, and a blank line inside
+            // one ends a block there. Removed, the lines around it were joined,
+            // and the answer's next segment, judged as starting a block, did not
+            // (found by the `markup` fuzz target: a reference definition after an
+            // unterminated APC string was read as text once released).
+            let s = m.as_str();
             let span = offset + m.start()..offset + m.end();
-            out.push(finding("markup.terminal", terminal, span, escaped));
+            let f = finding("markup.terminal", terminal, span, escape_controls(s));
+            out.push(match line_ends(s) {
+                n if n > 0 && terminal == MarkupMode::Strip => f.with_replacement("\n".repeat(n)),
+                _ => f,
+            });
         }
     }
     let b = text.as_bytes();
@@ -264,6 +264,34 @@ fn rewrite_bytes(
         }
         out.push(super::markdown::low(rule, span, with.to_owned()));
     }
+}
+
+/// How many line ends (CR LF, LF, or CR alone) `s` holds.
+fn line_ends(s: &str) -> usize {
+    let b = s.as_bytes();
+    memchr::memchr2_iter(b'\n', b'\r', b)
+        .filter(|&i| !(b[i] == b'\r' && b.get(i + 1) == Some(&b'\n')))
+        .count()
+}
+
+/// A terminal sequence spelled out: its controls as `\u{…}`, its line ends as
+/// line feeds.
+fn escape_controls(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\n' => out.push('\n'),
+            '\r' => {
+                if chars.peek() != Some(&'\n') {
+                    out.push('\n');
+                }
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `text` with the terminal `sequences` (spans from `offset`, in order) applied

@@ -27,8 +27,9 @@
 //!   svg and similar elements, event-handler attributes, script in `style` (a tag
 //!   left open over a blank line is judged with what follows it, as a browser reads
 //!   it; one left open at the end of the answer is dropped by a browser), ANSI and
-//!   OSC terminal sequences and C1 controls (stripped by default; a carriage return
-//!   alone becomes a line feed, the line end every renderer reads); see
+//!   OSC terminal sequences and C1 controls (stripped by default, the line ends
+//!   inside a sequence kept; a carriage return alone becomes a line feed, the line
+//!   end every renderer reads); see
 //!   [`MarkupMode`];
 //! - **code is code**: code spans and fenced code blocks are shown as code by a
 //!   markdown renderer, so nothing in them is rewritten as markup or links (leaks,
