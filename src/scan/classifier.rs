@@ -382,8 +382,8 @@ struct Summed<'m> {
     /// The text being read (a cached word is compared with its first occurrence).
     text: &'m [u8],
     /// Words seen in this text, by hash (the first `mask + 1` entries, a power of
-    /// two; those of text number `number`). A cache only: a word that misses is
-    /// summed again, to the same sum.
+    /// two; those of text number `number`; a word in one of two entries). A cache
+    /// only: a word that misses is summed again, to the same sum.
     seen: Vec<Seen>,
     mask: usize,
     number: u32,
@@ -391,23 +391,36 @@ struct Summed<'m> {
 
 impl Sink for Summed<'_> {
     fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
-        let e = &mut self.seen[(h as usize) & self.mask];
-        let (from, len) = (e.start as usize, usize::from(e.len));
         let first = swar::first(swar::load(self.text, range.start), w.len());
         // The same word of this text: the same length and bytes (the first eight
         // compared as an integer, the rest only for a longer word).
-        let own = if e.text == self.number
-            && len == w.len()
-            && e.hash == h
-            && e.first == first
-            && (len <= 8 || self.text.get(from..from + len) == Some(w))
-        {
-            e.sum
+        let same = |e: &Seen| {
+            let (from, len) = (e.start as usize, usize::from(e.len));
+            e.text == self.number
+                && len == w.len()
+                && e.hash == h
+                && e.first == first
+                && (len <= 8 || self.text.get(from..from + len) == Some(w))
+        };
+        // Two places a word may be kept (by two parts of its hash): two words
+        // that share one, both recurring, would otherwise push each other out
+        // at every occurrence.
+        let (i, j) = ((h as usize) & self.mask, ((h >> 40) as usize) & self.mask);
+        let own = if same(&self.seen[i]) {
+            self.seen[i].sum
+        } else if same(&self.seen[j]) {
+            self.seen[j].sum
         } else {
             let sum = own_sum(h, w, |s| self.model.weights.get(s));
-            // Offsets past u32 are not cached (the sum is recomputed).
+            // Offsets past u32 are not cached (the sum is recomputed). A place
+            // of another text is free; else the second is taken.
             if let Ok(start) = u32::try_from(range.start) {
-                *e = Seen {
+                let at = if self.seen[i].text == self.number {
+                    j
+                } else {
+                    i
+                };
+                self.seen[at] = Seen {
                     hash: h,
                     first,
                     start,
