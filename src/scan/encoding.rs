@@ -589,7 +589,14 @@ fn token_starts(b: &[u8], min: usize, mut f: impl FnMut(usize, usize, bool)) {
         let next = bits(i + 1);
         // Where `min` bytes in a row that are not whitespace start.
         let both = u128::from(cur) | u128::from(next) << 64;
-        let run = (1..min.min(65)).fold(both, |r, s| r & both >> s) as u64;
+        // (Doubling: after each step, bit p covers `have` bytes from p.)
+        let (mut run, mut have) = (both, 1);
+        while have < min.min(64) {
+            let s = have.min(min - have);
+            run &= run >> s;
+            have += s;
+        }
+        let run = run as u64;
         let mut starts = cur & !((cur << 1) | prev);
         while starts != 0 {
             let p = starts.trailing_zeros() as usize;
