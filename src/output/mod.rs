@@ -1514,7 +1514,7 @@ impl Engine {
     }
 
     /// A rewritten segment judged again: its carry, and what is still to rewrite
-    /// or block in it. Leaks and canaries too: a replacement made of the answer's
+    /// or block in it. Terminal sequences, leaks and canaries too: a replacement made of the answer's
     /// own text (an escaped tag, a link's text) holds what the findings inside its
     /// span were to mask, and joining pieces can make a secret whole.
     fn rejudge(
@@ -1526,6 +1526,10 @@ impl Engine {
         let v = &*self.v;
         let mut found = Vec::new();
         let j = markdown::judge_segment(text, 0, &self.carry, rules, last, &mut found);
+        // And what is read byte by byte: a rewrite can leave a tab after a
+        // closing fence at the end of a line (found by the `markup` fuzz target:
+        // `>~~~~~\t:\?<<` lost what followed its tab to `markup.nested_code`).
+        markup::terminal(&v.markup, v.ansi, text, 0, &mut found);
         if let Some(s) = &v.scanner {
             visible::scan_leaks(s, text, Location::Output, &mut found);
         }
