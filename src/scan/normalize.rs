@@ -485,7 +485,11 @@ fn unleet(b: &mut [u8]) {
     let mut done = 0;
     for c in (0..b.len()).step_by(64) {
         let end = (c + 64).min(b.len());
-        if !super::swar::any(&b[c..end], is_leet) {
+        // Compared, not looked up, so that the block is read as vectors: any
+        // digit, `@` or `$` (a few more than the leet characters) sends it on.
+        if !super::swar::any(&b[c..end], |x| {
+            x.wrapping_sub(b'0') < 10 || x == b'@' || x == b'$'
+        }) {
             continue;
         }
         for i in c.max(done)..end {
