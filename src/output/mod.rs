@@ -1514,9 +1514,10 @@ impl Engine {
     }
 
     /// A rewritten segment judged again: its carry, and what is still to rewrite
-    /// or block in it. Terminal sequences, leaks and canaries too: a replacement made of the answer's
-    /// own text (an escaped tag, a link's text) holds what the findings inside its
-    /// span were to mask, and joining pieces can make a secret whole.
+    /// or block in it. Terminal sequences, leaks and canaries too: a replacement
+    /// made of the answer's own text (an escaped tag, a link's text) holds what the
+    /// findings inside its span were to mask, and joining pieces can make a secret
+    /// whole.
     fn rejudge(
         &self,
         text: &str,
