@@ -280,7 +280,8 @@ const CLASS: [u8; 256] = {
 /// The text up to its first whitespace that is dropped or folded (a space
 /// first, two in a row, a tab, a carriage return, a vertical tab or form feed)
 /// loses none: it is copied lowercased, 64 bytes at a time, and only its words
-/// with a leet character are read one at a time.
+/// with a leet character are read one at a time. So is each stretch between two
+/// such (the paragraphs after the first, past their blank lines).
 fn normalize_ascii(text: &str) -> Normalized {
     let b = text.as_bytes();
     // Copied as it is, lowercased: up to the byte after the last space or line
@@ -315,9 +316,41 @@ fn normalize_ascii(text: &str) -> Normalized {
         }
     };
     let mut i = plain;
+    // Past the irregular whitespace found last, the next word after whitespace
+    // starts another stretch copied whole, up to the next one (each stretch is
+    // looked for once: the search is linear over the text).
+    let mut next_stretch = first.saturating_add(1);
     while i < b.len() {
         let c = b[i];
         let class = CLASS[c as usize];
+        if i >= next_stretch && last_space && class < SPACE {
+            let rest = &b[i..];
+            let q = irregular(rest);
+            next_stretch = i + q + 1;
+            let n = if q == rest.len() {
+                rest.len()
+            } else {
+                rest[..q]
+                    .iter()
+                    .rposition(|&c| c == b' ' || c == b'\n')
+                    .map_or(0, |p| p + 1)
+            };
+            if n > 0 {
+                if moved {
+                    runs.push((o as u32, i as u32));
+                    moved = false;
+                }
+                let to = &mut out[o..o + n];
+                to.copy_from_slice(&rest[..n]);
+                to.make_ascii_lowercase();
+                unleet(to);
+                (o, i) = (o + n, i + n);
+                last_newline = rest[n - 1] == b'\n';
+                // `last_space` stays: the stretch ends after a space or line end
+                // (or at the end of the text).
+                continue;
+            }
+        }
         if class == LETTER {
             // A run of letters, up to eight at a time (what the general case below
             // does for each of them: no stretch, no word, no leet character to
@@ -726,9 +759,12 @@ mod tests {
         // Long stretches with single spaces and line ends only (copied whole up
         // to the first irregular whitespace, if any).
         const PLAIN: &[u8] = b"abcdefghijklmnopqrstuvwxyzAMZ0192634@$'.-:< \n";
+        // Long stretches between irregular whitespace (each copied whole).
+        const STRETCHES: &[u8] = b"abcdefghijklmnopqrstuvwxyzAMZ0134@$' \n\t";
         let texts = crate::scan::testgen::texts(BYTES, 40, 20000)
             .chain(crate::scan::testgen::texts(LETTERS, 120, 5000))
-            .chain(crate::scan::testgen::texts(PLAIN, 400, 5000));
+            .chain(crate::scan::testgen::texts(PLAIN, 400, 5000))
+            .chain(crate::scan::testgen::texts(STRETCHES, 600, 5000));
         for s in texts {
             let (a, b) = (normalize_ascii(&s), normalize_chars(&s));
             assert_eq!(a.text, b.text, "{s:?}");
