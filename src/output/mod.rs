@@ -137,9 +137,11 @@ const SHINGLE: usize = 6;
 #[non_exhaustive]
 pub enum MarkupMode {
     /// Make it inert text: `<` and `>` become `&lt;` and `&gt;`, an escape character
-    /// becomes `\x1b` spelled out.
+    /// becomes `\u{1b}` spelled out (a line end inside a terminal sequence stays a
+    /// line end).
     Escape,
-    /// Remove it.
+    /// Remove it (a terminal sequence leaves a line feed for each line end inside
+    /// it: the lines around it are not joined).
     Strip,
     /// Block the answer.
     Block,
