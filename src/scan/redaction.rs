@@ -111,10 +111,18 @@ impl<'de> serde::Deserialize<'de> for Redaction {
 
 /// `pii.email` -> `EMAIL`; `secret.github_token` -> `GITHUB_TOKEN`.
 fn label(rule: &str) -> String {
-    rule.split_once('.')
-        .map_or(rule, |(_, r)| r)
-        .to_ascii_uppercase()
-        .replace(['.', '-'], "_")
+    let mut s = String::with_capacity(rule.len());
+    push_label(&mut s, rule);
+    s
+}
+
+/// Appends [`label`]`(rule)` to `s` (one allocation for a mask, not three).
+fn push_label(s: &mut String, rule: &str) {
+    let r = rule.split_once('.').map_or(rule, |(_, r)| r);
+    s.extend(r.chars().map(|c| match c {
+        '.' | '-' => '_',
+        c => c.to_ascii_uppercase(),
+    }));
 }
 
 /// Replaces findings' values for one scan (numbering pseudonyms across messages).
@@ -143,9 +151,14 @@ impl<'a> Replacer<'a> {
         if !matches!(category, Category::Secret | Category::PersonalData) {
             return f;
         }
-        let label = label(rule);
         match &self.mode.0 {
-            Mode::Mask => f.with_replacement(format!("[REDACTED:{label}]")),
+            Mode::Mask => {
+                let mut with = String::with_capacity(rule.len() + 11);
+                with.push_str("[REDACTED:");
+                push_label(&mut with, rule);
+                with.push(']');
+                f.with_replacement(with)
+            }
             Mode::Remove => f.with_replacement(""),
             Mode::Partial(n) => {
                 let chars: Vec<char> = value.chars().collect();
@@ -155,6 +168,7 @@ impl<'a> Replacer<'a> {
                 f.with_replacement(out)
             }
             Mode::KeyedHash(key) => {
+                let label = label(rule);
                 let tag = ring::hmac::sign(key, value.as_bytes());
                 f.with_replacement(format!(
                     "[{label}:{}]",
@@ -162,6 +176,7 @@ impl<'a> Replacer<'a> {
                 ))
             }
             Mode::Pseudonymize => {
+                let label = label(rule);
                 let key = (label.clone(), value.to_owned());
                 let p = match self.pseudonyms.get(&key) {
                     Some(p) => p.clone(),
@@ -175,6 +190,37 @@ impl<'a> Replacer<'a> {
                 };
                 f.with_replacement(p).with_reversible(true)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::finding::{Location, Severity};
+
+    /// The part after the first dot, uppercased, dots and dashes as underscores;
+    /// a mask is that label in brackets.
+    #[test]
+    fn labels_name_the_rule() {
+        for (rule, want) in [
+            ("pii.email", "EMAIL"),
+            ("secret.github_token", "GITHUB_TOKEN"),
+            ("custom.my-key.v2", "MY_KEY_V2"),
+            ("plain", "PLAIN"),
+            ("x.ünï-cödé", "üNï_CöDé"),
+        ] {
+            assert_eq!(label(rule), want, "{rule}");
+            let mask = Redaction::mask();
+            let f = Finding::new(
+                rule.to_owned(),
+                Category::Secret,
+                Severity::High,
+                Location::Output,
+                0..1,
+            );
+            let f = Replacer::new(&mask).apply(f, rule, &Category::Secret, "v");
+            assert_eq!(f.replacement(), Some(format!("[REDACTED:{want}]").as_str()));
         }
     }
 }
