@@ -284,22 +284,10 @@ const CLASS: [u8; 256] = {
 /// such (the paragraphs after the first, past their blank lines).
 fn normalize_ascii(text: &str) -> Normalized {
     let b = text.as_bytes();
-    // Copied as it is, lowercased: up to the byte after the last space or line
-    // end before the first irregular whitespace, or all of it (the words it
-    // holds end in it).
-    let first = irregular(b);
-    let plain = if first == b.len() {
-        b.len()
-    } else {
-        b[..first]
-            .iter()
-            .rposition(|&c| c == b' ' || c == b'\n')
-            .map_or(0, |p| p + 1)
-    };
+    // Copied as it is, lowercased, up to its first irregular whitespace.
+    let (first, plain) = stretch(b);
     let mut out = vec![0u8; b.len() + 8];
-    out[..plain].copy_from_slice(&b[..plain]);
-    out[..plain].make_ascii_lowercase();
-    unleet(&mut out[..plain]);
+    copy_lowered(&mut out[..plain], &b[..plain]);
     let mut o = plain;
     let mut runs: Vec<(u32, u32)> = vec![(0, 0)];
     // A byte was dropped: the next one kept starts a stretch.
@@ -325,25 +313,14 @@ fn normalize_ascii(text: &str) -> Normalized {
         let class = CLASS[c as usize];
         if i >= next_stretch && last_space && class < SPACE {
             let rest = &b[i..];
-            let q = irregular(rest);
+            let (q, n) = stretch(rest);
             next_stretch = i + q + 1;
-            let n = if q == rest.len() {
-                rest.len()
-            } else {
-                rest[..q]
-                    .iter()
-                    .rposition(|&c| c == b' ' || c == b'\n')
-                    .map_or(0, |p| p + 1)
-            };
             if n > 0 {
                 if moved {
                     runs.push((o as u32, i as u32));
                     moved = false;
                 }
-                let to = &mut out[o..o + n];
-                to.copy_from_slice(&rest[..n]);
-                to.make_ascii_lowercase();
-                unleet(to);
+                copy_lowered(&mut out[o..o + n], &rest[..n]);
                 (o, i) = (o + n, i + n);
                 last_newline = rest[n - 1] == b'\n';
                 // `last_space` stays: the stretch ends after a space or line end
@@ -461,6 +438,30 @@ fn normalize_ascii(text: &str) -> Normalized {
         text: String::from_utf8(out).unwrap_or_default(),
         origin: Origin::Runs(runs, text.len() as u32),
     }
+}
+
+/// Of ASCII `b`: where its first irregular whitespace is ([`irregular`]), and
+/// how much of it [`normalize_ascii`] copies whole: up to the byte after the
+/// last space or line end before that, or all of it (the words it holds end in
+/// it).
+fn stretch(b: &[u8]) -> (usize, usize) {
+    let first = irregular(b);
+    let plain = if first == b.len() {
+        b.len()
+    } else {
+        b[..first]
+            .iter()
+            .rposition(|&c| c == b' ' || c == b'\n')
+            .map_or(0, |p| p + 1)
+    };
+    (first, plain)
+}
+
+/// Copies ASCII `from` into `to` lowercased, its leet words mapped.
+fn copy_lowered(to: &mut [u8], from: &[u8]) {
+    to.copy_from_slice(from);
+    to.make_ascii_lowercase();
+    unleet(to);
 }
 
 /// Where the first whitespace of ASCII `b` is that [`normalize_ascii`] drops or
