@@ -284,16 +284,13 @@ const CLASS: [u8; 256] = {
 /// such (the paragraphs after the first, past their blank lines).
 fn normalize_ascii(text: &str) -> Normalized {
     let b = text.as_bytes();
-    // Copied as it is, lowercased, up to its first irregular whitespace.
-    let (first, plain) = stretch(b);
     let mut out = vec![0u8; b.len() + 8];
-    copy_lowered(&mut out[..plain], &b[..plain]);
-    let mut o = plain;
+    let mut o = 0;
     let mut runs: Vec<(u32, u32)> = vec![(0, 0)];
     // A byte was dropped: the next one kept starts a stretch.
     let mut moved = false;
-    // After the copied stretch, as after the space or line end that ends it.
-    let (mut last_space, mut last_newline) = (true, plain > 0 && b[plain - 1] == b'\n');
+    // The text starts as after a space (one leading space is dropped).
+    let (mut last_space, mut last_newline) = (true, false);
     // The word being copied: where it starts in `out`, its letters and leet
     // characters.
     let (mut word, mut letters, mut leety) = (usize::MAX, 0usize, 0usize);
@@ -303,11 +300,11 @@ fn normalize_ascii(text: &str) -> Normalized {
             *word = usize::MAX;
         }
     };
-    let mut i = plain;
-    // Past the irregular whitespace found last, the next word after whitespace
-    // starts another stretch copied whole, up to the next one (each stretch is
-    // looked for once: the search is linear over the text).
-    let mut next_stretch = first.saturating_add(1);
+    let mut i = 0;
+    // A word after whitespace (or the text's first), past the irregular
+    // whitespace found last, starts a stretch copied whole up to the next one
+    // (each stretch is looked for once: the search is linear over the text).
+    let mut next_stretch = 0;
     while i < b.len() {
         let c = b[i];
         let class = CLASS[c as usize];
