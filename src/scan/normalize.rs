@@ -524,7 +524,8 @@ fn unleet(b: &mut [u8]) {
             continue;
         }
         for i in c.max(done)..end {
-            if !is_leet(b[i]) {
+            // Past a word already mapped (its other leet characters, too).
+            if i < done || !is_leet(b[i]) {
                 continue;
             }
             let s = b[..i]
