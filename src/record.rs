@@ -313,24 +313,35 @@ fn rfc3339(t: SystemTime) -> String {
     let secs = d.as_secs();
     let (year, month, day) = civil(secs / 86_400);
     let second = secs % 86_400;
-    let mut out = format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        second / 3600,
-        second / 60 % 60,
-        second % 60
-    );
+    // "YYYY-MM-DDTHH:MM:SS", digits written in place (`format!` took most of the
+    // time of this function), then ".fraction" and "Z".
+    let mut b = *b"0000-00-00T00:00:00.000000000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for k in (at..at + width).rev() {
+            b[k] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, year);
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, second / 3600);
+    put(14, 2, second / 60 % 60);
+    put(17, 2, second % 60);
     let mut nanos = d.subsec_nanos();
+    let mut len = 19;
     if nanos != 0 {
         let mut digits = 9;
         while nanos % 10 == 0 {
             nanos /= 10;
             digits -= 1;
         }
-        // Writing into a `String` does not fail.
-        let _ = fmt::Write::write_fmt(&mut out, format_args!(".{nanos:0digits$}"));
+        put(20, digits, u64::from(nanos));
+        len = 20 + digits;
     }
-    out.push('Z');
-    out
+    b[len] = b'Z';
+    // Only ASCII digits and separators were written.
+    String::from_utf8_lossy(&b[..=len]).into_owned()
 }
 
 /// `time`'s RFC 3339 of the time `before` the Unix epoch (empty past its range).
