@@ -556,13 +556,19 @@ impl Scanner {
             }
         }
         if depth < g.max_depth {
-            for d in decoded {
+            // A payload repeated in the text is read once: its findings (spans of
+            // the whole text) would be the same again.
+            let mut read: HashSet<&str> = HashSet::new();
+            for d in &decoded {
+                if !read.insert(d.as_str()) {
+                    continue;
+                }
                 if d.len() > *budget {
                     break;
                 }
                 *budget -= d.len();
                 let mut inner = Vec::new();
-                self.scan_into(&d, at, depth + 1, budget, &mut inner);
+                self.scan_into(d, at, depth + 1, budget, &mut inner);
                 for f in inner {
                     out.push(
                         Finding::new(
