@@ -17,9 +17,10 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     hex::encode(bytes)
 }
 
-/// Hex digits (either case, an even number of them) to bytes.
-pub(crate) fn unhex(s: &str) -> Option<Vec<u8>> {
-    hex::decode(s).ok()
+/// Hex digits into `out`, which must be half as long as `s`: whether they decode
+/// (an odd count does not).
+pub(crate) fn unhex_into(s: &str, out: &mut [u8]) -> bool {
+    hex::decode_to_slice(s, out).is_ok()
 }
 
 /// Exactly 64 hex digits to 32 bytes.
@@ -152,9 +153,11 @@ mod tests {
     #[test]
     fn hex_round_trip() {
         assert_eq!(hex(&[0, 0xab, 0xff]), "00abff");
-        assert_eq!(unhex("00ABff"), Some(vec![0, 0xab, 0xff]));
-        assert_eq!(unhex("0"), None);
-        assert_eq!(unhex("zz"), None);
+        let mut out = [0u8; 3];
+        assert!(unhex_into("00ABff", &mut out));
+        assert_eq!(out, [0, 0xab, 0xff]);
+        assert!(!unhex_into("0", &mut []));
+        assert!(!unhex_into("zz", &mut [0]));
         assert!(unhex32(&"ab".repeat(32)).is_some());
         assert!(unhex32(&"ab".repeat(31)).is_none());
         assert_eq!(hex_digit(b'f'), Some(15));
