@@ -793,10 +793,11 @@ pub(crate) fn secret_rules() -> Vec<Rule> {
             "secret.generic_assignment",
             Category::Secret,
             Severity::High,
-            &["password", "passwd", "pwd", "secret", "api_key", "apikey", "api-key", "token", "auth", "credential", "private_key"],
+            &["password", "passwd", "pwd", "secret", "api_key", "apikey", "api-key", "token", "auth", "credential", "private_key", "private-key"],
             r#"(?i)(?:\b|[_\-.])(?:password|passwd|pwd|secret|client_secret|api[_\-]?key|access[_\-]?token|auth[_\-]?token|credentials?|private[_\-]key)\b["']?\s*(?:=|:|=>|:=)\s*["']?(?P<v>[^\s"'`,;]{8,128})"#,
         )
-        .validator(generic_secret),
+        .validator(generic_secret)
+        .near(assigned_after),
     ]
 }
 
@@ -838,6 +839,28 @@ fn ipv6_colon(b: &[u8], at: usize) -> bool {
     before.is_some_and(u8::is_ascii_hexdigit)
         && (1..=4).contains(&run)
         && b.get(at + 1 + run) == Some(&b':')
+}
+
+/// Whether the keyword an anchor of `secret.generic_assignment` found at `at` is
+/// followed as the rule needs: past the rest of the word (letters, digits, `_`,
+/// `-`, and any byte outside ASCII: a letter that `(?i)` folds to one), an
+/// optional quote, whitespace (ASCII, or any byte outside it), then `=` or `:`,
+/// within the rule's window. Its keywords are also in prose ("token", "author",
+/// "secretary", "authentication"), seldom before an assignment.
+fn assigned_after(b: &[u8], at: usize) -> bool {
+    let rest = b.get(at..).unwrap_or_default();
+    let rest = &rest[..rest.len().min(512)];
+    let word = |c: &u8| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-') || *c >= 0x80;
+    let mut i = rest.iter().position(|c| !word(c)).unwrap_or(rest.len());
+    if matches!(rest.get(i), Some(b'"' | b'\'')) {
+        i += 1;
+    }
+    let space = |c: &u8| matches!(c, b'\t'..=b'\r' | b' ') || *c >= 0x80;
+    i += rest[i..]
+        .iter()
+        .position(|c| !space(c))
+        .unwrap_or(rest.len() - i);
+    matches!(rest.get(i), Some(b'=' | b':'))
 }
 
 /// Whether a digit follows the keyword at `at` on its line, within the 92 bytes
@@ -1081,7 +1104,7 @@ mod tests {
     /// (`Rule::near`) find what they found with a window at every anchor.
     #[test]
     fn anchors_passed_over_hold_no_match() {
-        const PIECES: [&str; 30] = [
+        const PIECES: [&str; 48] = [
             "Call",
             "hotel",
             " (",
@@ -1112,13 +1135,31 @@ mod tests {
             "fe80",
             "0:",
             "\u{a0}",
+            "token",
+            "Token",
+            "auth",
+            "_token",
+            "password",
+            "Secret",
+            "credentials",
+            "private-key",
+            "\"",
+            "'",
+            "=",
+            "=>",
+            ":=",
+            "s3cr3tV4lu3X9q",
+            "hunter2hunter2",
+            "\t",
+            "\u{3000}",
+            "author",
         ];
         let with: Vec<Rule> = secret_rules()
             .into_iter()
             .chain(pii_rules())
             .filter(|r| r.near.is_some())
             .collect();
-        assert_eq!(with.len(), 4);
+        assert_eq!(with.len(), 5);
         let without: Vec<Rule> = with
             .iter()
             .cloned()
@@ -1134,15 +1175,21 @@ mod tests {
                 .map(|f| (f.rule_id().to_owned(), f.span()))
                 .collect::<Vec<_>>()
         };
-        let (mut found, mut texts) = (0, 0);
-        for picks in crate::scan::testgen::strings(b"abcdefghijklmnopqrstuvwxyz{|}~", 48, 40_000) {
+        let (mut found, mut assigned, mut texts) = (0, 0, 0);
+        let alphabet = b"0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_";
+        assert_eq!(alphabet.len(), PIECES.len());
+        for picks in crate::scan::testgen::strings(alphabet, 48, 40_000) {
             let text: String = picks
                 .iter()
-                .map(|&c| PIECES[usize::from(c - b'a')])
+                .map(|&c| PIECES[usize::from(c - b'0')])
                 .collect();
             let a = spans(&with, &text);
             assert_eq!(a, spans(&without, &text), "{text:?}");
             found += a.len();
+            assigned += a
+                .iter()
+                .filter(|(id, _)| id == "secret.generic_assignment")
+                .count();
             texts += 1;
         }
         // Texts of kilobytes: windows of distant anchors do not meet.
@@ -1153,6 +1200,7 @@ mod tests {
                 "db postgres://app:s3cret!@db.internal:5432/x",
                 "addr 2001:db8:85a3:0:0:8a2e:370:7334 ok",
                 "or call us at 415 555 0142.",
+                "set private-key = \"s3cr3tV4lu3X9q\" here",
             ] {
                 let text = format!("{pad}{tail} {pad}");
                 let a = spans(&with, &text);
@@ -1160,7 +1208,10 @@ mod tests {
                 assert_eq!(a, spans(&without, &text));
             }
         }
-        assert!(found > 100 && texts == 40_000, "{found} findings");
+        assert!(
+            found > 100 && assigned > 100 && texts == 40_000,
+            "{found} findings, {assigned} assignments"
+        );
     }
 
     #[test]
