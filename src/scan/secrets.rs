@@ -243,7 +243,7 @@ impl RuleSet {
             text,
             at,
             disabled,
-            seen: HashSet::new(),
+            last: Vec::new(),
             replacer,
             out,
         };
@@ -350,7 +350,11 @@ impl RuleSet {
             return;
         }
         let (start, end) = (from + m.start, from + m.end);
-        if cx.seen.insert((ri, start, end)) {
+        if cx.last.is_empty() {
+            cx.last.resize(self.rules.len(), (usize::MAX, usize::MAX));
+        }
+        if cx.last[ri] != (start, end) {
+            cx.last[ri] = (start, end);
             let f = Finding::new(
                 r.id.clone(),
                 r.category.clone(),
@@ -370,7 +374,10 @@ struct ScanCx<'t, 'o, 'r> {
     text: &'t str,
     at: Location,
     disabled: &'t HashSet<String>,
-    seen: HashSet<(usize, usize, usize)>,
+    /// Per rule, the span of its last finding (sized at the first): each rule's
+    /// matches come in order (its windows in order, each searched in order), so
+    /// a span found twice would be found twice in a row.
+    last: Vec<(usize, usize)>,
     replacer: &'o mut super::redaction::Replacer<'r>,
     out: &'o mut Vec<Finding>,
 }
@@ -422,7 +429,17 @@ fn national_phone(v: &str) -> bool {
 }
 
 fn luhn(v: &str) -> bool {
-    let digits: Vec<u32> = v.chars().filter_map(|c| c.to_digit(10)).collect();
+    // The digits, on the stack: more than 19 is not a card number.
+    let mut digits = [0u32; 19];
+    let mut n = 0;
+    for d in v.chars().filter_map(|c| c.to_digit(10)) {
+        if n == digits.len() {
+            return false;
+        }
+        digits[n] = d;
+        n += 1;
+    }
+    let digits = &digits[..n];
     if !(13..=19).contains(&digits.len()) || digits.iter().all(|&d| d == digits[0]) {
         return false;
     }
@@ -445,7 +462,17 @@ fn luhn(v: &str) -> bool {
 }
 
 fn iban(v: &str) -> bool {
-    let s: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+    // Without its whitespace, on the stack: an IBAN is ASCII, at most 34 long.
+    let mut buf = [0u8; 34];
+    let mut n = 0;
+    for c in v.chars().filter(|c| !c.is_whitespace()) {
+        if !c.is_ascii() || n == buf.len() {
+            return false;
+        }
+        buf[n] = c as u8;
+        n += 1;
+    }
+    let s = &buf[..n];
     const LENGTHS: &[(&str, usize)] = &[
         ("AD", 24),
         ("AE", 23),
@@ -517,16 +544,19 @@ fn iban(v: &str) -> bool {
         ("VG", 24),
         ("XK", 20),
     ];
-    let Some(&(_, len)) = LENGTHS.iter().find(|(c, _)| s.starts_with(c)) else {
+    let Some(&(_, len)) = LENGTHS
+        .iter()
+        .find(|(c, _)| s.get(..2) == Some(c.as_bytes()))
+    else {
         return false;
     };
     if s.len() != len {
         return false;
     }
-    let rearranged = s[4..].chars().chain(s[..4].chars());
+    let rearranged = s[4..].iter().chain(&s[..4]);
     let mut rem: u32 = 0;
-    for c in rearranged {
-        let Some(v) = c.to_digit(36) else {
+    for &c in rearranged {
+        let Some(v) = char::from(c).to_digit(36) else {
             return false;
         };
         rem = if v >= 10 {
@@ -1057,6 +1087,87 @@ mod tests {
             matched += ours.len();
         }
         assert!(matched > 100, "{matched}");
+    }
+
+    /// The card and IBAN checks, which read their digits onto the stack, answer
+    /// as they did when they collected them into a vector and a string.
+    #[test]
+    fn card_and_iban_checks_agree_with_collecting_ones() {
+        fn luhn_ref(v: &str) -> bool {
+            let d: Vec<u32> = v.chars().filter_map(|c| c.to_digit(10)).collect();
+            if !(13..=19).contains(&d.len()) || d.iter().all(|&x| x == d[0]) {
+                return false;
+            }
+            let sum: u32 = d
+                .iter()
+                .rev()
+                .enumerate()
+                .map(|(i, &x)| {
+                    if i % 2 == 1 {
+                        let y = x * 2;
+                        if y > 9 { y - 9 } else { y }
+                    } else {
+                        x
+                    }
+                })
+                .sum();
+            sum % 10 == 0
+                && (matches!(d[0], 2..=6) || (d[0] == 3 && matches!(d[1], 4 | 7 | 5 | 0 | 6 | 8)))
+        }
+        fn iban_ref(v: &str) -> bool {
+            let s: String = v.chars().filter(|c| !c.is_whitespace()).collect();
+            let len = match s.get(..2) {
+                Some("GB") => 22,
+                Some("DE") => 22,
+                Some("NO") => 15,
+                _ => return false,
+            };
+            if s.len() != len || !s.is_ascii() {
+                return false;
+            }
+            let mut rem = 0u32;
+            for c in s[4..].chars().chain(s[..4].chars()) {
+                let Some(v) = c.to_digit(36) else {
+                    return false;
+                };
+                rem = if v >= 10 {
+                    (rem * 100 + v) % 97
+                } else {
+                    (rem * 10 + v) % 97
+                };
+            }
+            rem == 1
+        }
+        let (mut cards, mut ibans) = (0, 0);
+        let mut check = |t: &str| {
+            assert_eq!(luhn(t), luhn_ref(t), "{t:?}");
+            if t.starts_with(['G', 'D', 'N']) {
+                assert_eq!(iban(t), iban_ref(t), "{t:?}");
+            }
+            cards += usize::from(luhn(t));
+            ibans += usize::from(iban(t));
+        };
+        for t in crate::scan::testgen::texts(b"0123456789 -", 26, 100_000) {
+            check(&t);
+            check(&format!("4{t}"));
+        }
+        // IBANs with one character changed, and spaces and other scripts inside.
+        let valid = [
+            "GB82 WEST 1234 5698 7654 32",
+            "DE89 3704 0044 0532 0130 00",
+            "NO93 8601 1117 947",
+        ];
+        for v in valid {
+            check(v);
+            for i in 0..v.len() {
+                for c in ['0', '7', 'A', 'Z', ' ', '\u{a0}', 'é'] {
+                    let mut t: Vec<char> = v.chars().collect();
+                    t[i] = c;
+                    check(&t.iter().collect::<String>());
+                }
+            }
+        }
+        assert!(cards > 1_000 && ibans >= 3, "{cards} cards, {ibans} IBANs");
     }
 
     #[test]
