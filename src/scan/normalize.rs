@@ -97,16 +97,32 @@ impl Normalized {
                 .map(|(b, &o)| rotate(b, o as usize))
                 .collect(),
             Origin::Runs(runs, _) => {
-                let mut out = Vec::with_capacity(self.text.len());
+                let mut out = self.text.as_bytes().to_vec();
                 for (k, &(n, o)) in runs.iter().enumerate() {
-                    let end = runs.get(k + 1).map_or(self.text.len(), |r| r.0 as usize);
-                    let stretch = self.text.as_bytes().get(n as usize..end).unwrap_or(&[]);
-                    out.extend(
-                        stretch
-                            .iter()
-                            .enumerate()
-                            .map(|(j, &b)| rotate(b, o as usize + j)),
-                    );
+                    let end = runs.get(k + 1).map_or(out.len(), |r| r.0 as usize);
+                    let Some(to) = out.get_mut(n as usize..end) else {
+                        continue;
+                    };
+                    match src.get(o as usize..o as usize + to.len()) {
+                        // A stretch maps one to one: each byte from an ASCII
+                        // letter is that letter lowered, rotated here without a
+                        // branch (the compiler reads the stretch as vectors).
+                        Some(from) => {
+                            for (b, &c) in to.iter_mut().zip(from) {
+                                let r = if *b >= b'n' {
+                                    b.wrapping_sub(13)
+                                } else {
+                                    *b + 13
+                                };
+                                *b = if c.is_ascii_alphabetic() { r } else { *b };
+                            }
+                        }
+                        None => {
+                            for (j, b) in to.iter_mut().enumerate() {
+                                *b = rotate(*b, o as usize + j);
+                            }
+                        }
+                    }
                 }
                 out
             }
