@@ -231,6 +231,14 @@ enum Prefix {
     /// Searched for by its byte at `.1` (past the whitespace it starts with: a
     /// space is everywhere, what follows it is not).
     Searched(Vec<u8>, usize),
+    /// A whole word: the branch is a word boundary, ASCII letters and digits
+    /// only, and a word boundary, so every match is a word (a run of ASCII
+    /// letters and digits) of `min..=max` bytes that starts with one of `first`.
+    Whole {
+        first: Vec<u8>,
+        min: usize,
+        max: usize,
+    },
 }
 
 /// The length of the whitespace `literal` starts with.
@@ -529,6 +537,9 @@ struct WordIndex {
     /// bytes (sorted by them), and a bit per two bytes that start one.
     starts: Vec<(u16, (u64, u64, u32))>,
     starts_used: Vec<u64>,
+    /// Patterns whose matches are whole words ([`Prefix::Whole`]): a bit per
+    /// first byte, the least and most bytes, the pattern.
+    whole: Vec<([u64; 4], usize, usize, u32)>,
     /// A bit per first two bytes of a word (the first byte and zero for a word of
     /// one byte) that any literal can start with: most words of a text start
     /// none and cost one bit test.
@@ -553,6 +564,7 @@ impl WordIndex {
             used: Vec::new(),
             long_used: Vec::new(),
             starts: Vec::new(),
+            whole: Vec::new(),
             starts_used: vec![0; (1 << 16) / 64],
             heads: vec![0; (1 << 16) / 64],
             cover: None,
@@ -590,6 +602,21 @@ impl WordIndex {
         let head = &literal[..w.min(HEAD)];
         self.pending
             .push((bucket(load(head, 0), head.len()), entry));
+    }
+
+    /// Adds a pattern whose matches are whole words of `min..=max` bytes (two or
+    /// more) that start with one of `first` (ASCII letters and digits).
+    fn add_whole(&mut self, first: &[u8], min: usize, max: usize, pattern: u32) {
+        let mut set = [0u64; 4];
+        for &b in first {
+            set[usize::from(b / 64)] |= 1 << (b % 64);
+            // Any second byte: the word's length, not its bytes, is the test.
+            for y in 0..=255u8 {
+                let k = usize::from(u16::from_le_bytes([b, y]));
+                self.heads[k / 64] |= 1 << (k % 64);
+            }
+        }
+        self.whole.push((set, min, max, pattern));
     }
 
     fn seal(&mut self) {
@@ -688,7 +715,10 @@ impl WordIndex {
     }
 
     fn len(&self) -> usize {
-        self.entries.len() + self.patterns.iter().map(Vec::len).sum::<usize>() + self.starts.len()
+        self.entries.len()
+            + self.patterns.iter().map(Vec::len).sum::<usize>()
+            + self.starts.len()
+            + self.whole.len()
     }
 
     /// Calls `f(pattern, start)` for each word of `hay` (a run of ASCII letters and
@@ -703,7 +733,11 @@ impl WordIndex {
         mut f: impl FnMut(u32, usize),
         mut word: Option<&mut dyn FnMut(usize, usize)>,
     ) {
-        if self.entries.is_empty() && self.patterns.is_empty() && self.starts.is_empty() {
+        if self.entries.is_empty()
+            && self.patterns.is_empty()
+            && self.starts.is_empty()
+            && self.whole.is_empty()
+        {
             if let Some(word) = word {
                 ascii_words(hay, word);
             }
@@ -773,6 +807,15 @@ impl WordIndex {
         want: &impl Fn(u32) -> bool,
         f: &mut impl FnMut(u32, usize),
     ) {
+        let first = (bits & 0xff) as u8;
+        for &(set, min, max, pattern) in &self.whole {
+            if (min..=max).contains(&(e - s))
+                && set[usize::from(first / 64)] >> (first % 64) & 1 == 1
+                && want(pattern)
+            {
+                f(pattern, s);
+            }
+        }
         if e - s >= 2 {
             let k = (bits & 0xffff) as usize;
             if self.starts_used[k / 64] & (1 << (k % 64)) != 0 {
@@ -1297,6 +1340,10 @@ fn analyze(pattern: &str) -> Option<Analysis> {
                 continue 'branch;
             }
         }
+        if let Some(whole) = whole_word(branch) {
+            out.push(whole);
+            continue 'branch;
+        }
         let gate = need?;
         let starts_line = branch
             .properties()
@@ -1324,6 +1371,75 @@ fn analyze(pattern: &str) -> Option<Analysis> {
         gates,
         lines,
     })
+}
+
+/// A word this long or longer is rare enough to be a candidate by its length.
+const WHOLE: usize = 8;
+
+/// [`Prefix::Whole`] for branch `h`, when it is a word boundary, then only
+/// ASCII letters and digits, at least [`WHOLE`] of them, then a word boundary:
+/// then a match starts where a run of ASCII letters and digits starts (the byte
+/// before it is no word character) and ends where the run ends (the byte after it
+/// is none either), so it is such a run, as long as a match is.
+fn whole_word(h: &Hir) -> Option<Prefix> {
+    let HirKind::Concat(parts) = h.kind() else {
+        return None;
+    };
+    let boundary = |h: &Hir| matches!(h.kind(), HirKind::Look(Look::WordAscii | Look::WordUnicode));
+    let (first, last) = (parts.first()?, parts.last()?);
+    if parts.len() < 3 || !boundary(first) || !boundary(last) {
+        return None;
+    }
+    let body = &parts[1..parts.len() - 1];
+    // Every byte any part of the body can match.
+    fn bytes(h: &Hir) -> Option<Vec<u8>> {
+        match h.kind() {
+            HirKind::Literal(l) => Some(l.0.to_vec()),
+            HirKind::Class(regex_syntax::hir::Class::Bytes(c)) => {
+                Some(c.iter().flat_map(|r| r.start()..=r.end()).collect())
+            }
+            HirKind::Class(regex_syntax::hir::Class::Unicode(c)) => {
+                let mut out = Vec::new();
+                for r in c.iter() {
+                    if u32::from(r.end()) > 0x7f {
+                        return None;
+                    }
+                    out.extend(r.start() as u8..=r.end() as u8);
+                }
+                Some(out)
+            }
+            HirKind::Repetition(r) => bytes(&r.sub),
+            HirKind::Capture(c) => bytes(&c.sub),
+            HirKind::Concat(hs) | HirKind::Alternation(hs) => {
+                let mut out = Vec::new();
+                for h in hs {
+                    out.extend(bytes(h)?);
+                }
+                Some(out)
+            }
+            HirKind::Empty | HirKind::Look(_) => None,
+        }
+    }
+    let mut all = Vec::new();
+    for p in body {
+        let b = bytes(p)?;
+        if !b.iter().all(u8::is_ascii_alphanumeric) {
+            return None;
+        }
+        all.extend(b);
+    }
+    let body = Hir::concat(body.to_vec());
+    let min = body.properties().minimum_len()?;
+    let max = body.properties().maximum_len().unwrap_or(usize::MAX);
+    // The bytes a match starts with: of its prefix literals, or (too many of
+    // those) any it holds.
+    let mut first: Vec<u8> = match prefix_literals(&body) {
+        Some(lits) => lits.iter().filter_map(|l| l.first().copied()).collect(),
+        None => all,
+    };
+    first.sort_unstable();
+    first.dedup();
+    (min >= WHOLE && !first.is_empty()).then_some(Prefix::Whole { first, min, max })
 }
 
 /// Whether no match of `h` holds a line break.
@@ -1397,6 +1513,9 @@ impl Prefixed {
                 for prefix in found.prefixes {
                     match prefix {
                         Prefix::Word(l) => words.add(&l, i as u32),
+                        Prefix::Whole { first, min, max } => {
+                            words.add_whole(&first, min, max, i as u32);
+                        }
                         Prefix::Searched(l, at) => literals.push((l, at, i as u32)),
                     }
                 }
@@ -1700,6 +1819,11 @@ mod tests {
             r"(?:\([0-9]{2}\)\s?|\b[0-9]{2}[.\-])[0-9]{2}\b",
             r"(?m)^[ \t]*(?:-{2,}|\[)[ \t]*(?:[a-z]+[ \t]+){0,2}(?:instructions?|task)\b[^\n]{0,8}$",
             r"(?m)^[ \t>*_#-]*(?:ab|dan)[ \t]*:|\bfree\b",
+            // Whole words, found by their length: a class first, a class of
+            // more than the extractor keeps, an ASCII and a Unicode boundary.
+            r"(?-u:\b)[13][1-9A-HJ-NP-Za-km-z]{7,9}(?-u:\b)",
+            r"\b[a-f0-9]{8,}\b",
+            r"\b(?:ab|cd)[0-9A-Za-z]{6}\b",
         ];
         let (regexes, set) = compiled(&patterns);
         const WORDS: &[&str] = &[
@@ -1789,6 +1913,18 @@ mod tests {
             "\n[ instructions",
             "dan:",
             "> ab :",
+            "1abcdefgh",
+            "3ABCDEFGHJ",
+            "1abcdefghjk",
+            "1abc0efgh",
+            "deadbeef",
+            "deadbeef0",
+            "dead",
+            "beef",
+            "ab123456",
+            "cdXYZ789",
+            "ab12",
+            "ĳ",
         ];
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
         let mut total = vec![0usize; patterns.len()];
@@ -1866,9 +2002,11 @@ mod tests {
             r"\b[A-Z]{2}\d{2}\b",
             r"\bkey-[0-9a-f]{4}\b",
             r"\b[0-9]\b",
+            r"(?-u:\b)[13][1-9A-HJ-NP-Za-km-z]{7,9}(?-u:\b)",
         ];
         let (regexes, set) = compiled(&patterns);
         assert!(set.words.cover.is_some(), "{:?}", set.words.cover);
+        assert_eq!(set.words.whole.len(), 1);
         const WORDS: &[&str] = &[
             "patio",
             "pat",
@@ -1906,6 +2044,10 @@ mod tests {
             "Revenue",
             "P",
             "K",
+            "1abcdefgh",
+            "3ABCDEFGHJ",
+            "1abc0efgh",
+            "1ab",
         ];
         let mut x = 0x2545_F491_4F6C_DD1Du64;
         let mut total = vec![0usize; patterns.len()];
@@ -1992,6 +2134,41 @@ mod tests {
                 .collect();
             let ours = all_matches(&set, &hay);
             assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
+        }
+    }
+
+    /// A word boundary, ASCII letters and digits only (eight or more), a word
+    /// boundary: candidates are the words of the length a match has that start
+    /// with its first bytes. Anything else in it (an underscore, a space, a
+    /// letter outside ASCII, a boundary missing) leaves it to the other ways.
+    #[test]
+    fn whole_word_patterns_are_found_by_length() {
+        let whole = |p: &str| {
+            analyze(p).and_then(|a| match a.prefixes.as_slice() {
+                [Prefix::Whole { first, min, max }] => Some((first.clone(), *min, *max)),
+                _ => None,
+            })
+        };
+        assert_eq!(
+            whole(r"(?-u:\b)[13][1-9A-HJ-NP-Za-km-z]{25,34}(?-u:\b)"),
+            Some((b"13".to_vec(), 26, 35))
+        );
+        let (first, min, max) = whole(r"\b[a-f0-9]{8,}\b").unwrap();
+        assert_eq!((first.len(), min, max), (16, 8, usize::MAX));
+        // Literal word starts come first: those are looked up as they are.
+        assert!(matches!(
+            analyze(r"\b(?:ab|cd)[0-9]{6}\b").unwrap().prefixes[0],
+            Prefix::Word(_)
+        ));
+        for p in [
+            r"\b[a-z0-9]{2,16}_[A-Za-z0-9]{36}\b",
+            r"\b(?:[0-9][ \-]?){12,18}[0-9]\b",
+            r"\b\w{8,}\b",
+            r"\b[a-f0-9]{8,}",
+            r"[a-f0-9]{8,}\b",
+            r"\b[a-f0-9]{4,7}\b",
+        ] {
+            assert_eq!(whole(p), None, "{p}");
         }
     }
 
