@@ -345,11 +345,11 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
                 && t.bytes().any(|b| b.is_ascii_uppercase()))
             || t.contains(['+', '/', '=', '$', '!', '&', '%', '~']);
         // Base64, base32 and hex when the token mixes digits or cases or has
-        // their symbols (or is the whole message); all four, ASCII85 last, when it
-        // is the whole message or holds ASCII85's opening delimiter. Tried in that order, each only
-        // when the ones before it decoded to nothing natural.
-        // (ASCII85's delimiters are looked for in the token as written: the
-        // trimming above takes their `<` and `>`.)
+        // their symbols (or is the whole message); all four, ASCII85 last, when
+        // it is the whole message or holds ASCII85's opening delimiter. Tried in
+        // that order, each only when the ones before it decoded to nothing
+        // natural. (ASCII85's delimiters are looked for in the token as written:
+        // the trimming above takes their `<` and `>`.)
         let b = token.as_bytes();
         let adobe = memchr::memchr_iter(b'<', b)
             .find(|&i| b.get(i + 1) == Some(&b'~'))
