@@ -1098,19 +1098,14 @@ mod tests {
             if !(13..=19).contains(&d.len()) || d.iter().all(|&x| x == d[0]) {
                 return false;
             }
-            let sum: u32 = d
-                .iter()
-                .rev()
-                .enumerate()
-                .map(|(i, &x)| {
-                    if i % 2 == 1 {
-                        let y = x * 2;
-                        if y > 9 { y - 9 } else { y }
-                    } else {
-                        x
-                    }
-                })
-                .sum();
+            // Every second digit from the right doubled, its digits summed: by
+            // table.
+            const DOUBLED: [u32; 10] = [0, 2, 4, 6, 8, 1, 3, 5, 7, 9];
+            let (mut sum, mut second) = (0, false);
+            for &x in d.iter().rev() {
+                sum += if second { DOUBLED[x as usize] } else { x };
+                second = !second;
+            }
             sum % 10 == 0
                 && (matches!(d[0], 2..=6) || (d[0] == 3 && matches!(d[1], 4 | 7 | 5 | 0 | 6 | 8)))
         }
@@ -1125,18 +1120,19 @@ mod tests {
             if s.len() != len || !s.is_ascii() {
                 return false;
             }
-            let mut rem = 0u32;
+            // The number written out (a letter as its two digits, A = 10),
+            // then its remainder by 97, a digit at a time.
+            let mut number = String::new();
             for c in s[4..].chars().chain(s[..4].chars()) {
                 let Some(v) = c.to_digit(36) else {
                     return false;
                 };
-                rem = if v >= 10 {
-                    (rem * 100 + v) % 97
-                } else {
-                    (rem * 10 + v) % 97
-                };
+                number.push_str(&v.to_string());
             }
-            rem == 1
+            number
+                .bytes()
+                .fold(0u32, |r, d| (r * 10 + u32::from(d - b'0')) % 97)
+                == 1
         }
         let (mut cards, mut ibans) = (0, 0);
         let mut check = |t: &str| {
