@@ -95,9 +95,19 @@ enum Seek {
 impl Check {
     fn new(need: &Need) -> Self {
         let what = match &need.part {
+            // Needed once, a literal that holds another of the part is not looked
+            // for: where it occurs, the other does ("chatbot" and "bot"). (Needed
+            // more often, each literal's occurrences add up: all are counted.)
             Part::Literals(l) => Seek::Literals(
                 l.iter()
-                    .map(|l| memchr::memmem::Finder::new(l).into_owned())
+                    .enumerate()
+                    .filter(|&(i, a)| {
+                        need.times > 1
+                            || !l.iter().enumerate().any(|(j, b)| {
+                                j != i && memchr::memmem::find(a, b).is_some() && (a != b || j < i)
+                            })
+                    })
+                    .map(|(_, l)| memchr::memmem::Finder::new(l).into_owned())
                     .collect(),
             ),
             Part::Class(ascii, beyond) => Seek::Class(ascii.clone(), beyond.clone()),
@@ -2169,6 +2179,51 @@ mod tests {
             r"\b[a-f0-9]{4,7}\b",
         ] {
             assert_eq!(whole(p), None, "{p}");
+        }
+    }
+
+    /// A part needed once does not look for its literals that hold another of
+    /// its literals, and is found in the same texts; a part needed more often
+    /// counts every literal's occurrences, added up.
+    #[test]
+    fn literals_holding_another_are_not_looked_for() {
+        let lits: Vec<Vec<u8>> = ["chatbot", "bot", "gpt", "chatgpt", "bot", "ab", "aab"]
+            .iter()
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        for times in 1..=3 {
+            let check = Check::new(&Need {
+                part: Part::Literals(lits.clone()),
+                times,
+            });
+            let Seek::Literals(kept) = &check.what else {
+                panic!("literals");
+            };
+            let kept: Vec<&[u8]> = kept.iter().map(|f| f.needle()).collect();
+            if times == 1 {
+                assert_eq!(kept, [&b"bot"[..], b"gpt", b"ab"]);
+            } else {
+                assert_eq!(kept.len(), lits.len());
+            }
+            // Found where the literals' occurrences (each literal's without
+            // overlaps) add up to `times`.
+            let reference = |hay: &str| {
+                let mut n = 0;
+                for l in &lits {
+                    let mut at = 0;
+                    while let Some(i) = memchr::memmem::find(&hay.as_bytes()[at..], l) {
+                        n += 1;
+                        at += i + l.len();
+                    }
+                }
+                n >= times
+            };
+            let mut found = 0;
+            for hay in crate::scan::testgen::texts(b"abchotgp ", 40, 20_000) {
+                assert_eq!(check.found(&hay, true), reference(&hay), "{hay:?} x{times}");
+                found += usize::from(reference(&hay));
+            }
+            assert!(found > 100, "{found}");
         }
     }
 
