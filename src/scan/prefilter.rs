@@ -547,6 +547,12 @@ struct WordIndex {
     /// bytes (sorted by them), and a bit per two bytes that start one.
     starts: Vec<(u16, (u64, u64, u32))>,
     starts_used: Vec<u64>,
+    /// Per word of `starts_used`, the bits set in the words before it; and per
+    /// two bytes that start a literal (in order), where its literals begin in
+    /// `starts` (one more at the end): a word's literals found by counting bits,
+    /// without a search.
+    starts_rank: Vec<u32>,
+    starts_from: Vec<u32>,
     /// Patterns whose matches are whole words ([`Prefix::Whole`]): a bit per
     /// first byte, the least and most bytes, the pattern.
     whole: Vec<([u64; 4], usize, usize, u32)>,
@@ -576,6 +582,8 @@ impl WordIndex {
             starts: Vec::new(),
             whole: Vec::new(),
             starts_used: vec![0; (1 << 16) / 64],
+            starts_rank: Vec::new(),
+            starts_from: Vec::new(),
             heads: vec![0; (1 << 16) / 64],
             cover: None,
             pending: Vec::new(),
@@ -634,6 +642,23 @@ impl WordIndex {
         let pending = std::mem::take(&mut self.pending);
         // In the order they were added, for each two bytes.
         self.starts.sort_by_key(|(k, _)| *k);
+        let mut before = 0u32;
+        self.starts_rank = self
+            .starts_used
+            .iter()
+            .map(|w| {
+                let r = before;
+                before += w.count_ones();
+                r
+            })
+            .collect();
+        self.starts_from = Vec::with_capacity(before as usize + 1);
+        for (i, (k, _)) in self.starts.iter().enumerate() {
+            if i == 0 || self.starts[i - 1].0 != *k {
+                self.starts_from.push(i as u32);
+            }
+        }
+        self.starts_from.push(self.starts.len() as u32);
         self.used = vec![0; (1 << BUCKET_BITS) / 64];
         self.long_used = vec![0; (1 << BUCKET_BITS) / 64];
         for &(b, (_, mask, _)) in &pending {
@@ -828,14 +853,15 @@ impl WordIndex {
         }
         if e - s >= 2 {
             let k = (bits & 0xffff) as usize;
-            if self.starts_used[k / 64] & (1 << (k % 64)) != 0 {
-                let from = self
-                    .starts
-                    .partition_point(|(key, _)| usize::from(*key) < k);
-                for &(key, (stem, mask, pattern)) in &self.starts[from..] {
-                    if usize::from(key) != k {
-                        break;
-                    }
+            let (used, bit) = (self.starts_used[k / 64], 1u64 << (k % 64));
+            if used & bit != 0 {
+                let r =
+                    self.starts_rank[k / 64] as usize + (used & (bit - 1)).count_ones() as usize;
+                let (from, to) = (
+                    self.starts_from[r] as usize,
+                    self.starts_from[r + 1] as usize,
+                );
+                for &(_, (stem, mask, pattern)) in &self.starts[from..to] {
                     if bits & mask == stem && want(pattern) {
                         f(pattern, s);
                     }
