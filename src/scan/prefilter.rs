@@ -75,6 +75,175 @@ struct Pattern {
     /// whose literals locate the lines: when one is open, the starts of the lines
     /// that hold those literals are candidates.
     lines: Vec<(Vec<usize>, usize)>,
+    /// What a candidate must have for a match to start there (see [`Start`]).
+    start: Option<Start>,
+}
+
+/// What every match of a pattern has from its start: a candidate without it
+/// starts no match, and is neither tried nor counted towards [`CANDIDATES`] (a
+/// text dense with a pattern's prefixes, digits for card and phone numbers, is
+/// then searched in full only where matches may be).
+#[derive(Clone)]
+struct Start {
+    /// The bytes any match is made of (a bit per byte), and the fewest bytes of
+    /// a match: a match's first `min_len` bytes are all in `bytes`.
+    bytes: [u64; 4],
+    min_len: usize,
+    /// `(n, len)` when every match holds at least `n` ASCII digits (three or
+    /// more) and is at most `len` bytes long.
+    digits: Option<(u32, usize)>,
+}
+
+impl Start {
+    /// What a pattern's matches have from their start, when it says something (a
+    /// match of four bytes or more, not of almost any byte; or one that needs three
+    /// digits or more).
+    fn new(pattern: &str) -> Option<Self> {
+        let hir = regex_syntax::ParserBuilder::new()
+            .nest_limit(64)
+            .build()
+            .parse(pattern)
+            .ok()?;
+        let mut bytes = [0u64; 4];
+        match_bytes(&hir, &mut bytes);
+        let min_len = hir.properties().minimum_len()?;
+        let some = bytes.iter().map(|w| w.count_ones()).sum::<u32>() < 200;
+        let min_len = if some && min_len >= 4 { min_len } else { 0 };
+        let digits = hir
+            .properties()
+            .maximum_len()
+            .filter(|&l| l <= 256)
+            .and_then(|len| Some((u32::try_from(min_digits(&hir)).ok()?, len)))
+            .filter(|&(n, _)| n >= 3);
+        (min_len > 0 || digits.is_some()).then_some(Self {
+            bytes,
+            min_len,
+            digits,
+        })
+    }
+
+    /// Whether a match may start at `at` in `hay` (`digits`: the text's digits,
+    /// read on first use).
+    #[inline]
+    fn open(&self, hay: &[u8], at: usize, digits: &mut Option<SmallVec<[u64; 64]>>) -> bool {
+        if self.min_len > 0 {
+            let Some(head) = hay.get(at..at + self.min_len) else {
+                return false;
+            };
+            if !head
+                .iter()
+                .all(|&b| self.bytes[usize::from(b / 64)] >> (b % 64) & 1 == 1)
+            {
+                return false;
+            }
+        }
+        match self.digits {
+            Some((n, len)) => {
+                let bits = digits.get_or_insert_with(|| digit_bits(hay));
+                bits_between(bits, at, at.saturating_add(len)) >= n
+            }
+            None => true,
+        }
+    }
+}
+
+/// Adds to `set` (a bit per byte) every byte a match of `h` may hold (a class
+/// with characters outside ASCII: every byte from 0x80).
+fn match_bytes(h: &Hir, set: &mut [u64; 4]) {
+    use regex_syntax::hir::Class;
+    let mut add = |lo: u8, hi: u8| {
+        for b in lo..=hi {
+            set[usize::from(b / 64)] |= 1 << (b % 64);
+        }
+    };
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => {}
+        HirKind::Literal(l) => l.0.iter().for_each(|&b| add(b, b)),
+        HirKind::Class(Class::Unicode(c)) => {
+            for r in c.ranges() {
+                let (lo, hi) = (u32::from(r.start()), u32::from(r.end()));
+                if lo < 0x80 {
+                    add(lo as u8, hi.min(0x7f) as u8);
+                }
+                if hi >= 0x80 {
+                    add(0x80, 0xff);
+                }
+            }
+        }
+        HirKind::Class(Class::Bytes(c)) => c.ranges().iter().for_each(|r| add(r.start(), r.end())),
+        HirKind::Repetition(r) => match_bytes(&r.sub, set),
+        HirKind::Capture(c) => match_bytes(&c.sub, set),
+        HirKind::Concat(hs) | HirKind::Alternation(hs) => {
+            hs.iter().for_each(|h| match_bytes(h, set))
+        }
+    }
+}
+
+/// The fewest ASCII digits any match of `h` holds (a class counts when all it
+/// matches are ASCII digits).
+fn min_digits(h: &Hir) -> usize {
+    use regex_syntax::hir::Class;
+    match h.kind() {
+        HirKind::Empty | HirKind::Look(_) => 0,
+        HirKind::Literal(l) => l.0.iter().filter(|b| b.is_ascii_digit()).count(),
+        HirKind::Class(Class::Unicode(c)) => usize::from(
+            !c.ranges().is_empty()
+                && c.ranges()
+                    .iter()
+                    .all(|r| r.start().is_ascii_digit() && r.end().is_ascii_digit()),
+        ),
+        HirKind::Class(Class::Bytes(c)) => usize::from(
+            !c.ranges().is_empty()
+                && c.ranges()
+                    .iter()
+                    .all(|r| r.start().is_ascii_digit() && r.end().is_ascii_digit()),
+        ),
+        HirKind::Repetition(r) => (r.min as usize).saturating_mul(min_digits(&r.sub)),
+        HirKind::Capture(c) => min_digits(&c.sub),
+        HirKind::Concat(hs) => hs.iter().fold(0, |a, h| a.saturating_add(min_digits(h))),
+        HirKind::Alternation(hs) => hs.iter().map(min_digits).min().unwrap_or(0),
+    }
+}
+
+/// A bit per byte of `hay` that is an ASCII digit (byte `64 i + k`: bit `k` of
+/// word `i`).
+fn digit_bits(hay: &[u8]) -> SmallVec<[u64; 64]> {
+    let mut out = SmallVec::with_capacity(hay.len().div_ceil(64));
+    for block in 0..hay.len().div_ceil(64) {
+        let at = 64 * block;
+        let mut m = 0u64;
+        for w in 0..(hay.len() - at).min(64).div_ceil(8) {
+            let x = load(hay, at + 8 * w);
+            let y = x & !HI;
+            let d = super::swar::at_least(y, b'0') & !super::swar::at_least(y, b'9' + 1) & !x & HI;
+            // The high bit of each byte, gathered into the low eight bits.
+            m |= ((d >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * w);
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// How many bits of `bits` are set from bit `from` to bit `to` (excluded; past
+/// the end, none).
+fn bits_between(bits: &[u64], from: usize, to: usize) -> u32 {
+    let to = to.min(64 * bits.len());
+    if from >= to {
+        return 0;
+    }
+    let (first, last) = (from / 64, (to - 1) / 64);
+    let mut n = 0;
+    for (i, &w) in bits.iter().enumerate().take(last + 1).skip(first) {
+        let mut w = w;
+        if i == first {
+            w &= u64::MAX << (from % 64);
+        }
+        if i == last && to % 64 != 0 {
+            w &= (1u64 << (to % 64)) - 1;
+        }
+        n += w.count_ones();
+    }
+    n
 }
 
 /// A gate's part, ready to look for: what to look for, and how many times a match
@@ -1557,11 +1726,13 @@ impl Prefixed {
                 }
                 Some(re)
             });
+            let start = anchored.as_ref().and_then(|_| Start::new(regex.as_str()));
             patterns.push(Pattern {
                 regex,
                 anchored,
                 gates,
                 lines,
+                start,
             });
         }
         let searched = Searched::new(literals);
@@ -1628,7 +1799,15 @@ impl Prefixed {
         // A dense pattern wants no more candidates (nor the comparisons that find
         // them).
         let want = |p: u32| usize::from(count[p as usize].get()) <= CANDIDATES;
+        // The text's digits, read when a pattern with a digit gate first has a
+        // candidate that passes the rest of its gate.
+        let mut digits: Option<SmallVec<[u64; 64]>> = None;
         let mut candidate = |p: u32, at: usize| {
+            if let Some(start) = &self.patterns[p as usize].start {
+                if !start.open(hay.as_bytes(), at, &mut digits) {
+                    return;
+                }
+            }
             let c = &count[p as usize];
             c.set(c.get() + 1);
             if usize::from(c.get()) <= CANDIDATES {
@@ -1776,6 +1955,53 @@ impl Prefixed {
 mod tests {
     use super::*;
 
+    /// A gate counts the digits every match has and bounds its length, and
+    /// knows the bytes and least length of every match; the bits between two
+    /// offsets are those a byte-by-byte count finds.
+    #[test]
+    fn starts_hold_what_every_match_has() {
+        let gate = |p: &str| Start::new(p).map(|g| (g.min_len, g.digits));
+        let card = r"(?-u:\b)(?:[0-9][ \-]?){12,18}[0-9](?-u:\b)";
+        assert_eq!(gate(card), Some((13, Some((13, 37)))));
+        let g = Start::new(card).unwrap();
+        let open = |hay: &str, at: usize| g.open(hay.as_bytes(), at, &mut None);
+        assert!(open("4111 1111 1111 1111", 0));
+        assert!(open("x 4111-1111-1111-1111 x", 2));
+        // Too short a text, a letter in the first 13 bytes, fewer than 13 digits
+        // in the 37 bytes from the start.
+        assert!(!open("4111 1111 1111", 0));
+        assert!(!open("4111 1111 11x1 1111 1", 0));
+        assert!(!open(&"4   ".repeat(20), 0));
+        assert!(!open("41111111111111", 2));
+        // `\s` is Unicode: up to three bytes, any byte from 0x80.
+        let phone = r"(?:\([0-9]{3}\)\s?|[0-9]{3}-)[0-9]{3}";
+        assert_eq!(gate(phone), Some((7, Some((6, 11)))));
+        let g = Start::new(phone).unwrap();
+        assert!(g.open("(555)\u{a0}123".as_bytes(), 0, &mut None));
+        // Unicode digits and any byte; a branch of two digits; no bound.
+        assert_eq!(gate(r"\d{13}"), Some((13, None)));
+        assert_eq!(gate(r"(?s:.){13}"), None);
+        assert_eq!(gate(r"[0-9]{6}|ab[0-9]{2}"), Some((4, None)));
+        assert_eq!(gate(r"[0-9]{6}x*"), Some((6, None)));
+        assert_eq!(gate(r"[0-9]{2}"), None);
+        for hay in crate::scan::testgen::texts(b"0a9 5", 150, 500) {
+            let b = hay.as_bytes();
+            let bits = digit_bits(b);
+            // Digits before each offset, counted a byte at a time.
+            let mut before = vec![0u32];
+            for c in b {
+                before.push(before.last().unwrap() + u32::from(c.is_ascii_digit()));
+            }
+            let upto = |k: usize| before[k.min(b.len())];
+            for from in 0..=b.len() + 2 {
+                for to in from..=b.len() + 70 {
+                    let want = upto(to) - upto(from);
+                    assert_eq!(bits_between(&bits, from, to), want, "{hay:?} {from}..{to}");
+                }
+            }
+        }
+    }
+
     /// A literal part counts what `find_iter` counts over each literal: matches
     /// that do not overlap (an overlapping count opens gates that should stay shut).
     #[test]
@@ -1860,6 +2086,9 @@ mod tests {
             r"(?-u:\b)[13][1-9A-HJ-NP-Za-km-z]{7,9}(?-u:\b)",
             r"\b[a-f0-9]{8,}\b",
             r"\b(?:ab|cd)[0-9A-Za-z]{6}\b",
+            // Digit gates: matches of at least six and ten ASCII digits.
+            r"(?-u:\b)(?:[0-9][ \-]?){5,8}[0-9](?-u:\b)",
+            r"(?:\([0-9]{3}\)\s?|(?-u:\b)[0-9]{3}[.\-])[2-9][0-9]{2}[.\-][0-9]{4}",
         ];
         let (regexes, set) = compiled(&patterns);
         const WORDS: &[&str] = &[
@@ -1960,6 +2189,13 @@ mod tests {
             "ab123456",
             "cdXYZ789",
             "ab12",
+            "4111",
+            "555",
+            "(555)",
+            "867-5309",
+            "12-34",
+            "0",
+            "1 ",
             "ĳ",
         ];
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
