@@ -79,46 +79,44 @@ struct Pattern {
     start: Option<Start>,
 }
 
-/// What every match of a pattern has from its start: a candidate without it
-/// starts no match, and is neither tried nor counted towards [`CANDIDATES`] (a
-/// text dense with a pattern's prefixes, digits for card and phone numbers, is
-/// then searched in full only where matches may be).
+/// What every match of a pattern of numbers (cards, phone numbers, addresses)
+/// has from its start: a candidate without it starts no match, and is neither
+/// tried nor counted towards [`CANDIDATES`] (a text dense with digits, the
+/// prefixes of these patterns, is then searched in full only where matches may
+/// be). Patterns of words are not gated: most of their candidates start a match
+/// or fail at once, and the test cost more than it spared (0.5 µs over 4 KiB of
+/// prose).
 #[derive(Clone)]
 struct Start {
     /// The bytes any match is made of (a bit per byte), and the fewest bytes of
-    /// a match: a match's first `min_len` bytes are all in `bytes`.
+    /// a match (when four or more, and the bytes are not almost all): a match's
+    /// first `min_len` bytes are all in `bytes`.
     bytes: [u64; 4],
     min_len: usize,
-    /// `(n, len)` when every match holds at least `n` ASCII digits (three or
-    /// more) and is at most `len` bytes long.
-    digits: Option<(u32, usize)>,
+    /// Every match holds at least `.0` ASCII digits (three or more) and is at
+    /// most `.1` bytes long.
+    digits: (u32, usize),
 }
 
 impl Start {
-    /// What a pattern's matches have from their start, when it says something (a
-    /// match of four bytes or more, not of almost any byte; or one that needs three
-    /// digits or more).
+    /// What a pattern's matches have from their start, when they need three
+    /// digits or more and are at most 256 bytes long.
     fn new(pattern: &str) -> Option<Self> {
         let hir = regex_syntax::ParserBuilder::new()
             .nest_limit(64)
             .build()
             .parse(pattern)
             .ok()?;
+        let len = hir.properties().maximum_len().filter(|&l| l <= 256)?;
+        let n = u32::try_from(min_digits(&hir)).ok().filter(|&n| n >= 3)?;
         let mut bytes = [0u64; 4];
         match_bytes(&hir, &mut bytes);
         let min_len = hir.properties().minimum_len()?;
         let some = bytes.iter().map(|w| w.count_ones()).sum::<u32>() < 200;
-        let min_len = if some && min_len >= 4 { min_len } else { 0 };
-        let digits = hir
-            .properties()
-            .maximum_len()
-            .filter(|&l| l <= 256)
-            .and_then(|len| Some((u32::try_from(min_digits(&hir)).ok()?, len)))
-            .filter(|&(n, _)| n >= 3);
-        (min_len > 0 || digits.is_some()).then_some(Self {
+        Some(Self {
             bytes,
-            min_len,
-            digits,
+            min_len: if some && min_len >= 4 { min_len } else { 0 },
+            digits: (n, len),
         })
     }
 
@@ -137,13 +135,9 @@ impl Start {
                 return false;
             }
         }
-        match self.digits {
-            Some((n, len)) => {
-                let bits = digits.get_or_insert_with(|| digit_bits(hay));
-                bits_between(bits, at, at.saturating_add(len)) >= n
-            }
-            None => true,
-        }
+        let (n, len) = self.digits;
+        let bits = digits.get_or_insert_with(|| digit_bits(hay));
+        bits_between(bits, at, at.saturating_add(len)) >= n
     }
 }
 
@@ -1962,7 +1956,7 @@ mod tests {
     fn starts_hold_what_every_match_has() {
         let gate = |p: &str| Start::new(p).map(|g| (g.min_len, g.digits));
         let card = r"(?-u:\b)(?:[0-9][ \-]?){12,18}[0-9](?-u:\b)";
-        assert_eq!(gate(card), Some((13, Some((13, 37)))));
+        assert_eq!(gate(card), Some((13, (13, 37))));
         let g = Start::new(card).unwrap();
         let open = |hay: &str, at: usize| g.open(hay.as_bytes(), at, &mut None);
         assert!(open("4111 1111 1111 1111", 0));
@@ -1972,18 +1966,18 @@ mod tests {
         assert!(!open("4111 1111 1111", 0));
         assert!(!open("4111 1111 11x1 1111 1", 0));
         assert!(!open(&"4   ".repeat(20), 0));
-        assert!(!open("41111111111111", 2));
         // `\s` is Unicode: up to three bytes, any byte from 0x80.
         let phone = r"(?:\([0-9]{3}\)\s?|[0-9]{3}-)[0-9]{3}";
-        assert_eq!(gate(phone), Some((7, Some((6, 11)))));
+        assert_eq!(gate(phone), Some((7, (6, 11))));
         let g = Start::new(phone).unwrap();
         assert!(g.open("(555)\u{a0}123".as_bytes(), 0, &mut None));
-        // Unicode digits and any byte; a branch of two digits; no bound.
-        assert_eq!(gate(r"\d{13}"), Some((13, None)));
-        assert_eq!(gate(r"(?s:.){13}"), None);
-        assert_eq!(gate(r"[0-9]{6}|ab[0-9]{2}"), Some((4, None)));
-        assert_eq!(gate(r"[0-9]{6}x*"), Some((6, None)));
-        assert_eq!(gate(r"[0-9]{2}"), None);
+        // Any byte: no least length to test, the digits still.
+        assert_eq!(gate(r"[0-9]{4}(?s:.){9}"), Some((0, (4, 40))));
+        // Unicode digits, a branch of two digits, no bound, words: no gate.
+        assert_eq!(gate(r"\d{13}"), None);
+        assert_eq!(gate(r"[0-9]{6}|ab[0-9]{2}"), None);
+        assert_eq!(gate(r"[0-9]{6}x*"), None);
+        assert_eq!(gate(r"ignore (?:all|the) instructions"), None);
         for hay in crate::scan::testgen::texts(b"0a9 5", 150, 500) {
             let b = hay.as_bytes();
             let bits = digit_bits(b);
