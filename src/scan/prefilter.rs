@@ -102,11 +102,7 @@ impl Start {
     /// What a pattern's matches have from their start, when they need three
     /// digits or more and are at most 256 bytes long.
     fn new(pattern: &str) -> Option<Self> {
-        let hir = regex_syntax::ParserBuilder::new()
-            .nest_limit(64)
-            .build()
-            .parse(pattern)
-            .ok()?;
+        let hir = parse(pattern)?;
         let len = hir.properties().maximum_len().filter(|&l| l <= 256)?;
         let n = u32::try_from(min_digits(&hir)).ok().filter(|&n| n >= 3)?;
         let mut bytes = [0u64; 4];
@@ -1457,6 +1453,15 @@ fn split_first_choice(h: &Hir) -> Vec<Hir> {
         .collect()
 }
 
+/// `pattern`'s syntax (nested as deep as the anchored regexes may be).
+fn parse(pattern: &str) -> Option<Hir> {
+    regex_syntax::ParserBuilder::new()
+        .nest_limit(64)
+        .build()
+        .parse(pattern)
+        .ok()
+}
+
 /// How `pattern`'s matches can be found, branch by branch (top-level branches):
 /// by their literal prefixes, when every match of the branch starts with one of
 /// a finite set and none of those searched for (rather than looked up by word) is
@@ -1464,11 +1469,7 @@ fn split_first_choice(h: &Hir) -> Vec<Hir> {
 /// it); otherwise by literals the branch's matches contain (gates). `None` when a
 /// branch has neither: the pattern is searched in full.
 fn analyze(pattern: &str) -> Option<Analysis> {
-    let hir = regex_syntax::ParserBuilder::new()
-        .nest_limit(64)
-        .build()
-        .parse(pattern)
-        .ok()?;
+    let hir = parse(pattern)?;
     // Top-level branches, with what they share written out (the parser factors a
     // common `\b` out of `\ba|\bb`), and a branch that starts with a choice split
     // by it (`(?:\(\d{3}\)|\b\d{3}-)\d{4}` is two branches, each with prefixes
