@@ -51,7 +51,7 @@ use regex_automata::{Anchored, Input, meta};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-use super::swar::{HI, alnum, load, run};
+use super::swar::{HI, alnum, digits, gather, load, run};
 
 /// Candidates kept per pattern and text; past this the pattern is searched in full.
 pub(crate) const CANDIDATES: usize = 64;
@@ -203,11 +203,7 @@ fn digit_bits(hay: &[u8]) -> SmallVec<[u64; 64]> {
         let at = 64 * block;
         let mut m = 0u64;
         for w in 0..(hay.len() - at).min(64).div_ceil(8) {
-            let x = load(hay, at + 8 * w);
-            let y = x & !HI;
-            let d = super::swar::at_least(y, b'0') & !super::swar::at_least(y, b'9' + 1) & !x & HI;
-            // The high bit of each byte, gathered into the low eight bits.
-            m |= ((d >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * w);
+            m |= gather(digits(load(hay, at + 8 * w))) << (8 * w);
         }
         out.push(m);
     }

@@ -54,12 +54,24 @@ pub(crate) fn letters(x: u64) -> u64 {
     at_least(y, b'a') & !at_least(y, b'z' + 1) & !x & HI
 }
 
+/// The high bit of each byte of `x` that is an ASCII digit.
+#[inline]
+pub(crate) fn digits(x: u64) -> u64 {
+    let y = x & !HI;
+    at_least(y, b'0') & !at_least(y, b'9' + 1) & !x & HI
+}
+
 /// The high bit of each byte of `x` that is an ASCII letter or digit.
 #[inline]
 pub(crate) fn alnum(x: u64) -> u64 {
-    let y = x & !HI;
-    let digits = at_least(y, b'0') & !at_least(y, b'9' + 1) & !x & HI;
-    letters(x) | digits
+    letters(x) | digits(x)
+}
+
+/// The high bits of the bytes of `mask`, gathered into its low eight bits (the
+/// first byte's lowest): a bit per byte.
+#[inline]
+pub(crate) fn gather(mask: u64) -> u64 {
+    ((mask & HI) >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
 }
 
 /// How many bytes of `x` from the first have their high bit in `mask`.
