@@ -523,12 +523,16 @@ fn unleet_word(word: &mut [u8], letters: usize, leety: usize) {
 /// Maps the leet characters of each word of lowercased ASCII `b` that
 /// [`normalize_ascii`] maps them in (a run of letters, leet characters, other
 /// digits and apostrophes with a letter, a leet character and three of the two
-/// together), as its general pass does: blocks of 64 bytes without a leet
-/// character are passed over whole.
+/// together), as its general pass does.
+///
+/// 64 bytes at a time: a block without a digit, `@` or `$` is passed over whole;
+/// in the others, bitmasks of the block's word bytes, letters and leet characters
+/// find the words that hold both a letter and a leet character (the only ones
+/// that may be mapped), without a branch per byte. A word that goes on past
+/// either end of its block is read byte by byte ([`unleet_at`]).
 fn unleet(b: &mut [u8]) {
-    let is_leet = |c: u8| CLASS[usize::from(c)] == LEET;
     let in_word = |c: u8| matches!(CLASS[usize::from(c)], LETTER | LEET | WORD);
-    // Where the last word looked at ends.
+    // The bytes before it were looked at (the last word read byte by byte).
     let mut done = 0;
     for c in (0..b.len()).step_by(64) {
         let end = (c + 64).min(b.len());
@@ -539,28 +543,100 @@ fn unleet(b: &mut [u8]) {
         }) {
             continue;
         }
-        for i in c.max(done)..end {
-            // Past a word already mapped (its other leet characters, too).
-            if i < done || !is_leet(b[i]) {
-                continue;
+        let (mut w, a, l) = block_masks(&b[c..end]);
+        if done > c {
+            w &= u64::MAX.checked_shl((done - c).min(64) as u32).unwrap_or(0);
+        }
+        // A word at the block's start that began before it (in a block passed
+        // over, or one whose last word was not read), and one at its end that
+        // may go on: read byte by byte, from their true ends.
+        if w & 1 == 1 && c > 0 && in_word(b[c - 1]) {
+            done = unleet_at(b, c);
+            w &= u64::MAX.checked_shl((done - c).min(64) as u32).unwrap_or(0);
+        }
+        if w >> 63 == 1 {
+            let top = (!w).leading_zeros();
+            done = unleet_at(b, end - 1);
+            w &= !(u64::MAX << (64 - top));
+        }
+        // The runs of `w` with a letter and with a leet character: adding a
+        // run's letters to it carries out of its top, into the byte after it.
+        let (a, l) = (a & w, l & w);
+        let mut both = w.wrapping_add(a) & w.wrapping_add(l) & !w;
+        while both != 0 {
+            // The run ends before bit `p` and starts past the last byte before
+            // it that is not in a word.
+            let p = both.trailing_zeros();
+            both &= both - 1;
+            let below = (1u64 << p) - 1;
+            let gap = !w & below;
+            let run = below & !((1u64 << (64 - gap.leading_zeros())) - 1);
+            let leety = (l & run).count_ones();
+            if (a & run).count_ones() + leety >= 3 {
+                let mut m = l & run;
+                while m != 0 {
+                    let k = c + m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    b[k] = leet(char::from(b[k])).map_or(b[k], |x| x as u8);
+                }
             }
-            let s = b[..i]
-                .iter()
-                .rposition(|&x| !in_word(x))
-                .map_or(0, |p| p + 1);
-            let e = b[i..]
-                .iter()
-                .position(|&x| !in_word(x))
-                .map_or(b.len(), |p| i + p);
-            let letters = b[s..e]
-                .iter()
-                .filter(|&&x| CLASS[usize::from(x)] == LETTER)
-                .count();
-            let leety = b[s..e].iter().filter(|&&x| is_leet(x)).count();
-            unleet_word(&mut b[s..e], letters, leety);
-            done = e;
         }
     }
+}
+
+/// Bit `k` of each mask for byte `k` of `block` (at most 64 bytes): whether it is
+/// in a word (a letter, a digit, `@`, `$` or an apostrophe), a letter, a leet
+/// character. Each class is first a byte per byte (compared, so that the loop is
+/// vectors), then gathered eight bytes at a time.
+fn block_masks(block: &[u8]) -> (u64, u64, u64) {
+    let mut x = [0u8; 64];
+    x[..block.len()].copy_from_slice(block);
+    let (mut w, mut a, mut l) = ([0u8; 64], [0u8; 64], [0u8; 64]);
+    for k in 0..64 {
+        let c = x[k];
+        let digit = c.wrapping_sub(b'0') < 10;
+        let letter = (c | 0x20).wrapping_sub(b'a') < 26;
+        let sign = (c == b'@') | (c == b'$');
+        w[k] = u8::from(letter | digit | sign | (c == b'\''));
+        a[k] = u8::from(letter);
+        l[k] = u8::from(digit & (c != b'2') & (c != b'6') | sign);
+    }
+    let gather = |t: &[u8; 64]| {
+        (0..8).fold(0u64, |m, j| {
+            let mut e = [0u8; 8];
+            e.copy_from_slice(&t[8 * j..8 * j + 8]);
+            m | super::swar::gather(u64::from_le_bytes(e) << 7) << (8 * j)
+        })
+    };
+    (gather(&w), gather(&a), gather(&l))
+}
+
+/// Maps the leet characters of the word of lowercased ASCII `b` that byte `i`
+/// is in, when it mixes them with letters as [`unleet`] says; where the word
+/// ends (`i` when the byte is in none).
+fn unleet_at(b: &mut [u8], i: usize) -> usize {
+    let in_word = |c: u8| matches!(CLASS[usize::from(c)], LETTER | LEET | WORD);
+    if !in_word(b[i]) {
+        return i;
+    }
+    let s = b[..i]
+        .iter()
+        .rposition(|&x| !in_word(x))
+        .map_or(0, |p| p + 1);
+    let e = b[i..]
+        .iter()
+        .position(|&x| !in_word(x))
+        .map_or(b.len(), |p| i + p);
+    let letters = b[s..e]
+        .iter()
+        .filter(|&&x| CLASS[usize::from(x)] == LETTER)
+        .count();
+    let leety = b[s..e]
+        .iter()
+        .filter(|&&x| CLASS[usize::from(x)] == LEET)
+        .count();
+    unleet_word(&mut b[s..e], letters, leety);
+    e
 }
 
 fn normalize_chars(text: &str) -> Normalized {
@@ -776,10 +852,15 @@ mod tests {
         const PLAIN: &[u8] = b"abcdefghijklmnopqrstuvwxyzAMZ0192634@$'.-:< \n";
         // Long stretches between irregular whitespace (each copied whole).
         const STRETCHES: &[u8] = b"abcdefghijklmnopqrstuvwxyzAMZ0134@$' \n\t";
+        // Long words with a rare leet character: blocks of 64 bytes without one,
+        // and words that cross from such a block into one with.
+        const SPARSE: &[u8] =
+            b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz 4";
         let texts = crate::scan::testgen::texts(BYTES, 40, 20000)
             .chain(crate::scan::testgen::texts(LETTERS, 120, 5000))
             .chain(crate::scan::testgen::texts(PLAIN, 400, 5000))
-            .chain(crate::scan::testgen::texts(STRETCHES, 600, 5000));
+            .chain(crate::scan::testgen::texts(STRETCHES, 600, 5000))
+            .chain(crate::scan::testgen::texts(SPARSE, 400, 5000));
         for s in texts {
             let (a, b) = (normalize_ascii(&s), normalize_chars(&s));
             assert_eq!(a.text, b.text, "{s:?}");
