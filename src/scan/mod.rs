@@ -440,12 +440,24 @@ impl Scanner {
         let mut words = classifier
             .filter(|_| n.is_ascii() || n.text.is_ascii())
             .map(|c| c.extractor(&n.text));
-        let verdict = match words.as_mut() {
-            Some(x) => {
+        // Without features, the common English words among the first words are
+        // counted from the same lookups, when they read every word anyway (what
+        // `reads_as_english` would count in a pass of its own).
+        let mut common = (words.is_none()
+            && g.families.1.reads_every_word()
+            && (n.is_ascii() || n.text.is_ascii()))
+        .then(Common::default);
+        let verdict = match (words.as_mut(), common.as_mut()) {
+            (Some(x), _) => {
                 let mut feed = |s: usize, e: usize| x.word(s, e);
                 heuristics::evaluate(&g.families.0, &g.families.1, text, &n, Some(&mut feed))
             }
-            None => heuristics::evaluate(&g.families.0, &g.families.1, text, &n, None),
+            (None, Some(c)) => {
+                let b = n.text.as_bytes();
+                let mut feed = |s: usize, e: usize| c.word(&b[s..e]);
+                heuristics::evaluate(&g.families.0, &g.families.1, text, &n, Some(&mut feed))
+            }
+            (None, None) => heuristics::evaluate(&g.families.0, &g.families.1, text, &n, None),
         };
         let f = match words {
             Some(x) => Some(x.finish()),
@@ -453,12 +465,13 @@ impl Scanner {
         };
         // Whether it reads as English (asked below before trying ROT13), from the
         // words the features hold (the words `reads_as_english` splits the text
-        // into).
+        // into), or those counted above.
         let rot13_asks = verdict.score < g.threshold && text.len() >= 20;
         let english = f
             .as_ref()
             .filter(|_| rot13_asks)
-            .map(|f| f.reads_as_english(&n.text));
+            .map(|f| f.reads_as_english(&n.text))
+            .or_else(|| common.map(Common::english));
         match (classifier, f) {
             (None, _) | (_, None) => {
                 heuristics::findings(&g.families.0, &verdict, g.threshold, at, out);
@@ -658,6 +671,28 @@ fn reads_as_english(text: &str) -> bool {
     english_share(words, hits)
 }
 
+/// The common English words among a text's first words (at most
+/// [`ENGLISH_WORDS`]), given one by one: what [`reads_as_english`] counts.
+#[derive(Clone, Copy, Default)]
+struct Common {
+    words: usize,
+    hits: usize,
+}
+
+impl Common {
+    fn word(&mut self, w: &[u8]) {
+        if self.words < ENGLISH_WORDS {
+            self.words += 1;
+            self.hits += usize::from(common_english(w));
+        }
+    }
+
+    /// What [`reads_as_english`] says of the words given.
+    fn english(self) -> bool {
+        english_share(self.words, self.hits)
+    }
+}
+
 /// How many of a text's first words [`reads_as_english`] reads.
 pub(crate) const ENGLISH_WORDS: usize = 400;
 
@@ -782,6 +817,33 @@ mod tests {
     /// `reads_as_english` stops counting once the answer is known: the same answer
     /// as counting all of the first 400 words, and as counting the words of the
     /// classifier's features.
+    #[test]
+    fn the_families_words_count_what_reads_as_english_reads() {
+        // The built-in families read every word (else the scanner counts in a
+        // pass of its own).
+        let (families, set) = super::builtin_families();
+        assert!(set.reads_every_word());
+        let mut texts: Vec<String> =
+            super::testgen::texts(b"the a to x yz, is.\n", 3000, 300).collect();
+        texts.extend(super::testgen::texts(b"theandxyzw019 :/@$", 2000, 100));
+        texts.push("the cat ".repeat(300));
+        texts.push(format!("{} {}", "zz ".repeat(500), "the ".repeat(100)));
+        texts.push(format!("{} {}", "the and ".repeat(20), "zz ".repeat(500)));
+        // English only past the 400th word.
+        texts.push(format!("{} {}", "zz ".repeat(380), "the ".repeat(100)));
+        let mut english = 0;
+        for t in &texts {
+            let n = super::normalize::normalize(t);
+            let mut c = super::Common::default();
+            let b = n.text.as_bytes();
+            let mut feed = |s: usize, e: usize| c.word(&b[s..e]);
+            super::heuristics::evaluate(families, set, t, &n, Some(&mut feed));
+            assert_eq!(c.english(), super::reads_as_english(&n.text), "{t:?}");
+            english += usize::from(c.english());
+        }
+        assert!(english > 10 && english < texts.len() - 10, "{english}");
+    }
+
     #[test]
     fn reads_as_english_stops_early_with_the_same_answer() {
         let full = |text: &str| {

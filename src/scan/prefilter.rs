@@ -1926,6 +1926,12 @@ impl Prefixed {
         }
     }
 
+    /// Whether its pass over a text's words reads every word (its words have no
+    /// cover to skip by): a reader of every word costs that pass nothing more.
+    pub(crate) fn reads_every_word(&self) -> bool {
+        self.words.cover.is_none()
+    }
+
     /// The first match of each pattern that matches, in pattern order (what
     /// `Regex::find` returns for each).
     pub(crate) fn first_matches(
