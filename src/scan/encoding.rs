@@ -536,8 +536,6 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
     decoded
 }
 
-pub(crate) use crate::codec::rot13_str as rot13;
-
 /// What the characters outside ASCII of a text hold, token by token (see
 /// [`Other::add`]).
 #[derive(Default)]
@@ -1087,7 +1085,7 @@ mod tests {
                 "{t}"
             );
         }
-        assert_eq!(rot13("Uryyb"), "Hello");
+        assert_eq!(crate::codec::rot13_str("Uryyb"), "Hello");
     }
 
     #[test]

@@ -547,11 +547,11 @@ impl Scanner {
             && text.bytes().any(|c| c.is_ascii_alphabetic())
             && !english.unwrap_or_else(|| reads_as_english(&n.text))
         {
-            // ROT13: the same heuristics on the rotated text.
-            let rotated_text = encoding::rot13(text);
+            // ROT13: the same heuristics on the rotated text. Only its score is
+            // kept, so the spans are mapped back into `text` itself (the rotated
+            // text has the same characters' lengths: not worth a copy).
             let rotated = n.rot13(text);
-            let v =
-                heuristics::evaluate(&g.families.0, &g.families.1, &rotated_text, &rotated, None);
+            let v = heuristics::evaluate(&g.families.0, &g.families.1, text, &rotated, None);
             if v.score >= g.threshold {
                 out.push(Finding::new(
                     "encoding.rot13",
