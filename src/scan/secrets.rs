@@ -461,6 +461,79 @@ fn luhn(v: &str) -> bool {
     sum % 10 == 0 && iin_ok
 }
 
+/// The length of each country's IBAN, by its code (sorted, for a binary search).
+const IBAN_LENGTHS: &[(&str, usize)] = &[
+    ("AD", 24),
+    ("AE", 23),
+    ("AL", 28),
+    ("AT", 20),
+    ("AZ", 28),
+    ("BA", 20),
+    ("BE", 16),
+    ("BG", 22),
+    ("BH", 22),
+    ("BR", 29),
+    ("CH", 21),
+    ("CR", 22),
+    ("CY", 28),
+    ("CZ", 24),
+    ("DE", 22),
+    ("DK", 18),
+    ("DO", 28),
+    ("EE", 20),
+    ("EG", 29),
+    ("ES", 24),
+    ("FI", 18),
+    ("FO", 18),
+    ("FR", 27),
+    ("GB", 22),
+    ("GE", 22),
+    ("GI", 23),
+    ("GL", 18),
+    ("GR", 27),
+    ("GT", 28),
+    ("HR", 21),
+    ("HU", 28),
+    ("IE", 22),
+    ("IL", 23),
+    ("IS", 26),
+    ("IT", 27),
+    ("JO", 30),
+    ("KW", 30),
+    ("KZ", 20),
+    ("LB", 28),
+    ("LI", 21),
+    ("LT", 20),
+    ("LU", 20),
+    ("LV", 21),
+    ("MC", 27),
+    ("MD", 24),
+    ("ME", 22),
+    ("MK", 19),
+    ("MR", 27),
+    ("MT", 31),
+    ("MU", 30),
+    ("NL", 18),
+    ("NO", 15),
+    ("PK", 24),
+    ("PL", 28),
+    ("PS", 29),
+    ("PT", 25),
+    ("QA", 29),
+    ("RO", 24),
+    ("RS", 22),
+    ("SA", 24),
+    ("SE", 24),
+    ("SI", 19),
+    ("SK", 24),
+    ("SM", 27),
+    ("TN", 24),
+    ("TR", 26),
+    ("UA", 29),
+    ("VG", 24),
+    ("XK", 20),
+];
+
 fn iban(v: &str) -> bool {
     // Without its whitespace, on the stack: an IBAN is ASCII, at most 34 long.
     let mut buf = [0u8; 34];
@@ -473,99 +546,32 @@ fn iban(v: &str) -> bool {
         n += 1;
     }
     let s = &buf[..n];
-    const LENGTHS: &[(&str, usize)] = &[
-        ("AD", 24),
-        ("AE", 23),
-        ("AL", 28),
-        ("AT", 20),
-        ("AZ", 28),
-        ("BA", 20),
-        ("BE", 16),
-        ("BG", 22),
-        ("BH", 22),
-        ("BR", 29),
-        ("CH", 21),
-        ("CR", 22),
-        ("CY", 28),
-        ("CZ", 24),
-        ("DE", 22),
-        ("DK", 18),
-        ("DO", 28),
-        ("EE", 20),
-        ("EG", 29),
-        ("ES", 24),
-        ("FI", 18),
-        ("FO", 18),
-        ("FR", 27),
-        ("GB", 22),
-        ("GE", 22),
-        ("GI", 23),
-        ("GL", 18),
-        ("GR", 27),
-        ("GT", 28),
-        ("HR", 21),
-        ("HU", 28),
-        ("IE", 22),
-        ("IL", 23),
-        ("IS", 26),
-        ("IT", 27),
-        ("JO", 30),
-        ("KW", 30),
-        ("KZ", 20),
-        ("LB", 28),
-        ("LI", 21),
-        ("LT", 20),
-        ("LU", 20),
-        ("LV", 21),
-        ("MC", 27),
-        ("MD", 24),
-        ("ME", 22),
-        ("MK", 19),
-        ("MR", 27),
-        ("MT", 31),
-        ("MU", 30),
-        ("NL", 18),
-        ("NO", 15),
-        ("PK", 24),
-        ("PL", 28),
-        ("PS", 29),
-        ("PT", 25),
-        ("QA", 29),
-        ("RO", 24),
-        ("RS", 22),
-        ("SA", 24),
-        ("SE", 24),
-        ("SI", 19),
-        ("SK", 24),
-        ("SM", 27),
-        ("TN", 24),
-        ("TR", 26),
-        ("UA", 29),
-        ("VG", 24),
-        ("XK", 20),
-    ];
-    let Some(&(_, len)) = LENGTHS
-        .iter()
-        .find(|(c, _)| s.get(..2) == Some(c.as_bytes()))
-    else {
+    let Some(&(_, len)) = s.get(..2).and_then(|code| {
+        IBAN_LENGTHS
+            .binary_search_by(|(c, _)| c.as_bytes().cmp(code))
+            .ok()
+            .map(|i| &IBAN_LENGTHS[i])
+    }) else {
         return false;
     };
     if s.len() != len {
         return false;
     }
     let rearranged = s[4..].iter().chain(&s[..4]);
-    let mut rem: u32 = 0;
+    // The number written out (a letter as its two digits, A = 10) by its
+    // remainder by 97, taken once the number passes 10^15 (not at each digit:
+    // below that, two more digits fit in 64 bits).
+    let mut rem: u64 = 0;
     for &c in rearranged {
         let Some(v) = char::from(c).to_digit(36) else {
             return false;
         };
-        rem = if v >= 10 {
-            (rem * 100 + v) % 97
-        } else {
-            (rem * 10 + v) % 97
-        };
+        rem = rem * if v >= 10 { 100 } else { 10 } + u64::from(v);
+        if rem >= 1_000_000_000_000_000 {
+            rem %= 97;
+        }
     }
-    rem == 1
+    rem % 97 == 1
 }
 
 fn ssn(v: &str) -> bool {
@@ -1164,6 +1170,26 @@ mod tests {
             }
         }
         assert!(cards > 1_000 && ibans >= 3, "{cards} cards, {ibans} IBANs");
+        // Every country's code is found (the table is sorted), and an IBAN of its
+        // length with the check digits the written-out remainder gives (letters
+        // in the account part too: each two digits) passes, one digit off not.
+        assert!(IBAN_LENGTHS.windows(2).all(|w| w[0].0 < w[1].0));
+        let remainder = |s: &str| {
+            s.chars()
+                .map(|c| c.to_digit(36).unwrap().to_string())
+                .collect::<String>()
+                .bytes()
+                .fold(0u32, |r, d| (r * 10 + u32::from(d - b'0')) % 97)
+        };
+        for &(code, len) in IBAN_LENGTHS {
+            let account: String = "Z9".chars().cycle().take(len - 4).collect();
+            let check = 98 - remainder(&format!("{account}{code}00"));
+            let valid = format!("{code}{check:02}{account}");
+            assert!(iban(&valid), "{valid}");
+            let off = format!("{code}{check:02}{}8", &account[..account.len() - 1]);
+            assert!(!iban(&off), "{off}");
+            assert!(!iban(&format!("{valid}9")), "{valid}9");
+        }
     }
 
     #[test]
