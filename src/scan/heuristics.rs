@@ -373,10 +373,11 @@ pub(crate) fn evaluate(
     original: &str,
     n: &Normalized,
     word: Option<&mut dyn FnMut(usize, usize)>,
+    pairs: &mut super::prefilter::Pairs,
 ) -> Verdict {
     let mut fired = Vec::new();
     let mut score = 0.0;
-    for (i, m) in set.first_matches(&n.text, word) {
+    for (i, m) in set.first_matches(&n.text, word, pairs) {
         let f = &families[i];
         score += f.weight;
         let m = match &f.lead {
@@ -496,7 +497,7 @@ mod tests {
                 continue;
             }
             seen += 1;
-            let got = evaluate(&families, &set, &text, &n, None)
+            let got = evaluate(&families, &set, &text, &n, None, &mut Default::default())
                 .fired
                 .into_iter()
                 .find(|(f, _)| *f == i)

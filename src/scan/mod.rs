@@ -447,17 +447,20 @@ impl Scanner {
             && g.families.1.reads_every_word()
             && (n.is_ascii() || n.text.is_ascii()))
         .then(Common::default);
+        // What the families' gates learn of the text, kept for its ROT13 reading.
+        let mut pairs = prefilter::Pairs::default();
+        let (families, set) = (&g.families.0, &g.families.1);
         let verdict = match (words.as_mut(), common.as_mut()) {
             (Some(x), _) => {
                 let mut feed = |s: usize, e: usize| x.word(s, e);
-                heuristics::evaluate(&g.families.0, &g.families.1, text, &n, Some(&mut feed))
+                heuristics::evaluate(families, set, text, &n, Some(&mut feed), &mut pairs)
             }
             (None, Some(c)) => {
                 let b = n.text.as_bytes();
                 let mut feed = |s: usize, e: usize| c.word(&b[s..e]);
-                heuristics::evaluate(&g.families.0, &g.families.1, text, &n, Some(&mut feed))
+                heuristics::evaluate(families, set, text, &n, Some(&mut feed), &mut pairs)
             }
-            (None, None) => heuristics::evaluate(&g.families.0, &g.families.1, text, &n, None),
+            (None, None) => heuristics::evaluate(families, set, text, &n, None, &mut pairs),
         };
         let f = match words {
             Some(x) => Some(x.finish()),
@@ -551,7 +554,7 @@ impl Scanner {
             // kept, so the spans are mapped back into `text` itself (the rotated
             // text has the same characters' lengths: not worth a copy).
             let rotated = n.rot13(text);
-            let v = heuristics::evaluate(&g.families.0, &g.families.1, text, &rotated, None);
+            let v = heuristics::evaluate(families, set, text, &rotated, None, &mut pairs);
             if v.score >= g.threshold {
                 out.push(Finding::new(
                     "encoding.rot13",
@@ -626,11 +629,18 @@ fn builtin_families() -> &'static (Vec<heuristics::Family>, prefilter::Prefixed)
 /// normalization), for the classifier on its own and its trainer.
 pub(crate) fn families_fired(text: &str, n: &normalize::Normalized) -> Vec<usize> {
     let (families, set) = builtin_families();
-    heuristics::evaluate(families, set, text, n, None)
-        .fired
-        .into_iter()
-        .map(|(i, _)| i)
-        .collect()
+    heuristics::evaluate(
+        families,
+        set,
+        text,
+        n,
+        None,
+        &mut prefilter::Pairs::default(),
+    )
+    .fired
+    .into_iter()
+    .map(|(i, _)| i)
+    .collect()
 }
 
 /// Whether normalized text is plain English already (so a ROT13 reading of it is not
@@ -799,7 +809,14 @@ mod tests {
             assert!(n.is_ascii());
             let mut x = c.extractor(&n.text);
             let mut word = |s: usize, e: usize| x.word(s, e);
-            super::heuristics::evaluate(families, set, text, &n, Some(&mut word));
+            super::heuristics::evaluate(
+                families,
+                set,
+                text,
+                &n,
+                Some(&mut word),
+                &mut super::prefilter::Pairs::default(),
+            );
             let fed = x.finish();
             let own = c.features(&n.text);
             assert_eq!(fed.word_count(), own.word_count(), "{text:?}");
@@ -837,7 +854,14 @@ mod tests {
             let mut c = super::Common::default();
             let b = n.text.as_bytes();
             let mut feed = |s: usize, e: usize| c.word(&b[s..e]);
-            super::heuristics::evaluate(families, set, t, &n, Some(&mut feed));
+            super::heuristics::evaluate(
+                families,
+                set,
+                t,
+                &n,
+                Some(&mut feed),
+                &mut super::prefilter::Pairs::default(),
+            );
             assert_eq!(c.english(), super::reads_as_english(&n.text), "{t:?}");
             english += usize::from(c.english());
         }

@@ -284,12 +284,23 @@ impl Check {
     /// Whether `hay` has the part as many times as a match needs it (`ascii`:
     /// whether `hay` is all ASCII). Occurrences are counted without overlaps, per
     /// literal: at least as many as any match could hold apart.
+    #[cfg(test)]
     fn found(&self, hay: &str, ascii: bool) -> bool {
+        self.found_in(hay, ascii, &mut Pairs::default())
+    }
+
+    /// [`Check::found`], with what `pairs` knows of `hay` (a literal with a byte
+    /// pair it lacks is not looked for), and telling it of each search that
+    /// found nothing.
+    fn found_in(&self, hay: &str, ascii: bool, pairs: &mut Pairs) -> bool {
         let b = hay.as_bytes();
         let need = self.times;
         let mut seen = 0;
         match &self.what {
             Seek::Literals(l) => l.iter().any(|l| {
+                if !pairs.may_hold(l.needle()) {
+                    return false;
+                }
                 // What `find_iter` counts (each search starts past the last match),
                 // without the copy of the searcher an iterator takes.
                 let mut at = 0;
@@ -299,7 +310,10 @@ impl Check {
                             seen += 1;
                             at += i + l.needle().len().max(1);
                         }
-                        None => break,
+                        None => {
+                            pairs.missed(l.needle(), b);
+                            break;
+                        }
                     }
                 }
                 seen >= need
@@ -317,6 +331,104 @@ impl Check {
             }
         }
     }
+}
+
+/// What a text's searches for gate literals learn of it. Once [`MISSES`]
+/// searches for literals of two or more bytes have read it to its end and found
+/// nothing (a text without the words the gates ask for: dense with numbers and
+/// codes), the byte pairs it holds are read in one pass (about what 25 searches
+/// cost), and a literal with a pair it lacks is known not to be there without a
+/// search.
+///
+/// The pairs are of the text with each ASCII letter folded with its ROT13 (`a`
+/// and `n` one byte, [`fold`]): the normalized text and its ROT13 reading (which
+/// rotates some of its letters, those not from leetspeak) fold to the same
+/// bytes, so one reading serves both.
+#[derive(Default)]
+pub(crate) struct Pairs {
+    misses: usize,
+    /// A bit per folded byte pair (the first byte high), and the text's last
+    /// byte, folded.
+    bits: Option<(Box<[u64; 1024]>, Option<u8>)>,
+}
+
+/// Searches for literals of two or more bytes that find nothing before
+/// [`Pairs`] reads the text's byte pairs.
+const MISSES: usize = 8;
+
+impl Pairs {
+    /// With its pairs read at once (for tests of the filter).
+    #[cfg(test)]
+    fn read(hay: &[u8]) -> Self {
+        Self {
+            misses: 0,
+            bits: Some(pairs_of(hay)),
+        }
+    }
+
+    /// Whether the text may hold `needle` (`false`: it does not).
+    fn may_hold(&self, needle: &[u8]) -> bool {
+        let Some((bits, last)) = &self.bits else {
+            return true;
+        };
+        let has = |x: usize| bits[x >> 6] >> (x & 63) & 1 == 1;
+        match needle {
+            [] => true,
+            // A byte followed by any, or the text's last.
+            &[c] => {
+                let c = fold(c);
+                bits[usize::from(c) * 4..usize::from(c) * 4 + 4]
+                    .iter()
+                    .any(|&w| w != 0)
+                    || *last == Some(c)
+            }
+            _ => needle
+                .windows(2)
+                .all(|w| has(usize::from(fold(w[0])) << 8 | usize::from(fold(w[1])))),
+        }
+    }
+
+    /// A search for `needle` read `hay` (the text, or its ROT13 reading) to its
+    /// end without finding it.
+    fn missed(&mut self, needle: &[u8], hay: &[u8]) {
+        if needle.len() >= 2 && self.bits.is_none() {
+            self.misses += 1;
+            if self.misses >= MISSES {
+                self.bits = Some(pairs_of(hay));
+            }
+        }
+    }
+}
+
+/// An ASCII letter folded with its ROT13 (the first of the two: `a` for `a` and
+/// `n`, `A` for `A` and `N`); any other byte as it is.
+fn fold(c: u8) -> u8 {
+    FOLD[usize::from(c)]
+}
+
+const FOLD: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = match b {
+            b'n'..=b'z' | b'N'..=b'Z' => b - 13,
+            _ => b,
+        };
+        c += 1;
+    }
+    t
+};
+
+/// The folded byte pairs of `b` (bit `x % 64` of word `x / 64` for the pair
+/// `x = first << 8 | second`), and its last byte folded.
+fn pairs_of(b: &[u8]) -> (Box<[u64; 1024]>, Option<u8>) {
+    let mut bits = Box::new([0u64; 1024]);
+    for w in b.windows(2) {
+        let x = usize::from(fold(w[0])) << 8 | usize::from(fold(w[1]));
+        bits[x >> 6] |= 1 << (x & 63);
+    }
+    (bits, b.last().map(|&c| fold(c)))
 }
 
 /// The characters of a gate's class outside ASCII.
@@ -1768,16 +1880,18 @@ impl Prefixed {
     /// after pattern in ascending order, each pattern's matches in order as
     /// `find_iter` finds them; `f` returns whether it wants that pattern's next match.
     pub(crate) fn for_each_match(&self, hay: &str, f: impl FnMut(usize, Range<usize>) -> bool) {
-        self.for_each_match_words(hay, None, f);
+        self.for_each_match_words(hay, None, &mut Pairs::default(), f);
     }
 
     /// [`for_each_match`](Self::for_each_match), giving each word of `hay` (a run
     /// of ASCII letters and digits) to `word(start, end)` in order, from the pass
-    /// that looks the words up.
+    /// that looks the words up; `pairs` holds what earlier searches of the text
+    /// (or of its ROT13 reading) learnt of it.
     pub(crate) fn for_each_match_words(
         &self,
         hay: &str,
         word: Option<&mut dyn FnMut(usize, usize)>,
+        pairs: &mut Pairs,
         mut f: impl FnMut(usize, Range<usize>) -> bool,
     ) {
         let n = self.patterns.len();
@@ -1815,8 +1929,9 @@ impl Prefixed {
             if gate.iter().any(|&k| found[k] == Some(false)) {
                 return false;
             }
-            gate.iter()
-                .all(|&k| *found[k].get_or_insert_with(|| self.parts[k].found(hay, ascii)))
+            gate.iter().all(|&k| {
+                *found[k].get_or_insert_with(|| self.parts[k].found_in(hay, ascii, pairs))
+            })
         };
         // Line branches with an open gate: the start of each line that holds one
         // of the locating literals (a line once per literal).
@@ -1938,9 +2053,10 @@ impl Prefixed {
         &self,
         hay: &str,
         word: Option<&mut dyn FnMut(usize, usize)>,
+        pairs: &mut Pairs,
     ) -> Vec<(usize, Range<usize>)> {
         let mut out = Vec::new();
-        self.for_each_match_words(hay, word, |i, m| {
+        self.for_each_match_words(hay, word, pairs, |i, m| {
             out.push((i, m));
             false
         });
@@ -2240,7 +2356,11 @@ mod tests {
             // Every word (a run of ASCII letters and digits) given in order.
             let mut words = Vec::new();
             let mut word = |s: usize, e: usize| words.push(&hay[s..e]);
-            assert_eq!(set.first_matches(&hay, Some(&mut word)), first, "{hay:?}");
+            assert_eq!(
+                set.first_matches(&hay, Some(&mut word), &mut Pairs::default()),
+                first,
+                "{hay:?}"
+            );
             let expected: Vec<&str> = hay
                 .split(|c: char| !c.is_ascii_alphanumeric())
                 .filter(|w| !w.is_empty())
@@ -2253,7 +2373,11 @@ mod tests {
         let none = Prefixed::new(vec![regex::Regex::new(r"<\|im_start").unwrap()], 1 << 20);
         let mut words = Vec::new();
         let hay = "a <|im_start|> b2c, d\u{e9}f";
-        none.first_matches(hay, Some(&mut |s: usize, e: usize| words.push(&hay[s..e])));
+        none.first_matches(
+            hay,
+            Some(&mut |s: usize, e: usize| words.push(&hay[s..e])),
+            &mut Pairs::default(),
+        );
         assert_eq!(words, ["a", "im", "start", "b2c", "d", "f"]);
     }
 
@@ -2336,8 +2460,8 @@ mod tests {
             }
             let mut every = |_: usize, _: usize| {};
             assert_eq!(
-                set.first_matches(&hay, None),
-                set.first_matches(&hay, Some(&mut every)),
+                set.first_matches(&hay, None, &mut Pairs::default()),
+                set.first_matches(&hay, Some(&mut every), &mut Pairs::default()),
                 "{hay:?}"
             );
         }
@@ -2480,10 +2604,67 @@ mod tests {
             let mut found = 0;
             for hay in crate::scan::testgen::texts(b"abchotgp ", 40, 20_000) {
                 assert_eq!(check.found(&hay, true), reference(&hay), "{hay:?} x{times}");
+                // The same with the text's byte pairs read first, from the text
+                // or from its ROT13 (the pairs are folded: the same).
+                for reading in [hay.clone(), crate::codec::rot13_str(&hay)] {
+                    let mut pairs = Pairs::read(reading.as_bytes());
+                    assert_eq!(
+                        check.found_in(&hay, true, &mut pairs),
+                        reference(&hay),
+                        "{hay:?} x{times}"
+                    );
+                }
                 found += usize::from(reference(&hay));
             }
             assert!(found > 100, "{found}");
         }
+    }
+
+    /// The pairs of a text, or of any reading of it with some of its letters
+    /// rotated by ROT13, never hide a literal of another such reading; and they
+    /// do tell of some that are not there. A search that finds nothing is
+    /// counted, and the pairs are read after [`MISSES`] of them.
+    #[test]
+    fn pairs_never_hide_a_literal_there() {
+        let rotate = |t: &str, every: usize| -> String {
+            t.bytes()
+                .enumerate()
+                .map(|(i, c)| {
+                    let r = crate::codec::rot13(char::from(c)) as u8;
+                    char::from(if i % every == 0 { r } else { c })
+                })
+                .collect()
+        };
+        let mut hidden = 0;
+        for t in crate::scan::testgen::texts(b"abnoAN-z01 m", 30, 5_000) {
+            let readings = [t.clone(), rotate(&t, 1), rotate(&t, 2), rotate(&t, 3)];
+            for r in &readings {
+                let pairs = Pairs::read(r.as_bytes());
+                for other in &readings {
+                    let b = other.as_bytes();
+                    for len in 1..=4 {
+                        for needle in b.windows(len) {
+                            assert!(pairs.may_hold(needle), "{r:?} {needle:?}");
+                        }
+                    }
+                }
+                for needle in [&b"zz"[..], b"a-", b"0n", b" m", b"q", b"N0a"] {
+                    let there = readings
+                        .iter()
+                        .any(|o| memchr::memmem::find(o.as_bytes(), needle).is_some());
+                    assert!(!there || pairs.may_hold(needle), "{r:?} {needle:?}");
+                    hidden += usize::from(!pairs.may_hold(needle));
+                }
+            }
+        }
+        assert!(hidden > 1_000, "{hidden}");
+        let mut pairs = Pairs::default();
+        for k in 0..MISSES {
+            assert!(pairs.bits.is_none(), "{k}");
+            pairs.missed(b"ab", b"xyz");
+            pairs.missed(b"a", b"xyz");
+        }
+        assert!(!pairs.may_hold(b"ab") && pairs.may_hold(b"yz") && pairs.may_hold(b"z"));
     }
 
     #[test]
