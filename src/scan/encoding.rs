@@ -681,13 +681,9 @@ const ASCII_SPACE: [u8; 6] = [b' ', b'\t', b'\n', b'\x0B', b'\x0C', b'\r'];
 fn token_starts(b: &[u8], min: usize, mut f: impl FnMut(usize, usize, bool)) {
     // Bit k of block `i`: byte `64 i + k` is not whitespace.
     let bits = |i: usize| {
-        let at = 64 * i;
-        let n = b.len().saturating_sub(at).min(64);
-        let mut m = 0u64;
-        for w in 0..n.div_ceil(8) {
-            m |= not_space(swar::load(b, at + 8 * w)) << (8 * w);
-        }
-        if n < 64 { m & ((1u64 << n) - 1) } else { m }
+        let at = (64 * i).min(b.len());
+        let end = (at + 64).min(b.len());
+        swar::mask(&b[at..end], |c| !matches!(c, b' ' | b'\t'..=b'\r'))
     };
     let (mut k, mut prev, mut cur) = (0, 0u64, bits(0));
     for i in 0..b.len().div_ceil(64) {
@@ -719,16 +715,6 @@ fn token_end(b: &[u8], start: usize) -> usize {
         .iter()
         .position(|c| ASCII_SPACE.contains(c))
         .map_or(b.len(), |k| start + k)
-}
-
-/// Of eight ASCII bytes, a bit for each that is not one of the six whitespace
-/// bytes (`\t`, `\n`, `\x0B`, `\x0C`, `\r`, space), the first lowest.
-#[inline]
-fn not_space(x: u64) -> u64 {
-    let space = (swar::at_least(x, b' ') & !swar::at_least(x, b' ' + 1))
-        | (swar::at_least(x, b'\t') & !swar::at_least(x, b'\r' + 1));
-    // The high bit of each byte, gathered into the low eight bits.
-    (((!space & swar::HI) >> 7).wrapping_mul(0x0102_0408_1020_4080)) >> 56
 }
 
 enum Tokens<'a> {

@@ -51,7 +51,7 @@ use regex_automata::{Anchored, Input, meta};
 use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use regex_syntax::hir::{Hir, HirKind, Look};
 
-use super::swar::{HI, alnum, digits, gather, load, run};
+use super::swar::{alnum, load, run};
 
 /// Candidates kept per pattern and text; past this the pattern is searched in full.
 pub(crate) const CANDIDATES: usize = 64;
@@ -201,11 +201,8 @@ fn digit_bits(hay: &[u8]) -> SmallVec<[u64; 64]> {
     let mut out = SmallVec::with_capacity(hay.len().div_ceil(64));
     for block in 0..hay.len().div_ceil(64) {
         let at = 64 * block;
-        let mut m = 0u64;
-        for w in 0..(hay.len() - at).min(64).div_ceil(8) {
-            m |= gather(digits(load(hay, at + 8 * w))) << (8 * w);
-        }
-        out.push(m);
+        let end = (at + 64).min(hay.len());
+        out.push(super::swar::mask(&hay[at..end], |c| c.is_ascii_digit()));
     }
     out
 }
@@ -1182,15 +1179,7 @@ fn ascii_words(hay: &[u8], mut f: impl FnMut(usize, usize)) {
     let mut carry = 0u64;
     for at in (0..hay.len()).step_by(64) {
         let n = (hay.len() - at).min(64);
-        let mut m = 0u64;
-        for w in 0..n.div_ceil(8) {
-            let x = alnum(load(hay, at + 8 * w)) & HI;
-            // The high bit of each byte, gathered into the low eight bits.
-            m |= ((x >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * w);
-        }
-        if n < 64 {
-            m &= (1u64 << n) - 1;
-        }
+        let m = super::swar::mask(&hay[at..at + n], |c| c.is_ascii_alphanumeric());
         // Bytes where a word starts or ends: differ from the byte before. Starts
         // and ends alternate, a start first.
         let mut changes = m ^ ((m << 1) | carry);

@@ -74,6 +74,33 @@ pub(crate) fn gather(mask: u64) -> u64 {
     ((mask & HI) >> 7).wrapping_mul(0x0102_0408_1020_4080) >> 56
 }
 
+/// A bit per byte of `block` (at most 64 bytes; bit `k` for byte `k`, none past
+/// its end) that is in the class `f`. The class is first a byte per byte, in a
+/// loop without a branch that the compiler turns into vector comparisons, then
+/// [`gather`]ed eight bytes at a time: about half the time of classes computed
+/// in eight-byte words for a class of two ranges.
+#[inline]
+pub(crate) fn mask(block: &[u8], f: impl Fn(u8) -> bool) -> u64 {
+    let mut t = [0u8; 64];
+    match <&[u8; 64]>::try_from(block) {
+        Ok(b) => {
+            for k in 0..64 {
+                t[k] = u8::from(f(b[k]));
+            }
+        }
+        Err(_) => {
+            for (k, &c) in block.iter().take(64).enumerate() {
+                t[k] = u8::from(f(c));
+            }
+        }
+    }
+    (0..8).fold(0, |m, j| {
+        let mut e = [0u8; 8];
+        e.copy_from_slice(&t[8 * j..8 * j + 8]);
+        m | gather(u64::from_le_bytes(e) << 7) << (8 * j)
+    })
+}
+
 /// How many bytes of `x` from the first have their high bit in `mask`.
 #[inline]
 pub(crate) fn run(mask: u64) -> usize {
@@ -145,6 +172,28 @@ mod tests {
         assert_eq!(load(b"abc", 3), 0);
         assert_eq!(first(u64::MAX, 3), 0xff_ffff);
         assert_eq!(first(7, 8), 7);
+    }
+
+    /// A class's bits for blocks of every length up to 64 (and past it: the first
+    /// 64 bytes), over every byte value.
+    #[test]
+    fn mask_has_a_bit_per_byte_in_the_class() {
+        let bytes: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
+        for len in 0..=70 {
+            for from in [0, 1, 63, 200, 440] {
+                let block = &bytes[from..(from + len).min(bytes.len())];
+                for class in [u8::is_ascii_alphanumeric, u8::is_ascii_digit, |c: &u8| {
+                    *c >= 0x80
+                }] {
+                    let want = block
+                        .iter()
+                        .take(64)
+                        .enumerate()
+                        .fold(0u64, |m, (k, c)| m | u64::from(class(c)) << k);
+                    assert_eq!(mask(block, |c| class(&c)), want, "{len} from {from}");
+                }
+            }
+        }
     }
 
     /// Every byte value at chunk edges and past them, and the empty slice.
