@@ -245,12 +245,17 @@ impl Features {
     pub(crate) fn reads_as_english(&self, text: &str) -> bool {
         let b = text.as_bytes();
         let first = &self.words[..self.words.len().min(super::ENGLISH_WORDS)];
-        let hits = first
-            .iter()
-            .filter(|w| {
-                w.range.len() <= 4 && b.get(w.range.clone()).is_some_and(super::common_english)
-            })
-            .count();
+        // From ENGLISH_ENOUGH common words on the answer is yes, whatever
+        // follows: most English texts are known within their first hundred words.
+        let mut hits = 0;
+        for w in first {
+            if w.range.len() <= 4 && b.get(w.range.clone()).is_some_and(super::common_english) {
+                hits += 1;
+                if hits == super::ENGLISH_ENOUGH {
+                    return true;
+                }
+            }
+        }
         super::english_share(first.len(), hits)
     }
 

@@ -646,9 +646,8 @@ pub(crate) fn families_fired(text: &str, n: &normalize::Normalized) -> Vec<usize
 /// Whether normalized text is plain English already (so a ROT13 reading of it is not
 /// worth trying): function words are common in English and absent from ROT13 of it.
 fn reads_as_english(text: &str) -> bool {
-    // Common words in 8% of the first 400 words. From 32 hits on, that holds
-    // whatever follows (at most 400 words): the answer is known.
-    const ENOUGH: usize = 32;
+    // Common words in 8% of the first 400 words. From ENGLISH_ENOUGH hits on,
+    // that holds whatever follows: the answer is known.
     let mut words = 0usize;
     let mut hits = 0usize;
     if text.is_ascii() {
@@ -661,7 +660,7 @@ fn reads_as_english(text: &str) -> bool {
         {
             words += 1;
             hits += usize::from(common_english(w));
-            if hits >= ENOUGH && words >= 8 {
+            if hits >= ENGLISH_ENOUGH && words >= 8 {
                 return true;
             }
         }
@@ -673,7 +672,7 @@ fn reads_as_english(text: &str) -> bool {
         {
             words += 1;
             hits += usize::from(common_english(w.as_bytes()));
-            if hits >= ENOUGH && words >= 8 {
+            if hits >= ENGLISH_ENOUGH && words >= 8 {
                 return true;
             }
         }
@@ -702,6 +701,10 @@ impl Common {
         english_share(self.words, self.hits)
     }
 }
+
+/// Common words among a text's first words from which [`reads_as_english`]'s
+/// answer is yes, whatever words follow (8% of [`ENGLISH_WORDS`]).
+pub(crate) const ENGLISH_ENOUGH: usize = ENGLISH_WORDS * 8 / 100;
 
 /// How many of a text's first words [`reads_as_english`] reads.
 pub(crate) const ENGLISH_WORDS: usize = 400;
