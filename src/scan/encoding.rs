@@ -675,7 +675,7 @@ const ASCII_SPACE: [u8; 6] = [b' ', b'\t', b'\n', b'\x0B', b'\x0C', b'\r'];
 /// Calls `f(k, start, long)` for each token of ASCII `b` (what [`tokens`]
 /// yields for it): its number, where it starts, and whether it is `min` bytes
 /// or longer (`min` at most 64). Read 64 bytes at a time: a bit per byte that is
-/// not whitespace, eight bytes at a time, a token's start where the bits go from
+/// not whitespace ([`swar::mask`]), a token's start where the bits go from
 /// 0 to 1, and its length from `min` bits in a row (no byte of most tokens is
 /// read one at a time, nor where they end: [`token_end`], for those asked about).
 fn token_starts(b: &[u8], min: usize, mut f: impl FnMut(usize, usize, bool)) {

@@ -1169,8 +1169,8 @@ fn slot(key: u64, size: usize) -> usize {
 }
 
 /// Calls `f(start, end)` for each run of ASCII letters and digits in `hay`, in
-/// order. Read 64 bytes at a time: a bit per byte that is a letter or digit,
-/// eight bytes at a time, and the words' starts and ends where the bits change
+/// order. Read 64 bytes at a time: a bit per byte that is a letter or digit
+/// ([`swar::mask`](super::swar::mask)), and the words' starts and ends where the bits change
 /// (one loop over a block's changes, whose length the processor mispredicts
 /// once a block rather than once every eight bytes).
 fn ascii_words(hay: &[u8], mut f: impl FnMut(usize, usize)) {
