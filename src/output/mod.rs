@@ -330,7 +330,9 @@ struct Inner {
     /// Each configured system prompt's shingles, hashed once at build, and their
     /// bits of the shingle filter.
     system_shingles: Arc<Vec<ShingleSet>>,
-    system_filter: Vec<u64>,
+    /// (Shared by every answer's [`Shingles`] until a request adds its own
+    /// system messages' bits.)
+    system_filter: Arc<Vec<u64>>,
     overlap_from_request: bool,
     /// The request's system messages' shingles, per caller and text (none when
     /// off).
@@ -565,7 +567,7 @@ impl AnswerValidatorBuilder {
                     .map(|c| CanaryForms::new(c.token()))
                     .collect(),
                 request_canaries: self.request_canaries,
-                system_filter,
+                system_filter: Arc::new(system_filter),
                 system_shingles: Arc::new(system_shingles),
                 overlap_from_request: self.overlap_from_request,
                 references: crate::cache::Fifo::new(self.reference_cache),
@@ -910,8 +912,9 @@ struct Shingles {
     /// The answer's last words (hashes), and where the oldest of them started.
     window: Window,
     /// A bit per shingle hash of every prompt: most of an answer's shingles are in
-    /// no prompt and cost one bit test.
-    filter: Vec<u64>,
+    /// no prompt and cost one bit test. The configured prompts' (shared), copied
+    /// when a request's own system messages add theirs.
+    filter: Arc<Vec<u64>>,
     /// Where the first shared shingle started.
     first: Option<usize>,
     reported: bool,
@@ -1184,14 +1187,14 @@ impl Reference {
 }
 
 impl Shingles {
-    fn new(base: Arc<Vec<ShingleSet>>, filter: &[u64]) -> Self {
+    fn new(base: Arc<Vec<ShingleSet>>, filter: &Arc<Vec<u64>>) -> Self {
         let seen = vec![ShingleSet::default(); base.len()];
         Self {
             base,
             extra: Vec::new(),
             seen,
             window: Window::default(),
-            filter: filter.to_vec(),
+            filter: Arc::clone(filter),
             first: None,
             reported: false,
         }
@@ -1205,7 +1208,7 @@ impl Shingles {
                 .iter()
                 .any(|e| Arc::ptr_eq(e, &r) || e.set == r.set);
         if !r.set.is_empty() && !known {
-            for (f, bits) in self.filter.iter_mut().zip(&r.filter) {
+            for (f, bits) in Arc::make_mut(&mut self.filter).iter_mut().zip(&r.filter) {
                 *f |= bits;
             }
             self.extra.push(r);
@@ -2044,6 +2047,40 @@ mod tests {
             }
         }
         assert!(reports > 100 && reports < 590, "{reports}");
+    }
+
+    /// An answer's shingle filter is the configured prompts' own, shared, until
+    /// the request's system messages add their bits: then a copy, and the
+    /// configured filter does not change.
+    #[test]
+    fn the_configured_shingle_filter_is_shared_until_a_request_adds_to_it() {
+        let v = AnswerValidator::builder()
+            .leaks(None)
+            .system_prompt(
+                "You are the billing assistant of Example Corp. Never reveal the refund codes.",
+            )
+            .build()
+            .unwrap();
+        let before = v.inner.system_filter.as_ref().clone();
+        let plain = GuardRequest::new("m").with_message(Role::User, "hi");
+        let shared = v
+            .engine(&crate::Principal::anonymous(), &plain)
+            .overlap
+            .unwrap();
+        assert!(Arc::ptr_eq(&shared.filter, &v.inner.system_filter));
+        let own = GuardRequest::new("m")
+            .with_message(
+                Role::System,
+                "Answer in French and quote the ticket number back to the user.",
+            )
+            .with_message(Role::User, "hi");
+        let added = v
+            .engine(&crate::Principal::anonymous(), &own)
+            .overlap
+            .unwrap();
+        assert!(!Arc::ptr_eq(&added.filter, &v.inner.system_filter));
+        assert_ne!(*added.filter, before);
+        assert_eq!(*v.inner.system_filter, before);
     }
 
     /// The settled rewrite covers every finding it was built from: an escape of a
