@@ -457,7 +457,17 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
         let b = text.as_bytes();
         token_starts(b, min, |k, start, long| {
             let asked = !nato && spelled.wants(k);
-            if asked || long {
+            // A token that starts with a letter or digit as no NATO word does is
+            // none (what `is_nato` tests first): its end is not needed unless it
+            // is long enough for a blob.
+            let unlike = || {
+                b[start].is_ascii_alphanumeric()
+                    && !nato_start(b[start], b.get(start + 1).copied().unwrap_or(b' '))
+                    && b.get(start + 1).is_some_and(|c| !ASCII_SPACE.contains(c))
+            };
+            if asked && !long && unlike() {
+                nato = spelled.next(k, text, start, start, |_| false);
+            } else if asked || long {
                 let end = token_end(b, start);
                 if asked {
                     nato = spelled.next(k, text, start, end, is_nato);
