@@ -462,8 +462,7 @@ pub(crate) fn scan(p: &Patterns, text: &str, at: Location, out: &mut Vec<Finding
             // is long enough for a blob.
             let unlike = || {
                 b[start].is_ascii_alphanumeric()
-                    && !nato_start(b[start], b.get(start + 1).copied().unwrap_or(b' '))
-                    && b.get(start + 1).is_some_and(|c| !ASCII_SPACE.contains(c))
+                    && matches!(b.get(start + 1), Some(&c) if !ASCII_SPACE.contains(&c) && !nato_start(b[start], c))
             };
             if asked && !long && unlike() {
                 nato = spelled.next(k, text, start, start, |_| false);

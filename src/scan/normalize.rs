@@ -531,7 +531,6 @@ fn unleet_word(word: &mut [u8], letters: usize, leety: usize) {
 /// that may be mapped), without a branch per byte. A word that goes on past
 /// either end of its block is read byte by byte ([`unleet_at`]).
 fn unleet(b: &mut [u8]) {
-    let in_word = |c: u8| matches!(CLASS[usize::from(c)], LETTER | LEET | WORD);
     // The bytes before it were looked at (the last word read byte by byte).
     let mut done = 0;
     for c in (0..b.len()).step_by(64) {
@@ -611,11 +610,16 @@ fn block_masks(block: &[u8]) -> (u64, u64, u64) {
     (gather(&w), gather(&a), gather(&l))
 }
 
+/// Whether ASCII byte `c` is in a word [`unleet`] reads: a letter, a digit, `@`,
+/// `$` or an apostrophe.
+fn in_word(c: u8) -> bool {
+    matches!(CLASS[usize::from(c)], LETTER | LEET | WORD)
+}
+
 /// Maps the leet characters of the word of lowercased ASCII `b` that byte `i`
 /// is in, when it mixes them with letters as [`unleet`] says; where the word
 /// ends (`i` when the byte is in none).
 fn unleet_at(b: &mut [u8], i: usize) -> usize {
-    let in_word = |c: u8| matches!(CLASS[usize::from(c)], LETTER | LEET | WORD);
     if !in_word(b[i]) {
         return i;
     }
