@@ -332,29 +332,26 @@ fn own_sum(h: u64, w: &[u8], weight: impl Fn(usize) -> [f32; HEADS]) -> [f32; HE
     sum
 }
 
-/// What feature extraction feeds: each word, with its hash, its first 32 bytes,
-/// its pair slot (with the word before) and its byte range.
-trait Sink {
-    fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>);
+/// The hash of the word before a text's first word.
+fn start_hash() -> u64 {
+    word_hash(b"^")
 }
 
-impl Sink for Features {
-    fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
-        self.words.push(Word {
-            range,
-            at: self.slots.len(),
-            sum: [0.0; HEADS],
-        });
-        self.slots.push(pair);
-        own_slots(h, w, |s| self.slots.push(s));
-    }
+/// Word `b[start..end]`, after the word whose hash is `prev`: its first 32
+/// bytes, their hash and its pair slot (with the word before).
+#[inline(always)]
+fn hashed(b: &[u8], start: usize, end: usize, prev: u64) -> (&[u8], u64, u32) {
+    let w = &b[start..end.min(start + 32)];
+    let h = word_hash(w);
+    let pair = fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR);
+    (w, h, pair)
 }
 
-/// Entries in [`Summed`]'s cache of word sums, at most (a power of two; a short
+/// Entries in [`Extractor`]'s cache of word sums, at most (a power of two; a short
 /// text gets fewer: one per four bytes, rounded up).
 const SEEN: usize = 512;
 
-/// A word in [`Summed`]'s cache of word sums.
+/// A word in [`Extractor`]'s cache of word sums.
 #[derive(Clone, Copy, Default)]
 struct Seen {
     hash: u64,
@@ -400,19 +397,23 @@ impl Drop for Features {
 }
 
 thread_local! {
-    /// Each thread's table for [`Summed::seen`], kept between texts, and the
+    /// Each thread's table for [`Extractor::seen`], kept between texts, and the
     /// number of the last text that used it (entries of other texts are empty: the
     /// table is never cleared but when the number wraps).
     static SEEN_TABLE: std::cell::RefCell<(Vec<Seen>, u32)> =
         const { std::cell::RefCell::new((Vec::new(), 0)) };
 }
 
-/// Features summed as they are extracted (what scoring needs: the weights per word,
-/// added up exactly as [`Model::best_with`] adds stored slots).
-struct Summed<'m> {
+/// [`Classifier::features`] given a word at a time, by its own pass over the
+/// text or by another pass over the same text (the scanner's word lookups: the
+/// words must be the text's runs of ASCII letters and digits, in order, which
+/// are the classifier's words only when the text is ASCII). The words are kept
+/// and summed at the end, in one loop (what scoring needs: the weights per
+/// word, added up exactly as [`Model::best_with`] adds stored slots). Summed as
+/// they came, a word at a time between the other pass's work, they cost the
+/// scanner 2.3 µs more per 4 KiB of prose (29.3 µs against 27.0).
+pub(crate) struct Extractor<'m> {
     model: &'m Model,
-    acc: [f32; HEADS],
-    count: usize,
     f: Features,
     /// The text being read (a cached word is compared with its first occurrence).
     text: &'m [u8],
@@ -424,59 +425,87 @@ struct Summed<'m> {
     number: u32,
 }
 
-impl Sink for Summed<'_> {
-    fn word(&mut self, h: u64, w: &[u8], pair: u32, range: std::ops::Range<usize>) {
-        let first = swar::first(swar::load(self.text, range.start), w.len());
-        // The same word of this text: the same length and bytes (the first eight
-        // compared as an integer, the rest only for a longer word).
-        let same = |e: &Seen| {
-            let (from, len) = (e.start as usize, usize::from(e.len));
-            e.text == self.number
-                && len == w.len()
-                && e.hash == h
-                && e.first == first
-                && (len <= 8 || self.text.get(from..from + len) == Some(w))
-        };
-        // Two places a word may be kept (by two parts of its hash): two words
-        // that share one, both recurring, would otherwise push each other out
-        // at every occurrence.
-        let (i, j) = ((h as usize) & self.mask, ((h >> 40) as usize) & self.mask);
-        let own = if same(&self.seen[i]) {
-            self.seen[i].sum
-        } else if same(&self.seen[j]) {
-            self.seen[j].sum
-        } else {
-            let sum = own_sum(h, w, |s| self.model.weights.get(s));
-            // Offsets past u32 are not cached (the sum is recomputed). A place
-            // of another text is free; else the second is taken.
-            if let Ok(start) = u32::try_from(range.start) {
-                let at = if self.seen[i].text == self.number {
-                    j
-                } else {
-                    i
-                };
-                self.seen[at] = Seen {
-                    hash: h,
-                    first,
-                    start,
-                    text: self.number,
-                    len: w.len() as u8,
-                    sum,
-                };
-            }
-            sum
-        };
-        let p = self.model.weights.get(pair as usize);
-        for k in 0..HEADS {
-            self.acc[k] += p[k];
-            self.acc[k] += own[k];
-        }
-        self.count += 1 + own_count(w.len());
+impl Extractor<'_> {
+    /// The next word, `text[start..end]`.
+    #[inline]
+    pub(crate) fn word(&mut self, start: usize, end: usize) {
         self.f.words.push(Word {
-            range,
-            at: self.count,
-            sum: self.acc,
+            range: start..end,
+            at: 0,
+            sum: [0.0; HEADS],
         });
+    }
+
+    /// The features of the words given.
+    pub(crate) fn finish(mut self) -> Features {
+        self.sum_words();
+        std::mem::replace(&mut self.f, Features::empty())
+    }
+
+    /// Each word's running sums and slot count.
+    fn sum_words(&mut self) {
+        let (text, weights, number, mask) =
+            (self.text, &self.model.weights, self.number, self.mask);
+        let seen = &mut self.seen[..=mask];
+        let (mut acc, mut count, mut prev) = ([0.0f32; HEADS], 0, start_hash());
+        for word in &mut self.f.words {
+            let start = word.range.start;
+            let (w, h, pair) = hashed(text, start, word.range.end, prev);
+            prev = h;
+            let first = swar::first(swar::load(text, start), w.len());
+            // The same word of this text: the same length and bytes (the first
+            // eight compared as an integer, the rest only for a longer word).
+            let same = |e: &Seen| {
+                let (from, len) = (e.start as usize, usize::from(e.len));
+                e.text == number
+                    && len == w.len()
+                    && e.hash == h
+                    && e.first == first
+                    && (len <= 8 || text.get(from..from + len) == Some(w))
+            };
+            // Two places a word may be kept (by two parts of its hash): two
+            // words that share one, both recurring, would otherwise push each
+            // other out at every occurrence.
+            let (i, j) = ((h as usize) & mask, ((h >> 40) as usize) & mask);
+            let own = if same(&seen[i]) {
+                seen[i].sum
+            } else if same(&seen[j]) {
+                seen[j].sum
+            } else {
+                let sum = own_sum(h, w, |s| weights.get(s));
+                // Offsets past u32 are not cached (the sum is recomputed). A
+                // place of another text is free; else the second is taken.
+                if let Ok(start) = u32::try_from(start) {
+                    let at = if seen[i].text == number { j } else { i };
+                    seen[at] = Seen {
+                        hash: h,
+                        first,
+                        start,
+                        text: number,
+                        len: w.len() as u8,
+                        sum,
+                    };
+                }
+                sum
+            };
+            let p = weights.get(pair as usize);
+            for k in 0..HEADS {
+                acc[k] += p[k];
+                acc[k] += own[k];
+            }
+            count += 1 + own_count(w.len());
+            word.at = count;
+            word.sum = acc;
+        }
+    }
+}
+
+impl Drop for Extractor<'_> {
+    /// This thread's table of word sums goes back for the next text.
+    fn drop(&mut self) {
+        let seen = std::mem::take(&mut self.seen);
+        let number = self.number;
+        SEEN_TABLE.with(|t| *t.borrow_mut() = (seen, number));
     }
 }
 
@@ -486,12 +515,23 @@ pub(crate) fn features(text: &str) -> Features {
         words: Vec::with_capacity(text.len() / 5),
         summed: false,
     };
-    extract(text, &mut f);
+    let (b, mut prev) = (text.as_bytes(), start_hash());
+    extract(text, |start, end| {
+        let (w, h, pair) = hashed(b, start, end, prev);
+        prev = h;
+        f.words.push(Word {
+            range: start..end,
+            at: f.slots.len(),
+            sum: [0.0; HEADS],
+        });
+        f.slots.push(pair);
+        own_slots(h, w, |s| f.slots.push(s));
+    });
     f
 }
 
-fn extract(text: &str, sink: &mut impl Sink) {
-    let mut prev: u64 = word_hash(b"^");
+/// Calls `word(start, end)` with each word of `text`, in order.
+fn extract(text: &str, mut word: impl FnMut(usize, usize)) {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
@@ -525,49 +565,8 @@ fn extract(text: &str, sink: &mut impl Sink) {
             i += text[i..].chars().next().map_or(1, char::len_utf8);
             continue;
         }
-        prev = feed(b, start, end, prev, sink);
+        word(start, end);
         i = end;
-    }
-}
-
-/// Feeds word `b[start..end]` (after the word whose hash is `prev`) to `sink`;
-/// returns its hash.
-#[inline]
-fn feed(b: &[u8], start: usize, end: usize, prev: u64, sink: &mut impl Sink) -> u64 {
-    let w = &b[start..end.min(start + 32)];
-    let h = word_hash(w);
-    let pair = fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR);
-    sink.word(h, w, pair, start..end);
-    h
-}
-
-/// [`Classifier::features`] fed a word at a time by another pass over the same
-/// text (the scanner's word lookups): the words must be the text's runs of
-/// ASCII letters and digits, in order, which are the classifier's words only
-/// when the text is ASCII.
-pub(crate) struct Extractor<'m> {
-    sink: Summed<'m>,
-    prev: u64,
-}
-
-impl Extractor<'_> {
-    /// The next word, `text[start..end]`.
-    pub(crate) fn word(&mut self, start: usize, end: usize) {
-        self.prev = feed(self.sink.text, start, end, self.prev, &mut self.sink);
-    }
-
-    /// The features of the words given.
-    pub(crate) fn finish(mut self) -> Features {
-        std::mem::replace(&mut self.sink.f, Features::empty())
-    }
-}
-
-impl Drop for Extractor<'_> {
-    /// This thread's table of word sums goes back for the next text.
-    fn drop(&mut self) {
-        let seen = std::mem::take(&mut self.sink.seen);
-        let number = self.sink.number;
-        SEEN_TABLE.with(|t| *t.borrow_mut() = (seen, number));
     }
 }
 
@@ -645,7 +644,7 @@ impl Model {
             for (k, word) in f.words.iter().enumerate() {
                 let (from, to) = (word.at, f.words.get(k + 1).map_or(f.slots.len(), |w| w.at));
                 // The pair slot, then the word's own slots summed from zero
-                // (the order [`Summed`] adds them in).
+                // (the order [`Extractor`] adds them in).
                 let slots = &f.slots[from..to];
                 let mut own = [0.0f32; HEADS];
                 for &s in slots.get(1..).unwrap_or_default() {
@@ -922,7 +921,7 @@ impl Classifier {
     /// they are extracted (what scoring needs; nothing stored per slot).
     pub(crate) fn features(&self, text: &str) -> Features {
         let mut x = self.extractor(text);
-        extract(text, &mut x.sink);
+        extract(text, |start, end| x.word(start, end));
         x.finish()
     }
 
@@ -944,25 +943,20 @@ impl Classifier {
             seen.resize(slots, Seen::default());
         }
         Extractor {
-            sink: Summed {
-                model: &self.model,
-                acc: [0.0; HEADS],
-                count: 0,
-                text: text.as_bytes(),
-                seen,
-                mask: slots - 1,
-                number,
-                f: Features {
-                    slots: Vec::new(),
-                    words: {
-                        let mut w = WORDS.with(std::cell::Cell::take);
-                        w.reserve(words);
-                        w
-                    },
-                    summed: true,
+            model: &self.model,
+            text: text.as_bytes(),
+            seen,
+            mask: slots - 1,
+            number,
+            f: Features {
+                slots: Vec::new(),
+                words: {
+                    let mut w = WORDS.with(std::cell::Cell::take);
+                    w.reserve(words);
+                    w
                 },
+                summed: true,
             },
-            prev: word_hash(b"^"),
         }
     }
 
