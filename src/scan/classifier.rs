@@ -301,15 +301,15 @@ const GRAM: u64 = 0x3000_0000_0000_0000;
 /// ... "es>").
 fn own_slots(h: u64, w: &[u8], mut slot: impl FnMut(u32)) {
     slot(fib(h ^ WORD));
-    if w.len() >= 3 {
-        let mut padded = [0u8; 34];
-        padded[0] = b'<';
-        padded[1..=w.len()].copy_from_slice(w);
-        padded[w.len() + 1] = b'>';
-        for g in padded[..w.len() + 2].windows(4) {
-            let g = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
-            slot(fib(u64::from(g) ^ GRAM));
+    let n = w.len();
+    if n >= 3 {
+        // The 4-grams of `<`, the word and `>`, read from the word itself.
+        let mut gram = |g: [u8; 4]| slot(fib(u64::from(u32::from_le_bytes(g)) ^ GRAM));
+        gram([b'<', w[0], w[1], w[2]]);
+        for g in w.windows(4) {
+            gram([g[0], g[1], g[2], g[3]]);
         }
+        gram([w[n - 3], w[n - 2], w[n - 1], b'>']);
     }
 }
 
@@ -1233,6 +1233,30 @@ mod tests {
                 .probability
                 > a.score("summarise the notes for the team").probability
         );
+    }
+
+    /// A word's own slots are its hash's and those of the 4-grams of the word
+    /// between `<` and `>` (what a copy of it so padded gave).
+    #[test]
+    fn own_slots_are_the_padded_words_grams() {
+        let reference = |h: u64, w: &[u8]| {
+            let mut out = vec![fib(h ^ WORD)];
+            if w.len() >= 3 {
+                let padded: Vec<u8> = [&b"<"[..], w, b">"].concat();
+                for g in padded.windows(4) {
+                    let g = u32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+                    out.push(fib(u64::from(g) ^ GRAM));
+                }
+            }
+            out
+        };
+        for w in crate::scan::testgen::strings(b"az09AZ_\xff\x80<>", 33, 3000) {
+            let h = word_hash(&w);
+            let mut ours = Vec::new();
+            own_slots(h, &w, |s| ours.push(s));
+            assert_eq!(ours, reference(h, &w), "{w:?}");
+            assert_eq!(ours.len(), own_count(w.len()), "{w:?}");
+        }
     }
 
     /// The word hash, eight bytes at a time, is the one that copied each chunk.
