@@ -807,6 +807,10 @@ struct WordIndex {
     /// A bit per bucket that a literal of eight bytes or more starts in (the
     /// others skip the table of long literals).
     long_used: Vec<u64>,
+    /// A bit per [`long_bit`] of each literal of eight bytes or more: most words
+    /// whose bucket has one are told apart without a probe of `long` (64 KB
+    /// for the built-in families, where this is 8 KB).
+    long_bits: Vec<u64>,
     /// Literals that are the first two bytes of a word that may go on, by those
     /// bytes (sorted by them), and a bit per two bytes that start one.
     starts: Vec<(u16, (u64, u64, u32))>,
@@ -843,6 +847,7 @@ impl WordIndex {
             patterns: Vec::new(),
             used: Vec::new(),
             long_used: Vec::new(),
+            long_bits: Vec::new(),
             starts: Vec::new(),
             whole: Vec::new(),
             starts_used: vec![0; (1 << 16) / 64],
@@ -939,6 +944,11 @@ impl WordIndex {
             .collect();
         long.sort_unstable();
         long.dedup();
+        self.long_bits = vec![0; (1 << LONG_BITS) / 64];
+        for &(stem, _) in &long {
+            let k = long_bit(stem);
+            self.long_bits[k / 64] |= 1 << (k % 64);
+        }
         let size = (long.len() * 2).next_power_of_two().max(2);
         self.long = vec![(0, u32::MAX); size];
         self.patterns = Vec::new();
@@ -1144,7 +1154,10 @@ impl WordIndex {
                 last = pattern;
             }
         }
-        if self.long_used[b / 64] & (1 << (b % 64)) == 0 {
+        let k = long_bit(bits);
+        if self.long_used[b / 64] & (1 << (b % 64)) == 0
+            || self.long_bits[k / 64] & (1 << (k % 64)) == 0
+        {
             return;
         }
         let size = self.long.len();
@@ -1161,6 +1174,15 @@ impl WordIndex {
             i = (i + 1) & (size - 1);
         }
     }
+}
+
+/// Bits of [`WordIndex::long_bits`]' index.
+const LONG_BITS: u32 = 16;
+
+/// The bit of eight bytes in [`WordIndex::long_bits`].
+#[inline]
+fn long_bit(key: u64) -> usize {
+    (key.wrapping_mul(0xd6e8_feb8_6659_fd93) >> (64 - LONG_BITS)) as usize
 }
 
 /// The slot of eight bytes in an open-addressed table of `size` (a power of two).
