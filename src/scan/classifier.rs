@@ -291,6 +291,24 @@ fn word_hash(w: &[u8]) -> u64 {
     h
 }
 
+/// [`word_hash`] of `w` (one byte or more) whose first eight bytes,
+/// zero-padded, are `first`.
+#[inline(always)]
+fn word_hash_from(first: u64, w: &[u8]) -> u64 {
+    let mix = |h: u64, chunk: u64| {
+        (h ^ chunk)
+            .wrapping_mul(0xff51_afd7_ed55_8ccd)
+            .rotate_left(29)
+    };
+    let mut h = mix(0x243f_6a88_85a3_08d3 ^ w.len() as u64, first);
+    let mut at = 8;
+    while at < w.len() {
+        h = mix(h, swar::load(w, at));
+        at += 8;
+    }
+    h
+}
+
 // Tags that keep the three kinds of feature apart in the one slot space.
 const WORD: u64 = 0x1000_0000_0000_0000;
 const PAIR: u64 = 0x2000_0000_0000_0000;
@@ -450,9 +468,13 @@ impl Extractor<'_> {
         let (mut acc, mut count, mut prev) = ([0.0f32; HEADS], 0, start_hash());
         for word in &mut self.f.words {
             let start = word.range.start;
-            let (w, h, pair) = hashed(text, start, word.range.end, prev);
-            prev = h;
+            let w = &text[start..word.range.end.min(start + 32)];
+            // Its first eight bytes read from the text (a word of up to eight,
+            // most words, needs no other read).
             let first = swar::first(swar::load(text, start), w.len());
+            let h = word_hash_from(first, w);
+            let pair = fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR);
+            prev = h;
             // The same word of this text: the same length and bytes (the first
             // eight compared as an integer, the rest only for a longer word).
             let same = |e: &Seen| {
@@ -1275,6 +1297,13 @@ mod tests {
         };
         for w in crate::scan::testgen::strings(b"az09AZ_\xff\x80", 40, 3000) {
             assert_eq!(word_hash(&w), reference_hash(&w), "{w:?}");
+            // From its first eight bytes as read from a text (where more bytes
+            // follow the word).
+            if !w.is_empty() {
+                let text = [&w[..], b"zzzzzzzz"].concat();
+                let first = swar::first(swar::load(&text, 0), w.len());
+                assert_eq!(word_hash_from(first, &w), reference_hash(&w), "{w:?}");
+            }
         }
     }
 
