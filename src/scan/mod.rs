@@ -367,7 +367,7 @@ impl Scanner {
                     for f in &mut out {
                         if let Some(value) = text.get(f.span()) {
                             let (rule, category) = (f.rule_id().to_owned(), f.category().clone());
-                            *f = replacer.apply(f.clone(), &rule, &category, value);
+                            *f = replacer.apply(f.clone(), &rule, &category, value, None);
                         }
                     }
                 }

@@ -125,6 +125,32 @@ fn push_label(s: &mut String, rule: &str) {
     }));
 }
 
+/// `[REDACTED:LABEL]`, the mask of a finding of `rule`.
+fn mask_text(rule: &str) -> String {
+    let mut with = String::with_capacity(rule.len() + 11);
+    with.push_str("[REDACTED:");
+    push_label(&mut with, rule);
+    with.push(']');
+    with
+}
+
+/// The mask of a rule whose id is `'static` (the built-in rules'), made once
+/// per id for the life of the process: a masked finding of the rule then
+/// borrows it instead of allocating its own (2.6 µs of the dense scan bench's
+/// 4 KiB, which holds about 85 findings). The ids that are `'static` are a
+/// program's own literals, a bounded set: each is kept once.
+pub(crate) fn static_mask(rule: &'static str) -> &'static str {
+    static MASKS: std::sync::OnceLock<std::sync::Mutex<HashMap<&'static str, &'static str>>> =
+        std::sync::OnceLock::new();
+    let mut masks = MASKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    masks
+        .entry(rule)
+        .or_insert_with(|| Box::leak(mask_text(rule).into_boxed_str()))
+}
+
 /// Replaces findings' values for one scan (numbering pseudonyms across messages).
 pub(crate) struct Replacer<'a> {
     mode: &'a Redaction,
@@ -141,24 +167,24 @@ impl<'a> Replacer<'a> {
         }
     }
 
+    /// `f` (a finding of `rule` with `value`) with its replacement; `mask` is
+    /// the rule's [`static_mask`], when it has one.
     pub(crate) fn apply(
         &mut self,
         f: Finding,
         rule: &str,
         category: &Category,
         value: &str,
+        mask: Option<&'static str>,
     ) -> Finding {
         if !matches!(category, Category::Secret | Category::PersonalData) {
             return f;
         }
         match &self.mode.0 {
-            Mode::Mask => {
-                let mut with = String::with_capacity(rule.len() + 11);
-                with.push_str("[REDACTED:");
-                push_label(&mut with, rule);
-                with.push(']');
-                f.with_replacement(with)
-            }
+            Mode::Mask => match mask {
+                Some(m) => f.with_replacement(m),
+                None => f.with_replacement(mask_text(rule)),
+            },
             Mode::Remove => f.with_replacement(""),
             Mode::Partial(n) => {
                 let chars: Vec<char> = value.chars().collect();
@@ -219,8 +245,39 @@ mod tests {
                 Location::Output,
                 0..1,
             );
-            let f = Replacer::new(&mask).apply(f, rule, &Category::Secret, "v");
-            assert_eq!(f.replacement(), Some(format!("[REDACTED:{want}]").as_str()));
+            let want = format!("[REDACTED:{want}]");
+            let f = Replacer::new(&mask).apply(f, rule, &Category::Secret, "v", None);
+            assert_eq!(f.replacement(), Some(want.as_str()));
+            // A rule's mask kept for the life of the process is the same text,
+            // made once.
+            let kept = static_mask(rule);
+            assert_eq!(kept, want);
+            assert!(std::ptr::eq(kept, static_mask(rule)), "{rule}");
+            let f = Replacer::new(&mask).apply(f, rule, &Category::Secret, "v", Some(kept));
+            assert_eq!(f.replacement(), Some(want.as_str()));
+        }
+    }
+
+    /// Masked findings of built-in rules (ids that are `'static`) and of a rule
+    /// whose id is made at run time read the same.
+    #[test]
+    fn built_in_and_run_time_rules_mask_alike() {
+        use crate::scan::{Rule, Scanner};
+        let id = format!("custom.{}", "order-ref");
+        let rule = Rule::new(id, Category::PersonalData, Severity::High, r"ORD-[0-9]{6}").unwrap();
+        let scanner = Scanner::builder().rule(rule).build();
+        let text = "card 4111 1111 1111 1111, ref ORD-123456, mail ana.lopez@acme-widgets.com";
+        let found = scanner.scan_text(text, Location::Output);
+        let masks: Vec<(&str, Option<&str>)> = found
+            .iter()
+            .map(|f| (f.rule_id(), f.replacement()))
+            .collect();
+        for (rule, want) in [
+            ("pii.payment_card", "[REDACTED:PAYMENT_CARD]"),
+            ("custom.order-ref", "[REDACTED:ORDER_REF]"),
+            ("pii.email", "[REDACTED:EMAIL]"),
+        ] {
+            assert!(masks.contains(&(rule, Some(want))), "{rule}: {masks:?}");
         }
     }
 }

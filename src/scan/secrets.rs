@@ -46,6 +46,9 @@ pub struct Rule {
     /// rules whose anchors are common: a colon, `://`): an anchor that fails it
     /// opens no window. Every match holds an anchor that passes.
     pub(crate) near: Option<fn(&[u8], usize) -> bool>,
+    /// Its findings' mask, when its id is `'static`
+    /// ([`static_mask`](super::redaction::static_mask)).
+    mask: Option<&'static str>,
 }
 
 impl Rule {
@@ -83,8 +86,13 @@ impl Rule {
                 )
                 .with_source(e)
             })?;
+        let mask = match &id {
+            Cow::Borrowed(id) => Some(super::redaction::static_mask(id)),
+            Cow::Owned(_) => None,
+        };
         Ok(Self {
             id,
+            mask,
             category,
             severity,
             action: Action::Redact,
@@ -363,7 +371,7 @@ impl RuleSet {
                 start..end,
             )
             .with_action(r.action);
-            let f = cx.replacer.apply(f, &r.id, &r.category, v);
+            let f = cx.replacer.apply(f, &r.id, &r.category, v, r.mask);
             cx.out.push(f);
         }
     }
