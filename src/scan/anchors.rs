@@ -155,6 +155,19 @@ impl Anchors {
         }
     }
 
+    /// Whether an anchor occurs in `hay` (ASCII case ignored): the walk stops at
+    /// the first.
+    pub(crate) fn any(&self, hay: &[u8]) -> bool {
+        let mut s = START;
+        for &b in hay {
+            s = self.step(s, b);
+            if s & MATCH != 0 {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Calls `f(pattern, start, end)` for every occurrence of an anchor in `hay`,
     /// ASCII case ignored, overlapping ones included, in the order of their ends
     /// (as `AhoCorasick::find_overlapping_iter` gives them over the lowercased text).
