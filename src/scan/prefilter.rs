@@ -811,6 +811,12 @@ struct WordIndex {
     /// whose bucket has one are told apart without a probe of `long` (64 KB
     /// for the built-in families, where this is 8 KB).
     long_bits: Vec<u64>,
+    /// Per bucket, how many of its literals (in `entries`) are shorter than four
+    /// bytes (saturated: at [`u8::MAX`] every literal is compared). They come
+    /// first; the others follow by their first four bytes, and past [`FOURS`]
+    /// of them only those that begin with a word's first four are compared
+    /// (the phone formats put 200 literals in the bucket of "03").
+    shorts: Vec<u8>,
     /// Literals that are the first two bytes of a word that may go on, by those
     /// bytes (sorted by them), and a bit per two bytes that start one.
     starts: Vec<(u16, (u64, u64, u32))>,
@@ -848,6 +854,7 @@ impl WordIndex {
             used: Vec::new(),
             long_used: Vec::new(),
             long_bits: Vec::new(),
+            shorts: Vec::new(),
             starts: Vec::new(),
             whole: Vec::new(),
             starts_used: vec![0; (1 << 16) / 64],
@@ -973,8 +980,17 @@ impl WordIndex {
             .into_iter()
             .filter(|(_, (_, mask, _))| *mask != u64::MAX)
             .collect();
-        short.sort_unstable();
+        // Per bucket, the literals of fewer than four bytes first, then the
+        // others by their first four bytes.
+        let four = |mask: u64| mask & 0xffff_ffff == 0xffff_ffff;
+        short.sort_unstable_by_key(|&(b, e)| (b, four(e.1), e.0 as u32, e));
         short.dedup();
+        self.shorts = vec![0; 1 << BUCKET_BITS];
+        for &(b, (_, mask, _)) in &short {
+            if !four(mask) {
+                self.shorts[b] = self.shorts[b].saturating_add(1);
+            }
+        }
         self.offsets = vec![0; (1 << BUCKET_BITS) + 1];
         for &(b, _) in &short {
             self.offsets[b + 1] += 1;
@@ -1147,11 +1163,26 @@ impl WordIndex {
             return;
         }
         let (from, to) = (self.offsets[b] as usize, self.offsets[b + 1] as usize);
+        let entries = &self.entries[from..to];
+        let shorts = usize::from(self.shorts[b]);
+        // Past the literals of fewer than four bytes, those that begin with
+        // the word's first four, found by halves among many.
+        let four = bits as u32;
+        let fours = match entries.get(shorts..) {
+            Some(rest) if rest.len() > FOURS && shorts < usize::from(u8::MAX) => {
+                let lo = rest.partition_point(|e| (e.0 as u32) < four);
+                let n = rest[lo..].partition_point(|e| e.0 as u32 == four);
+                &rest[lo..lo + n]
+            }
+            _ => &entries[shorts.min(entries.len())..],
+        };
         let mut last = u32::MAX;
-        for &(stem, mask, pattern) in &self.entries[from..to] {
-            if bits & mask == stem && pattern != last && want(pattern) {
-                f(pattern, s);
-                last = pattern;
+        for part in [&entries[..shorts.min(entries.len())], fours] {
+            for &(stem, mask, pattern) in part {
+                if bits & mask == stem && pattern != last && want(pattern) {
+                    f(pattern, s);
+                    last = pattern;
+                }
             }
         }
         let k = long_bit(bits);
@@ -1175,6 +1206,10 @@ impl WordIndex {
         }
     }
 }
+
+/// More literals of four bytes or more than this in a bucket are searched by
+/// halves (see [`WordIndex::shorts`]).
+const FOURS: usize = 32;
 
 /// Bits of [`WordIndex::long_bits`]' index.
 const LONG_BITS: u32 = 16;
@@ -2182,6 +2217,68 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A bucket of many literals of four bytes or more (digit formats that
+    /// expand to hundreds), some shorter ones beside them: searching the long
+    /// ones by their first four bytes finds what every regex finds.
+    #[test]
+    fn many_literals_in_a_bucket_are_searched_by_their_first_four_bytes() {
+        let patterns = [
+            r"(?-u:\b)0[1-9](?:[ .][0-9]{2}){4}(?-u:\b)",
+            r"(?-u:\b)0(?:[2-9][0-9]{1,2})[ /\-][0-9]{4}(?-u:\b)",
+            r"(?-u:\b)03 \w{3}",
+            r"(?-u:\b)03-\w",
+        ];
+        let (regexes, set) = compiled(&patterns);
+        let w = &set.words;
+        // A bucket with both: more long ones than are compared one by one.
+        let both = (0..1 << BUCKET_BITS)
+            .map(|b| {
+                let n = (w.offsets[b + 1] - w.offsets[b]) as usize;
+                (n - usize::from(w.shorts[b]).min(n), w.shorts[b])
+            })
+            .filter(|&(fours, shorts)| fours > FOURS && shorts > 0)
+            .count();
+        assert!(both > 0);
+        // Texts of pieces that match, nearly match, and share the bucket.
+        const PIECES: &[&str] = &[
+            "03 12 34 56 78",
+            "01 23 45 67 89",
+            "03.12.34.56.7",
+            "0203-4567",
+            "030 1234",
+            "0311/5555",
+            "03 abc",
+            "03-x",
+            "03",
+            "03 t",
+            "03 1",
+            " ",
+            ".",
+            "-",
+            "9",
+            "x",
+            "0",
+            "3",
+            "03 12",
+            "1234",
+        ];
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut matched = 0;
+        for _ in 0..3000 {
+            let mut hay = String::new();
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            for k in 0..(x % 12) {
+                hay.push_str(PIECES[(x.rotate_left(k as u32 * 5) % PIECES.len() as u64) as usize]);
+            }
+            let ours = all_matches(&set, &hay);
+            assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
+            matched += ours.len();
+        }
+        assert!(matched > 1000, "{matched}");
     }
 
     #[test]
