@@ -2264,16 +2264,8 @@ mod tests {
             "03 12",
             "1234",
         ];
-        let mut x = 0x2545_f491_4f6c_dd1du64;
         let mut matched = 0;
-        for _ in 0..3000 {
-            let mut hay = String::new();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            for k in 0..(x % 12) {
-                hay.push_str(PIECES[(x.rotate_left(k as u32 * 5) % PIECES.len() as u64) as usize]);
-            }
+        for hay in crate::scan::testgen::pieces(PIECES, 12, 3000) {
             let ours = all_matches(&set, &hay);
             assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
             matched += ours.len();
@@ -2554,17 +2546,8 @@ mod tests {
             "1abc0efgh",
             "1ab",
         ];
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
         let mut total = vec![0usize; patterns.len()];
-        for _ in 0..3000 {
-            let mut hay = String::new();
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            for k in 0..(x % 160) {
-                let r = x.rotate_left(k as u32 * 5) ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                hay.push_str(WORDS[(r % WORDS.len() as u64) as usize]);
-            }
+        for hay in crate::scan::testgen::pieces(WORDS, 160, 3000) {
             let ours = all_matches(&set, &hay);
             assert_eq!(ours, reference(&regexes, &hay), "{hay:?}");
             for (i, _) in &ours {
