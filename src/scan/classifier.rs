@@ -280,16 +280,16 @@ fn fib(x: u64) -> u32 {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as u32
 }
 
-/// A word's 64-bit hash, eight bytes at a time.
+/// A word's 64-bit hash, eight bytes at a time (zero-padded).
 fn word_hash(w: &[u8]) -> u64 {
-    let mut h: u64 = 0x243f_6a88_85a3_08d3 ^ w.len() as u64;
-    for c in w.chunks(8) {
-        h = (h ^ swar::load(c, 0))
-            .wrapping_mul(0xff51_afd7_ed55_8ccd)
-            .rotate_left(29);
+    if w.is_empty() {
+        return HASH_SEED;
     }
-    h
+    word_hash_from(swar::load(w, 0), w)
 }
+
+/// What [`word_hash`] starts from, with the word's length.
+const HASH_SEED: u64 = 0x243f_6a88_85a3_08d3;
 
 /// [`word_hash`] of `w` (one byte or more) whose first eight bytes,
 /// zero-padded, are `first`.
@@ -300,7 +300,7 @@ fn word_hash_from(first: u64, w: &[u8]) -> u64 {
             .wrapping_mul(0xff51_afd7_ed55_8ccd)
             .rotate_left(29)
     };
-    let mut h = mix(0x243f_6a88_85a3_08d3 ^ w.len() as u64, first);
+    let mut h = mix(HASH_SEED ^ w.len() as u64, first);
     let mut at = 8;
     while at < w.len() {
         h = mix(h, swar::load(w, at));
