@@ -355,14 +355,11 @@ fn start_hash() -> u64 {
     word_hash(b"^")
 }
 
-/// Word `b[start..end]`, after the word whose hash is `prev`: its first 32
-/// bytes, their hash and its pair slot (with the word before).
+/// The pair slot of a word whose hash is `h` after the word whose hash is
+/// `prev` (the one formula of stored slots and of summed ones).
 #[inline(always)]
-fn hashed(b: &[u8], start: usize, end: usize, prev: u64) -> (&[u8], u64, u32) {
-    let w = &b[start..end.min(start + 32)];
-    let h = word_hash(w);
-    let pair = fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR);
-    (w, h, pair)
+fn pair_slot(prev: u64, h: u64) -> u32 {
+    fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR)
 }
 
 /// Entries in [`Extractor`]'s cache of word sums, at most (a power of two; a short
@@ -473,7 +470,7 @@ impl Extractor<'_> {
             // most words, needs no other read).
             let first = swar::first(swar::load(text, start), w.len());
             let h = word_hash_from(first, w);
-            let pair = fib(prev.wrapping_mul(0xc2b2_ae3d_27d4_eb4f) ^ h ^ PAIR);
+            let pair = pair_slot(prev, h);
             prev = h;
             // The same word of this text: the same length and bytes (the first
             // eight compared as an integer, the rest only for a longer word).
@@ -539,7 +536,9 @@ pub(crate) fn features(text: &str) -> Features {
     };
     let (b, mut prev) = (text.as_bytes(), start_hash());
     extract(text, |start, end| {
-        let (w, h, pair) = hashed(b, start, end, prev);
+        let w = &b[start..end.min(start + 32)];
+        let h = word_hash(w);
+        let pair = pair_slot(prev, h);
         prev = h;
         f.words.push(Word {
             range: start..end,
